@@ -1,0 +1,185 @@
+"""The shared vocabulary: protocols, modes, scan kinds, actions, the decoded packet, decisions.
+
+Every room of the house may import this module; it imports nothing of the project.
+
+The per-packet path passes plain tuples (see ``Packet``); objects are built only for the rare
+packets that reach a decision (``Decision``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import Enum, IntEnum, StrEnum
+from typing import Final
+
+# --- TCP flag bits (byte 13 of the TCP header) ---------------------------------------------
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+ECE: Final = 0x40
+CWR: Final = 0x80
+
+
+class Proto(IntEnum):
+    """Transport protocols PortSentinel watches; values are IP protocol numbers."""
+
+    TCP = 6
+    UDP = 17
+
+    @property
+    def label(self) -> str:
+        """Upper-case name as PortSentry writes it (``TCP``/``UDP``)."""
+        return self.name
+
+    @property
+    def key(self) -> str:
+        """Lower-case name as events write it (``tcp``/``udp``)."""
+        return self.name.lower()
+
+
+class Mode(StrEnum):
+    """PortSentry's six modes: bound (tcp/udp), stealth (s*), advanced stealth (a*)."""
+
+    TCP = "tcp"
+    STCP = "stcp"
+    ATCP = "atcp"
+    UDP = "udp"
+    SUDP = "sudp"
+    AUDP = "audp"
+
+    @property
+    def proto(self) -> Proto:
+        return Proto.TCP if self.value.endswith("tcp") else Proto.UDP
+
+    @property
+    def bound(self) -> bool:
+        """Classic modes: PortSentry binds the ports and sees full connects/datagrams."""
+        return self in (Mode.TCP, Mode.UDP)
+
+    @property
+    def stealth(self) -> bool:
+        """Raw view of incoming packets (stcp/sudp and the advanced atcp/audp)."""
+        return not self.bound
+
+    @property
+    def advanced(self) -> bool:
+        """Every port below a limit, minus exclusions and ports in use."""
+        return self in (Mode.ATCP, Mode.AUDP)
+
+
+class ScanKind(StrEnum):
+    """What a probe looked like. Values are the event schema's ``kind`` strings."""
+
+    SYN = "SYN"
+    FIN = "FIN"
+    NULL = "NULL"
+    XMAS = "XMAS"
+    UNKNOWN = "UNKNOWN"
+    UDP = "UDP"
+    CONNECT = "CONNECT"
+    # An IP fragment built to hide the transport header (nmap -f): a first fragment too short
+    # to hold it, or a later fragment whose offset lands inside it (RFC 1858).
+    FRAGMENT = "FRAGMENT"
+
+
+class Action(StrEnum):
+    """The decision's ``action`` in the event schema."""
+
+    ALERT = "alert"
+    BLOCK = "block"
+    COMMAND = "command"
+    IGNORED = "ignored"
+
+
+class Reason(StrEnum):
+    """Why a decision was taken; the event schema's ``reason`` strings."""
+
+    TRIGGERED = "scan trigger reached"
+    BELOW_TRIGGER = "below trigger"
+    IGNORE_LIST = "ignore list"
+    OWN_ADDRESS = "own address"
+    ALREADY_BLOCKED = "already blocked"
+    RESPONSE_OFF = "response disabled by configuration"
+
+
+class Frag(IntEnum):
+    """Fragment status in a decoded packet."""
+
+    NONE = 0  # not a fragment, or a first fragment that holds the whole transport header
+    TINY = 1  # first fragment too short to hold the transport header (ports may be 0)
+    OVERLAP = 2  # later fragment whose offset falls inside the transport header
+
+
+# --- The decoded packet: a plain tuple, no object per packet ---------------------------------
+# (proto, src, dst, sport, dport, flags, ttl, ip_options, frag)
+#   proto       6 or 17 (int, compare with Proto members)
+#   src, dst    packed addresses: 4 bytes (IPv4) or 16 bytes (IPv6)
+#   sport/dport ports, 0 when the fragment does not carry them
+#   flags       the TCP flags byte, 0 for UDP
+#   ttl         TTL or hop limit
+#   ip_options  True when IPv4 options or IPv6 hop-by-hop/destination options are present
+#   frag        a Frag value (plain int)
+Packet = tuple[int, bytes, bytes, int, int, int, int, bool, int]
+P_PROTO: Final = 0
+P_SRC: Final = 1
+P_DST: Final = 2
+P_SPORT: Final = 3
+P_DPORT: Final = 4
+P_FLAGS: Final = 5
+P_TTL: Final = 6
+P_OPTIONS: Final = 7
+P_FRAG: Final = 8
+
+
+def addr_text(packed: bytes) -> str:
+    """The text form of a packed IPv4 or IPv6 address (IPv4-mapped IPv6 shown as IPv4)."""
+    if len(packed) == 4:
+        return str(ipaddress.IPv4Address(packed))
+    v6 = ipaddress.IPv6Address(packed)
+    mapped = v6.ipv4_mapped
+    return str(mapped) if mapped is not None else str(v6)
+
+
+def flag_names(flags: int) -> str:
+    """Flags as ``SYN|FIN``; empty string for none."""
+    names = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
+    return "|".join(n for i, n in enumerate(names) if flags >> i & 1)
+
+
+class Severity(Enum):
+    """Prefix of a PortSentry log line."""
+
+    ADMIN = "adminalert"
+    ATTACK = "attackalert"
+    SECURITY = "securityalert"
+
+
+@dataclass(slots=True)
+class Decision:
+    """A probe that reached a decision, as plain data. Built only off the hot path.
+
+    ``time`` is the time the detector was fed with (monotonic live, capture time in replay);
+    records map it to wall-clock time.
+    """
+
+    time: float
+    src: str
+    dst: str
+    proto: Proto
+    port: int
+    kind: ScanKind
+    action: Action
+    reason: Reason
+    flags: int = 0
+    ip_options: bool = False
+    mode: Mode | None = None
+    rule: str | None = None
+    hits: int = 0
+    ports_seen: int = 0
+    # True on the decision that first crossed the trigger for this source and protocol:
+    # the one that writes PortSentry's history line and runs the response.
+    first: bool = False

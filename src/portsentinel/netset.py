@@ -1,0 +1,79 @@
+"""A set of IPv4/IPv6 networks that answers "is this packed address inside?" quickly.
+
+Pure and immutable. Used for the ignore list (and later the never-block set). Matching costs
+one dictionary probe per distinct prefix length present, not one per network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AddressSet:
+    """Networks of both families; ``packed in s`` for 4- or 16-byte packed addresses."""
+
+    __slots__ = ("_by_len", "_networks")
+
+    def __init__(self, networks: Iterable[Network] = ()) -> None:
+        nets = tuple(dict.fromkeys(networks))
+        self._networks: tuple[Network, ...] = nets
+        # family width (32/128) -> list of (prefixlen, frozenset of network ints)
+        by_len: dict[int, dict[int, set[int]]] = {32: {}, 128: {}}
+        for net in nets:
+            width = net.max_prefixlen
+            by_len[width].setdefault(net.prefixlen, set()).add(int(net.network_address))
+        self._by_len: dict[int, tuple[tuple[int, int, frozenset[int]], ...]] = {
+            width: tuple(
+                (plen, _mask(width, plen), frozenset(values))
+                for plen, values in sorted(table.items(), reverse=True)
+            )
+            for width, table in by_len.items()
+        }
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        return self._networks
+
+    def __len__(self) -> int:
+        return len(self._networks)
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def __contains__(self, packed: object) -> bool:
+        if not isinstance(packed, bytes | bytearray):
+            return False
+        width = len(packed) * 8
+        table = self._by_len.get(width)
+        if not table:
+            return False
+        value = int.from_bytes(packed, "big")
+        for _plen, mask, values in table:
+            if value & mask in values:
+                return True
+        if width == 128 and packed[:12] == _V4_MAPPED_PREFIX:
+            return packed[12:] in self
+        return False
+
+    def contains_text(self, address: str) -> bool:
+        """Membership for an address in text form; False for text that is not an address."""
+        try:
+            return ipaddress.ip_address(address).packed in self
+        except ValueError:
+            return False
+
+    def union(self, other: AddressSet) -> AddressSet:
+        return AddressSet((*self._networks, *other._networks))
+
+    def __repr__(self) -> str:
+        return f"AddressSet({[str(n) for n in self._networks]!r})"
+
+
+_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+
+def _mask(width: int, plen: int) -> int:
+    return ((1 << plen) - 1) << (width - plen) if plen else 0
