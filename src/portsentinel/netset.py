@@ -47,15 +47,15 @@ class AddressSet:
         if not isinstance(packed, bytes | bytearray):
             return False
         width = len(packed) * 8
+        if width == 128 and packed[:12] == _V4_MAPPED_PREFIX and packed[12:] in self:
+            return True
         table = self._by_len.get(width)
         if not table:
             return False
         value = int.from_bytes(packed, "big")
-        for _plen, mask, values in table:
+        for _plen, mask, values in table:  # a loop, not any(): this runs once per probe
             if value & mask in values:
                 return True
-        if width == 128 and packed[:12] == _V4_MAPPED_PREFIX:
-            return packed[12:] in self
         return False
 
     def contains_text(self, address: str) -> bool:

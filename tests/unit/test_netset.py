@@ -1,0 +1,63 @@
+"""AddressSet: membership of packed addresses in IPv4/IPv6 networks."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from portsentinel.netset import AddressSet
+
+
+def packed(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+@pytest.mark.parametrize(
+    ("networks", "address", "inside"),
+    [
+        (["192.168.1.5/24"], "192.168.1.200", True),
+        (["192.168.1.5/24"], "192.168.2.1", False),
+        (["10.0.0.1"], "10.0.0.1", True),
+        (["10.0.0.1"], "10.0.0.2", False),
+        (["0.0.0.0/0"], "203.0.113.9", True),
+        (["0.0.0.0/0"], "fd00::1", False),
+        (["fd00::/8"], "fd00:5e::1", True),
+        (["fd00::/8"], "fe80::1", False),
+        (["2001:db8::/32", "10.0.0.0/8"], "2001:db8:ffff::1", True),
+        (["10.0.0.0/8"], "::ffff:10.1.2.3", True),  # IPv4-mapped IPv6 matches IPv4 ranges
+        ([], "10.0.0.1", False),
+    ],
+)
+def test_membership(networks: list[str], address: str, inside: bool) -> None:
+    addresses = AddressSet(net(n) for n in networks)
+    assert (packed(address) in addresses) is inside
+    assert addresses.contains_text(address) is inside
+
+
+def test_longest_and_shortest_prefixes_both_match() -> None:
+    addresses = AddressSet([net("10.0.0.0/8"), net("10.1.2.3/32")])
+    assert packed("10.1.2.3") in addresses
+    assert packed("10.200.0.1") in addresses
+    assert packed("11.0.0.1") not in addresses
+
+
+def test_rejects_what_is_not_a_packed_address() -> None:
+    addresses = AddressSet([net("0.0.0.0/0"), net("::/0")])
+    assert b"\x01\x02\x03" not in addresses
+    assert "10.0.0.1" not in addresses
+    assert not addresses.contains_text("not-an-address")
+
+
+def test_duplicates_collapse_and_union_keeps_both() -> None:
+    first = AddressSet([net("10.0.0.0/8"), net("10.0.0.0/8")])
+    assert len(first) == 1
+    both = first.union(AddressSet([net("fd00::/8")]))
+    assert len(both) == 2
+    assert packed("fd00::1") in both
+    assert packed("10.9.9.9") in both
+    assert not AddressSet()

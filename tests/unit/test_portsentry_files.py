@@ -1,0 +1,84 @@
+"""History/blocked lines in PortSentry 1.2's format, and fail2ban's stock filter on them."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from portsentinel.model import Mode, Proto
+from portsentinel.store.portsentry_files import (
+    blocked_addresses,
+    blocked_file_path,
+    history_line,
+    parse_line,
+)
+
+# fail2ban's config/filter.d/portsentry.conf: failregex = \/<HOST> Port\: [0-9]+ (TCP|UDP) Blocked$
+# with <HOST> expanded as fail2ban does (IPv4, optionally IPv4-mapped; IPv6; or a DNS name), and
+# its date pattern {^LN-BEG}Epoch: an epoch number at the start of the line.
+_F2B_HOST = (
+    r"(?:(?:::f{4,6}:)?(?P<ip4>(?:\d{1,3}\.){3}\d{1,3})"
+    r"|\[?(?P<ip6>(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|(?<=:):))\]?"
+    r"|(?P<dns>[\w\-.^_]*\w))"
+)
+FAIL2BAN = re.compile(r"\/" + _F2B_HOST + r" Port\: [0-9]+ (TCP|UDP) Blocked$")
+EPOCH_AT_START = re.compile(r"^\d{10}\b")
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", "UTC")
+        time.tzset()
+        yield
+    time.tzset()
+
+
+def test_line_is_byte_for_byte_the_12_format() -> None:
+    line = history_line(1403884279.9, "192.168.56.1", "192.168.56.1", 1, Proto.TCP)
+    assert line == "1403884279 - 06/27/2014 15:51:19 Host: 192.168.56.1/192.168.56.1 Port: 1 TCP Blocked"
+
+
+@pytest.mark.parametrize(
+    ("name", "ip", "proto"),
+    [
+        ("198.18.0.2", "198.18.0.2", Proto.TCP),
+        ("scanner.example", "198.18.0.2", Proto.UDP),
+        ("fd00:5e::2", "fd00:5e::2", Proto.TCP),
+    ],
+)
+def test_fail2ban_stock_filter_finds_the_host(name: str, ip: str, proto: Proto) -> None:
+    line = history_line(1764106000, name, ip, 31337, proto)
+    match = FAIL2BAN.search(line)
+    assert match is not None
+    assert ip in {match["ip4"], match["ip6"]}
+    assert EPOCH_AT_START.match(line)
+
+
+def test_fail2ban_filter_rejects_other_lines() -> None:
+    assert FAIL2BAN.search("attackalert: TCP SYN/Normal scan from host: 1.2.3.4/1.2.3.4") is None
+
+
+def test_parse_round_trip_and_exact_blocked_check() -> None:
+    lines = [
+        history_line(1764106000, "11.2.3.4", "11.2.3.4", 80, Proto.TCP),
+        history_line(1764106001, "host.example", "fd00:5e::2", 53, Proto.UDP),
+        "garbage line",
+        "",
+    ]
+    assert parse_line(lines[0]) == (1764106000, "11.2.3.4", 80, Proto.TCP)
+    assert parse_line(lines[1]) == (1764106001, "fd00:5e::2", 53, Proto.UDP)
+    assert parse_line(lines[2]) is None
+    listed = blocked_addresses(lines)
+    assert listed == frozenset({"11.2.3.4", "fd00:5e::2"})
+    # 1.2's substring test would call 1.2.3.4 blocked because 11.2.3.4 is listed; we do not.
+    assert "1.2.3.4" not in listed
+
+
+def test_blocked_file_is_per_mode() -> None:
+    assert blocked_file_path("/var/lib/portsentry/portsentry.blocked", Mode.ATCP) == (
+        "/var/lib/portsentry/portsentry.blocked.atcp"
+    )
