@@ -39,7 +39,10 @@ def utc() -> Iterator[None]:
 
 def test_line_is_byte_for_byte_the_12_format() -> None:
     line = history_line(1403884279.9, "192.168.56.1", "192.168.56.1", 1, Proto.TCP)
-    assert line == "1403884279 - 06/27/2014 15:51:19 Host: 192.168.56.1/192.168.56.1 Port: 1 TCP Blocked"
+    assert (
+        line
+        == "1403884279 - 06/27/2014 15:51:19 Host: 192.168.56.1/192.168.56.1 Port: 1 TCP Blocked"
+    )
 
 
 @pytest.mark.parametrize(
