@@ -1,0 +1,1 @@
+"""Records of what the detector decided: PortSentry-style log lines and JSON events."""

@@ -1,0 +1,42 @@
+"""JSON event lines (one object per line), the schema fixed in DESIGN.md.
+
+Keys ``time src dst proto port kind action reason`` are the contract: never rename or remove
+one. Extra keys may be added at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from portsentinel.model import Decision, flag_names
+
+
+def iso_time(wall: float) -> str:
+    """ISO 8601 with its UTC offset, microsecond precision: ``2026-11-25T21:26:10.123456+00:00``."""
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="microseconds")
+
+
+def event_dict(decision: Decision, wall: float) -> dict[str, object]:
+    """The event for one decision; ``wall`` is the packet's wall-clock time in epoch seconds."""
+    return {
+        "time": iso_time(wall),
+        "src": decision.src,
+        "dst": decision.dst,
+        "proto": decision.proto.key,
+        "port": decision.port,
+        "kind": decision.kind.value,
+        "action": decision.action.value,
+        "reason": decision.reason.value,
+        "mode": decision.mode.value if decision.mode is not None else None,
+        "rule": decision.rule,
+        "flags": flag_names(decision.flags) if decision.proto.key == "tcp" else None,
+        "ip_options": decision.ip_options,
+        "hits": decision.hits,
+        "ports_seen": decision.ports_seen,
+    }
+
+
+def event_line(decision: Decision, wall: float) -> str:
+    """One compact JSON line, no trailing newline."""
+    return json.dumps(event_dict(decision, wall), separators=(",", ":"))

@@ -1,0 +1,145 @@
+"""The decision step: policy checks that may refuse to act, then BLOCK_TCP/BLOCK_UDP's action.
+
+Two ordered lists of checks, each returning the Reason to refuse or None to pass:
+``admission`` runs before a probe is counted (ignore list, own addresses: such probes must not
+build up evidence), ``checks`` runs after a rule fired and before the response (already
+responded today; a never-block set and a ban budget slot in here later without touching the
+detector). Backends only execute what comes out of here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Container, Mapping
+from typing import Final, Protocol
+
+from portsentinel.detect.track import SourceState
+from portsentinel.model import Action, Proto, Reason
+from portsentinel.netset import AddressSet
+
+BLOCK_ACTIONS: Final[dict[int, Action]] = {0: Action.ALERT, 1: Action.BLOCK, 2: Action.COMMAND}
+"""PortSentry's BLOCK_TCP/BLOCK_UDP levels: 0 alert only, 1 block, 2 run KILL_RUN_CMD only."""
+
+_PROTO_MARK: Final[dict[int, int]] = {Proto.TCP: 1, Proto.UDP: 2}
+_BLOCKED_MARK: Final = 4
+
+AdmissionCheck = Callable[[bytes], Reason | None]
+"""A check on the source address alone, before the probe is counted."""
+
+
+class PolicyCheck(Protocol):
+    """A check between a fired rule and the response; a Reason refuses to act."""
+
+    def __call__(
+        self, src: bytes, proto: Proto, state: SourceState, now: float
+    ) -> Reason | None: ...
+
+
+class Responses:
+    """Sources that already got a response, per protocol; bounded, the oldest forgotten first.
+
+    Like 1.2's blocked file: once a source got a response for a protocol, later triggers for
+    it are "already blocked". A BLOCK covers both protocols (the firewall drops everything
+    from the source); an alert or a command covers only its own protocol.
+    """
+
+    __slots__ = ("_marks", "max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be positive")
+        self.max_entries = max_entries
+        self._marks: OrderedDict[bytes, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def __contains__(self, src: object) -> bool:
+        return src in self._marks
+
+    def covers(self, src: bytes, proto: int) -> bool:
+        """True when ``src`` got a response for ``proto`` or a block for either protocol."""
+        return bool(self._marks.get(src, 0) & (_PROTO_MARK[proto] | _BLOCKED_MARK))
+
+    def remember(self, src: bytes, proto: int, action: Action) -> None:
+        """Note a response; refusals (IGNORED) are not responses."""
+        if action is Action.IGNORED:
+            raise ValueError("an ignored decision is not a response")
+        mark = _PROTO_MARK[proto] | (_BLOCKED_MARK if action is Action.BLOCK else 0)
+        marks = self._marks
+        old = marks.pop(src, 0)
+        marks[src] = old | mark
+        if len(marks) > self.max_entries:
+            marks.popitem(last=False)
+
+    def forget(self, src: bytes) -> None:
+        self._marks.pop(src, None)
+
+
+class Policy:
+    """Ignore list, own addresses, already-responded, then the protocol's BLOCK level."""
+
+    __slots__ = ("_actions", "admission", "checks", "ignore", "local", "responses")
+
+    def __init__(
+        self,
+        *,
+        block_levels: Mapping[int, int],
+        max_responded: int,
+        ignore: AddressSet | None = None,
+        local: Container[bytes] | None = None,
+    ) -> None:
+        """``block_levels`` maps a protocol number to its BLOCK_x level (0, 1 or 2)."""
+        self._actions: dict[int, Action] = {}
+        for proto, level in block_levels.items():
+            if level not in BLOCK_ACTIONS:
+                raise ValueError(f"block level {level} is not 0, 1 or 2")
+            self._actions[proto] = BLOCK_ACTIONS[level]
+        self.ignore = ignore
+        self.local = local
+        self.responses = Responses(max_responded)
+        self.admission: list[AdmissionCheck] = [self.ignore_list, self.own_address]
+        self.checks: list[PolicyCheck] = [self.already_responded]
+
+    def ignore_list(self, src: bytes) -> Reason | None:
+        ignore = self.ignore
+        return Reason.IGNORE_LIST if ignore and src in ignore else None
+
+    def own_address(self, src: bytes) -> Reason | None:
+        # A probe "from" this host is either local traffic or forged to make us block
+        # ourselves; both must stay without consequence.
+        local = self.local
+        return Reason.OWN_ADDRESS if local is not None and src in local else None
+
+    def already_responded(
+        self, src: bytes, proto: Proto, state: SourceState, now: float
+    ) -> Reason | None:
+        return Reason.ALREADY_BLOCKED if self.responses.covers(src, proto) else None
+
+    def admit(self, src: bytes) -> Reason | None:
+        """The first admission check that refuses ``src``, or None to count the probe."""
+        for check in self.admission:
+            reason = check(src)
+            if reason is not None:
+                return reason
+        return None
+
+    def decide(
+        self, src: bytes, proto: Proto, state: SourceState, now: float
+    ) -> tuple[Action, Reason]:
+        """A fired rule's outcome: refused by a check, or the protocol's action (remembered)."""
+        for check in self.checks:
+            reason = check(src, proto, state, now)
+            if reason is not None:
+                return Action.IGNORED, reason
+        action = self._actions[proto]
+        self.responses.remember(src, proto, action)
+        return action, Reason.TRIGGERED
+
+    def restore(self, src: bytes, proto: Proto, action: Action) -> None:
+        """A response that already exists (a ban restored at start-up)."""
+        self.responses.remember(src, proto, action)
+
+    def release(self, src: bytes) -> None:
+        """A response ended (ban expired or lifted): the next trigger acts again."""
+        self.responses.forget(src)

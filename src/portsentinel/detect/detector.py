@@ -1,0 +1,380 @@
+"""The detector: decoded packets in, decisions out. Pure; time is always an argument.
+
+``feed`` runs for every packet the capture's filter lets through, so everything before a
+probe is confirmed is a few index and membership tests on plain values: no object is built
+until a packet becomes a decision. The steps, in order:
+
+1. TCP with ACK or RST is not a probe; the kind comes from ``TCP_KIND`` (UDP: UDP; an evasive
+   IP fragment: FRAGMENT, whatever flags it claims).
+2. The port must be watched by the protocol's stealth mode and not in use right now.
+3. The destination must be this host (when a local view is set).
+4. Admission: ignore list, own addresses (refused probes are not counted).
+5. Track the source, ask every scoring rule.
+6. A fired rule goes through the policy checks to the protocol's BLOCK level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from portsentinel.detect.classify import TCP_KIND
+from portsentinel.detect.decide import Policy
+from portsentinel.detect.ports import bound_table, mode_ports, stealth_table
+from portsentinel.detect.rules import ScanTrigger, ScoringRule
+from portsentinel.detect.track import SourceState, Tracker
+from portsentinel.model import (
+    Action,
+    Decision,
+    Mode,
+    Packet,
+    Proto,
+    Reason,
+    ScanKind,
+    addr_text,
+)
+from portsentinel.netset import AddressSet
+
+_TCP: Final = int(Proto.TCP)
+_UDP: Final = int(Proto.UDP)
+_PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
+# Address texts are cached because formatting one costs about as much as the rest of a
+# decision; cleared when full, so a flood of spoofed sources only churns it.
+_TEXT_CACHE_SIZE: Final = 4096
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The settings the detector needs, already validated and converted by the config room.
+
+    Caps are the named settings MAX_TRACKED_SOURCES, MAX_PORTS_PER_SOURCE,
+    SOURCE_IDLE_TIMEOUT (seconds, 0 = never) and MAX_ACTIVE_BANS (responses remembered).
+    """
+
+    tcp_mode: Mode | None = Mode.ATCP
+    udp_mode: Mode | None = Mode.AUDP
+    tcp_ports: frozenset[int] = frozenset()
+    udp_ports: frozenset[int] = frozenset()
+    advanced_tcp_limit: int = 1024
+    advanced_udp_limit: int = 1024
+    advanced_exclude_tcp: frozenset[int] = frozenset()
+    advanced_exclude_udp: frozenset[int] = frozenset()
+    scan_trigger: int = 0
+    scan_window: float = 0.0
+    block_tcp: int = 1
+    block_udp: int = 1
+    max_sources: int = 65536
+    max_ports_per_source: int = 64
+    idle_timeout: float = 3600.0
+    max_responded: int = 10000
+    max_destinations_per_source: int = 64
+
+    def __post_init__(self) -> None:
+        for name, mode, proto in (
+            ("tcp_mode", self.tcp_mode, Proto.TCP),
+            ("udp_mode", self.udp_mode, Proto.UDP),
+        ):
+            if mode is not None and mode.proto is not proto:
+                raise ValueError(f"{name}: {mode} is not a {proto.key} mode")
+        positive = (
+            "max_sources",
+            "max_ports_per_source",
+            "max_responded",
+            "max_destinations_per_source",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        not_negative = (
+            "advanced_tcp_limit",
+            "advanced_udp_limit",
+            "scan_trigger",
+            "scan_window",
+            "idle_timeout",
+        )
+        for name in not_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+@dataclass(slots=True)
+class DetectorStats:
+    """Plain counters, cheap to bump on the hot path; the daemon exports them."""
+
+    packets: int = 0
+    connects: int = 0
+    not_probe: int = 0
+    unwatched: int = 0
+    in_use: int = 0
+    not_local: int = 0
+    probes: int = 0
+    probes_by_kind: dict[ScanKind, int] = field(default_factory=lambda: dict.fromkeys(ScanKind, 0))
+    decisions_by_action: dict[Action, int] = field(default_factory=lambda: dict.fromkeys(Action, 0))
+    sources_evicted: int = 0
+    sources_expired: int = 0
+    tracked_sources: int = 0
+
+
+class Detector:
+    """Feed it packets (stealth modes) or connects (bound modes); it returns decisions.
+
+    Views handed in (in-use ports, local addresses) are kept by reference, so the caller may
+    mutate or swap them while running. Rules are fixed at construction: the tracker keeps as
+    many hit times as they need.
+    """
+
+    __slots__ = (
+        "_bound",
+        "_in_use_tcp",
+        "_in_use_udp",
+        "_local",
+        "_modes",
+        "_stealth",
+        "_texts",
+        "_tracker",
+        "_watch_tcp",
+        "_watch_udp",
+        "config",
+        "policy",
+        "rules",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        *,
+        ignore: AddressSet | None = None,
+        local: Container[bytes] | None = None,
+        in_use_tcp: Container[int] = frozenset(),
+        in_use_udp: Container[int] = frozenset(),
+        rules: Sequence[ScoringRule] | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = DetectorStats()
+        c = config
+        self._modes: dict[int, Mode | None] = {_TCP: c.tcp_mode, _UDP: c.udp_mode}
+        self._watch_tcp = stealth_table(
+            c.tcp_mode, c.tcp_ports, c.advanced_tcp_limit, c.advanced_exclude_tcp
+        )
+        self._watch_udp = stealth_table(
+            c.udp_mode, c.udp_ports, c.advanced_udp_limit, c.advanced_exclude_udp
+        )
+        self._bound = {
+            _TCP: bound_table(c.tcp_mode, c.tcp_ports),
+            _UDP: bound_table(c.udp_mode, c.udp_ports),
+        }
+        self._stealth = {
+            proto: mode is not None and mode.stealth for proto, mode in self._modes.items()
+        }
+        self._in_use_tcp = in_use_tcp
+        self._in_use_udp = in_use_udp
+        self._local = local
+        self._texts: dict[bytes, str] = {}
+        self.rules: tuple[ScoringRule, ...] = (
+            tuple(rules) if rules is not None else (ScanTrigger(c.scan_trigger, c.scan_window),)
+        )
+        self._tracker = Tracker(
+            max_sources=c.max_sources,
+            max_ports=c.max_ports_per_source,
+            max_dsts=c.max_destinations_per_source,
+            keep_times=max((rule.times_needed for rule in self.rules), default=0),
+            idle_timeout=c.idle_timeout,
+        )
+        self.policy = Policy(
+            block_levels={_TCP: c.block_tcp, _UDP: c.block_udp},
+            max_responded=c.max_responded,
+            ignore=ignore,
+            local=local,
+        )
+
+    # --- the hot path ---------------------------------------------------------------------
+
+    def feed(self, pkt: Packet, now: float) -> list[Decision]:
+        """Judge one decoded packet seen by a stealth mode."""
+        proto, _src, dst, _sport, port, flags, _ttl, _options, frag = pkt
+        stats = self.stats
+        stats.packets += 1
+        if frag:
+            return self._feed_fragment(pkt, now)
+        if proto == _TCP:
+            kind = TCP_KIND[flags]
+            if kind is None:
+                stats.not_probe += 1
+                return []
+            if not self._watch_tcp[port]:
+                stats.unwatched += 1
+                return []
+            in_use = self._in_use_tcp
+        elif proto == _UDP:
+            kind = ScanKind.UDP
+            if not self._watch_udp[port]:
+                stats.unwatched += 1
+                return []
+            in_use = self._in_use_udp
+        else:
+            stats.unwatched += 1
+            return []
+        if port in in_use:
+            stats.in_use += 1
+            return []
+        local = self._local
+        if local is not None and dst not in local:
+            stats.not_local += 1
+            return []
+        return self._probe(pkt, kind, now)
+
+    def _feed_fragment(self, pkt: Packet, now: float) -> list[Decision]:
+        """An evasive fragment: its flags cannot be trusted, so ACK/RST do not excuse it.
+
+        A fragment without ports counts for any stealth mode of its protocol; one that
+        carries its destination port goes through the usual port checks.
+        """
+        proto, _src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
+        stats = self.stats
+        if not self._stealth.get(proto, False):
+            stats.unwatched += 1
+            return []
+        if port:
+            watch = self._watch_tcp if proto == _TCP else self._watch_udp
+            if not watch[port]:
+                stats.unwatched += 1
+                return []
+            if port in (self._in_use_tcp if proto == _TCP else self._in_use_udp):
+                stats.in_use += 1
+                return []
+        local = self._local
+        if local is not None and dst not in local:
+            stats.not_local += 1
+            return []
+        return self._probe(pkt, ScanKind.FRAGMENT, now)
+
+    def feed_connect(
+        self, proto: Proto, src: bytes, dst: bytes, port: int, now: float
+    ) -> list[Decision]:
+        """Judge a full connect (tcp mode) or datagram (udp mode) on one of our listeners.
+
+        No in-use check (the listener is ours) and no destination check (a listener only
+        hears this host's traffic).
+        """
+        stats = self.stats
+        stats.connects += 1
+        if not self._bound[proto][port]:
+            stats.unwatched += 1
+            return []
+        return self._probe((int(proto), src, dst, 0, port, 0, 0, False, 0), ScanKind.CONNECT, now)
+
+    def _probe(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
+        """Steps 4-6 for a confirmed probe: admission, tracking, rules, policy."""
+        proto, src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
+        stats = self.stats
+        stats.probes += 1
+        stats.probes_by_kind[kind] += 1
+        policy = self.policy
+        refused = policy.admit(src)
+        if refused is not None:
+            return [self._decision(pkt, kind, now, refused)]
+        tracker = self._tracker
+        state = tracker.hit(src, proto, port, kind, dst, now)
+        stats.tracked_sources = len(tracker)
+        stats.sources_evicted = tracker.evicted
+        fired: str | None = None
+        for rule in self.rules:
+            # Every rule sees every probe, even after another fired, to keep its state whole.
+            if rule.observe(state, proto, port, kind, dst, now) and fired is None:
+                fired = rule.name
+        if fired is None:
+            return [self._decision(pkt, kind, now, Reason.BELOW_TRIGGER, state=state)]
+        action, reason = policy.decide(src, _PROTOS[proto], state, now)
+        return [self._decision(pkt, kind, now, reason, state=state, rule=fired, action=action)]
+
+    def _decision(
+        self,
+        pkt: Packet,
+        kind: ScanKind,
+        now: float,
+        reason: Reason,
+        *,
+        state: SourceState | None = None,
+        rule: str | None = None,
+        action: Action = Action.IGNORED,
+    ) -> Decision:
+        proto, src, dst, _sport, port, flags, _ttl, options, _frag = pkt
+        self.stats.decisions_by_action[action] += 1
+        return Decision(
+            time=now,
+            src=self._text(src),
+            dst=self._text(dst),
+            proto=_PROTOS[proto],
+            port=port,
+            kind=kind,
+            action=action,
+            reason=reason,
+            flags=flags,
+            ip_options=options,
+            mode=self._modes[proto],
+            rule=rule,
+            hits=state.hits if state is not None else 0,
+            ports_seen=state.ports_seen if state is not None else 0,
+            first=reason is Reason.TRIGGERED,
+        )
+
+    def _text(self, packed: bytes) -> str:
+        texts = self._texts
+        text = texts.get(packed)
+        if text is None:
+            if len(texts) >= _TEXT_CACHE_SIZE:
+                texts.clear()
+            text = texts[packed] = addr_text(packed)
+        return text
+
+    # --- time and control -------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Decision]:
+        """Expire idle sources. Returns decisions taken on time alone (none yet)."""
+        tracker = self._tracker
+        tracker.expire(now)
+        self.stats.sources_expired = tracker.expired
+        self.stats.tracked_sources = len(tracker)
+        return []
+
+    def set_in_use(self, proto: Proto, view: Container[int]) -> None:
+        """Ports in use for ``proto``: probes to them are not probes (kept by reference)."""
+        if proto == _TCP:
+            self._in_use_tcp = view
+        elif proto == _UDP:
+            self._in_use_udp = view
+        else:
+            raise ValueError(f"unknown protocol {proto}")
+
+    def set_ignore(self, ignore: AddressSet) -> None:
+        self.policy.ignore = ignore
+
+    def set_local(self, local: Container[bytes] | None) -> None:
+        """This host's addresses; None counts every destination as this host (replay)."""
+        self._local = local
+        self.policy.local = local
+
+    def release(self, src: bytes) -> None:
+        """A response for ``src`` ended: its next trigger acts again.
+
+        The source's evidence is kept, so with PortSentry's windowless trigger its next probe
+        fires at once; a repeat offender is not a fresh source.
+        """
+        self.policy.release(src)
+
+    def restore(self, src: bytes, proto: Proto, action: Action) -> None:
+        """At start-up: a response that already exists, so triggers say "already blocked"."""
+        self.policy.restore(src, proto, action)
+
+    def watched_ports(self, proto: Proto) -> list[int]:
+        """The ports the protocol's mode watches, before the in-use check (ascending)."""
+        c = self.config
+        if proto == _TCP:
+            return mode_ports(c.tcp_mode, c.tcp_ports, c.advanced_tcp_limit, c.advanced_exclude_tcp)
+        return mode_ports(c.udp_mode, c.udp_ports, c.advanced_udp_limit, c.advanced_exclude_udp)
+
+    def source(self, src: bytes) -> SourceState | None:
+        """The tracked evidence for ``src`` (for ``why`` and tests); None when not tracked."""
+        return self._tracker.get(src)

@@ -1,0 +1,68 @@
+"""JSON events: the keys DESIGN.md fixes, their order and their values."""
+
+from __future__ import annotations
+
+import json
+
+from portsentinel.alert.events import event_line, iso_time
+from portsentinel.model import FIN, PSH, URG, Action, Decision, Mode, Proto, Reason, ScanKind
+
+CONTRACT = ["time", "src", "dst", "proto", "port", "kind", "action", "reason"]
+
+
+def test_iso_time_has_utc_offset_and_microseconds() -> None:
+    assert iso_time(1764106000.25) == "2025-11-25T21:26:40.250000+00:00"
+
+
+def test_event_keys_and_values() -> None:
+    d = Decision(
+        time=1764106000.5,
+        src="fd00:5e::2",
+        dst="fd00:5e::1",
+        proto=Proto.TCP,
+        port=31337,
+        kind=ScanKind.XMAS,
+        action=Action.BLOCK,
+        reason=Reason.TRIGGERED,
+        flags=FIN | PSH | URG,
+        mode=Mode.ATCP,
+        rule="scan_trigger",
+        hits=3,
+        ports_seen=3,
+    )
+    line = event_line(d, d.time)
+    assert "\n" not in line
+    event = json.loads(line)
+    assert list(event)[: len(CONTRACT)] == CONTRACT
+    assert event["time"] == "2025-11-25T21:26:40.500000+00:00"
+    assert (event["src"], event["dst"], event["proto"], event["port"]) == (
+        "fd00:5e::2",
+        "fd00:5e::1",
+        "tcp",
+        31337,
+    )
+    assert (event["kind"], event["action"], event["reason"]) == (
+        "XMAS",
+        "block",
+        "scan trigger reached",
+    )
+    assert event["flags"] == "FIN|PSH|URG"
+    assert event["mode"] == "atcp"
+    assert event["hits"] == 3
+
+
+def test_udp_event_has_no_flags() -> None:
+    d = Decision(
+        0.0,
+        "198.18.0.2",
+        "198.18.0.1",
+        Proto.UDP,
+        53,
+        ScanKind.UDP,
+        Action.IGNORED,
+        Reason.BELOW_TRIGGER,
+    )
+    event = json.loads(event_line(d, 0.0))
+    assert event["proto"] == "udp"
+    assert event["flags"] is None
+    assert event["reason"] == "below trigger"

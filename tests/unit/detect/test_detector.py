@@ -1,0 +1,678 @@
+"""The detector end to end on synthetic packets: the per-packet steps, in order."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from portsentinel.detect.detector import Detector, DetectorConfig
+from portsentinel.detect.track import SourceState
+from portsentinel.model import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    URG,
+    Action,
+    Decision,
+    Frag,
+    Mode,
+    Packet,
+    Proto,
+    Reason,
+    ScanKind,
+)
+from portsentinel.netset import AddressSet
+
+SCANNER = bytes([198, 18, 0, 2])
+HOST = bytes([198, 18, 0, 1])
+OTHER_HOST = bytes([198, 18, 0, 9])
+SCANNER6 = ipaddress.IPv6Address("fd00::2").packed
+HOST6 = ipaddress.IPv6Address("fd00::1").packed
+TCP_PORTS = frozenset({1, 79, 111, 31337})
+UDP_PORTS = frozenset({1, 161, 31337})
+BASE = DetectorConfig(tcp_ports=TCP_PORTS, udp_ports=UDP_PORTS)
+
+
+def addr(i: int) -> bytes:
+    return (0xC6130000 + i).to_bytes(4, "big")  # 198.19.x.y
+
+
+def tcp(
+    port: int, flags: int = SYN, src: bytes = SCANNER, dst: bytes = HOST, **kw: int | bool
+) -> Packet:
+    return (
+        6,
+        src,
+        dst,
+        40000,
+        port,
+        flags,
+        64,
+        bool(kw.get("options", False)),
+        int(kw.get("frag", 0)),
+    )
+
+
+def udp(port: int, src: bytes = SCANNER, dst: bytes = HOST, frag: int = 0) -> Packet:
+    return (17, src, dst, 40000, port, 0, 64, False, frag)
+
+
+def detector(**kw: object) -> Detector:
+    return Detector(replace(BASE, **kw))  # type: ignore[arg-type]
+
+
+def one(decisions: list[Decision]) -> Decision:
+    assert len(decisions) == 1
+    return decisions[0]
+
+
+def reasons(det: Detector, packets: list[Packet], now: float = 0.0) -> list[Reason | None]:
+    """The reason of each packet's decision, None for no decision."""
+    out: list[Reason | None] = []
+    for pkt in packets:
+        decisions = det.feed(pkt, now)
+        out.append(one(decisions).reason if decisions else None)
+    return out
+
+
+# --- step 1: what is a probe ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [ACK, RST, SYN | ACK, FIN | ACK, RST | ACK, 0xFF])
+def test_ack_or_rst_is_not_a_probe(flags: int) -> None:
+    det = detector()
+    assert det.feed(tcp(80, flags), 0.0) == []
+    assert det.stats.not_probe == 1
+    assert det.stats.probes == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "kind"),
+    [
+        (SYN, ScanKind.SYN),
+        (FIN, ScanKind.FIN),
+        (0, ScanKind.NULL),
+        (FIN | URG | PSH, ScanKind.XMAS),
+        (SYN | FIN, ScanKind.UNKNOWN),
+    ],
+)
+def test_tcp_kinds(flags: int, kind: ScanKind) -> None:
+    d = one(detector().feed(tcp(80, flags), 0.0))
+    assert d.kind is kind
+    assert d.flags == flags
+
+
+def test_udp_kind() -> None:
+    d = one(detector().feed(udp(53), 0.0))
+    assert (d.kind, d.proto, d.flags) == (ScanKind.UDP, Proto.UDP, 0)
+
+
+def test_other_protocols_are_not_watched() -> None:
+    det = detector()
+    assert det.feed((1, SCANNER, HOST, 0, 0, 0, 64, False, 0), 0.0) == []
+    assert det.stats.unwatched == 1
+
+
+# --- step 2: watched ports per mode -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "port", "watched"),
+    [
+        (Mode.STCP, 79, True),
+        (Mode.STCP, 80, False),
+        (Mode.ATCP, 0, True),
+        (Mode.ATCP, 80, True),
+        (Mode.ATCP, 1023, True),
+        (Mode.ATCP, 1024, False),
+        (Mode.ATCP, 113, False),  # excluded
+        (Mode.ATCP, 31337, False),  # listed, but atcp ignores TCP_PORTS
+        (Mode.TCP, 79, False),  # bound modes take no raw packets
+        (None, 79, False),
+    ],
+)
+def test_tcp_watched_ports(mode: Mode | None, port: int, watched: bool) -> None:
+    det = detector(tcp_mode=mode, advanced_exclude_tcp=frozenset({113}))
+    assert bool(det.feed(tcp(port), 0.0)) is watched
+    assert det.stats.unwatched == (0 if watched else 1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "port", "watched"),
+    [
+        (Mode.SUDP, 161, True),
+        (Mode.SUDP, 162, False),
+        (Mode.AUDP, 137, True),
+        (Mode.AUDP, 138, False),  # excluded
+        (Mode.AUDP, 149, True),
+        (Mode.AUDP, 150, False),  # at the limit
+        (Mode.UDP, 161, False),
+        (None, 161, False),
+    ],
+)
+def test_udp_watched_ports(mode: Mode | None, port: int, watched: bool) -> None:
+    det = detector(udp_mode=mode, advanced_udp_limit=150, advanced_exclude_udp=frozenset({138}))
+    assert bool(det.feed(udp(port), 0.0)) is watched
+
+
+def test_limit_above_the_port_space_watches_every_port() -> None:
+    det = detector(advanced_tcp_limit=100_000)
+    assert det.feed(tcp(65535), 0.0)
+
+
+@pytest.mark.parametrize("proto", [Proto.TCP, Proto.UDP])
+def test_bound_modes_take_connects_on_their_ports(proto: Proto) -> None:
+    det = detector(tcp_mode=Mode.TCP, udp_mode=Mode.UDP)
+    d = one(det.feed_connect(proto, SCANNER, HOST, 31337, 5.0))
+    assert (d.kind, d.proto, d.port, d.mode) == (ScanKind.CONNECT, proto, 31337, Mode(proto.key))
+    assert (d.flags, d.ip_options) == (0, False)
+    assert det.feed_connect(proto, SCANNER, HOST, 5000, 5.0) == []
+    assert det.stats.connects == 2
+    assert det.stats.unwatched == 1
+
+
+def test_connects_are_refused_by_stealth_modes() -> None:
+    assert detector().feed_connect(Proto.TCP, SCANNER, HOST, 79, 0.0) == []
+
+
+def test_in_use_view_is_read_live() -> None:
+    in_use = {22}
+    det = Detector(BASE, in_use_tcp=in_use)
+    assert det.feed(tcp(22), 0.0) == []
+    assert det.stats.in_use == 1
+    in_use.add(80)  # a service started
+    assert det.feed(tcp(80), 0.0) == []
+    in_use.discard(22)  # a service stopped: protection is back
+    assert det.feed(tcp(22), 0.0)
+    det.set_in_use(Proto.TCP, frozenset())
+    assert det.feed(tcp(80), 0.0)
+    det.set_in_use(Proto.UDP, {161})
+    assert det.feed(udp(161), 0.0) == []
+    assert det.stats.in_use == 3
+    with pytest.raises(ValueError, match="protocol"):
+        det.set_in_use(1, set())  # type: ignore[arg-type]
+
+
+def test_in_use_is_asked_only_for_watched_ports() -> None:
+    det = Detector(BASE, in_use_tcp={5000})
+    assert det.feed(tcp(5000), 0.0) == []
+    assert (det.stats.unwatched, det.stats.in_use) == (1, 0)
+
+
+def test_in_use_does_not_apply_to_bound_modes() -> None:
+    det = Detector(replace(BASE, tcp_mode=Mode.TCP), in_use_tcp={79})
+    assert det.feed_connect(Proto.TCP, SCANNER, HOST, 79, 0.0)
+
+
+# --- step 3: destination ----------------------------------------------------------------------
+
+
+def test_destination_must_be_local_when_a_view_is_set() -> None:
+    det = Detector(BASE, local={HOST})
+    assert det.feed(tcp(80, dst=OTHER_HOST), 0.0) == []
+    assert det.stats.not_local == 1
+    assert det.feed(tcp(80), 0.0)
+    det.set_local(None)
+    assert det.feed(tcp(80, dst=OTHER_HOST), 0.0)
+
+
+def test_connects_skip_the_destination_check() -> None:
+    det = Detector(replace(BASE, tcp_mode=Mode.TCP), local={HOST})
+    assert det.feed_connect(Proto.TCP, SCANNER, OTHER_HOST, 79, 0.0)
+
+
+# --- step 4: admission ------------------------------------------------------------------------
+
+
+def test_ignore_list_and_it_does_not_count() -> None:
+    det = Detector(
+        replace(BASE, scan_trigger=2),
+        ignore=AddressSet([ipaddress.ip_network("198.18.0.0/24")]),
+    )
+    for _ in range(3):
+        d = one(det.feed(tcp(80), 0.0))
+        assert (d.action, d.reason, d.hits, d.first) == (
+            Action.IGNORED,
+            Reason.IGNORE_LIST,
+            0,
+            False,
+        )
+    assert det.source(SCANNER) is None
+    det.set_ignore(AddressSet())
+    assert one(det.feed(tcp(80), 0.0)).reason is Reason.BELOW_TRIGGER
+
+
+def test_own_address_is_never_acted_on() -> None:
+    det = Detector(BASE, local={HOST, SCANNER})
+    d = one(det.feed(tcp(80), 0.0))
+    assert (d.action, d.reason) == (Action.IGNORED, Reason.OWN_ADDRESS)
+    det.set_local({HOST})
+    assert one(det.feed(tcp(80), 0.0)).action is Action.BLOCK
+
+
+def test_own_address_applies_to_connects() -> None:
+    det = Detector(replace(BASE, tcp_mode=Mode.TCP), local={HOST})
+    d = one(det.feed_connect(Proto.TCP, HOST, HOST, 79, 0.0))
+    assert d.reason is Reason.OWN_ADDRESS
+
+
+# --- step 5: SCAN_TRIGGER ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trigger", [0, 1])
+def test_trigger_zero_and_one_act_on_the_first_hit(trigger: int) -> None:
+    det = detector(scan_trigger=trigger)
+    d = one(det.feed(tcp(80), 0.0))
+    assert (d.action, d.reason, d.first, d.rule, d.hits) == (
+        Action.BLOCK,
+        Reason.TRIGGERED,
+        True,
+        "scan_trigger",
+        1,
+    )
+    later = one(det.feed(tcp(81), 1.0))  # the rule fires again; the policy refuses
+    assert (later.reason, later.rule, later.first) == (
+        Reason.ALREADY_BLOCKED,
+        "scan_trigger",
+        False,
+    )
+
+
+def test_trigger_counts_repeats_to_one_port() -> None:
+    det = detector(scan_trigger=3)
+    assert reasons(det, [tcp(80)] * 4) == [
+        Reason.BELOW_TRIGGER,
+        Reason.BELOW_TRIGGER,
+        Reason.TRIGGERED,
+        Reason.ALREADY_BLOCKED,
+    ]
+
+
+def test_trigger_is_shared_by_both_protocols() -> None:
+    det = detector(scan_trigger=3)
+    assert reasons(det, [tcp(80), udp(53), udp(53)]) == [
+        Reason.BELOW_TRIGGER,
+        Reason.BELOW_TRIGGER,
+        Reason.TRIGGERED,
+    ]
+    assert det.stats.decisions_by_action[Action.BLOCK] == 1
+
+
+def test_trigger_is_per_source() -> None:
+    det = detector(scan_trigger=2)
+    assert (
+        reasons(det, [tcp(80), tcp(80, src=addr(1)), tcp(80, src=addr(2))])
+        == [Reason.BELOW_TRIGGER] * 3
+    )
+    assert reasons(det, [tcp(80, src=addr(1))]) == [Reason.TRIGGERED]
+
+
+def test_unwatched_traffic_does_not_count() -> None:
+    det = detector(scan_trigger=2)
+    reasons(det, [tcp(80), tcp(5000), tcp(80, ACK), tcp(80, RST)])
+    state = det.source(SCANNER)
+    assert state is not None
+    assert state.hits == 1
+
+
+def test_window_lets_slow_scans_pass() -> None:
+    det = detector(scan_trigger=3, scan_window=10.0)
+    out = [one(det.feed(tcp(80 + i), float(i * 6))).reason for i in range(5)]
+    assert out == [Reason.BELOW_TRIGGER] * 5
+    # Hits at 18, 24 and 25 fall inside ten seconds.
+    assert one(det.feed(tcp(99), 25.0)).reason is Reason.TRIGGERED
+
+
+def test_window_counts_hits_no_older_than_the_window() -> None:
+    det = detector(scan_trigger=3, scan_window=10.0)
+    times = [0.0, 5.0, 11.0, 12.0]
+    out = [one(det.feed(tcp(80), now)).reason for now in times]
+    assert out == [Reason.BELOW_TRIGGER] * 3 + [Reason.TRIGGERED]
+
+
+# --- step 6: the response ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("level", "action"), [(0, Action.ALERT), (1, Action.BLOCK), (2, Action.COMMAND)]
+)
+def test_block_level_per_protocol(level: int, action: Action) -> None:
+    det = detector(block_tcp=level, block_udp=(level + 1) % 3)
+    assert one(det.feed(tcp(80), 0.0)).action is action
+    other = one(det.feed(udp(53, src=addr(1)), 0.0))
+    assert other.action is [Action.ALERT, Action.BLOCK, Action.COMMAND][(level + 1) % 3]
+
+
+def test_a_block_covers_the_other_protocol() -> None:
+    det = detector()
+    assert one(det.feed(tcp(80), 0.0)).action is Action.BLOCK
+    d = one(det.feed(udp(53), 1.0))
+    assert (d.action, d.reason, d.first) == (Action.IGNORED, Reason.ALREADY_BLOCKED, False)
+
+
+def test_an_alert_covers_only_its_protocol() -> None:
+    det = detector(block_tcp=0)
+    assert one(det.feed(tcp(80), 0.0)).action is Action.ALERT
+    assert one(det.feed(tcp(81), 0.0)).reason is Reason.ALREADY_BLOCKED
+    assert one(det.feed(udp(53), 0.0)).action is Action.BLOCK
+
+
+def test_release_lets_the_next_trigger_act() -> None:
+    det = detector(scan_trigger=2)
+    reasons(det, [tcp(80), tcp(80)])
+    det.release(SCANNER)
+    d = one(det.feed(tcp(80), 9.0))
+    # Evidence is kept: a repeat offender fires at once.
+    assert (d.reason, d.first, d.hits) == (Reason.TRIGGERED, True, 3)
+
+
+def test_restore_marks_existing_bans() -> None:
+    det = detector()
+    det.restore(SCANNER, Proto.TCP, Action.BLOCK)
+    det.restore(addr(1), Proto.TCP, Action.ALERT)
+    assert one(det.feed(udp(53), 0.0)).reason is Reason.ALREADY_BLOCKED
+    assert one(det.feed(tcp(80, src=addr(1)), 0.0)).reason is Reason.ALREADY_BLOCKED
+    assert one(det.feed(udp(53, src=addr(1)), 0.0)).reason is Reason.TRIGGERED
+
+
+def test_remembered_responses_are_bounded() -> None:
+    det = detector(max_responded=2)
+    for i in range(3):
+        assert one(det.feed(tcp(80, src=addr(i)), 0.0)).reason is Reason.TRIGGERED
+    assert len(det.policy.responses) == 2
+    # addr(0) was forgotten first, so it is acted on again; addr(2) is still remembered.
+    assert one(det.feed(tcp(80, src=addr(0)), 1.0)).reason is Reason.TRIGGERED
+    assert one(det.feed(tcp(80, src=addr(2)), 1.0)).reason is Reason.ALREADY_BLOCKED
+
+
+# --- bounded state ----------------------------------------------------------------------------
+
+
+def test_spoofed_flood_keeps_state_within_the_caps() -> None:
+    det = detector(max_sources=64, max_responded=32, max_ports_per_source=4)
+    for i in range(20_000):
+        det.feed(tcp(i % 1024, src=addr(i)), float(i))
+    assert det.stats.tracked_sources == 64
+    assert det.stats.sources_evicted == 20_000 - 64
+    assert len(det.policy.responses) == 32
+
+
+def test_an_evicted_source_starts_over() -> None:
+    det = detector(scan_trigger=2, max_sources=3)
+    det.feed(tcp(80), 0.0)
+    for i in range(3):
+        det.feed(tcp(80, src=addr(i)), 1.0)
+    d = one(det.feed(tcp(80), 2.0))
+    assert (d.reason, d.hits) == (Reason.BELOW_TRIGGER, 1)
+
+
+def test_tick_expires_idle_sources() -> None:
+    det = detector(scan_trigger=5, idle_timeout=60.0)
+    det.feed(tcp(80), 0.0)
+    det.feed(tcp(80, src=addr(1)), 30.0)
+    assert det.tick(61.0) == []
+    assert det.source(SCANNER) is None
+    assert det.source(addr(1)) is not None
+    assert (det.stats.sources_expired, det.stats.tracked_sources) == (1, 1)
+    d = one(det.feed(tcp(80), 62.0))
+    assert d.hits == 1
+
+
+def test_ports_seen_is_capped() -> None:
+    det = detector(scan_trigger=10_000, max_ports_per_source=5)
+    for port in range(100):
+        d = one(det.feed(tcp(port), 0.0))
+    assert (d.hits, d.ports_seen) == (100, 5)
+
+
+# --- fragments --------------------------------------------------------------------------------
+
+
+def test_tiny_fragment_to_a_watched_port() -> None:
+    det = detector()
+    d = one(det.feed(tcp(80, ACK, frag=Frag.TINY), 0.0))  # flags of a fragment prove nothing
+    assert (d.kind, d.port, d.proto) == (ScanKind.FRAGMENT, 80, Proto.TCP)
+    assert det.stats.probes_by_kind[ScanKind.FRAGMENT] == 1
+
+
+def test_fragment_with_a_port_goes_through_the_port_checks() -> None:
+    det = Detector(BASE, in_use_tcp={22}, local={HOST})
+    assert det.feed(tcp(5000, frag=Frag.TINY), 0.0) == []
+    assert det.feed(tcp(22, frag=Frag.TINY), 0.0) == []
+    assert det.feed(tcp(80, frag=Frag.TINY, dst=OTHER_HOST), 0.0) == []
+    assert (det.stats.unwatched, det.stats.in_use, det.stats.not_local) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("mode", [Mode.STCP, Mode.ATCP])
+def test_portless_fragment_always_counts_for_stealth_modes(mode: Mode) -> None:
+    det = Detector(replace(BASE, tcp_mode=mode, advanced_exclude_tcp=frozenset({0})))
+    d = one(det.feed(tcp(0, frag=Frag.OVERLAP), 0.0))
+    assert (d.kind, d.port) == (ScanKind.FRAGMENT, 0)
+
+
+@pytest.mark.parametrize("mode", [Mode.TCP, None])
+def test_portless_fragment_needs_a_stealth_mode(mode: Mode | None) -> None:
+    det = detector(tcp_mode=mode)
+    assert det.feed(tcp(0, frag=Frag.OVERLAP), 0.0) == []
+    assert det.stats.unwatched == 1
+
+
+def test_portless_fragment_still_needs_a_local_destination() -> None:
+    det = Detector(BASE, local={HOST})
+    assert det.feed(tcp(0, dst=OTHER_HOST, frag=Frag.OVERLAP), 0.0) == []
+    assert det.stats.not_local == 1
+
+
+def test_udp_fragment() -> None:
+    d = one(detector().feed(udp(0, frag=Frag.OVERLAP), 0.0))
+    assert (d.kind, d.proto, d.mode) == (ScanKind.FRAGMENT, Proto.UDP, Mode.AUDP)
+
+
+# --- decisions and stats ----------------------------------------------------------------------
+
+
+def test_decision_fields() -> None:
+    det = detector(scan_trigger=2)
+    det.feed(tcp(79), 1.0)
+    pkt = tcp(111, FIN | URG | PSH, options=True)
+    d = one(det.feed(pkt, 2.5))
+    assert d == Decision(
+        time=2.5,
+        src="198.18.0.2",
+        dst="198.18.0.1",
+        proto=Proto.TCP,
+        port=111,
+        kind=ScanKind.XMAS,
+        action=Action.BLOCK,
+        reason=Reason.TRIGGERED,
+        flags=FIN | URG | PSH,
+        ip_options=True,
+        mode=Mode.ATCP,
+        rule="scan_trigger",
+        hits=2,
+        ports_seen=2,
+        first=True,
+    )
+
+
+def test_ipv6_decision_text() -> None:
+    d = one(detector().feed(udp(53, src=SCANNER6, dst=HOST6), 0.0))
+    assert (d.src, d.dst) == ("fd00::2", "fd00::1")
+
+
+def test_stats_count_each_outcome() -> None:
+    det = Detector(replace(BASE, scan_trigger=2), in_use_tcp={22}, local={HOST})
+    det.feed(tcp(80, ACK), 0.0)
+    det.feed(tcp(5000), 0.0)
+    det.feed(tcp(22), 0.0)
+    det.feed(tcp(80, dst=OTHER_HOST), 0.0)
+    det.feed(tcp(80), 0.0)
+    det.feed(udp(53), 0.0)
+    s = det.stats
+    assert (s.packets, s.not_probe, s.unwatched, s.in_use, s.not_local, s.probes) == (
+        6,
+        1,
+        1,
+        1,
+        1,
+        2,
+    )
+    assert s.probes_by_kind[ScanKind.SYN] == 1
+    assert s.probes_by_kind[ScanKind.UDP] == 1
+    assert s.decisions_by_action == {
+        Action.ALERT: 0,
+        Action.BLOCK: 1,
+        Action.COMMAND: 0,
+        Action.IGNORED: 1,
+    }
+    assert s.tracked_sources == 1
+
+
+def test_watched_ports_for_start_up_lines() -> None:
+    det = detector(tcp_mode=Mode.STCP, advanced_udp_limit=5, advanced_exclude_udp=frozenset({1}))
+    assert det.watched_ports(Proto.TCP) == sorted(TCP_PORTS)
+    assert det.watched_ports(Proto.UDP) == [0, 2, 3, 4]
+    assert detector(tcp_mode=Mode.TCP).watched_ports(Proto.TCP) == sorted(TCP_PORTS)
+    assert detector(udp_mode=None).watched_ports(Proto.UDP) == []
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A rule that fires on a chosen port and remembers what it was shown."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self._name = name
+        self.port = port
+        self.seen: list[tuple[int, int, ScanKind, bytes, float, int]] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def times_needed(self) -> int:
+        return 4
+
+    def observe(  # noqa: PLR0917 - the ScoringRule signature
+        self, state: SourceState, proto: int, port: int, kind: ScanKind, dst: bytes, now: float
+    ) -> bool:
+        self.seen.append((proto, port, kind, dst, now, state.hits))
+        return port == self.port
+
+
+def test_every_rule_sees_every_probe_and_the_first_that_fires_names_it() -> None:
+    first, second = Recorder("first", 80), Recorder("second", 81)
+    det = Detector(BASE, rules=[first, second])
+    assert one(det.feed(tcp(79), 1.0)).reason is Reason.BELOW_TRIGGER
+    d = one(det.feed(tcp(81), 2.0))
+    assert (d.reason, d.rule) == (Reason.TRIGGERED, "second")
+    second.port = 80
+    d = one(det.feed(tcp(80, src=addr(1)), 3.0))
+    assert d.rule == "first"
+    assert [s[:2] for s in first.seen] == [(6, 79), (6, 81), (6, 80)]
+    assert first.seen == second.seen
+    assert first.seen[1] == (6, 81, ScanKind.SYN, HOST, 2.0, 2)
+    state = det.source(SCANNER)
+    assert state is not None
+    assert state.times is not None
+    assert state.times.maxlen == 4
+
+
+def test_no_rules_never_fire() -> None:
+    det = Detector(BASE, rules=[])
+    assert reasons(det, [tcp(80)] * 3) == [Reason.BELOW_TRIGGER] * 3
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"tcp_mode": Mode.UDP}, "not a tcp mode"),
+        ({"udp_mode": Mode.STCP}, "not a udp mode"),
+        ({"max_sources": 0}, "max_sources"),
+        ({"max_ports_per_source": 0}, "max_ports_per_source"),
+        ({"max_responded": 0}, "max_responded"),
+        ({"scan_trigger": -1}, "scan_trigger"),
+        ({"scan_window": -1.0}, "scan_window"),
+        ({"idle_timeout": -1.0}, "idle_timeout"),
+        ({"advanced_tcp_limit": -1}, "advanced_tcp_limit"),
+    ],
+)
+def test_config_is_validated(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        replace(BASE, **kw)  # type: ignore[arg-type]
+
+
+def test_bad_block_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="block level"):
+        detector(block_udp=3)
+
+
+def test_defaults_are_portsentry_advanced_modes() -> None:
+    c = DetectorConfig()
+    assert (c.tcp_mode, c.udp_mode, c.scan_trigger, c.scan_window) == (
+        Mode.ATCP,
+        Mode.AUDP,
+        0,
+        0.0,
+    )
+    assert (c.block_tcp, c.block_udp) == (1, 1)
+
+
+# --- properties over random traffic -----------------------------------------------------------
+
+_packets = st.tuples(
+    st.sampled_from([6, 17]),
+    st.integers(0, 40).map(addr),
+    st.sampled_from([HOST, OTHER_HOST]),
+    st.integers(0, 1100),
+    st.integers(0, 255),
+    st.sampled_from([0, 0, 0, Frag.TINY, Frag.OVERLAP]),
+    st.floats(0.0, 5.0),
+)
+
+
+@given(st.lists(_packets, max_size=300), st.integers(0, 4))
+@settings(max_examples=200, deadline=None)
+def test_random_traffic_respects_caps_and_acts_once_per_source(
+    stream: list[tuple[int, bytes, bytes, int, int, int, float]], trigger: int
+) -> None:
+    det = Detector(
+        replace(BASE, scan_trigger=trigger, max_sources=8, max_ports_per_source=3),
+        local={HOST},
+        in_use_tcp={22},
+    )
+    now = 0.0
+    blocked: set[str] = set()
+    for proto, src, dst, port, flags, frag, step in stream:
+        now += step
+        pkt: Packet = (proto, src, dst, 1, port, flags if proto == 6 else 0, 64, False, frag)
+        decisions = det.feed(pkt, now)
+        assert len(decisions) <= 1
+        assert det.stats.tracked_sources <= 8
+        if not decisions:
+            continue
+        d = decisions[0]
+        assert d.dst == "198.18.0.1"
+        assert (d.proto, d.port) != (Proto.TCP, 22)  # in use: never a probe
+        if not frag:
+            assert d.kind is not ScanKind.FRAGMENT
+        if d.action is Action.BLOCK:
+            assert d.src not in blocked  # a block covers both protocols until released
+            blocked.add(d.src)
+        assert d.first is (d.reason is Reason.TRIGGERED)
+        assert d.ports_seen <= 3
+    s = det.stats
+    assert s.packets == len(stream)
+    assert s.probes == sum(s.probes_by_kind.values()) == sum(s.decisions_by_action.values())
+    assert s.packets == s.not_probe + s.unwatched + s.in_use + s.not_local + s.probes
