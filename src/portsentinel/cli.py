@@ -1,0 +1,170 @@
+"""The ``portsentinel`` command: parses arguments and joins the rooms for each verb.
+
+Exit status (DESIGN.md): 0 success, 1 runtime failure, 2 usage or configuration error.
+Errors are printed as one clear line each, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from portsentinel import __version__
+from portsentinel.alert.events import event_line, iso_time
+from portsentinel.alert.portsentry_log import detection_lines
+from portsentinel.assemble import detector_config, load_setup
+from portsentinel.config import commands as config_commands
+from portsentinel.detect.detector import Detector
+from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
+from portsentinel.model import Decision
+from portsentinel.replay import parse_in_use, parse_local, run_replay, summary, survey_in_use
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+PROG = "portsentinel"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="PortSentinel: port-scan detection and active response (a modern PortSentry).",
+        epilog="Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    replay = verbs.add_parser(
+        "replay",
+        help="run a pcap/pcapng capture through the detector and print its decisions",
+        description=(
+            "Run a capture through the whole detection core as if live and print one JSON "
+            "event per probe that reached a decision (or PortSentry-style lines with --log). "
+            "Never touches a firewall. A port counts as in use when the capture shows the "
+            "watched host answering on it anywhere in the file (SYN-ACK, or UDP sent from it): "
+            "an approximation of the live socket table."
+        ),
+    )
+    replay.add_argument("capture", metavar="CAPTURE", help="pcap or pcapng file")
+    _add_config_option(replay)
+    replay.add_argument(
+        "--mode",
+        help="e.g. atcp,audp (default: TCP_MODE/UDP_MODE of the defaults file, else atcp,audp)",
+    )
+    replay.add_argument(
+        "--local",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="an address of the watched host (repeatable; default: every destination of probes)",
+    )
+    replay.add_argument(
+        "--in-use",
+        action="append",
+        default=[],
+        metavar="PROTO:PORTS",
+        help="ports in use besides those seen answering, e.g. tcp:22,80 (repeatable)",
+    )
+    replay.add_argument(
+        "--log", action="store_true", help="print PortSentry-style log lines instead of JSON"
+    )
+    replay.set_defaults(handler=_cmd_replay)
+
+    config = verbs.add_parser("config", help="check a configuration or print the defaults")
+    config_verbs = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
+    check = config_verbs.add_parser(
+        "check",
+        help="validate a configuration and print the effective settings",
+        description=(
+            "Validate a configuration (and the ignore and defaults files it names). Exit 0 "
+            "when it loads, with any warnings on stderr; 2 with the errors."
+        ),
+    )
+    _add_config_option(check)
+    check.set_defaults(handler=_cmd_config_check)
+    defaults = config_verbs.add_parser(
+        "defaults", help="print every setting with its default as a commented config file"
+    )
+    defaults.set_defaults(handler=_cmd_config_defaults)
+    return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default /etc/portsentinel/portsentinel.conf if present, "
+        "else the embedded defaults)",
+    )
+
+
+def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    return config_commands.check(args.config, out, err)
+
+
+def _cmd_config_defaults(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    out.write(config_commands.render_defaults())
+    return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    setup = load_setup(args.config, args.mode)
+    for warning in setup.warnings:
+        err.write(f"{PROG}: warning: {warning}\n")
+    local = parse_local(args.local) if args.local else None
+    extra_tcp, extra_udp = parse_in_use(args.in_use)
+    seen = survey_in_use(args.capture, local)
+    detector = Detector(
+        detector_config(setup),
+        ignore=setup.ignore,
+        local=local,
+        in_use_tcp=seen.tcp | extra_tcp,
+        in_use_udp=seen.udp | extra_udp,
+    )
+    emit = _log_writer(out) if args.log else _event_writer(out)
+    stats = run_replay(args.capture, detector, emit)
+    out.flush()
+    err.write(f"{PROG}: {summary(args.capture, stats)}\n")
+    return EXIT_OK
+
+
+def _event_writer(out: TextIO) -> Callable[[Decision], None]:
+    def emit(decision: Decision) -> None:
+        out.write(event_line(decision, decision.time) + "\n")
+
+    return emit
+
+
+def _log_writer(out: TextIO) -> Callable[[Decision], None]:
+    def emit(decision: Decision) -> None:
+        stamp = iso_time(decision.time)
+        for line in detection_lines(decision):
+            out.write(f"{stamp} {line}\n")
+
+    return emit
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
+    try:
+        return handler(args, sys.stdout, sys.stderr)
+    except (ConfigError, ConfigErrors) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_USAGE
+    except CaptureError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        return EXIT_OK
+    except PortSentinelError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Configuration: PortSentry's ``KEY="value"`` files, typed once into ``Settings``.
+
+``schema`` declares every setting; ``load`` reads a config file; ``ignore`` reads ignore files;
+``modes`` picks the modes to run; ``commands`` backs ``config check`` and ``config defaults``.
+"""
+
+from __future__ import annotations
+
+from portsentinel.config.ignore import load_ignore_file
+from portsentinel.config.load import Diagnosis, LoadedConfig, diagnose_config, load_config
+from portsentinel.config.modes import parse_modes, read_defaults_file, resolve_modes
+from portsentinel.config.schema import SETTINGS, Settings, SettingSpec, spec_for
+from portsentinel.config.types import Backend, BlockLevel
+
+__all__ = [
+    "SETTINGS",
+    "Backend",
+    "BlockLevel",
+    "Diagnosis",
+    "LoadedConfig",
+    "SettingSpec",
+    "Settings",
+    "diagnose_config",
+    "load_config",
+    "load_ignore_file",
+    "parse_modes",
+    "read_defaults_file",
+    "resolve_modes",
+    "spec_for",
+]

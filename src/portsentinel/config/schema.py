@@ -1,0 +1,254 @@
+"""Every setting, declared once: key, type, default, unit, help text and where it comes from.
+
+The loader, ``config check``, ``config defaults`` and the docs all walk ``SETTINGS``; adding a
+setting means adding one ``setting(...)`` line to ``Settings`` and nothing else. Defaults are
+written as config text and parsed by the setting's own type, so the defaults dump is, by
+construction, a file that loads back to exactly ``Settings()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from portsentinel.config import types as t
+from portsentinel.config.types import Backend, BlockLevel, ValueType
+
+T = TypeVar("T")
+
+Origin = Literal["portsentry-1.2", "portsentry-2.0", "portsentinel"]
+
+# A lint looks at a value that parsed fine and may return a warning about it.
+Lint = Callable[[str], str | None]
+
+# Debian 1.2's "aware" lists (the file spells the ranges out port by port).
+DEBIAN_TCP_PORTS = (
+    "1,11,15,79,111,119,143,540,635,1080,1524,2000,5742,6667,12345,12346,20034,27665,"
+    "31337,32771-32774,40421,49724,54320"
+)
+DEBIAN_UDP_PORTS = "1,7,9,69,161,162,513,635,640,641,700,37444,34555,31335,32770-32774,31337,54321"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """The declaration of one setting. ``default`` is config text, parsed by ``parse``."""
+
+    key: str
+    parse: ValueType[Any]
+    default: str
+    unit: str
+    help: str
+    origin: Origin
+    lint: Lint | None = None
+
+    @property
+    def attr(self) -> str:
+        """The ``Settings`` attribute: the key in lower case."""
+        return self.key.lower()
+
+    @property
+    def default_value(self) -> object:
+        return self.parse(self.default)
+
+    def render(self, value: Any) -> str:
+        """The value as config text that parses back to ``value``."""
+        text: str = self.parse.render(value)
+        return text
+
+
+def setting(
+    *,
+    key: str,
+    parse: ValueType[T],
+    default: str,
+    unit: str,
+    help: str,
+    origin: Origin,
+    lint: Lint | None = None,
+) -> T:
+    """Declare a ``Settings`` field; its spec rides along in the field's metadata."""
+    spec = SettingSpec(key, parse, default, unit, help, origin, lint)
+    value: T = dataclasses.field(default=parse(default), metadata={"spec": spec})
+    return value
+
+
+def _needs_target(raw: str) -> str | None:
+    if raw and "$TARGET$" not in raw:
+        return "has no $TARGET$ macro; PortSentry 1.2 skips such an action"
+    return None
+
+
+def _zero_or_one(raw: str) -> str | None:
+    if raw.strip() not in ("0", "1"):
+        return f"{raw.strip()!r} is read as {'0' if int(raw) == 0 else '1'} (expected 0 or 1)"
+    return None
+
+
+_P12: Origin = "portsentry-1.2"
+_NEW: Origin = "portsentinel"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The typed, immutable configuration. Attribute names are the lower-case keys."""
+
+    # --- PortSentry 1.2 -----------------------------------------------------------------
+    tcp_ports: frozenset[int] = setting(
+        key="TCP_PORTS", parse=t.port_list, default=DEBIAN_TCP_PORTS, unit="ports",
+        help="TCP ports watched in the tcp and stcp modes", origin=_P12,
+    )  # fmt: skip
+    udp_ports: frozenset[int] = setting(
+        key="UDP_PORTS", parse=t.port_list, default=DEBIAN_UDP_PORTS, unit="ports",
+        help="UDP ports watched in the udp and sudp modes", origin=_P12,
+    )  # fmt: skip
+    advanced_ports_tcp: int = setting(
+        key="ADVANCED_PORTS_TCP", parse=t.port_limit, default="1024", unit="port number",
+        help="atcp mode watches every TCP port below this number", origin=_P12,
+    )  # fmt: skip
+    advanced_ports_udp: int = setting(
+        key="ADVANCED_PORTS_UDP", parse=t.port_limit, default="1024", unit="port number",
+        help="audp mode watches every UDP port below this number", origin=_P12,
+    )  # fmt: skip
+    advanced_exclude_tcp: frozenset[int] = setting(
+        key="ADVANCED_EXCLUDE_TCP", parse=t.port_list, default="113,139", unit="ports",
+        help="TCP ports atcp mode never watches (besides ports in use)", origin=_P12,
+    )  # fmt: skip
+    advanced_exclude_udp: frozenset[int] = setting(
+        key="ADVANCED_EXCLUDE_UDP", parse=t.port_list, default="520,138,137,67", unit="ports",
+        help="UDP ports audp mode never watches (besides ports in use)", origin=_P12,
+    )  # fmt: skip
+    ignore_file: str = setting(
+        key="IGNORE_FILE", parse=t.path, default="", unit="path",
+        help="addresses and CIDR ranges never acted against, one per line", origin=_P12,
+    )  # fmt: skip
+    history_file: str = setting(
+        key="HISTORY_FILE", parse=t.path, default="", unit="path",
+        help="PortSentry-format history lines are appended here (fail2ban reads it)",
+        origin=_P12,
+    )  # fmt: skip
+    blocked_file: str = setting(
+        key="BLOCKED_FILE", parse=t.path, default="", unit="path",
+        help="PortSentry-format blocked list; the mode name is appended (.atcp)", origin=_P12,
+    )  # fmt: skip
+    resolve_host: bool = setting(
+        key="RESOLVE_HOST", parse=t.flag, default="0", unit="0/1",
+        help="look up the name of each attacking address (reverse DNS)", origin=_P12,
+    )  # fmt: skip
+    block_tcp: BlockLevel = setting(  # noqa: RUF009 - a dataclasses.field
+        key="BLOCK_TCP", parse=t.block_level, default="1", unit="level",
+        help="response to TCP scans: 0 log only, 1 block, 2 run KILL_RUN_CMD only",
+        origin=_P12,
+    )  # fmt: skip
+    block_udp: BlockLevel = setting(  # noqa: RUF009 - a dataclasses.field
+        key="BLOCK_UDP", parse=t.block_level, default="1", unit="level",
+        help="response to UDP scans: 0 log only, 1 block, 2 run KILL_RUN_CMD only",
+        origin=_P12,
+    )  # fmt: skip
+    kill_route: str = setting(
+        key="KILL_ROUTE", parse=t.command, default="", unit="command",
+        help="blocking command for BLOCK_BACKEND=legacy; a native backend replaces it",
+        origin=_P12, lint=_needs_target,
+    )  # fmt: skip
+    kill_hosts_deny: str = setting(
+        key="KILL_HOSTS_DENY", parse=t.text, default="", unit="text",
+        help="line appended to HOSTS_DENY_FILE when blocking", origin=_P12,
+        lint=_needs_target,
+    )  # fmt: skip
+    kill_run_cmd_first: bool = setting(
+        key="KILL_RUN_CMD_FIRST", parse=t.nonzero_flag, default="0", unit="0/1",
+        help="1 runs KILL_RUN_CMD before blocking, 0 after it", origin=_P12,
+        lint=_zero_or_one,
+    )  # fmt: skip
+    kill_run_cmd: str = setting(
+        key="KILL_RUN_CMD", parse=t.command, default="", unit="command",
+        help="command run for every triggered source (argv, no shell)", origin=_P12,
+    )  # fmt: skip
+    scan_trigger: int = setting(
+        key="SCAN_TRIGGER", parse=t.int_range(0, 65535), default="0", unit="count",
+        help="hits from one source before responding; 0 and 1 both act on the first",
+        origin=_P12,
+    )  # fmt: skip
+    port_banner: str = setting(
+        key="PORT_BANNER", parse=t.text, default="", unit="text",
+        help="text sent to a peer that triggered a bound-port (tcp/udp) mode", origin=_P12,
+    )  # fmt: skip
+
+    # --- PortSentinel -------------------------------------------------------------------
+    block_backend: Backend = setting(  # noqa: RUF009 - a dataclasses.field
+        key="BLOCK_BACKEND", parse=t.backend, default="nftables", unit="backend",
+        help="how blocks are applied: nftables, iptables, route, or legacy (KILL_ROUTE)",
+        origin=_NEW,
+    )  # fmt: skip
+    ban_duration: float | None = setting(
+        key="BAN_DURATION", parse=t.ban_duration, default="1h", unit="seconds",
+        help="length of a first ban, or permanent as in PortSentry", origin=_NEW,
+    )  # fmt: skip
+    ban_repeat_factor: float = setting(
+        key="BAN_REPEAT_FACTOR", parse=t.number_range(1.0, 1000.0), default="2", unit="factor",
+        help="each repeat ban of a source lasts this many times the previous one",
+        origin=_NEW,
+    )  # fmt: skip
+    ban_max_duration: float | None = setting(
+        key="BAN_MAX_DURATION", parse=t.ban_duration, default="7d", unit="seconds",
+        help="upper bound for a repeat offender's ban, or permanent", origin=_NEW,
+    )  # fmt: skip
+    unblock_run_cmd: str = setting(
+        key="UNBLOCK_RUN_CMD", parse=t.command, default="", unit="command",
+        help="command run when a ban ends, undoing KILL_RUN_CMD", origin=_NEW,
+    )  # fmt: skip
+    scan_window: float = setting(
+        key="SCAN_WINDOW", parse=t.duration, default="0", unit="seconds",
+        help="hits older than this stop counting toward SCAN_TRIGGER; 0 never forgets",
+        origin=_NEW,
+    )  # fmt: skip
+    max_tracked_sources: int = setting(
+        key="MAX_TRACKED_SOURCES", parse=t.int_range(1), default="65536", unit="count",
+        help="sources counted at once; the least recently seen is forgotten first",
+        origin=_NEW,
+    )  # fmt: skip
+    max_ports_per_source: int = setting(
+        key="MAX_PORTS_PER_SOURCE", parse=t.int_range(1), default="64", unit="count",
+        help="distinct ports remembered per source", origin=_NEW,
+    )  # fmt: skip
+    source_idle_timeout: float = setting(
+        key="SOURCE_IDLE_TIMEOUT", parse=t.positive_duration, default="1h", unit="seconds",
+        help="a source not seen for this long is forgotten", origin=_NEW,
+    )  # fmt: skip
+    max_active_bans: int = setting(
+        key="MAX_ACTIVE_BANS", parse=t.int_range(1), default="10000", unit="count",
+        help="ban budget: bans in force at once, ranked by evidence", origin=_NEW,
+    )  # fmt: skip
+    defaults_file: str = setting(
+        key="DEFAULTS_FILE", parse=t.path, default="/etc/default/portsentry", unit="path",
+        help="Debian's TCP_MODE/UDP_MODE file, read when no --mode is given", origin=_NEW,
+    )  # fmt: skip
+    hosts_deny_file: str = setting(
+        key="HOSTS_DENY_FILE", parse=t.path, default="/etc/hosts.deny", unit="path",
+        help="the file KILL_HOSTS_DENY lines are appended to", origin=_NEW,
+    )  # fmt: skip
+    resolv_conf: str = setting(
+        key="RESOLV_CONF", parse=t.path, default="/etc/resolv.conf", unit="path",
+        help="resolver configuration; its name servers are never blocked", origin=_NEW,
+    )  # fmt: skip
+
+
+def _collect() -> tuple[SettingSpec, ...]:
+    specs = []
+    for field in dataclasses.fields(Settings):
+        spec = field.metadata["spec"]
+        if not isinstance(spec, SettingSpec) or spec.attr != field.name:
+            raise TypeError(f"Settings.{field.name} is not declared with setting(key=...)")
+        specs.append(spec)
+    return tuple(specs)
+
+
+SETTINGS: tuple[SettingSpec, ...] = _collect()
+_BY_KEY: dict[str, SettingSpec] = {spec.key: spec for spec in SETTINGS}
+KEYS: frozenset[str] = frozenset(_BY_KEY)
+
+
+def spec_for(key: str) -> SettingSpec:
+    """The declaration of ``key`` (exact, upper case); ``KeyError`` if there is none."""
+    return _BY_KEY[key]

@@ -1,0 +1,74 @@
+"""The declarations: one per setting, complete, and typed defaults that round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from portsentinel.config.schema import KEYS, SETTINGS, Settings, spec_for
+from portsentinel.config.types import Backend, BlockLevel
+
+PORTSENTRY_12_KEYS = {
+    "TCP_PORTS", "UDP_PORTS", "ADVANCED_PORTS_TCP", "ADVANCED_PORTS_UDP",
+    "ADVANCED_EXCLUDE_TCP", "ADVANCED_EXCLUDE_UDP", "IGNORE_FILE", "HISTORY_FILE",
+    "BLOCKED_FILE", "RESOLVE_HOST", "BLOCK_TCP", "BLOCK_UDP", "KILL_ROUTE",
+    "KILL_HOSTS_DENY", "KILL_RUN_CMD", "KILL_RUN_CMD_FIRST", "SCAN_TRIGGER", "PORT_BANNER",
+}  # fmt: skip
+
+
+def test_every_field_is_declared_once_with_its_lower_case_key() -> None:
+    fields = dataclasses.fields(Settings)
+    assert [f.name for f in fields] == [s.attr for s in SETTINGS]
+    assert len(KEYS) == len(SETTINGS)
+    assert all(s.key == s.attr.upper() for s in SETTINGS)
+
+
+def test_every_portsentry_12_key_is_known_and_marked() -> None:
+    assert PORTSENTRY_12_KEYS <= KEYS
+    for key in PORTSENTRY_12_KEYS:
+        assert spec_for(key).origin == "portsentry-1.2"
+    assert spec_for("BLOCK_BACKEND").origin == "portsentinel"
+
+
+def test_specs_have_help_unit_and_a_parsable_default() -> None:
+    defaults = Settings()
+    for spec in SETTINGS:
+        assert spec.help, spec.key
+        assert "\n" not in spec.help, spec.key
+        assert spec.unit, spec.key
+        value = getattr(defaults, spec.attr)
+        assert spec.parse(spec.render(value)) == value, spec.key
+
+
+def test_values_are_typed_not_raw_strings() -> None:
+    defaults = Settings()
+    for spec in SETTINGS:
+        value = getattr(defaults, spec.attr)
+        assert (type(value) is str) == spec.parse.text, spec.key
+
+
+def test_embedded_defaults() -> None:
+    s = Settings()
+    assert {32772, 54320} <= s.tcp_ports
+    assert 80 not in s.tcp_ports
+    assert s.udp_ports >= {31337, 32770, 54321}
+    assert s.advanced_ports_tcp == 1024
+    assert s.advanced_exclude_tcp == frozenset({113, 139})
+    assert s.advanced_exclude_udp == frozenset({520, 138, 137, 67})
+    assert (s.block_tcp, s.block_udp) == (BlockLevel.BLOCK, BlockLevel.BLOCK)
+    assert s.block_backend is Backend.NFTABLES
+    assert (s.ban_duration, s.ban_max_duration) == (3600.0, 7 * 86400.0)
+    assert s.ban_repeat_factor == 2.0
+    assert (s.scan_window, s.scan_trigger) == (0.0, 0)
+    assert (s.max_tracked_sources, s.max_ports_per_source) == (65536, 64)
+    assert s.defaults_file == "/etc/default/portsentry"
+    assert s.ignore_file == ""
+
+
+def test_settings_are_frozen_and_spec_for_is_exact() -> None:
+    s = Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.scan_trigger = 3  # type: ignore[misc]
+    with pytest.raises(KeyError):
+        spec_for("tcp_ports")
