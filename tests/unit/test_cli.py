@@ -1,0 +1,163 @@
+"""The command line: exit statuses, error wording, and the verbs end to end (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from portsentinel.cli import main
+
+CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captures"
+DEBIAN = Path(__file__).resolve().parents[1] / "fixtures" / "config" / "debian"
+ERROR_LINE = re.compile(r"^[^:]+:\d+: [A-Z_]+: .+ \(expected .+\)$")
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_check_debian_file_loads_with_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(["config", "check", "--config", str(DEBIAN / "portsentry.conf")], capsys)
+    assert status == 0
+    assert "warning:" in err
+    assert 'SCAN_TRIGGER="0"' in out
+
+
+def test_config_check_errors_name_file_line_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write(
+        tmp_path / "bad.conf", 'TCP_PORTS="1,2,x"\n# fine\nBLOCK_TCP="7"\nSCAN_TRIGER="1"\n'
+    )
+    status, _out, err = run(["config", "check", "--config", conf], capsys)
+    assert status == 2
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if not line.startswith("warning:")]
+    assert [line.split(":", 3)[1:3] for line in errors] == [
+        ["1", " TCP_PORTS"],
+        ["3", " BLOCK_TCP"],
+    ]
+    assert all(ERROR_LINE.match(line) for line in errors), errors
+    assert "did you mean SCAN_TRIGGER?" in err
+
+
+def test_defaults_output_is_a_valid_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _err = run(["config", "defaults"], capsys)
+    assert status == 0
+    conf = write(tmp_path / "defaults.conf", out)
+    status, _out, err = run(["config", "check", "--config", conf], capsys)
+    assert status == 0, err
+
+
+def test_bad_ignore_file_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ignore = write(tmp_path / "ignore", "127.0.0.1/32\nadmin.example.org\n")
+    conf = write(tmp_path / "c.conf", f'IGNORE_FILE="{ignore}"\n')
+    status, _out, err = run(["replay", "--config", conf, str(CAPTURES / "syn.pcap")], capsys)
+    assert status == 2
+    assert f"{ignore}:2: IGNORE_FILE:" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "needle"),
+    [
+        (["--in-use", "sctp:5"], 2, "--in-use"),
+        (["--in-use", "tcp:99999"], 2, "--in-use"),
+        (["--local", "not-an-ip"], 2, "--local"),
+        (["--mode", "atcp,stcp"], 2, "mode"),
+    ],
+)
+def test_replay_usage_errors(
+    extra: list[str], status: int, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write(tmp_path / "c.conf", "")
+    code, out, err = run(["replay", "--config", conf, *extra, str(CAPTURES / "syn.pcap")], capsys)
+    assert code == status
+    assert out == ""
+    assert needle in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a capture at all, just text\n"])
+def test_replay_of_a_non_capture_is_a_runtime_failure(
+    content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = tmp_path / "junk.pcap"
+    capture.write_bytes(content)
+    conf = write(tmp_path / "c.conf", "")
+    status, _out, err = run(["replay", "--config", conf, "--mode", "atcp", str(capture)], capsys)
+    assert status == 1
+    assert str(capture) in err
+
+
+def test_replay_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = write(tmp_path / "c.conf", "")
+    missing = tmp_path / "nope.pcap"
+    status, _out, err = run(["replay", "--config", conf, "--mode", "atcp", str(missing)], capsys)
+    assert status == 1
+    assert str(missing) in err
+
+
+def test_replay_honours_the_ignore_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ignore = write(
+        tmp_path / "ignore", "# the scanner's /24, written with a host address\n198.18.0.77/24\n"
+    )
+    conf = write(tmp_path / "c.conf", f'IGNORE_FILE="{ignore}"\n')
+    status, out, _err = run(
+        ["replay", "--config", conf, "--mode", "atcp", str(CAPTURES / "syn.pcap")], capsys
+    )
+    assert status == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events
+    assert {(e["action"], e["reason"]) for e in events} == {("ignored", "ignore list")}
+
+
+def test_replay_own_address_is_never_acted_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write(tmp_path / "c.conf", "")
+    argv = ["replay", "--config", conf, "--mode", "atcp", "--local", "198.18.0.1"]
+    argv += ["--local", "198.18.0.2", str(CAPTURES / "syn.pcap")]
+    status, out, _err = run(argv, capsys)
+    assert status == 0
+    reasons = {json.loads(line)["reason"] for line in out.splitlines()}
+    assert reasons == {"own address"}
+
+
+def test_replay_modes_from_the_defaults_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    defaults = write(tmp_path / "portsentry", 'TCP_MODE="stcp"\nUDP_MODE="sudp"\n')
+    conf = write(tmp_path / "c.conf", f'DEFAULTS_FILE="{defaults}"\nTCP_PORTS="1,2,3"\n')
+    status, out, _err = run(["replay", "--config", conf, str(CAPTURES / "syn.pcap")], capsys)
+    assert status == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert {e["port"] for e in events} == {1, 2, 3}
+    assert {e["mode"] for e in events} == {"stcp"}
+
+
+def test_console_script_runs_as_a_module() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "portsentinel", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "replay" in done.stdout
