@@ -39,7 +39,7 @@ class ConfigError(PortSentinelError):
         return f"{where}{key}{self.message}{expected}"
 
 
-class ConfigErrors(PortSentinelError):
+class ConfigErrors(PortSentinelError):  # noqa: N818 - a batch of ConfigError, named for it
     """Several configuration errors found in one pass; ``errors`` keeps them all."""
 
     def __init__(self, errors: list[ConfigError]) -> None:
