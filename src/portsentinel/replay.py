@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from portsentinel.capture.pcapfile import open_capture
+from portsentinel.capture.pcapfile import CorruptCaptureError, open_capture
 from portsentinel.decode import decoder_for_linktype
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import ConfigError, DecodeError
@@ -33,6 +33,8 @@ class ReplayStats:
     skipped: int = 0  # frames that are not TCP/UDP over IP (ARP, ICMP, later fragments)
     decode_errors: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
+    # A capture cut short (tcpdump killed, disk full) is replayed up to the cut, with a warning.
+    truncated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,18 +106,29 @@ def _packets(path: str, stats: ReplayStats) -> Iterable[tuple[float, Packet]]:
     """Decoded TCP/UDP packets with their timestamps; counts what it skips."""
     decoders = _Decoders()
     with open_capture(path) as reader:
-        for ts, linktype, frame in reader:
-            stats.frames += 1
-            try:
-                pkt = decoders(linktype)(frame)
-            except DecodeError:
-                stats.decode_errors += 1
-                continue
-            if pkt is None:
-                stats.skipped += 1
-                continue
-            stats.packets += 1
-            yield ts, pkt
+        try:
+            yield from _decoded(reader, decoders, stats)
+        except CorruptCaptureError as exc:
+            if not exc.truncated:
+                raise
+            stats.truncated = str(exc)
+
+
+def _decoded(
+    frames: Iterable[tuple[float, int, bytes]], decoders: _Decoders, stats: ReplayStats
+) -> Iterable[tuple[float, Packet]]:
+    for ts, linktype, frame in frames:
+        stats.frames += 1
+        try:
+            pkt = decoders(linktype)(frame)
+        except DecodeError:
+            stats.decode_errors += 1
+            continue
+        if pkt is None:
+            stats.skipped += 1
+            continue
+        stats.packets += 1
+        yield ts, pkt
 
 
 def survey_in_use(path: str, local: frozenset[bytes] | None) -> InUse:
@@ -154,7 +167,10 @@ def run_replay(path: str, detector: Detector, emit: Callable[[Decision], None]) 
 def summary(path: str, stats: ReplayStats) -> str:
     """One human line for stderr."""
     actions = ", ".join(f"{n} {k}" for k, n in sorted(stats.decisions.items())) or "none"
-    return (
+    line = (
         f"replayed {path}: {stats.frames} frames, {stats.packets} TCP/UDP packets, "
         f"{stats.skipped} other, {stats.decode_errors} malformed; decisions: {actions}"
     )
+    if stats.truncated:
+        line += f"\nwarning: capture cut short, replayed up to the cut: {stats.truncated}"
+    return line

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dpkt
 import pytest
 
 from portsentinel.cli import main
 
 CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captures"
 DEBIAN = Path(__file__).resolve().parents[1] / "fixtures" / "config" / "debian"
+# atcp with default excludes: 1-120 and 443 scanned, 22/80 open, 113 excluded
+TCP_EVENTS_IN_SYN = (set(range(1, 121)) | {443}) - {22, 80, 113}
 ERROR_LINE = re.compile(r"^[^:]+:\d+: [A-Z_]+: .+ \(expected .+\)$")
 
 
@@ -161,3 +164,33 @@ def test_console_script_runs_as_a_module() -> None:
     )
     assert done.returncode == 0
     assert "replay" in done.stdout
+
+
+def test_replay_of_a_capture_cut_short_keeps_what_it_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = (CAPTURES / "syn.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole[: len(whole) // 2 + 7])  # ends inside a record
+    conf = write(tmp_path / "c.conf", "")
+    status, out, err = run(["replay", "--config", conf, "--mode", "atcp", str(cut)], capsys)
+    assert status == 0
+    assert "cut short" in err
+    assert len(out.splitlines()) > 10
+
+
+def test_replay_counts_malformed_frames_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = [frame for _ts, frame in dpkt.pcap.Reader((CAPTURES / "syn.pcap").open("rb"))]
+    mixed = tmp_path / "mixed.pcap"
+    with mixed.open("wb") as fh:
+        writer = dpkt.pcap.Writer(fh)
+        for i, frame in enumerate(good):
+            writer.writepkt(frame, ts=1_000_000 + i)
+            writer.writepkt(frame[:20], ts=1_000_000 + i)  # Ethernet + 6 bytes of IPv4
+    conf = write(tmp_path / "c.conf", "")
+    status, out, err = run(["replay", "--config", conf, "--mode", "atcp", str(mixed)], capsys)
+    assert status == 0
+    assert f"{len(good)} malformed" in err
+    assert len(out.splitlines()) == len(TCP_EVENTS_IN_SYN)
