@@ -15,7 +15,7 @@ until a packet becomes a decision. The steps, in order:
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -108,6 +108,7 @@ class DetectorStats:
     unwatched: int = 0
     in_use: int = 0
     not_local: int = 0
+    replies: int = 0
     probes: int = 0
     probes_by_kind: dict[ScanKind, int] = field(default_factory=lambda: dict.fromkeys(ScanKind, 0))
     decisions_by_action: dict[Action, int] = field(default_factory=lambda: dict.fromkeys(Action, 0))
@@ -130,6 +131,7 @@ class Detector:
         "_in_use_udp",
         "_local",
         "_modes",
+        "_reply_check",
         "_stealth",
         "_texts",
         "_tracker",
@@ -171,6 +173,7 @@ class Detector:
         self._in_use_tcp = in_use_tcp
         self._in_use_udp = in_use_udp
         self._local = local
+        self._reply_check: Callable[[Packet], bool] | None = None
         self._texts: dict[bytes, str] = {}
         self.rules: tuple[ScoringRule, ...] = (
             tuple(rules) if rules is not None else (ScanTrigger(c.scan_trigger, c.scan_window),)
@@ -222,6 +225,10 @@ class Detector:
         local = self._local
         if local is not None and dst not in local:
             stats.not_local += 1
+            return []
+        reply_check = self._reply_check
+        if reply_check is not None and reply_check(pkt):
+            stats.replies += 1
             return []
         return self._probe(pkt, kind, now)
 
@@ -347,6 +354,15 @@ class Detector:
             self._in_use_udp = view
         else:
             raise ValueError(f"unknown protocol {proto}")
+
+    def set_reply_check(self, check: Callable[[Packet], bool] | None) -> None:
+        """A test for packets that answer a flow this host started (the kernel's conntrack).
+
+        Asked only for what would otherwise be a probe, last, so its cost (a kernel query)
+        is paid rarely: a late DNS or NTP reply to a watched port is then not a probe. It
+        must judge the whole flow, never the source port alone (``nmap -g 53`` forges it).
+        """
+        self._reply_check = check
 
     def set_ignore(self, ignore: AddressSet) -> None:
         self.policy.ignore = ignore

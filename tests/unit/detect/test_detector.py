@@ -222,6 +222,26 @@ def test_destination_must_be_local_when_a_view_is_set() -> None:
     assert det.feed(tcp(80, dst=OTHER_HOST), 0.0)
 
 
+def test_reply_check_is_asked_last_and_excuses_replies() -> None:
+    asked: list[Packet] = []
+
+    def is_reply(pkt: Packet) -> bool:
+        asked.append(pkt)
+        return pkt[3] == 53  # the test's stand-in for a conntrack lookup
+
+    det = detector()
+    det.set_reply_check(is_reply)
+    reply = (17, SCANNER, HOST, 53, 161, 0, 64, False, 0)
+    assert det.feed(reply, 0.0) == []
+    assert det.stats.replies == 1
+    assert one(det.feed(udp(161), 0.0)).kind is ScanKind.UDP  # asked, not a reply
+    assert det.feed(udp(5000), 0.0) == []  # unwatched: never asked
+    assert det.feed(tcp(80, ACK), 0.0) == []  # not a probe: never asked
+    assert len(asked) == 2
+    det.set_reply_check(None)
+    assert one(det.feed(reply, 0.0)).kind is ScanKind.UDP
+
+
 def test_connects_skip_the_destination_check() -> None:
     det = Detector(replace(BASE, tcp_mode=Mode.TCP), local={HOST})
     assert det.feed_connect(Proto.TCP, SCANNER, OTHER_HOST, 79, 0.0)
