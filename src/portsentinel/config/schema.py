@@ -228,6 +228,26 @@ class Settings:
         key="HOSTS_DENY_FILE", parse=t.path, default="/etc/hosts.deny", unit="path",
         help="the file KILL_HOSTS_DENY lines are appended to", origin=_NEW,
     )  # fmt: skip
+    interfaces: tuple[str, ...] = setting(
+        key="INTERFACES", parse=t.interfaces, default="", unit="interfaces",
+        help="interfaces the stealth modes watch; empty: every interface but loopback, "
+        "including those that appear later", origin=_NEW,
+    )  # fmt: skip
+    capture_ring_mib: int = setting(
+        key="CAPTURE_RING_MIB", parse=t.int_range(1, 1024), default="16", unit="MiB",
+        help="kernel ring buffer of the stealth capture; a larger ring rides out longer "
+        "bursts without drops", origin=_NEW,
+    )  # fmt: skip
+    syslog: bool = setting(
+        key="SYSLOG", parse=t.flag, default="0", unit="0/1",
+        help="also send PortSentry-style lines to syslog (facility daemon, level notice); "
+        "they always go to standard error, which systemd keeps in the journal", origin=_NEW,
+    )  # fmt: skip
+    syslog_ident: str = setting(
+        key="SYSLOG_IDENT", parse=t.text, default="portsentinel", unit="name",
+        help="syslog identity of the lines; portsentry keeps old log filters working",
+        origin=_NEW,
+    )  # fmt: skip
     resolv_conf: str = setting(
         key="RESOLV_CONF", parse=t.path, default="/etc/resolv.conf", unit="path",
         help="resolver configuration; its name servers are never blocked", origin=_NEW,

@@ -312,6 +312,25 @@ path = ValueType(
 )
 
 
+_IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+
+
+def _interfaces(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    for name in names:
+        if not _IFNAME.fullmatch(name):
+            raise InvalidValueError(f"{name!r} is not an interface name")
+    return names
+
+
+interfaces = ValueType(
+    name="interface list",
+    expected="comma-separated interface names (at most 15 characters each), or empty for all",
+    parse=_interfaces,
+    render=",".join,
+)
+
+
 def _backend(raw: str) -> Backend:
     try:
         return Backend(raw.strip().lower())
