@@ -6,8 +6,10 @@ Only the message is built here; the syslog ident, facility and timestamp are the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from portsentinel.detect.classify import portsentry_label
-from portsentinel.model import Action, Decision, Proto, Reason, ScanKind
+from portsentinel.model import Action, Decision, Mode, Proto, Reason, ScanKind
 
 _SILENT = frozenset({Reason.BELOW_TRIGGER, Reason.IGNORE_LIST, Reason.OWN_ADDRESS})
 
@@ -54,3 +56,69 @@ def _probe_line(decision: Decision, host: str, proto: str) -> str:
     if decision.proto is Proto.UDP:
         return f"attackalert: UDP scan from host: {host} to UDP port: {decision.port}"
     return f"attackalert: {label} from host: {host} to TCP port: {decision.port}"
+
+
+# --- start-up and shutdown, in 1.2's words (the UDP twin of each TCP line says UDP) ----------
+
+ACTIVE = "adminalert: PortSentry is now active and listening."
+SHUTDOWN = ("securityalert: PortSentry is shutting down", "adminalert: PortSentry is shutting down")
+
+
+def starting_line(version: str) -> str:
+    return f"adminalert: PortSentinel {version} (PortSentry 1.2 compatible) is starting."
+
+
+def stealth_startup_lines(
+    mode: Mode, watched: Iterable[int], excluded: Iterable[int], in_use: Iterable[int], limit: int
+) -> list[str]:
+    """What 1.2 logs when a stealth mode (stcp/sudp/atcp/audp) starts.
+
+    ``in_use`` ports are skipped only while they are in use: unlike 1.2, a port that frees up
+    later is watched from then on.
+    """
+    proto = mode.proto.label
+    busy = sorted(set(in_use))
+    if mode.advanced:
+        lines = [f"adminalert: Advanced mode will monitor first {limit} ports"]
+        excluded = sorted(set(excluded))
+        lines += [f"adminalert: Advanced mode will manually exclude port: {p} " for p in excluded]
+        if not excluded:
+            lines.append("adminalert: Advanced mode will manually exclude no ports")
+        lines += [
+            f"adminalert: Advanced Stealth scan detection mode activated. Ignored {proto} port: {p}"
+            for p in busy
+            if p < limit
+        ]
+        return lines
+    busy_set = set(busy)
+    lines = []
+    for port in sorted(set(watched)):
+        if port in busy_set:
+            lines.append(
+                f"adminalert: ERROR: Socket {port} is in use and will not be monitored. "
+                "Attempting to continue"
+            )
+        else:
+            lines.append(f"adminalert: Going into stealth listen mode on {proto} port: {port}")
+    return lines
+
+
+def bound_startup_lines(proto: Proto, bound: Iterable[int], failed: Iterable[int]) -> list[str]:
+    """What 1.2 logs when a classic mode (tcp/udp) binds its ports."""
+    label = proto.label
+    lines = [f"adminalert: Going into listen mode on {label} port: {p}" for p in sorted(bound)]
+    lines += [
+        f"adminalert: ERROR: could not bind {label} socket: {p}. Attempting to continue"
+        for p in sorted(failed)
+    ]
+    return lines
+
+
+def nothing_bound_line(proto: Proto) -> str:
+    return f"adminalert: ERROR: could not bind ANY {proto.label} sockets. Shutting down."
+
+
+def accept_failed_line(port: int) -> str:
+    return (
+        f"attackalert: Possible stealth scan from unknown host to TCP port: {port} (accept failed)"
+    )

@@ -1,0 +1,61 @@
+"""Where records go: PortSentry-style lines to standard error (and syslog), JSON events to a
+file or standard output. Both are written as they happen, so a script can follow the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import syslog
+from typing import TextIO
+
+from portsentinel.alert.events import event_line
+from portsentinel.model import Decision
+
+
+class LogSink:
+    """PortSentry's message lines: standard error always (systemd keeps it in the journal),
+    syslog too when asked (facility daemon, level notice, with the pid, as 1.2 does).
+    """
+
+    def __init__(self, stream: TextIO | None = None, syslog_ident: str | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self._syslog = syslog_ident is not None
+        if syslog_ident is not None:
+            syslog.openlog(syslog_ident, syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def line(self, message: str) -> None:
+        self._stream.write(message + "\n")
+        if self._syslog:
+            syslog.syslog(syslog.LOG_NOTICE, message)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._syslog:
+            syslog.closelog()
+
+
+class EventSink:
+    """JSON event lines to a path (appended, created 0640) or to standard output (``-``)."""
+
+    def __init__(self, target: str) -> None:
+        self._own = target != "-"
+        if self._own:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._stream: TextIO = os.fdopen(fd, "a", encoding="utf-8")
+        else:
+            self._stream = sys.stdout
+
+    def event(self, decision: Decision, wall: float) -> None:
+        self._stream.write(event_line(decision, wall) + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._own:
+            self._stream.close()

@@ -1,0 +1,46 @@
+"""One daemon per state directory: an advisory lock, so two never fight over the firewall."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from portsentinel.errors import PortSentinelError
+
+LOCK_NAME = "portsentinel.lock"
+
+
+class AlreadyRunningError(PortSentinelError):
+    """Another daemon holds the state directory's lock."""
+
+
+class StateLock:
+    """Holds ``DIR/portsentinel.lock`` (flock) for the daemon's life; the file keeps its pid.
+
+    The kernel drops the lock when the process dies, even after ``kill -9``, so a stale file
+    never blocks a restart.
+    """
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, LOCK_NAME)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"another portsentinel (pid {holder}) is running on {os.path.dirname(self.path)}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

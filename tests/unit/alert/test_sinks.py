@@ -1,0 +1,53 @@
+"""Sinks write every record at once and in order."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+from portsentinel.alert.sinks import EventSink, LogSink
+from portsentinel.model import Action, Decision, Proto, Reason, ScanKind
+
+
+def decision(port: int) -> Decision:
+    return Decision(
+        0.0,
+        "198.18.0.2",
+        "198.18.0.1",
+        Proto.TCP,
+        port,
+        ScanKind.SYN,
+        Action.ALERT,
+        Reason.TRIGGERED,
+    )
+
+
+def test_log_sink_writes_lines() -> None:
+    stream = io.StringIO()
+    sink = LogSink(stream)
+    sink.line("adminalert: one")
+    sink.line("attackalert: two")
+    sink.close()
+    assert stream.getvalue() == "adminalert: one\nattackalert: two\n"
+
+
+def test_event_sink_appends_to_a_file_readable_before_close(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"earlier":true}\n')
+    sink = EventSink(str(path))
+    sink.event(decision(1), 1764106000.0)
+    sink.event(decision(2), 1764106001.0)
+    sink.flush()
+    lines = path.read_text().splitlines()  # a follower sees them before close
+    assert len(lines) == 3
+    assert [json.loads(line).get("port") for line in lines[1:]] == [1, 2]
+    sink.close()
+
+
+def test_event_sink_creates_private_files(tmp_path: Path) -> None:
+    path = tmp_path / "new.jsonl"
+    sink = EventSink(str(path))
+    sink.close()
+    assert os.stat(path).st_mode & 0o007 == 0  # no access for others
