@@ -1,0 +1,150 @@
+"""Root-free tests for ``portsentinel.capture.afpacket``: the block walker on a hand-built
+TPACKET_V3 block, the interface rules on a fake ``/sys/class/net``, and configuration checks.
+
+The live socket itself is tested in ``tests/e2e/test_afpacket.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portsentinel.capture.afpacket import (
+    Interface,
+    PacketRing,
+    RingConfig,
+    counted_ifindexes,
+    read_interfaces,
+    walk_block,
+)
+from portsentinel.capture.bpf import PortFilter, build_filter
+from portsentinel.errors import CaptureError
+
+_HEADER = 48  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr))
+_NET = 96  # where the kernel puts the network header for a SOCK_DGRAM socket
+
+
+def block(*packets: tuple[int, int, int, int, bytes], first: int = 48) -> memoryview:
+    """A block of (sec, nsec, ifindex, pkttype, data) packets, laid out as the kernel does."""
+    frames = []
+    for sec, nsec, ifindex, pkttype, data in packets:
+        size = (_NET + len(data) + 15) & ~15
+        header = struct.pack("=IIIIIIHH", size, sec, nsec, len(data), len(data), 1, _NET, _NET)
+        sll = struct.pack("=HHiHBB8s", 17, 0x0008, ifindex, 1, pkttype, 6, b"")
+        frame = header.ljust(_HEADER, b"\0") + sll
+        frames.append((frame.ljust(_NET, b"\0") + data).ljust(size, b"\0"))
+    descriptor = struct.pack("=IIIII", 3, 0, 1, len(packets), first).ljust(first, b"\0")
+    return memoryview(bytearray(b"\xee" * 64 + descriptor + b"".join(frames)))
+
+
+def test_walk_hands_on_counted_host_packets() -> None:
+    view = block(
+        (1700000000, 250_000_000, 2, 0, b"\x45first"),
+        (1700000001, 0, 2, 1, b"\x45broadcast"),
+        (1700000002, 0, 9, 0, b"\x45elsewhere"),
+        (1700000003, 999_999_999, 3, 0, b"\x60last"),
+    )
+    got: list[tuple[float, bytes, int]] = []
+    asked: list[int] = []
+
+    def uncounted(ifindex: int) -> bool:
+        asked.append(ifindex)
+        return ifindex == 3
+
+    result = walk_block(view, 64, lambda t, d, i: got.append((t, bytes(d), i)), {2}, uncounted)
+    assert result == (2, 1, 1)
+    assert [(data, ifindex) for _, data, ifindex in got] == [(b"\x45first", 2), (b"\x60last", 3)]
+    assert [ts for ts, _, _ in got] == pytest.approx([1700000000.25, 1700000003.999999999])
+    assert asked == [9, 3]
+
+
+def test_walk_of_an_empty_block_calls_nothing() -> None:
+    assert walk_block(block(), 64, _never, set(), _never_counted) == (0, 0, 0)
+
+
+def _never(*args: Any) -> None:
+    raise AssertionError("called")
+
+
+def _never_counted(ifindex: int) -> bool:
+    raise AssertionError("asked")
+
+
+def fake_sysfs(root: Path, links: dict[str, tuple[int, int, str | None]]) -> Path:
+    for name, (ifindex, flags, master) in links.items():
+        path = root / name
+        path.mkdir()
+        (path / "ifindex").write_text(f"{ifindex}\n")
+        (path / "flags").write_text(f"{flags:#x}\n")
+        if master is not None:
+            os.symlink(f"../{master}", path / "master")
+    (root / "bonding_masters").write_text("bond0\n")
+    return root
+
+
+def test_interfaces_are_read_from_sysfs(tmp_path: Path) -> None:
+    root = fake_sysfs(
+        tmp_path,
+        {
+            "lo": (1, 0x9, None),
+            "eth0": (2, 0x1003, "br0"),
+            "br0": (3, 0x1003, None),
+            "wg0": (4, 0x90, None),
+        },
+    )
+    assert read_interfaces(root) == [
+        Interface("lo", 1, None, loopback=True, up=True),
+        Interface("eth0", 2, "br0", loopback=False, up=True),
+        Interface("br0", 3, None, loopback=False, up=True),
+        Interface("wg0", 4, None, loopback=False, up=False),
+    ]
+
+
+def test_counted_interfaces() -> None:
+    interfaces = [
+        Interface("lo", 1, None, loopback=True, up=True),
+        Interface("eth0", 2, "bond0", loopback=False, up=True),
+        Interface("bond0", 3, None, loopback=False, up=True),
+        Interface("wg0", 4, None, loopback=False, up=False),
+    ]
+    assert counted_ifindexes(interfaces) == {3, 4}
+    assert counted_ifindexes(interfaces, include_loopback=True) == {1, 3, 4}
+    assert counted_ifindexes(interfaces, names=("eth0", "lo", "absent")) == {1, 2}
+
+
+def test_ring_defaults() -> None:
+    config = RingConfig()
+    assert config.ring_bytes == 32 * 1024 * 1024
+    assert config.retire_timeout_ms <= 10
+    assert config.interfaces == ()
+    assert not config.include_loopback
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"block_size": 300_000}, "power of two"),
+        ({"block_size": 1024}, "power of two"),
+        ({"block_count": 1}, "block_count"),
+        ({"frame_size": 100}, "frame_size"),
+        ({"frame_size": 2056}, "frame_size"),
+        ({"retire_timeout_ms": 0}, "retire_timeout_ms"),
+    ],
+)
+def test_ring_config_rejects_bad_geometry(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RingConfig(**kwargs)
+
+
+def test_missing_privilege_is_reported_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    with pytest.raises(CaptureError, match="CAP_NET_RAW"):
+        PacketRing(RingConfig(), build_filter(PortFilter.under(1024)))
