@@ -16,6 +16,8 @@ from portsentinel.alert.events import event_line, iso_time
 from portsentinel.alert.portsentry_log import detection_lines
 from portsentinel.assemble import detector_config, load_setup
 from portsentinel.config import commands as config_commands
+from portsentinel.daemon.lock import AlreadyRunningError
+from portsentinel.daemon.pipeline import Daemon, RunOptions, default_log
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
 from portsentinel.model import Decision
@@ -26,6 +28,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 PROG = "portsentinel"
+DEFAULT_STATE_DIR = "/var/lib/portsentinel"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("capture", metavar="CAPTURE", help="pcap or pcapng file")
     _add_config_option(replay)
-    replay.add_argument(
-        "--mode",
-        help="e.g. atcp,audp (default: TCP_MODE/UDP_MODE of the defaults file, else atcp,audp)",
-    )
+    _add_mode_option(replay)
     replay.add_argument(
         "--local",
         action="append",
@@ -72,6 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--log", action="store_true", help="print PortSentry-style log lines instead of JSON"
     )
     replay.set_defaults(handler=_cmd_replay)
+
+    run = verbs.add_parser(
+        "run",
+        help="watch this host: the daemon, in the foreground",
+        description=(
+            "Run the daemon in the foreground (systemd style): one TCP mode and one UDP mode, "
+            "IPv4 and IPv6. PortSentry-style lines go to standard error (and syslog with "
+            "SYSLOG=1); SIGTERM or SIGINT stops it. PortSentry's own invocation works too: "
+            "portsentinel -atcp -audp."
+        ),
+    )
+    _add_config_option(run)
+    _add_mode_option(run)
+    _add_state_dir_option(run)
+    run.add_argument(
+        "--events",
+        metavar="PATH",
+        help="also write one JSON event per decision to PATH ('-' for standard output)",
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="decide and log, but never touch a firewall"
+    )
+    run.set_defaults(handler=_cmd_run)
 
     config = verbs.add_parser("config", help="check a configuration or print the defaults")
     config_verbs = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
@@ -99,6 +122,56 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
         help="configuration file (default /etc/portsentinel/portsentinel.conf if present, "
         "else the embedded defaults)",
     )
+
+
+def _add_mode_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        help="e.g. atcp,audp (default: TCP_MODE/UDP_MODE of the defaults file, else atcp,audp)",
+    )
+
+
+def _add_state_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=DEFAULT_STATE_DIR,
+        help=f"state directory: lock, store, control socket (default {DEFAULT_STATE_DIR})",
+    )
+
+
+def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    setup = load_setup(args.config, args.mode)
+    log = default_log(setup)
+    for warning in setup.warnings:
+        log.line(f"adminalert: WARNING: {warning}")
+    if setup.tcp_mode is None and setup.udp_mode is None:
+        raise ConfigError("no mode to run", key="--mode", expected="e.g. atcp,audp")
+    options = RunOptions(state_dir=args.state_dir, events=args.events, dry_run=args.dry_run)
+    try:
+        return Daemon(setup, options, log).run()
+    except AlreadyRunningError as exc:
+        err.write(f"{PROG}: {exc}\n")
+        return EXIT_FAILURE
+    except CaptureError as exc:
+        log.line(f"adminalert: ERROR: {exc}")
+        log.flush()
+        return EXIT_FAILURE
+
+
+# PortSentry's own invocation: ``portsentry -atcp`` (1.2 took one mode per process).
+PORTSENTRY_FLAGS = frozenset({"-tcp", "-udp", "-stcp", "-sudp", "-atcp", "-audp"})
+
+
+def translate_portsentry_flags(argv: Sequence[str]) -> list[str]:
+    """``-atcp -audp [options]`` -> ``run --mode atcp,audp [options]``; other argv unchanged."""
+    flags = []
+    rest = list(argv)
+    while rest and rest[0] in PORTSENTRY_FLAGS:
+        flags.append(rest.pop(0)[1:])
+    if not flags:
+        return list(argv)
+    return ["run", "--mode", ",".join(flags), *rest]
 
 
 def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -149,7 +222,9 @@ def _log_writer(out: TextIO) -> Callable[[Decision], None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(
+        translate_portsentry_flags(sys.argv[1:] if argv is None else argv)
+    )
     handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
     try:
         return handler(args, sys.stdout, sys.stderr)

@@ -226,8 +226,9 @@ class Detector:
         if local is not None and dst not in local:
             stats.not_local += 1
             return []
+        # Only UDP can answer a flow here: a TCP probe carries no ACK, so it answers nothing.
         reply_check = self._reply_check
-        if reply_check is not None and reply_check(pkt):
+        if reply_check is not None and proto == _UDP and reply_check(pkt):
             stats.replies += 1
             return []
         return self._probe(pkt, kind, now)

@@ -1,0 +1,406 @@
+"""The daemon's wiring: capture -> decode -> detect -> record, in one single-threaded loop.
+
+The only module that joins the rooms. Every source is a file descriptor in one selector: the
+capture ring (stealth modes), the bound sockets (classic modes), the address watcher and a
+wake-up socket for signals. Timers refresh what the detector knows about the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from portsentinel import __version__
+from portsentinel.alert.portsentry_log import (
+    ACTIVE,
+    SHUTDOWN,
+    accept_failed_line,
+    bound_startup_lines,
+    detection_lines,
+    nothing_bound_line,
+    starting_line,
+    stealth_startup_lines,
+)
+from portsentinel.alert.sinks import EventSink, LogSink
+from portsentinel.assemble import Setup, detector_config
+from portsentinel.capture.afpacket import PacketRing, RingConfig
+from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
+from portsentinel.capture.listeners import Listeners
+from portsentinel.daemon.hostview import HostView
+from portsentinel.daemon.lock import StateLock
+from portsentinel.decode import decode_ip
+from portsentinel.detect.detector import Detector
+from portsentinel.errors import DecodeError, PortSentinelError
+from portsentinel.model import Action, Decision, Mode, Proto
+
+# Timer periods, in seconds.
+TICK_EVERY = 1.0  # idle-source expiry, pending-connection expiry
+IN_USE_EVERY = 2.0  # full re-read of the socket table (misses re-check the kernel anyway)
+NAT_EVERY = 30.0  # NAT rules (runs nft / iptables-save)
+ADDRESSES_EVERY = 10.0  # only when address changes cannot be followed
+RING_BLOCK = 256 * 1024
+
+Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
+
+
+class StartupError(PortSentinelError):
+    """The daemon cannot watch anything (no port could be bound, no capture)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    state_dir: str
+    events: str | None = None
+    dry_run: bool = False
+
+
+class Daemon:
+    """One process for one TCP mode and one UDP mode, IPv4 and IPv6.
+
+    ``run`` takes the state directory's lock, starts the pipeline, loops until SIGTERM or
+    SIGINT and stops with PortSentry's shutdown lines.
+    """
+
+    def __init__(self, setup: Setup, options: RunOptions, log: LogSink) -> None:
+        self.setup = setup
+        self.options = options
+        self.log = log
+        self._stopping = False
+        self.pipeline: Pipeline | None = None
+
+    def run(self) -> int:
+        lock = StateLock(self.options.state_dir)
+        lock.acquire()
+        events = EventSink(self.options.events) if self.options.events else None
+        wake_r, wake_w = socket.socketpair()
+        try:
+            self.log.line(starting_line(__version__))
+            try:
+                pipeline = self.pipeline = Pipeline.start(self.setup, self.log, events)
+            except StartupError as exc:
+                self.log.line(str(exc))
+                return 1
+            if self.options.dry_run:
+                self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
+            self._install_signals(wake_w)
+            self.log.line(ACTIVE)
+            self.log.flush()
+            try:
+                pipeline.loop(wake_r, lambda: self._stopping)
+            finally:
+                for line in SHUTDOWN:
+                    self.log.line(line)
+                self.log.line("adminalert: statistics: " + format_stats(pipeline.statistics()))
+                pipeline.close()
+            return 0
+        finally:
+            signal.set_wakeup_fd(-1)
+            if events is not None:
+                events.close()
+            wake_r.close()
+            wake_w.close()
+            self.log.flush()
+            lock.release()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+
+    def _install_signals(self, wake_w: socket.socket) -> None:
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _n, _f: self.request_stop())
+        # PortSentry 1.2 ignores SIGHUP (no reload); a reload arrives with the operator tools.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+class Pipeline:
+    """The running parts, all present: built by ``start``, driven by ``loop``."""
+
+    def __init__(
+        self,
+        setup: Setup,
+        log: LogSink,
+        events: EventSink | None,
+        *,
+        host: HostView,
+        detector: Detector,
+        ring: PacketRing | None,
+        listeners: Listeners | None,
+    ) -> None:
+        self.setup = setup
+        self.log = log
+        self.events = events
+        self.host = host
+        self.detector = detector
+        self.ring = ring
+        self.listeners = listeners
+        self.decode_errors = 0
+        self._banner = setup.settings.port_banner or None
+        self._now = time.monotonic()
+        self._wall_offset = time.time() - self._now
+
+    @classmethod
+    def start(cls, setup: Setup, log: LogSink, events: EventSink | None) -> Pipeline:
+        """Open every source, log PortSentry's start-up lines; StartupError if nothing works."""
+        modes = [m for m in (setup.tcp_mode, setup.udp_mode) if m is not None]
+        stealth = [m for m in modes if m.stealth]
+        host = HostView(log.line, use_conntrack=bool(stealth))
+        try:
+            host.refresh_in_use()
+            if stealth:
+                host.refresh_nat()
+            detector = Detector(
+                detector_config(setup),
+                ignore=setup.ignore,
+                local=host.local,
+                in_use_tcp=host.in_use[Proto.TCP],
+                in_use_udp=host.in_use[Proto.UDP],
+            )
+            if host.tracks_replies:
+                detector.set_reply_check(host.is_reply)
+            ring = None
+            if stealth:
+                for mode in stealth:
+                    lines = stealth_startup_lines(
+                        mode,
+                        detector.watched_ports(mode.proto),
+                        _excluded(setup, mode),
+                        host.in_use[mode.proto].ports,
+                        _limit(setup, mode),
+                    )
+                    for line in lines:
+                        log.line(line)
+                ring = PacketRing(_ring_config(setup), kernel_filter(setup))
+            listeners = _open_listeners(setup, log, [m for m in modes if m.bound])
+        except BaseException:
+            host.close()
+            raise
+        return cls(setup, log, events, host=host, detector=detector, ring=ring, listeners=listeners)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def loop(self, wake: socket.socket, stopping: Callable[[], bool]) -> None:
+        selector = selectors.DefaultSelector()
+        wake.setblocking(False)
+        selector.register(wake, selectors.EVENT_READ, lambda: _drain(wake))
+        if self.ring is not None:
+            selector.register(self.ring.fileno(), selectors.EVENT_READ, self._on_ring)
+        if self.listeners is not None:
+            for sock in self.listeners.sockets():
+                selector.register(sock, selectors.EVENT_READ, self._listener_handler(sock))
+        watcher = self.host.watcher_fd()
+        if watcher is not None:
+            selector.register(watcher, selectors.EVENT_READ, self.host.on_address_event)
+        timers = self._timers(watching=watcher is not None)
+        try:
+            while not stopping():
+                due = min(at for at, _every, _fn in timers.values())
+                for key, _mask in selector.select(max(0.0, min(due - time.monotonic(), 1.0))):
+                    self._set_clock()
+                    key.data()
+                self._set_clock()
+                _run_timers(timers, self._now)
+                self._flush()
+        finally:
+            selector.close()
+
+    def _timers(self, *, watching: bool) -> dict[str, Timer]:
+        now = time.monotonic()
+        timers: dict[str, Timer] = {
+            "tick": (now + TICK_EVERY, TICK_EVERY, self._on_tick),
+            "in_use": (now + IN_USE_EVERY, IN_USE_EVERY, self.host.refresh_in_use),
+        }
+        if self.ring is not None:
+            timers["nat"] = (now + NAT_EVERY, NAT_EVERY, self.host.refresh_nat)
+        if not watching:
+            timers["addresses"] = (
+                now + ADDRESSES_EVERY,
+                ADDRESSES_EVERY,
+                self.host.refresh_addresses,
+            )
+        return timers
+
+    def _set_clock(self) -> None:
+        self._now = time.monotonic()
+        self._wall_offset = time.time() - self._now
+
+    def _on_ring(self) -> None:
+        if self.ring is not None:
+            self.ring.read_batch(self._on_packet, 0.0)
+
+    def _on_packet(self, _ts: float, data: memoryview, _ifindex: int) -> None:
+        """Per packet: keep it lean (the kernel filter already dropped ordinary traffic)."""
+        try:
+            pkt = decode_ip(data)
+        except DecodeError:
+            self.decode_errors += 1
+            return
+        if pkt is not None:
+            decisions = self.detector.feed(pkt, self._now)
+            if decisions:
+                self._emit(decisions)
+
+    def _listener_handler(self, sock: socket.socket) -> Callable[[], None]:
+        listeners = self.listeners
+        if listeners is None:
+            raise ValueError("no listeners")
+
+        def handle() -> None:
+            for hit in listeners.handle(sock, self._now):
+                decisions = self.detector.feed_connect(
+                    hit.proto, hit.src, hit.dst, hit.dport, self._now
+                )
+                self._emit(decisions)
+                # PortSentry sends the banner only once the trigger has fired.
+                fired = any(d.action is not Action.IGNORED for d in decisions)
+                listeners.respond(hit, self._banner if fired else None)
+
+        return handle
+
+    def _on_tick(self) -> None:
+        self._emit(self.detector.tick(self._now))
+        if self.listeners is not None:
+            self.listeners.expire(self._now)
+            for port in self.listeners.take_aborted():
+                self.log.line(accept_failed_line(port))
+
+    # --- records ----------------------------------------------------------------------------
+
+    def _emit(self, decisions: list[Decision]) -> None:
+        events, offset, line = self.events, self._wall_offset, self.log.line
+        for decision in decisions:
+            for message in detection_lines(decision):
+                line(message)
+            if decision.first and decision.action in (Action.BLOCK, Action.COMMAND):
+                line(f"attackalert: Host {decision.src} not blocked: no response is active")
+            if events is not None:
+                events.event(decision, decision.time + offset)
+
+    def _flush(self) -> None:
+        self.log.flush()
+        if self.events is not None:
+            self.events.flush()
+
+    # --- statistics ---------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, int]:
+        """Counters for later status and metrics: packets, probes, alerts, drops, errors."""
+        d = self.detector.stats
+        out: dict[str, int] = {
+            "packets": d.packets,
+            "probes": d.probes,
+            "not_probe": d.not_probe,
+            "in_use": d.in_use,
+            "not_local": d.not_local,
+            "replies": d.replies,
+            "decode_errors": self.decode_errors,
+            "tracked_sources": d.tracked_sources,
+            "sources_evicted": d.sources_evicted,
+        }
+        out.update({f"probes_{k.value.lower()}": n for k, n in d.probes_by_kind.items()})
+        out.update({f"decisions_{a.value}": n for a, n in d.decisions_by_action.items()})
+        if self.ring is not None:
+            r = self.ring.stats()
+            out.update(
+                kernel_packets=r.packets,
+                kernel_drops=r.drops,
+                kernel_freezes=r.freeze_count,
+                ring_handled=r.handled,
+            )
+        if self.listeners is not None:
+            s = self.listeners.stats
+            out["connects"] = s.accepted + s.datagrams
+        out["reply_checks"] = self.host.reply_checks
+        out["reply_checks_skipped"] = self.host.reply_checks_skipped
+        return out
+
+    def close(self) -> None:
+        for part in (self.ring, self.listeners, self.host):
+            if part is not None:
+                with contextlib.suppress(OSError):
+                    part.close()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _open_listeners(setup: Setup, log: LogSink, modes: list[Mode]) -> Listeners | None:
+    if not modes:
+        return None
+    s = setup.settings
+    tcp = s.tcp_ports if Mode.TCP in modes else frozenset[int]()
+    udp = s.udp_ports if Mode.UDP in modes else frozenset[int]()
+    listeners = Listeners(tcp, udp)
+    results = listeners.open()
+    for proto in (Proto.TCP, Proto.UDP):
+        mine = [r for r in results if r.proto is proto]
+        if not mine:
+            continue
+        ok = {r.port for r in mine if r.ok}
+        for line in bound_startup_lines(proto, ok, {r.port for r in mine} - ok):
+            log.line(line)
+        if not ok:
+            listeners.close()
+            raise StartupError(nothing_bound_line(proto))
+    return listeners
+
+
+def _limit(setup: Setup, mode: Mode) -> int:
+    s = setup.settings
+    return s.advanced_ports_tcp if mode.proto is Proto.TCP else s.advanced_ports_udp
+
+
+def _excluded(setup: Setup, mode: Mode) -> frozenset[int]:
+    if not mode.advanced:
+        return frozenset()
+    s = setup.settings
+    return s.advanced_exclude_tcp if mode.proto is Proto.TCP else s.advanced_exclude_udp
+
+
+def _ring_config(setup: Setup) -> RingConfig:
+    s = setup.settings
+    blocks = max(2, s.capture_ring_mib * (1 << 20) // RING_BLOCK)
+    return RingConfig(block_size=RING_BLOCK, block_count=blocks, interfaces=s.interfaces)
+
+
+def kernel_filter(setup: Setup) -> list[Instruction]:
+    """The kernel prefilter: only what can be a probe for the stealth modes reaches Python."""
+    return build_filter(_port_filter(setup, setup.udp_mode), _port_filter(setup, setup.tcp_mode))
+
+
+def _port_filter(setup: Setup, mode: Mode | None) -> PortFilter:
+    if mode is None or not mode.stealth:
+        return PortFilter()  # nothing of that protocol (evasive fragments still pass)
+    if mode.advanced:
+        return PortFilter.under(_limit(setup, mode), _excluded(setup, mode))
+    s = setup.settings
+    return PortFilter.of(s.tcp_ports if mode.proto is Proto.TCP else s.udp_ports)
+
+
+def _run_timers(timers: dict[str, Timer], now: float) -> None:
+    for name, (at, every, fn) in list(timers.items()):
+        if now >= at:
+            timers[name] = (now + every, every, fn)
+            fn()
+
+
+def _drain(sock: socket.socket) -> None:
+    """Empty the signal wake-up socket; the handlers already set the flags."""
+    with contextlib.suppress(BlockingIOError):
+        while sock.recv(64):
+            pass
+
+
+def format_stats(stats: dict[str, int]) -> str:
+    return " ".join(f"{key}={value}" for key, value in stats.items())
+
+
+def default_log(setup: Setup) -> LogSink:
+    s = setup.settings
+    return LogSink(syslog_ident=s.syslog_ident if s.syslog else None)
