@@ -33,6 +33,7 @@ from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
 from portsentinel.capture.listeners import Listeners
 from portsentinel.daemon.hostview import HostView
 from portsentinel.daemon.lock import StateLock
+from portsentinel.daemon.tracking import ensure_conntrack
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import DecodeError, PortSentinelError
@@ -87,6 +88,13 @@ class Daemon:
                 return 1
             if self.options.dry_run:
                 self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
+            elif pipeline.host.tracks_replies:
+                failure = ensure_conntrack()
+                if failure is not None:
+                    self.log.line(
+                        f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
+                        "late UDP replies are recognised only if the firewall tracks them"
+                    )
             self._install_signals(wake_w)
             self.log.line(ACTIVE)
             self.log.flush()
