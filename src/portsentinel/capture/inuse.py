@@ -34,19 +34,15 @@ from portsentinel.model import Proto
 # --- netlink and sock_diag constants (linux/netlink.h, sock_diag.h, inet_diag.h) ------------
 NETLINK_SOCK_DIAG: Final = 4
 SOCK_DIAG_BY_FAMILY: Final = 20
-NLMSG_NOOP: Final = 1
 NLMSG_ERROR: Final = 2
 NLMSG_DONE: Final = 3
 NLMSG_OVERRUN: Final = 4
 NLM_F_REQUEST: Final = 0x01
-NLM_F_MULTI: Final = 0x02
 NLM_F_DUMP: Final = 0x300
 INET_DIAG_REQ_BYTECODE: Final = 1
 INET_DIAG_BC_S_GE: Final = 2
 INET_DIAG_BC_S_LE: Final = 3
 INET_DIAG_BC_S_EQ: Final = 11  # Linux 4.16+; older kernels answer EINVAL
-TCP_ESTABLISHED: Final = 1
-TCP_CLOSE: Final = 7
 TCP_LISTEN: Final = 10
 ALL_STATES: Final = 0xFFFFFFFF
 
@@ -78,12 +74,7 @@ _UNSUPPORTED: Final = frozenset(
         errno.EACCES,
     }
 )
-_RECV_BUFFER: Final = 65536  # the kernel fills dump datagrams of at most ~32 KiB
-_U32: Final = struct.Struct("=I")
-_U16: Final = struct.Struct("=H")
-_SEQ_OFFSET: Final = 8  # nlmsghdr.nlmsg_seq
-# The first port operand's ``no`` field: nlmsghdr, inet_diag_req_v2, nlattr, first op, 2 bytes.
-_OPERAND_OFFSET: Final = NLMSGHDR.size + REQ_V2.size + NLATTR.size + BC_OP.size + 2
+_RECV_BUFFER: Final = 65536  # the kernel fills dump datagrams of at most 32 KiB
 
 # The negative cache drops its expired entries when it reaches this size. Live entries are
 # the re-checks of the last ``negative_ttl`` seconds: about 200 with the defaults.
@@ -230,7 +221,6 @@ class SocketTable:
         self._buf = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buf)
         self._exact = exact_filter  # does the kernel know INET_DIAG_BC_S_EQ? (None: probe)
-        self._templates: dict[tuple[int, int, bool], bytearray] = {}
         self.fallbacks: dict[Proto, str] = {}
 
     def backend_for(self, proto: Proto) -> str:
@@ -312,7 +302,7 @@ class SocketTable:
         """Dump with a local-port filter; probe once whether the kernel knows S_EQ."""
         if self._exact is not False:
             try:
-                self._dump(*self._port_request(family, proto, states, port, exact=True), rows)
+                self._filtered_dump(family, proto, states, port, exact=True, rows=rows)
             except NetlinkError as exc:
                 if exc.errno != errno.EINVAL or self._exact is not None:
                     raise
@@ -320,37 +310,27 @@ class SocketTable:
             else:
                 self._exact = True
                 return
-        self._dump(*self._port_request(family, proto, states, port, exact=False), rows)
+        self._filtered_dump(family, proto, states, port, exact=False, rows=rows)
 
-    def _port_request(
-        self, family: int, proto: int, states: int, port: int, *, exact: bool
-    ) -> tuple[bytearray, int]:
-        """A filtered request from a kept template: only sequence and port change per call."""
-        key = (family, proto, exact)
-        request = self._templates.get(key)
-        if request is None:
-            request = bytearray(
-                pack_request(0, family, proto, states, port_bytecode(0, exact=exact))
-            )
-            self._templates[key] = request
+    def _filtered_dump(
+        self, family: int, proto: int, states: int, port: int, *, exact: bool, rows: list[Row]
+    ) -> None:
         seq = self._next_seq()
-        _U32.pack_into(request, _SEQ_OFFSET, seq)
-        for offset in range(_OPERAND_OFFSET, len(request), BC_OP.size * 2):
-            _U16.pack_into(request, offset, port)
-        return request, seq
+        bytecode = port_bytecode(port, exact=exact)
+        self._dump(pack_request(seq, family, proto, states, bytecode), seq, rows)
 
     def _next_seq(self) -> int:
         self._seq = self._seq % 0xFFFFFFFF + 1
         return self._seq
 
-    def _dump(self, request: bytes | bytearray, seq: int, rows: list[Row]) -> None:
+    def _dump(self, request: bytes, seq: int, rows: list[Row]) -> None:
         """Send one dump request and collect its rows until NLMSG_DONE or an error reply."""
         sock = self._socket()
         try:
             sock.send(request)
             while True:
                 size = sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
-                if size > _RECV_BUFFER:
+                if size > len(self._buf):
                     raise CaptureError(f"sock_diag reply of {size} bytes exceeds the buffer")
                 if parse_dump(self._view[:size], seq, rows):
                     return

@@ -280,6 +280,7 @@ class FakeKernel:
     knows_s_eq: bool = True
     refuse: dict[int, int] = field(default_factory=dict)  # protocol -> errno
     fail_recv: OSError | None = None
+    per_datagram: int = 2
     requests: list[bytes] = field(default_factory=list)
     pending: list[bytes] = field(default_factory=list)
     closed: bool = False
@@ -305,7 +306,8 @@ class FakeKernel:
             if fam == family and prot == proto and states >> state & 1
             if not bc or run_bytecode(bc, port)
         ]
-        datagrams = [b"".join(records[i : i + 2]) for i in range(0, len(records), 2)]
+        step = self.per_datagram
+        datagrams = [b"".join(records[i : i + step]) for i in range(0, len(records), step)]
         return [*datagrams, done(seq)]
 
     def recv_into(self, buffer: bytearray, nbytes: int = 0, flags: int = 0) -> int:
@@ -408,10 +410,10 @@ def test_socket_failure_becomes_capture_error_and_reopens() -> None:
     assert table._sock is None
 
 
-def test_oversized_datagram_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = FakeKernel(SOCKETS)
+def test_oversized_datagram_is_refused() -> None:
+    many: list[Sock] = [(V4, TCP, LISTEN, port) for port in range(1, 1001)]  # ~96 KB
+    kernel = FakeKernel(many, per_datagram=1000)
     table = table_with(kernel)
-    monkeypatch.setattr("portsentinel.capture.inuse._RECV_BUFFER", 100)
     with pytest.raises(CaptureError, match="exceeds the buffer"):
         table.ports_in_use(Proto.TCP)
     assert kernel.closed
@@ -633,3 +635,19 @@ def test_default_clock_is_used_when_none_given() -> None:
     assert 1 in view
     assert 2 not in view
     assert view.proto is Proto.UDP
+
+
+def test_auto_falls_back_when_netlink_sockets_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object) -> socket.socket:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    write_proc(tmp_path)
+    monkeypatch.setattr(socket, "socket", refuse)
+    table = SocketTable(proc_dir=str(tmp_path))
+    assert table.ports_in_use(Proto.TCP) == {22, 25, 443}
+    assert table.port_in_use(Proto.UDP, 68)
+    assert set(table.fallbacks) == {Proto.TCP, Proto.UDP}
+    with pytest.raises(NetlinkError, match="socket"):
+        SocketTable("netlink").ports_in_use(Proto.TCP)
