@@ -73,4 +73,8 @@ def detector_config(setup: Setup) -> DetectorConfig:
         max_ports_per_source=s.max_ports_per_source,
         idle_timeout=s.source_idle_timeout or 0.0,
         max_responded=s.max_active_bans,
+        ban_rate=s.ban_rate,
+        ban_burst=s.ban_burst,
+        ban_strong_ports=s.ban_strong_ports,
+        block_min_ports=s.block_min_ports,
     )

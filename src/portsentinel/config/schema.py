@@ -220,6 +220,26 @@ class Settings:
         key="MAX_ACTIVE_BANS", parse=t.int_range(1), default="10000", unit="count",
         help="ban budget: bans in force at once, ranked by evidence", origin=_NEW,
     )  # fmt: skip
+    ban_rate: float = setting(
+        key="BAN_RATE", parse=t.number_range(0.001, 100000), default="20", unit="bans/second",
+        help="new bans per second for sources with strong evidence (sustained); weak, "
+        "single-probe sources get half, from a bucket of their own", origin=_NEW,
+    )  # fmt: skip
+    ban_burst: int = setting(
+        key="BAN_BURST", parse=t.int_range(1), default="100", unit="count",
+        help="new bans allowed at once before BAN_RATE applies", origin=_NEW,
+    )  # fmt: skip
+    ban_strong_ports: int = setting(
+        key="BAN_STRONG_PORTS", parse=t.int_range(1, 65535), default="5", unit="ports",
+        help="distinct ports that make a source's evidence strong (a completed handshake "
+        "always is); weak sources may fill only half of MAX_ACTIVE_BANS", origin=_NEW,
+    )  # fmt: skip
+    block_min_ports: int = setting(
+        key="BLOCK_MIN_PORTS", parse=t.int_range(1, 65535), default="1", unit="ports",
+        help="stricter policy: block on stealth evidence only after this many distinct "
+        "ports (a completed handshake blocks at once); 1 is PortSentry's behaviour",
+        origin=_NEW,
+    )  # fmt: skip
     defaults_file: str = setting(
         key="DEFAULTS_FILE", parse=t.path, default="/etc/default/portsentry", unit="path",
         help="Debian's TCP_MODE/UDP_MODE file, read when no --mode is given", origin=_NEW,

@@ -13,13 +13,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping
 from typing import Final, Protocol
 
-from portsentinel.detect.track import SourceState
-from portsentinel.model import Action, Proto, Reason
+from portsentinel.detect.budget import BanBudget
+from portsentinel.detect.track import KIND_BIT, SourceState
+from portsentinel.model import Action, Proto, Reason, ScanKind
 from portsentinel.netset import AddressSet
 
 BLOCK_ACTIONS: Final[dict[int, Action]] = {0: Action.ALERT, 1: Action.BLOCK, 2: Action.COMMAND}
 """PortSentry's BLOCK_TCP/BLOCK_UDP levels: 0 alert only, 1 block, 2 run KILL_RUN_CMD only."""
 
+_ACTING: Final = frozenset({Action.BLOCK, Action.COMMAND})
+_CONNECT_BIT: Final = KIND_BIT[ScanKind.CONNECT]
 _PROTO_MARK: Final[dict[int, int]] = {Proto.TCP: 1, Proto.UDP: 2}
 _BLOCKED_MARK: Final = 4
 
@@ -77,9 +80,21 @@ class Responses:
 
 
 class Policy:
-    """Ignore list, own addresses, already-responded, then the protocol's BLOCK level."""
+    """Ignore list, own addresses, already-responded, never-block, then the BLOCK level, with
+    the evidence floor and the ban budget for actions that touch the firewall or run commands.
+    """
 
-    __slots__ = ("_actions", "admission", "checks", "ignore", "local", "responses")
+    __slots__ = (
+        "_actions",
+        "admission",
+        "budget",
+        "checks",
+        "ignore",
+        "local",
+        "min_ports",
+        "never_block",
+        "responses",
+    )
 
     def __init__(
         self,
@@ -88,18 +103,30 @@ class Policy:
         max_responded: int,
         ignore: AddressSet | None = None,
         local: Container[bytes] | None = None,
+        never_block: Container[bytes] | None = None,
+        budget: BanBudget | None = None,
+        min_ports: int = 1,
     ) -> None:
-        """``block_levels`` maps a protocol number to its BLOCK_x level (0, 1 or 2)."""
+        """``block_levels`` maps a protocol number to its BLOCK_x level (0, 1 or 2).
+
+        ``min_ports`` (BLOCK_MIN_PORTS): a block or command needs this many distinct ports of
+        stealth evidence; a completed handshake (CONNECT) acts at once. 1 is PortSentry.
+        """
         self._actions: dict[int, Action] = {}
         for proto, level in block_levels.items():
             if level not in BLOCK_ACTIONS:
                 raise ValueError(f"block level {level} is not 0, 1 or 2")
             self._actions[proto] = BLOCK_ACTIONS[level]
+        if min_ports < 1:
+            raise ValueError("min_ports must be at least 1")
         self.ignore = ignore
         self.local = local
+        self.never_block = never_block
+        self.budget = budget
+        self.min_ports = min_ports
         self.responses = Responses(max_responded)
         self.admission: list[AdmissionCheck] = [self.ignore_list, self.own_address]
-        self.checks: list[PolicyCheck] = [self.already_responded]
+        self.checks: list[PolicyCheck] = [self.already_responded, self.protected]
 
     def ignore_list(self, src: bytes) -> Reason | None:
         ignore = self.ignore
@@ -115,6 +142,12 @@ class Policy:
         self, src: bytes, proto: Proto, state: SourceState, now: float
     ) -> Reason | None:
         return Reason.ALREADY_BLOCKED if self.responses.covers(src, proto) else None
+
+    def protected(self, src: bytes, proto: Proto, state: SourceState, now: float) -> Reason | None:
+        # Gateways, resolvers, this host's addresses...: a forged probe "from" one of them must
+        # not make us act against it -- not even write the history line fail2ban bans from.
+        never = self.never_block
+        return Reason.NEVER_BLOCK if never is not None and src in never else None
 
     def admit(self, src: bytes) -> Reason | None:
         """The first admission check that refuses ``src``, or None to count the probe."""
@@ -133,13 +166,35 @@ class Policy:
             if reason is not None:
                 return Action.IGNORED, reason
         action = self._actions[proto]
+        if action in _ACTING:
+            refused = self._afford(src, state, now)
+            if refused is not None:
+                return Action.IGNORED, refused
         self.responses.remember(src, proto, action)
         return action, Reason.TRIGGERED
 
-    def restore(self, src: bytes, proto: Proto, action: Action) -> None:
+    def _afford(self, src: bytes, state: SourceState, now: float) -> Reason | None:
+        """Evidence floor, then the budget. Refusals are not remembered: the next probe, with
+        more evidence, is judged again."""
+        if (
+            self.min_ports > 1
+            and state.ports_seen < self.min_ports
+            and not state.kinds & _CONNECT_BIT  # a completed handshake acts at once
+        ):
+            return Reason.WEAK_EVIDENCE
+        budget = self.budget
+        if budget is not None and not budget.admit(src, state, now):
+            return Reason.BAN_BUDGET
+        return None
+
+    def restore(self, src: bytes, proto: Proto, action: Action, *, strong: bool = True) -> None:
         """A response that already exists (a ban restored at start-up)."""
         self.responses.remember(src, proto, action)
+        if action is Action.BLOCK and self.budget is not None:
+            self.budget.restore(src, strong)
 
     def release(self, src: bytes) -> None:
         """A response ended (ban expired or lifted): the next trigger acts again."""
         self.responses.forget(src)
+        if self.budget is not None:
+            self.budget.release(src)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from portsentinel.detect.budget import BanBudget, BudgetConfig
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
 from portsentinel.detect.ports import bound_table, mode_ports, stealth_table
@@ -69,6 +70,11 @@ class DetectorConfig:
     idle_timeout: float = 3600.0
     max_responded: int = 10000
     max_destinations_per_source: int = 64
+    # The ban budget (see detect/budget.py) and the evidence floor for blocks.
+    ban_rate: float = 20.0
+    ban_burst: int = 100
+    ban_strong_ports: int = 5
+    block_min_ports: int = 1
 
     def __post_init__(self) -> None:
         for name, mode, proto in (
@@ -152,6 +158,7 @@ class Detector:
         in_use_tcp: Container[int] = frozenset(),
         in_use_udp: Container[int] = frozenset(),
         rules: Sequence[ScoringRule] | None = None,
+        never_block: Container[bytes] | None = None,
     ) -> None:
         self.config = config
         self.stats = DetectorStats()
@@ -190,6 +197,16 @@ class Detector:
             max_responded=c.max_responded,
             ignore=ignore,
             local=local,
+            never_block=never_block,
+            budget=BanBudget(
+                BudgetConfig(
+                    max_active=c.max_responded,
+                    rate=c.ban_rate,
+                    burst=c.ban_burst,
+                    strong_ports=c.ban_strong_ports,
+                )
+            ),
+            min_ports=c.block_min_ports,
         )
 
     # --- the hot path ---------------------------------------------------------------------
@@ -381,9 +398,13 @@ class Detector:
         """
         self.policy.release(src)
 
-    def restore(self, src: bytes, proto: Proto, action: Action) -> None:
+    def restore(self, src: bytes, proto: Proto, action: Action, *, strong: bool = True) -> None:
         """At start-up: a response that already exists, so triggers say "already blocked"."""
-        self.policy.restore(src, proto, action)
+        self.policy.restore(src, proto, action, strong=strong)
+
+    def set_never_block(self, never_block: Container[bytes] | None) -> None:
+        """Addresses no decision may act against (kept by reference: refresh it in place)."""
+        self.policy.never_block = never_block
 
     def watched_ports(self, proto: Proto) -> list[int]:
         """The ports the protocol's mode watches, before the in-use check (ascending)."""

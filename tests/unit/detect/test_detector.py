@@ -403,7 +403,7 @@ def test_restore_marks_existing_bans() -> None:
 
 
 def test_remembered_responses_are_bounded() -> None:
-    det = detector(max_responded=2)
+    det = detector(max_responded=2, block_tcp=0)  # alerts: the ban budget does not apply
     for i in range(3):
         assert one(det.feed(tcp(80, src=addr(i)), 0.0)).reason is Reason.TRIGGERED
     assert len(det.policy.responses) == 2
@@ -421,7 +421,44 @@ def test_spoofed_flood_keeps_state_within_the_caps() -> None:
         det.feed(tcp(i % 1024, src=addr(i)), float(i))
     assert det.stats.tracked_sources == 64
     assert det.stats.sources_evicted == 20_000 - 64
-    assert len(det.policy.responses) == 32
+    # Every forged source is a single probe: weak evidence, which may fill only half of the
+    # active-ban cap; the rest is kept for sources with strong evidence.
+    budget = det.policy.budget
+    assert budget is not None
+    assert budget.active == len(det.policy.responses) == 16
+    assert budget.refused == 20_000 - 16
+
+
+def test_a_real_scanner_is_banned_while_forged_sources_exhaust_the_weak_budget() -> None:
+    det = detector(max_responded=32, ban_strong_ports=5)
+    for i in range(5_000):  # a spoofed flood: one probe per forged source
+        det.feed(tcp(i % 1024, src=addr(i)), 0.001 * i)
+    scanner = bytes([198, 18, 0, 77])
+    outcomes = [one(det.feed(tcp(port, src=scanner), 5.0 + port * 1e-3)) for port in range(1, 8)]
+    # Refused while weak (the weak tier is spent), banned once its evidence is strong.
+    assert [d.reason for d in outcomes[:4]] == [Reason.BAN_BUDGET] * 4
+    assert outcomes[4].action is Action.BLOCK
+    assert outcomes[4].ports_seen == 5
+    assert outcomes[5].reason is Reason.ALREADY_BLOCKED
+
+
+def test_never_block_refuses_every_response_but_still_reports() -> None:
+    gateway = bytes([198, 18, 0, 254])
+    det = detector(block_tcp=0)
+    det.set_never_block(AddressSet([ipaddress.ip_network("198.18.0.254/32")]))
+    decision = one(det.feed(tcp(79, src=gateway), 0.0))
+    assert (decision.action, decision.reason) == (Action.IGNORED, Reason.NEVER_BLOCK)
+    assert det.source(gateway) is not None  # the evidence is kept (for "why")
+    assert one(det.feed(tcp(79), 0.0)).action is Action.ALERT
+
+
+def test_block_min_ports_waits_for_evidence_but_a_handshake_acts_at_once() -> None:
+    det = detector(block_min_ports=3, tcp_mode=Mode.STCP)
+    reasons_seen = [one(det.feed(tcp(port), 0.0)).reason for port in (1, 79, 111)]
+    assert reasons_seen == [Reason.WEAK_EVIDENCE, Reason.WEAK_EVIDENCE, Reason.TRIGGERED]
+    bound = detector(block_min_ports=3, tcp_mode=Mode.TCP)
+    connect = one(bound.feed_connect(Proto.TCP, SCANNER, HOST, 79, 0.0))
+    assert (connect.kind, connect.action) == (ScanKind.CONNECT, Action.BLOCK)
 
 
 def test_an_evicted_source_starts_over() -> None:

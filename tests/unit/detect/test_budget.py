@@ -1,0 +1,71 @@
+"""The ban budget: token buckets and caps per evidence tier."""
+
+from __future__ import annotations
+
+import pytest
+
+from portsentinel.detect.budget import BanBudget, BudgetConfig
+from portsentinel.detect.track import SourceState, Tracker
+from portsentinel.model import ScanKind
+
+HOST = bytes([198, 18, 0, 1])
+
+
+def state_with(ports: int, kind: ScanKind = ScanKind.SYN) -> SourceState:
+    tracker = Tracker(max_sources=10, max_ports=64, max_dsts=4)
+    state = None
+    for port in range(1, ports + 1):
+        state = tracker.hit(b"\x01\x02\x03\x04", 6, port, kind, HOST, 0.0)
+    assert state is not None
+    return state
+
+
+def src(i: int) -> bytes:
+    return (0xC6130000 + i).to_bytes(4, "big")
+
+
+def test_strong_means_many_ports_or_a_handshake() -> None:
+    budget = BanBudget(BudgetConfig(strong_ports=3))
+    assert not budget.strong(state_with(2))
+    assert budget.strong(state_with(3))
+    assert budget.strong(state_with(1, ScanKind.CONNECT))
+
+
+def test_weak_bans_are_rate_limited_and_refill_with_time() -> None:
+    budget = BanBudget(BudgetConfig(rate=10, burst=4, weak_share=0.5, strong_ports=5))
+    weak = state_with(1)
+    granted = [budget.admit(src(i), weak, 0.0) for i in range(5)]
+    assert granted == [True, True, False, False, False]  # weak burst: 4 * 0.5
+    assert budget.refused == 3
+    assert budget.admit(src(10), weak, 0.2)  # 0.2 s at 5 weak bans/s: one more token
+
+
+def test_weak_flood_cannot_spend_strong_tokens_or_the_reserve() -> None:
+    budget = BanBudget(BudgetConfig(max_active=10, rate=1000, burst=1000, strong_ports=2))
+    weak, strong = state_with(1), state_with(2)
+    admitted = sum(budget.admit(src(i), weak, i * 0.01) for i in range(100))
+    assert admitted == budget.weak_cap == 5
+    assert all(budget.admit(src(1000 + i), strong, 2.0) for i in range(5))
+    assert not budget.admit(src(2000), strong, 2.0)  # the whole cap is now in force
+    assert budget.active == 10
+
+
+def test_release_frees_the_slot_and_restore_takes_one() -> None:
+    budget = BanBudget(BudgetConfig(max_active=2, rate=100, burst=100, strong_ports=2))
+    weak = state_with(1)
+    assert budget.admit(src(1), weak, 0.0)
+    assert not budget.admit(src(2), weak, 0.0)  # weak cap is 1
+    budget.release(src(1))
+    assert budget.admit(src(2), weak, 0.0)
+    budget.restore(src(3), strong=True)
+    assert budget.active == 2
+    assert budget.admit(src(2), weak, 0.0)  # already admitted: no second slot
+    assert budget.active == 2
+
+
+@pytest.mark.parametrize(
+    "kw", [{"max_active": 0}, {"rate": 0}, {"burst": 0}, {"strong_ports": 0}, {"weak_share": 1.0}]
+)
+def test_config_is_validated(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        BudgetConfig(**kw)  # type: ignore[arg-type]
