@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from portsentinel.model import Mode, Proto
 from portsentinel.store.portsentry_files import (
+    PortSentryFiles,
     blocked_addresses,
     blocked_file_path,
     history_line,
@@ -85,3 +87,40 @@ def test_blocked_file_is_per_mode() -> None:
     assert blocked_file_path("/var/lib/portsentry/portsentry.blocked", Mode.ATCP) == (
         "/var/lib/portsentry/portsentry.blocked.atcp"
     )
+
+
+def test_files_are_appended_per_mode_and_lifted_exactly(tmp_path: Path) -> None:
+    history = tmp_path / "portsentry.history"
+    blocked = tmp_path / "portsentry.blocked"
+    files = PortSentryFiles(str(history), str(blocked))
+    files.record(1764106000, "11.2.3.4", "11.2.3.4", 80, Proto.TCP, mode=Mode.ATCP)
+    files.record(1764106001, "1.2.3.4", "1.2.3.4", 53, Proto.UDP, mode=Mode.AUDP)
+    files.record(1764106002, "1.2.3.4", "1.2.3.4", 22, Proto.TCP, mode=Mode.ATCP)
+    assert len(history.read_text().splitlines()) == 3
+    atcp = tmp_path / "portsentry.blocked.atcp"
+    assert blocked_addresses(atcp.read_text().splitlines()) == {"11.2.3.4", "1.2.3.4"}
+    files.remove_blocked("1.2.3.4")
+    assert blocked_addresses(atcp.read_text().splitlines()) == {"11.2.3.4"}
+    assert (tmp_path / "portsentry.blocked.audp").read_text() == ""
+    assert len(history.read_text().splitlines()) == 3  # the history keeps everything
+
+
+def test_files_do_not_grow_without_bound(tmp_path: Path) -> None:
+    history = tmp_path / "history"
+    files = PortSentryFiles(str(history), "", max_bytes=1000)
+    for i in range(100):
+        files.record(1764106000 + i, "198.18.0.2", "198.18.0.2", i, Proto.TCP, mode=Mode.ATCP)
+    assert history.stat().st_size <= 1000
+    assert (tmp_path / "history.1").stat().st_size <= 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history", "history.1"]
+
+
+def test_history_refuses_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    link = tmp_path / "history"
+    link.symlink_to(target)
+    files = PortSentryFiles(str(link), "")
+    with pytest.raises(OSError, match=r"symbolic link|Too many levels"):
+        files.record(1764106000, "198.18.0.2", "198.18.0.2", 1, Proto.TCP, mode=Mode.ATCP)
+    assert target.read_text() == ""

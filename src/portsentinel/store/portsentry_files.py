@@ -12,8 +12,12 @@ compare the exact address.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 
@@ -58,3 +62,66 @@ def blocked_addresses(lines: Iterable[str]) -> frozenset[str]:
         if parsed is not None:
             found.add(parsed[1])
     return frozenset(found)
+
+
+class PortSentryFiles:
+    """Writes HISTORY_FILE and the per-mode BLOCKED_FILE the way 1.2 does, but bounded.
+
+    Each line is appended with a fresh open (so logrotate may move the file at any time). A
+    file that grows past ``max_bytes`` is renamed to ``FILE.1`` (replacing an older one) and
+    started anew, so neither grows without bound. Lifting a ban removes its lines from the
+    blocked files (rewritten through a temporary file and a rename); the history keeps them.
+    """
+
+    def __init__(self, history: str, blocked_base: str, *, max_bytes: int = 16 << 20) -> None:
+        self.history = history
+        self.blocked_base = blocked_base
+        self.max_bytes = max_bytes
+
+    def record(
+        self, epoch: float, name: str, ip: str, port: int, proto: Proto, *, mode: Mode | None
+    ) -> None:
+        line = history_line(epoch, name, ip, port, proto) + "\n"
+        if self.history:
+            self._append(self.history, line)
+        if self.blocked_base and mode is not None:
+            self._append(blocked_file_path(self.blocked_base, mode), line)
+
+    def remove_blocked(self, ip: str) -> None:
+        """Drop every line for ``ip`` (exact address) from the blocked files of all modes."""
+        if not self.blocked_base:
+            return
+        for mode in Mode:
+            path = blocked_file_path(self.blocked_base, mode)
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    lines = fh.readlines()
+            except FileNotFoundError:
+                continue
+            kept = [line for line in lines if (parse_line(line) or (0, ""))[1] != ip]
+            if len(kept) != len(lines):
+                _rewrite(path, kept)
+
+    def _append(self, path: str, line: str) -> None:
+        try:
+            if os.path.getsize(path) + len(line) > self.max_bytes:
+                os.replace(path, path + ".1")
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(line)
+
+
+def _rewrite(path: str, lines: list[str]) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".portsentinel-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
