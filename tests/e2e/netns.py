@@ -6,7 +6,9 @@ Topology, created fresh for every ``Lab`` with names unique to the run::
         |      one veth pair, created inside the namespaces (it never exists in the root one)
     [target]   veth-t   198.18.0.1/24   fd00:5e::1/64
 
-198.18.0.0/15 (RFC 2544 benchmarking) and fd00::/8 (ULA) are routed nowhere. Neither
+``add_namespace`` joins a further namespace (a NAT backend, say) to one of them the same way.
+
+198.18.0.0/15 (RFC 2544 benchmarking) and fd00::/8 (ULA) are routed nowhere. No
 namespace has a default route or any link to the root namespace; ``create`` checks that before
 handing the lab out. Neighbour entries are static (no ARP or neighbour discovery on the wire),
 so a test sees only the packets it sends. ``close`` (or leaving the ``with`` block) ends every
@@ -74,6 +76,7 @@ class Lab:
         self.scanner = scanner
         self._processes: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
+        self._links: set[str] = set()  # interfaces that ``add_namespace`` created
 
     # --- building and tearing down -------------------------------------------------------------
     @classmethod
@@ -114,17 +117,53 @@ class Lab:
         self.set_neighbour(self.target, self.TARGET_IF, self.SCANNER6, scanner_mac)
 
     def check_closed(self, extra: Iterable[str] = ()) -> None:
-        """Raise ``LabError`` unless both namespaces are closed off: no default route, and no
-        interface but loopback, the lab's veth ends and the ``extra`` ones a test added inside
-        (a bridge, say)."""
-        allowed = {"lo", self.TARGET_IF, self.SCANNER_IF, *extra}
-        for ns in (self.target, self.scanner):
+        """Raise ``LabError`` unless every namespace of the lab is closed off: no default route,
+        and no interface but loopback, the lab's veth ends (``add_namespace``'s too) and the
+        ``extra`` ones a test added inside (a bridge, say)."""
+        allowed = {"lo", self.TARGET_IF, self.SCANNER_IF, *self._links, *extra}
+        for ns in self._created:
             for family in ("-4", "-6"):
                 if _ip("-n", ns, family, "route", "show", "default").strip():
                     raise LabError(f"namespace {ns} has a default route")
             links = {link["ifname"] for link in _ip_json("-n", ns, "link", "show")}
             if not links <= allowed:
                 raise LabError(f"namespace {ns} has unexpected interfaces {links - allowed}")
+
+    def add_namespace(
+        self,
+        role: str,
+        *,
+        near: str,
+        near_if: str,
+        far_if: str,
+        near_addresses: Sequence[str],
+        far_addresses: Sequence[str],
+    ) -> str:
+        """Add a namespace (a NAT backend, say) joined to namespace ``near`` by a veth pair of
+        its own, built with the same care as the first two: created inside the namespaces,
+        addresses given with their prefix length (``198.18.1.1/24``, ``fd00:5e:1::1/64``, the
+        n-th near address paired with the n-th far one), static neighbours, no default route.
+        Its name is unique to the lab; ``close`` deletes it with the rest. Returns the name."""
+        prefix, _sep, tag = self.target.rpartition("-t-")
+        ns = f"{prefix}-{role}-{tag}"
+        _ip("netns", "add", ns)
+        self._created.append(ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+        self.run(ns, ["sysctl", "-qw", *_QUIET_IPV6], check=False)
+        _ip("-n", near, "link", "add", near_if, "type", "veth", "peer", "name", far_if,
+            "netns", ns)  # fmt: skip
+        self._links.update((near_if, far_if))
+        for where, dev, addresses in ((near, near_if, near_addresses), (ns, far_if, far_addresses)):
+            for address in addresses:
+                _ip("-n", where, "addr", "add", address, "dev", dev,
+                    *(["nodad"] if ":" in address else []))  # fmt: skip
+            _ip("-n", where, "link", "set", dev, "up")
+        near_mac, far_mac = self.link_address(near, near_if), self.link_address(ns, far_if)
+        for near_address, far_address in zip(near_addresses, far_addresses, strict=True):
+            self.set_neighbour(near, near_if, far_address.split("/")[0], far_mac)
+            self.set_neighbour(ns, far_if, near_address.split("/")[0], near_mac)
+        self.check_closed()
+        return ns
 
     def close(self) -> None:
         """End the lab's processes (by pid) and delete its namespaces. Idempotent."""

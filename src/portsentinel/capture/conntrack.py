@@ -68,6 +68,7 @@ _NLA_TYPE_MASK: Final = 0x3FFF
 # ctnetlink attributes (linux/netfilter/nfnetlink_conntrack.h)
 CTA_TUPLE_ORIG: Final = 1
 CTA_TUPLE_REPLY: Final = 2
+CTA_STATUS: Final = 3
 CTA_TUPLE_IP: Final = 1
 CTA_TUPLE_PROTO: Final = 2
 CTA_IP_V4_SRC: Final = 1
@@ -78,6 +79,7 @@ CTA_PROTO_NUM: Final = 1
 CTA_PROTO_SRC_PORT: Final = 2
 CTA_PROTO_DST_PORT: Final = 3
 CTA_STATS_GLOBAL_ENTRIES: Final = 1
+IPS_ASSURED: Final = 1 << 2  # status bit: for TCP, the three-way handshake completed
 
 IPPROTO_TCP: Final = 6
 IPPROTO_UDP: Final = 17
@@ -100,10 +102,11 @@ FlowTuple = tuple[int, bytes, int, bytes, int]
 
 @dataclass(frozen=True, slots=True)
 class CtEntry:
-    """The two tuples of one conntrack entry, as the kernel reported them."""
+    """The two tuples of one conntrack entry and its status bits, as the kernel reported them."""
 
     orig: FlowTuple
     reply: FlowTuple
+    status: int = 0
 
 
 # --- building requests ----------------------------------------------------------------------
@@ -215,11 +218,15 @@ def error_code(payload: memoryview) -> int:
 
 
 def parse_entry(payload: memoryview) -> CtEntry:
-    """Decode an ``IPCTNL_MSG_CT_NEW`` payload (nfgenmsg + attributes) into its two tuples."""
+    """Decode an ``IPCTNL_MSG_CT_NEW`` payload (nfgenmsg + attributes): tuples and status."""
     attrs = parse_attrs(payload[_NFGENMSG.size :])
     if CTA_TUPLE_ORIG not in attrs or CTA_TUPLE_REPLY not in attrs:
         raise CaptureError("ctnetlink: answer without both tuples")
-    return CtEntry(parse_tuple(attrs[CTA_TUPLE_ORIG]), parse_tuple(attrs[CTA_TUPLE_REPLY]))
+    raw_status = attrs.get(CTA_STATUS)
+    status = _U32_BE.unpack(raw_status)[0] if raw_status is not None and len(raw_status) == 4 else 0
+    return CtEntry(
+        parse_tuple(attrs[CTA_TUPLE_ORIG]), parse_tuple(attrs[CTA_TUPLE_REPLY]), int(status)
+    )
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -273,6 +280,19 @@ class Conntrack:
         flow = (proto, src, sport, dst, dport)
         entry = self.find(flow)
         return entry is not None and entry.reply == flow
+
+    def lookup_accepted(self, proto: int, src: bytes, sport: int, dst: bytes, dport: int) -> bool:
+        """True when the TCP SYN ``src:sport -> dst:dport`` opened a connection this host
+        accepted (the flow's original tuple, its handshake completed: ASSURED).
+
+        Why: an active-mode FTP client closes its data listener right after ``accept``; on a
+        LAN that happens before the capture hands the SYN over, so the port is free again by
+        the time it is judged. A SYN to a closed port never matches: the kernel drops an entry
+        whose only answer is a RST.
+        """
+        flow = (proto, src, sport, dst, dport)
+        entry = self.find(flow, kind=CTA_TUPLE_ORIG)
+        return entry is not None and entry.orig == flow and bool(entry.status & IPS_ASSURED)
 
     def find(self, flow: FlowTuple, *, kind: int = CTA_TUPLE_REPLY) -> CtEntry | None:
         """The entry whose original or reply tuple is ``flow``, or None (ENOENT)."""

@@ -107,7 +107,8 @@ class HostView:
         return self._conntrack is not None
 
     def is_reply(self, pkt: Packet) -> bool:
-        """Does this packet answer a flow the host started? (Never judged by port alone.)"""
+        """Does this packet answer a flow the host started, or (a TCP SYN) open a connection
+        the host has already accepted? (Never judged by port alone.)"""
         conntrack = self._conntrack
         if conntrack is None:
             return False
@@ -122,6 +123,8 @@ class HostView:
         self._tokens -= 1.0
         self.reply_checks += 1
         try:
+            if pkt[0] == Proto.TCP:
+                return conntrack.lookup_accepted(pkt[0], pkt[1], pkt[3], pkt[2], pkt[4])
             return conntrack.lookup_reply(pkt[0], pkt[1], pkt[3], pkt[2], pkt[4])
         except CaptureError:
             self.reply_check_errors += 1

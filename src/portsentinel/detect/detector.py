@@ -39,6 +39,7 @@ from portsentinel.netset import AddressSet
 
 _TCP: Final = int(Proto.TCP)
 _UDP: Final = int(Proto.UDP)
+_SYN: Final = ScanKind.SYN
 _PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
 # Address texts are cached because formatting one costs about as much as the rest of a
 # decision; cleared when full, so a flood of spoofed sources only churns it.
@@ -243,9 +244,11 @@ class Detector:
         if local is not None and dst not in local:
             stats.not_local += 1
             return []
-        # Only UDP can answer a flow here: a TCP probe carries no ACK, so it answers nothing.
+        # UDP may answer a flow the host started. A TCP probe carries no ACK, so it answers
+        # nothing, but a SYN may open a connection the host already accepted on a listener
+        # closed since (an active-mode FTP client's data port).
         reply_check = self._reply_check
-        if reply_check is not None and proto == _UDP and reply_check(pkt):
+        if reply_check is not None and (proto == _UDP or kind is _SYN) and reply_check(pkt):
             stats.replies += 1
             return []
         return self._probe(pkt, kind, now)
@@ -374,7 +377,8 @@ class Detector:
             raise ValueError(f"unknown protocol {proto}")
 
     def set_reply_check(self, check: Callable[[Packet], bool] | None) -> None:
-        """A test for packets that answer a flow this host started (the kernel's conntrack).
+        """A test for packets that answer a flow this host started, or SYNs of connections it
+        accepted (the kernel's conntrack).
 
         Asked only for what would otherwise be a probe, last, so its cost (a kernel query)
         is paid rarely: a late DNS or NTP reply to a watched port is then not a probe. It

@@ -77,12 +77,14 @@ def nlmsg(kind: int, seq: int, payload: bytes) -> bytes:
     return struct.pack("=IHHII", 16 + len(payload), kind, 0, seq, 0) + payload
 
 
-def ct_new(seq: int, orig: ct.FlowTuple, reply: ct.FlowTuple, family: int = 2) -> bytes:
+def ct_new(
+    seq: int, orig: ct.FlowTuple, reply: ct.FlowTuple, family: int = 2, status: int = 0x18E
+) -> bytes:
     """What the kernel sends for a found entry: both tuples plus other attributes."""
     attrs = (
         nla(1, tuple_payload(*orig), nested=True)
         + nla(2, tuple_payload(*reply), nested=True)
-        + nla(3, struct.pack("!I", 0x18E))  # CTA_STATUS
+        + nla(3, struct.pack("!I", status))  # CTA_STATUS (0x18E: seen reply, assured, ...)
         + nla(7, struct.pack("!I", 29))  # CTA_TIMEOUT
         + nla(12, struct.pack("!I", 0xDEADBEEF))  # CTA_ID
     )
@@ -138,14 +140,14 @@ def test_entry_parsed_from_nested_attributes_with_flags() -> None:
     reply = (UDP, B, 53, A, 40000)
     [(kind, seq, payload)] = ct.split_messages(ct_new(5, orig, reply))
     assert (kind, seq) == (0x0100, 5)
-    assert ct.parse_entry(payload) == ct.CtEntry(orig, reply)
+    assert ct.parse_entry(payload) == ct.CtEntry(orig, reply, 0x18E)
 
 
 def test_ipv6_entry_parsed() -> None:
     orig = (TCP, A6, 50000, B6, 443)
     reply = (TCP, B6, 443, A6, 50000)
     [(_, _, payload)] = ct.split_messages(ct_new(1, orig, reply, family=10))
-    assert ct.parse_entry(payload) == ct.CtEntry(orig, reply)
+    assert ct.parse_entry(payload) == ct.CtEntry(orig, reply, 0x18E)
 
 
 def test_portless_tuple_reads_port_zero() -> None:
@@ -234,6 +236,26 @@ def test_original_direction_match_is_false() -> None:
     probe = (UDP, B, 53, A, 7)
     tracker, _ = client(lambda seq, _: [ct_new(seq, probe, (UDP, A, 7, B, 53))])
     assert tracker.lookup_reply(*probe) is False
+
+
+def test_accepted_syn_is_the_original_direction_of_an_assured_flow() -> None:
+    syn = (TCP, B, 40000, A, 2121)  # the peer connecting back to a data port of ours
+    tracker, fake = client(lambda seq, _: [ct_new(seq, syn, (TCP, A, 2121, B, 40000))])
+    assert tracker.lookup_accepted(*syn) is True
+    sent = ct.parse_attrs(fake.sent[0][20:])
+    assert ct.parse_tuple(sent[ct.CTA_TUPLE_ORIG]) == syn
+
+
+def test_unassured_or_reply_direction_syn_is_not_accepted() -> None:
+    syn = (TCP, B, 40000, A, 2121)
+    reversed_flow = (TCP, A, 2121, B, 40000)
+    half_open = 0x8  # confirmed, no reply seen: the handshake never completed
+    tracker, _ = client(lambda seq, _: [ct_new(seq, syn, reversed_flow, status=half_open)])
+    assert tracker.lookup_accepted(*syn) is False
+    tracker, _ = client(lambda seq, _: [ct_new(seq, reversed_flow, syn)])
+    assert tracker.lookup_accepted(*syn) is False
+    tracker, _ = client(lambda seq, _: [nl_error(seq, errno.ENOENT)])
+    assert tracker.lookup_accepted(*syn) is False
 
 
 def test_enoent_is_false() -> None:
