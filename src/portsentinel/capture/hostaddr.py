@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Generic, NamedTuple, TypeVar
+from typing import ClassVar, Final, Generic, NamedTuple, TypeVar
 
 from portsentinel.errors import CaptureError
 
@@ -315,13 +315,16 @@ class DumpReply(Generic[T]):
             self.skipped += 1
 
 
-def build_dump_request(msg_type: int, seq: int) -> bytes:
-    """An RTM_GETADDR or RTM_GETLINK dump request covering every family."""
-    if msg_type == RTM_GETLINK:
+def build_dump_request(msg_type: int, seq: int, body: bytes | None = None) -> bytes:
+    """A dump request; without ``body``, an RTM_GETADDR or RTM_GETLINK one for every family.
+
+    Other tables (routes, neighbours: see ``routes.py``) pass their own header as ``body``.
+    """
+    if body is None and msg_type == RTM_GETLINK:
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         # Skip the per-interface statistics: they are most of each message and unused here.
         body += _NLA_HDR.pack(8, IFLA_EXT_MASK) + _U32.pack(RTEXT_FILTER_SKIP_STATS)
-    else:
+    elif body is None:
         body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
     header = _NLMSG_HDR.pack(
         _NLMSG_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
@@ -380,7 +383,7 @@ class RouteNetlink:
 
     def addresses(self) -> list[AddrInfo]:
         """Every IPv4 and IPv6 address of every interface, loopback and link-local included."""
-        return self._dump(RTM_GETADDR, RTM_NEWADDR, parse_address)
+        return self.dump(RTM_GETADDR, RTM_NEWADDR, parse_address)
 
     def local_addresses(self) -> frozenset[bytes]:
         """The packed addresses alone: "is this packet to me", "is this source me"."""
@@ -388,27 +391,40 @@ class RouteNetlink:
 
     def links(self) -> dict[int, LinkInfo]:
         """Every interface by ifindex."""
-        return {link.ifindex: link for link in self._dump(RTM_GETLINK, RTM_NEWLINK, parse_link)}
+        return {link.ifindex: link for link in self.dump(RTM_GETLINK, RTM_NEWLINK, parse_link)}
 
-    def _dump(self, request: int, reply: int, parse: Callable[[memoryview], T | None]) -> list[T]:
-        """Run one dump, again if the kernel flags it inconsistent (a table changed meanwhile).
+    def dump(
+        self,
+        request: int,
+        reply: int,
+        parse: Callable[[memoryview], T | None],
+        body: bytes | None = None,
+    ) -> list[T]:
+        """Any rtnetlink dump: ``request`` type with ``body`` (see ``build_dump_request``),
+        each ``reply``-type message decoded by ``parse`` (None: skip it).
+
+        Run again if the kernel flags it inconsistent (a table changed meanwhile).
 
         After the last attempt an inconsistent answer is returned as is: the change that
         disturbed it also reaches any watcher, whose caller will dump again.
         """
-        answer = self._dump_once(request, reply, parse)
+        answer = self._dump_once(request, reply, parse, body)
         for _ in range(_DUMP_ATTEMPTS - 1):
             if not answer.interrupted:
                 break
-            answer = self._dump_once(request, reply, parse)
+            answer = self._dump_once(request, reply, parse, body)
         return answer.items
 
     def _dump_once(
-        self, request: int, reply: int, parse: Callable[[memoryview], T | None]
+        self,
+        request: int,
+        reply: int,
+        parse: Callable[[memoryview], T | None],
+        body: bytes | None,
     ) -> DumpReply[T]:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         answer = DumpReply(self._seq, self._portid, reply, parse)
-        self._run(build_dump_request(request, self._seq), answer)
+        self._run(build_dump_request(request, self._seq, body), answer)
         return answer
 
     def _run(self, request: bytes, answer: DumpReply[T]) -> None:
@@ -436,10 +452,8 @@ def dump_links() -> dict[int, LinkInfo]:
         return rtnl.links()
 
 
-# Routes are not read yet. ``default_routes_and_nexthops()`` would go here: an RTM_GETROUTE
-# dump (rtmsg header; RTA_DST absent with rtm_dst_len 0 marks a default route; RTA_GATEWAY,
-# RTA_OIF, RTA_MULTIPATH and RTA_NH_ID name the next hops) for both families, with
-# RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE added to the watcher's groups.
+# Routes, their next hops and IPv6 routers are read in ``routes.py`` (through
+# ``RouteNetlink.dump``); its ``RouteWatcher`` is this module's watcher on the route groups.
 
 
 # --- notifications --------------------------------------------------------------------------
@@ -453,16 +467,21 @@ class AddressWatcher:
     ``poll()``, and dump again when it returns True.
     """
 
+    GROUPS: ClassVar[int] = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+    """The multicast groups subscribed to; a subclass watching other tables sets its own."""
+    SUBJECT: ClassVar[str] = "address"
+
     def __init__(self, rcvbuf: int = _WATCH_RCVBUF) -> None:
         self._sock = _open(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
         try:
             # A larger buffer makes an overrun (ENOBUFS) rarer during bursts of changes.
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self._sock.bind((0, groups))
+            self._sock.bind((0, self.GROUPS))
         except OSError as exc:
             self._sock.close()
-            raise CaptureError(f"rtnetlink: cannot subscribe to address changes ({exc})") from exc
+            raise CaptureError(
+                f"rtnetlink: cannot subscribe to {self.SUBJECT} changes ({exc})"
+            ) from exc
         self.malformed = 0
         """Datagrams that could not be parsed (reported as a change, to be safe)."""
         self.overruns = 0
