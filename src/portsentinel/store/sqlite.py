@@ -1,0 +1,507 @@
+"""The state store: events and bans in one SQLite file, ``STATE_DIR/portsentinel.db``.
+
+The daemon holds one connection for its life; the CLI opens its own, at the same time. Every
+change is one transaction, taken with ``BEGIN IMMEDIATE`` so that a writer waits for the other
+side's write lock (``busy_timeout``) instead of failing half-way.
+
+The order of writes is what makes ``kill -9`` harmless:
+
+- block: ``begin_ban`` (committed, state ``pending``) BEFORE any backend runs, then one
+  ``record_action`` per backend, then ``activate``. A kill anywhere leaves a pending or active
+  ban that start-up re-applies with idempotent backends, never a rule the store does not know.
+- unblock, allow, expiry: ``lift`` (committed) first, then undo each action of ``actions``
+  (in reverse order) and record it ``undone``. A kill in between leaves an ended ban with
+  actions still ``applied``: ``bans_to_undo`` finds it at start-up.
+- start-up: ``due_for_expiry`` -> lift and undo; ``bans_to_undo`` -> undo; ``active_bans`` ->
+  re-apply (missing ones restored); anything of ours in the kernel that no live ban explains
+  is stale and removed.
+
+The store never reads the clock: every time is an epoch float from the caller (wall-clock
+time live, the capture's time in replay). The one exception is the file's own ``created_at``,
+which SQLite stamps when it makes the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from types import MappingProxyType
+from typing import Any, Final
+
+from portsentinel.errors import StoreError
+from portsentinel.store import schema
+from portsentinel.store.records import (
+    ACTION_COLS,
+    BAN_COLS,
+    EVENT_COLS,
+    ActionRecord,
+    ActionState,
+    AllowRecord,
+    BanRecord,
+    BanState,
+    EventRow,
+    LiftedBy,
+    action_from_row,
+    ban_from_row,
+    event_from_row,
+    to_json,
+)
+from portsentinel.store.schema import LIVE_SQL, OPEN_ACTION_SQL, host_text_key, parse_network
+
+__all__ = [
+    "ActionRecord",
+    "ActionState",
+    "AllowRecord",
+    "BanRecord",
+    "BanState",
+    "DuplicateBanError",
+    "EventRow",
+    "LiftedBy",
+    "Store",
+]
+
+DB_NAME: Final = "portsentinel.db"
+DEFAULT_BUSY_TIMEOUT: Final = 5.0  # seconds a writer waits for the other side's transaction
+PURGE_BATCH: Final = 10_000  # events deleted per transaction, so the daemon's flush never waits
+
+
+class DuplicateBanError(StoreError):
+    """The network already has a live ban: a second one would mean a second rule."""
+
+
+# --- Queries that must stay indexed (a test reads their query plans) -----------------------
+# A unary ``+`` keeps a column's index out of the planner's choice where a partial index
+# (live bans, lifted bans) is the small one: without ANALYZE statistics SQLite would rather
+# walk all of ``bans_created`` to save a sort.
+
+SQL_ACTIVE_BANS: Final = (
+    f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND (expires IS NULL OR expires > ?) "
+    "ORDER BY +created, id"
+)
+SQL_DUE_FOR_EXPIRY: Final = (
+    f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND expires <= ? ORDER BY expires, id"
+)
+SQL_BANS_TO_UNDO: Final = (
+    f"SELECT {BAN_COLS} FROM bans WHERE id IN "
+    f"(SELECT ban_id FROM ban_actions WHERE {OPEN_ACTION_SQL}) AND NOT ({LIVE_SQL}) ORDER BY id"
+)
+SQL_OFFENCES: Final = (
+    "SELECT count(*) FROM bans WHERE address = ? AND prefix = ? AND created >= ? "
+    "AND coalesce(lifted_by, '') <> 'allow'"
+)
+SQL_BANS_BETWEEN: Final = (  # three disjoint parts, each through its own index
+    f"SELECT {BAN_COLS} FROM bans WHERE id IN ("
+    "SELECT id FROM bans WHERE created >= :start AND created < :end "
+    "UNION ALL SELECT id FROM bans WHERE lifted_at >= :start AND +created < :start "
+    f"UNION ALL SELECT id FROM bans WHERE {LIVE_SQL} AND +created < :start"
+    ") ORDER BY created, id"
+)
+SQL_EVENTS_BETWEEN: Final = (
+    f"SELECT {EVENT_COLS} FROM events WHERE time >= ? AND time < ? ORDER BY time, id"
+)
+SQL_EVENTS_FROM: Final = (
+    f"SELECT {EVENT_COLS}, id FROM events WHERE src_key BETWEEN :lo AND :hi AND time >= :since"
+)
+SQL_LIVE_PREFIXES: Final = f"SELECT DISTINCT prefix FROM bans WHERE {LIVE_SQL}"
+SQL_BAN_FOR: Final = f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND address IN ({{marks}})"
+SQL_ACTIONS: Final = f"SELECT {ACTION_COLS} FROM ban_actions WHERE ban_id = ? ORDER BY id"
+SQL_PURGE_EVENTS: Final = (
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? LIMIT ?)"
+)
+
+
+class Store:
+    """One connection to the store. Build it with ``Store.open``; close it (or use ``with``)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, offline: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.offline = offline
+
+    # --- Opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: str,
+        *,
+        offline: bool | None = False,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> Store:
+        """Open (creating if missing, upgrading if older) ``state_dir/portsentinel.db``.
+
+        ``offline`` says which store the caller needs: False a live one (daemon, block,
+        unblock, allow), True a replay's, whose bans are records only; None either (readers).
+        A new file is made the kind asked for; a file of the other kind is refused, so a
+        replay never writes into live history and a daemon never runs on a replay's records.
+
+        Durability: WAL with ``synchronous=NORMAL``. A commit is written to the WAL file
+        without an fsync; the fsync happens at checkpoints. The operating system keeps written
+        pages when the process dies, so ``kill -9`` at any moment loses no committed
+        transaction and never corrupts the file. Only a power loss or kernel crash may lose
+        the last few commits (never the file's consistency) - which also takes the kernel's
+        firewall rules with it, and start-up rebuilds them from what the store has. That is
+        a fair price for not paying an fsync on every ban and every event flush.
+        """
+        path = os.path.join(state_dir, DB_NAME)
+        _create_file(state_dir, path)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from exc
+        try:
+            file_offline = _prepare(conn, path, busy_timeout, offline)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, file_offline)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        with self._guard():
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def meta(self) -> dict[str, str]:
+        """``created_at``, ``offline`` ('0'/'1'), ``program_version`` (that made or upgraded it)."""
+        with self._guard():
+            return dict(self._conn.execute("SELECT key, value FROM meta"))
+
+    def data_version(self) -> int:
+        """Changes whenever ANOTHER connection commits: a cheap poll for the CLI's changes."""
+        with self._guard():
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # --- Events ----------------------------------------------------------------------------
+
+    def add_events(self, rows: Iterable[EventRow]) -> int:
+        """Insert a batch in one transaction (the daemon's flush); returns how many."""
+        values = [_event_values(row) for row in rows]  # ValueError here: nothing written
+        if not values:
+            return 0
+        with self._write() as conn:
+            conn.executemany(
+                f"INSERT INTO events ({EVENT_COLS}, src_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+        return len(values)
+
+    def purge_events(self, before: float, *, batch: int = PURGE_BATCH) -> int:
+        """Delete events older than ``before``, ``batch`` rows per transaction; how many."""
+        total = 0
+        while True:
+            with self._write() as conn:
+                deleted = conn.execute(SQL_PURGE_EVENTS, (before, batch)).rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+
+    def events_for(
+        self, address: str, since: float | None = None, limit: int | None = None
+    ) -> list[EventRow]:
+        """Events from a host or a prefix, oldest first; ``limit`` keeps the newest ones."""
+        lo, hi = schema.key_range(parse_network(address))
+        sql = SQL_EVENTS_FROM
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY time DESC, id DESC LIMIT :limit)"
+        sql += " ORDER BY time, id"
+        params = {"lo": lo, "hi": hi, "since": -1e300 if since is None else since, "limit": limit}
+        with self._guard():
+            return [event_from_row(row[:14]) for row in self._conn.execute(sql, params)]
+
+    def events_between(self, start: float, end: float) -> list[EventRow]:
+        """Events with ``start <= time < end``, oldest first."""
+        with self._guard():
+            return [
+                event_from_row(row) for row in self._conn.execute(SQL_EVENTS_BETWEEN, (start, end))
+            ]
+
+    # --- Bans: the lifecycle ---------------------------------------------------------------
+
+    def begin_ban(
+        self,
+        address: str,
+        prefix: int | None,
+        *,
+        created: float,
+        expires: float | None,
+        reason: str,
+        rule: str | None,
+        evidence: Mapping[str, Any],
+        offence: int,
+    ) -> BanRecord:
+        """Write a ``pending`` ban, committed BEFORE any backend runs.
+
+        ``prefix`` None bans the host. Raises DuplicateBanError if the network already has a
+        live ban, ValueError for a bad address.
+        """
+        network = parse_network(address, prefix)
+        values = (
+            str(network.network_address), network.prefixlen, created, expires, reason, rule,
+            to_json(evidence), offence, int(self.offline),
+        )  # fmt: skip
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO bans (address, prefix, created, expires, reason, rule, evidence, "
+                "offence, offline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+        ban_id = cursor.lastrowid
+        assert ban_id is not None
+        return BanRecord(
+            ban_id, values[0], values[1], created, expires, BanState.PENDING, reason, rule,
+            MappingProxyType(json.loads(values[6])), offence, None, None, self.offline,
+        )  # fmt: skip
+
+    def record_action(
+        self,
+        ban_id: int,
+        backend: str,
+        detail: Mapping[str, Any] | None,
+        state: ActionState | str,
+        error: str | None = None,
+        *,
+        at: float,
+    ) -> None:
+        """Record what one backend did for a ban (one row per ban and backend, updated).
+
+        ``detail`` None keeps the stored one (recording an undo keeps what was applied).
+        """
+        params = {
+            "ban_id": ban_id, "backend": backend, "state": ActionState(state).value,
+            "detail": None if detail is None else to_json(detail), "error": error, "at": at,
+        }  # fmt: skip
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, updated) "
+                "VALUES (:ban_id, :backend, coalesce(:detail, '{}'), :state, :error, :at) "
+                "ON CONFLICT (ban_id, backend) DO UPDATE SET "
+                "detail = coalesce(:detail, detail), "
+                "attempts = CASE WHEN state = excluded.state THEN attempts + 1 ELSE 1 END, "
+                "state = excluded.state, last_error = excluded.last_error, "
+                "updated = excluded.updated",
+                params,
+            )
+
+    def activate(self, ban_id: int) -> bool:
+        """Mark a ban applied. False if it ended meanwhile: undo what was just applied."""
+        return self._update_ban(
+            f"UPDATE bans SET state = 'active' WHERE id = ? AND {LIVE_SQL}", (ban_id,)
+        )
+
+    def fail(self, ban_id: int, at: float) -> bool:
+        """A pending ban no backend could apply; False if it was not pending."""
+        return self._update_ban(
+            "UPDATE bans SET state = 'failed', lifted_at = ? WHERE id = ? AND state = 'pending'",
+            (at, ban_id),
+        )
+
+    def lift(self, ban_id: int, at: float, by: LiftedBy | str) -> bool:
+        """End a live ban (``expired`` if ``by`` is expiry, else ``lifted``), BEFORE undoing it.
+
+        False if it had already ended: the daemon's expiry and the CLI's unblock may race.
+        """
+        reason = LiftedBy(by)
+        state = BanState.EXPIRED if reason is LiftedBy.EXPIRY else BanState.LIFTED
+        return self._update_ban(
+            f"UPDATE bans SET state = ?, lifted_at = ?, lifted_by = ? WHERE id = ? AND {LIVE_SQL}",
+            (state.value, at, reason.value, ban_id),
+        )
+
+    # --- Bans: queries ---------------------------------------------------------------------
+
+    def ban(self, ban_id: int) -> BanRecord | None:
+        with self._guard():
+            row = self._conn.execute(
+                f"SELECT {BAN_COLS} FROM bans WHERE id = ?", (ban_id,)
+            ).fetchone()
+        return None if row is None else ban_from_row(row)
+
+    def active_bans(self, now: float) -> list[BanRecord]:
+        """Live bans (pending or active) not yet expired at ``now``: what start-up re-applies."""
+        return self._bans(SQL_ACTIVE_BANS, (now,))
+
+    def due_for_expiry(self, now: float) -> list[BanRecord]:
+        """Live bans whose expiry time has come, soonest first."""
+        return self._bans(SQL_DUE_FOR_EXPIRY, (now,))
+
+    def bans_to_undo(self) -> list[BanRecord]:
+        """Ended bans with an action still applied (a crash between lift and undo)."""
+        return self._bans(SQL_BANS_TO_UNDO, ())
+
+    def ban_for(self, address: str) -> BanRecord | None:
+        """The live ban covering a host or network: the most specific one, or None.
+
+        Only the prefix lengths that live bans use are tried (usually one or two), not all 129.
+        """
+        network = parse_network(address)
+        with self._guard(), schema.transaction(self._conn, write=False):
+            lengths = [p for (p,) in self._conn.execute(SQL_LIVE_PREFIXES)]
+            covering = {
+                (str(network.supernet(new_prefix=p).network_address), p)
+                for p in lengths
+                if p <= network.prefixlen
+            }
+            texts = sorted({text for text, _ in covering})
+            sql = SQL_BAN_FOR.format(marks=", ".join("?" * len(texts)))
+            rows = [ban_from_row(row) for row in self._conn.execute(sql, texts)] if texts else []
+        found = [ban for ban in rows if (ban.address, ban.prefix) in covering]
+        return max(found, key=lambda ban: ban.prefix, default=None)
+
+    def actions(self, ban_id: int) -> list[ActionRecord]:
+        """A ban's actions in the order they were first applied (undo in reverse)."""
+        with self._guard():
+            rows = self._conn.execute(SQL_ACTIONS, (ban_id,)).fetchall()
+        return [action_from_row(row) for row in rows]
+
+    def offences(self, address: str, since: float) -> int:
+        """Bans of this exact host or network created at or after ``since``.
+
+        Bans lifted by ``allow`` do not count: the admin declared them mistakes.
+        """
+        network = parse_network(address)
+        params = (str(network.network_address), network.prefixlen, since)
+        with self._guard():
+            return int(self._conn.execute(SQL_OFFENCES, params).fetchone()[0])
+
+    def bans_between(self, start: float, end: float) -> list[BanRecord]:
+        """Bans whose life (created to lifted_at, or still live) overlaps ``[start, end)``."""
+        return self._bans(SQL_BANS_BETWEEN, {"start": start, "end": end})
+
+    # --- The never-block set ---------------------------------------------------------------
+
+    def allow(self, address_or_prefix: str, at: float, comment: str = "") -> str:
+        """Add to the never-block set (a repeat keeps the first ``added``); the 'ADDR/LEN'."""
+        network = parse_network(address_or_prefix)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO allowed (address, prefix, added, comment) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (address, prefix) DO UPDATE SET comment = excluded.comment",
+                (str(network.network_address), network.prefixlen, at, comment),
+            )
+        return str(network)
+
+    def disallow(self, address_or_prefix: str) -> bool:
+        """Remove an exact entry from the never-block set; False if it was not there."""
+        network = parse_network(address_or_prefix)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM allowed WHERE address = ? AND prefix = ?",
+                (str(network.network_address), network.prefixlen),
+            )
+        return cursor.rowcount > 0
+
+    def allowed(self) -> list[str]:
+        """The never-block set as 'ADDR/LEN' texts, oldest first."""
+        return [entry.network for entry in self.allowed_entries()]
+
+    def allowed_entries(self) -> list[AllowRecord]:
+        with self._guard():
+            rows = self._conn.execute(
+                "SELECT address, prefix, added, comment FROM allowed ORDER BY added, address"
+            ).fetchall()
+        return [AllowRecord(f"{a}/{p}", added, comment) for a, p, added, comment in rows]
+
+    # --- Plumbing --------------------------------------------------------------------------
+
+    def _bans(self, sql: str, params: Any) -> list[BanRecord]:
+        with self._guard():
+            return [ban_from_row(row) for row in self._conn.execute(sql, params)]
+
+    def _update_ban(self, sql: str, params: tuple[Any, ...]) -> bool:
+        with self._write() as conn:
+            return conn.execute(sql, params).rowcount == 1
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        with _errors(self.path):
+            yield
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with _errors(self.path), schema.transaction(self._conn):
+            yield self._conn
+
+
+def _event_values(row: EventRow) -> tuple[Any, ...]:
+    src, key = host_text_key(row.src)
+    dst = host_text_key(row.dst)[0]
+    return (
+        row.time, src, dst, row.proto, row.port, row.kind, row.action, row.reason, row.mode,
+        row.rule, row.hits, row.ports_seen, row.flags, int(row.ip_options), key,
+    )  # fmt: skip
+
+
+@contextmanager
+def _errors(path: str) -> Iterator[None]:
+    """SQLite errors become StoreErrors naming the file; a live duplicate is its own kind."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if "bans.address" in str(exc):
+            raise DuplicateBanError(f"{path}: this network already has a live ban") from exc
+        raise StoreError(f"{path}: {exc}") from exc
+    except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, read-only
+        raise StoreError(f"{path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:  # not a database, or corrupt
+        raise StoreError(f"{path}: not a usable PortSentinel store ({exc})") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {exc}") from exc
+
+
+# --- Opening: file, pragmas, migrations, meta ----------------------------------------------
+
+
+def _create_file(state_dir: str, path: str) -> None:
+    """Make the directory (0750) and an empty file (0640) if missing, whatever the umask."""
+    if not os.path.isdir(state_dir):
+        try:
+            os.makedirs(state_dir, mode=0o750)
+            os.chmod(state_dir, 0o750)
+        except FileExistsError:
+            pass  # made at the same moment by the other side
+        except OSError as exc:
+            raise StoreError(f"{state_dir}: cannot create the state directory: {exc}") from exc
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the store: {exc}") from exc
+    try:
+        os.fchmod(fd, 0o640)
+    finally:
+        os.close(fd)
+
+
+def _prepare(
+    conn: sqlite3.Connection, path: str, busy_timeout: float, offline: bool | None
+) -> bool:
+    """Pragmas, migrations and meta; returns whether the file is an offline store."""
+    with _errors(path):
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: cannot use WAL journaling here (got {mode!r})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrated = schema.migrate(conn, path, version)
+        meta = schema.ensure_meta(conn, offline=bool(offline), migrated=migrated)
+    file_offline = meta.get("offline") == "1"
+    if offline is not None and offline != file_offline:
+        kind = "an offline (replay) store" if file_offline else "a live store"
+        use = "replay records go elsewhere" if offline else "a live daemon cannot use it"
+        raise StoreError(f"{path}: this is {kind}; {use}")
+    return file_offline
