@@ -163,7 +163,9 @@ class Settings:
     )  # fmt: skip
     kill_run_cmd: str = setting(
         key="KILL_RUN_CMD", parse=t.command, default="", unit="command",
-        help="command run for every triggered source (argv, no shell)", origin=_P12,
+        help="command run for every triggered source; $TARGET$ $PORT$ $MODE$ are validated "
+        "values, passed as separate arguments (shell syntax gets them as quoted $1 $2 $3)",
+        origin=_P12,
     )  # fmt: skip
     scan_trigger: int = setting(
         key="SCAN_TRIGGER", parse=t.int_range(0, 65535), default="0", unit="count",
@@ -238,6 +240,49 @@ class Settings:
         key="BLOCK_MIN_PORTS", parse=t.int_range(1, 65535), default="1", unit="ports",
         help="stricter policy: block on stealth evidence only after this many distinct "
         "ports (a completed handshake blocks at once); 1 is PortSentry's behaviour",
+        origin=_NEW,
+    )  # fmt: skip
+    ban_repeat_window: float = setting(
+        key="BAN_REPEAT_WINDOW", parse=t.positive_duration, default="30d", unit="seconds",
+        help="earlier bans within this window make a source a repeat offender", origin=_NEW,
+    )  # fmt: skip
+    ipv6_prefix_after: int = setting(
+        key="IPV6_PREFIX_AFTER", parse=t.int_range(0, 65535), default="0", unit="count",
+        help="ban a whole IPv6 prefix (IPV6_PREFIX_LEN) once this many of its addresses are "
+        "banned; 0 never widens. A prefix holding a never-block address is never banned",
+        origin=_NEW,
+    )  # fmt: skip
+    ipv6_prefix_len: int = setting(
+        key="IPV6_PREFIX_LEN", parse=t.int_range(16, 127), default="64", unit="bits",
+        help="length of the IPv6 prefix a widened ban covers", origin=_NEW,
+    )  # fmt: skip
+    kill_run_cmd_ipv6: bool = setting(
+        key="KILL_RUN_CMD_IPV6", parse=t.flag, default="0", unit="0/1",
+        help="pass IPv6 targets to KILL_RUN_CMD/KILL_ROUTE/UNBLOCK_RUN_CMD (commands written "
+        "for IPv4 often break on them); 0 skips such commands for IPv6 with a log line",
+        origin=_NEW,
+    )  # fmt: skip
+    command_timeout: float = setting(
+        key="COMMAND_TIMEOUT", parse=t.positive_duration, default="30s", unit="seconds",
+        help="KILL_RUN_CMD, KILL_ROUTE and UNBLOCK_RUN_CMD are stopped after this long and "
+        "count as failed", origin=_NEW,
+    )  # fmt: skip
+    never_block_ssh_peers: bool = setting(
+        key="NEVER_BLOCK_SSH_PEERS", parse=t.flag, default="1", unit="0/1",
+        help="never block the peers of current SSH sessions (connections to SSH_PORTS)",
+        origin=_NEW,
+    )  # fmt: skip
+    ssh_ports: frozenset[int] = setting(
+        key="SSH_PORTS", parse=t.port_list, default="22", unit="ports",
+        help="local ports whose established peers count as SSH sessions", origin=_NEW,
+    )  # fmt: skip
+    event_retention: float = setting(
+        key="EVENT_RETENTION", parse=t.positive_duration, default="30d", unit="seconds",
+        help="events older than this are purged from the state store", origin=_NEW,
+    )  # fmt: skip
+    history_max_mib: int = setting(
+        key="HISTORY_MAX_MIB", parse=t.int_range(1, 4096), default="16", unit="MiB",
+        help="HISTORY_FILE and BLOCKED_FILE are rotated to FILE.1 past this size",
         origin=_NEW,
     )  # fmt: skip
     defaults_file: str = setting(
