@@ -8,6 +8,7 @@ wake-up socket for signals. Timers refresh what the detector knows about the hos
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import selectors
 import signal
 import socket
@@ -31,20 +32,27 @@ from portsentinel.assemble import Setup, detector_config
 from portsentinel.capture.afpacket import PacketRing, RingConfig
 from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
 from portsentinel.capture.listeners import Listeners
+from portsentinel.daemon.bans import BanRequest
 from portsentinel.daemon.hostview import HostView
 from portsentinel.daemon.lock import StateLock
+from portsentinel.daemon.neverblock import NeverBlock
+from portsentinel.daemon.responder import Report, Responder
 from portsentinel.daemon.tracking import ensure_conntrack
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
+from portsentinel.detect.track import kinds_of
 from portsentinel.errors import DecodeError, PortSentinelError
-from portsentinel.model import Action, Decision, Mode, Proto
+from portsentinel.model import Action, Decision, Mode, Proto, Reason
+from portsentinel.store.records import EventRow
 
 # Timer periods, in seconds.
 TICK_EVERY = 1.0  # idle-source expiry, pending-connection expiry
 IN_USE_EVERY = 2.0  # full re-read of the socket table (misses re-check the kernel anyway)
 NAT_EVERY = 30.0  # NAT rules (runs nft / iptables-save)
 ADDRESSES_EVERY = 10.0  # only when address changes cannot be followed
+NEVER_BLOCK_EVERY = 5.0  # routes, resolvers, SSH peers (addresses follow the watcher)
 RING_BLOCK = 256 * 1024
+NOTICE_EVERY = 60.0  # repeated refusals (budget, never-block) are summarised this often
 
 Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
 
@@ -88,7 +96,9 @@ class Daemon:
                 return 1
             if self.options.dry_run:
                 self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
-            elif pipeline.host.tracks_replies:
+            else:
+                pipeline.attach(Responder(self.setup.settings, self.options.state_dir))
+            if not self.options.dry_run and pipeline.host.tracks_replies:
                 failure = ensure_conntrack()
                 if failure is not None:
                     self.log.line(
@@ -149,6 +159,17 @@ class Pipeline:
         self.ring = ring
         self.listeners = listeners
         self.decode_errors = 0
+        self.responder: Responder | None = None
+        self.never_block = NeverBlock.for_host(
+            resolv_conf=setup.settings.resolv_conf,
+            ssh_ports=setup.settings.ssh_ports if setup.settings.never_block_ssh_peers else (),
+            ignore=setup.ignore,
+            warn=lambda w: log.line(f"adminalert: WARNING: never-block set: {w}"),
+        )
+        self.never_block.refresh()
+        detector.set_never_block(self.never_block)
+        self._rows: list[EventRow] = []
+        self._notices: dict[str, tuple[float, int]] = {}
         self._banner = setup.settings.port_banner or None
         self._now = time.monotonic()
         self._wall_offset = time.time() - self._now
@@ -191,6 +212,29 @@ class Pipeline:
             raise
         return cls(setup, log, events, host=host, detector=detector, ring=ring, listeners=listeners)
 
+    def attach(self, responder: Responder) -> None:
+        """Responses on: restore the previous run's bans before the first packet is read."""
+        responder.start()
+        self.responder = responder
+        self._on_reports()
+
+    def _on_reports(self) -> None:
+        responder = self.responder
+        if responder is None:
+            return
+        for report in responder.reports():
+            self._apply_report(report)
+
+    def _apply_report(self, report: Report) -> None:
+        if report.kind == "log":
+            self.log.line(report.text)
+        elif report.kind == "release":
+            self.detector.release(ipaddress.ip_address(report.text).packed)
+        elif report.kind == "restore":
+            self.detector.restore(ipaddress.ip_address(report.text).packed, Proto.TCP, Action.BLOCK)
+        elif report.kind == "allow":
+            self.never_block.set_allow(ipaddress.ip_network(n) for n in report.networks)
+
     # --- the loop ---------------------------------------------------------------------------
 
     def loop(self, wake: socket.socket, stopping: Callable[[], bool]) -> None:
@@ -204,7 +248,9 @@ class Pipeline:
                 selector.register(sock, selectors.EVENT_READ, self._listener_handler(sock))
         watcher = self.host.watcher_fd()
         if watcher is not None:
-            selector.register(watcher, selectors.EVENT_READ, self.host.on_address_event)
+            selector.register(watcher, selectors.EVENT_READ, self._on_address_event)
+        if self.responder is not None:
+            selector.register(self.responder.fileno(), selectors.EVENT_READ, self._on_reports)
         timers = self._timers(watching=watcher is not None)
         try:
             while not stopping():
@@ -223,6 +269,7 @@ class Pipeline:
         timers: dict[str, Timer] = {
             "tick": (now + TICK_EVERY, TICK_EVERY, self._on_tick),
             "in_use": (now + IN_USE_EVERY, IN_USE_EVERY, self.host.refresh_in_use),
+            "never_block": (now + NEVER_BLOCK_EVERY, NEVER_BLOCK_EVERY, self._refresh_never_block),
         }
         if self.ring is not None:
             timers["nat"] = (now + NAT_EVERY, NAT_EVERY, self.host.refresh_nat)
@@ -271,6 +318,13 @@ class Pipeline:
 
         return handle
 
+    def _on_address_event(self) -> None:
+        if self.host.on_address_event():
+            self._refresh_never_block()
+
+    def _refresh_never_block(self) -> None:
+        self.never_block.refresh()
+
     def _on_tick(self) -> None:
         self._emit(self.detector.tick(self._now))
         if self.listeners is not None:
@@ -282,15 +336,86 @@ class Pipeline:
 
     def _emit(self, decisions: list[Decision]) -> None:
         events, offset, line = self.events, self._wall_offset, self.log.line
+        store = self.responder is not None
         for decision in decisions:
+            wall = decision.time + offset
             for message in detection_lines(decision):
                 line(message)
-            if decision.first and decision.action in (Action.BLOCK, Action.COMMAND):
-                line(f"attackalert: Host {decision.src} not blocked: no response is active")
+            if decision.first:
+                self._respond(decision, wall)
+            elif decision.reason in _NOTICED:
+                self._notice(decision)
             if events is not None:
-                events.event(decision, decision.time + offset)
+                events.event(decision, wall)
+            if store:
+                self._rows.append(_row(decision, wall))
+
+    def _respond(self, decision: Decision, wall: float) -> None:
+        responder = self.responder
+        if responder is None:
+            if decision.action in (Action.BLOCK, Action.COMMAND):
+                self.log.line(f"attackalert: Host {decision.src} not blocked (dry run)")
+            return
+        request = BanRequest(
+            address=decision.src,
+            port=decision.port,
+            proto=decision.proto,
+            mode=decision.mode,
+            level=1 if decision.action is Action.BLOCK else 2,
+            reason=f"{decision.kind.value} scan: {decision.reason.value}",
+            rule=decision.rule,
+            evidence=self._evidence(decision),
+        )
+        if decision.action is Action.ALERT:
+            responder.alert(request)
+        else:
+            responder.ban(request)
+
+    def _evidence(self, decision: Decision) -> dict[str, object]:
+        state = self.detector.source(ipaddress.ip_address(decision.src).packed)
+        if state is None:
+            return {"hits": decision.hits}
+        offset = self._wall_offset
+        return {
+            "hits": state.hits,
+            "ports": [
+                f"{'tcp' if k >> 16 == Proto.TCP else 'udp'}/{k & 0xFFFF}" for k in state.ports
+            ],
+            "kinds": [k.value for k in kinds_of(state.kinds)],
+            "first_seen": state.first_seen + offset,
+            "last_seen": state.last_seen + offset,
+            "destinations": state.destinations,
+        }
+
+    def _notice(self, decision: Decision) -> None:
+        """Refusals that protect the host are logged, but a flood of them is summarised."""
+        key = (
+            f"{decision.reason.value}:{decision.src}"
+            if decision.reason is Reason.NEVER_BLOCK
+            else decision.reason.value
+        )
+        last, count = self._notices.get(key, (-NOTICE_EVERY, 0))
+        if self._now - last < NOTICE_EVERY:
+            self._notices[key] = (last, count + 1)
+            return
+        if len(self._notices) > 4096:
+            self._notices.clear()
+        self._notices[key] = (self._now, 0)
+        more = f" ({count} more since the last notice)" if count else ""
+        if decision.reason is Reason.NEVER_BLOCK:
+            why = self.never_block.why(ipaddress.ip_address(decision.src).packed) or "protected"
+            self.log.line(
+                f"attackalert: Host {decision.src} not blocked: never-block set ({why}){more}"
+            )
+        else:
+            self.log.line(
+                f"adminalert: ban budget exceeded: {decision.src} reported but not blocked{more}"
+            )
 
     def _flush(self) -> None:
+        if self.responder is not None and self._rows:
+            self.responder.events(self._rows)
+            self._rows = []
         self.log.flush()
         if self.events is not None:
             self.events.flush()
@@ -329,13 +454,38 @@ class Pipeline:
         return out
 
     def close(self) -> None:
-        for part in (self.ring, self.listeners, self.host):
+        if self.responder is not None:
+            self._flush()
+            for report in self.responder.close():
+                if report.kind == "log":
+                    self.log.line(report.text)
+        for part in (self.ring, self.listeners, self.host, self.never_block):
             if part is not None:
                 with contextlib.suppress(OSError):
                     part.close()
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+_NOTICED = frozenset({Reason.NEVER_BLOCK, Reason.BAN_BUDGET})
+
+
+def _row(decision: Decision, wall: float) -> EventRow:
+    return EventRow(
+        time=wall,
+        src=decision.src,
+        dst=decision.dst,
+        proto=decision.proto.key,
+        port=decision.port,
+        kind=decision.kind.value,
+        action=decision.action.value,
+        reason=decision.reason.value,
+        mode=decision.mode.value if decision.mode is not None else None,
+        rule=decision.rule,
+        hits=decision.hits,
+        ports_seen=decision.ports_seen,
+        ip_options=decision.ip_options,
+    )
 
 
 def _open_listeners(setup: Setup, log: LogSink, modes: list[Mode]) -> Listeners | None:

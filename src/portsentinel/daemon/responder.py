@@ -1,0 +1,244 @@
+"""Responses off the detection path: one worker thread applies, expires and repairs bans.
+
+The detection loop must never wait for a firewall command, a KILL_RUN_CMD (up to its
+timeout), a reverse-DNS lookup or the disk. It hands triggered decisions and event rows to
+this worker through a queue and goes on; the worker owns the store connection and the
+backends, and reports back through a second queue and a wake-up socket (log lines to print,
+sources whose response ended, bans the CLI changed). Start-up waits for the worker to have
+restored the previous run's bans, so the kernel is in order before the first packet is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import queue
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from portsentinel.config.schema import Settings
+from portsentinel.daemon.bans import Backends, BanManager, BanRequest
+from portsentinel.daemon.resolver import Resolver
+from portsentinel.errors import PortSentinelError
+from portsentinel.store.portsentry_files import PortSentryFiles
+from portsentinel.store.records import EventRow
+from portsentinel.store.sqlite import Store
+
+EXPIRE_EVERY = 1.0
+REPAIR_EVERY = 10.0
+POLL_EVERY = 1.0  # notices bans and allow entries changed by the CLI
+PURGE_EVERY = 3600.0
+START_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A BLOCK_x=0 trigger: only the history line."""
+
+    request: BanRequest
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the worker tells the detection loop."""
+
+    kind: str  # "log" | "release" | "restore" | "allow"
+    text: str = ""
+    networks: tuple[str, ...] = ()
+
+
+_STOP = object()
+
+
+class Responder:
+    def __init__(self, settings: Settings, state_dir: str) -> None:
+        self.settings = settings
+        self.state_dir = state_dir
+        self._jobs: queue.Queue[object] = queue.Queue()
+        self._reports: queue.SimpleQueue[Report] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="responder", daemon=True)
+        self._active: set[str] = set()
+        self._allowed: tuple[str, ...] = ()
+        self._data_version = -1
+
+    # --- detection-loop side ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker and wait until it restored the bans of the previous run."""
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT):
+            raise PortSentinelError("the response worker did not start in time")
+        if self._failure is not None:
+            raise PortSentinelError(f"cannot start responses: {self._failure}")
+
+    def fileno(self) -> int:
+        return self._wake_r.fileno()
+
+    def ban(self, request: BanRequest) -> None:
+        self._jobs.put(request)
+
+    def alert(self, request: BanRequest) -> None:
+        self._jobs.put(Alert(request))
+
+    def events(self, rows: Sequence[EventRow]) -> None:
+        if rows:
+            self._jobs.put(tuple(rows))
+
+    def reports(self) -> list[Report]:
+        """Everything the worker reported since the last call (never blocks)."""
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
+        out = []
+        while True:
+            try:
+                out.append(self._reports.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self, timeout: float = 30.0) -> list[Report]:
+        """Finish the queued work (bounded by ``timeout``) and stop; the last reports."""
+        if self._thread.is_alive():
+            self._jobs.put(_STOP)
+            self._thread.join(timeout)
+        last = self.reports()
+        self._wake_r.close()
+        self._wake_w.close()
+        return last
+
+    # --- worker side ------------------------------------------------------------------------
+
+    def _report(self, report: Report) -> None:
+        self._reports.put(report)
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"!")
+
+    def _log(self, line: str) -> None:
+        self._report(Report("log", line))
+
+    def _run(self) -> None:
+        try:
+            store = Store.open(self.state_dir)
+        except PortSentinelError as exc:
+            self._failure = exc
+            self._ready.set()
+            return
+        s = self.settings
+        resolver = Resolver() if s.resolve_host else None
+        files = PortSentryFiles(s.history_file, s.blocked_file, max_bytes=s.history_max_mib << 20)
+        backends = Backends(s)
+        manager = BanManager(
+            s,
+            store,
+            backends,
+            log=self._log,
+            files=files,
+            resolve=resolver.resolve if resolver is not None else None,
+        )
+        try:
+            self._startup(manager, store)
+            self._ready.set()
+            self._serve(manager, store)
+        except BaseException as exc:  # the worker must report, never die silently
+            self._failure = exc
+            self._log(f"adminalert: ERROR: response worker stopped: {exc!r}")
+            self._ready.set()
+        finally:
+            backends.stop()
+            if resolver is not None:
+                resolver.close()
+            store.close()
+
+    def _startup(self, manager: BanManager, store: Store) -> None:
+        now = time.time()
+        restored = manager.restore(now)
+        for record in restored:
+            self._active.add(record.address)
+            self._report(Report("restore", record.address))
+        if restored:
+            self._log(f"adminalert: {len(restored)} bans restored from the state store")
+        self._sync_allowed(store)
+        self._data_version = store.data_version()
+
+    def _serve(self, manager: BanManager, store: Store) -> None:
+        s = self.settings
+        timers = {
+            "expire": time.monotonic() + EXPIRE_EVERY,
+            "repair": time.monotonic() + REPAIR_EVERY,
+            "poll": time.monotonic() + POLL_EVERY,
+            "purge": time.monotonic(),
+        }
+        while True:
+            wait = max(0.0, min(timers.values()) - time.monotonic())
+            try:
+                job = self._jobs.get(timeout=wait)
+            except queue.Empty:
+                job = None
+            if job is _STOP:
+                return
+            now = time.time()
+            if isinstance(job, BanRequest):
+                self._ban(manager, job, now)
+            elif isinstance(job, Alert):
+                manager.record_alert(job.request, now)
+            elif isinstance(job, tuple):
+                store.add_events(job)
+            mono = time.monotonic()
+            if mono >= timers["expire"]:
+                timers["expire"] = mono + EXPIRE_EVERY
+                for record in manager.expire(now):
+                    self._release(record.address)
+            if mono >= timers["poll"]:
+                timers["poll"] = mono + POLL_EVERY
+                self._poll(store, now)
+            if mono >= timers["repair"]:
+                timers["repair"] = mono + REPAIR_EVERY
+                manager.repair(now)
+            if mono >= timers["purge"]:
+                timers["purge"] = mono + PURGE_EVERY
+                store.purge_events(now - s.event_retention)
+
+    def _ban(self, manager: BanManager, request: BanRequest, now: float) -> None:
+        record = manager.ban(request, now)
+        if record is None:
+            if manager.store.ban_for(request.address) is None:
+                self._release(request.address)  # nothing applied: the next probe tries again
+            return
+        self._active.add(record.address)
+        self._data_version = manager.store.data_version()
+
+    def _release(self, address: str) -> None:
+        self._active.discard(address)
+        self._report(Report("release", address))
+
+    def _poll(self, store: Store, now: float) -> None:
+        """Bans lifted or added and allow entries changed by the CLI (another connection)."""
+        version = store.data_version()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        current = {r.address for r in store.active_bans(now)}
+        for address in self._active - current:
+            self._release(address)
+        for address in current - self._active:
+            self._active.add(address)
+            self._report(Report("restore", address))
+        self._sync_allowed(store)
+
+    def _sync_allowed(self, store: Store) -> None:
+        allowed = tuple(store.allowed())
+        if allowed != self._allowed:
+            self._allowed = allowed
+            self._report(Report("allow", networks=allowed))
+
+
+def packed(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
