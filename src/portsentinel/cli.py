@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from portsentinel import __version__
+from portsentinel import __version__, operate
 from portsentinel.alert.events import event_line, iso_time
 from portsentinel.alert.portsentry_log import detection_lines
 from portsentinel.assemble import detector_config, load_setup
@@ -96,6 +96,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_cmd_run)
 
+    listing = verbs.add_parser(
+        "list", help="the bans in force: address, since, until, reason, ports seen"
+    )
+    _add_state_dir_option(listing)
+    listing.add_argument("--json", action="store_true", help="JSON Lines, one ban per line")
+    listing.set_defaults(handler=_cmd_list)
+
+    block = verbs.add_parser(
+        "block",
+        help="ban an address now (refused for this host's own, gateways, resolvers ...)",
+    )
+    block.add_argument("address", metavar="ADDR")
+    block.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="30s, 15m, 1h, 7d or permanent (default BAN_DURATION)",
+    )
+    _add_config_option(block)
+    _add_state_dir_option(block)
+    block.set_defaults(handler=_cmd_block)
+
+    unblock = verbs.add_parser(
+        "unblock",
+        help="lift a ban: firewall, route, hosts.deny line and blocked-file line",
+        description="Lift bans, whether or not the daemon runs (it follows within a second).",
+    )
+    unblock.add_argument("address", metavar="ADDR", nargs="*")
+    unblock.add_argument("--all", action="store_true", help="lift every ban in force")
+    _add_config_option(unblock)
+    _add_state_dir_option(unblock)
+    unblock.set_defaults(handler=_cmd_unblock)
+
+    allow = verbs.add_parser(
+        "allow", help="lift any ban of ADDR (or CIDR) and never block it again"
+    )
+    allow.add_argument("address", metavar="ADDR")
+    allow.add_argument("--comment", default="", help="why (kept in the store)")
+    _add_config_option(allow)
+    _add_state_dir_option(allow)
+    allow.set_defaults(handler=_cmd_allow)
+
     config = verbs.add_parser("config", help="check a configuration or print the defaults")
     config_verbs = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
     check = config_verbs.add_parser(
@@ -157,6 +199,34 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         log.line(f"adminalert: ERROR: {exc}")
         log.flush()
         return EXIT_FAILURE
+
+
+def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    return operate.list_bans(args.state_dir, args.json, out)
+
+
+def _cmd_block(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    setup = load_setup(args.config, "atcp,audp")
+    duration = (
+        setup.settings.ban_duration
+        if args.duration is None
+        else operate.parse_duration(args.duration)
+    )
+    return operate.block(setup, args.state_dir, args.address, duration=duration, out=out, err=err)
+
+
+def _cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if bool(args.address) == args.all:
+        raise ConfigError("give addresses or --all", key="unblock", expected="ADDR... or --all")
+    setup = load_setup(args.config, "atcp,audp")
+    return operate.unblock(setup, args.state_dir, args.address, every=args.all, out=out, err=err)
+
+
+def _cmd_allow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    setup = load_setup(args.config, "atcp,audp")
+    return operate.allow(
+        setup, args.state_dir, args.address, comment=args.comment, out=out, err=err
+    )
 
 
 # PortSentry's own invocation: ``portsentry -atcp`` (1.2 took one mode per process).

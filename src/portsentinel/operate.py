@@ -1,0 +1,216 @@
+"""The operator's ban verbs: list, block, unblock, allow. They work on the state store and the
+backends directly, whether or not a daemon runs; a running daemon notices the change within a
+second (it follows the store) and updates what its detector remembers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from portsentinel.alert.events import iso_time
+from portsentinel.assemble import Setup
+from portsentinel.config.types import ban_duration
+from portsentinel.daemon.bans import Backends, BanManager, BanRequest
+from portsentinel.daemon.neverblock import NeverBlock
+from portsentinel.errors import ConfigError
+from portsentinel.model import Proto
+from portsentinel.store.portsentry_files import PortSentryFiles
+from portsentinel.store.records import BanRecord, LiftedBy
+from portsentinel.store.sqlite import Store
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+def normalise(address: str, key: str = "ADDR") -> str:
+    try:
+        parsed = ipaddress.ip_address(address.strip())
+    except ValueError:
+        raise ConfigError(
+            f"not an address: {address!r}", key=key, expected="an IPv4 or IPv6 address"
+        ) from None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    return str(parsed)
+
+
+def _say(stream: TextIO, line: str) -> None:
+    stream.write(line + "\n")
+
+
+@contextmanager
+def manager(setup: Setup, state_dir: str, err: TextIO) -> Iterator[BanManager]:
+    s = setup.settings
+    store = Store.open(state_dir)
+    backends = Backends(s)
+    files = PortSentryFiles(s.history_file, s.blocked_file, max_bytes=s.history_max_mib << 20)
+    try:
+        yield BanManager(s, store, backends, log=lambda line: _say(err, line), files=files)
+    finally:
+        backends.stop()
+        store.close()
+
+
+def unblock(
+    setup: Setup, state_dir: str, addresses: list[str], *, every: bool, out: TextIO, err: TextIO
+) -> int:
+    now = time.time()
+    with manager(setup, state_dir, err) as bans:
+        targets = (
+            [r.address for r in bans.store.active_bans(now)]
+            if every
+            else [normalise(a) for a in addresses]
+        )
+        missing = 0
+        for address in targets:
+            record = bans.unblock(address, now)
+            if record is None:
+                err.write(f"portsentinel: {address} is not blocked\n")
+                missing += 1
+            else:
+                out.write(f"unblocked {address} (ban {record.id})\n")
+    return EXIT_FAILURE if missing and not every else EXIT_OK
+
+
+def allow(
+    setup: Setup, state_dir: str, address: str, *, comment: str, out: TextIO, err: TextIO
+) -> int:
+    now = time.time()
+    try:
+        network = ipaddress.ip_network(address.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"not an address or network: {address!r}",
+            key="ADDR",
+            expected="an address or CIDR range",
+        ) from None
+    with manager(setup, state_dir, err) as bans:
+        for record in bans.store.active_bans(now):
+            if ipaddress.ip_address(record.address) in network:
+                bans.lift(record, now, LiftedBy.ALLOW)
+                out.write(f"unblocked {record.address} (ban {record.id})\n")
+        added = bans.store.allow(str(network), now, comment)
+    out.write(f"allowed {added}: it will not be blocked\n")
+    return EXIT_OK
+
+
+def block(
+    setup: Setup,
+    state_dir: str,
+    address: str,
+    *,
+    duration: float | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """A manual ban; still refused for a protected address (this host, a gateway ...)."""
+    now = time.time()
+    target = normalise(address)
+    protected = NeverBlock.for_host(
+        resolv_conf=setup.settings.resolv_conf,
+        ssh_ports=setup.settings.ssh_ports if setup.settings.never_block_ssh_peers else (),
+        ignore=setup.ignore,
+    )
+    try:
+        protected.refresh()
+        reason = protected.why(ipaddress.ip_address(target).packed)
+    finally:
+        protected.close()
+    if reason is not None:
+        err.write(f"portsentinel: refusing to block {target}: never-block set ({reason})\n")
+        return EXIT_FAILURE
+    with manager(setup, state_dir, err) as bans:
+        allowed = [
+            n
+            for n in bans.store.allowed()
+            if ipaddress.ip_address(target) in ipaddress.ip_network(n)
+        ]
+        if allowed:
+            why = f"allowed by the operator ({allowed[0]})"
+            err.write(f"portsentinel: refusing to block {target}: {why}\n")
+            return EXIT_FAILURE
+        request = BanRequest(
+            target, 0, Proto.TCP, None, 1, "manual block", manual=True, duration=duration
+        )
+        record = bans.ban(request, now)
+    if record is None:
+        err.write(
+            f"portsentinel: {target} was not blocked (already blocked, or every action failed)\n"
+        )
+        return EXIT_FAILURE
+    until = "permanently" if record.expires is None else f"until {iso_time(record.expires)}"
+    out.write(f"blocked {target} {until} (ban {record.id})\n")
+    return EXIT_OK
+
+
+def list_bans(state_dir: str, as_json: bool, out: TextIO) -> int:
+    now = time.time()
+    store = Store.open(state_dir, offline=None)
+    try:
+        records = store.active_bans(now)
+    finally:
+        store.close()
+    rows = [_ban_dict(r) for r in records]
+    if as_json:
+        for row in rows:
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+        return EXIT_OK
+    _table(rows, out)
+    return EXIT_OK
+
+
+def _ban_dict(record: BanRecord) -> dict[str, object]:
+    width = 128 if ":" in record.address else 32
+    evidence = record.evidence
+    return {
+        "address": record.address
+        if record.prefix == width
+        else f"{record.address}/{record.prefix}",
+        "since": iso_time(record.created),
+        "until": None if record.expires is None else iso_time(record.expires),
+        "state": record.state.value,
+        "reason": record.reason,
+        "rule": record.rule,
+        "offence": record.offence,
+        "ports": list(evidence.get("ports", [])),
+        "hits": evidence.get("hits"),
+    }
+
+
+def _table(rows: list[dict[str, object]], out: TextIO) -> None:
+    if not rows:
+        out.write("no active bans\n")
+        return
+    headers = ("ADDRESS", "SINCE", "UNTIL", "REASON", "PORTS SEEN")
+    lines = [
+        (
+            str(r["address"]),
+            str(r["since"])[:19],
+            "permanent" if r["until"] is None else str(r["until"])[:19],
+            str(r["reason"]),
+            _ports(r["ports"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    for line in (headers, *lines):
+        out.write(
+            "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n"
+        )
+
+
+def _ports(ports: object) -> str:
+    items = [str(p) for p in ports] if isinstance(ports, list) else []
+    return ", ".join(items[:8]) + (f" (+{len(items) - 8})" if len(items) > 8 else "")
+
+
+def parse_duration(text: str) -> float | None:
+    """``--for 30m``; ``permanent`` gives None (no end)."""
+    try:
+        return ban_duration(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--for", expected="30s, 15m, 1h, 7d or permanent") from None
