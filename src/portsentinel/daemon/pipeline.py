@@ -27,6 +27,7 @@ from portsentinel.alert.portsentry_log import (
     starting_line,
     stealth_startup_lines,
 )
+from portsentinel.alert.ratelimit import RepeatLimiter
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.assemble import Setup, detector_config
 from portsentinel.capture.afpacket import PacketRing, RingConfig
@@ -53,6 +54,7 @@ ADDRESSES_EVERY = 10.0  # only when address changes cannot be followed
 NEVER_BLOCK_EVERY = 5.0  # routes, resolvers, SSH peers (addresses follow the watcher)
 RING_BLOCK = 256 * 1024
 NOTICE_EVERY = 60.0  # repeated refusals (budget, never-block) are summarised this often
+SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised this often
 
 Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
 
@@ -170,6 +172,8 @@ class Pipeline:
         detector.set_never_block(self.never_block)
         self._rows: list[EventRow] = []
         self._notices: dict[str, tuple[float, int]] = {}
+        self._repeats = RepeatLimiter()
+        self._next_summary = time.monotonic() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
         self._now = time.monotonic()
         self._wall_offset = time.time() - self._now
@@ -327,6 +331,9 @@ class Pipeline:
 
     def _on_tick(self) -> None:
         self._emit(self.detector.tick(self._now))
+        if self._now >= self._next_summary:
+            self._next_summary = self._now + SUMMARY_EVERY
+            self._summarise_repeats()
         if self.listeners is not None:
             self.listeners.expire(self._now)
             for port in self.listeners.take_aborted():
@@ -335,20 +342,41 @@ class Pipeline:
     # --- records ----------------------------------------------------------------------------
 
     def _emit(self, decisions: list[Decision]) -> None:
+        """Log lines, JSON events, store rows and responses for a batch of decisions.
+
+        Repeats (a blocked scanner's further probes, a flood of refused sources) are limited
+        per source and reason in the log and the store, and summarised every few seconds;
+        the events stream, which the operator asked for with --events, gets every decision.
+        """
         events, offset, line = self.events, self._wall_offset, self.log.line
         store = self.responder is not None
+        allow = self._repeats.allow
         for decision in decisions:
             wall = decision.time + offset
-            for message in detection_lines(decision):
-                line(message)
-            if decision.first:
-                self._respond(decision, wall)
-            elif decision.reason in _NOTICED:
-                self._notice(decision)
             if events is not None:
                 events.event(decision, wall)
+            if decision.first:
+                self._respond(decision, wall)
+            elif decision.action is Action.IGNORED and not allow(
+                (decision.src, decision.reason), decision.time
+            ):
+                continue  # past its rate: counted, summarised on a later tick
+            elif decision.reason in _NOTICED:
+                self._notice(decision)
+            for message in detection_lines(decision):
+                line(message)
             if store:
                 self._rows.append(_row(decision, wall))
+
+    def _summarise_repeats(self) -> None:
+        held, top = self._repeats.summary()
+        if not held:
+            return
+        worst = ", ".join(f"{_key_text(key)}: {n}" for key, n in top)
+        self.log.line(
+            f"adminalert: {held} repetitive records held back in the last "
+            f"{SUMMARY_EVERY:.0f}s (most from {worst})"
+        )
 
     def _respond(self, decision: Decision, wall: float) -> None:
         responder = self.responder
@@ -468,6 +496,12 @@ class Pipeline:
 # --- helpers ----------------------------------------------------------------------------------
 
 _NOTICED = frozenset({Reason.NEVER_BLOCK, Reason.BAN_BUDGET})
+
+
+def _key_text(key: object) -> str:
+    if isinstance(key, tuple) and len(key) == 2:
+        return f"{key[0]} {getattr(key[1], 'value', key[1])}"
+    return str(key)
 
 
 def _row(decision: Decision, wall: float) -> EventRow:

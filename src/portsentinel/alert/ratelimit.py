@@ -1,0 +1,67 @@
+"""Rate limits for repetitive records, so a flood cannot fill the disk or starve the capture.
+
+A blocked scanner keeps probing; a forged flood brings a new "source" per packet. Each line
+and event costs the detection loop time, so repeats are limited per key (source and reason)
+and overall, and what was held back is summarised — never dropped silently. Pure: time is an
+argument.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class RepeatLimiter:
+    """Per-key token buckets plus a global one; counts what each key had suppressed."""
+
+    def __init__(
+        self,
+        *,
+        rate: float = 5.0,
+        burst: float = 20.0,
+        global_rate: float = 2000.0,
+        global_burst: float = 5000.0,
+        max_keys: int = 4096,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.global_rate = global_rate
+        self.global_burst = global_burst
+        self.max_keys = max_keys
+        self._keys: OrderedDict[object, list[float]] = OrderedDict()  # key -> [tokens, last, held]
+        self._global = [global_burst, 0.0]
+        self.suppressed = 0  # held back since the last summary
+        self.total_suppressed = 0
+
+    def allow(self, key: object, now: float) -> bool:
+        """True to write this record now; False holds it back (counted)."""
+        entry = self._keys.get(key)
+        if entry is None:
+            if len(self._keys) >= self.max_keys:
+                self._keys.popitem(last=False)
+            entry = self._keys[key] = [self.burst, now, 0.0]
+        else:
+            self._keys.move_to_end(key)
+            entry[0] = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
+            entry[1] = now
+        glob = self._global
+        glob[0] = min(self.global_burst, glob[0] + (now - glob[1]) * self.global_rate)
+        glob[1] = now
+        if entry[0] < 1.0 or glob[0] < 1.0:
+            entry[2] += 1
+            self.suppressed += 1
+            self.total_suppressed += 1
+            return False
+        entry[0] -= 1.0
+        glob[0] -= 1.0
+        return True
+
+    def summary(self) -> tuple[int, list[tuple[object, int]]]:
+        """(records held back since the last call, the keys that held most, up to 5) — and reset."""
+        held = sorted(
+            ((key, int(e[2])) for key, e in self._keys.items() if e[2]), key=lambda kv: -kv[1]
+        )
+        for entry in self._keys.values():
+            entry[2] = 0.0
+        total, self.suppressed = self.suppressed, 0
+        return total, held[:5]
