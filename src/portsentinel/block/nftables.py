@@ -11,9 +11,10 @@ chain is none of this module's business, and the table is never flushed or delet
 
 A ban is ``add element inet portsentinel ban4 { 198.18.0.2 timeout 3600s }`` (no timeout:
 permanent), so it ends in the kernel even when the daemon is down. Several bans go in one
-``nft -f -`` transaction: one process per batch, never one per packet. ``check`` reads the
-whole table once as JSON; ``repair`` rebuilds what another tool removed (``nft flush
-ruleset``, say) and re-adds the bans it is given.
+``nft -f -`` transaction, run in-process through libnftables when it loads (``libnft.py``),
+else one process per batch; never one per packet. ``check`` reads the whole table once as
+JSON; ``repair`` rebuilds what another tool removed (``nft flush ruleset``, say) and re-adds
+the bans it is given.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from portsentinel.block.base import (
     kernel_timeout,
     key_of,
 )
+from portsentinel.block.libnft import LibnftRunner, select_runner
 from portsentinel.block.runner import CommandRunner, RunResult
 from portsentinel.errors import BackendError
 
@@ -74,10 +76,17 @@ class NftablesBackend(BackendBase):
     name = "nftables"
 
     def __init__(
-        self, runner: CommandRunner, *, prefix_bans: bool = False, nft: str = "nft"
+        self,
+        runner: CommandRunner,
+        *,
+        prefix_bans: bool = False,
+        nft: str = "nft",
+        in_process: bool = True,
     ) -> None:
+        """``in_process``: run nft through libnftables when ``runner`` is a plain local
+        ``Runner`` (``libnft.select_runner``); False keeps every command a subprocess."""
         super().__init__()
-        self._runner = runner
+        self._runner = select_runner(runner, nft) if in_process else runner
         self._prefix_bans = prefix_bans
         self._nft = nft
 
@@ -119,6 +128,11 @@ class NftablesBackend(BackendBase):
         result = self._apply(delete_script(ban))
         if not result.ok:
             raise self._fail(f"cannot remove {ban.key}: {result.describe()}", degrade=False)
+
+    def stop(self) -> None:
+        """Free the in-process nft context, if any; the bans stay in the kernel."""
+        if isinstance(self._runner, LibnftRunner):
+            self._runner.close()
 
     def check(self) -> CheckResult:
         state = self._inspect()
