@@ -52,7 +52,7 @@ IN_USE_EVERY = 2.0  # full re-read of the socket table (misses re-check the kern
 NAT_EVERY = 30.0  # NAT rules (runs nft / iptables-save)
 ADDRESSES_EVERY = 10.0  # only when address changes cannot be followed
 NEVER_BLOCK_EVERY = 5.0  # routes, resolvers, SSH peers (addresses follow the watcher)
-RING_BLOCK = 256 * 1024
+RING_BLOCK = 64 * 1024  # small blocks: the 4 ms retire timeout closes them part full
 NOTICE_EVERY = 60.0  # repeated refusals (budget, never-block) are summarised this often
 SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised this often
 
