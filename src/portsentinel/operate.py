@@ -89,11 +89,13 @@ def allow(
             expected="an address or CIDR range",
         ) from None
     with manager(setup, state_dir, err) as bans:
+        # The entry before the lifts: a running daemon that sees a ban lifted must already see
+        # the address allowed, or its next probe would be banned again.
+        added = bans.store.allow(str(network), now, comment)
         for record in bans.store.active_bans(now):
             if ipaddress.ip_address(record.address) in network:
                 bans.lift(record, now, LiftedBy.ALLOW)
                 out.write(f"unblocked {record.address} (ban {record.id})\n")
-        added = bans.store.allow(str(network), now, comment)
     out.write(f"allowed {added}: it will not be blocked\n")
     return EXIT_OK
 

@@ -225,13 +225,14 @@ class Responder:
         if version == self._data_version:
             return
         self._data_version = version
+        # Allow entries first: the detector must protect an address before it forgets its ban.
+        self._sync_allowed(store)
         current = {r.address for r in store.active_bans(now)}
         for address in self._active - current:
             self._release(address)
         for address in current - self._active:
             self._active.add(address)
             self._report(Report("restore", address))
-        self._sync_allowed(store)
 
     def _sync_allowed(self, store: Store) -> None:
         allowed = tuple(store.allowed())
