@@ -416,22 +416,20 @@ class Pipeline:
         }
 
     def _notice(self, decision: Decision) -> None:
-        """Refusals that protect the host are logged, but a flood of them is summarised."""
-        key = (
-            f"{decision.reason.value}:{decision.src}"
-            if decision.reason is Reason.NEVER_BLOCK
-            else decision.reason.value
-        )
+        """Refusals that protect the host are logged, but a flood of them is summarised: one
+        line per protection reason (a forged flood brings a new source per packet) and minute.
+        """
+        why = ""
+        if decision.reason is Reason.NEVER_BLOCK:
+            why = self.never_block.why(ipaddress.ip_address(decision.src).packed) or "protected"
+        key = f"{decision.reason.value}:{why}"
         last, count = self._notices.get(key, (-NOTICE_EVERY, 0))
         if self._now - last < NOTICE_EVERY:
             self._notices[key] = (last, count + 1)
             return
-        if len(self._notices) > 4096:
-            self._notices.clear()
         self._notices[key] = (self._now, 0)
         more = f" ({count} more since the last notice)" if count else ""
         if decision.reason is Reason.NEVER_BLOCK:
-            why = self.never_block.why(ipaddress.ip_address(decision.src).packed) or "protected"
             self.log.line(
                 f"attackalert: Host {decision.src} not blocked: never-block set ({why}){more}"
             )
