@@ -43,6 +43,7 @@ REAPPLY = frozenset({"nftables", "iptables", "route", "hosts_deny"})
 NATIVE = ("nftables", "iptables", "route")
 
 Log = Callable[[str], None]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Backends:
@@ -124,13 +125,17 @@ class BanManager:
         log: Log,
         files: PortSentryFiles | None = None,
         resolve: Callable[[str], str | None] | None = None,
+        protected: Callable[[Network], bool] | None = None,
     ) -> None:
+        """``protected(net)`` says whether a network holds a never-block address; without it
+        IPv6 bans never widen to a prefix."""
         self.settings = settings
         self.store = store
         self.backends = backends
         self.log = log
         self.files = files
         self.resolve = resolve
+        self.protected = protected
 
     # --- applying ---------------------------------------------------------------------------
 
@@ -168,9 +173,10 @@ class BanManager:
             self.log(f"attackalert: Ignoring {req.proto.label} response: no action configured")
             return None
         seconds, offence = (req.duration, 1) if req.manual else self.length(req.address, now)
+        prefix = self._widen(req.address, now)
         record = self.store.begin_ban(
             req.address,
-            None,
+            prefix,
             created=now,
             expires=None if seconds is None else now + seconds,
             reason=req.reason,
@@ -179,8 +185,15 @@ class BanManager:
                       "mode": req.mode.value if req.mode else None},
             offence=offence,
         )  # fmt: skip
+        if prefix is not None:
+            self._lift_members(record, now)
         spec = BanSpec.create(
-            req.address, port=req.port, proto=req.proto, mode=req.mode, timeout=seconds
+            req.address,
+            port=req.port,
+            proto=req.proto,
+            mode=req.mode,
+            timeout=seconds,
+            prefix=prefix,
         )
         applied = self._apply(record, spec, names, now)
         if not applied:
@@ -192,6 +205,37 @@ class BanManager:
             return None
         self._write_files(req, now)
         return self.store.ban(record.id)
+
+    def _widen(self, address: str, now: float) -> int | None:
+        """The IPv6 prefix length to ban instead of ``address``, or None for the address.
+
+        Once IPV6_PREFIX_AFTER addresses of one prefix (this one included) are banned, the
+        whole prefix is: an IPv6 scanner changes addresses within its /64 at will. Never when
+        the prefix holds a never-block address, or when that cannot be checked.
+        """
+        s = self.settings
+        if s.ipv6_prefix_after < 1 or ":" not in address or self.protected is None:
+            return None
+        net = ipaddress.ip_network(f"{address}/{s.ipv6_prefix_len}", strict=False)
+        members = self._members(net, now)
+        if len(members) + 1 < s.ipv6_prefix_after or self.protected(net):
+            return None
+        return s.ipv6_prefix_len
+
+    def _members(self, net: Network, now: float) -> list[BanRecord]:
+        return [
+            r
+            for r in self.store.active_bans(now)
+            if ":" in r.address and r.prefix == 128 and ipaddress.ip_address(r.address) in net
+        ]
+
+    def _lift_members(self, record: BanRecord, now: float) -> None:
+        """The address bans a prefix ban replaces (an interval set refuses overlaps)."""
+        net = ipaddress.ip_network(f"{record.address}/{record.prefix}")
+        members = self._members(net, now)
+        for member in members:
+            self.lift(member, now, LiftedBy.WIDENED)
+        self.log(f"attackalert: {len(members) + 1} addresses of {net} scanned: banning the prefix")
 
     def _apply(self, record: BanRecord, spec: BanSpec, names: Iterable[str], now: float) -> int:
         applied = 0

@@ -99,7 +99,11 @@ class Daemon:
             if self.options.dry_run:
                 self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
             else:
-                pipeline.attach(Responder(self.setup.settings, self.options.state_dir))
+                pipeline.attach(
+                    Responder(
+                        self.setup.settings, self.options.state_dir, protected=pipeline.protects
+                    )
+                )
             if not self.options.dry_run and pipeline.host.tracks_replies:
                 failure = ensure_conntrack()
                 if failure is not None:
@@ -221,6 +225,14 @@ class Pipeline:
         responder.start()
         self.responder = responder
         self._on_reports()
+
+    def protects(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        """Does ``net`` hold a never-block address? (Asked by the response worker before it
+        widens an IPv6 ban to a prefix; reads the current set, which refreshes replace.)"""
+        return any(
+            n.version == net.version and n.overlaps(net)
+            for n in self.never_block.addresses.networks
+        )
 
     def _on_reports(self) -> None:
         responder = self.responder

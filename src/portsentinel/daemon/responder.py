@@ -16,11 +16,11 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from portsentinel.config.schema import Settings
-from portsentinel.daemon.bans import Backends, BanManager, BanRequest
+from portsentinel.daemon.bans import Backends, BanManager, BanRequest, Network
 from portsentinel.daemon.resolver import Resolver
 from portsentinel.errors import PortSentinelError
 from portsentinel.store.portsentry_files import PortSentryFiles
@@ -54,8 +54,16 @@ _STOP = object()
 
 
 class Responder:
-    def __init__(self, settings: Settings, state_dir: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state_dir: str,
+        *,
+        protected: Callable[[Network], bool] | None = None,
+    ) -> None:
+        """``protected``: does a network hold a never-block address (for IPv6 prefix bans)."""
         self.settings = settings
+        self._protected = protected
         self.state_dir = state_dir
         self._jobs: queue.Queue[object] = queue.Queue()
         self._reports: queue.SimpleQueue[Report] = queue.SimpleQueue()
@@ -142,6 +150,7 @@ class Responder:
             log=self._log,
             files=files,
             resolve=resolver.resolve if resolver is not None else None,
+            protected=self._protected,
         )
         try:
             self._startup(manager, store)

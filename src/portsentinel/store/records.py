@@ -42,6 +42,7 @@ class LiftedBy(StrEnum):
     UNBLOCK = "unblock"
     ALLOW = "allow"
     RECONCILE = "reconcile"
+    WIDENED = "widened"  # replaced by a ban of its whole IPv6 prefix
 
 
 # --- Records -------------------------------------------------------------------------------

@@ -1,0 +1,248 @@
+"""The ban lifecycle on a real SQLite store, with an in-memory backend standing in for the
+kernel (the real backends are exercised end to end in tests/e2e/test_block_*.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from portsentinel.block import BanSpec, CheckResult
+from portsentinel.block.base import ActionDetail, ban_fields
+from portsentinel.config.schema import Settings
+from portsentinel.config.types import Backend as BackendName
+from portsentinel.daemon.bans import Backends, BanManager, BanRequest
+from portsentinel.errors import BackendError
+from portsentinel.model import Mode, Proto
+from portsentinel.store.portsentry_files import PortSentryFiles
+from portsentinel.store.records import ActionState, BanState, LiftedBy
+from portsentinel.store.sqlite import Store
+
+HOUR = 3600.0
+
+
+class Kernel:
+    """What a kernel-side backend holds: ban key -> seconds left."""
+
+    def __init__(self) -> None:
+        self.bans: dict[str, float | None] = {}
+        self.calls: list[tuple[str, str]] = []
+
+
+class MemoryBackend:
+    def __init__(self, name: str, kernel: Kernel, fail: bool = False) -> None:
+        self.name = name
+        self.kernel = kernel
+        self.fail = fail
+        self.degraded: str | None = None
+
+    def start(self) -> None:
+        pass
+
+    def block(self, ban: BanSpec) -> ActionDetail:
+        self.kernel.calls.append((self.name, f"block {ban.key}"))
+        if self.fail:
+            raise BackendError(f"{self.name}: refused")
+        self.kernel.bans[ban.key] = ban.timeout
+        detail = ban_fields(ban, self.name)
+        if self.name == "hosts_deny":
+            detail["line"] = f"ALL: {ban.key} : DENY"
+        return detail
+
+    def block_many(self, bans: Sequence[BanSpec]) -> list[ActionDetail | BackendError]:
+        return [self.block(b) for b in bans]
+
+    def unblock(self, detail: ActionDetail) -> None:
+        width = 128 if ":" in str(detail["address"]) else 32
+        key = (
+            str(detail["address"])
+            if detail["prefix"] == width
+            else f"{detail['address']}/{detail['prefix']}"
+        )
+        self.kernel.calls.append((self.name, f"unblock {key}"))
+        self.kernel.bans.pop(key, None)
+
+    def check(self) -> CheckResult:
+        return CheckResult(True, (), dict(self.kernel.bans))
+
+    def repair(self, bans: Sequence[BanSpec]) -> list[ActionDetail | BackendError]:
+        return self.block_many(bans)
+
+    def stop(self) -> None:
+        pass
+
+
+class FakeBackends(Backends):
+    def __init__(self, settings: Settings, failing: frozenset[str] = frozenset()) -> None:
+        super().__init__(settings)
+        self.kernel = Kernel()
+        self.failing = failing
+
+    def _build(self, name: str) -> MemoryBackend:
+        return MemoryBackend(name, self.kernel, name in self.failing)
+
+
+def settings(**kw: object) -> Settings:
+    base = Settings()
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+
+def request(address: str = "198.18.0.2", level: int = 1) -> BanRequest:
+    return BanRequest(address, 79, Proto.TCP, Mode.ATCP, level, "SYN scan", "scan_trigger",
+                      {"ports": ["tcp/79"]})  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store.open(str(tmp_path / "state"))
+
+
+def manager(
+    store: Store, s: Settings, failing: frozenset[str] = frozenset(), **kw: object
+) -> tuple[BanManager, FakeBackends, list[str]]:
+    lines: list[str] = []
+    backends = FakeBackends(s, failing)
+    return BanManager(s, store, backends, log=lines.append, **kw), backends, lines  # type: ignore[arg-type]
+
+
+def test_ban_is_recorded_applied_and_logged_in_portsentrys_words(
+    store: Store, tmp_path: Path
+) -> None:
+    s = settings(kill_hosts_deny="ALL: $TARGET$ : DENY", ban_duration=HOUR)
+    files = PortSentryFiles(str(tmp_path / "history"), "")
+    bans, backends, lines = manager(store, s, files=files)
+    record = bans.ban(request(), 1000.0)
+    assert record is not None
+    assert record.state is BanState.ACTIVE
+    assert record.expires == 1000.0 + HOUR
+    assert [a.backend for a in store.actions(record.id)] == ["hosts_deny", "nftables"]
+    assert backends.kernel.bans == {"198.18.0.2": HOUR}
+    wrappers = 'with string: "ALL: 198.18.0.2 : DENY"'
+    assert lines[0] == f"attackalert: Host 198.18.0.2 has been blocked via wrappers {wrappers}"
+    assert lines[1] == "attackalert: Host 198.18.0.2 has been blocked via nftables for 1h"
+    assert "Host: 198.18.0.2/198.18.0.2 Port: 79 TCP Blocked" in (tmp_path / "history").read_text()
+    assert bans.ban(request(), 1001.0) is None  # already banned: nothing twice
+
+
+def test_repeat_offenders_get_doubled_bans_up_to_the_cap(store: Store) -> None:
+    s = settings(ban_duration=HOUR, ban_repeat_factor=2.0, ban_max_duration=3 * HOUR)
+    bans, _backends, _lines = manager(store, s)
+    lengths = []
+    now = 0.0
+    for _ in range(4):
+        record = bans.ban(request(), now)
+        assert record is not None
+        lengths.append(
+            (record.expires or 0) - now,
+        )
+        now += 10 * HOUR
+        bans.expire(now)
+    assert lengths == [HOUR, 2 * HOUR, 3 * HOUR, 3 * HOUR]
+
+
+def test_permanent_bans(store: Store) -> None:
+    bans, backends, _lines = manager(store, settings(ban_duration=None))
+    record = bans.ban(request(), 0.0)
+    assert record is not None
+    assert record.expires is None
+    assert backends.kernel.bans == {"198.18.0.2": None}
+    assert bans.expire(10**9) == []
+
+
+def test_block_level_2_runs_only_the_command(store: Store) -> None:
+    bans, backends, _lines = manager(store, settings(kill_run_cmd="/bin/true $TARGET$"))
+    record = bans.ban(request(level=2), 0.0)
+    assert record is not None
+    assert [a.backend for a in store.actions(record.id)] == ["run_cmd"]
+    assert backends.kernel.calls == [("run_cmd", "block 198.18.0.2")]
+
+
+def test_a_failing_backend_is_recorded_and_the_others_go_on(store: Store) -> None:
+    s = settings(kill_hosts_deny="ALL: $TARGET$ : DENY")
+    bans, _backends, lines = manager(store, s, frozenset({"hosts_deny"}))
+    record = bans.ban(request(), 0.0)
+    assert record is not None
+    states = {a.backend: a.state for a in store.actions(record.id)}
+    assert states == {"hosts_deny": ActionState.FAILED, "nftables": ActionState.APPLIED}
+    assert any("hosts_deny could not block" in line for line in lines)
+
+
+def test_when_every_action_fails_the_ban_fails_and_says_so(store: Store) -> None:
+    bans, _backends, lines = manager(store, settings(), frozenset({"nftables"}))
+    assert bans.ban(request(), 0.0) is None
+    assert store.ban_for("198.18.0.2") is None
+    assert "attackalert: ERROR: Could not block host 198.18.0.2/198.18.0.2!!" in lines
+
+
+def test_lift_undoes_newest_first_and_expiry_lifts(store: Store) -> None:
+    s = settings(kill_hosts_deny="ALL: $TARGET$ : DENY", ban_duration=60.0)
+    bans, backends, _lines = manager(store, s)
+    record = bans.ban(request(), 0.0)
+    assert record is not None
+    backends.kernel.calls.clear()
+    assert [r.address for r in bans.expire(30.0)] == []
+    assert [r.address for r in bans.expire(61.0)] == ["198.18.0.2"]
+    assert backends.kernel.calls == [
+        ("nftables", "unblock 198.18.0.2"),
+        ("hosts_deny", "unblock 198.18.0.2"),
+    ]
+    ended = store.ban(record.id)
+    assert ended is not None
+    assert ended.lifted_by == LiftedBy.EXPIRY
+
+
+def test_restore_finishes_a_pending_ban_and_removes_strays(store: Store) -> None:
+    s = settings(ban_duration=HOUR)
+    bans, backends, lines = manager(store, s)
+    # A previous run wrote the ban and died before any backend ran (kill -9).
+    store.begin_ban("198.18.0.7", None, created=0.0, expires=HOUR, reason="SYN scan", rule=None,
+                    evidence={"plan": ["nftables"], "port": 1, "proto": "tcp", "mode": "atcp"},
+                    offence=1)  # fmt: skip
+    backends.kernel.bans["198.18.0.99"] = 100.0  # ours in the kernel, unknown to the store
+    live = bans.restore(10.0)
+    assert [r.address for r in live] == ["198.18.0.7"]
+    assert backends.kernel.bans == {"198.18.0.7": HOUR - 10.0}
+    assert any("stray" in line and "198.18.0.99" in line for line in lines)
+
+
+def test_repair_puts_back_what_another_tool_flushed(store: Store) -> None:
+    bans, backends, _lines = manager(store, settings(ban_duration=HOUR))
+    assert bans.ban(request("198.18.0.2"), 0.0) is not None
+    assert bans.ban(request("fd00:5e::2"), 0.0) is not None
+    backends.kernel.bans.clear()  # nft flush ruleset
+    assert bans.repair(100.0) == 2
+    assert set(backends.kernel.bans) == {"198.18.0.2", "fd00:5e::2"}
+    assert bans.repair(101.0) == 0
+
+
+def test_ipv6_bans_widen_to_the_prefix_but_never_over_a_protected_address(store: Store) -> None:
+    s = settings(ipv6_prefix_after=3, ipv6_prefix_len=64, ban_duration=HOUR)
+    protected_net = ipaddress.ip_network("fd00:99::/64")
+    bans, backends, _lines = manager(store, s, protected=lambda net: net.overlaps(protected_net))
+    for host in ("fd00:5e::a", "fd00:5e::b"):
+        assert bans.ban(request(host), 0.0) is not None
+    third = bans.ban(request("fd00:5e::c"), 0.0)
+    assert third is not None
+    assert (third.address, third.prefix) == ("fd00:5e::", 64)
+    assert set(backends.kernel.bans) == {"fd00:5e::/64"}  # the host bans were replaced
+    assert bans.ban(request("fd00:5e::d"), 1.0) is None  # covered by the prefix ban
+    for host in ("fd00:99::a", "fd00:99::b", "fd00:99::c"):
+        record = bans.ban(request(host), 0.0)
+        assert record is not None
+        assert record.prefix == 128  # this /64 holds a protected address
+
+
+def test_without_a_protection_check_ipv6_never_widens(store: Store) -> None:
+    bans, _backends, _lines = manager(store, settings(ipv6_prefix_after=1))
+    record = bans.ban(request("fd00:5e::a"), 0.0)
+    assert record is not None
+    assert record.prefix == 128
+
+
+def test_native_backend_name_follows_block_backend(store: Store) -> None:
+    bans, backends, _lines = manager(store, settings(block_backend=BackendName.ROUTE))
+    assert bans.ban(request(), 0.0) is not None
+    assert backends.kernel.calls == [("route", "block 198.18.0.2")]
