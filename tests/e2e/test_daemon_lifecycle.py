@@ -132,3 +132,14 @@ def test_a_bound_mode_that_binds_nothing_gives_up(
         )
     assert "adminalert: ERROR: could not bind ANY TCP sockets. Shutting down." in stderr
     assert ACTIVE not in stderr
+
+
+def test_a_native_backend_says_it_replaces_kill_route(lab: netns.Lab, tmp_path: Path) -> None:
+    settings = {"KILL_ROUTE": "/sbin/route add -host $TARGET$ reject"}
+    daemon = Daemon.start(lab, tmp_path, mode="atcp", settings=settings)
+    code, stderr = daemon.stop()
+    assert code == 0
+    assert (
+        "adminalert: KILL_ROUTE is not run: BLOCK_BACKEND=nftables blocks instead "
+        "(set BLOCK_BACKEND=legacy to run it as written)"
+    ) in stderr.splitlines()

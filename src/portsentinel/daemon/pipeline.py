@@ -30,6 +30,7 @@ from portsentinel.alert.portsentry_log import (
 from portsentinel.alert.ratelimit import RepeatLimiter
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.assemble import Setup, detector_config
+from portsentinel.block.plan import kill_route_replaced
 from portsentinel.capture.afpacket import PacketRing, RingConfig
 from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
 from portsentinel.capture.listeners import Listeners
@@ -103,6 +104,13 @@ class Daemon:
                     Responder(
                         self.setup.settings, self.options.state_dir, protected=pipeline.protects
                     )
+                )
+            settings = self.setup.settings
+            backend = settings.block_backend.value
+            if kill_route_replaced(backend, settings.kill_route):
+                self.log.line(
+                    f"adminalert: KILL_ROUTE is not run: BLOCK_BACKEND={backend} blocks "
+                    "instead (set BLOCK_BACKEND=legacy to run it as written)"
                 )
             if not self.options.dry_run and pipeline.host.tracks_replies:
                 failure = ensure_conntrack()
