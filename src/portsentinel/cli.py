@@ -7,6 +7,8 @@ Errors are printed as one clear line each, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -16,7 +18,7 @@ from portsentinel.alert.events import event_line, iso_time
 from portsentinel.alert.portsentry_log import detection_lines
 from portsentinel.assemble import detector_config, load_setup
 from portsentinel.config import commands as config_commands
-from portsentinel.daemon.lock import AlreadyRunningError
+from portsentinel.daemon.lock import AlreadyRunningError, running_pid
 from portsentinel.daemon.pipeline import Daemon, RunOptions, default_log
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
@@ -138,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_dir_option(allow)
     allow.set_defaults(handler=_cmd_allow)
 
+    reload = verbs.add_parser(
+        "reload",
+        help="make the running daemon re-read its configuration and ignore files (SIGHUP)",
+        description="A broken new configuration is refused; the old one stays in force.",
+    )
+    _add_config_option(reload)  # accepted for symmetry; the daemon re-reads its own
+    _add_state_dir_option(reload)
+    reload.set_defaults(handler=_cmd_reload)
+
     config = verbs.add_parser("config", help="check a configuration or print the defaults")
     config_verbs = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
     check = config_verbs.add_parser(
@@ -189,7 +200,13 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         log.line(f"adminalert: WARNING: {warning}")
     if setup.tcp_mode is None and setup.udp_mode is None:
         raise ConfigError("no mode to run", key="--mode", expected="e.g. atcp,audp")
-    options = RunOptions(state_dir=args.state_dir, events=args.events, dry_run=args.dry_run)
+    options = RunOptions(
+        state_dir=args.state_dir,
+        events=args.events,
+        dry_run=args.dry_run,
+        config=args.config,
+        modes=args.mode,
+    )
     try:
         return Daemon(setup, options, log).run()
     except AlreadyRunningError as exc:
@@ -199,6 +216,16 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         log.line(f"adminalert: ERROR: {exc}")
         log.flush()
         return EXIT_FAILURE
+
+
+def _cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    pid = running_pid(args.state_dir)
+    if pid is None:
+        err.write(f"{PROG}: no daemon is running on {args.state_dir}\n")
+        return EXIT_FAILURE
+    os.kill(pid, signal.SIGHUP)
+    out.write(f"asked the daemon (pid {pid}) to reload its configuration\n")
+    return EXIT_OK
 
 
 def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -42,12 +42,19 @@ class EventSink:
     """JSON event lines to a path (appended, created 0640) or to standard output (``-``)."""
 
     def __init__(self, target: str) -> None:
+        self._target = target
         self._own = target != "-"
+        self._stream: TextIO = self._open() if self._own else sys.stdout
+
+    def _open(self) -> TextIO:
+        fd = os.open(self._target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    def reopen(self) -> None:
+        """After logrotate moved the file (SIGHUP): continue in a new file at the path."""
         if self._own:
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self._stream: TextIO = os.fdopen(fd, "a", encoding="utf-8")
-        else:
-            self._stream = sys.stdout
+            self._stream.close()
+            self._stream = self._open()
 
     def event(self, decision: Decision, wall: float) -> None:
         self._stream.write(event_line(decision, wall) + "\n")

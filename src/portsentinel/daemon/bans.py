@@ -90,6 +90,11 @@ class Backends:
             )
         raise BackendError(f"unknown backend {name!r}")
 
+    def reconfigure(self, settings: Settings) -> None:
+        self.stop()
+        self._built.clear()
+        self._settings = settings
+
     def stop(self) -> None:
         for backend in self._built.values():
             with contextlib.suppress(BackendError):
@@ -136,6 +141,18 @@ class BanManager:
         self.files = files
         self.resolve = resolve
         self.protected = protected
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A reloaded configuration: backends are rebuilt from it on their next use (bans in
+        force stay; undoing them uses what the store recorded)."""
+        self.settings = settings
+        self.backends.reconfigure(settings)
+        if self.files is not None:
+            self.files = PortSentryFiles(
+                settings.history_file,
+                settings.blocked_file,
+                max_bytes=settings.history_max_mib << 20,
+            )
 
     # --- applying ---------------------------------------------------------------------------
 

@@ -44,3 +44,40 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def running_pid(state_dir: str) -> int | None:
+    """The pid of the daemon running on ``state_dir``, or None.
+
+    The lock file names the pid; it is believed only while that process holds the lock
+    (checked through /proc/locks, without taking the lock) and is a portsentinel process.
+    """
+    path = os.path.join(state_dir, LOCK_NAME)
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            text = fh.read().strip()
+        inode = os.stat(path).st_ino
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        with open("/proc/locks", encoding="ascii") as locks:
+            held = any(_holds(line, pid, inode) for line in locks)
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            ours = b"portsentinel" in cmdline.read()
+    except OSError:
+        return None
+    return pid if held and ours else None
+
+
+def _holds(line: str, pid: int, inode: int) -> bool:
+    # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" — pid, then major:minor:inode.
+    fields = line.split()
+    return (
+        len(fields) >= 6
+        and fields[1] == "FLOCK"
+        and fields[4] == str(pid)
+        and fields[5].rsplit(":", 1)[-1] == str(inode)
+    )

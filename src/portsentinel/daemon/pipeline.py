@@ -8,6 +8,7 @@ wake-up socket for signals. Timers refresh what the detector knows about the hos
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import selectors
 import signal
@@ -29,7 +30,7 @@ from portsentinel.alert.portsentry_log import (
 )
 from portsentinel.alert.ratelimit import RepeatLimiter
 from portsentinel.alert.sinks import EventSink, LogSink
-from portsentinel.assemble import Setup, detector_config
+from portsentinel.assemble import Setup, detector_config, load_setup
 from portsentinel.block.plan import kill_route_replaced
 from portsentinel.capture.afpacket import PacketRing, RingConfig
 from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
@@ -43,7 +44,7 @@ from portsentinel.daemon.tracking import ensure_conntrack
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.track import kinds_of
-from portsentinel.errors import DecodeError, PortSentinelError
+from portsentinel.errors import ConfigError, ConfigErrors, DecodeError, PortSentinelError
 from portsentinel.model import Action, Decision, Mode, Proto, Reason
 from portsentinel.store.records import EventRow
 
@@ -69,6 +70,9 @@ class RunOptions:
     state_dir: str
     events: str | None = None
     dry_run: bool = False
+    # How the configuration was found, so that a reload (SIGHUP) reads it the same way.
+    config: str | None = None
+    modes: str | None = None
 
 
 class Daemon:
@@ -83,6 +87,7 @@ class Daemon:
         self.options = options
         self.log = log
         self._stopping = False
+        self._reload = False
         self.pipeline: Pipeline | None = None
 
     def run(self) -> int:
@@ -123,7 +128,7 @@ class Daemon:
             self.log.line(ACTIVE)
             self.log.flush()
             try:
-                pipeline.loop(wake_r, lambda: self._stopping)
+                pipeline.loop(wake_r, lambda: self._stopping, self._take_reload)
             finally:
                 for line in SHUTDOWN:
                     self.log.line(line)
@@ -142,13 +147,34 @@ class Daemon:
     def request_stop(self) -> None:
         self._stopping = True
 
+    def request_reload(self) -> None:
+        self._reload = True
+
+    def _take_reload(self) -> Setup | None:
+        """A reload was asked for: the configuration read anew, or None (not asked, or the new
+        one is broken — then the old one stays in force and the error is logged)."""
+        if not self._reload:
+            return None
+        self._reload = False
+        try:
+            setup = load_setup(self.options.config, self.options.modes)
+        except (ConfigError, ConfigErrors) as exc:
+            for line in str(exc).splitlines():
+                self.log.line(f"adminalert: ERROR: reload refused: {line}")
+            self.log.line("adminalert: the running configuration stays in force")
+            return None
+        for warning in setup.warnings:
+            self.log.line(f"adminalert: WARNING: {warning}")
+        return setup
+
     def _install_signals(self, wake_w: socket.socket) -> None:
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda _n, _f: self.request_stop())
-        # PortSentry 1.2 ignores SIGHUP (no reload); a reload arrives with the operator tools.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # PortSentry had no reload (1.2 ignores SIGHUP, 2.0 dies of it); we re-read the
+        # configuration and ignore files, and reopen the events file (logrotate).
+        signal.signal(signal.SIGHUP, lambda _n, _f: self.request_reload())
 
 
 class Pipeline:
@@ -173,6 +199,7 @@ class Pipeline:
         self.ring = ring
         self.listeners = listeners
         self.decode_errors = 0
+        self._selector: selectors.BaseSelector | None = None
         self.responder: Responder | None = None
         self.never_block = NeverBlock.for_host(
             resolv_conf=setup.settings.resolv_conf,
@@ -261,8 +288,13 @@ class Pipeline:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def loop(self, wake: socket.socket, stopping: Callable[[], bool]) -> None:
-        selector = selectors.DefaultSelector()
+    def loop(
+        self,
+        wake: socket.socket,
+        stopping: Callable[[], bool],
+        reloading: Callable[[], Setup | None] = lambda: None,
+    ) -> None:
+        selector = self._selector = selectors.DefaultSelector()
         wake.setblocking(False)
         selector.register(wake, selectors.EVENT_READ, lambda: _drain(wake))
         if self.ring is not None:
@@ -283,10 +315,62 @@ class Pipeline:
                     self._set_clock()
                     key.data()
                 self._set_clock()
+                fresh = reloading()
+                if fresh is not None:
+                    self.reload(fresh)
                 _run_timers(timers, self._now)
                 self._flush()
         finally:
             selector.close()
+
+    def reload(self, setup: Setup) -> None:
+        """Apply a re-read configuration without losing evidence, bans or sockets that stay.
+
+        The modes stay as started (a mode change needs a restart: other sockets); ports,
+        trigger, levels, caps, ignore list, banner and the response settings change at once.
+        """
+        old = self.setup
+        if (setup.tcp_mode, setup.udp_mode) != (old.tcp_mode, old.udp_mode):
+            self.log.line("adminalert: WARNING: a mode change needs a restart; modes kept")
+            setup = dataclasses.replace(setup, tcp_mode=old.tcp_mode, udp_mode=old.udp_mode)
+        self.setup = setup
+        self.detector.reconfigure(detector_config(setup))
+        self.detector.set_ignore(setup.ignore)
+        self.never_block.set_ignore(setup.ignore)
+        if self.ring is not None:
+            self.ring.set_filter(kernel_filter(setup))
+        self._banner = setup.settings.port_banner or None
+        self._reopen_listeners(old, setup)
+        if self.responder is not None:
+            self.responder.reload(setup.settings)
+        if self.events is not None:
+            self.events.reopen()
+        source = setup.config.path or "embedded defaults"
+        self.log.line(f"adminalert: configuration reloaded from {source}")
+
+    def _reopen_listeners(self, old: Setup, new: Setup) -> None:
+        modes = [m for m in (new.tcp_mode, new.udp_mode) if m is not None and m.bound]
+        if not modes:
+            return
+        s0, s1 = old.settings, new.settings
+        if (s0.tcp_ports, s0.udp_ports) == (s1.tcp_ports, s1.udp_ports):
+            return
+        try:
+            fresh = _open_listeners(new, self.log, modes)
+        except StartupError as exc:
+            self.log.line(f"{exc} Keeping the previous ports.")
+            return
+        selector = self._selector
+        if self.listeners is not None:
+            for sock in self.listeners.sockets():
+                if selector is not None:
+                    with contextlib.suppress(KeyError, ValueError):
+                        selector.unregister(sock)
+            self.listeners.close()
+        self.listeners = fresh
+        if fresh is not None and selector is not None:
+            for sock in fresh.sockets():
+                selector.register(sock, selectors.EVENT_READ, self._listener_handler(sock))
 
     def _timers(self, *, watching: bool) -> dict[str, Timer]:
         now = time.monotonic()

@@ -96,6 +96,10 @@ class Responder:
     def alert(self, request: BanRequest) -> None:
         self._jobs.put(Alert(request))
 
+    def reload(self, settings: Settings) -> None:
+        """New response settings (durations, backends, commands) for the next bans."""
+        self._jobs.put(settings)
+
     def events(self, rows: Sequence[EventRow]) -> None:
         if rows:
             self._jobs.put(tuple(rows))
@@ -200,6 +204,8 @@ class Responder:
                 manager.record_alert(job.request, now)
             elif isinstance(job, tuple):
                 store.add_events(job)
+            elif isinstance(job, Settings):
+                manager.reconfigure(job)
             mono = time.monotonic()
             if mono >= timers["expire"]:
                 timers["expire"] = mono + EXPIRE_EVERY

@@ -74,6 +74,16 @@ class BanBudget:
         self._weak_active = 0
         self.refused = 0
 
+    def reconfigure(self, config: BudgetConfig) -> None:
+        """New limits; the bans in force keep their slots (they may exceed a lowered cap until
+        they end)."""
+        self.config = config
+        self._strong = _Bucket(config.rate, float(config.burst))
+        self._weak = _Bucket(
+            config.rate * config.weak_share, max(1.0, config.burst * config.weak_share)
+        )
+        self.weak_cap = max(1, int(config.max_active * config.weak_share))
+
     def strong(self, state: SourceState) -> bool:
         """Strong evidence: many distinct ports, or a completed handshake."""
         return state.ports_seen >= self.config.strong_ports or bool(state.kinds & _CONNECT_BIT)

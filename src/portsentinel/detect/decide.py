@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping
 from typing import Final, Protocol
 
-from portsentinel.detect.budget import BanBudget
+from portsentinel.detect.budget import BanBudget, BudgetConfig
 from portsentinel.detect.track import KIND_BIT, SourceState
 from portsentinel.model import Action, Proto, Reason, ScanKind
 from portsentinel.netset import AddressSet
@@ -127,6 +127,28 @@ class Policy:
         self.responses = Responses(max_responded)
         self.admission: list[AdmissionCheck] = [self.ignore_list, self.own_address]
         self.checks: list[PolicyCheck] = [self.already_responded, self.protected]
+
+    def reconfigure(
+        self,
+        *,
+        block_levels: Mapping[int, int],
+        max_responded: int,
+        budget: BudgetConfig,
+        min_ports: int,
+    ) -> None:
+        """A reloaded configuration; the remembered responses and bans in force are kept."""
+        actions = {}
+        for proto, level in block_levels.items():
+            if level not in BLOCK_ACTIONS:
+                raise ValueError(f"block level {level} is not 0, 1 or 2")
+            actions[proto] = BLOCK_ACTIONS[level]
+        if min_ports < 1:
+            raise ValueError("min_ports must be at least 1")
+        self._actions = actions
+        self.min_ports = min_ports
+        self.responses.max_entries = max_responded
+        if self.budget is not None:
+            self.budget.reconfigure(budget)
 
     def ignore_list(self, src: bytes) -> Reason | None:
         ignore = self.ignore

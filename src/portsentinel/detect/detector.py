@@ -124,6 +124,15 @@ class DetectorStats:
     tracked_sources: int = 0
 
 
+def _budget_config(c: DetectorConfig) -> BudgetConfig:
+    return BudgetConfig(
+        max_active=c.max_responded,
+        rate=c.ban_rate,
+        burst=c.ban_burst,
+        strong_ports=c.ban_strong_ports,
+    )
+
+
 class Detector:
     """Feed it packets (stealth modes) or connects (bound modes); it returns decisions.
 
@@ -134,6 +143,7 @@ class Detector:
 
     __slots__ = (
         "_bound",
+        "_custom_rules",
         "_in_use_tcp",
         "_in_use_udp",
         "_local",
@@ -161,9 +171,31 @@ class Detector:
         rules: Sequence[ScoringRule] | None = None,
         never_block: Container[bytes] | None = None,
     ) -> None:
-        self.config = config
         self.stats = DetectorStats()
+        self._in_use_tcp = in_use_tcp
+        self._in_use_udp = in_use_udp
+        self._local = local
+        self._reply_check: Callable[[Packet], bool] | None = None
+        self._texts: dict[bytes, str] = {}
+        self._custom_rules = rules is not None
+        self.rules: tuple[ScoringRule, ...] = tuple(rules) if rules is not None else ()
+        self._tracker = Tracker(max_sources=1, max_ports=1, max_dsts=1)
+        self.policy = Policy(
+            block_levels={_TCP: config.block_tcp, _UDP: config.block_udp},
+            max_responded=config.max_responded,
+            ignore=ignore,
+            local=local,
+            never_block=never_block,
+            budget=BanBudget(_budget_config(config)),
+            min_ports=config.block_min_ports,
+        )
+        self.config = config
+        self._configure(config)
+
+    def _configure(self, config: DetectorConfig) -> None:
+        """Everything derived from the configuration; the evidence and responses stay."""
         c = config
+        self.config = c
         self._modes: dict[int, Mode | None] = {_TCP: c.tcp_mode, _UDP: c.udp_mode}
         self._watch_tcp = stealth_table(
             c.tcp_mode, c.tcp_ports, c.advanced_tcp_limit, c.advanced_exclude_tcp
@@ -178,37 +210,26 @@ class Detector:
         self._stealth = {
             proto: mode is not None and mode.stealth for proto, mode in self._modes.items()
         }
-        self._in_use_tcp = in_use_tcp
-        self._in_use_udp = in_use_udp
-        self._local = local
-        self._reply_check: Callable[[Packet], bool] | None = None
-        self._texts: dict[bytes, str] = {}
-        self.rules: tuple[ScoringRule, ...] = (
-            tuple(rules) if rules is not None else (ScanTrigger(c.scan_trigger, c.scan_window),)
-        )
-        self._tracker = Tracker(
+        if not self._custom_rules:
+            self.rules = (ScanTrigger(c.scan_trigger, c.scan_window),)
+        self._tracker.resize(
             max_sources=c.max_sources,
             max_ports=c.max_ports_per_source,
             max_dsts=c.max_destinations_per_source,
             keep_times=max((rule.times_needed for rule in self.rules), default=0),
             idle_timeout=c.idle_timeout,
         )
-        self.policy = Policy(
+        self.policy.reconfigure(
             block_levels={_TCP: c.block_tcp, _UDP: c.block_udp},
             max_responded=c.max_responded,
-            ignore=ignore,
-            local=local,
-            never_block=never_block,
-            budget=BanBudget(
-                BudgetConfig(
-                    max_active=c.max_responded,
-                    rate=c.ban_rate,
-                    burst=c.ban_burst,
-                    strong_ports=c.ban_strong_ports,
-                )
-            ),
+            budget=_budget_config(c),
             min_ports=c.block_min_ports,
         )
+
+    def reconfigure(self, config: DetectorConfig) -> None:
+        """A reloaded configuration: new ports, trigger, levels and caps; the tracked evidence,
+        the responses (bans) and the counters are kept."""
+        self._configure(config)
 
     # --- the hot path ---------------------------------------------------------------------
 

@@ -113,6 +113,33 @@ class Tracker:
     def __contains__(self, src: object) -> bool:
         return src in self._sources
 
+    def resize(
+        self,
+        *,
+        max_sources: int,
+        max_ports: int,
+        max_dsts: int,
+        keep_times: int,
+        idle_timeout: float,
+    ) -> None:
+        """New caps (a reloaded configuration): the least recently seen sources beyond the new
+        cap are evicted; the others keep their evidence (hit times within the new bound)."""
+        if min(max_sources, max_ports, max_dsts) < 1 or keep_times < 0:
+            raise ValueError("tracker caps must be positive")
+        self._max_sources = max_sources
+        self._max_ports = max_ports
+        self._max_dsts = max_dsts
+        self.idle_timeout = idle_timeout
+        sources = self._sources
+        while len(sources) > max_sources:
+            sources.popitem(last=False)
+            self.evicted += 1
+        if keep_times != self._keep_times:
+            self._keep_times = keep_times
+            for state in sources.values():
+                old = state.times or ()
+                state.times = deque(old, maxlen=keep_times) if keep_times else None
+
     def get(self, src: bytes) -> SourceState | None:
         return self._sources.get(src)
 

@@ -736,3 +736,33 @@ def test_random_traffic_respects_caps_and_acts_once_per_source(
     assert s.packets == len(stream)
     assert s.probes == sum(s.probes_by_kind.values()) == sum(s.decisions_by_action.values())
     assert s.packets == s.not_probe + s.unwatched + s.in_use + s.not_local + s.probes
+
+
+# --- reload -------------------------------------------------------------------------------------
+
+
+def test_reconfigure_changes_ports_and_trigger_but_keeps_evidence_and_bans() -> None:
+    det = detector(tcp_mode=Mode.STCP, scan_trigger=3)
+    assert one(det.feed(tcp(79), 0.0)).reason is Reason.BELOW_TRIGGER
+    banned = bytes([198, 18, 0, 66])
+    det.restore(banned, Proto.TCP, Action.BLOCK)
+    assert det.feed(tcp(2222), 0.0) == []  # not a listed port
+    det.reconfigure(replace(det.config, tcp_ports=frozenset({2222}), scan_trigger=2))
+    assert det.feed(tcp(79), 1.0) == []  # no longer watched
+    fired = one(det.feed(tcp(2222), 1.0))  # newly watched; the earlier hit still counts
+    assert (fired.reason, fired.hits) == (Reason.TRIGGERED, 2)
+    assert one(det.feed(tcp(2222, src=banned), 1.0)).reason is Reason.BELOW_TRIGGER
+    assert one(det.feed(tcp(2222, src=banned), 1.0)).reason is Reason.ALREADY_BLOCKED
+    assert det.stats.probes == 4
+
+
+def test_reconfigure_to_fewer_sources_evicts_the_oldest() -> None:
+    det = detector(max_sources=10)
+    for i in range(10):
+        det.feed(tcp(79, src=addr(i)), float(i))
+    det.reconfigure(replace(det.config, max_sources=3))
+    assert det.stats.tracked_sources == 10  # counters move on the next probe or tick
+    det.tick(20.0)
+    assert det.stats.tracked_sources == 3
+    assert det.source(addr(9)) is not None
+    assert det.source(addr(0)) is None

@@ -1,0 +1,85 @@
+"""Reload (SIGHUP and ``portsentinel reload``): new ports and ignore list take effect under a
+running daemon, its bans survive, and a broken configuration is refused while the old one
+stays in force."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import netns
+import pytest
+from banlab import add_scanner_address, banned, cli, nmap_scan, unavailable, wait_until
+from daemon import Daemon, write_config
+
+_REASON = netns.unavailable() or unavailable(("nmap", "nft"))
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+
+SCANNER, OTHER = "198.18.0.2", "198.18.0.3"
+
+
+@pytest.fixture
+def lab() -> Iterator[netns.Lab]:
+    with netns.Lab.create("psrl") as lab:
+        add_scanner_address(lab, OTHER)
+        yield lab
+
+
+def events_from(daemon: Daemon, src: str) -> list[dict[str, object]]:
+    return [e for e in daemon.events() if e.get("src") == src]
+
+
+def test_reload_applies_new_ports_and_ignore_list_and_keeps_bans(
+    lab: netns.Lab, tmp_path: Path
+) -> None:
+    ignore = tmp_path / "ignore"
+    ignore.write_text("# nobody yet\n")
+    settings = {"TCP_PORTS": "11,12", "IGNORE_FILE": str(ignore), "BLOCK_TCP": "1"}
+    daemon = Daemon.start(lab, tmp_path, mode="stcp", settings=settings)
+    nmap_scan(lab, SCANNER, "11-14")
+    wait_until(lambda: SCANNER in banned(lab, daemon) or None, "the first ban")
+    assert {e["port"] for e in events_from(daemon, SCANNER)} == {11, 12}
+
+    # New ports, and OTHER on the ignore list; written the way an operator edits files.
+    ignore.write_text(f"{OTHER}/32\n")
+    write_config(tmp_path, {**settings, "TCP_PORTS": "13,14"})
+    assert cli(lab, daemon, "reload").returncode == 0
+    daemon.wait_for_line("configuration reloaded")
+
+    nmap_scan(lab, OTHER, "11-14")
+    seen = daemon.wait_for_events(
+        lambda ev: len(events_from_list(ev, OTHER)) >= 2, "the ignored scanner's probes"
+    )
+    other = events_from_list(seen, OTHER)
+    assert {e["port"] for e in other} == {13, 14}  # only the new ports are watched
+    assert {e["reason"] for e in other} == {"ignore list"}
+    assert SCANNER in banned(lab, daemon)  # the ban survived the reload
+    assert OTHER not in banned(lab, daemon)
+    code, _stderr = daemon.stop()
+    assert code == 0
+
+
+def events_from_list(events: list[dict[str, object]], src: str) -> list[dict[str, object]]:
+    return [e for e in events if e.get("src") == src]
+
+
+def test_a_broken_configuration_is_refused_and_the_old_one_stays(
+    lab: netns.Lab, tmp_path: Path
+) -> None:
+    settings = {"TCP_PORTS": "11,12", "BLOCK_TCP": "0"}
+    daemon = Daemon.start(lab, tmp_path, mode="stcp", settings=settings)
+    config = tmp_path / "portsentinel.conf"
+    config.write_text(config.read_text() + 'TCP_PORTS="13,x"\nBLOCK_TCP="9"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for_line("the running configuration stays in force")
+    stderr = daemon.stderr()
+    assert f"reload refused: {config}:" in stderr
+    assert "TCP_PORTS" in stderr
+    assert "BLOCK_TCP" in stderr
+    nmap_scan(lab, SCANNER, "11-14")
+    seen = daemon.wait_for_events(lambda ev: len(ev) >= 2, "probes to the old ports")
+    assert {e["port"] for e in seen} == {11, 12}  # the old ports still watched
+    assert daemon.proc.poll() is None
+    code, _stderr = daemon.stop()
+    assert code == 0
