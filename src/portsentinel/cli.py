@@ -7,17 +7,19 @@ Errors are printed as one clear line each, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from portsentinel import __version__, operate
+from portsentinel import __version__, evidence, operate
 from portsentinel.alert.events import event_line, iso_time
 from portsentinel.alert.portsentry_log import detection_lines
 from portsentinel.assemble import detector_config, load_setup
 from portsentinel.config import commands as config_commands
+from portsentinel.control_client import DaemonNotRunning, request, socket_path
 from portsentinel.daemon.lock import AlreadyRunningError, running_pid
 from portsentinel.daemon.pipeline import Daemon, RunOptions, default_log
 from portsentinel.detect.detector import Detector
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--log", action="store_true", help="print PortSentry-style log lines instead of JSON"
     )
+    evidence.add_replay_state_option(replay)
     replay.set_defaults(handler=_cmd_replay)
 
     run = verbs.add_parser(
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_dir_option(listing)
     listing.add_argument("--json", action="store_true", help="JSON Lines, one ban per line")
     listing.set_defaults(handler=_cmd_list)
+    evidence.add_parsers(verbs)
 
     block = verbs.add_parser(
         "block",
@@ -139,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(allow)
     _add_state_dir_option(allow)
     allow.set_defaults(handler=_cmd_allow)
+
+    status = verbs.add_parser(
+        "status",
+        help="is the daemon running? modes, ports watched, counters, active bans",
+        description="Exit 0 when the daemon runs, 1 when it does not (the store is still shown).",
+    )
+    _add_state_dir_option(status)
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(handler=_cmd_status)
 
     reload = verbs.add_parser(
         "reload",
@@ -206,6 +219,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         dry_run=args.dry_run,
         config=args.config,
         modes=args.mode,
+        control_path=socket_path(args.state_dir, DEFAULT_STATE_DIR),
     )
     try:
         return Daemon(setup, options, log).run()
@@ -219,13 +233,32 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        request(socket_path(args.state_dir, DEFAULT_STATE_DIR), "reload")
+        out.write("asked the daemon to reload its configuration (see its log for the outcome)\n")
+        return EXIT_OK
+    except DaemonNotRunning:
+        pass  # no control socket (or none answering): fall back to the signal
     pid = running_pid(args.state_dir)
     if pid is None:
         err.write(f"{PROG}: no daemon is running on {args.state_dir}\n")
         return EXIT_FAILURE
     os.kill(pid, signal.SIGHUP)
-    out.write(f"asked the daemon (pid {pid}) to reload its configuration\n")
+    out.write(f"asked the daemon (pid {pid}) to reload its configuration (SIGHUP)\n")
     return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        status = request(socket_path(args.state_dir, DEFAULT_STATE_DIR), "status")
+    except DaemonNotRunning:
+        status = None
+    report = operate.status_report(args.state_dir, status)
+    if args.json:
+        out.write(json.dumps(report, separators=(",", ":")) + "\n")
+    else:
+        out.write(operate.status_text(report))
+    return EXIT_OK if status is not None else EXIT_FAILURE
 
 
 def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -295,9 +328,18 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         in_use_udp=seen.udp | extra_udp,
     )
     emit = _log_writer(out) if args.log else _event_writer(out)
-    stats = run_replay(args.capture, detector, emit)
+    if args.state_dir is None:
+        stats = run_replay(args.capture, detector, emit)
+        recorded = None
+    else:
+        recorded = evidence.record_replay(
+            args.capture, detector, emit, state_dir=args.state_dir, settings=setup.settings
+        )
+        stats = recorded.stats
     out.flush()
     err.write(f"{PROG}: {summary(args.capture, stats)}\n")
+    if recorded is not None:
+        err.write(f"{PROG}: {recorded.summary()}\n")
     return EXIT_OK
 
 

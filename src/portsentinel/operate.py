@@ -6,7 +6,7 @@ second (it follows the store) and updates what its detector remembers.
 from __future__ import annotations
 
 import ipaddress
-import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +17,13 @@ from portsentinel.assemble import Setup
 from portsentinel.config.types import ban_duration
 from portsentinel.daemon.bans import Backends, BanManager, BanRequest
 from portsentinel.daemon.neverblock import NeverBlock
-from portsentinel.errors import ConfigError
+from portsentinel.errors import ConfigError, PortSentinelError
+from portsentinel.evidence import reference_time
 from portsentinel.model import Proto
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import BanRecord, LiftedBy
-from portsentinel.store.sqlite import Store
+from portsentinel.store.sqlite import DB_NAME, Store
+from portsentinel.tables import Column, write_rows
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -149,19 +151,25 @@ def block(
     return EXIT_OK
 
 
+def store_exists(state_dir: str) -> bool:
+    """Read-only verbs never create a store where there is none."""
+    return os.path.exists(os.path.join(state_dir, DB_NAME))
+
+
 def list_bans(state_dir: str, as_json: bool, out: TextIO) -> int:
     now = time.time()
+    if not store_exists(state_dir):
+        if not as_json:
+            out.write("no active bans\n")
+        return EXIT_OK
     store = Store.open(state_dir, offline=None)
     try:
-        records = store.active_bans(now)
+        # A replay's store answers as of the end of its capture, not as of today.
+        records = store.active_bans(reference_time(store, now))
     finally:
         store.close()
     rows = [_ban_dict(r) for r in records]
-    if as_json:
-        for row in rows:
-            out.write(json.dumps(row, separators=(",", ":")) + "\n")
-        return EXIT_OK
-    _table(rows, out)
+    write_rows(rows, LIST_COLUMNS, out, as_json=as_json, empty="no active bans")
     return EXIT_OK
 
 
@@ -183,31 +191,22 @@ def _ban_dict(record: BanRecord) -> dict[str, object]:
     }
 
 
-def _table(rows: list[dict[str, object]], out: TextIO) -> None:
-    if not rows:
-        out.write("no active bans\n")
-        return
-    headers = ("ADDRESS", "SINCE", "UNTIL", "REASON", "PORTS SEEN")
-    lines = [
-        (
-            str(r["address"]),
-            str(r["since"])[:19],
-            "permanent" if r["until"] is None else str(r["until"])[:19],
-            str(r["reason"]),
-            _ports(r["ports"]),
-        )
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
-    for line in (headers, *lines):
-        out.write(
-            "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n"
-        )
-
-
 def _ports(ports: object) -> str:
     items = [str(p) for p in ports] if isinstance(ports, list) else []
     return ", ".join(items[:8]) + (f" (+{len(items) - 8})" if len(items) > 8 else "")
+
+
+def _time(value: object) -> str:
+    return str(value)[:19]
+
+
+LIST_COLUMNS = (
+    Column("ADDRESS", "address"),
+    Column("SINCE", "since", _time),
+    Column("UNTIL", "until", lambda v: "permanent" if v is None else _time(v)),
+    Column("REASON", "reason", shrink=True),
+    Column("PORTS SEEN", "ports", _ports, shrink=True),
+)
 
 
 def parse_duration(text: str) -> float | None:
@@ -216,3 +215,57 @@ def parse_duration(text: str) -> float | None:
         return ban_duration(text)
     except ValueError as exc:
         raise ConfigError(str(exc), key="--for", expected="30s, 15m, 1h, 7d or permanent") from None
+
+
+def status_report(state_dir: str, daemon: object | None) -> dict[str, object]:
+    """The daemon's own status (None when it does not run) and the store's active bans."""
+    report: dict[str, object] = {"running": daemon is not None, "state_dir": state_dir}
+    if isinstance(daemon, dict):
+        report.update(daemon)
+    if not store_exists(state_dir):
+        report["store"] = f"no state store in {state_dir}"
+        return report
+    try:
+        store = Store.open(state_dir, offline=None)
+    except PortSentinelError as exc:
+        report["store"] = str(exc)
+        return report
+    try:
+        report["active_bans"] = len(store.active_bans(time.time()))
+    finally:
+        store.close()
+    return report
+
+
+def status_text(report: dict[str, object]) -> str:
+    lines = []
+    if not report.get("running"):
+        lines.append(f"portsentinel is not running on {report['state_dir']}")
+    else:
+        started = report.get("started")
+        since = iso_time(started) if isinstance(started, float) else "?"
+        lines.append(
+            f"portsentinel {report.get('version')} is running (pid {report.get('pid')}, "
+            f"since {since})"
+        )
+        lines.append(f"configuration: {report.get('config') or 'embedded defaults'}")
+        watched = report.get("ports_watched")
+        in_use = report.get("ports_in_use")
+        if isinstance(watched, dict) and isinstance(in_use, dict):
+            for mode, count in watched.items():
+                busy = in_use.get("tcp" if mode.endswith("tcp") else "udp", 0)
+                lines.append(f"mode {mode}: {count} ports watched, {busy} in use now")
+        counters = report.get("counters")
+        if isinstance(counters, dict):
+            keys = ("packets", "probes", "decisions_alert", "decisions_block",
+                    "decisions_command", "kernel_drops", "decode_errors")  # fmt: skip
+            shown = ", ".join(
+                f"{k.replace('decisions_', '')} {counters[k]}" for k in keys if k in counters
+            )
+            lines.append(f"counters: {shown}")
+        lines.append(f"never-block set: {report.get('never_block_networks')} networks")
+    if "active_bans" in report:
+        lines.append(f"active bans: {report['active_bans']}")
+    elif "store" in report:
+        lines.append(f"store: {report['store']}")
+    return "\n".join(lines) + "\n"

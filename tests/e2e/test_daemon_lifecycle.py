@@ -9,6 +9,7 @@ Root, iproute2 and nft only (see ``netns.py``); every packet stays inside the la
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -143,3 +144,30 @@ def test_a_native_backend_says_it_replaces_kill_route(lab: netns.Lab, tmp_path: 
         "adminalert: KILL_ROUTE is not run: BLOCK_BACKEND=nftables blocks instead "
         "(set BLOCK_BACKEND=legacy to run it as written)"
     ) in stderr.splitlines()
+
+
+def test_status_and_reload_through_the_control_socket(lab: netns.Lab, tmp_path: Path) -> None:
+    daemon = Daemon.start(lab, tmp_path, mode="atcp,audp")
+    argv = ["python3", "-m", "portsentinel", "status", "--json", "--state-dir", str(tmp_path)]
+    done = lab.run(lab.target, argv, check=False)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["running"] is True
+    assert status["pid"] == daemon.pid
+    assert status["modes"] == ["atcp", "audp"]
+    assert status["ports_watched"] == {"atcp": 1022, "audp": 1020}  # 0-1023 minus the excludes
+    assert "kernel_drops" in status["counters"]
+    assert (tmp_path / "control.sock").stat().st_mode & 0o777 == 0o600
+    reload = ["python3", "-m", "portsentinel", "reload", "--state-dir", str(tmp_path)]
+    done = lab.run(lab.target, reload, check=False)
+    assert done.returncode == 0, done.stderr
+    daemon.wait_for_line("configuration reloaded")
+    code, _stderr = daemon.stop()
+    assert code == 0
+    after = lab.run(
+        lab.target,
+        ["python3", "-m", "portsentinel", "status", "--state-dir", str(tmp_path)],
+        check=False,
+    )
+    assert after.returncode == 1
+    assert "not running" in after.stdout

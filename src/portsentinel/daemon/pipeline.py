@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import selectors
 import signal
 import socket
@@ -36,6 +37,7 @@ from portsentinel.capture.afpacket import PacketRing, RingConfig
 from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
 from portsentinel.capture.listeners import Listeners
 from portsentinel.daemon.bans import BanRequest
+from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.hostview import HostView
 from portsentinel.daemon.lock import StateLock
 from portsentinel.daemon.neverblock import NeverBlock
@@ -73,6 +75,7 @@ class RunOptions:
     # How the configuration was found, so that a reload (SIGHUP) reads it the same way.
     config: str | None = None
     modes: str | None = None
+    control_path: str | None = None  # the CLI's Unix socket; None: no control channel
 
 
 class Daemon:
@@ -125,11 +128,14 @@ class Daemon:
                         "late UDP replies are recognised only if the firewall tracks them"
                     )
             self._install_signals(wake_w)
+            control = self._control(pipeline)
             self.log.line(ACTIVE)
             self.log.flush()
             try:
-                pipeline.loop(wake_r, lambda: self._stopping, self._take_reload)
+                pipeline.loop(wake_r, lambda: self._stopping, self._take_reload, control)
             finally:
+                if control is not None:
+                    control.close()
                 for line in SHUTDOWN:
                     self.log.line(line)
                 self.log.line("adminalert: statistics: " + format_stats(pipeline.statistics()))
@@ -146,6 +152,33 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stopping = True
+
+    def _control(self, pipeline: Pipeline) -> ControlServer | None:
+        """The CLI's channel (root-only Unix socket, JSON): status, stats and reload."""
+        path = self.options.control_path
+        if path is None:
+            return None
+        started = time.time()
+
+        def status(_args: dict[str, object]) -> object:
+            return pipeline.status(started)
+
+        def reload(_args: dict[str, object]) -> object:
+            self.request_reload()
+            return "reload requested"
+
+        handlers = {
+            "status": status,
+            "stats": lambda _args: pipeline.statistics(),
+            "reload": reload,
+        }
+        try:
+            return ControlServer(path, handlers, log=self.log.line)
+        except PortSentinelError as exc:
+            self.log.line(
+                f"adminalert: WARNING: no control socket ({exc}); CLI verbs use the store"
+            )
+            return None
 
     def request_reload(self) -> None:
         self._reload = True
@@ -293,8 +326,11 @@ class Pipeline:
         wake: socket.socket,
         stopping: Callable[[], bool],
         reloading: Callable[[], Setup | None] = lambda: None,
+        control: ControlServer | None = None,
     ) -> None:
         selector = self._selector = selectors.DefaultSelector()
+        if control is not None:
+            control.register(selector)
         wake.setblocking(False)
         selector.register(wake, selectors.EVENT_READ, lambda: _drain(wake))
         if self.ring is not None:
@@ -308,6 +344,8 @@ class Pipeline:
         if self.responder is not None:
             selector.register(self.responder.fileno(), selectors.EVENT_READ, self._on_reports)
         timers = self._timers(watching=watcher is not None)
+        if control is not None:
+            timers["control"] = (time.monotonic(), TICK_EVERY, lambda: control.expire(self._now))
         try:
             while not stopping():
                 due = min(at for at, _every, _fn in timers.values())
@@ -371,6 +409,27 @@ class Pipeline:
         if fresh is not None and selector is not None:
             for sock in fresh.sockets():
                 selector.register(sock, selectors.EVENT_READ, self._listener_handler(sock))
+
+    def status(self, started: float) -> dict[str, object]:
+        """What `portsentinel status` shows: modes, ports watched, counters, protection."""
+        setup = self.setup
+        watched = {
+            mode.value: len(self.detector.watched_ports(mode.proto))
+            for mode in (setup.tcp_mode, setup.udp_mode)
+            if mode is not None
+        }
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": started,
+            "config": setup.config.path,
+            "modes": [m.value for m in (setup.tcp_mode, setup.udp_mode) if m is not None],
+            "ports_watched": watched,
+            "ports_in_use": {p.key: len(v.ports) for p, v in self.host.in_use.items()},
+            "never_block_networks": len(self.never_block.addresses),
+            "responses": self.responder is not None,
+            "counters": self.statistics(),
+        }
 
     def _timers(self, *, watching: bool) -> dict[str, Timer]:
         now = time.monotonic()
