@@ -9,12 +9,17 @@ construction, a file that loads back to exactly ``Settings()``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
+import shlex
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
 from portsentinel.config import types as t
-from portsentinel.config.types import Backend, BlockLevel, ValueType
+from portsentinel.config.types import Backend, BlockLevel, InvalidValueError, ValueType
 
 T = TypeVar("T")
 
@@ -83,6 +88,132 @@ def _needs_target(raw: str) -> str | None:
 def _zero_or_one(raw: str) -> str | None:
     if raw.strip() not in ("0", "1"):
         return f"{raw.strip()!r} is read as {'0' if int(raw) == 0 else '1'} (expected 0 or 1)"
+    return None
+
+
+# --- value types of the notification and metrics settings -----------------------------------
+
+
+class NotifyOn(StrEnum):
+    """NOTIFY_ON: which first triggers are sent to the webhook and by mail."""
+
+    ALERT = "alert"  # every source that crossed the trigger (alert, block, command)
+    BLOCK = "block"  # only those that got a response (block, command)
+
+
+def _notify_on(raw: str) -> NotifyOn:
+    try:
+        return NotifyOn(raw.strip().lower())
+    except ValueError:
+        raise InvalidValueError(f"{raw!r} is not block or alert") from None
+
+
+notify_on = ValueType(
+    name="notify level", expected="alert (every trigger) or block (responses only)",
+    parse=_notify_on, render=lambda v: v.value,
+)  # fmt: skip
+
+
+def _webhook_url(raw: str) -> str:
+    """An http(s) URL or empty: urllib would also open file:// and ftp:// ones."""
+    url = raw.strip()
+    if not url:
+        return ""
+    if any(c.isspace() for c in url):
+        raise InvalidValueError("the URL contains spaces")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InvalidValueError(f"{parts.scheme or 'no'} scheme (only http and https are sent)")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+    except ValueError:
+        raise InvalidValueError("the port is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise InvalidValueError("the URL names no host")
+    return url
+
+
+webhook_url = ValueType(
+    name="URL", expected="an http:// or https:// URL, or empty for none",
+    parse=_webhook_url, render=str, text=True,
+)  # fmt: skip
+
+# A mailbox as a To header may carry it: a local name (root) or name@domain. Deliberately
+# narrow: the value ends up in a mail header.
+_MAILBOX = re.compile(
+    r"[A-Za-z0-9_%+=][A-Za-z0-9._%+=-]{0,63}(?:@[A-Za-z0-9][A-Za-z0-9.-]{0,252})?"
+)
+
+
+def _mail_to(raw: str) -> tuple[str, ...]:
+    boxes = tuple(dict.fromkeys(b.strip() for b in raw.split(",") if b.strip()))
+    for box in boxes:
+        if not _MAILBOX.fullmatch(box):
+            raise InvalidValueError(f"{box!r} is not a plain mail address")
+    return boxes
+
+
+mail_to = ValueType(
+    name="mail addresses", expected="comma-separated addresses (root, ops@example.org), or empty",
+    parse=_mail_to, render=", ".join,
+)  # fmt: skip
+
+
+def _argv(raw: str) -> tuple[str, ...]:
+    try:
+        argv = tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise InvalidValueError(f"{raw!r} does not split into arguments ({exc})") from None
+    if not argv:
+        raise InvalidValueError("no command")
+    if any('"' in a or "'" in a for a in argv):
+        raise InvalidValueError("an argument holds a quote character")
+    return argv
+
+
+argv_command = ValueType(
+    name="command", expected="a program and its arguments, run without a shell",
+    parse=_argv, render=shlex.join,
+)  # fmt: skip
+
+
+def _listen(raw: str) -> tuple[str, int] | None:
+    """``ADDR:PORT``, ``[V6]:PORT``, ``localhost:PORT`` or a bare port (127.0.0.1); "" off."""
+    text = raw.strip()
+    if not text:
+        return None
+    host, colon, port_text = text.rpartition(":")
+    if not colon:
+        host, port_text = "127.0.0.1", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.lower() == "localhost":
+        host = "127.0.0.1"  # never resolve a name: the address decides what is exposed
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidValueError(f"{host!r} is not an IP address (or localhost)") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= t.MAX_PORT:
+        raise InvalidValueError(f"{port_text!r} is not a port number")
+    return str(address), int(port_text)
+
+
+def _listen_text(value: tuple[str, int] | None) -> str:
+    if value is None:
+        return ""
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+listen_address = ValueType(
+    name="address:port", expected="ADDR:PORT, [IPV6]:PORT or localhost:PORT, or empty for off",
+    parse=_listen, render=_listen_text,
+)  # fmt: skip
+
+
+def _loopback_only(raw: str) -> str | None:
+    value = _listen(raw)
+    if value is not None and not ipaddress.ip_address(value[0]).is_loopback:
+        return f"{value[0]} is not a loopback address: refused unless METRICS_ALLOW_REMOTE=1"
     return None
 
 
@@ -284,6 +415,50 @@ class Settings:
         key="HISTORY_MAX_MIB", parse=t.int_range(1, 4096), default="16", unit="MiB",
         help="HISTORY_FILE and BLOCKED_FILE are rotated to FILE.1 past this size",
         origin=_NEW,
+    )  # fmt: skip
+    webhook_url: str = setting(
+        key="WEBHOOK_URL", parse=webhook_url, default="", unit="URL",
+        help="first triggers are POSTed here as JSON events (with host and ban); empty: off",
+        origin=_NEW,
+    )  # fmt: skip
+    webhook_timeout: float = setting(
+        key="WEBHOOK_TIMEOUT", parse=t.positive_duration, default="5s", unit="seconds",
+        help="one webhook attempt gives up after this long; three attempts with backoff",
+        origin=_NEW,
+    )  # fmt: skip
+    mail_to: tuple[str, ...] = setting(
+        key="MAIL_TO", parse=mail_to, default="", unit="addresses",
+        help="first triggers are mailed to these addresses through MAIL_COMMAND; empty: off",
+        origin=_NEW,
+    )  # fmt: skip
+    mail_command: tuple[str, ...] = setting(
+        key="MAIL_COMMAND", parse=argv_command, default="/usr/sbin/sendmail -t -oi",
+        unit="command", help="the local MTA, given the message (with To and Subject) on "
+        "standard input; never run through a shell", origin=_NEW,
+    )  # fmt: skip
+    mail_timeout: float = setting(
+        key="MAIL_TIMEOUT", parse=t.positive_duration, default="30s", unit="seconds",
+        help="MAIL_COMMAND is stopped after this long and the mail counts as failed",
+        origin=_NEW,
+    )  # fmt: skip
+    notify_rate: int = setting(
+        key="NOTIFY_RATE", parse=t.int_range(1, 10000), default="10", unit="per minute",
+        help="notifications sent per minute at most; the rest are summarised once a minute",
+        origin=_NEW,
+    )  # fmt: skip
+    notify_on: NotifyOn = setting(  # noqa: RUF009 - a dataclasses.field
+        key="NOTIFY_ON", parse=notify_on, default="alert", unit="level",
+        help="alert notifies every trigger, block only those that got a response",
+        origin=_NEW,
+    )  # fmt: skip
+    metrics_listen: tuple[str, int] | None = setting(
+        key="METRICS_LISTEN", parse=listen_address, default="", unit="address:port",
+        help="serve Prometheus metrics here, e.g. 127.0.0.1:9469; empty: off", origin=_NEW,
+        lint=_loopback_only,
+    )  # fmt: skip
+    metrics_allow_remote: bool = setting(
+        key="METRICS_ALLOW_REMOTE", parse=t.flag, default="0", unit="0/1",
+        help="1 lets METRICS_LISTEN be an address other than loopback", origin=_NEW,
     )  # fmt: skip
     defaults_file: str = setting(
         key="DEFAULTS_FILE", parse=t.path, default="/etc/default/portsentry", unit="path",

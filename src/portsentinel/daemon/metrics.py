@@ -1,0 +1,285 @@
+"""Prometheus metrics, off by default and on loopback only unless the operator says otherwise.
+
+The detection loop never touches a metric object: it keeps its plain counters, and at scrape
+time a custom collector calls the snapshot the daemon hands in and turns it into metric
+families. Reading ints the loop is bumping is safe under the GIL; a snapshot is a moment,
+not a transaction, which is all a scrape needs.
+
+The snapshot is a flat mapping (``Pipeline.statistics()`` as it is) plus a few nested ones:
+
+    packets, connects, not_probe, in_use, not_local, replies, decode_errors,
+    sources_evicted, kernel_packets, kernel_drops, kernel_freezes, reply_checks,
+    reply_checks_skipped, bans_added                    -> counters (scalars, see _COUNTERS)
+    tracked_sources, bans_active                        -> gauges
+    probes_<kind> (probes_syn ...)                      -> probes_total{kind="SYN"}
+    decisions_<action> (decisions_block ...)            -> decisions_total{action="block"}
+    alerts: {action: {kind: n}}                          -> alerts_total{action, kind}
+    bans_refused: {"budget": n, "never_block": n}        -> bans_refused_total{reason}
+    backends: {name: healthy}                            -> backend_up{backend}, degraded
+    notifications: Notifier.stats()                      -> notifications_total{outcome}
+    start_time (epoch seconds, else the server's)        -> start_time_seconds
+
+A key that is missing is simply not exported (no kernel counters without a capture ring).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from portsentinel import __version__
+from portsentinel.config.schema import Settings
+from portsentinel.errors import ConfigError
+from portsentinel.model import Action, Decision, Reason, ScanKind
+
+Snapshot = Callable[[], Mapping[str, object]]
+
+PREFIX = "portsentinel_"
+
+# (snapshot key, metric name without prefix and _total, help)
+_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("packets", "packets", "Packets the detector examined (after the kernel filter)"),
+    ("connects", "connects", "Connections and datagrams taken by the bound-port modes"),
+    ("not_probe", "packets_not_probe", "Packets that could not be probes (e.g. plain ACKs)"),
+    ("in_use", "packets_in_use", "Packets to ports a local service uses: never probes"),
+    ("not_local", "packets_not_local", "Packets to addresses that are not this host's"),
+    ("replies", "packets_replies", "Packets recognised as replies to this host's traffic"),
+    ("decode_errors", "decode_errors", "Frames that could not be decoded (counted, dropped)"),
+    ("sources_evicted", "sources_evicted", "Tracked sources forgotten to stay within the cap"),
+    ("kernel_packets", "kernel_packets", "Packets the capture ring delivered"),
+    ("kernel_drops", "kernel_drops", "Packets the kernel dropped: the capture ring was full"),
+    ("kernel_freezes", "kernel_freezes", "Times the capture ring froze for lack of room"),
+    ("reply_checks", "reply_checks", "Connection-tracking look-ups for possible replies"),
+    ("reply_checks_skipped", "reply_checks_skipped", "Reply look-ups skipped (rate bound)"),
+    ("bans_added", "bans_added", "Bans applied since start"),
+)
+_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("tracked_sources", "tracked_sources", "Sources being counted now"),
+    ("bans_active", "bans_active", "Bans in force now"),
+)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _mapping(value: object) -> Mapping[str, object]:
+    """A copy (one C-level step under the GIL), so a mapping growing meanwhile cannot break
+    the iteration."""
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+_REFUSED = {Reason.BAN_BUDGET: "budget", Reason.NEVER_BLOCK: "never_block"}
+
+
+class DecisionCounts:
+    """What the detector does not count itself: triggers by response and kind, refusals by
+    reason. The daemon calls ``add`` for each decision it emits (a dict bump or two); the
+    tables are filled up front, so they never change size while a scrape reads them.
+    """
+
+    def __init__(self) -> None:
+        kinds = [k.value for k in ScanKind]
+        self.alerts: dict[str, dict[str, int]] = {
+            a.value: dict.fromkeys(kinds, 0) for a in Action if a is not Action.IGNORED
+        }
+        self.refused: dict[str, int] = dict.fromkeys(_REFUSED.values(), 0)
+
+    def add(self, decision: Decision) -> None:
+        if decision.first and decision.action is not Action.IGNORED:
+            self.alerts[decision.action.value][decision.kind.value] += 1
+        else:
+            reason = _REFUSED.get(decision.reason)
+            if reason is not None:
+                self.refused[reason] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "alerts": {action: dict(kinds) for action, kinds in self.alerts.items()},
+            "bans_refused": dict(self.refused),
+        }
+
+
+class SnapshotCollector(Collector):
+    """Metric families built from one snapshot per scrape."""
+
+    def __init__(self, snapshot: Snapshot, *, started: float, version: str = __version__) -> None:
+        self._snapshot = snapshot
+        self._started = started
+        self._version = version
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        yield from self._scalars(snap)
+        yield self._labelled(
+            "probes", "Probes seen, by scan kind", "kind",
+            {k.value: snap.get(f"probes_{k.value.lower()}") for k in ScanKind},
+        )  # fmt: skip
+        yield self._labelled(
+            "decisions", "Decisions taken, by action (ignored: a policy refused to act)",
+            "action", {a.value: snap.get(f"decisions_{a.value}") for a in Action},
+        )  # fmt: skip
+        yield self._alerts(_mapping(snap.get("alerts")))
+        yield self._labelled(
+            "bans_refused", "Sources not blocked to protect the host, by reason", "reason",
+            _mapping(snap.get("bans_refused")),
+        )  # fmt: skip
+        yield self._labelled(
+            "notifications", "Notification outcomes (sent, failed, limited, dropped ...)",
+            "outcome", _mapping(snap.get("notifications")),
+        )  # fmt: skip
+        yield from self._health(_mapping(snap.get("backends")), snap.get("degraded"))
+        started = _number(snap.get("start_time"))
+        yield GaugeMetricFamily(
+            PREFIX + "start_time_seconds",
+            "When the daemon started, in seconds since the epoch",
+            value=started if started is not None else self._started,
+        )
+        yield InfoMetricFamily(
+            PREFIX + "build",
+            "Version of PortSentinel and of Python",
+            value={"version": self._version, "python": platform.python_version()},
+        )
+
+    def _scalars(self, snap: Mapping[str, object]) -> Iterator[Metric]:
+        for key, name, text in _COUNTERS:
+            value = _number(snap.get(key))
+            if value is not None:
+                yield CounterMetricFamily(PREFIX + name, text, value=value)
+        for key, name, text in _GAUGES:
+            value = _number(snap.get(key))
+            if value is not None:
+                yield GaugeMetricFamily(PREFIX + name, text, value=value)
+
+    @staticmethod
+    def _labelled(
+        name: str, text: str, label: str, values: Mapping[str, object]
+    ) -> CounterMetricFamily:
+        family = CounterMetricFamily(PREFIX + name, text, labels=[label])
+        for key, raw in values.items():
+            value = _number(raw)
+            if value is not None:
+                family.add_metric([str(key)], value)
+        return family
+
+    @staticmethod
+    def _alerts(by_action: Mapping[str, object]) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            PREFIX + "alerts",
+            "Sources that crossed the trigger, by response and scan kind",
+            labels=["action", "kind"],
+        )
+        for action, kinds in by_action.items():
+            for kind, raw in _mapping(kinds).items():
+                value = _number(raw)
+                if value is not None:
+                    family.add_metric([str(action), str(kind)], value)
+        return family
+
+    @staticmethod
+    def _health(backends: Mapping[str, object], degraded: object) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            PREFIX + "backend_up",
+            "1 if a blocking backend works, 0 if degraded",
+            labels=["backend"],
+        )
+        for name, healthy in backends.items():
+            up.add_metric([str(name)], 1.0 if healthy else 0.0)
+        if isinstance(degraded, bool):
+            worse = degraded
+        else:
+            worse = any(not healthy for healthy in backends.values())
+        return (
+            up,
+            GaugeMetricFamily(
+                PREFIX + "degraded", "1 if any part runs degraded", value=1.0 if worse else 0.0
+            ),
+        )
+
+
+def check_listen(host: str, *, allow_remote: bool) -> None:
+    """ConfigError unless ``host`` is a loopback address or remote access was allowed."""
+    address = ipaddress.ip_address(host)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    if (mapped or address).is_loopback or allow_remote:
+        return
+    raise ConfigError(
+        f"{host} is not a loopback address: metrics would be served to the network",
+        key="METRICS_LISTEN",
+        expected="127.0.0.1:PORT or [::1]:PORT, or METRICS_ALLOW_REMOTE=1",
+    )
+
+
+class MetricsServer:
+    """The scrape endpoint on its own thread: ``start``, ``address``, ``close``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        snapshot: Snapshot,
+        *,
+        allow_remote: bool = False,
+        started: float | None = None,
+        version: str = __version__,
+    ) -> None:
+        check_listen(host, allow_remote=allow_remote)
+        self.host = host
+        self.port = port
+        self.registry = CollectorRegistry(auto_describe=False)
+        when = started if started is not None else time.time()
+        self.registry.register(SnapshotCollector(snapshot, started=when, version=version))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, snapshot: Snapshot, *, started: float | None = None
+    ) -> MetricsServer | None:
+        """None when METRICS_LISTEN is empty (the default); ConfigError when not allowed."""
+        if settings.metrics_listen is None:
+            return None
+        host, port = settings.metrics_listen
+        return cls(
+            host, port, snapshot, allow_remote=settings.metrics_allow_remote, started=started
+        )
+
+    def start(self) -> None:
+        """Bind and serve; OSError when the address cannot be bound."""
+        self._server, self._thread = start_http_server(self.port, self.host, self.registry)
+        self._thread.name = "metrics"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where it listens (the real port when 0 was asked for)."""
+        if self._server is None:
+            return self.host, self.port
+        return self.host, int(self._server.server_address[1])
+
+    def close(self, timeout: float = 5.0) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout)
