@@ -26,6 +26,7 @@ from portsentinel.detect.detector import Detector
 from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
 from portsentinel.model import Decision
 from portsentinel.replay import parse_in_use, parse_local, run_replay, summary, survey_in_use
+from portsentinel.report import cli as report_cli
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="JSON Lines, one ban per line")
     listing.set_defaults(handler=_cmd_list)
     evidence.add_parsers(verbs)
+    report_cli.add_parser(verbs)
 
     block = verbs.add_parser(
         "block",

@@ -1,0 +1,138 @@
+"""The ``report`` verb: read a store (a daemon's or a replay's), write one HTML page.
+
+``add_parser(verbs)`` registers it; the handler follows the CLI's ``(args, out, err) -> int``
+shape. The only I/O of the report lives here: the store, the clock, the output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Final, TextIO
+
+from portsentinel import __version__
+from portsentinel.config.types import InvalidValueError, positive_duration
+from portsentinel.errors import ConfigError, StoreError
+from portsentinel.report.data import Report, build_report, choose_window, record_span
+from portsentinel.report.html import render_page
+from portsentinel.report.svg import plural
+from portsentinel.store.records import BanRecord, EventRow
+from portsentinel.store.sqlite import DB_NAME, Store
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+DEFAULT_STATE_DIR: Final = "/var/lib/portsentinel"
+ALL: Final = "all"
+_EVER: Final = 1e300  # bounds for "every record" (SQLite compares them with any REAL)
+
+
+def add_parser(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Register ``report`` on the CLI's subparsers; returns its parser."""
+    parser = verbs.add_parser(
+        "report",
+        help="write a self-contained HTML page with plots of probes and bans",
+        description=(
+            "Write one HTML file with summary numbers, plots (probes over time by kind, top "
+            "sources, probed ports over time, ban timeline) and tables of the top sources and "
+            "the bans in force. It works on a running daemon's store or on the offline store "
+            "of `replay --state-dir`; for the latter the period ends at the store's last "
+            "record, not now. The page has no script and loads nothing from the network."
+        ),
+    )
+    parser.add_argument(
+        "--since",
+        default="24h",
+        metavar="DURATION",
+        help="the period to cover, back from now (or from an offline store's last record): "
+        "30m, 24h, 7d ..., or 'all' (default 24h)",
+    )
+    parser.add_argument(
+        "--html", required=True, metavar="FILE", help="the page to write ('-' for standard output)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=DEFAULT_STATE_DIR,
+        help=f"state directory holding the store (default {DEFAULT_STATE_DIR})",
+    )
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def parse_since(text: str) -> float | None:
+    """``24h`` -> seconds; ``all`` -> None (everything the store holds)."""
+    if text.strip().lower() == ALL:
+        return None
+    try:
+        return positive_duration(text)
+    except InvalidValueError as exc:
+        raise ConfigError(str(exc), key="--since", expected="30m, 24h, 7d ... or all") from None
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The handler: exit 0 with the page written, 1 when the store or the file fails."""
+    since = parse_since(args.since)
+    now = time.time()  # noqa: TID251 - the verb's one clock read; the rest takes it as argument
+    try:
+        report, path = load_report(args.state_dir, since, now)
+        page = render_page(report, store_path=path, generated=now, version=__version__)
+        if args.html == "-":
+            out.write(page)
+        else:
+            write_atomically(args.html, page)
+    except StoreError as exc:
+        err.write(f"portsentinel: {exc}\n")
+        return EXIT_FAILURE
+    except OSError as exc:
+        err.write(f"portsentinel: {args.html}: cannot write the report: {exc.strerror}\n")
+        return EXIT_FAILURE
+    s = report.summary
+    done = out if args.html != "-" else err
+    done.write(
+        f"report written to {args.html}: {plural(s.probes, 'probe')} from "
+        f"{plural(s.sources, 'source')}, {plural(s.bans, 'ban')}\n"
+    )
+    return EXIT_OK
+
+
+def load_report(state_dir: str, since: float | None, now: float) -> tuple[Report, str]:
+    """Read the window's records from the store (never creating one) and reduce them."""
+    path = os.path.join(state_dir, DB_NAME)
+    if not os.path.isfile(path):
+        raise StoreError(f"{path}: no store here (give the --state-dir of a daemon or a replay)")
+    with Store.open(state_dir, offline=None) as store:
+        events, bans = _records(store, since, now)
+        offline = store.offline
+    start, end = choose_window(
+        record_span(events, bans), since, now, follow_records=offline or since is None
+    )
+    return build_report(events, bans, start, end, offline=offline), path
+
+
+def _records(
+    store: Store, since: float | None, now: float
+) -> tuple[list[EventRow], list[BanRecord]]:
+    """A live store's window is known before reading; an offline store's (a capture's own
+    times) and 'all' are found from the records, so those read everything once."""
+    if since is None or store.offline:
+        return store.events_between(-_EVER, _EVER), store.bans_between(-_EVER, _EVER)
+    start = now - since
+    return store.events_between(start, now), store.bans_between(start, now)
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write beside the target, then rename: a reader never sees half a page."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
