@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from portsentinel import __version__
+from portsentinel.alert.notify import Notifier, NotifyConfig
 from portsentinel.alert.portsentry_log import (
     ACTIVE,
     SHUTDOWN,
@@ -40,6 +41,7 @@ from portsentinel.daemon.bans import BanRequest
 from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.hostview import HostView
 from portsentinel.daemon.lock import StateLock
+from portsentinel.daemon.metrics import DecisionCounts, MetricsServer
 from portsentinel.daemon.neverblock import NeverBlock
 from portsentinel.daemon.responder import Report, Responder
 from portsentinel.daemon.tracking import ensure_conntrack
@@ -107,12 +109,24 @@ class Daemon:
                 return 1
             if self.options.dry_run:
                 self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
-            else:
+            notifier = _notifier(self.setup, dry_run=self.options.dry_run)
+            pipeline.notifier = notifier
+            if not self.options.dry_run:
                 pipeline.attach(
                     Responder(
-                        self.setup.settings, self.options.state_dir, protected=pipeline.protects
+                        self.setup.settings,
+                        self.options.state_dir,
+                        protected=pipeline.protects,
+                        on_ban=notifier.ban_result if notifier is not None else None,
                     )
                 )
+            metrics = MetricsServer.from_settings(
+                self.setup.settings, pipeline.metrics_snapshot, started=time.time()
+            )
+            if metrics is not None:
+                metrics.start()
+                host, port = metrics.address
+                self.log.line(f"adminalert: metrics on http://{host}:{port}/metrics")
             settings = self.setup.settings
             backend = settings.block_backend.value
             if kill_route_replaced(backend, settings.kill_route):
@@ -136,6 +150,12 @@ class Daemon:
             finally:
                 if control is not None:
                     control.close()
+                if metrics is not None:
+                    metrics.close()
+                if notifier is not None:
+                    notifier.close()
+                    for line in notifier.lines():
+                        self.log.line(line)
                 for line in SHUTDOWN:
                     self.log.line(line)
                 self.log.line("adminalert: statistics: " + format_stats(pipeline.statistics()))
@@ -243,6 +263,8 @@ class Pipeline:
         self.never_block.refresh()
         detector.set_never_block(self.never_block)
         self._rows: list[EventRow] = []
+        self.counts = DecisionCounts()
+        self.notifier: Notifier | None = None
         self._notices: dict[str, tuple[float, int]] = {}
         self._repeats = RepeatLimiter()
         self._next_summary = time.monotonic() + SUMMARY_EVERY
@@ -492,8 +514,22 @@ class Pipeline:
     def _refresh_never_block(self) -> None:
         self.never_block.refresh()
 
+    def metrics_snapshot(self) -> dict[str, object]:
+        """Everything the metrics endpoint exports, read at scrape time (its own thread)."""
+        snapshot: dict[str, object] = {**self.statistics(), **self.counts.snapshot()}
+        if self.notifier is not None:
+            snapshot["notifications"] = self.notifier.stats()
+        if self.responder is not None:
+            snapshot["bans_active"] = self.responder.bans_active
+            snapshot["bans_added"] = self.responder.bans_added
+            snapshot["backends"] = self.responder.health()
+        return snapshot
+
     def _on_tick(self) -> None:
         self._emit(self.detector.tick(self._now))
+        if self.notifier is not None:
+            for line in self.notifier.lines():
+                self.log.line(line)
         if self._now >= self._next_summary:
             self._next_summary = self._now + SUMMARY_EVERY
             self._summarise_repeats()
@@ -513,12 +549,15 @@ class Pipeline:
         """
         events, offset, line = self.events, self._wall_offset, self.log.line
         store = self.responder is not None
-        allow = self._repeats.allow
+        allow, count, notifier = self._repeats.allow, self.counts.add, self.notifier
         for decision in decisions:
             wall = decision.time + offset
+            count(decision)
             if events is not None:
                 events.event(decision, wall)
             if decision.first:
+                if notifier is not None:
+                    notifier.submit(decision, wall)
                 self._respond(decision, wall)
             elif decision.action is Action.IGNORED and not allow(
                 (decision.src, decision.reason), decision.time
@@ -748,6 +787,16 @@ def _drain(sock: socket.socket) -> None:
     with contextlib.suppress(BlockingIOError):
         while sock.recv(64):
             pass
+
+
+def _notifier(setup: Setup, *, dry_run: bool) -> Notifier | None:
+    """The webhook/mail notifier when one is configured (off by default)."""
+    config = NotifyConfig.from_settings(setup.settings, await_bans=not dry_run)
+    if not config.enabled:
+        return None
+    notifier = Notifier(config)
+    notifier.start()
+    return notifier
 
 
 def format_stats(stats: dict[str, int]) -> str:

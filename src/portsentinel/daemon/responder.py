@@ -16,9 +16,10 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from portsentinel.alert.notify import ban_info
 from portsentinel.config.schema import Settings
 from portsentinel.daemon.bans import Backends, BanManager, BanRequest, Network
 from portsentinel.daemon.resolver import Resolver
@@ -60,10 +61,15 @@ class Responder:
         state_dir: str,
         *,
         protected: Callable[[Network], bool] | None = None,
+        on_ban: Callable[[str, Mapping[str, object] | None], None] | None = None,
     ) -> None:
-        """``protected``: does a network hold a never-block address (for IPv6 prefix bans)."""
+        """``protected``: does a network hold a never-block address (for IPv6 prefix bans);
+        ``on_ban(address, ban info or None)`` is called from the worker after each attempt."""
         self.settings = settings
         self._protected = protected
+        self._on_ban = on_ban
+        self.bans_added = 0
+        self._health: dict[str, bool] = {}
         self.state_dir = state_dir
         self._jobs: queue.Queue[object] = queue.Queue()
         self._reports: queue.SimpleQueue[Report] = queue.SimpleQueue()
@@ -89,6 +95,10 @@ class Responder:
 
     def fileno(self) -> int:
         return self._wake_r.fileno()
+
+    @property
+    def bans_active(self) -> int:
+        return len(self._active)
 
     def ban(self, request: BanRequest) -> None:
         self._jobs.put(request)
@@ -221,8 +231,19 @@ class Responder:
                 timers["purge"] = mono + PURGE_EVERY
                 store.purge_events(now - s.event_retention)
 
+    def health(self) -> dict[str, bool]:
+        """Each backend built so far: True unless marked degraded (for the metrics)."""
+        return dict(self._health)
+
     def _ban(self, manager: BanManager, request: BanRequest, now: float) -> None:
         record = manager.ban(request, now)
+        self._health = {
+            name: backend.degraded is None for name, backend in manager.backends.built().items()
+        }
+        if self._on_ban is not None:
+            self._on_ban(request.address, ban_info(record) if record is not None else None)
+        if record is not None:
+            self.bans_added += 1
         if record is None:
             if manager.store.ban_for(request.address) is None:
                 self._release(request.address)  # nothing applied: the next probe tries again
