@@ -34,23 +34,25 @@ One ``Conntrack`` is not thread-safe.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final
+from typing import ClassVar, Final
 
+from portsentinel.capture import netlink
+from portsentinel.capture.netlink import (
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NetlinkSocket,
+    Receive,
+    pack_attr,
+    pack_message,
+    pack_nested,
+)
 from portsentinel.errors import CaptureError
 
-NETLINK_NETFILTER: Final = 12
-
-# netlink message header and control types
-_NLMSG_HDR: Final = struct.Struct("=IHHII")
-_NLMSG_ERROR: Final = 2
-_NLMSG_DONE: Final = 3
-_NLM_F_REQUEST: Final = 0x1
-_NLMSG_ERRNO: Final = struct.Struct("=i")
+NETLINK_NETFILTER: Final = netlink.NETLINK_NETFILTER
 
 # nfnetlink: subsystem in the high byte of the message type, then a 4-byte nfgenmsg
 _NFNL_SUBSYS_CTNETLINK: Final = 1
@@ -59,11 +61,6 @@ _NFNETLINK_V0: Final = 0
 IPCTNL_MSG_CT_NEW: Final = 0
 IPCTNL_MSG_CT_GET: Final = 1
 IPCTNL_MSG_CT_GET_STATS: Final = 5
-
-# attribute header; type bits above 14 are flags
-_NLA_HDR: Final = struct.Struct("=HH")
-_NLA_F_NESTED: Final = 0x8000
-_NLA_TYPE_MASK: Final = 0x3FFF
 
 # ctnetlink attributes (linux/netfilter/nfnetlink_conntrack.h)
 CTA_TUPLE_ORIG: Final = 1
@@ -91,10 +88,7 @@ _FAMILIES: Final[dict[int, tuple[int, int, int]]] = {
 }
 _PORT: Final = struct.Struct("!H")
 _U32_BE: Final = struct.Struct("!I")
-_RECV_SIZE: Final = 65536
-# Stale answers (to a request that timed out earlier) are skipped; a bound keeps a confused
-# kernel conversation from spinning.
-_MAX_STALE_MESSAGES: Final = 16
+_WHAT: Final = "ctnetlink"
 
 FlowTuple = tuple[int, bytes, int, bytes, int]
 """(protocol, source address, source port, destination address, destination port)."""
@@ -112,21 +106,10 @@ class CtEntry:
 # --- building requests ----------------------------------------------------------------------
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    """One netlink attribute, padded to four bytes."""
-    length = _NLA_HDR.size + len(payload)
-    return _NLA_HDR.pack(length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _nested(kind: int, *children: bytes) -> bytes:
-    return _attr(kind | _NLA_F_NESTED, b"".join(children))
-
-
 def _message(msg_type: int, seq: int, family: int, body: bytes) -> bytes:
     nfgen = _NFGENMSG.pack(family, _NFNETLINK_V0, 0)
-    length = _NLMSG_HDR.size + len(nfgen) + len(body)
     kind = (_NFNL_SUBSYS_CTNETLINK << 8) | msg_type
-    return _NLMSG_HDR.pack(length, kind, _NLM_F_REQUEST, seq, 0) + nfgen + body
+    return pack_message(kind, NLM_F_REQUEST, seq, nfgen + body)
 
 
 def tuple_attr(kind: int, flow: FlowTuple) -> bytes:
@@ -135,14 +118,14 @@ def tuple_attr(kind: int, flow: FlowTuple) -> bytes:
     if len(src) != len(dst) or len(src) not in _FAMILIES:
         raise ValueError("addresses must both be 4 (IPv4) or 16 (IPv6) bytes long")
     _family, src_kind, dst_kind = _FAMILIES[len(src)]
-    return _nested(
+    return pack_nested(
         kind,
-        _nested(CTA_TUPLE_IP, _attr(src_kind, src), _attr(dst_kind, dst)),
-        _nested(
+        pack_nested(CTA_TUPLE_IP, pack_attr(src_kind, src), pack_attr(dst_kind, dst)),
+        pack_nested(
             CTA_TUPLE_PROTO,
-            _attr(CTA_PROTO_NUM, bytes((proto,))),
-            _attr(CTA_PROTO_SRC_PORT, _PORT.pack(sport)),
-            _attr(CTA_PROTO_DST_PORT, _PORT.pack(dport)),
+            pack_attr(CTA_PROTO_NUM, bytes((proto,))),
+            pack_attr(CTA_PROTO_SRC_PORT, _PORT.pack(sport)),
+            pack_attr(CTA_PROTO_DST_PORT, _PORT.pack(dport)),
         ),
     )
 
@@ -167,16 +150,7 @@ def parse_attrs(data: bytes | memoryview) -> dict[int, memoryview]:
     A truncated or impossible length ends the walk: the kernel never sends one, and a parser
     that stops is safer than one that guesses.
     """
-    view = memoryview(data)
-    found: dict[int, memoryview] = {}
-    offset = 0
-    while offset + _NLA_HDR.size <= len(view):
-        length, kind = _NLA_HDR.unpack_from(view, offset)
-        if length < _NLA_HDR.size or offset + length > len(view):
-            break
-        found[kind & _NLA_TYPE_MASK] = view[offset + _NLA_HDR.size : offset + length]
-        offset += (length + 3) & ~3
-    return found
+    return netlink.parse_attrs(data, _WHAT, strict=False)
 
 
 def parse_tuple(data: bytes | memoryview) -> FlowTuple:
@@ -199,22 +173,14 @@ def parse_tuple(data: bytes | memoryview) -> FlowTuple:
 
 
 def split_messages(data: bytes | memoryview) -> list[tuple[int, int, memoryview]]:
-    """Split one netlink datagram into ``(type, seq, payload)`` triples."""
-    view = memoryview(data)
-    messages: list[tuple[int, int, memoryview]] = []
-    offset = 0
-    while offset + _NLMSG_HDR.size <= len(view):
-        length, kind, _flags, seq, _pid = _NLMSG_HDR.unpack_from(view, offset)
-        if length < _NLMSG_HDR.size or offset + length > len(view):
-            break
-        messages.append((kind, seq, view[offset + _NLMSG_HDR.size : offset + length]))
-        offset += (length + 3) & ~3
-    return messages
+    """Split one netlink datagram into ``(type, seq, payload)`` triples; a length that does
+    not fit ends the list."""
+    return [(m.kind, m.seq, m.payload) for m in netlink.split_messages(data, _WHAT, strict=False)]
 
 
 def error_code(payload: memoryview) -> int:
     """The positive errno of an NLMSG_ERROR payload (0 is an acknowledgement)."""
-    return -int(_NLMSG_ERRNO.unpack_from(payload)[0])
+    return netlink.error_code(payload, _WHAT)
 
 
 def parse_entry(payload: memoryview) -> CtEntry:
@@ -232,7 +198,7 @@ def parse_entry(payload: memoryview) -> CtEntry:
 # --- the client -----------------------------------------------------------------------------
 
 
-class Conntrack:
+class Conntrack(NetlinkSocket):
     """A ctnetlink client for point lookups in the current network namespace.
 
     Opening checks that the subsystem answers, so an unusable tracker (no ctnetlink in the
@@ -240,35 +206,17 @@ class Conntrack:
     before falling back to reporting without this filter.
     """
 
+    PROTOCOL: ClassVar[int] = NETLINK_NETFILTER
+    WHAT: ClassVar[str] = _WHAT
+    RECEIVE: ClassVar[Receive] = Receive.COPY
+
     def __init__(self, timeout: float = 1.0) -> None:
+        super().__init__(timeout=timeout)
         try:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        except OSError as exc:
-            raise CaptureError(
-                f"ctnetlink unavailable: cannot open a NETLINK_NETFILTER socket ({exc})"
-            ) from exc
-        self._seq = 0
-        try:
-            self._sock.bind((0, 0))
-            self._sock.settimeout(timeout)
             self.entry_count()
         except BaseException:
-            self._sock.close()
+            self.close()
             raise
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> Conntrack:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def lookup_reply(self, proto: int, src: bytes, sport: int, dst: bytes, dport: int) -> bool:
         """True when the packet ``src:sport -> dst:dport`` is the reply of a tracked flow.
@@ -296,12 +244,14 @@ class Conntrack:
 
     def find(self, flow: FlowTuple, *, kind: int = CTA_TUPLE_REPLY) -> CtEntry | None:
         """The entry whose original or reply tuple is ``flow``, or None (ENOENT)."""
-        payload = self._ask(build_get(self._next_seq(), flow, kind=kind), IPCTNL_MSG_CT_NEW)
+        seq = self._next_seq()
+        payload = self._ask(build_get(seq, flow, kind=kind), seq, IPCTNL_MSG_CT_NEW)
         return None if payload is None else parse_entry(payload)
 
     def entry_count(self) -> int:
         """How many flows the kernel tracks in this namespace; 0 hints that tracking is off."""
-        payload = self._ask(build_get_stats(self._next_seq()), IPCTNL_MSG_CT_GET_STATS)
+        seq = self._next_seq()
+        payload = self._ask(build_get_stats(seq), seq, IPCTNL_MSG_CT_GET_STATS)
         if payload is None:
             raise CaptureError("ctnetlink: no statistics in this kernel")
         attrs = parse_attrs(payload[_NFGENMSG.size :])
@@ -309,35 +259,24 @@ class Conntrack:
             raise CaptureError("ctnetlink: statistics without an entry count")
         return int(_U32_BE.unpack(attrs[CTA_STATS_GLOBAL_ENTRIES])[0])
 
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        return self._seq
+    def _ask(self, request: bytes, seq: int, answer_type: int) -> memoryview | None:
+        """Send one request; return the answer's payload, or None for ENOENT.
 
-    def _ask(self, request: bytes, answer_type: int) -> memoryview | None:
-        """Send one request; return the answer's payload, or None for ENOENT."""
-        seq = _NLMSG_HDR.unpack_from(request)[3]
-        try:
-            self._sock.sendto(request, (0, 0))
-            for _ in range(_MAX_STALE_MESSAGES):
-                for kind, got_seq, payload in split_messages(self._sock.recv(_RECV_SIZE)):
-                    if got_seq != seq:
-                        continue
-                    return _answer(kind, payload, answer_type)
-        except TimeoutError as exc:
-            raise CaptureError("ctnetlink did not answer in time") from exc
-        except OSError as exc:
-            raise CaptureError(f"ctnetlink request failed ({exc})") from exc
-        raise CaptureError("ctnetlink: no answer to our request among the messages received")
+        Stale answers (to a request that timed out earlier) are skipped; messages that do not
+        fit end a datagram's walk rather than failing it.
+        """
+        answer = self._request_exchange(request, seq, strict=False)
+        return _answer(answer.kind, answer.payload, answer_type)
 
 
 def _answer(kind: int, payload: memoryview, answer_type: int) -> memoryview | None:
-    if kind == _NLMSG_ERROR:
+    if kind == NLMSG_ERROR:
         code = error_code(payload)
         if code == errno.ENOENT:
             return None
         if code == errno.EPERM:
             raise CaptureError("ctnetlink: permission denied (CAP_NET_ADMIN is needed)")
-        raise CaptureError(f"ctnetlink error: {os.strerror(code)} (errno {code})")
-    if kind == _NLMSG_DONE or kind & 0xFF != answer_type:
+        raise netlink.refusal(code, _WHAT)
+    if kind == NLMSG_DONE or kind & 0xFF != answer_type:
         raise CaptureError(f"ctnetlink: unexpected answer of type {kind:#06x}")
     return payload

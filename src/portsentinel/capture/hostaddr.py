@@ -11,38 +11,37 @@ caller dumps the whole table again. A dump costs tens of microseconds on a host 
 interfaces (the e2e test prints it), changes are rare, and a re-dump cannot drift the way an
 incrementally patched copy can after a lost notification.
 
-Only ``socket`` and ``struct``: the message layouts come from ``linux/netlink.h``,
-``linux/rtnetlink.h``, ``linux/if_addr.h`` and ``linux/if_link.h``. The parsing functions are
-pure (bytes in, values out) and never read past the buffer they are given; a malformed message
-raises ``CaptureError``.
+Only ``socket`` and ``struct``: the message layouts come from ``linux/rtnetlink.h``,
+``linux/if_addr.h`` and ``linux/if_link.h``; the netlink envelope around them is read by
+``netlink.py``. The parsing functions are pure (bytes in, values out) and never read past the
+buffer they are given; a malformed message raises ``CaptureError``.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import ClassVar, Final, Generic, NamedTuple, TypeVar
+from typing import ClassVar, Final, NamedTuple, TypeVar
 
+from portsentinel.capture import netlink
+from portsentinel.capture.netlink import NetlinkSocket, pack_attr, pack_message
 from portsentinel.errors import CaptureError
 
-NETLINK_ROUTE: Final = 0
-
-# netlink header (linux/netlink.h): length, type, flags, sequence, sender port id
-_NLMSG_HDR: Final = struct.Struct("=IHHII")
-NLMSG_NOOP: Final = 1
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLMSG_OVERRUN: Final = 4
-NLM_F_REQUEST: Final = 0x1
-NLM_F_MULTI: Final = 0x2
-NLM_F_DUMP_INTR: Final = 0x10
-NLM_F_DUMP: Final = 0x300
-_I32: Final = struct.Struct("=i")
+# This module's names for the netlink envelope (kept for its importers); see netlink.py.
+NETLINK_ROUTE: Final = netlink.NETLINK_ROUTE
+NLMSG_NOOP: Final = netlink.NLMSG_NOOP
+NLMSG_ERROR: Final = netlink.NLMSG_ERROR
+NLMSG_DONE: Final = netlink.NLMSG_DONE
+NLMSG_OVERRUN: Final = netlink.NLMSG_OVERRUN
+NLM_F_REQUEST: Final = netlink.NLM_F_REQUEST
+NLM_F_MULTI: Final = netlink.NLM_F_MULTI
+NLM_F_DUMP_INTR: Final = netlink.NLM_F_DUMP_INTR
+NLM_F_DUMP: Final = netlink.NLM_F_DUMP
+NlMsg = netlink.NlMsg
+DumpReply = netlink.DumpReply
 _U32: Final = struct.Struct("=I")
 
 # rtnetlink message types and multicast groups (linux/rtnetlink.h)
@@ -78,22 +77,14 @@ ARPHRD_PPP: Final = 512
 ARPHRD_LOOPBACK: Final = 772
 ARPHRD_NONE: Final = 65534
 
-# attribute header; the two top bits of the type are flags (nested, network byte order)
-_NLA_HDR: Final = struct.Struct("=HH")
-_NLA_TYPE_MASK: Final = 0x3FFF
-
 _ADDRESS_SIZES: Final[dict[int, int]] = {socket.AF_INET: 4, socket.AF_INET6: 16}
-_RECV_SIZE: Final = 65536  # the kernel fills dump datagrams up to 32 KiB
 _DUMP_ATTEMPTS: Final = 3
 _WATCH_RCVBUF: Final = 1 << 20
 # A storm of notifications must not keep poll() from returning to the caller's loop.
 _MAX_DATAGRAMS_PER_POLL: Final = 1024
 
 T = TypeVar("T")
-
-
-def _align(length: int) -> int:
-    return (length + 3) & ~3
+_WHAT: Final = "rtnetlink"
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -136,35 +127,12 @@ class LinkInfo:
         return self.master is not None
 
 
-class NlMsg(NamedTuple):
-    """One netlink message: header fields and a view of the payload after the header."""
-
-    kind: int
-    flags: int
-    seq: int
-    pid: int
-    payload: memoryview
-
-
 # --- pure parsing ---------------------------------------------------------------------------
 
 
-def split_messages(data: bytes | memoryview) -> list[NlMsg]:
+def split_messages(data: bytes | memoryview) -> list[netlink.NlMsg]:
     """Split one datagram into its messages; any length that does not fit is an error."""
-    view = memoryview(data)
-    messages: list[NlMsg] = []
-    offset = 0
-    while offset < len(view):
-        if len(view) - offset < _NLMSG_HDR.size:
-            raise CaptureError(f"rtnetlink: {len(view) - offset} stray bytes after a message")
-        length, kind, flags, seq, pid = _NLMSG_HDR.unpack_from(view, offset)
-        if length < _NLMSG_HDR.size or length > len(view) - offset:
-            raise CaptureError(f"rtnetlink: message length {length} does not fit the datagram")
-        messages.append(
-            NlMsg(kind, flags, seq, pid, view[offset + _NLMSG_HDR.size : offset + length])
-        )
-        offset += _align(length)
-    return messages
+    return netlink.split_messages(data, _WHAT)
 
 
 def parse_attrs(data: bytes | memoryview) -> dict[int, memoryview]:
@@ -173,18 +141,7 @@ def parse_attrs(data: bytes | memoryview) -> dict[int, memoryview]:
     A truncated attribute is an error rather than the end of the list: stopping early could
     silently drop IFA_LOCAL and leave the peer's IFA_ADDRESS to be taken for our own.
     """
-    view = memoryview(data)
-    found: dict[int, memoryview] = {}
-    offset = 0
-    while offset < len(view):
-        if len(view) - offset < _NLA_HDR.size:
-            raise CaptureError("rtnetlink: truncated attribute header")
-        length, kind = _NLA_HDR.unpack_from(view, offset)
-        if length < _NLA_HDR.size or length > len(view) - offset:
-            raise CaptureError(f"rtnetlink: attribute {kind} of length {length} does not fit")
-        found[kind & _NLA_TYPE_MASK] = view[offset + _NLA_HDR.size : offset + length]
-        offset += _align(length)
-    return found
+    return netlink.parse_attrs(data, _WHAT)
 
 
 def parse_address(payload: memoryview) -> AddrInfo | None:
@@ -249,72 +206,6 @@ def is_change_notification(datagram: bytes | memoryview) -> bool:
     return False
 
 
-def _errno_of(payload: memoryview) -> int:
-    if len(payload) < _I32.size:
-        raise CaptureError("rtnetlink: error message without an error code")
-    return -int(_I32.unpack_from(payload)[0])
-
-
-def _dump_error(code: int) -> CaptureError:
-    if code == errno.EPERM:
-        return CaptureError("rtnetlink: dump refused (permission denied)")
-    return CaptureError(f"rtnetlink: dump failed: {os.strerror(code)} (errno {code})")
-
-
-class DumpReply(Generic[T]):
-    """Collects the answer to one dump request, datagram by datagram.
-
-    Pure (fed bytes, no socket) so that every branch is testable. Messages whose sequence
-    number or port id is not ours are stale answers to an earlier request and are skipped.
-    """
-
-    def __init__(
-        self, seq: int, portid: int, reply_type: int, parse: Callable[[memoryview], T | None]
-    ) -> None:
-        self.seq = seq
-        self.portid = portid
-        self.reply_type = reply_type
-        self._parse = parse
-        self.items: list[T] = []
-        self.done = False
-        self.interrupted = False
-        """The kernel flagged the dump inconsistent (the table changed while it was read)."""
-        self.skipped = 0
-
-    def feed(self, datagram: bytes | memoryview) -> bool:
-        """Take one datagram; True once the dump is complete."""
-        for msg in split_messages(datagram):
-            if self.done or msg.seq != self.seq or msg.pid != self.portid:
-                self.skipped += 1
-                continue
-            if msg.flags & NLM_F_DUMP_INTR:
-                self.interrupted = True
-            self._take(msg)
-        return self.done
-
-    def _take(self, msg: NlMsg) -> None:
-        if msg.kind == NLMSG_DONE:
-            # Since Linux 4.x the payload carries the dump's final status.
-            if len(msg.payload) >= _I32.size and (code := _errno_of(msg.payload)) != 0:
-                raise _dump_error(code)
-            self.done = True
-        elif msg.kind == NLMSG_ERROR:
-            code = _errno_of(msg.payload)
-            if code != 0:
-                raise _dump_error(code)
-            self.done = True
-        elif msg.kind == NLMSG_OVERRUN:
-            raise CaptureError("rtnetlink: the kernel reported a data overrun during a dump")
-        elif msg.kind == self.reply_type:
-            item = self._parse(msg.payload)
-            if item is not None:
-                self.items.append(item)
-            # A reply without NLM_F_MULTI is a whole answer by itself.
-            self.done = not msg.flags & NLM_F_MULTI
-        else:
-            self.skipped += 1
-
-
 def build_dump_request(msg_type: int, seq: int, body: bytes | None = None) -> bytes:
     """A dump request; without ``body``, an RTM_GETADDR or RTM_GETLINK one for every family.
 
@@ -323,63 +214,42 @@ def build_dump_request(msg_type: int, seq: int, body: bytes | None = None) -> by
     if body is None and msg_type == RTM_GETLINK:
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         # Skip the per-interface statistics: they are most of each message and unused here.
-        body += _NLA_HDR.pack(8, IFLA_EXT_MASK) + _U32.pack(RTEXT_FILTER_SKIP_STATS)
+        body += pack_attr(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS))
     elif body is None:
         body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-    header = _NLMSG_HDR.pack(
-        _NLMSG_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
-    )
-    return header + body
+    return pack_message(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
 # --- sockets --------------------------------------------------------------------------------
 
 
 def _open(flags: int = 0) -> socket.socket:
-    try:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | flags, NETLINK_ROUTE)
-    except OSError as exc:
-        raise CaptureError(
-            f"rtnetlink unavailable: cannot open a NETLINK_ROUTE socket ({exc})"
-        ) from exc
+    """Every NETLINK_ROUTE socket of this module is opened here (tests put a stand-in here)."""
+    return netlink.open_socket(NETLINK_ROUTE, _WHAT, flags)
 
 
-def _receive(sock: socket.socket) -> bytes | None:
-    """One datagram from the kernel; None for one sent by another process (ignored)."""
-    data, _ancillary, flags, sender = sock.recvmsg(_RECV_SIZE)
-    if flags & socket.MSG_TRUNC:
-        raise CaptureError(f"rtnetlink: datagram larger than {_RECV_SIZE} bytes")
-    # Any local process may send unicast netlink to our port id; only the kernel is believed.
-    return data if sender[0] == 0 else None
+class _RouteSocket(NetlinkSocket):
+    """A NETLINK_ROUTE socket; only datagrams sent by the kernel are believed."""
+
+    PROTOCOL: ClassVar[int] = NETLINK_ROUTE
+    WHAT: ClassVar[str] = _WHAT
+    SOCK_FLAGS: ClassVar[int] = 0
+    _portid: int = 0
+
+    def _new_socket(self) -> socket.socket:
+        return _open(self.SOCK_FLAGS)
+
+    def _setup(self, sock: socket.socket) -> None:
+        super()._setup(sock)
+        self._portid = sock.getsockname()[0]
 
 
-class RouteNetlink:
+class RouteNetlink(_RouteSocket):
     """A NETLINK_ROUTE socket for repeated dumps in the current namespace; not thread-safe."""
 
     def __init__(self, timeout: float = 5.0) -> None:
-        self._sock = _open()
-        try:
-            self._sock.bind((0, 0))
-            self._sock.settimeout(timeout)
-            self._portid: int = self._sock.getsockname()[0]
-        except OSError as exc:
-            self._sock.close()
-            raise CaptureError(f"rtnetlink: cannot bind a NETLINK_ROUTE socket ({exc})") from exc
-        self._seq = 0
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> RouteNetlink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().__init__(timeout=timeout)
+        self._socket()  # an unusable rtnetlink fails here, once
 
     def addresses(self) -> list[AddrInfo]:
         """Every IPv4 and IPv6 address of every interface, loopback and link-local included."""
@@ -421,23 +291,12 @@ class RouteNetlink:
         reply: int,
         parse: Callable[[memoryview], T | None],
         body: bytes | None,
-    ) -> DumpReply[T]:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        answer = DumpReply(self._seq, self._portid, reply, parse)
-        self._run(build_dump_request(request, self._seq, body), answer)
+    ) -> netlink.DumpReply[T]:
+        self._socket()  # reopened after a failed exchange: the port id is the new socket's
+        seq = self._next_seq()
+        answer = DumpReply(seq, self._portid, reply, parse, what=_WHAT)
+        self._exchange(build_dump_request(request, seq, body), answer.feed)
         return answer
-
-    def _run(self, request: bytes, answer: DumpReply[T]) -> None:
-        try:
-            self._sock.sendto(request, (0, 0))
-            while True:
-                data = _receive(self._sock)
-                if data is not None and answer.feed(data):
-                    return
-        except TimeoutError as exc:
-            raise CaptureError("rtnetlink: the kernel did not finish a dump in time") from exc
-        except OSError as exc:
-            raise CaptureError(f"rtnetlink: dump request failed ({exc})") from exc
 
 
 def dump_addresses() -> frozenset[bytes]:
@@ -459,7 +318,7 @@ def dump_links() -> dict[int, LinkInfo]:
 # --- notifications --------------------------------------------------------------------------
 
 
-class AddressWatcher:
+class AddressWatcher(_RouteSocket):
     """Tells its caller when this namespace's addresses or interfaces have changed.
 
     Open it BEFORE the first dump, so that no change can fall between the dump and the
@@ -470,39 +329,19 @@ class AddressWatcher:
     GROUPS: ClassVar[int] = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
     """The multicast groups subscribed to; a subclass watching other tables sets its own."""
     SUBJECT: ClassVar[str] = "address"
+    SOCK_FLAGS: ClassVar[int] = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
     def __init__(self, rcvbuf: int = _WATCH_RCVBUF) -> None:
-        self._sock = _open(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        try:
-            # A larger buffer makes an overrun (ENOBUFS) rarer during bursts of changes.
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self._sock.bind((0, self.GROUPS))
-        except OSError as exc:
-            self._sock.close()
-            raise CaptureError(
-                f"rtnetlink: cannot subscribe to {self.SUBJECT} changes ({exc})"
-            ) from exc
+        # A larger buffer makes an overrun (ENOBUFS) rarer during bursts of changes.
+        super().__init__(rcvbuf=rcvbuf)
+        self._socket()
         self.malformed = 0
         """Datagrams that could not be parsed (reported as a change, to be safe)."""
         self.overruns = 0
         """Times the kernel dropped notifications because our buffer was full (ENOBUFS)."""
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> AddressWatcher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _setup_error(self, exc: OSError) -> CaptureError:
+        return CaptureError(f"rtnetlink: cannot subscribe to {self.SUBJECT} changes ({exc})")
 
     def poll(self) -> bool:
         """Read every pending notification without blocking; True if a re-dump is needed.
@@ -510,10 +349,11 @@ class AddressWatcher:
         An overrun means lost notifications, and a malformed one means an unknown change:
         both report True, because a re-dump is cheap and a stale address list is not.
         """
+        sock = self._socket()
         changed = False
         for _ in range(_MAX_DATAGRAMS_PER_POLL):
             try:
-                data = _receive(self._sock)
+                data = self._receive(sock)
             except BlockingIOError:
                 return changed
             except CaptureError:  # truncated datagram
@@ -531,7 +371,7 @@ class AddressWatcher:
         # Still more pending: the selector fires again and the next poll() reads on.
         return changed
 
-    def _judge(self, data: bytes) -> bool:
+    def _judge(self, data: bytes | memoryview) -> bool:
         try:
             return is_change_notification(data)
         except CaptureError:

@@ -26,19 +26,21 @@ import struct
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import ClassVar, Final, Literal, Protocol, TypeVar
 
+from portsentinel.capture import netlink
+from portsentinel.capture.netlink import DumpReply, NetlinkSocket, Receive, pack_attr, pack_message
 from portsentinel.errors import CaptureError
 from portsentinel.model import Proto
 
-# --- netlink and sock_diag constants (linux/netlink.h, sock_diag.h, inet_diag.h) ------------
-NETLINK_SOCK_DIAG: Final = 4
+# --- sock_diag constants (linux/sock_diag.h, inet_diag.h; the envelope is netlink.py's) -----
+NETLINK_SOCK_DIAG: Final = netlink.NETLINK_SOCK_DIAG
 SOCK_DIAG_BY_FAMILY: Final = 20
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLMSG_OVERRUN: Final = 4
-NLM_F_REQUEST: Final = 0x01
-NLM_F_DUMP: Final = 0x300
+NLMSG_ERROR: Final = netlink.NLMSG_ERROR
+NLMSG_DONE: Final = netlink.NLMSG_DONE
+NLMSG_OVERRUN: Final = netlink.NLMSG_OVERRUN
+NLM_F_REQUEST: Final = netlink.NLM_F_REQUEST
+NLM_F_DUMP: Final = netlink.NLM_F_DUMP
 INET_DIAG_REQ_BYTECODE: Final = 1
 INET_DIAG_BC_S_GE: Final = 2
 INET_DIAG_BC_S_LE: Final = 3
@@ -46,11 +48,11 @@ INET_DIAG_BC_S_EQ: Final = 11  # Linux 4.16+; older kernels answer EINVAL
 TCP_LISTEN: Final = 10
 ALL_STATES: Final = 0xFFFFFFFF
 
-NLMSGHDR: Final = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+NLMSGHDR: Final = netlink.NLMSGHDR
 REQ_V2: Final = struct.Struct("=BBBxI48x")  # family, protocol, ext, pad, states, zero sockid
-NLATTR: Final = struct.Struct("=HH")  # length, type
+NLATTR: Final = netlink.NLATTR
 BC_OP: Final = struct.Struct("=BBH")  # code, yes, no (a port operand sits in ``no``)
-NLERR: Final = struct.Struct("=i")
+NLERR: Final = netlink.NLERR
 DIAG_MSG_HEAD: Final = struct.Struct("!BBxxH")  # family, state, timer, retrans, sport (BE)
 DIAG_MSG_LEN: Final = 72  # sizeof(struct inet_diag_msg)
 
@@ -62,19 +64,7 @@ PROC_FILES: Final[dict[Proto, tuple[str, str]]] = {
     Proto.TCP: ("tcp", "tcp6"),
     Proto.UDP: ("udp", "udp6"),
 }
-# Errors that mean "netlink cannot answer here" (no diag support, or a policy forbids it):
-# the auto backend falls back to /proc for that protocol.
-_UNSUPPORTED: Final = frozenset(
-    {
-        errno.ENOENT,
-        errno.EOPNOTSUPP,
-        errno.EAFNOSUPPORT,
-        errno.EPROTONOSUPPORT,
-        errno.EPERM,
-        errno.EACCES,
-    }
-)
-_RECV_BUFFER: Final = 65536  # the kernel fills dump datagrams of at most 32 KiB
+_WHAT: Final = "sock_diag"
 
 # The negative cache drops its expired entries when it reaches this size. Live entries are
 # the re-checks of the last ``negative_ttl`` seconds: about 200 with the defaults.
@@ -82,14 +72,10 @@ _NEGATIVE_SWEEP: Final = 1024
 
 Row = tuple[int, int]
 """One socket: (TCP state number, local port)."""
+T = TypeVar("T")
 
-
-class NetlinkError(CaptureError):
-    """The kernel refused a sock_diag request; ``errno`` is its error number."""
-
-    def __init__(self, err: int, what: str) -> None:
-        self.errno = err
-        super().__init__(f"sock_diag {what}: {os.strerror(err)} (errno {err})")
+NetlinkError = netlink.NetlinkError
+"""The kernel refused a sock_diag request (or has no sock_diag); ``errno`` is its number."""
 
 
 # --- pure packing and parsing ----------------------------------------------------------------
@@ -115,9 +101,26 @@ def pack_request(seq: int, family: int, proto: int, states: int, bytecode: bytes
     """A SOCK_DIAG_BY_FAMILY dump request, with an optional bytecode filter attribute."""
     body = REQ_V2.pack(family, proto, 0, states)
     if bytecode:
-        body += NLATTR.pack(NLATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    flags = NLM_F_REQUEST | NLM_F_DUMP
-    return NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
+        body += pack_attr(INET_DIAG_REQ_BYTECODE, bytecode)
+    return pack_message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+def diag_reply(seq: int, parse: Callable[[memoryview], T | None], items: list[T]) -> DumpReply[T]:
+    """The answer to one sock_diag dump, each socket record decoded by ``parse`` into
+    ``items``. Matched by sequence number alone, as sock_diag answers have always been here."""
+    return DumpReply(seq, None, SOCK_DIAG_BY_FAMILY, parse, what=_WHAT, items=items)
+
+
+def short_record(payload: memoryview) -> CaptureError:
+    """The error for a socket record shorter than struct inet_diag_msg."""
+    return CaptureError(f"{_WHAT} reply: short socket record ({len(payload)} bytes)")
+
+
+def _row(payload: memoryview) -> Row:
+    if len(payload) < DIAG_MSG_LEN:
+        raise short_record(payload)
+    _family, state, port = DIAG_MSG_HEAD.unpack_from(payload)
+    return state, port
 
 
 def parse_dump(data: bytes | memoryview, seq: int, rows: list[Row]) -> bool:
@@ -126,42 +129,7 @@ def parse_dump(data: bytes | memoryview, seq: int, rows: list[Row]) -> bool:
     Messages of another sequence number (the tail of an earlier, abandoned dump) are skipped.
     Raises ``NetlinkError`` for an error reply, ``CaptureError`` for a malformed datagram.
     """
-    end = len(data)
-    offset = 0
-    done = False
-    while offset < end:
-        if end - offset < NLMSGHDR.size:
-            raise CaptureError(f"sock_diag reply: {end - offset} stray bytes at offset {offset}")
-        length, kind, _flags, msg_seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size or offset + length > end:
-            raise CaptureError(f"sock_diag reply: bad message length {length} at {offset}")
-        if msg_seq == seq:
-            done = _parse_message(data, offset, length, kind, rows) or done
-        offset += (length + 3) & ~3
-    return done
-
-
-def _parse_message(
-    data: bytes | memoryview, offset: int, length: int, kind: int, rows: list[Row]
-) -> bool:
-    """Handle one message of our dump; True when it ends the dump."""
-    payload = offset + NLMSGHDR.size
-    if kind == SOCK_DIAG_BY_FAMILY:
-        if length - NLMSGHDR.size < DIAG_MSG_LEN:
-            raise CaptureError(f"sock_diag reply: short socket record ({length} bytes)")
-        _family, state, port = DIAG_MSG_HEAD.unpack_from(data, payload)
-        rows.append((state, port))
-        return False
-    if kind in (NLMSG_DONE, NLMSG_ERROR):
-        # DONE may carry the dump's error; ERROR always does (0 is a plain acknowledgement).
-        has_code = length >= NLMSGHDR.size + NLERR.size
-        err = NLERR.unpack_from(data, payload)[0] if has_code else 0
-        if err < 0:
-            raise NetlinkError(-err, "request refused")
-        return True
-    if kind == NLMSG_OVERRUN:
-        raise CaptureError("sock_diag reply: the kernel reported a buffer overrun")
-    return False  # NLMSG_NOOP and unknown types carry nothing for us
+    return diag_reply(seq, _row, rows).feed(data)
 
 
 def parse_proc_net(text: str) -> Iterator[Row]:
@@ -187,11 +155,20 @@ def ports_from_rows(rows: Iterable[Row], states: int) -> frozenset[int]:
     return frozenset(port for state, port in rows if port and states >> state & 1)
 
 
+def _holds(rows: list[Row], port: int, states: int) -> bool:
+    """True when a row has ``port`` in one of ``states``. A loop, not ``any()`` over a
+    generator: on ``port_in_use``'s path that is 0.2 µs less per call, twice."""
+    for state, row_port in rows:  # noqa: SIM110 - see the docstring
+        if row_port == port and states >> state & 1:
+            return True
+    return False
+
+
 # --- the kernel's socket table ---------------------------------------------------------------
 Backend = Literal["auto", "netlink", "proc"]
 
 
-class SocketTable:
+class SocketTable(NetlinkSocket):
     """Local ports in use, from sock_diag netlink or, failing that, from /proc/net.
 
     ``backend="auto"`` uses netlink and falls back to /proc per protocol when the kernel
@@ -200,6 +177,10 @@ class SocketTable:
     that the rest of an abandoned dump never mixes with the next answer. Not thread-safe:
     one owner (the capture loop) asks at a time.
     """
+
+    PROTOCOL: ClassVar[int] = NETLINK_SOCK_DIAG
+    WHAT: ClassVar[str] = _WHAT
+    RECEIVE: ClassVar[Receive] = Receive.INTO_BUFFER
 
     def __init__(
         self,
@@ -213,13 +194,9 @@ class SocketTable:
         False always sends the ``S_GE``/``S_LE`` pair. ``timeout``: seconds per receive."""
         if backend not in ("auto", "netlink", "proc"):
             raise ValueError(f"unknown backend {backend!r}")
+        super().__init__(timeout=timeout)
         self._backend = backend
         self._proc_dir = proc_dir
-        self._timeout = timeout
-        self._sock: socket.socket | None = None
-        self._seq = 0
-        self._buf = bytearray(_RECV_BUFFER)
-        self._view = memoryview(self._buf)
         self._exact = exact_filter  # does the kernel know INET_DIAG_BC_S_EQ? (None: probe)
         self.fallbacks: dict[Proto, str] = {}
 
@@ -246,19 +223,7 @@ class SocketTable:
         """A fresh kernel answer for one port, filtered in the kernel by local port."""
         if not 0 < port <= 0xFFFF:
             raise ValueError(f"port {port} out of range 1-65535")
-        states = STATES[proto]
-        return any(p == port and states >> s & 1 for s, p in self._query(proto, port))
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def __enter__(self) -> SocketTable:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+        return _holds(self._query(proto, port), port, STATES[proto])
 
     # -- backends --------------------------------------------------------------------------
     def _query(self, proto: Proto, port: int | None) -> list[Row]:
@@ -266,7 +231,7 @@ class SocketTable:
             try:
                 return self._netlink_rows(proto, port)
             except NetlinkError as exc:
-                if self._backend == "netlink" or exc.errno not in _UNSUPPORTED:
+                if self._backend == "netlink" or exc.errno not in netlink.UNAVAILABLE:
                     raise
                 self.fallbacks[proto] = str(exc)
         return self._proc_rows(proto)
@@ -290,11 +255,10 @@ class SocketTable:
         states = STATES[proto]
         for family in FAMILIES:
             if port is None:
-                seq = self._next_seq()
-                self._dump(pack_request(seq, family, proto, states), seq, rows)
+                self._dump_rows(family, proto, states, b"", rows)
             else:
                 self._port_dump(family, proto, states, port, rows)
-                if any(p == port for _state, p in rows):
+                if _holds(rows, port, ALL_STATES):
                     break  # found in IPv4: no need to ask about IPv6
         return rows
 
@@ -302,7 +266,7 @@ class SocketTable:
         """Dump with a local-port filter; probe once whether the kernel knows S_EQ."""
         if self._exact is not False:
             try:
-                self._filtered_dump(family, proto, states, port, exact=True, rows=rows)
+                self._dump_rows(family, proto, states, port_bytecode(port, exact=True), rows)
             except NetlinkError as exc:
                 if exc.errno != errno.EINVAL or self._exact is not None:
                     raise
@@ -310,59 +274,14 @@ class SocketTable:
             else:
                 self._exact = True
                 return
-        self._filtered_dump(family, proto, states, port, exact=False, rows=rows)
+        self._dump_rows(family, proto, states, port_bytecode(port, exact=False), rows)
 
-    def _filtered_dump(
-        self, family: int, proto: int, states: int, port: int, *, exact: bool, rows: list[Row]
+    def _dump_rows(
+        self, family: int, proto: int, states: int, bytecode: bytes, rows: list[Row]
     ) -> None:
         seq = self._next_seq()
-        bytecode = port_bytecode(port, exact=exact)
-        self._dump(pack_request(seq, family, proto, states, bytecode), seq, rows)
-
-    def _next_seq(self) -> int:
-        self._seq = self._seq % 0xFFFFFFFF + 1
-        return self._seq
-
-    def _dump(self, request: bytes, seq: int, rows: list[Row]) -> None:
-        """Send one dump request and collect its rows until NLMSG_DONE or an error reply."""
-        sock = self._socket()
-        try:
-            sock.send(request)
-            while True:
-                size = sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
-                if size > len(self._buf):
-                    raise CaptureError(f"sock_diag reply of {size} bytes exceeds the buffer")
-                if parse_dump(self._view[:size], seq, rows):
-                    return
-        except NetlinkError:
-            raise  # the error reply ended the dump: the socket is clean
-        except OSError as exc:
-            self.close()
-            raise CaptureError(f"sock_diag exchange failed: {exc.strerror or exc}") from exc
-        except BaseException:  # a malformed reply, or an interrupt in the middle of a dump
-            self.close()
-            raise
-
-    def _socket(self) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-        except OSError as exc:
-            raise NetlinkError(exc.errno or errno.EAFNOSUPPORT, "socket") from exc
-        try:
-            sock.bind((0, 0))
-            # A kernel-side receive timeout: no Python-level poll() before every recv.
-            seconds = int(self._timeout)
-            micros = int((self._timeout - seconds) * 1e6)
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", seconds, micros)
-            )
-        except OSError as exc:
-            sock.close()
-            raise CaptureError(f"sock_diag socket setup failed: {exc.strerror or exc}") from exc
-        self._sock = sock
-        return sock
+        request = pack_request(seq, family, proto, states, bytecode)
+        self._exchange(request, diag_reply(seq, _row, rows).feed)
 
 
 # --- the detector's view ---------------------------------------------------------------------

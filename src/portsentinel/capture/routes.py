@@ -32,6 +32,7 @@ from portsentinel.capture.hostaddr import (
     parse_attrs,
     split_messages,
 )
+from portsentinel.capture.netlink import align
 from portsentinel.errors import CaptureError
 
 # rtnetlink message types and multicast groups (linux/rtnetlink.h)
@@ -166,7 +167,7 @@ def parse_multipath(data: memoryview, family: int) -> list[bytes]:
             raise CaptureError(f"rtnetlink: multipath next hop of length {length} does not fit")
         attrs = parse_attrs(data[offset + _RTNEXTHOP.size : offset + length])
         found.extend(_hop_gateways(attrs, family))
-        offset += (length + 3) & ~3
+        offset += align(length)
     return found
 
 
@@ -295,7 +296,7 @@ class RouteWatcher(AddressWatcher):
     GROUPS: ClassVar[int] = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
     SUBJECT: ClassVar[str] = "route"
 
-    def _judge(self, data: bytes) -> bool:
+    def _judge(self, data: bytes | memoryview) -> bool:
         try:
             return is_route_change(data)
         except CaptureError:

@@ -14,26 +14,21 @@ where sock_diag cannot answer (no ``inet_diag``, or a policy forbids it) ``/proc
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
 from collections.abc import Container, Iterable, Iterator
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 from portsentinel.capture.inuse import (
     DIAG_MSG_LEN,
     NETLINK_SOCK_DIAG,
-    NLERR,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    NLMSG_OVERRUN,
-    NLMSGHDR,
-    SOCK_DIAG_BY_FAMILY,
-    NetlinkError,
+    diag_reply,
     pack_request,
     port_bytecode,
+    short_record,
 )
+from portsentinel.capture.netlink import UNAVAILABLE, NetlinkError, NetlinkSocket, Receive
 from portsentinel.errors import CaptureError
 
 DEFAULT_SSH_PORTS: Final = (22,)
@@ -43,7 +38,6 @@ TCP_ESTABLISHED: Final = 1
 _PEER_RECORD: Final = struct.Struct("!BBxxHH16s16s")
 _V4_MAPPED: Final = b"\x00" * 10 + b"\xff\xff"
 _HOST_WORD: Final = struct.Struct("=I")  # /proc prints addresses as host-order 32-bit words
-_RECV_BUFFER: Final = 65536
 _PROC_FILES: Final = ("tcp", "tcp6")
 
 Backend = Literal["auto", "netlink", "proc"]
@@ -72,39 +66,17 @@ def parse_peer_dump(
     (an earlier, abandoned dump) are skipped. Raises ``NetlinkError`` for an error reply and
     ``CaptureError`` for a malformed datagram.
     """
-    end = len(data)
-    offset = 0
-    done = False
-    while offset < end:
-        if end - offset < NLMSGHDR.size:
-            raise CaptureError(f"sock_diag reply: {end - offset} stray bytes at offset {offset}")
-        length, kind, _flags, msg_seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size or offset + length > end:
-            raise CaptureError(f"sock_diag reply: bad message length {length} at {offset}")
-        if msg_seq == seq:
-            payload = memoryview(data)[offset + NLMSGHDR.size : offset + length]
-            done = _take(kind, payload, ports, peers) or done
-        offset += (length + 3) & ~3
-    return done
+    return diag_reply(seq, lambda record: _peer(record, ports), peers).feed(data)
 
 
-def _take(kind: int, payload: memoryview, ports: Container[int], peers: list[bytes]) -> bool:
-    """Handle one message of our dump; True when it ends the dump."""
-    if kind == SOCK_DIAG_BY_FAMILY:
-        if len(payload) < DIAG_MSG_LEN:
-            raise CaptureError(f"sock_diag reply: short socket record ({len(payload)} bytes)")
-        family, state, sport, _dport, _src, dst = _PEER_RECORD.unpack_from(payload)
-        if state == TCP_ESTABLISHED and sport in ports:
-            peers.append(dst[:4] if family == socket.AF_INET else _unmapped(dst))
-        return False
-    if kind in (NLMSG_DONE, NLMSG_ERROR):
-        err = NLERR.unpack_from(payload)[0] if len(payload) >= NLERR.size else 0
-        if err < 0:
-            raise NetlinkError(-err, "request refused")
-        return True
-    if kind == NLMSG_OVERRUN:
-        raise CaptureError("sock_diag reply: the kernel reported a buffer overrun")
-    return False
+def _peer(payload: memoryview, ports: Container[int]) -> bytes | None:
+    """The remote address of an ESTABLISHED socket record on ``ports``; None for another."""
+    if len(payload) < DIAG_MSG_LEN:
+        raise short_record(payload)
+    family, state, sport, _dport, _src, dst = _PEER_RECORD.unpack_from(payload)
+    if state != TCP_ESTABLISHED or sport not in ports:
+        return None
+    return dst[:4] if family == socket.AF_INET else _unmapped(dst)
 
 
 def _proc_address(text: str) -> bytes:
@@ -134,25 +106,17 @@ def parse_proc_peers(text: str, ports: Container[int]) -> Iterator[bytes]:
 
 
 # --- the kernel's answer -----------------------------------------------------------------------
-_UNSUPPORTED: Final = frozenset(
-    {
-        errno.ENOENT,
-        errno.EOPNOTSUPP,
-        errno.EAFNOSUPPORT,
-        errno.EPROTONOSUPPORT,
-        errno.EPERM,
-        errno.EACCES,
-    }
-)
-
-
-class SshPeers:
+class SshPeers(NetlinkSocket):
     """Remote addresses of the current sessions to the local SSH ports (both families).
 
     ``backend="auto"`` asks sock_diag and falls back to /proc for good when the kernel cannot
     answer (``fallback`` says why). The netlink socket is opened lazily, reused, and reopened
     after a failed exchange. Not thread-safe.
     """
+
+    PROTOCOL: ClassVar[int] = NETLINK_SOCK_DIAG
+    WHAT: ClassVar[str] = "sock_diag"
+    RECEIVE: ClassVar[Receive] = Receive.INTO_BUFFER
 
     def __init__(
         self,
@@ -167,12 +131,10 @@ class SshPeers:
             raise ValueError(f"SSH ports must be 1-65535, at least one: {self.ports}")
         if backend not in ("auto", "netlink", "proc"):
             raise ValueError(f"unknown backend {backend!r}")
+        # A Python-level timeout, as before: read once per refresh, not once per packet.
+        super().__init__(timeout=timeout, kernel_timeout=False)
         self._backend = backend
         self._proc_dir = proc_dir
-        self._timeout = timeout
-        self._sock: socket.socket | None = None
-        self._seq = 0
-        self._buf = bytearray(_RECV_BUFFER)
         self.fallback: str | None = None
 
     @property
@@ -186,21 +148,10 @@ class SshPeers:
             try:
                 return frozenset(self._netlink_peers())
             except NetlinkError as exc:
-                if self._backend == "netlink" or exc.errno not in _UNSUPPORTED:
+                if self._backend == "netlink" or exc.errno not in UNAVAILABLE:
                     raise
                 self.fallback = str(exc)
         return frozenset(self._proc_peers())
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def __enter__(self) -> SshPeers:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def _proc_peers(self) -> list[bytes]:
         peers: list[bytes] = []
@@ -220,42 +171,7 @@ class SshPeers:
         peers: list[bytes] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             for port in self.ports:
-                self._seq = self._seq % 0xFFFFFFFF + 1
-                self._dump(pack_peer_request(self._seq, family, port), self._seq, peers)
+                seq = self._next_seq()
+                reply = diag_reply(seq, lambda record: _peer(record, self.ports), peers)
+                self._exchange(pack_peer_request(seq, family, port), reply.feed)
         return peers
-
-    def _dump(self, request: bytes, seq: int, peers: list[bytes]) -> None:
-        sock = self._socket()
-        view = memoryview(self._buf)
-        try:
-            sock.send(request)
-            while True:
-                size = sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
-                if size > len(self._buf):
-                    raise CaptureError(f"sock_diag reply of {size} bytes exceeds the buffer")
-                if parse_peer_dump(view[:size], seq, self.ports, peers):
-                    return
-        except NetlinkError:
-            raise  # the error reply ended the dump: the socket is clean
-        except OSError as exc:
-            self.close()
-            raise CaptureError(f"sock_diag exchange failed: {exc.strerror or exc}") from exc
-        except BaseException:  # a malformed reply, or an interrupt in the middle of a dump
-            self.close()
-            raise
-
-    def _socket(self) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-        except OSError as exc:
-            raise NetlinkError(exc.errno or errno.EAFNOSUPPORT, "socket") from exc
-        try:
-            sock.bind((0, 0))
-            sock.settimeout(self._timeout)
-        except OSError as exc:
-            sock.close()
-            raise CaptureError(f"sock_diag socket setup failed: {exc.strerror or exc}") from exc
-        self._sock = sock
-        return sock
