@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from portsentinel import __version__, evidence, operate
+from portsentinel import __version__, evidence, install, migrate, operate
 from portsentinel.alert.events import event_line, iso_time
 from portsentinel.alert.portsentry_log import detection_lines
-from portsentinel.assemble import detector_config, load_setup
+from portsentinel.assemble import DEFAULT_CONFIG_PATH, detector_config, load_setup
 from portsentinel.config import commands as config_commands
 from portsentinel.control_client import DaemonNotRunning, request, socket_path
 from portsentinel.daemon.lock import AlreadyRunningError, running_pid
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_cmd_list)
     evidence.add_parsers(verbs)
     report_cli.add_parser(verbs)
+    install.add_parsers(verbs)
+    migrate.add_parsers(verbs)
 
     block = verbs.add_parser(
         "block",
@@ -307,7 +309,10 @@ def translate_portsentry_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    return config_commands.check(args.config, out, err)
+    path = args.config
+    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+        path = DEFAULT_CONFIG_PATH  # as `run` does: the installed file, else the defaults
+    return config_commands.check(path, out, err)
 
 
 def _cmd_config_defaults(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

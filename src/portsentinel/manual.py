@@ -1,0 +1,499 @@
+"""The manual: ``portsentinel(8)``, ``portsentinel.conf(5)`` and ``docs/configuration.md``.
+
+All three are rendered from what the program itself knows, the command-line parser and the
+setting declarations, so the documentation cannot describe a verb, option or setting the code
+does not have. ``scripts/gen_docs.py`` writes them into the repository (a test keeps the
+committed copies equal to a fresh rendering); ``portsentinel install`` renders the man pages
+again on the target machine, so a wheel needs no data files. Output is deterministic: no
+dates, no terminal widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from portsentinel import __version__
+from portsentinel.config.commands import quote
+from portsentinel.config.schema import SETTINGS, SettingSpec
+
+PROG = "portsentinel"
+ORIGIN_TITLES = {
+    "portsentry-1.2": "Settings from PortSentry 1.2",
+    "portsentry-2.0": "Settings from PortSentry 2.0",
+    "portsentinel": "PortSentinel's own settings",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One argument of a verb, as a reader sees it: ``--for DURATION``, ``ADDR...``."""
+
+    flags: tuple[str, ...]  # empty for a positional argument
+    metavar: str  # "" for a switch
+    repeat: bool
+    required: bool
+    help: str
+
+    @property
+    def positional(self) -> bool:
+        return not self.flags
+
+    @property
+    def names(self) -> str:
+        more = "..." if self.repeat else ""
+        if self.positional:
+            return f"{self.metavar}{more}"
+        value = f" {self.metavar}{more}" if self.metavar else ""
+        return ", ".join(self.flags) + value
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    """One verb (``config check`` counts as one), its one-line help, description and options."""
+
+    name: str
+    summary: str
+    description: str
+    options: tuple[Option, ...]
+
+    @property
+    def synopsis(self) -> str:
+        words = [PROG, self.name]
+        for option in (*self.flagged, *self.positionals):
+            words.append(option.names if option.required else f"[{option.names}]")
+        return " ".join(words)
+
+    @property
+    def flagged(self) -> tuple[Option, ...]:
+        return tuple(o for o in self.options if not o.positional)
+
+    @property
+    def positionals(self) -> tuple[Option, ...]:
+        return tuple(o for o in self.options if o.positional)
+
+
+# --- walking the parser ---------------------------------------------------------------------
+
+
+def walk_verbs(parser: argparse.ArgumentParser, prefix: str = "") -> Iterator[Verb]:
+    """Every leaf verb of ``parser`` in the order they were added; nested groups are flattened
+    (``config`` -> ``config check``, ``config defaults``)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        summaries = {choice.dest: choice.help or "" for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            full = f"{prefix}{name}"
+            if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                yield from walk_verbs(sub, full + " ")
+                continue
+            summary = summaries.get(name, "")
+            yield Verb(full, summary, sub.description or summary, tuple(_options(sub)))
+
+
+def _options(parser: argparse.ArgumentParser) -> Iterator[Option]:
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+            continue
+        if action.help == argparse.SUPPRESS:
+            continue
+        metavar = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+        if action.option_strings and action.nargs == 0:
+            metavar = ""
+        repeat = action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction)
+        required = action.required and action.nargs not in ("*", "?")
+        flags = tuple(action.option_strings)
+        yield Option(flags, metavar, repeat, required, _expand(action))
+
+
+def _expand(action: argparse.Action) -> str:
+    """The help text with argparse's ``%(default)s``-style fields filled in."""
+    text = action.help or ""
+    if "%" not in text:
+        return text
+    fields = {k: v for k, v in vars(action).items() if v is not argparse.SUPPRESS}
+    fields["prog"] = PROG
+    return text % fields
+
+
+def full_parser() -> argparse.ArgumentParser:
+    """The whole command line: cli's parser, plus the verbs that register themselves from
+    their own modules (install, uninstall, migrate) where cli has not wired them in yet."""
+    # Imported here: cli imports the modules whose verbs it wires, and they import this one.
+    from portsentinel import cli, install, migrate  # noqa: PLC0415
+
+    parser = cli.build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for module, names in ((install, ("install", "uninstall")), (migrate, ("migrate",))):
+        if not any(name in verbs.choices for name in names):
+            module.add_parsers(verbs)
+    return parser
+
+
+def generated_files() -> dict[str, str]:
+    """Every file ``scripts/gen_docs.py`` writes, by path in the repository."""
+    # Imported here: install imports this module.
+    from portsentinel import service_files  # noqa: PLC0415
+    from portsentinel.config.commands import render_defaults  # noqa: PLC0415
+
+    parser = full_parser()
+    return {
+        "docs/configuration.md": render_configuration_md(),
+        "docs/portsentinel.8": render_man8(parser),
+        "docs/portsentinel.conf.5": render_conf5(),
+        "packaging/portsentinel.conf": render_defaults(),
+        "packaging/portsentinel.service": service_files.unit_text(),
+        "packaging/portsentinel.logrotate": service_files.LOGROTATE,
+    }
+
+
+# --- roff -----------------------------------------------------------------------------------
+
+_OPTION_DASH = re.compile(r"(?<![\w-])-|(?<=-)-")
+
+
+def roff(text: str) -> str:
+    """Prose for a roff line: backslashes escaped, option dashes as ``\\-`` (so ``--all``
+    and ``-atcp`` copy and paste as ASCII), and no line may start with a control character."""
+    text = text.replace("\\", "\\e")
+    text = _OPTION_DASH.sub(r"\\-", text)
+    return _guard(text)
+
+
+def roff_code(text: str) -> str:
+    """Literal text (keys, values, paths, commands): every dash is a minus sign, and long
+    comma lists may break after a comma instead of running off the page."""
+    text = text.replace("\\", "\\e").replace("-", "\\-").replace(",", ",\\:")
+    return _guard(text)
+
+
+def _guard(text: str) -> str:
+    lines = text.split("\n")
+    return "\n".join("\\&" + line if line[:1] in (".", "'") else line for line in lines)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text.endswith((".", "!", "?")) else text + "."
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _th(name: str, section: int, title: str) -> str:
+    return f'.TH {name.upper()} {section} "" "{PROG} {__version__}" "{title}"'
+
+
+def _paragraphs(texts: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for text in texts:
+        out += [".PP", roff(text)]
+    return out
+
+
+def _tagged(tag: str, body: str) -> list[str]:
+    return [".TP", tag, body]
+
+
+# --- portsentinel(8) ------------------------------------------------------------------------
+
+_MAN8_DESCRIPTION = (
+    "PortSentinel watches every TCP and UDP port of a Linux host, IPv4 and IPv6, notices port "
+    "scans, logs them in PortSentry's words and, when configured to, blocks the scanner "
+    "(nftables by default, with bans that expire) without ever blocking the host's own "
+    "addresses, its gateways, resolvers or the peers of current SSH sessions.",
+    "It is a modern re-creation of PortSentry 1.2: an existing portsentry.conf is a valid "
+    "configuration, the modes tcp, udp, stcp, sudp, atcp and audp keep their meaning, and the "
+    "history and blocked files keep their format, so fail2ban's portsentry filter still works.",
+    "Options follow the verb. The daemon runs in the foreground (systemd style); "
+    "portsentinel install puts a systemd unit in place.",
+)
+
+_EXIT_STATUS = (
+    ("0", "Success. config check also exits 0 when it only has warnings."),
+    (
+        "1",
+        'Runtime failure, including "daemon not running" for verbs that need it and '
+        '"address not found".',
+    ),
+    ("2", "Usage or configuration error; each error reads FILE:LINE: KEY: what (expected ...)."),
+)
+
+_FILES = (
+    ("/etc/portsentinel/portsentinel.conf", "The configuration; see portsentinel.conf(5)."),
+    (
+        "/etc/default/portsentry",
+        "Debian's TCP_MODE and UDP_MODE: the modes run without --mode (DEFAULTS_FILE).",
+    ),
+    (
+        "/var/lib/portsentinel/",
+        "The state directory (--state-dir): portsentinel.db (bans, events, allow list), "
+        "portsentinel.lock (one daemon per directory).",
+    ),
+    (
+        "/run/portsentinel/control.sock",
+        "The control socket of the running daemon (DIR/control.sock with --state-dir DIR).",
+    ),
+    (
+        "/etc/systemd/system/portsentinel.service",
+        "The systemd unit written by portsentinel install.",
+    ),
+    ("/etc/logrotate.d/portsentinel", "Rotation of the history, blocked and event files."),
+)
+
+_SIGNALS = (
+    ("SIGTERM, SIGINT", "Stop: PortSentry's two shutdown lines, a statistics line, exit 0."),
+    (
+        "SIGHUP",
+        "Reload, as portsentinel reload and systemctl reload portsentinel do: the "
+        "configuration and ignore files are read again, evidence and bans are kept, a "
+        "configuration with errors is refused (logged; the running one stays), and the events "
+        "file is reopened, so logrotate can move it.",
+    ),
+)
+
+_PORTSENTRY_FLAGS = (
+    "PortSentry's own invocation runs the daemon too: portsentinel -atcp is portsentinel run "
+    "--mode atcp, and portsentinel -atcp -audp runs both modes in one process (1.2 needed one "
+    "process per mode). Any options follow the flags.",
+)
+
+
+def render_man8(parser: argparse.ArgumentParser) -> str:
+    """``portsentinel(8)``: every verb with its options, exit status, files and signals."""
+    verbs = list(walk_verbs(parser))
+    lines = [
+        f'.\\" Generated by scripts/gen_docs.py from {PROG} {__version__}: do not edit.',
+        _th(PROG, 8, "System Administration"),
+        ".SH NAME",
+        f"{PROG} \\- port\\-scan detection and active response (a modern PortSentry)",
+        ".SH SYNOPSIS",
+        f".B {PROG}",
+        ".I VERB",
+        ".RI [ options ]",
+        ".br",
+        f".B {PROG}",
+        ".RB [ \\-tcp | \\-stcp | \\-atcp ]",
+        ".RB [ \\-udp | \\-sudp | \\-audp ]",
+        ".RI [ options ]",
+        ".SH DESCRIPTION",
+        *_paragraphs(_MAN8_DESCRIPTION),
+        ".SH VERBS",
+        ".PP",
+        "Verbs: " + roff(", ".join(v.name for v in verbs)) + ".",
+    ]
+    for verb in verbs:
+        lines += _man8_verb(verb)
+    lines += ['.SH "PORTSENTRY INVOCATION"', *_paragraphs(_PORTSENTRY_FLAGS)]
+    lines += ['.SH "EXIT STATUS"']
+    for code, text in _EXIT_STATUS:
+        lines += _tagged(f".B {code}", roff(text))
+    lines += [".SH FILES"]
+    for path, text in _FILES:
+        lines += _tagged(f".I {roff_code(path)}", roff(text))
+    lines += [".SH SIGNALS"]
+    for names, text in _SIGNALS:
+        lines += _tagged(f".B {roff(names)}", roff(text))
+    lines += [
+        '.SH "SEE ALSO"',
+        ".BR portsentinel.conf (5),",
+        ".BR nft (8),",
+        ".BR systemctl (1),",
+        ".BR fail2ban (1),",
+        ".BR portsentry (8)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _man8_verb(verb: Verb) -> list[str]:
+    words = [f"\\fB{PROG} {roff(verb.name)}\\fR"]
+    for option in (*verb.flagged, *verb.positionals):
+        words.append(_styled(option) if option.required else f"[{_styled(option)}]")
+    lines = [f".SS {roff(verb.name)}", ".PP", " ".join(words), ".PP"]
+    lines.append(roff(_sentence(_capital(verb.description))))
+    for option in verb.options:
+        if option.help:  # an argument without help is fully said by the synopsis
+            lines += _tagged(_styled(option), roff(_sentence(option.help)))
+    return lines
+
+
+def _styled(option: Option) -> str:
+    """``--for DURATION`` as bold option names and an italic argument."""
+    more = "..." if option.repeat else ""
+    word = f"\\fI{roff(option.metavar)}\\fR{more}" if option.metavar else ""
+    if option.positional:
+        return word
+    flags = ", ".join(f"\\fB{roff(flag)}\\fR" for flag in option.flags)
+    return f"{flags} {word}" if word else flags
+
+
+# --- portsentinel.conf(5) and configuration.md share their prose -----------------------------
+
+_SYNTAX = (
+    'One setting per line: KEY="value". Spaces around = are allowed, a # starts a comment '
+    "(also after a value), and single quotes or an unquoted single word work too. This is "
+    "PortSentry's syntax, so an existing portsentry.conf is a valid configuration.",
+    "The default path is /etc/portsentinel/portsentinel.conf; --config FILE names another. "
+    "Without a file the built-in defaults apply. portsentinel config defaults prints every "
+    "setting with its default as a commented file; portsentinel config check --config FILE "
+    "validates a file and prints the effective settings with the line each came from.",
+    'An empty value (KEY="") means the built-in default, except for text, command and path '
+    "settings, where it means none. A repeated key keeps the last value, with a warning "
+    "(PortSentry 1.2 kept the first: portsentinel migrate comments out later copies). An "
+    "unknown key is a warning naming the closest known key. Errors read FILE:LINE: KEY: what "
+    "is wrong (expected ...) and stop the start, all of them reported at once.",
+    "Durations are written 30s, 15m, 1h or 7d (a bare number is seconds); ban lengths also "
+    "accept permanent. Port lists are comma-separated ports or inclusive ranges a-b.",
+)
+
+_IGNORE_FILE = (
+    "IGNORE_FILE: one IPv4 or IPv6 address or CIDR range per line; # starts a comment and "
+    "anything after the first word is ignored. Host bits are masked (192.168.1.5/24 is the "
+    "whole /24), dotted netmasks work, /0 really means every address (with a warning, since "
+    "it switches every response off). An entry that is not an address stops the start.",
+    'DEFAULTS_FILE: shell syntax, TCP_MODE="atcp" and UDP_MODE="audp" (Debian\'s '
+    "/etc/default/portsentry). An empty value runs no mode of that protocol.",
+)
+
+_COMPATIBILITY = (
+    "BLOCK_BACKEND=nftables (the default) replaces KILL_ROUTE; KILL_HOSTS_DENY and "
+    "KILL_RUN_CMD still run when set. BLOCK_BACKEND=legacy runs KILL_ROUTE as PortSentry did "
+    "(as an argument list, without a shell).",
+    "Bans expire after BAN_DURATION (1h, doubled for repeat offenders up to BAN_MAX_DURATION); "
+    'BAN_DURATION="permanent" keeps PortSentry\'s behaviour.',
+    "Values from the network never reach a shell: in KILL_RUN_CMD, $TARGET$, $PORT$ and "
+    "$MODE$ are validated and passed as separate arguments.",
+    "One SCAN_TRIGGER counter per source across TCP and UDP, as PortSentry 2.0.",
+    '"Already blocked" compares exact addresses (1.2 matched substrings).',
+)
+
+_FILES5 = (
+    ("/etc/portsentinel/portsentinel.conf", "The configuration file."),
+    ("/etc/default/portsentry", "The modes file, DEFAULTS_FILE."),
+    ("/etc/portsentinel/portsentinel.ignore", "The ignore file written by portsentinel migrate."),
+)
+
+
+def _default_line(spec: SettingSpec) -> str:
+    return f"{spec.key}={quote(spec.default)}"
+
+
+def _groups() -> Iterator[tuple[str, list[SettingSpec]]]:
+    for origin, title in ORIGIN_TITLES.items():
+        specs = [s for s in SETTINGS if s.origin == origin]
+        if specs:
+            yield title, specs
+
+
+def render_conf5() -> str:
+    """``portsentinel.conf(5)``: the syntax, every setting, the files it names."""
+    lines = [
+        f'.\\" Generated by scripts/gen_docs.py from {PROG} {__version__}: do not edit.',
+        _th(f"{PROG}.conf", 5, "File Formats"),
+        ".SH NAME",
+        f"{PROG}.conf \\- PortSentinel configuration file",
+        ".SH SYNOPSIS",
+        ".I /etc/portsentinel/portsentinel.conf",
+        ".SH DESCRIPTION",
+        *_paragraphs(_SYNTAX),
+        ".SH SETTINGS",
+        ".ad l",  # long defaults (port lists) cannot be justified
+    ]
+    for title, specs in _groups():
+        lines.append(f".SS {roff(title)}")
+        for spec in specs:
+            lines += _conf5_setting(spec)
+    lines += ['.SH "IGNORE AND MODES FILES"', *_paragraphs(_IGNORE_FILE)]
+    lines += ['.SH "DIFFERENCES FROM PORTSENTRY"']
+    for text in _COMPATIBILITY:
+        lines += [".IP \\(bu 2", roff(text)]
+    lines += [".SH FILES"]
+    for path, text in _FILES5:
+        lines += _tagged(f".I {roff_code(path)}", roff(text))
+    lines += ['.SH "SEE ALSO"', ".BR portsentinel (8),", ".BR portsentry.conf (5)"]
+    return "\n".join(lines) + "\n"
+
+
+def _conf5_setting(spec: SettingSpec) -> list[str]:
+    facts = f"Type: {spec.parse.name}; unit: {spec.unit}. Accepts {spec.parse.expected}."
+    return [
+        ".TP",
+        f".B {spec.key}",
+        roff(_sentence(spec.help)),
+        ".br",
+        roff(facts),
+        ".br",
+        "Default: " + roff_code(_default_line(spec)),
+    ]
+
+
+# --- docs/configuration.md ------------------------------------------------------------------
+
+
+def _md(text: str) -> str:
+    """Table-cell-safe Markdown text."""
+    return text.replace("|", "\\|")
+
+
+def _md_code(text: str) -> str:
+    fence = "``" if "`" in text else "`"
+    return f"{fence}{_md(text)}{fence}"
+
+
+def render_configuration_md() -> str:
+    """The configuration reference as Markdown: syntax, a table, then every setting."""
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by scripts/gen_docs.py from src/portsentinel/config/schema.py: "
+        "do not edit. -->",
+        "",
+        "## Syntax",
+        "",
+        *_md_paragraphs(_SYNTAX),
+        "## Settings at a glance",
+        "",
+        "| Key | Default | Unit | From |",
+        "|---|---|---|---|",
+    ]
+    labels = {origin: title.split(" from ")[-1] for origin, title in ORIGIN_TITLES.items()}
+    labels["portsentinel"] = "PortSentinel"
+    for spec in SETTINGS:
+        default = _md_code(quote(spec.default))
+        anchor = spec.key.lower()
+        out.append(f"| [`{spec.key}`](#{anchor}) | {default} | {spec.unit} | "
+                   f"{labels[spec.origin]} |")  # fmt: skip
+    out.append("")
+    for title, specs in _groups():
+        out += [f"## {title}", ""]
+        for spec in specs:
+            out += _md_setting(spec)
+    out += ["## Ignore and modes files", "", *_md_paragraphs(_IGNORE_FILE)]
+    out += ["## Differences from PortSentry", ""]
+    out += [f"- {text}" for text in _COMPATIBILITY]
+    out.append("")
+    return "\n".join(out)
+
+
+def _md_paragraphs(texts: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for text in texts:
+        out += [text, ""]
+    return out
+
+
+def _md_setting(spec: SettingSpec) -> list[str]:
+    return [
+        f"### {spec.key}",
+        "",
+        _sentence(spec.help),
+        "",
+        f"- Default: {_md_code(_default_line(spec))}",
+        f"- Type: {spec.parse.name} ({spec.unit})",
+        f"- Accepts: {spec.parse.expected}",
+        "",
+    ]
