@@ -161,6 +161,19 @@ def test_logrotate_rotates_the_files_and_reloads(tmp_path: Path) -> None:
 # --- a real systemd -------------------------------------------------------------------------
 
 SCANNER_SETUP = """
+wait_for() {  # poll a condition every 0.1 s for at most 30 s (no fixed sleeps)
+    i=0
+    while ! "$@" >/dev/null 2>&1; do
+        i=$((i + 1)); [ "$i" -gt 300 ] && return 1
+        sleep 0.1
+    done
+}
+has_line() { grep -q -- "$1" "$2"; }
+set_has() { nft list set inet portsentinel ban4 | grep -q "$1"; }
+started() {  # the daemon said "now active and listening" at least $1 times
+    n=$(journalctl -u portsentinel.service -o cat | grep -c 'now active and listening')
+    [ "$n" -ge "$1" ]
+}
 setup_scanner() {  # namespace, its address, the container's address on the link
     ip netns add "$1"
     ip link add "v$1" type veth peer name peer
@@ -180,16 +193,15 @@ SCANNER_SETUP
 ps-verb install
 systemctl daemon-reload
 systemctl start portsentinel.service
-sleep 3
+wait_for started 1
 systemctl is-active portsentinel.service >/out/active
 nft list table inet portsentinel >/out/table
 pid=$(systemctl show -p MainPID --value portsentinel.service)
 grep -E '^Cap(Eff|Bnd|Amb):' /proc/$pid/status >/out/caps
 systemctl reload portsentinel.service
 setup_scanner scan1 198.18.10.2 198.18.10.1
-sleep 1
 ip netns exec scan1 nmap -sS -Pn -n -p 1-100 --max-retries 0 198.18.10.1
-sleep 2
+wait_for set_has 198.18.10.2
 nft list set inet portsentinel ban4 >/out/ban4
 # a migrated Debian PortSentry that blocks through hosts.deny and keeps its history file
 ps-verb migrate
@@ -199,11 +211,11 @@ ps-verb install
 ls /etc/systemd/system/portsentinel.service.d >/out/dropins
 systemctl daemon-reload
 systemctl restart portsentinel.service
-sleep 3
+wait_for started 2
 setup_scanner scan2 198.18.11.2 198.18.11.1
-sleep 1
 ip netns exec scan2 nmap -sS -Pn -n -p 1-100 --max-retries 0 198.18.11.1
-sleep 2
+wait_for has_line 198.18.11.2 /etc/hosts.deny
+wait_for has_line 198.18.11.2 /var/lib/portsentry/portsentry.history
 cp /etc/hosts.deny /out/hosts.deny
 cp /var/lib/portsentry/portsentry.history /out/history
 journalctl -u portsentinel.service --no-pager >/out/journal
@@ -247,6 +259,8 @@ def _boot_unavailable() -> str | None:
         return "systemd-nspawn is absent (package systemd-container; or PORTSENTINEL_NSPAWN)"
     if not SYSTEMD.exists():
         return f"{SYSTEMD} is absent"
+    if sys.executable.startswith("/tmp/"):
+        return "this Python lives under /tmp, which the container's systemd mounts over"
     for tool in ("unshare", "nmap", "nft", "ip"):
         if shutil.which(tool) is None:
             return f"{tool} is absent"
