@@ -259,8 +259,10 @@ def _boot_unavailable() -> str | None:
         return "systemd-nspawn is absent (package systemd-container; or PORTSENTINEL_NSPAWN)"
     if not SYSTEMD.exists():
         return f"{SYSTEMD} is absent"
-    if sys.executable.startswith("/tmp/"):
-        return "this Python lives under /tmp, which the container's systemd mounts over"
+    code = (Path(portsentinel.__file__).resolve(), Path(sys.prefix).resolve())
+    if any(str(p).startswith("/tmp/") for p in code):
+        # The container's systemd mounts its own /tmp, and the unit has PrivateTmp=yes.
+        return "this checkout or Python lives under /tmp, which the booted container hides"
     for tool in ("unshare", "nmap", "nft", "ip"):
         if shutil.which(tool) is None:
             return f"{tool} is absent"
