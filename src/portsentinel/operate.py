@@ -15,12 +15,11 @@ from typing import TextIO
 from portsentinel.alert.events import iso_time
 from portsentinel.assemble import Setup
 from portsentinel.config.types import ban_duration
-from portsentinel.daemon.bans import Backends, BanManager, BanRequest
+from portsentinel.daemon.bans import Backends, BanManager, BanRequest, files_for
 from portsentinel.daemon.neverblock import NeverBlock
 from portsentinel.errors import ConfigError, PortSentinelError
 from portsentinel.evidence import reference_time
 from portsentinel.model import Proto
-from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import BanRecord, LiftedBy
 from portsentinel.store.sqlite import DB_NAME, Store
 from portsentinel.tables import Column, write_rows
@@ -49,7 +48,7 @@ def manager(setup: Setup, state_dir: str, err: TextIO) -> Iterator[BanManager]:
     s = setup.settings
     store = Store.open(state_dir)
     backends = Backends(s)
-    files = PortSentryFiles(s.history_file, s.blocked_file, max_bytes=s.history_max_mib << 20)
+    files = files_for(s)
     try:
         yield BanManager(s, store, backends, log=lambda line: _say(err, line), files=files)
     finally:

@@ -148,11 +148,7 @@ class BanManager:
         self.settings = settings
         self.backends.reconfigure(settings)
         if self.files is not None:
-            self.files = PortSentryFiles(
-                settings.history_file,
-                settings.blocked_file,
-                max_bytes=settings.history_max_mib << 20,
-            )
+            self.files = files_for(settings)
 
     # --- applying ---------------------------------------------------------------------------
 
@@ -413,6 +409,13 @@ class BanManager:
         problems = "; ".join(result.problems) or "bans missing"
         self.log(f"adminalert: {name} state repaired ({problems}): {restored} bans restored")
         return restored
+
+
+def files_for(settings: Settings) -> PortSentryFiles:
+    """PortSentry's history and blocked files as the settings name them."""
+    return PortSentryFiles(
+        settings.history_file, settings.blocked_file, max_bytes=settings.history_max_mib << 20
+    )
 
 
 def spec_of(record: BanRecord, now: float) -> BanSpec | None:

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 
 from portsentinel.alert.notify import ban_info
 from portsentinel.config.schema import Settings
-from portsentinel.daemon.bans import Backends, BanManager, BanRequest, Network
+from portsentinel.daemon.bans import Backends, BanManager, BanRequest, Network, files_for
 from portsentinel.daemon.resolver import Resolver
 from portsentinel.errors import PortSentinelError
-from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import EventRow
 from portsentinel.store.sqlite import Store
 
@@ -155,7 +154,7 @@ class Responder:
             return
         s = self.settings
         resolver = Resolver() if s.resolve_host else None
-        files = PortSentryFiles(s.history_file, s.blocked_file, max_bytes=s.history_max_mib << 20)
+        files = files_for(s)
         backends = Backends(s)
         manager = BanManager(
             s,
