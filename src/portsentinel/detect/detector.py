@@ -40,6 +40,7 @@ from portsentinel.netset import AddressSet
 _TCP: Final = int(Proto.TCP)
 _UDP: Final = int(Proto.UDP)
 _SYN: Final = ScanKind.SYN
+_UNPRIVILEGED: Final = 1024  # data ports a client opens lie at or above it
 _PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
 # Address texts are cached because formatting one costs about as much as the rest of a
 # decision; cleared when full, so a flood of spoofed sources only churns it.
@@ -267,9 +268,14 @@ class Detector:
             return []
         # UDP may answer a flow the host started. A TCP probe carries no ACK, so it answers
         # nothing, but a SYN may open a connection the host already accepted on a listener
-        # closed since (an active-mode FTP client's data port).
+        # closed since (an active-mode FTP client's data port: never a privileged port, so a
+        # SYN below 1024 is not worth a kernel round trip).
         reply_check = self._reply_check
-        if reply_check is not None and (proto == _UDP or kind is _SYN) and reply_check(pkt):
+        if (
+            reply_check is not None
+            and (proto == _UDP or (kind is _SYN and port >= _UNPRIVILEGED))
+            and reply_check(pkt)
+        ):
             stats.replies += 1
             return []
         return self._probe(pkt, kind, now)

@@ -237,9 +237,13 @@ def test_reply_check_is_asked_last_and_excuses_replies() -> None:
     assert one(det.feed(udp(161), 0.0)).kind is ScanKind.UDP  # asked, not a reply
     assert det.feed(udp(5000), 0.0) == []  # unwatched: never asked
     assert det.feed(tcp(80, ACK), 0.0) == []  # not a probe: never asked
-    # A SYN is asked too (a connection the host accepted on a listener closed since) ...
-    assert one(det.feed(tcp(79), 0.0)).kind is ScanKind.SYN
-    assert one(det.feed(tcp(79, FIN), 0.0)).kind is ScanKind.FIN  # ... other probes never
+    # A SYN to an unprivileged port is asked too (a connection the host accepted on a
+    # listener closed since: an FTP client's data port) ...
+    wide = detector(tcp_mode=Mode.ATCP, advanced_tcp_limit=65536)
+    wide.set_reply_check(is_reply)
+    assert one(wide.feed(tcp(40000), 0.0)).kind is ScanKind.SYN
+    assert one(wide.feed(tcp(79), 0.0)).kind is ScanKind.SYN  # ... not below 1024 ...
+    assert one(wide.feed(tcp(40001, FIN), 0.0)).kind is ScanKind.FIN  # ... nor other probes
     assert len(asked) == 3
     det.set_reply_check(None)
     assert one(det.feed(reply, 0.0)).kind is ScanKind.UDP
