@@ -58,7 +58,8 @@ IN_USE_EVERY = 2.0  # full re-read of the socket table (misses re-check the kern
 NAT_EVERY = 30.0  # NAT rules (runs nft / iptables-save)
 ADDRESSES_EVERY = 10.0  # only when address changes cannot be followed
 NEVER_BLOCK_EVERY = 5.0  # routes, resolvers, SSH peers (addresses follow the watcher)
-RING_BLOCK = 64 * 1024  # small blocks: the 4 ms retire timeout closes them part full
+RING_BLOCK = 32 * 1024  # small blocks: the retire timeout closes them part full
+RING_RETIRE_MS = 1  # a lone probe waits at most this long in an open block
 NOTICE_EVERY = 60.0  # repeated refusals (budget, never-block) are summarised this often
 SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised this often
 
@@ -758,7 +759,12 @@ def _excluded(setup: Setup, mode: Mode) -> frozenset[int]:
 def _ring_config(setup: Setup) -> RingConfig:
     s = setup.settings
     blocks = max(2, s.capture_ring_mib * (1 << 20) // RING_BLOCK)
-    return RingConfig(block_size=RING_BLOCK, block_count=blocks, interfaces=s.interfaces)
+    return RingConfig(
+        block_size=RING_BLOCK,
+        block_count=blocks,
+        retire_timeout_ms=RING_RETIRE_MS,
+        interfaces=s.interfaces,
+    )
 
 
 def kernel_filter(setup: Setup) -> list[Instruction]:
