@@ -1,0 +1,101 @@
+"""End to end: a real scan in the middle of a SYN flood from random forged sources.
+
+The C sender (``floodlab.py``, ``synflood.c``) floods the daemon's target namespace as fast
+as it goes (at most FLOOD_SECONDS and FLOOD_FRAMES) from 130,816 forged IPv4 sources in random
+order, far more than MAX_TRACKED_SOURCES, and more than the daemon can look at: the kernel
+drops the rest at its capture ring. Meanwhile ``nmap -sS -p 1-200`` scans from 198.18.0.2.
+The daemon (atcp, nftables bans, default caps and budget) must still ban the real scanner,
+keep its memory bounded (a generous behaviour bound, not a speed figure), count the frames
+its ring dropped in its statistics line, and stop cleanly on SIGTERM.
+
+Root, iproute2, nmap, nft and a C compiler; every packet stays inside the lab.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import floodlab
+import netns
+import pytest
+from banlab import every_ban, finish, nft_elements, start_scan, unavailable, wait_until
+from daemon import Daemon, Event, statistics
+
+pytestmark = [pytest.mark.e2e]
+_REASON = unavailable(("nmap", "nft")) or floodlab.unavailable()
+if _REASON:
+    pytestmark.append(pytest.mark.skip(reason=_REASON))
+
+SCANNER4 = netns.Lab.SCANNER4
+FLOOD_SECONDS = 15.0
+FLOOD_FRAMES = 2_000_000
+RSS_BOUND_MIB = 400
+BAN_DEADLINE = 30.0
+NMAP_FRAMES = 1000  # more than nmap sends for 200 ports with one retry
+
+
+def events_written(daemon: Daemon) -> bool:
+    return daemon.events_path.exists() and daemon.events_path.stat().st_size > 0
+
+
+def events_from(daemon: Daemon, src: str) -> list[Event]:
+    """The events about ``src``; the file holds one per forged source too, so lines are
+    picked by text before they are parsed."""
+    quoted = f'"{src}"'
+    with daemon.events_path.open() as lines:
+        found = [json.loads(line) for line in lines if quoted in line and line.endswith("\n")]
+    return [event for event in found if event["src"] == src]
+
+
+@pytest.fixture
+def lab() -> Iterator[netns.Lab]:
+    with netns.Lab.create("psh") as built:
+        yield built
+
+
+def test_a_real_scan_is_banned_in_a_spoofed_flood(lab: netns.Lab, tmp_path: Path) -> None:
+    binary = floodlab.build(tmp_path)
+    daemon = Daemon.start(lab, tmp_path / "daemon", mode="atcp")
+    rss = floodlab.RssSampler(daemon.pid)
+    flood = floodlab.Flood(count=FLOOD_FRAMES, seconds=FLOOD_SECONDS)
+    sender: subprocess.Popen[str] | None = None
+    try:
+        sender = floodlab.start(lab, binary, flood)
+        # The flood is under way once the daemon writes events about forged sources.
+        wait_until(lambda: events_written(daemon), "the flood reaching the daemon")
+        finish(start_scan(lab, SCANNER4, "1-200"))
+
+        def scanner_banned() -> bool:
+            return SCANNER4 in (nft_elements(lab, 4) or {})
+
+        wait_until(scanner_banned, "the real scanner in the ban set", BAN_DEADLINE)
+        assert sender.poll() is None, "banned while the flood went on"
+        sent = floodlab.result(sender, FLOOD_SECONDS + floodlab.SLACK)  # the flood runs its course
+        assert daemon.proc.poll() is None, "the daemon stayed up"
+        events = events_from(daemon, SCANNER4)
+        assert any(e["action"] == "block" for e in events), events[-5:]
+        assert SCANNER4 in {ban.address for ban in every_ban(daemon)}
+    finally:
+        if sender is not None:
+            netns.Lab.stop(sender)
+        code, stderr = daemon.stop()
+        samples = rss.stop()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    peak_mib = max(kib for _, kib in samples) / 1024
+    assert peak_mib < RSS_BOUND_MIB, f"VmRSS reached {peak_mib:.0f} MiB"
+    counters = statistics(stderr)
+    assert {"kernel_packets", "kernel_drops", "ring_handled"} <= counters.keys(), stderr[-2000:]
+    # The socket counts each frame once, handled or dropped at the ring (or left in it at the
+    # stop); the flood and the scan are all it saw: the target's own replies are not captured.
+    handled, drops = counters["ring_handled"], counters["kernel_drops"]
+    assert handled > 0
+    assert handled + drops <= counters["kernel_packets"] <= sent.sent + NMAP_FRAMES
+    print(
+        f"flood: {sent.sent} frames in {sent.seconds:.1f} s ({sent.pps / 1e3:.0f} kpps); "
+        f"daemon: handled {counters['ring_handled']}, kernel drops {counters['kernel_drops']}, "
+        f"peak VmRSS {peak_mib:.0f} MiB"
+    )
