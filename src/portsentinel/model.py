@@ -103,7 +103,6 @@ class Reason(StrEnum):
     IGNORE_LIST = "ignore list"
     OWN_ADDRESS = "own address"
     ALREADY_BLOCKED = "already blocked"
-    RESPONSE_OFF = "response disabled by configuration"
     NEVER_BLOCK = "never-block set"
     BAN_BUDGET = "ban budget"
     WEAK_EVIDENCE = "too few ports for a block"

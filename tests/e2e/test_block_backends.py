@@ -14,6 +14,7 @@ Measurements (bans per second for a batched nft add, block() latency) are printe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -106,9 +107,11 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture
-def lab() -> Iterator[netns.Lab]:
-    with Lab.create("psb") as lab:
+@contextlib.contextmanager
+def banning_lab(prefix: str) -> Iterator[netns.Lab]:
+    """A lab whose scanner has a second address (the one to ban) and whose target runs SERVER,
+    so a test can show traffic from the banned address dropped while the other passes."""
+    with Lab.create(prefix) as lab:
         scanner_mac = lab.link_address(lab.scanner, Lab.SCANNER_IF)
         lab.run(lab.scanner, ["ip", "addr", "add", f"{BANNED4}/24", "dev", Lab.SCANNER_IF])
         lab.run(
@@ -121,6 +124,12 @@ def lab() -> Iterator[netns.Lab]:
         server = lab.start(lab.target, [sys.executable, "-c", SERVER], stdout=-1, text=True)
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready"
+        yield lab
+
+
+@pytest.fixture
+def lab() -> Iterator[netns.Lab]:
+    with banning_lab("psb") as lab:
         yield lab
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import netns
 import pytest
-from test_block_backends import BANNED4, BANNED6, OTHER4, OTHER6, SERVER, expect
+from test_block_backends import BANNED4, BANNED6, OTHER4, OTHER6, banning_lab, expect
 
 from portsentinel.block.libnft import LIBRARY
 
@@ -186,19 +186,7 @@ class Driver:
 @pytest.fixture
 def lab() -> Iterator[netns.Lab]:
     """The lab of test_block_backends: a second scanner address and a server in the target."""
-    with Lab.create("psl") as lab:
-        scanner_mac = lab.link_address(lab.scanner, Lab.SCANNER_IF)
-        lab.run(lab.scanner, ["ip", "addr", "add", f"{BANNED4}/24", "dev", Lab.SCANNER_IF])
-        lab.run(
-            lab.scanner,
-            ["ip", "-6", "addr", "add", f"{BANNED6}/64", "dev", Lab.SCANNER_IF, "nodad"],
-        )
-        lab.set_neighbour(lab.target, Lab.TARGET_IF, BANNED4, scanner_mac)
-        lab.set_neighbour(lab.target, Lab.TARGET_IF, BANNED6, scanner_mac)
-        lab.check_closed()
-        server = lab.start(lab.target, [sys.executable, "-c", SERVER], stdout=-1, text=True)
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
+    with banning_lab("psl") as lab:
         yield lab
 
 

@@ -479,7 +479,3 @@ def _human(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
-
-
-def packed(address: str) -> bytes:
-    return ipaddress.ip_address(address).packed

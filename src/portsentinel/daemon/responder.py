@@ -11,7 +11,6 @@ restored the previous run's bans, so the kernel is in order before the first pac
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import queue
 import socket
 import threading
@@ -274,7 +273,3 @@ class Responder:
         if allowed != self._allowed:
             self._allowed = allowed
             self._report(Report("allow", networks=allowed))
-
-
-def packed(address: str) -> bytes:
-    return ipaddress.ip_address(address).packed
