@@ -2,6 +2,11 @@
 
 Exit status (DESIGN.md): 0 success, 1 runtime failure, 2 usage or configuration error.
 Errors are printed as one clear line each, never as a traceback.
+
+``run`` is a long-lived daemon, so what only other verbs use (the ban verbs' ``operate``,
+the replay) is imported by those verbs' handlers, not here: every module imported at the
+top stays resident in the daemon. The parser still names every verb, so the modules that
+declare verbs (evidence, report, install, migrate) keep their own heavy imports lazy.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from portsentinel import __version__, evidence, install, migrate, operate
+from portsentinel import __version__, evidence, install, migrate
 from portsentinel.alert.events import event_line, iso_time
 from portsentinel.alert.portsentry_log import detection_lines
 from portsentinel.assemble import DEFAULT_CONFIG_PATH, detector_config, load_setup
@@ -25,7 +30,6 @@ from portsentinel.daemon.pipeline import Daemon, RunOptions, default_log
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
 from portsentinel.model import Decision
-from portsentinel.replay import parse_in_use, parse_local, run_replay, summary, survey_in_use
 from portsentinel.report import cli as report_cli
 
 EXIT_OK = 0
@@ -253,6 +257,8 @@ def _cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+
     try:
         status = request(socket_path(args.state_dir, DEFAULT_STATE_DIR), "status")
     except DaemonNotRunning:
@@ -266,10 +272,14 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+
     return operate.list_bans(args.state_dir, args.json, out)
 
 
 def _cmd_block(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+
     setup = load_setup(args.config, "atcp,audp")
     duration = (
         setup.settings.ban_duration
@@ -280,6 +290,8 @@ def _cmd_block(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+
     if bool(args.address) == args.all:
         raise ConfigError("give addresses or --all", key="unblock", expected="ADDR... or --all")
     setup = load_setup(args.config, "atcp,audp")
@@ -287,6 +299,8 @@ def _cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_allow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+
     setup = load_setup(args.config, "atcp,audp")
     return operate.allow(
         setup, args.state_dir, args.address, comment=args.comment, out=out, err=err
@@ -321,6 +335,14 @@ def _cmd_config_defaults(args: argparse.Namespace, out: TextIO, err: TextIO) -> 
 
 
 def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel.replay import (  # noqa: PLC0415 - not on the daemon's path
+        parse_in_use,
+        parse_local,
+        run_replay,
+        summary,
+        survey_in_use,
+    )
+
     setup = load_setup(args.config, args.mode)
     for warning in setup.warnings:
         err.write(f"{PROG}: warning: {warning}\n")

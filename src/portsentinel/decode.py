@@ -60,7 +60,12 @@ _FRAG6 = struct.Struct("!B1xH")  # next header, fragment offset (13 bits) | M fl
 _PORTS = struct.Struct("!HH")
 _TCP_HEAD = struct.Struct("!HH8xBB")  # ports, data offset/reserved, flags
 
+# The common case in one read: an IPv4 header without options, then TCP ports, data offset
+# and flags (34 bytes).
+_IP4_TCP = struct.Struct("!BxH2xHBB2x4s4sHH8xBB")
+_IP4_TCP_FAST_MIN: Final = 40  # IPv4 (20) + TCP (20) bytes captured
 _IP4_MF: Final = 0x2000
+_IP4_FRAG_BITS: Final = 0x3FFF  # more-fragments flag and offset
 _IP4_OFFSET: Final = 0x1FFF
 
 # IPv6 extension headers we walk through. Their length byte counts 8-byte units beyond the
@@ -281,6 +286,20 @@ def _by_ethertype(buf: Buffer, off: int, ethertype: int) -> Packet | None:
 
 def decode_ip(buf: Buffer, offset: int = 0) -> Packet | None:
     """Raw IP at ``offset``: IPv4 or IPv6, chosen by the version nibble."""
+    if len(buf) - offset >= _IP4_TCP_FAST_MIN and offset >= 0:
+        # A whole unfragmented TCP segment in IPv4 without options: the live capture's
+        # everyday packet, read in one call. Anything else takes the general path below.
+        vhl, total, frag, ttl, proto, src, dst, sport, dport, doff, flags = _IP4_TCP.unpack_from(
+            buf, offset
+        )
+        if (
+            vhl == 0x45
+            and proto == _TCP
+            and not frag & _IP4_FRAG_BITS
+            and doff >= 0x50
+            and (doff >> 4) * 4 <= total - 20
+        ):
+            return (_TCP, src, dst, sport, dport, flags, ttl, False, _FRAG_NONE)
     if not 0 <= offset < len(buf):
         raise DecodeError("no IP header")
     version = buf[offset] >> 4

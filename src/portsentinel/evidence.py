@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from portsentinel.alert.events import iso_time
 from portsentinel.config.schema import Settings
@@ -31,11 +31,13 @@ from portsentinel.detect.detector import Detector
 from portsentinel.detect.track import kinds_of
 from portsentinel.errors import ConfigError
 from portsentinel.model import Action, Decision, Proto
-from portsentinel.replay import ReplayStats, run_replay
 from portsentinel.store.records import BanRecord, EventRow, LiftedBy
 from portsentinel.store.schema import parse_network
 from portsentinel.store.sqlite import DB_NAME, Store
 from portsentinel.tables import Column, Row, json_line, write_rows
+
+if TYPE_CHECKING:
+    from portsentinel.replay import ReplayStats
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 1
 DEFAULT_STATE_DIR: Final = "/var/lib/portsentinel"
@@ -565,6 +567,9 @@ def record_replay(
     The store is opened first, so a live store there (refused) stops the replay before it
     starts. What was seen is written even when the capture turns out unreadable half-way.
     """
+    # The CLI imports this module for its parser, the daemon included; it never replays.
+    from portsentinel.replay import run_replay  # noqa: PLC0415
+
     store = Store.open(state_dir, offline=True)
     try:
         recorder = ReplayRecorder(store, settings, detector)

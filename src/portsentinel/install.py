@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from portsentinel import manual, service_files
+from portsentinel import service_files
 from portsentinel.config.commands import render_defaults
 from portsentinel.config.load import parse_config
 from portsentinel.config.types import BlockLevel
@@ -153,6 +153,8 @@ def write_file(path: Path, text: str, mode: int) -> None:
 
 def artifacts(exec_start: str, config_text: str) -> list[Artifact]:
     """Every file install writes, given the program to run and the configuration in force."""
+    from portsentinel import manual  # noqa: PLC0415 - the daemon imports this module too
+
     parser = manual.full_parser()
     found = [
         Artifact(UNIT_PATH, service_files.unit_text(exec_start), 0o644),

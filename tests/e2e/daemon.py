@@ -81,11 +81,13 @@ class Daemon:
         dry_run: bool = False,
         state_dir: Path | None = None,
         wait: bool = True,
+        events: bool = True,
     ) -> Daemon:
         """Start the daemon: ``run --mode MODE`` or, with ``flags`` (``-atcp``, ``-audp``),
         PortSentry's invocation, flags first and options after. The state directory is
         ``directory`` unless ``state_dir`` names another (a second daemon on the same state).
-        With ``wait``, return once it is active (fail if it exits first)."""
+        With ``wait``, return once it is active (fail if it exits first). Without ``events``
+        there is no ``--events`` stream, as in the packaged service."""
         directory.mkdir(parents=True, exist_ok=True)
         config = write_config(directory, settings or {})
         verb = list(flags) if flags else ["run", *(["--mode", mode] if mode else [])]
@@ -94,7 +96,7 @@ class Daemon:
             *verb,
             "--config", str(config),
             "--state-dir", str(state_dir or directory),
-            "--events", str(directory / "events.jsonl"),
+            *(["--events", str(directory / "events.jsonl")] if events else []),
             *(["--dry-run"] if dry_run else []),
         ]  # fmt: skip
         with (directory / "stderr.log").open("wb") as err:

@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portsentinel.decode import (
+    _ip4,
     decode_ethernet,
     decode_ip,
     decode_null,
@@ -504,3 +505,37 @@ def test_round_trip(
     expected = _packet(proto, src, dst, (sport, dport), flags if proto == TCP else 0, ttl=ttl)
     assert decode_ip(packet) == expected
     assert decode_ethernet(ethernet(ethertype, packet, tags=(0x8100,) * n_tags)) == expected
+
+
+def _general(buf: bytes) -> Packet | str | None:
+    try:
+        return _ip4(buf, 0)
+    except DecodeError as exc:
+        return f"error: {exc}"
+
+
+def _fast(buf: bytes) -> Packet | str | None:
+    try:
+        return decode_ip(buf)
+    except DecodeError as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    header=st.binary(min_size=34, max_size=34),
+    tail=st.binary(min_size=0, max_size=30),
+    vhl=st.sampled_from([0x45, 0x46, 0x44]),
+    proto=st.sampled_from([6, 17, 1]),
+    frag=st.sampled_from([0, 0x2000, 0x4000, 0x0001, 0x4001]),
+    doff=st.integers(0, 255),
+)
+def test_ipv4_tcp_fast_path_agrees_with_the_general_decoder(  # noqa: PLR0917
+    header: bytes, tail: bytes, vhl: int, proto: int, frag: int, doff: int
+) -> None:
+    buf = bytearray(header + tail)
+    buf[0], buf[9], buf[32] = vhl, proto, doff
+    buf[6:8] = frag.to_bytes(2, "big")
+    total = int.from_bytes(buf[2:4], "big") % (len(buf) + 40)
+    buf[2:4] = total.to_bytes(2, "big")
+    assert _fast(bytes(buf)) == _general(bytes(buf))

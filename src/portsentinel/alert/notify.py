@@ -13,14 +13,16 @@ the ban was applied, so the receiver learns the ban's target and end too.
 Nothing from the network reaches a command line: the MTA gets a fixed argv and the message
 on its standard input, and the message holds only validated values (addresses, port
 numbers, kinds) plus printable text; a reverse-DNS name only when it is a plain host name.
+
+The daemon imports this module even when nothing is configured, so the web and mail
+libraries (urllib.request, http.client, ssl and email weigh some 7 MiB of resident memory)
+are imported only by the code that sends, when a webhook or a mail address is configured.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import email.message
-import email.utils
 import ipaddress
 import json
 import os
@@ -28,13 +30,10 @@ import queue
 import re
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.client import HTTPException, HTTPMessage
-from typing import IO
+from typing import TYPE_CHECKING
 
 from portsentinel import __version__
 from portsentinel.alert.events import event_dict, iso_time
@@ -42,6 +41,9 @@ from portsentinel.block.runner import CommandRunner, Runner
 from portsentinel.config.schema import NotifyOn, Settings
 from portsentinel.model import Action, Decision, ScanKind
 from portsentinel.store.records import BanRecord
+
+if TYPE_CHECKING:
+    import urllib.request
 
 _clock = time.monotonic  # noqa: TID251 - the worker's own timers (deadlines, the rate window)
 _wall = time.time  # noqa: TID251 - summaries carry the time they were written
@@ -238,6 +240,9 @@ def mail_message(payload: Mapping[str, object], to: tuple[str, ...], host: str) 
                     lines.append(f"  {_address(entry.get('src'))}: {_number(entry.get('count'))}")
     else:
         subject, lines = _event_lines(payload)
+    import email.message  # noqa: PLC0415 - only when mail is configured (see the docstring)
+    import email.utils  # noqa: PLC0415
+
     msg = email.message.EmailMessage()
     msg["To"] = ", ".join(to)
     msg["Subject"] = f"PortSentinel on {host}: {subject}"
@@ -250,19 +255,16 @@ def mail_message(payload: Mapping[str, object], to: tuple[str, ...], host: str) 
 # --- the channels -------------------------------------------------------------------------------
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect could lead anywhere (even ftp://): a 3xx answer counts as a failure."""
+def _webhook_opener() -> urllib.request.OpenerDirector:
+    """An opener that ignores proxy variables and never follows a redirect: one could lead
+    anywhere (even ftp://), so a 3xx answer counts as a failure."""
+    import urllib.request  # noqa: PLC0415 - only when a webhook is configured
 
-    def redirect_request(  # noqa: PLR0917 - urllib's own signature
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        return None
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *_args: object) -> None:
+            return None
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
 
 
 @dataclass(frozen=True)
@@ -306,7 +308,7 @@ class Notifier:
         self._early: collections.OrderedDict[str, tuple[float, dict[str, object] | None]]
         self._early = collections.OrderedDict()
         self._runner = runner if runner is not None else Runner(timeout=config.mail_timeout)
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        self._opener = _webhook_opener() if config.webhook_url else None
         self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
 
     # --- other threads' side ------------------------------------------------------------------
@@ -515,6 +517,11 @@ class Notifier:
         )
 
     def _post_once(self, body: bytes) -> _Failure | None:
+        import urllib.error  # noqa: PLC0415 - only when a webhook is configured
+        import urllib.request  # noqa: PLC0415
+        from http.client import HTTPException  # noqa: PLC0415
+
+        assert self._opener is not None  # built whenever webhook_url is set
         request = urllib.request.Request(
             self.config.webhook_url,
             data=body,

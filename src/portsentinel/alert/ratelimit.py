@@ -56,6 +56,19 @@ class RepeatLimiter:
         glob[0] -= 1.0
         return True
 
+    def add_held(self, key: object, count: int) -> None:
+        """Records held back elsewhere (the detector's muted sources) for the summary."""
+        if count <= 0:
+            return
+        entry = self._keys.get(key)
+        if entry is None:
+            if len(self._keys) >= self.max_keys:
+                self._keys.popitem(last=False)
+            entry = self._keys[key] = [0.0, 0.0, 0.0]
+        entry[2] += count
+        self.suppressed += count
+        self.total_suppressed += count
+
     def summary(self) -> tuple[int, list[tuple[object, int]]]:
         """(records held back since the last call, the keys that held most, up to 5) — and reset."""
         held = sorted(

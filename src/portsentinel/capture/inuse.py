@@ -20,6 +20,7 @@ Only the kernel is asked; no packet is sent. All failures are ``CaptureError``.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import struct
@@ -356,6 +357,7 @@ class InUseView(Container[int]):
         self._budget = recheck_burst  # seconds of query time left; may go below 0 (a debt)
         self._clock = clock
         self._last = clock()
+        self._broke_until = -math.inf
         self._kernel: frozenset[int] = frozenset()
         self._extra: frozenset[int] = frozenset()
         self._found: set[int] = set()
@@ -391,8 +393,9 @@ class InUseView(Container[int]):
         if port in self._ports:
             self.stats.hits += 1
             return True
-        self.stats.misses += 1
-        if not isinstance(port, int) or not 0 < port <= 0xFFFF:
+        stats = self.stats
+        stats.misses += 1
+        if port.__class__ is not int or not 0 < port <= 0xFFFF:
             return False
         return self._recheck(port)
 
@@ -406,6 +409,9 @@ class InUseView(Container[int]):
         expiry = self._negative.get(port)
         if expiry is not None and now < expiry:
             stats.recheck_cached += 1
+            return False
+        if now < self._broke_until:  # the budget is spent: no need to refill it yet
+            stats.recheck_skipped += 1
             return False
         if not self._budget_left(now):
             stats.recheck_skipped += 1
@@ -429,11 +435,16 @@ class InUseView(Container[int]):
         return found
 
     def _budget_left(self, now: float) -> bool:
-        if self._share is None:
+        share = self._share
+        if share is None:
             return True
-        self._budget = min(self._burst, self._budget + (now - self._last) * self._share)
+        budget = self._budget = min(self._burst, self._budget + (now - self._last) * share)
         self._last = now
-        return self._budget > 0
+        if budget > 0:
+            return True
+        # Refilled at ``share`` seconds per second: positive again only after this.
+        self._broke_until = now - budget / share
+        return False
 
     def _remember_free(self, port: int, now: float) -> None:
         negative = self._negative

@@ -20,6 +20,10 @@ The snapshot is a flat mapping (``Pipeline.statistics()`` as it is) plus a few n
     start_time (epoch seconds, else the server's)        -> start_time_seconds
 
 A key that is missing is simply not exported (no kernel counters without a capture ring).
+
+prometheus_client (with the HTTP server and ssl it pulls in, some 8 MiB of resident memory)
+is imported only when the endpoint is on: the daemon imports this module either way, for
+``DecisionCounts`` and ``MetricsServer.from_settings``.
 """
 
 from __future__ import annotations
@@ -29,22 +33,17 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
 from portsentinel import __version__
 from portsentinel.config.schema import Settings
 from portsentinel.errors import ConfigError
 from portsentinel.model import Action, Decision, Reason, ScanKind
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.core import CounterMetricFamily, Metric
 
 Snapshot = Callable[[], Mapping[str, object]]
 
@@ -91,9 +90,9 @@ _REFUSED = {Reason.BAN_BUDGET: "budget", Reason.NEVER_BLOCK: "never_block"}
 
 
 class DecisionCounts:
-    """What the detector does not count itself: triggers by response and kind, refusals by
-    reason. The daemon calls ``add`` for each decision it emits (a dict bump or two); the
-    tables are filled up front, so they never change size while a scrape reads them.
+    """What the detector does not count itself: triggers by response and kind. The daemon
+    calls ``add`` for each decision it emits (a dict bump); the tables are filled up front, so
+    they never change size while a scrape reads them.
     """
 
     def __init__(self) -> None:
@@ -101,25 +100,26 @@ class DecisionCounts:
         self.alerts: dict[str, dict[str, int]] = {
             a.value: dict.fromkeys(kinds, 0) for a in Action if a is not Action.IGNORED
         }
-        self.refused: dict[str, int] = dict.fromkeys(_REFUSED.values(), 0)
 
     def add(self, decision: Decision) -> None:
         if decision.first and decision.action is not Action.IGNORED:
             self.alerts[decision.action.value][decision.kind.value] += 1
-        else:
-            reason = _REFUSED.get(decision.reason)
-            if reason is not None:
-                self.refused[reason] += 1
 
     def snapshot(self) -> dict[str, object]:
-        return {
-            "alerts": {action: dict(kinds) for action, kinds in self.alerts.items()},
-            "bans_refused": dict(self.refused),
-        }
+        return {"alerts": {action: dict(kinds) for action, kinds in self.alerts.items()}}
 
 
-class SnapshotCollector(Collector):
-    """Metric families built from one snapshot per scrape."""
+def refused_counts(ignored_by_reason: Mapping[Reason, int]) -> dict[str, int]:
+    """``bans_refused`` from the detector's count of ignored probes by reason (which also
+    counts probes whose records were held back, so a flood of refusals is counted in full)."""
+    return {name: ignored_by_reason.get(reason, 0) for reason, name in _REFUSED.items()}
+
+
+class SnapshotCollector:
+    """Metric families built from one snapshot per scrape (a prometheus_client ``Collector``:
+    that is a protocol, so no base class, and no import of prometheus_client to define it;
+    the methods import the family types, loaded by then with the registry that calls them).
+    """
 
     def __init__(self, snapshot: Snapshot, *, started: float, version: str = __version__) -> None:
         self._snapshot = snapshot
@@ -127,6 +127,8 @@ class SnapshotCollector(Collector):
         self._version = version
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily  # noqa: PLC0415
+
         snap = self._snapshot()
         yield from self._scalars(snap)
         yield self._labelled(
@@ -160,6 +162,8 @@ class SnapshotCollector(Collector):
         )
 
     def _scalars(self, snap: Mapping[str, object]) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
         for key, name, text in _COUNTERS:
             value = _number(snap.get(key))
             if value is not None:
@@ -173,6 +177,8 @@ class SnapshotCollector(Collector):
     def _labelled(
         name: str, text: str, label: str, values: Mapping[str, object]
     ) -> CounterMetricFamily:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
+
         family = CounterMetricFamily(PREFIX + name, text, labels=[label])
         for key, raw in values.items():
             value = _number(raw)
@@ -182,6 +188,8 @@ class SnapshotCollector(Collector):
 
     @staticmethod
     def _alerts(by_action: Mapping[str, object]) -> CounterMetricFamily:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
+
         family = CounterMetricFamily(
             PREFIX + "alerts",
             "Sources that crossed the trigger, by response and scan kind",
@@ -196,6 +204,8 @@ class SnapshotCollector(Collector):
 
     @staticmethod
     def _health(backends: Mapping[str, object], degraded: object) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
         up = GaugeMetricFamily(
             PREFIX + "backend_up",
             "1 if a blocking backend works, 0 if degraded",
@@ -241,6 +251,9 @@ class MetricsServer:
         started: float | None = None,
         version: str = __version__,
     ) -> None:
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - only when on
+        from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
+
         check_listen(host, allow_remote=allow_remote)
         self.host = host
         self.port = port
@@ -265,6 +278,8 @@ class MetricsServer:
 
     def start(self) -> None:
         """Bind and serve; OSError when the address cannot be bound."""
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
         self._server, self._thread = start_http_server(self.port, self.host, self.registry)
         self._thread.name = "metrics"
 

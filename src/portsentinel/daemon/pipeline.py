@@ -41,7 +41,7 @@ from portsentinel.daemon.bans import BanRequest
 from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.hostview import HostView
 from portsentinel.daemon.lock import StateLock
-from portsentinel.daemon.metrics import DecisionCounts, MetricsServer
+from portsentinel.daemon.metrics import DecisionCounts, MetricsServer, refused_counts
 from portsentinel.daemon.neverblock import NeverBlock
 from portsentinel.daemon.responder import Report, Responder
 from portsentinel.daemon.tracking import ensure_conntrack
@@ -49,7 +49,7 @@ from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.track import kinds_of
 from portsentinel.errors import ConfigError, ConfigErrors, DecodeError, PortSentinelError
-from portsentinel.model import Action, Decision, Mode, Proto, Reason
+from portsentinel.model import Action, Decision, Mode, Proto, Reason, addr_text
 from portsentinel.store.records import EventRow
 
 # Timer periods, in seconds.
@@ -268,6 +268,12 @@ class Pipeline:
         self.notifier: Notifier | None = None
         self._notices: dict[str, tuple[float, int]] = {}
         self._repeats = RepeatLimiter()
+        # Without an events stream every ignored probe's record would be rate-limited anyway:
+        # the detector asks the limiter first and builds nothing for a held record. With
+        # --events the operator asked for every decision, so all are built.
+        self._gated = events is None
+        if self._gated:
+            detector.set_record_gate(self._gate)
         self._next_summary = time.monotonic() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
         self._now = time.monotonic()
@@ -518,6 +524,8 @@ class Pipeline:
     def metrics_snapshot(self) -> dict[str, object]:
         """Everything the metrics endpoint exports, read at scrape time (its own thread)."""
         snapshot: dict[str, object] = {**self.statistics(), **self.counts.snapshot()}
+        # Refusals are counted by the detector, also those whose records were held back.
+        snapshot["bans_refused"] = refused_counts(self.detector.stats.ignored_by_reason)
         if self.notifier is not None:
             snapshot["notifications"] = self.notifier.stats()
         if self.responder is not None:
@@ -551,6 +559,7 @@ class Pipeline:
         events, offset, line = self.events, self._wall_offset, self.log.line
         store = self.responder is not None
         allow, count, notifier = self._repeats.allow, self.counts.add, self.notifier
+        gated = self._gated
         for decision in decisions:
             wall = decision.time + offset
             count(decision)
@@ -560,8 +569,10 @@ class Pipeline:
                 if notifier is not None:
                     notifier.submit(decision, wall)
                 self._respond(decision, wall)
-            elif decision.action is Action.IGNORED and not allow(
-                (decision.src, decision.reason), decision.time
+            elif (
+                decision.action is Action.IGNORED
+                and not gated
+                and not allow((decision.src, decision.reason), decision.time)
             ):
                 continue  # past its rate: counted, summarised on a later tick
             elif decision.reason in _NOTICED:
@@ -571,7 +582,12 @@ class Pipeline:
             if store:
                 self._rows.append(_row(decision, wall))
 
+    def _gate(self, src: bytes, reason: Reason, now: float) -> bool:
+        return self._repeats.allow((src, reason), now)
+
     def _summarise_repeats(self) -> None:
+        for src, count in self.detector.take_held().items():
+            self._repeats.add_held((src, Reason.ALREADY_BLOCKED), count)
         held, top = self._repeats.summary()
         if not held:
             return
@@ -667,6 +683,7 @@ class Pipeline:
         }
         out.update({f"probes_{k.value.lower()}": n for k, n in d.probes_by_kind.items()})
         out.update({f"decisions_{a.value}": n for a, n in d.decisions_by_action.items()})
+        out["records_held"] = d.held if self._gated else self._repeats.total_suppressed
         if self.ring is not None:
             r = self.ring.stats()
             out.update(
@@ -701,7 +718,8 @@ _NOTICED = frozenset({Reason.NEVER_BLOCK, Reason.BAN_BUDGET})
 
 def _key_text(key: object) -> str:
     if isinstance(key, tuple) and len(key) == 2:
-        return f"{key[0]} {getattr(key[1], 'value', key[1])}"
+        src = addr_text(key[0]) if isinstance(key[0], bytes) else key[0]
+        return f"{src} {getattr(key[1], 'value', key[1])}"
     return str(key)
 
 

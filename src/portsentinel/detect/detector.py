@@ -45,6 +45,11 @@ _PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
 # Address texts are cached because formatting one costs about as much as the rest of a
 # decision; cleared when full, so a flood of spoofed sources only churns it.
 _TEXT_CACHE_SIZE: Final = 4096
+# A responded source whose "already blocked" record the gate held back is muted for this
+# long: its probes are counted and tracked, but the policy and the gate are not asked again
+# (both would say the same). Short, so a record still goes out a few times a second.
+MUTE_SECONDS: Final = 0.25
+_MUTED_CAP: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -120,9 +125,19 @@ class DetectorStats:
     probes: int = 0
     probes_by_kind: dict[ScanKind, int] = field(default_factory=lambda: dict.fromkeys(ScanKind, 0))
     decisions_by_action: dict[Action, int] = field(default_factory=lambda: dict.fromkeys(Action, 0))
+    # Why probes were not acted on (IGNORED decisions), counted whether or not a record was
+    # built for them; ``held`` counts those the record gate kept from becoming records.
+    ignored_by_reason: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
+    held: int = 0
     sources_evicted: int = 0
     sources_expired: int = 0
     tracked_sources: int = 0
+
+
+RecordGate = Callable[[bytes, Reason, float], bool]
+"""Asked before an IGNORED decision is built: ``gate(src, reason, now)``; False holds the
+record back (it is still counted). The daemon's repeat limiter, so a blocked scanner's or a
+forged flood's further probes cost a few counter bumps, not an object each."""
 
 
 def _budget_config(c: DetectorConfig) -> BudgetConfig:
@@ -145,11 +160,15 @@ class Detector:
     __slots__ = (
         "_bound",
         "_custom_rules",
+        "_gate",
+        "_held_by_source",
         "_in_use_tcp",
         "_in_use_udp",
         "_local",
         "_modes",
+        "_muted",
         "_reply_check",
+        "_stats",
         "_stealth",
         "_texts",
         "_tracker",
@@ -158,7 +177,6 @@ class Detector:
         "config",
         "policy",
         "rules",
-        "stats",
     )
 
     def __init__(
@@ -172,7 +190,10 @@ class Detector:
         rules: Sequence[ScoringRule] | None = None,
         never_block: Container[bytes] | None = None,
     ) -> None:
-        self.stats = DetectorStats()
+        self._stats = DetectorStats()
+        self._gate: RecordGate | None = None
+        self._muted: dict[int, dict[bytes, float]] = {_TCP: {}, _UDP: {}}
+        self._held_by_source: dict[bytes, int] = {}
         self._in_use_tcp = in_use_tcp
         self._in_use_udp = in_use_udp
         self._local = local
@@ -231,13 +252,14 @@ class Detector:
         """A reloaded configuration: new ports, trigger, levels and caps; the tracked evidence,
         the responses (bans) and the counters are kept."""
         self._configure(config)
+        self._unmute()
 
     # --- the hot path ---------------------------------------------------------------------
 
     def feed(self, pkt: Packet, now: float) -> list[Decision]:
         """Judge one decoded packet seen by a stealth mode."""
         proto, _src, dst, _sport, port, flags, _ttl, _options, frag = pkt
-        stats = self.stats
+        stats = self._stats
         stats.packets += 1
         if frag:
             return self._feed_fragment(pkt, now)
@@ -278,6 +300,13 @@ class Detector:
         ):
             stats.replies += 1
             return []
+        muted = self._muted[proto]
+        if muted:
+            until = muted.get(pkt[1])
+            if until is not None:
+                if now < until and self.policy.responses.covers(pkt[1], proto):
+                    return self._held(pkt, kind, now)
+                del muted[pkt[1]]
         return self._probe(pkt, kind, now)
 
     def _feed_fragment(self, pkt: Packet, now: float) -> list[Decision]:
@@ -287,7 +316,7 @@ class Detector:
         carries its destination port goes through the usual port checks.
         """
         proto, _src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
-        stats = self.stats
+        stats = self._stats
         if not self._stealth.get(proto, False):
             stats.unwatched += 1
             return []
@@ -313,7 +342,7 @@ class Detector:
         No in-use check (the listener is ours) and no destination check (a listener only
         hears this host's traffic).
         """
-        stats = self.stats
+        stats = self._stats
         stats.connects += 1
         if not self._bound[proto][port]:
             stats.unwatched += 1
@@ -322,41 +351,98 @@ class Detector:
 
     def _probe(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
         """Steps 4-6 for a confirmed probe: admission, tracking, rules, policy."""
-        proto, src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
-        stats = self.stats
+        src = pkt[1]
+        stats = self._stats
         stats.probes += 1
         stats.probes_by_kind[kind] += 1
         policy = self.policy
         refused = policy.admit(src)
         if refused is not None:
-            return [self._decision(pkt, kind, now, refused)]
-        tracker = self._tracker
-        state = tracker.hit(src, proto, port, kind, dst, now)
-        stats.tracked_sources = len(tracker)
-        stats.sources_evicted = tracker.evicted
+            return self._ignored(pkt, kind, now, refused, None, None)
+        proto, port, dst = pkt[0], pkt[4], pkt[2]
+        state = self._tracker.hit(src, proto, port, kind, dst, now)
         fired: str | None = None
         for rule in self.rules:
             # Every rule sees every probe, even after another fired, to keep its state whole.
             if rule.observe(state, proto, port, kind, dst, now) and fired is None:
                 fired = rule.name
         if fired is None:
-            return [self._decision(pkt, kind, now, Reason.BELOW_TRIGGER, state=state)]
+            return self._ignored(pkt, kind, now, Reason.BELOW_TRIGGER, state, None)
         action, reason = policy.decide(src, _PROTOS[proto], state, now)
-        return [self._decision(pkt, kind, now, reason, state=state, rule=fired, action=action)]
+        if action is Action.IGNORED:
+            return self._ignored(pkt, kind, now, reason, state, fired)
+        stats.decisions_by_action[action] += 1
+        return [self._decision(pkt, kind, now, reason, state, fired, action)]
 
-    def _decision(
+    def _ignored(  # noqa: PLR0917 - plain positional values: called for every probe
         self,
         pkt: Packet,
         kind: ScanKind,
         now: float,
         reason: Reason,
-        *,
-        state: SourceState | None = None,
-        rule: str | None = None,
-        action: Action = Action.IGNORED,
+        state: SourceState | None,
+        rule: str | None,
+    ) -> list[Decision]:
+        """A probe not acted on: counted, then a record unless the gate holds it back."""
+        stats = self._stats
+        stats.decisions_by_action[Action.IGNORED] += 1
+        stats.ignored_by_reason[reason] += 1
+        gate = self._gate
+        if gate is not None and not gate(pkt[1], reason, now):
+            stats.held += 1
+            if reason is Reason.ALREADY_BLOCKED:
+                self._mute(pkt[0], pkt[1], now)
+            return []
+        return [self._decision(pkt, kind, now, reason, state, rule, Action.IGNORED)]
+
+    def _held(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
+        """A muted source's probe: what ``_probe`` would count and track, without asking the
+        policy (already responded: checked by the caller) or the gate (held: muted)."""
+        proto, src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
+        stats = self._stats
+        stats.probes += 1
+        stats.probes_by_kind[kind] += 1
+        stats.decisions_by_action[Action.IGNORED] += 1
+        stats.ignored_by_reason[Reason.ALREADY_BLOCKED] += 1
+        stats.held += 1
+        state = self._tracker.hit(src, proto, port, kind, dst, now)
+        for rule in self.rules:
+            rule.observe(state, proto, port, kind, dst, now)
+        held = self._held_by_source
+        held[src] = held.get(src, 0) + 1
+        return []
+
+    def _mute(self, proto: int, src: bytes, now: float) -> None:
+        muted = self._muted[proto]
+        if len(muted) >= _MUTED_CAP:
+            muted.clear()  # a flood of blocked sources only churns it
+        muted[src] = now + MUTE_SECONDS
+        held = self._held_by_source
+        if len(held) >= _MUTED_CAP:
+            held.clear()  # only the per-source detail goes; stats.held keeps the total
+        held.setdefault(src, 0)
+
+    def take_held(self) -> dict[bytes, int]:
+        """Probes of muted sources per source since the last call (their records were held
+        back without asking the gate): for the summary of held records."""
+        held, self._held_by_source = self._held_by_source, {}
+        return {src: n for src, n in held.items() if n}
+
+    def _unmute(self) -> None:
+        for muted in self._muted.values():
+            muted.clear()
+
+    def _decision(  # noqa: PLR0917 - plain positional values: called for every probe
+        self,
+        pkt: Packet,
+        kind: ScanKind,
+        now: float,
+        reason: Reason,
+        state: SourceState | None,
+        rule: str | None,
+        action: Action,
     ) -> Decision:
         proto, src, dst, _sport, port, flags, _ttl, options, _frag = pkt
-        self.stats.decisions_by_action[action] += 1
         return Decision(
             time=now,
             src=self._text(src),
@@ -388,11 +474,22 @@ class Detector:
 
     def tick(self, now: float) -> list[Decision]:
         """Expire idle sources. Returns decisions taken on time alone (none yet)."""
-        tracker = self._tracker
-        tracker.expire(now)
-        self.stats.sources_expired = tracker.expired
-        self.stats.tracked_sources = len(tracker)
+        self._tracker.expire(now)
         return []
+
+    @property
+    def stats(self) -> DetectorStats:
+        """The counters; the tracker's are copied in when read, not on every probe."""
+        stats, tracker = self._stats, self._tracker
+        stats.tracked_sources = len(tracker)
+        stats.sources_evicted = tracker.evicted
+        stats.sources_expired = tracker.expired
+        return stats
+
+    def set_record_gate(self, gate: RecordGate | None) -> None:
+        """Hold back records of ignored probes the gate refuses (None: build every one)."""
+        self._gate = gate
+        self._unmute()
 
     def set_in_use(self, proto: Proto, view: Container[int]) -> None:
         """Ports in use for ``proto``: probes to them are not probes (kept by reference)."""
@@ -415,11 +512,13 @@ class Detector:
 
     def set_ignore(self, ignore: AddressSet) -> None:
         self.policy.ignore = ignore
+        self._unmute()
 
     def set_local(self, local: Container[bytes] | None) -> None:
         """This host's addresses; None counts every destination as this host (replay)."""
         self._local = local
         self.policy.local = local
+        self._unmute()
 
     def release(self, src: bytes) -> None:
         """A response for ``src`` ended: its next trigger acts again.
@@ -428,6 +527,8 @@ class Detector:
         fires at once; a repeat offender is not a fresh source.
         """
         self.policy.release(src)
+        for muted in self._muted.values():
+            muted.pop(src, None)
 
     def restore(self, src: bytes, proto: Proto, action: Action, *, strong: bool = True) -> None:
         """At start-up: a response that already exists, so triggers say "already blocked"."""
@@ -436,6 +537,7 @@ class Detector:
     def set_never_block(self, never_block: Container[bytes] | None) -> None:
         """Addresses no decision may act against (kept by reference: refresh it in place)."""
         self.policy.never_block = never_block
+        self._unmute()
 
     def watched_ports(self, proto: Proto) -> list[int]:
         """The ports the protocol's mode watches, before the in-use check (ascending)."""

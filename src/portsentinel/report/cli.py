@@ -2,6 +2,9 @@
 
 ``add_parser(verbs)`` registers it; the handler follows the CLI's ``(args, out, err) -> int``
 shape. The only I/O of the report lives here: the store, the clock, the output file.
+
+The CLI imports this module to build its parser, and so does the daemon (``run``): the
+report's own modules (data, html, svg) are imported by the handler only.
 """
 
 from __future__ import annotations
@@ -10,16 +13,16 @@ import argparse
 import os
 import tempfile
 import time
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 from portsentinel import __version__
 from portsentinel.config.types import InvalidValueError, positive_duration
 from portsentinel.errors import ConfigError, StoreError
-from portsentinel.report.data import Report, build_report, choose_window, record_span
-from portsentinel.report.html import render_page
-from portsentinel.report.svg import plural
 from portsentinel.store.records import BanRecord, EventRow
 from portsentinel.store.sqlite import DB_NAME, Store
+
+if TYPE_CHECKING:
+    from portsentinel.report.data import Report
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 DEFAULT_STATE_DIR: Final = "/var/lib/portsentinel"
@@ -74,6 +77,9 @@ def parse_since(text: str) -> float | None:
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """The handler: exit 0 with the page written, 1 when the store or the file fails."""
+    from portsentinel.report.html import render_page  # noqa: PLC0415 - see the docstring
+    from portsentinel.report.svg import plural  # noqa: PLC0415
+
     since = parse_since(args.since)
     now = time.time()  # noqa: TID251 - the verb's one clock read; the rest takes it as argument
     try:
@@ -100,6 +106,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def load_report(state_dir: str, since: float | None, now: float) -> tuple[Report, str]:
     """Read the window's records from the store (never creating one) and reduce them."""
+    from portsentinel.report.data import build_report, choose_window, record_span  # noqa: PLC0415
+
     path = os.path.join(state_dir, DB_NAME)
     if not os.path.isfile(path):
         raise StoreError(f"{path}: no store here (give the --state-dir of a daemon or a replay)")

@@ -30,3 +30,17 @@ def test_keys_are_bounded() -> None:
     for i in range(1000):
         limiter.allow(i, float(i))
     assert len(limiter._keys) == 10
+
+
+def test_records_held_elsewhere_join_the_summary() -> None:
+    limiter = RepeatLimiter(rate=1.0, burst=1.0)
+    assert limiter.allow("a", 0.0)
+    assert not limiter.allow("a", 0.0)
+    limiter.add_held("a", 5)
+    limiter.add_held("b", 2)
+    limiter.add_held("c", 0)
+    held, top = limiter.summary()
+    assert held == 8
+    assert top == [("a", 6), ("b", 2)]
+    assert limiter.total_suppressed == 8
+    assert limiter.allow("b", 10.0)  # a key made by add_held starts with a full bucket

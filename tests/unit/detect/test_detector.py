@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portsentinel.detect.detector import Detector, DetectorConfig
+from portsentinel.detect.detector import MUTE_SECONDS, Detector, DetectorConfig
 from portsentinel.detect.track import SourceState
 from portsentinel.model import (
     ACK,
@@ -765,8 +765,75 @@ def test_reconfigure_to_fewer_sources_evicts_the_oldest() -> None:
     for i in range(10):
         det.feed(tcp(79, src=addr(i)), float(i))
     det.reconfigure(replace(det.config, max_sources=3))
-    assert det.stats.tracked_sources == 10  # counters move on the next probe or tick
-    det.tick(20.0)
-    assert det.stats.tracked_sources == 3
+    # The counters read the tracker when read: the eviction shows at once.
+    assert (det.stats.tracked_sources, det.stats.sources_evicted) == (3, 7)
     assert det.source(addr(9)) is not None
     assert det.source(addr(0)) is None
+
+
+# --- the record gate ----------------------------------------------------------------------------
+
+
+def test_record_gate_holds_ignored_records_but_every_probe_is_counted() -> None:
+    det = detector()
+    asked: list[tuple[bytes, Reason]] = []
+
+    def gate(src: bytes, reason: Reason, now: float) -> bool:
+        asked.append((src, reason))
+        return len(asked) <= 2  # the first two records pass, the rest are held
+
+    det.set_record_gate(gate)
+    first = one(det.feed(tcp(80), 1.0))  # a trigger is never gated
+    assert first.reason is Reason.TRIGGERED
+    repeats = [det.feed(tcp(81 + i), 2.0 + i) for i in range(5)]
+    assert [len(r) for r in repeats] == [1, 1, 0, 0, 0]
+    assert asked == [(SCANNER, Reason.ALREADY_BLOCKED)] * 5
+    s = det.stats
+    assert (s.probes, s.held) == (6, 3)
+    assert s.ignored_by_reason[Reason.ALREADY_BLOCKED] == 5
+    assert s.decisions_by_action[Action.IGNORED] == 5
+    # The evidence of held probes is kept: all six ports.
+    state = det.source(SCANNER)
+    assert state is not None
+    assert state.ports_seen == 6
+    det.set_record_gate(None)
+    assert one(det.feed(tcp(99), 9.0)).reason is Reason.ALREADY_BLOCKED
+
+
+def test_a_held_source_is_muted_for_a_moment_then_asked_again() -> None:
+    det = detector()
+    asked: list[float] = []
+
+    def gate(src: bytes, reason: Reason, now: float) -> bool:
+        asked.append(now)
+        return False  # hold every record
+
+    det.set_record_gate(gate)
+    assert one(det.feed(tcp(80), 1.0)).reason is Reason.TRIGGERED
+    assert det.feed(tcp(81), 1.0) == []  # held: asked once, then muted
+    for i in range(10):
+        assert det.feed(tcp(82 + i), 1.0 + i * 0.01) == []
+    assert asked == [1.0]  # the muted probes did not ask the gate
+    assert det.take_held() == {SCANNER: 10}
+    assert det.take_held() == {}
+    s = det.stats
+    assert (s.probes, s.held) == (12, 11)
+    assert s.ignored_by_reason[Reason.ALREADY_BLOCKED] == 11
+    state = det.source(SCANNER)
+    assert state is not None
+    assert (state.hits, state.ports_seen) == (12, 12)
+    # After the mute the gate is asked again.
+    assert det.feed(tcp(100), 1.0 + MUTE_SECONDS) == []
+    assert asked == [1.0, 1.0 + MUTE_SECONDS]
+    # A released source is judged afresh at once: its next probe triggers again.
+    det.release(SCANNER)
+    assert one(det.feed(tcp(101), 1.3)).reason is Reason.TRIGGERED
+
+
+def test_muting_is_per_protocol_for_alerts() -> None:
+    # An alert (BLOCK 0) covers only its protocol: a TCP-muted source's UDP probe is judged.
+    det = detector(block_tcp=0, block_udp=0)
+    det.set_record_gate(lambda src, reason, now: False)
+    assert one(det.feed(tcp(80), 1.0)).action is Action.ALERT
+    assert det.feed(tcp(81), 1.0) == []  # muted for TCP now
+    assert one(det.feed(udp(161), 1.0)).action is Action.ALERT
