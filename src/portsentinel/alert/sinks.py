@@ -18,18 +18,41 @@ class LogSink:
     syslog too when asked (facility daemon, level notice, with the pid, as 1.2 does).
     """
 
+    _BATCH_LINES = 256  # a batch is written once it holds this many lines
+
     def __init__(self, stream: TextIO | None = None, syslog_ident: str | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._syslog = syslog_ident is not None
+        self._pending: list[str] | None = None
         if syslog_ident is not None:
             syslog.openlog(syslog_ident, syslog.LOG_PID, syslog.LOG_DAEMON)
 
+    def batch(self, on: bool) -> None:
+        """In batches (the daemon's loop: one write per turn instead of one per line, which
+        standard error, line-buffered or unbuffered, would otherwise do) or line by line."""
+        self.flush()
+        self._pending = [] if on else None
+
     def line(self, message: str) -> None:
-        self._stream.write(message + "\n")
+        pending = self._pending
+        if pending is None:
+            self._stream.write(message + "\n")
+        else:
+            pending.append(message)
+            if len(pending) >= self._BATCH_LINES:
+                self._write_pending(pending)
         if self._syslog:
             syslog.syslog(syslog.LOG_NOTICE, message)
 
+    def _write_pending(self, pending: list[str]) -> None:
+        pending.append("")
+        text = "\n".join(pending)
+        pending.clear()
+        self._stream.write(text)
+
     def flush(self) -> None:
+        if self._pending:
+            self._write_pending(self._pending)
         self._stream.flush()
 
     def close(self) -> None:

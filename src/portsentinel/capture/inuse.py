@@ -389,10 +389,22 @@ class InUseView(Container[int]):
         self._extra = frozenset(ports)
         self._rebuild()
 
+    @property
+    def cached(self) -> set[int]:
+        """The ports known in use right now, without asking the kernel: the same set object
+        for the view's life (updated in place), so a caller may keep it and test membership
+        at set speed, then ``recheck`` a miss that matters. Read only."""
+        return self._ports
+
     def __contains__(self, port: object) -> bool:
         if port in self._ports:
             self.stats.hits += 1
             return True
+        return self.recheck(port)
+
+    def recheck(self, port: object) -> bool:
+        """A port not in ``cached``: ask the kernel (within the budget, with the short cache of
+        "free" answers); True if it is in use after all."""
         stats = self.stats
         stats.misses += 1
         if port.__class__ is not int or not 0 < port <= 0xFFFF:
@@ -400,8 +412,11 @@ class InUseView(Container[int]):
         return self._recheck(port)
 
     def _rebuild(self) -> None:
-        self._ports = set(self._kernel | self._extra)
-        self._ports.update(self._found)
+        ports = self._ports
+        ports.clear()
+        ports |= self._kernel
+        ports |= self._extra
+        ports |= self._found
 
     def _recheck(self, port: int) -> bool:
         stats = self.stats

@@ -167,6 +167,8 @@ class Detector:
         "_local",
         "_modes",
         "_muted",
+        "_recheck_tcp",
+        "_recheck_udp",
         "_reply_check",
         "_stats",
         "_stealth",
@@ -196,6 +198,8 @@ class Detector:
         self._held_by_source: dict[bytes, int] = {}
         self._in_use_tcp = in_use_tcp
         self._in_use_udp = in_use_udp
+        self._recheck_tcp: Callable[[int], bool] | None = None
+        self._recheck_udp: Callable[[int], bool] | None = None
         self._local = local
         self._reply_check: Callable[[Packet], bool] | None = None
         self._texts: dict[bytes, str] = {}
@@ -271,13 +275,13 @@ class Detector:
             if not self._watch_tcp[port]:
                 stats.unwatched += 1
                 return []
-            in_use = self._in_use_tcp
+            in_use, recheck = self._in_use_tcp, self._recheck_tcp
         elif proto == _UDP:
             kind = ScanKind.UDP
             if not self._watch_udp[port]:
                 stats.unwatched += 1
                 return []
-            in_use = self._in_use_udp
+            in_use, recheck = self._in_use_udp, self._recheck_udp
         else:
             stats.unwatched += 1
             return []
@@ -307,6 +311,15 @@ class Detector:
                 if now < until and self.policy.responses.covers(pkt[1], proto):
                     return self._held(pkt, kind, now)
                 del muted[pkt[1]]
+        # Last, as it may cost a kernel query: a port opened since the in-use view was read.
+        # Not for a source that already got its response: the outcome would not change.
+        if (
+            recheck is not None
+            and not self.policy.responses.covers(pkt[1], proto)
+            and recheck(port)
+        ):
+            stats.in_use += 1
+            return []
         return self._probe(pkt, kind, now)
 
     def _feed_fragment(self, pkt: Packet, now: float) -> list[Decision]:
@@ -325,7 +338,11 @@ class Detector:
             if not watch[port]:
                 stats.unwatched += 1
                 return []
-            if port in (self._in_use_tcp if proto == _TCP else self._in_use_udp):
+            tcp = proto == _TCP
+            recheck = self._recheck_tcp if tcp else self._recheck_udp
+            if port in (self._in_use_tcp if tcp else self._in_use_udp) or (
+                recheck is not None and recheck(port)
+            ):
                 stats.in_use += 1
                 return []
         local = self._local
@@ -497,6 +514,18 @@ class Detector:
             self._in_use_tcp = view
         elif proto == _UDP:
             self._in_use_udp = view
+        else:
+            raise ValueError(f"unknown protocol {proto}")
+
+    def set_in_use_recheck(self, proto: Proto, recheck: Callable[[int], bool] | None) -> None:
+        """A second opinion on a port the in-use view does not hold (a listener opened since
+        the view was read): asked last, only for what would otherwise be a counted probe,
+        since it may cost a kernel query. Never asked about a source that already got its
+        response for the protocol: its probe is "already blocked" either way."""
+        if proto == _TCP:
+            self._recheck_tcp = recheck
+        elif proto == _UDP:
+            self._recheck_udp = recheck
         else:
             raise ValueError(f"unknown protocol {proto}")
 

@@ -31,7 +31,9 @@ def evidence_key(proto: int, port: int) -> int:
 class SourceState:
     """What one source did while tracked; a few hundred bytes, whatever it sends.
 
-    ``ports`` holds distinct (proto, port) keys (``evidence_key``), newest last, capped.
+    ``ports`` lists distinct (proto, port) keys (``evidence_key``), newest last, capped. Most
+    sources (a forged flood's, a single probe's) have one: it is kept inline in ``port`` and a
+    dict is made only for a second key, which saves ~200 bytes a source at the tracker's cap.
     ``times`` holds the most recent hit times, only when a scoring window needs them.
     ``rule_data`` is for scoring rules that keep per-source state of their own (a TRW score,
     say); it is created by the rule on first use and freed with the source.
@@ -44,17 +46,19 @@ class SourceState:
         "hits",
         "kinds",
         "last_seen",
-        "ports",
+        "more",
+        "port",
         "rule_data",
         "times",
     )
 
-    def __init__(self, now: float, dst: bytes, keep_times: int) -> None:
+    def __init__(self, now: float, dst: bytes, keep_times: int, key: int) -> None:
         self.first_seen = now
         self.last_seen = now
         self.hits = 0
         self.kinds = 0
-        self.ports: dict[int, None] = {}
+        self.port = key  # the only key while ``more`` is None
+        self.more: dict[int, None] | None = None
         self.times: deque[float] | None = deque(maxlen=keep_times) if keep_times else None
         # One destination is the common case; a set is made only for a second one.
         self.first_dst = dst
@@ -67,9 +71,14 @@ class SourceState:
         return 1 if self.dsts is None else len(self.dsts)
 
     @property
+    def ports(self) -> list[int]:
+        """The distinct (proto, port) keys remembered, oldest first (capped by the tracker)."""
+        return [self.port] if self.more is None else list(self.more)
+
+    @property
     def ports_seen(self) -> int:
         """Distinct (proto, port) pairs remembered (capped by the tracker)."""
-        return len(self.ports)
+        return 1 if self.more is None else len(self.more)
 
 
 class Tracker:
@@ -149,21 +158,29 @@ class Tracker:
         """Record one probe from ``src`` and return its updated state."""
         sources = self._sources
         state = sources.get(src)
+        key = proto << 16 | port  # evidence_key, inline: called for every probe
         if state is None:
             if len(sources) >= self._max_sources:
                 sources.popitem(last=False)
                 self.evicted += 1
-            state = sources[src] = SourceState(now, dst, self._keep_times)
+            state = sources[src] = SourceState(now, dst, self._keep_times, key)
         else:
             sources.move_to_end(src)
             state.last_seen = now
             if dst != state.first_dst:
                 self._add_dst(state, dst)
+            more = state.more
+            if more is not None:
+                self._add_port(more, key)
+            elif key != state.port:
+                if self._max_ports == 1:
+                    state.port = key
+                else:
+                    state.more = {state.port: None, key: None}
         state.hits += 1
         state.kinds |= KIND_BIT[kind]
         if state.times is not None:
             state.times.append(now)
-        self._add_port(state.ports, evidence_key(proto, port))
         return state
 
     def _add_port(self, ports: dict[int, None], key: int) -> None:

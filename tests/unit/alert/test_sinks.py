@@ -33,6 +33,36 @@ def test_log_sink_writes_lines() -> None:
     assert stream.getvalue() == "adminalert: one\nattackalert: two\n"
 
 
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+def test_log_sink_in_batches_writes_once_per_flush_and_in_order() -> None:
+    stream = CountingStream()
+    sink = LogSink(stream)
+    sink.line("before")
+    sink.batch(True)
+    for i in range(3):
+        sink.line(f"line {i}")
+    assert stream.getvalue() == "before\n"  # held until the flush
+    sink.flush()
+    assert stream.getvalue() == "before\nline 0\nline 1\nline 2\n"
+    assert stream.writes == 2
+    for i in range(300):  # a full batch is written without waiting for the flush
+        sink.line(f"more {i}")
+    assert stream.getvalue().count("more") == 256
+    sink.batch(False)  # leaving batches writes what is held
+    assert stream.getvalue().count("more") == 300
+    sink.line("after")
+    assert stream.getvalue().endswith("more 299\nafter\n")
+
+
 def test_event_sink_appends_to_a_file_readable_before_close(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text('{"earlier":true}\n')

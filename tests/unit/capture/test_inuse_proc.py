@@ -651,3 +651,22 @@ def test_auto_falls_back_when_netlink_sockets_are_refused(
     assert set(table.fallbacks) == {Proto.TCP, Proto.UDP}
     with pytest.raises(NetlinkError, match="socket"):
         SocketTable("netlink").ports_in_use(Proto.TCP)
+
+
+def test_cached_is_one_live_set_and_recheck_asks_the_kernel() -> None:
+    table, clock = FakeTable(22), Clock()
+    view = make_view(table, clock)
+    cached = view.cached
+    assert cached == {22}
+    table.open = {22, 8080}
+    assert 8080 not in cached  # the set alone never asks the kernel
+    assert table.port_queries == []
+    assert view.recheck(8080)  # a miss that matters: asked, and remembered
+    assert table.port_queries == [8080]
+    assert 8080 in cached
+    table.open = {443}
+    view.refresh()
+    assert view.cached is cached  # refreshed in place: the detector's reference stays good
+    assert cached == {443}
+    assert not view.recheck(99999)  # not a port: no query
+    assert table.port_queries == [8080]

@@ -7,14 +7,14 @@ import ipaddress
 import pytest
 
 from portsentinel.detect.decide import BLOCK_ACTIONS, Policy, Responses
-from portsentinel.detect.track import SourceState
+from portsentinel.detect.track import SourceState, evidence_key
 from portsentinel.model import Action, Proto, Reason
 from portsentinel.netset import AddressSet
 
 SRC = bytes([198, 18, 0, 2])
 OTHER = bytes([198, 18, 0, 3])
 LOCAL = bytes([198, 18, 0, 1])
-STATE = SourceState(0.0, LOCAL, keep_times=0)
+STATE = SourceState(0.0, LOCAL, keep_times=0, key=evidence_key(Proto.TCP, 80))
 
 
 def policy(

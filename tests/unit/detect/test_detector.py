@@ -837,3 +837,27 @@ def test_muting_is_per_protocol_for_alerts() -> None:
     assert one(det.feed(tcp(80), 1.0)).action is Action.ALERT
     assert det.feed(tcp(81), 1.0) == []  # muted for TCP now
     assert one(det.feed(udp(161), 1.0)).action is Action.ALERT
+
+
+def test_in_use_recheck_is_asked_last_and_not_for_responded_sources() -> None:
+    det = detector(tcp_mode=Mode.ATCP)
+    asked: list[int] = []
+
+    def recheck(port: int) -> bool:
+        asked.append(port)
+        return port == 8080 % 1024  # a listener opened since the view was read
+
+    det.set_in_use_recheck(Proto.TCP, recheck)
+    det.set_in_use(Proto.TCP, {22})
+    assert det.feed(tcp(22), 1.0) == []  # in the view: no recheck
+    assert det.feed(tcp(80, flags=ACK), 1.0) == []  # not a probe: no recheck
+    assert det.feed(tcp(8080 % 1024), 1.0) == []  # the recheck finds it in use
+    assert det.stats.in_use == 2
+    assert one(det.feed(tcp(81), 1.0)).reason is Reason.TRIGGERED
+    assert asked == [8080 % 1024, 81]
+    # Already blocked: its probes are counted without a kernel query.
+    assert one(det.feed(tcp(82), 1.0)).reason is Reason.ALREADY_BLOCKED
+    assert asked == [8080 % 1024, 81]
+    assert one(det.feed(tcp(83, src=OTHER_HOST), 1.0)).reason is Reason.TRIGGERED
+    assert asked == [8080 % 1024, 81, 83]
+    assert det.stats.probes == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from portsentinel.detect.rules import ScanTrigger, ScoringRule
-from portsentinel.detect.track import SourceState, Tracker
+from portsentinel.detect.track import SourceState, Tracker, evidence_key
 from portsentinel.model import Proto, ScanKind
 
 TCP = int(Proto.TCP)
@@ -56,7 +56,7 @@ def test_window_needs_no_times_for_trivial_triggers() -> None:
 
 def test_windowed_rule_without_kept_times_does_not_fire() -> None:
     # Misconfigured tracker (no times kept): the rule cannot prove the window, so it holds.
-    state = SourceState(0.0, DST, keep_times=0)
+    state = SourceState(0.0, DST, keep_times=0, key=evidence_key(TCP, 80))
     state.hits = 10
     assert not ScanTrigger(3, window=10.0).observe(state, TCP, 80, ScanKind.SYN, DST, 0.0)
 

@@ -160,3 +160,22 @@ def test_forget() -> None:
 def test_caps_must_be_positive(kw: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="positive"):
         tracker(**kw)
+
+
+def test_one_port_is_kept_inline_and_a_second_makes_the_dict() -> None:
+    t = tracker(max_ports=3)
+    state = t.hit(addr(1), TCP, 80, ScanKind.SYN, DST, 0.0)
+    assert state.more is None
+    assert (state.ports, state.ports_seen) == ([evidence_key(TCP, 80)], 1)
+    t.hit(addr(1), TCP, 80, ScanKind.SYN, DST, 1.0)  # a repeat stays inline
+    assert state.more is None
+    t.hit(addr(1), UDP, 80, ScanKind.UDP, DST, 2.0)
+    assert state.ports == [evidence_key(TCP, 80), evidence_key(UDP, 80)]
+    assert state.hits == 3
+
+
+def test_a_cap_of_one_port_keeps_the_newest() -> None:
+    t = tracker(max_ports=1)
+    t.hit(addr(1), TCP, 80, ScanKind.SYN, DST, 0.0)
+    state = t.hit(addr(1), TCP, 81, ScanKind.SYN, DST, 1.0)
+    assert (state.ports, state.more) == ([evidence_key(TCP, 81)], None)
