@@ -17,7 +17,7 @@ class RepeatLimiter:
     def __init__(
         self,
         *,
-        rate: float = 5.0,
+        rate: float = 1.0,
         burst: float = 20.0,
         global_rate: float = 2000.0,
         global_burst: float = 5000.0,

@@ -65,6 +65,10 @@ SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised t
 # Probe records go to the store in batches: one SQLite commit costs more than the records it
 # carries (a commit per loop turn cost ~100 us per probe at 2k probes/s). Bans never wait.
 ROWS_EVERY = 0.5  # seconds a record may wait for its batch
+# While the ring brings only repeats (probes from sources already responded to, nothing else
+# that counts), it is read at most this often instead of as each block closes: one wake-up
+# per few ms, not per ms. A new source's first probe then waits up to this long more.
+RING_LINGER = 0.004
 ROWS_BATCH = 1000  # records that make a batch at once
 
 Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
@@ -269,6 +273,7 @@ class Pipeline:
         detector.set_never_block(self.never_block)
         self._rows: list[EventRow] = []
         self._rows_since = 0.0  # when the oldest record of ``_rows`` was made
+        self._ring_back_at: float | None = None  # the ring lingers out of the selector
         self.counts = DecisionCounts()
         self.notifier: Notifier | None = None
         self._notices: dict[str, tuple[float, int]] = {}
@@ -386,10 +391,15 @@ class Pipeline:
         try:
             while not stopping():
                 due = min(at for at, _every, _fn in timers.values())
+                back = self._ring_back_at
+                if back is not None:
+                    due = min(due, back)
                 for key, _mask in selector.select(max(0.0, min(due - time.monotonic(), 1.0))):
                     self._set_clock()
                     key.data()
                 self._set_clock()
+                if back is not None and self._now >= back:
+                    self._ring_back()
                 fresh = reloading()
                 if fresh is not None:
                     self.reload(fresh)
@@ -491,8 +501,19 @@ class Pipeline:
         self._wall_offset = time.time() - self._now
 
     def _on_ring(self) -> None:
-        if self.ring is not None:
-            self.ring.read_batch(self._on_packet, 0.0)
+        ring, selector = self.ring, self._selector
+        if ring is None:
+            return
+        fresh = self.detector.fresh_probes
+        before = fresh()
+        if ring.read_batch(self._on_packet, 0.0) and fresh() == before and selector is not None:
+            selector.unregister(ring.fileno())  # only repeats: linger (see RING_LINGER)
+            self._ring_back_at = self._now + RING_LINGER
+
+    def _ring_back(self) -> None:
+        self._ring_back_at = None
+        if self.ring is not None and self._selector is not None:
+            self._selector.register(self.ring.fileno(), selectors.EVENT_READ, self._on_ring)
 
     def _on_packet(self, _ts: float, data: memoryview, _ifindex: int) -> None:
         """Per packet: keep it lean (the kernel filter already dropped ordinary traffic)."""

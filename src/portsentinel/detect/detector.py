@@ -167,9 +167,11 @@ class Detector:
         "_local",
         "_modes",
         "_muted",
+        "_muted_kinds",
         "_recheck_tcp",
         "_recheck_udp",
         "_reply_check",
+        "_stateful_rules",
         "_stats",
         "_stealth",
         "_texts",
@@ -196,6 +198,8 @@ class Detector:
         self._gate: RecordGate | None = None
         self._muted: dict[int, dict[bytes, float]] = {_TCP: {}, _UDP: {}}
         self._held_by_source: dict[bytes, int] = {}
+        self._muted_kinds: dict[ScanKind, int] = dict.fromkeys(ScanKind, 0)
+        self._stateful_rules: tuple[ScoringRule, ...] = ()
         self._in_use_tcp = in_use_tcp
         self._in_use_udp = in_use_udp
         self._recheck_tcp: Callable[[int], bool] | None = None
@@ -238,6 +242,8 @@ class Detector:
         }
         if not self._custom_rules:
             self.rules = (ScanTrigger(c.scan_trigger, c.scan_window),)
+        # A muted source's probes go only to rules that keep state of their own.
+        self._stateful_rules = tuple(r for r in self.rules if getattr(r, "keeps_state", True))
         self._tracker.resize(
             max_sources=c.max_sources,
             max_ports=c.max_ports_per_source,
@@ -416,14 +422,9 @@ class Detector:
         """A muted source's probe: what ``_probe`` would count and track, without asking the
         policy (already responded: checked by the caller) or the gate (held: muted)."""
         proto, src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
-        stats = self._stats
-        stats.probes += 1
-        stats.probes_by_kind[kind] += 1
-        stats.decisions_by_action[Action.IGNORED] += 1
-        stats.ignored_by_reason[Reason.ALREADY_BLOCKED] += 1
-        stats.held += 1
+        self._muted_kinds[kind] += 1  # folded into the counters when they are read
         state = self._tracker.hit(src, proto, port, kind, dst, now)
-        for rule in self.rules:
+        for rule in self._stateful_rules:
             rule.observe(state, proto, port, kind, dst, now)
         held = self._held_by_source
         held[src] = held.get(src, 0) + 1
@@ -494,10 +495,26 @@ class Detector:
         self._tracker.expire(now)
         return []
 
+    def fresh_probes(self) -> int:
+        """Probes counted so far that were not repeats of a source already responded to (a
+        cheap read for the daemon, which eases off while only repeats come in)."""
+        stats = self._stats
+        return stats.probes - stats.ignored_by_reason[Reason.ALREADY_BLOCKED]
+
     @property
     def stats(self) -> DetectorStats:
         """The counters; the tracker's are copied in when read, not on every probe."""
         stats, tracker = self._stats, self._tracker
+        muted = self._muted_kinds
+        total = sum(muted.values())
+        if total:
+            for kind, n in muted.items():
+                stats.probes_by_kind[kind] += n
+                muted[kind] = 0
+            stats.probes += total
+            stats.decisions_by_action[Action.IGNORED] += total
+            stats.ignored_by_reason[Reason.ALREADY_BLOCKED] += total
+            stats.held += total
         stats.tracked_sources = len(tracker)
         stats.sources_evicted = tracker.evicted
         stats.sources_expired = tracker.expired

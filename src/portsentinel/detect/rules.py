@@ -2,6 +2,8 @@
 
 A rule is anything with a ``name`` and an ``observe`` method; the detector asks every rule on
 every tracked probe (so rules with memory see all of them) and acts on the first that fires.
+A rule that only reads the source's state may say so with a class attribute ``keeps_state =
+False``: it is then not asked about the repeats of a source whose records are held back.
 New rules join by being added to the list: a sequential hypothesis test (TRW) keeping its
 score in ``SourceState.rule_data``, a one-port sweep across many local addresses reading
 ``SourceState.destinations``, a distributed scan keeping its own bounded cross-source table.
@@ -9,7 +11,7 @@ score in ``SourceState.rule_data``, a one-port sweep across many local addresses
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from portsentinel.detect.track import SourceState
 from portsentinel.model import ScanKind
@@ -45,6 +47,7 @@ class ScanTrigger:
     """
 
     __slots__ = ("_name", "trigger", "window")
+    keeps_state: ClassVar[bool] = False  # reads the source's state only: no need to see repeats
 
     def __init__(self, trigger: int, window: float = 0.0, *, name: str = "scan_trigger") -> None:
         if trigger < 0 or window < 0:

@@ -861,3 +861,47 @@ def test_in_use_recheck_is_asked_last_and_not_for_responded_sources() -> None:
     assert one(det.feed(tcp(83, src=OTHER_HOST), 1.0)).reason is Reason.TRIGGERED
     assert asked == [8080 % 1024, 81, 83]
     assert det.stats.probes == 3
+
+
+def test_fresh_probes_leave_out_repeats_of_responded_sources() -> None:
+    det = detector()
+    det.set_record_gate(lambda src, reason, now: False)
+    assert det.fresh_probes() == 0
+    det.feed(tcp(80), 1.0)  # the trigger: fresh
+    det.feed(tcp(81, flags=ACK), 1.0)  # not a probe
+    assert det.fresh_probes() == 1
+    for port in (82, 83, 84):  # repeats (the first held, then muted)
+        det.feed(tcp(port), 1.0)
+    assert det.fresh_probes() == 1
+    det.feed(tcp(85, src=OTHER_HOST), 1.0)
+    assert det.fresh_probes() == 2
+
+
+class CountingRule:
+    """A rule with memory: counts every probe it is shown."""
+
+    name = "counting"
+    times_needed = 0
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def observe(  # noqa: PLR0917
+        self, state: SourceState, proto: int, port: int, kind: ScanKind, dst: bytes, now: float
+    ) -> bool:
+        self.seen += 1
+        return True
+
+
+def test_muted_repeats_still_reach_rules_with_memory_and_the_counters() -> None:
+    rule = CountingRule()
+    det = Detector(BASE, rules=[rule])
+    det.set_record_gate(lambda src, reason, now: False)
+    for port in range(80, 90):
+        det.feed(tcp(port), 1.0)
+    assert rule.seen == 10  # the trigger, one held, eight muted
+    s = det.stats
+    assert (s.probes, s.held, s.probes_by_kind[ScanKind.SYN]) == (10, 9, 10)
+    assert s.ignored_by_reason[Reason.ALREADY_BLOCKED] == 9
+    assert s.decisions_by_action[Action.IGNORED] == 9
+    assert det.stats.probes == 10  # reading twice does not count twice
