@@ -6,11 +6,16 @@ until a packet becomes a decision. The steps, in order:
 
 1. TCP with ACK or RST is not a probe; the kind comes from ``TCP_KIND`` (UDP: UDP; an evasive
    IP fragment: FRAGMENT, whatever flags it claims).
-2. The port must be watched by the protocol's stealth mode and not in use right now.
-3. The destination must be this host (when a local view is set).
-4. Admission: ignore list, own addresses (refused probes are not counted).
-5. Track the source, ask every scoring rule.
-6. A fired rule goes through the policy checks to the protocol's BLOCK level.
+2. The port must be watched by the protocol's stealth mode and not in the in-use view.
+3. The destination must be this host (when a local view is set); a UDP reply (or a SYN of a
+   connection the host accepted) to a flow the host started is not a probe.
+4. A muted source (already responded to, its records held back by the record gate) is only
+   counted and tracked: the policy and the gate would answer as before.
+5. The in-use re-check (a port opened since the view was read; may cost a kernel query).
+6. Admission: ignore list, own addresses (refused probes are not counted).
+7. Track the source, ask every scoring rule.
+8. A fired rule goes through the policy checks to the protocol's BLOCK level; an ignored
+   probe becomes a decision only if the record gate lets its record through.
 """
 
 from __future__ import annotations
@@ -268,7 +273,7 @@ class Detector:
 
     def feed(self, pkt: Packet, now: float) -> list[Decision]:
         """Judge one decoded packet seen by a stealth mode."""
-        proto, _src, dst, _sport, port, flags, _ttl, _options, frag = pkt
+        proto, src, dst, _sport, port, flags, _ttl, _options, frag = pkt
         stats = self._stats
         stats.packets += 1
         if frag:
@@ -312,18 +317,14 @@ class Detector:
             return []
         muted = self._muted[proto]
         if muted:
-            until = muted.get(pkt[1])
+            until = muted.get(src)
             if until is not None:
-                if now < until and self.policy.responses.covers(pkt[1], proto):
+                if now < until and self.policy.responses.covers(src, proto):
                     return self._held(pkt, kind, now)
-                del muted[pkt[1]]
+                del muted[src]
         # Last, as it may cost a kernel query: a port opened since the in-use view was read.
         # Not for a source that already got its response: the outcome would not change.
-        if (
-            recheck is not None
-            and not self.policy.responses.covers(pkt[1], proto)
-            and recheck(port)
-        ):
+        if recheck is not None and not self.policy.responses.covers(src, proto) and recheck(port):
             stats.in_use += 1
             return []
         return self._probe(pkt, kind, now)
