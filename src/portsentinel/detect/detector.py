@@ -52,7 +52,9 @@ _PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
 _TEXT_CACHE_SIZE: Final = 4096
 # A responded source whose "already blocked" record the gate held back is muted for this
 # long: its probes are counted and tracked, but the policy and the gate are not asked again
-# (both would say the same). Short, so a record still goes out a few times a second.
+# (both would say the same). Short, so a record still goes out a few times a second. A
+# released source is unmuted at once; one the bounded responses list forgets stays muted
+# until its mute ends.
 MUTE_SECONDS: Final = 0.25
 _MUTED_CAP: Final = 4096
 
@@ -319,7 +321,7 @@ class Detector:
         if muted:
             until = muted.get(src)
             if until is not None:
-                if now < until and self.policy.responses.covers(src, proto):
+                if now < until:
                     return self._held(pkt, kind, now)
                 del muted[src]
         # Last, as it may cost a kernel query: a port opened since the in-use view was read.

@@ -171,7 +171,10 @@ class Tracker:
                 self._add_dst(state, dst)
             more = state.more
             if more is not None:
-                self._add_port(more, key)
+                # Re-inserting moves a key to the end, so the oldest evidence goes first.
+                if more.pop(key, 0) is not None and len(more) >= self._max_ports:
+                    del more[next(iter(more))]
+                more[key] = None
             elif key != state.port:
                 if self._max_ports == 1:
                     state.port = key
@@ -182,14 +185,6 @@ class Tracker:
         if state.times is not None:
             state.times.append(now)
         return state
-
-    def _add_port(self, ports: dict[int, None], key: int) -> None:
-        # Re-inserting moves the key to the end, so the oldest evidence goes first.
-        if ports.pop(key, 0) is None or len(ports) < self._max_ports:
-            ports[key] = None
-            return
-        del ports[next(iter(ports))]
-        ports[key] = None
 
     def _add_dst(self, state: SourceState, dst: bytes) -> None:
         dsts = state.dsts
