@@ -92,6 +92,13 @@ def throughput(tools: parts.Tools, base: Path) -> list[parts.Step]:
         steps += ladder("C ring reader", parts.CReader(lab, tools, echo), tools)
     with parts.lab("ptd") as lab, parts.daemon(lab, base / "d1", parts.LOAD, echo) as d:
         steps += ladder("portsentinel", parts.DaemonSubject(lab, d), tools)
+    # The same without the daemon's conntrack rule, whose cost to the kernel lowers what the
+    # sender reaches: the offered rates then match the C reader's lab.
+    with (
+        parts.lab("ptn") as lab,
+        parts.daemon(lab, base / "d0", parts.LOAD, echo, dry_run=True) as d,
+    ):
+        steps += ladder("portsentinel --dry-run", parts.DaemonSubject(lab, d), tools)
     with (
         parts.lab("ptp") as lab,
         parts.portsentry(lab, base / "p1", tools, parts.PS_LOAD, echo) as p,

@@ -148,14 +148,20 @@ def settle(read: Callable[[], int], quiet: float = QUIET, limit: float = SETTLE_
 
 @contextlib.contextmanager
 def daemon(
-    lab: netns.Lab, directory: Path, settings: Mapping[str, str], echo: Callable[[str], None]
+    lab: netns.Lab,
+    directory: Path,
+    settings: Mapping[str, str],
+    echo: Callable[[str], None],
+    *,
+    dry_run: bool = False,
 ) -> Iterator[Daemon]:
     """``portsentinel run --mode atcp`` as the packaged service runs it (no --events), every
-    path in ``directory``, pinned to the reader CPU; stopped (by pid) on the way out."""
+    path in ``directory``, pinned to the reader CPU; stopped (by pid) on the way out. A dry
+    run neither records to the store nor switches connection tracking on."""
     directory.mkdir(parents=True, exist_ok=True)
     config = write_config(directory, settings)
     argv = [*PORTSENTINEL, "run", "--mode", "atcp", "--config", str(config),
-            "--state-dir", str(directory)]  # fmt: skip
+            "--state-dir", str(directory), *(["--dry-run"] if dry_run else [])]  # fmt: skip
     echo(f"ip netns exec {lab.target} {shlex.join(argv)}   # {dict(settings)}, SCAN_TRIGGER=0")
     with (directory / "stderr.log").open("wb") as err:
         proc = lab.start(lab.target, argv, stdin=subprocess.DEVNULL,

@@ -153,12 +153,14 @@ class Report:
                 f"{f'{nxt.pps:,.0f}, {nxt.handled:,}, {nxt.drops:,}' if nxt else 'no loss seen'}"
                 f" | {max(s.handled_pps for s in mine):,.0f} |"
             )
-        c_best, ours = best.get("C ring reader"), best.get("portsentinel")
-        if c_best and ours is not None:
-            capped = all(s.clean for s in self.steps if s.reader == "C ring reader")
-            lines += ["", f"portsentinel / C reader (highest clean offered rate): "
-                      f"{ours / c_best:.2f}" + (" (the C reader never lost a probe: its figure "
-                      "is the sender's ceiling)" if capped else "")]  # fmt: skip
+        c_best = best.get("C ring reader")
+        capped = all(s.clean for s in self.steps if s.reader == "C ring reader")
+        for name in ("portsentinel", "portsentinel --dry-run"):
+            ours = best.get(name)
+            if c_best and ours is not None:
+                lines += ["", f"{name} / C reader (highest clean offered rate): "
+                          f"{ours / c_best:.2f}" + (" (the C reader never lost a probe: its "
+                          "figure is the sender's ceiling)" if capped else "")]  # fmt: skip
         lines += ["", "| reader | target | offered pps | sent | handled | kernel drops | |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         lines += [f"| {s.reader} | {s.label} | {s.pps:,.0f} | {s.sent:,} | {s.handled:,} | "

@@ -35,19 +35,28 @@ class RepeatLimiter:
 
     def allow(self, key: object, now: float) -> bool:
         """True to write this record now; False holds it back (counted)."""
-        entry = self._keys.get(key)
-        if entry is None:
-            if len(self._keys) >= self.max_keys:
-                self._keys.popitem(last=False)
-            entry = self._keys[key] = [self.burst, now, 0.0]
-        else:
-            self._keys.move_to_end(key)
-            entry[0] = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
-            entry[1] = now
         glob = self._global
         glob[0] = min(self.global_burst, glob[0] + (now - glob[1]) * self.global_rate)
         glob[1] = now
-        if entry[0] < 1.0 or glob[0] < 1.0:
+        keys = self._keys
+        entry = keys.get(key)
+        if glob[0] < 1.0:
+            # Past the overall rate (a flood: often a new key per record): held without
+            # making an entry for a key not seen before, so a flood does not churn the keys.
+            if entry is not None:
+                entry[2] += 1
+            self.suppressed += 1
+            self.total_suppressed += 1
+            return False
+        if entry is None:
+            if len(keys) >= self.max_keys:
+                keys.popitem(last=False)
+            entry = keys[key] = [self.burst, now, 0.0]
+        else:
+            keys.move_to_end(key)
+            entry[0] = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
+            entry[1] = now
+        if entry[0] < 1.0:
             entry[2] += 1
             self.suppressed += 1
             self.total_suppressed += 1

@@ -154,7 +154,7 @@ class Daemon:
                     )
             self._install_signals(wake_w)
             control = self._control(pipeline)
-            _settle_gc()
+            settle_gc()
             self.log.line(ACTIVE)
             self.log.flush()
             try:
@@ -841,7 +841,7 @@ def _port_filter(setup: Setup, mode: Mode | None) -> PortFilter:
     return PortFilter.of(s.tcp_ports if mode.proto is Proto.TCP else s.udp_ports)
 
 
-def _settle_gc() -> None:
+def settle_gc() -> None:
     """The start-up objects (modules, settings, tables) go to the permanent generation, and
     young collections run every GC_THRESHOLD allocations instead of 700: a flood of new
     sources makes many short-lived container objects and almost no reference cycles, and

@@ -23,6 +23,7 @@ def test_global_cap_holds_back_a_flood_of_new_keys() -> None:
     assert allowed == 100
     assert limiter.total_suppressed == 900
     assert limiter.summary()[0] == 900
+    assert len(limiter._keys) == 100  # the held ones made no entries
 
 
 def test_keys_are_bounded() -> None:
