@@ -66,13 +66,13 @@ SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised t
 # Probe records go to the store in batches: one SQLite commit costs more than the records it
 # carries (a commit per loop turn cost ~100 us per probe at 2k probes/s). Bans never wait.
 ROWS_EVERY = 0.5  # seconds a record may wait for its batch
+ROWS_BATCH = 1000  # records that make a batch at once
 # While the ring brings only repeats (probes from sources already responded to, nothing else
 # that counts), it is read at most this often instead of as each block closes: one wake-up
 # per 10 ms, not per ms (shared/reference/capture-perf.md: retire timeout <= 10 ms). A new
 # source's first probe arriving meanwhile waits up to this long more.
 RING_LINGER = 0.010
 GC_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
-ROWS_BATCH = 1000  # records that make a batch at once
 
 Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
 
