@@ -35,7 +35,7 @@ from fuzzing import Violation, require, run_libfuzzer
 from portsentinel.decode import Decoder, decoder_for_linktype
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import BLOCK_ACTIONS
-from portsentinel.detect.detector import Detector, DetectorConfig
+from portsentinel.detect.detector import MUTED_CAP, Detector, DetectorConfig
 from portsentinel.errors import DecodeError
 from portsentinel.model import Action, Decision, Frag, Mode, Packet, Proto, Reason, ScanKind
 from portsentinel.netset import AddressSet
@@ -48,6 +48,7 @@ HEADER: Final = 2  # control bytes before the frame
 QUARTER: Final = 0.25
 TICK: Final = 0x10
 RELEASE: Final = 0x20
+HOLD: Final = 0x40  # the gated detectors hold every ignored probe's record
 RELOAD: Final = (0xF0, 0xC0)  # (byte 0 mask, byte 1 mask), both all set
 
 _TCP: Final = int(Proto.TCP)
@@ -114,6 +115,7 @@ def _variant(
     in_use_tcp: frozenset[int] = frozenset(),
     in_use_udp: frozenset[int] = frozenset(),
     reply_sport: int | None = None,
+    gated: bool = False,
 ) -> Variant:
     detector = Detector(
         config,
@@ -126,7 +128,15 @@ def _variant(
     if reply_sport is not None:
         # A stand-in for conntrack: "answers a flow we started" for one source port.
         detector.set_reply_check(lambda pkt: pkt[3] == reply_sport)
+    if gated:
+        detector.set_record_gate(_gate)
     return Variant(name, detector, (config, other))
+
+
+def _gate(src: bytes, reason: Reason, now: float) -> bool:
+    """The record gate of the gated detectors: the input says whether records are held (the
+    daemon's is its repeat limiter), so held records and muted sources are reachable."""
+    return not WORLD.hold
 
 
 def build_variants() -> tuple[Variant, ...]:
@@ -187,7 +197,7 @@ def build_variants() -> tuple[Variant, ...]:
         ban_burst=1,
     )
     return (
-        _variant("every", every, every),
+        _variant("every", every, every, gated=True),
         _variant(
             "listed",
             listed,
@@ -204,7 +214,7 @@ def build_variants() -> tuple[Variant, ...]:
             replace(quiet, tcp_mode=Mode.STCP, tcp_ports=frozenset({1, 2, 3}), max_sources=2),
             ignore=_networks("198.18.0.0/31", "fd00:5e::/127", "10.0.0.0/8"),
         ),
-        _variant("tiny", tiny, tiny),
+        _variant("tiny", tiny, tiny, gated=True),
     )
 
 
@@ -215,6 +225,7 @@ class World:
     variants: tuple[Variant, ...] = field(default_factory=build_variants)
     now: float = 0.0
     inputs: int = 0
+    hold: bool = False  # this input's records are held by the gated detectors
     packets: int = 0
     ignored_frames: int = 0  # decoded to None: not TCP/UDP, later fragments
     decode_errors: int = 0
@@ -333,6 +344,11 @@ def check_bounds(variant: Variant, src: bytes | None) -> None:
     require(budget is None or budget.active <= variant.cap("max_responded"), "bans over cap")
     require(sum(stats.probes_by_kind.values()) == stats.probes, "probes by kind")
     require(sum(stats.decisions_by_action.values()) == stats.probes, "one decision per probe")
+    ignored = stats.decisions_by_action[Action.IGNORED]
+    require(stats.held <= ignored, "more records held than probes ignored")
+    require(sum(stats.ignored_by_reason.values()) == ignored, "ignored by reason")
+    require(0 <= det.fresh_probes() <= stats.probes, "fresh probes out of range")
+    require(all(len(m) <= MUTED_CAP for m in det._muted.values()), "muted sources over cap")
     state = det.source(src) if src is not None else None
     if state is not None:
         require(state.ports_seen <= variant.cap("max_ports_per_source"), "ports per source")
@@ -352,6 +368,7 @@ def test_one_input(data: bytes) -> None:
         return
     decoder = DECODERS[(data[0] & 0x0F) % len(DECODERS)]
     control = data[1]
+    world.hold = bool(control & HOLD)
     world.now += (control & 0x0F) * QUARTER
     if data[0] & RELOAD[0] == RELOAD[0] and control & RELOAD[1] == RELOAD[1]:
         for variant in world.variants:

@@ -109,6 +109,9 @@ def test_frames_slice_keeps_every_invariant() -> None:
     assert world.evicted() > 100
     assert world.expired() > 100
     assert sum(v.reloads for v in world.variants) > 0
+    # The gated detectors held records, muted sources and counted the muted repeats.
+    assert sum(v.detector.stats.held for v in world.variants) > 100
+    assert sum(sum(v.detector.take_held().values()) for v in world.variants) > 0
 
 
 def test_config_slice_keeps_every_invariant() -> None:

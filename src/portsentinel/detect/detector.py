@@ -56,7 +56,7 @@ _TEXT_CACHE_SIZE: Final = 4096
 # released source is unmuted at once; one the bounded responses list forgets stays muted
 # until its mute ends.
 MUTE_SECONDS: Final = 0.25
-_MUTED_CAP: Final = 4096
+MUTED_CAP: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -435,11 +435,11 @@ class Detector:
 
     def _mute(self, proto: int, src: bytes, now: float) -> None:
         muted = self._muted[proto]
-        if len(muted) >= _MUTED_CAP:
+        if len(muted) >= MUTED_CAP:
             muted.clear()  # a flood of blocked sources only churns it
         muted[src] = now + MUTE_SECONDS
         held = self._held_by_source
-        if len(held) >= _MUTED_CAP:
+        if len(held) >= MUTED_CAP:
             held.clear()  # only the per-source detail goes; stats.held keeps the total
         held.setdefault(src, 0)
 
