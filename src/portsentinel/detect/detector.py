@@ -20,6 +20,7 @@ until a packet becomes a decision. The steps, in order:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -425,7 +426,7 @@ class Detector:
         """A muted source's probe: what ``_probe`` would count and track, without asking the
         policy (already responded: checked by the caller) or the gate (held: muted)."""
         proto, src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
-        self._muted_kinds[kind] += 1  # folded into the counters when they are read
+        self._muted_kinds[kind] += 1  # added to the counters when they are read
         state = self._tracker.hit(src, proto, port, kind, dst, now)
         for rule in self._stateful_rules:
             rule.observe(state, proto, port, kind, dst, now)
@@ -506,22 +507,27 @@ class Detector:
 
     @property
     def stats(self) -> DetectorStats:
-        """The counters; the tracker's are copied in when read, not on every probe."""
-        stats, tracker = self._stats, self._tracker
-        muted = self._muted_kinds
+        """The counters as of now, as a copy with the muted repeats and the tracker's figures
+        added in. Nothing is written, so another thread (the metrics endpoint) may read it
+        while the loop counts; the figures are then at most a few probes apart."""
+        s, tracker = self._stats, self._tracker
+        muted = dict(self._muted_kinds)
         total = sum(muted.values())
-        if total:
-            for kind, n in muted.items():
-                stats.probes_by_kind[kind] += n
-                muted[kind] = 0
-            stats.probes += total
-            stats.decisions_by_action[Action.IGNORED] += total
-            stats.ignored_by_reason[Reason.ALREADY_BLOCKED] += total
-            stats.held += total
-        stats.tracked_sources = len(tracker)
-        stats.sources_evicted = tracker.evicted
-        stats.sources_expired = tracker.expired
-        return stats
+        by_action = dict(s.decisions_by_action)
+        by_action[Action.IGNORED] += total
+        by_reason = dict(s.ignored_by_reason)
+        by_reason[Reason.ALREADY_BLOCKED] += total
+        return dataclasses.replace(
+            s,
+            probes=s.probes + total,
+            probes_by_kind={kind: n + muted[kind] for kind, n in s.probes_by_kind.items()},
+            decisions_by_action=by_action,
+            ignored_by_reason=by_reason,
+            held=s.held + total,
+            tracked_sources=len(tracker),
+            sources_evicted=tracker.evicted,
+            sources_expired=tracker.expired,
+        )
 
     def set_record_gate(self, gate: RecordGate | None) -> None:
         """Hold back records of ignored probes the gate refuses (None: build every one)."""

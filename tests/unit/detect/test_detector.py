@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
+import threading
 from dataclasses import replace
 
 import pytest
@@ -905,3 +907,34 @@ def test_muted_repeats_still_reach_rules_with_memory_and_the_counters() -> None:
     assert s.ignored_by_reason[Reason.ALREADY_BLOCKED] == 9
     assert s.decisions_by_action[Action.IGNORED] == 9
     assert det.stats.probes == 10  # reading twice does not count twice
+
+
+def test_counters_read_from_another_thread_lose_nothing() -> None:
+    # The metrics endpoint reads the counters from its own thread while the loop counts.
+    det = detector(max_ports_per_source=4)
+    det.set_record_gate(lambda src, reason, now: False)
+    done = threading.Event()
+    reads = 0
+
+    def read() -> None:
+        nonlocal reads
+        while not done.is_set():
+            assert det.stats.probes >= 0
+            reads += 1
+
+    reader = threading.Thread(target=read)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    reader.start()
+    try:
+        for i in range(200_000):
+            det.feed(tcp(1 + i % 1000), 1.0)  # after the trigger and one held: muted
+    finally:
+        done.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert reads > 0
+    s = det.stats
+    assert (s.probes, s.probes_by_kind[ScanKind.SYN]) == (200_000, 200_000)
+    assert s.held == 200_000 - 1
+    assert s.decisions_by_action[Action.IGNORED] == 200_000 - 1
