@@ -37,6 +37,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -247,6 +248,7 @@ class PacketRing:
         self._known: set[int] = set()
         self._last_auto_refresh = -math.inf
         self._totals = [0, 0, 0]  # packets, drops, freeze count from PACKET_STATISTICS
+        self._stats_lock = threading.Lock()
         self._handled = self._not_host = self._not_counted = 0
         self._view: memoryview | None = None
         self._map: mmap.mmap | None = None
@@ -406,12 +408,15 @@ class PacketRing:
         _sockopt(self._sock, socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog, "attach the BPF filter")
 
     def stats(self) -> CaptureStats:
-        """The counters so far. Reading the kernel's resets them, so they are summed here."""
-        if self._sock.fileno() >= 0:
-            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS_V3.size)
-            for i, value in enumerate(_STATS_V3.unpack(raw)):
-                self._totals[i] += value
-        packets, drops, freezes = self._totals
+        """The counters so far. Reading the kernel's resets them, so they are summed here,
+        under a lock: the metrics endpoint reads them from its own thread, and a sum lost to
+        a race would be kernel drops never reported."""
+        with self._stats_lock:
+            if self._sock.fileno() >= 0:
+                raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS_V3.size)
+                for i, value in enumerate(_STATS_V3.unpack(raw)):
+                    self._totals[i] += value
+            packets, drops, freezes = self._totals
         return CaptureStats(
             packets, drops, freezes, self._handled, self._not_host, self._not_counted
         )
