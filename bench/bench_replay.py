@@ -23,7 +23,8 @@ import dpkt
 
 from portsentinel.alert.events import event_line
 from portsentinel.decode import decode_ethernet
-from portsentinel.detect.detector import Detector, DetectorConfig
+from portsentinel.detect.detector import Detector
+from portsentinel.detect.settings import DetectorConfig
 from portsentinel.errors import DecodeError
 from portsentinel.model import Decision, Mode
 from portsentinel.replay import run_replay

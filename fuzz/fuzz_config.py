@@ -35,7 +35,8 @@ from portsentinel.config.ignore import parse_ignore
 from portsentinel.config.load import LoadedConfig, parse_config
 from portsentinel.config.modes import parse_defaults, parse_modes
 from portsentinel.config.resolvconf import parse_resolv_conf
-from portsentinel.detect.detector import Detector, DetectorConfig
+from portsentinel.detect.detector import Detector
+from portsentinel.detect.settings import DetectorConfig
 from portsentinel.errors import ConfigError, ConfigErrors
 from portsentinel.model import Mode, Proto
 from portsentinel.netset import AddressSet

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from portsentinel.config import LoadedConfig, load_config, load_ignore_file, resolve_modes
 from portsentinel.config.schema import Settings
-from portsentinel.detect.detector import DetectorConfig
+from portsentinel.detect.settings import DetectorConfig
 from portsentinel.model import Mode
 from portsentinel.netset import AddressSet
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from portsentinel.detect.classify import TCP_KIND, classify_tcp, portsentry_label
 from portsentinel.detect.decide import Policy, PolicyCheck
-from portsentinel.detect.detector import Detector, DetectorConfig, DetectorStats
+from portsentinel.detect.detector import Detector
 from portsentinel.detect.rules import ScanTrigger, ScoringRule
+from portsentinel.detect.settings import DetectorConfig, DetectorStats
 from portsentinel.detect.track import SourceState, Tracker
 
 __all__ = [

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
-from portsentinel.detect.budget import BanBudget, BudgetConfig
+from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
 from portsentinel.detect.ports import bound_table, mode_ports, stealth_table
 from portsentinel.detect.rules import ScanTrigger, ScoringRule
+from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
 from portsentinel.detect.track import SourceState, Tracker
 from portsentinel.model import (
     Action,
@@ -60,101 +60,10 @@ MUTE_SECONDS: Final = 0.25
 MUTED_CAP: Final = 4096
 
 
-@dataclass(frozen=True)
-class DetectorConfig:
-    """The settings the detector needs, already validated and converted by the config room.
-
-    Caps are the named settings MAX_TRACKED_SOURCES, MAX_PORTS_PER_SOURCE,
-    SOURCE_IDLE_TIMEOUT (seconds, 0 = never) and MAX_ACTIVE_BANS (responses remembered).
-    """
-
-    tcp_mode: Mode | None = Mode.ATCP
-    udp_mode: Mode | None = Mode.AUDP
-    tcp_ports: frozenset[int] = frozenset()
-    udp_ports: frozenset[int] = frozenset()
-    advanced_tcp_limit: int = 1024
-    advanced_udp_limit: int = 1024
-    advanced_exclude_tcp: frozenset[int] = frozenset()
-    advanced_exclude_udp: frozenset[int] = frozenset()
-    scan_trigger: int = 0
-    scan_window: float = 0.0
-    block_tcp: int = 1
-    block_udp: int = 1
-    max_sources: int = 65536
-    max_ports_per_source: int = 64
-    idle_timeout: float = 3600.0
-    max_responded: int = 10000
-    max_destinations_per_source: int = 64
-    # The ban budget (see detect/budget.py) and the evidence floor for blocks.
-    ban_rate: float = 20.0
-    ban_burst: int = 100
-    ban_strong_ports: int = 5
-    block_min_ports: int = 1
-
-    def __post_init__(self) -> None:
-        for name, mode, proto in (
-            ("tcp_mode", self.tcp_mode, Proto.TCP),
-            ("udp_mode", self.udp_mode, Proto.UDP),
-        ):
-            if mode is not None and mode.proto is not proto:
-                raise ValueError(f"{name}: {mode} is not a {proto.key} mode")
-        positive = (
-            "max_sources",
-            "max_ports_per_source",
-            "max_responded",
-            "max_destinations_per_source",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        not_negative = (
-            "advanced_tcp_limit",
-            "advanced_udp_limit",
-            "scan_trigger",
-            "scan_window",
-            "idle_timeout",
-        )
-        for name in not_negative:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-
-
-@dataclass(slots=True)
-class DetectorStats:
-    """Plain counters, cheap to bump on the hot path; the daemon exports them."""
-
-    packets: int = 0
-    connects: int = 0
-    not_probe: int = 0
-    unwatched: int = 0
-    in_use: int = 0
-    not_local: int = 0
-    replies: int = 0
-    probes: int = 0
-    probes_by_kind: dict[ScanKind, int] = field(default_factory=lambda: dict.fromkeys(ScanKind, 0))
-    decisions_by_action: dict[Action, int] = field(default_factory=lambda: dict.fromkeys(Action, 0))
-    # Why probes were not acted on (IGNORED decisions), counted whether or not a record was
-    # built for them; ``held`` counts those the record gate kept from becoming records.
-    ignored_by_reason: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
-    held: int = 0
-    sources_evicted: int = 0
-    sources_expired: int = 0
-    tracked_sources: int = 0
-
-
 RecordGate = Callable[[bytes, Reason, float], bool]
 """Asked before an IGNORED decision is built: ``gate(src, reason, now)``; False holds the
 record back (it is still counted). The daemon's repeat limiter, so a blocked scanner's or a
 forged flood's further probes cost a few counter bumps, not an object each."""
-
-
-def _budget_config(c: DetectorConfig) -> BudgetConfig:
-    return BudgetConfig(
-        max_active=c.max_responded,
-        rate=c.ban_rate,
-        burst=c.ban_burst,
-        strong_ports=c.ban_strong_ports,
-    )
 
 
 class Detector:
@@ -224,7 +133,7 @@ class Detector:
             ignore=ignore,
             local=local,
             never_block=never_block,
-            budget=BanBudget(_budget_config(config)),
+            budget=BanBudget(budget_config(config)),
             min_ports=config.block_min_ports,
         )
         self.config = config
@@ -262,7 +171,7 @@ class Detector:
         self.policy.reconfigure(
             block_levels={_TCP: c.block_tcp, _UDP: c.block_udp},
             max_responded=c.max_responded,
-            budget=_budget_config(c),
+            budget=budget_config(c),
             min_ports=c.block_min_ports,
         )
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portsentinel.detect.detector import MUTE_SECONDS, Detector, DetectorConfig
+from portsentinel.detect.detector import MUTE_SECONDS, Detector
+from portsentinel.detect.settings import DetectorConfig
 from portsentinel.detect.track import SourceState
 from portsentinel.model import (
     ACK,
