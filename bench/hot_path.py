@@ -154,7 +154,7 @@ def _stages(pipe: Pipeline, frame_blocks: list[list[bytes]]) -> dict[str, float]
         for ring in rings:
             pipe._set_clock()
             walk_block(ring, 0, pipe._on_packet, counted, uncounted)
-            pipe._flush()
+            pipe.records.flush()
 
     out["whole path"] = cpu_us_per_packet(whole, packets)
     detector, now = pipe.detector, time.monotonic()

@@ -2,7 +2,8 @@
 
 The only module that joins the rooms. Every source is a file descriptor in one selector: the
 capture ring (stealth modes), the bound sockets (classic modes), the address watcher and a
-wake-up socket for signals. Timers refresh what the detector knows about the host.
+wake-up socket for signals. Timers refresh what the detector knows about the host. What the
+detector decides goes to ``records.Records`` (log lines, events, store rows, responses).
 """
 
 from __future__ import annotations
@@ -26,32 +27,28 @@ from portsentinel.alert.portsentry_log import (
     SHUTDOWN,
     accept_failed_line,
     bound_startup_lines,
-    detection_lines,
     nothing_bound_line,
     starting_line,
     stealth_startup_lines,
 )
-from portsentinel.alert.ratelimit import RepeatLimiter
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.assemble import Setup, detector_config, load_setup
 from portsentinel.block.plan import kill_route_replaced
 from portsentinel.capture.afpacket import PacketRing, RingConfig
 from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
 from portsentinel.capture.listeners import Listeners
-from portsentinel.daemon.bans import BanRequest
 from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.hostview import HostView
 from portsentinel.daemon.lock import StateLock
-from portsentinel.daemon.metrics import DecisionCounts, MetricsServer, refused_counts
+from portsentinel.daemon.metrics import MetricsServer, refused_counts
 from portsentinel.daemon.neverblock import NeverBlock
+from portsentinel.daemon.records import SUMMARY_EVERY, Records
 from portsentinel.daemon.responder import Report, Responder
 from portsentinel.daemon.tracking import ensure_conntrack
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
-from portsentinel.detect.track import kinds_of
 from portsentinel.errors import ConfigError, ConfigErrors, DecodeError, PortSentinelError
-from portsentinel.model import Action, Decision, Mode, Proto, Reason, addr_text
-from portsentinel.store.records import EventRow
+from portsentinel.model import Action, Mode, Proto
 
 # Timer periods, in seconds.
 TICK_EVERY = 1.0  # idle-source expiry, pending-connection expiry
@@ -61,12 +58,6 @@ ADDRESSES_EVERY = 10.0  # only when address changes cannot be followed
 NEVER_BLOCK_EVERY = 5.0  # routes, resolvers, SSH peers (addresses follow the watcher)
 RING_BLOCK = 32 * 1024  # small blocks: the retire timeout closes them part full
 RING_RETIRE_MS = 1  # a lone probe waits at most this long in an open block
-NOTICE_EVERY = 60.0  # repeated refusals (budget, never-block) are summarised this often
-SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised this often
-# Probe records go to the store in batches: one SQLite commit costs more than the records it
-# carries (a commit per loop turn cost ~100 us per probe at 2k probes/s). Bans never wait.
-ROWS_EVERY = 0.5  # seconds a record may wait for its batch
-ROWS_BATCH = 1000  # records that make a batch at once
 # While the ring brings only repeats (probes from sources already responded to, nothing else
 # that counts), it is read at most this often instead of as each block closes: one wake-up
 # per 10 ms, not per ms (shared/reference/capture-perf.md: retire timeout <= 10 ms). A new
@@ -122,7 +113,7 @@ class Daemon:
             if self.options.dry_run:
                 self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
             notifier = _notifier(self.setup, dry_run=self.options.dry_run)
-            pipeline.notifier = notifier
+            pipeline.records.notifier = notifier
             if not self.options.dry_run:
                 pipeline.attach(
                     Responder(
@@ -275,23 +266,12 @@ class Pipeline:
         )
         self.never_block.refresh()
         detector.set_never_block(self.never_block)
-        self._rows: list[EventRow] = []
-        self._rows_since = 0.0  # when the oldest record of ``_rows`` was made
         self._ring_back_at: float | None = None  # the ring lingers out of the selector
-        self.counts = DecisionCounts()
-        self.notifier: Notifier | None = None
-        self._notices: dict[str, tuple[float, int]] = {}
-        self._repeats = RepeatLimiter()
-        # Without an events stream every ignored probe's record would be rate-limited anyway:
-        # the detector asks the limiter first and builds nothing for a held record. With
-        # --events the operator asked for every decision, so all are built.
-        self._gated = events is None
-        if self._gated:
-            detector.set_record_gate(self._gate)
+        self.records = Records(log, events, detector, self.never_block)
         self._next_summary = time.monotonic() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
-        self._now = time.monotonic()
-        self._wall_offset = time.time() - self._now
+        self._now = self._wall_offset = 0.0
+        self._set_clock()
 
     @classmethod
     def start(cls, setup: Setup, log: LogSink, events: EventSink | None) -> Pipeline:
@@ -336,7 +316,7 @@ class Pipeline:
     def attach(self, responder: Responder) -> None:
         """Responses on: restore the previous run's bans before the first packet is read."""
         responder.start()
-        self.responder = responder
+        self.responder = self.records.responder = responder
         self._on_reports()
 
     def protects(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
@@ -391,7 +371,7 @@ class Pipeline:
         timers = self._timers(watching=watcher is not None)
         if control is not None:
             timers["control"] = (time.monotonic(), TICK_EVERY, lambda: control.expire(self._now))
-        self.log.batch(True)  # written once a turn, by _flush
+        self.log.batch(True)  # written once a turn, by records.flush
         try:
             while not stopping():
                 due = min(at for at, _every, _fn in timers.values())
@@ -408,7 +388,7 @@ class Pipeline:
                 if fresh is not None:
                     self.reload(fresh)
                 _run_timers(timers, self._now)
-                self._flush()
+                self.records.flush()
         finally:
             self.log.batch(False)
             selector.close()
@@ -501,8 +481,8 @@ class Pipeline:
         return timers
 
     def _set_clock(self) -> None:
-        self._now = time.monotonic()
-        self._wall_offset = time.time() - self._now
+        now = self._now = self.records.now = time.monotonic()
+        self._wall_offset = self.records.wall_offset = time.time() - now
 
     def _on_ring(self) -> None:
         ring, selector = self.ring, self._selector
@@ -529,7 +509,7 @@ class Pipeline:
         if pkt is not None:
             decisions = self.detector.feed(pkt, self._now)
             if decisions:
-                self._emit(decisions)
+                self.records.emit(decisions)
 
     def _listener_handler(self, sock: socket.socket) -> Callable[[], None]:
         listeners = self.listeners
@@ -541,7 +521,7 @@ class Pipeline:
                 decisions = self.detector.feed_connect(
                     hit.proto, hit.src, hit.dst, hit.dport, self._now
                 )
-                self._emit(decisions)
+                self.records.emit(decisions)
                 # PortSentry sends the banner only once the trigger has fired.
                 fired = any(d.action is not Action.IGNORED for d in decisions)
                 listeners.respond(hit, self._banner if fired else None)
@@ -557,11 +537,12 @@ class Pipeline:
 
     def metrics_snapshot(self) -> dict[str, object]:
         """Everything the metrics endpoint exports, read at scrape time (its own thread)."""
-        snapshot: dict[str, object] = {**self.statistics(), **self.counts.snapshot()}
+        snapshot: dict[str, object] = {**self.statistics(), **self.records.counts.snapshot()}
         # Refusals are counted by the detector, also those whose records were held back.
         snapshot["bans_refused"] = refused_counts(self.detector.stats.ignored_by_reason)
-        if self.notifier is not None:
-            snapshot["notifications"] = self.notifier.stats()
+        notifier = self.records.notifier
+        if notifier is not None:
+            snapshot["notifications"] = notifier.stats()
         if self.responder is not None:
             snapshot["bans_active"] = self.responder.bans_active
             snapshot["bans_added"] = self.responder.bans_added
@@ -569,144 +550,18 @@ class Pipeline:
         return snapshot
 
     def _on_tick(self) -> None:
-        self._emit(self.detector.tick(self._now))
-        if self.notifier is not None:
-            for line in self.notifier.lines():
+        self.records.emit(self.detector.tick(self._now))
+        notifier = self.records.notifier
+        if notifier is not None:
+            for line in notifier.lines():
                 self.log.line(line)
         if self._now >= self._next_summary:
             self._next_summary = self._now + SUMMARY_EVERY
-            self._summarise_repeats()
+            self.records.summarise()
         if self.listeners is not None:
             self.listeners.expire(self._now)
             for port in self.listeners.take_aborted():
                 self.log.line(accept_failed_line(port))
-
-    # --- records ----------------------------------------------------------------------------
-
-    def _emit(self, decisions: list[Decision]) -> None:
-        """Log lines, JSON events, store rows and responses for a batch of decisions.
-
-        Repeats (a blocked scanner's further probes, a flood of refused sources) are limited
-        per source and reason in the log and the store, and summarised every few seconds;
-        the events stream, which the operator asked for with --events, gets every decision.
-        """
-        events, offset, line = self.events, self._wall_offset, self.log.line
-        store = self.responder is not None
-        allow, count, notifier = self._repeats.allow, self.counts.add, self.notifier
-        gated = self._gated
-        for decision in decisions:
-            wall = decision.time + offset
-            count(decision)
-            if events is not None:
-                events.event(decision, wall)
-            if decision.first:
-                if notifier is not None:
-                    notifier.submit(decision, wall)
-                self._respond(decision, wall)
-            elif (
-                decision.action is Action.IGNORED
-                and not gated
-                and not allow((decision.src, decision.reason), decision.time)
-            ):
-                continue  # past its rate: counted, summarised on a later tick
-            elif decision.reason in _NOTICED:
-                self._notice(decision)
-            for message in detection_lines(decision):
-                line(message)
-            if store:
-                if not self._rows:
-                    self._rows_since = self._now
-                self._rows.append(_row(decision, wall))
-
-    def _gate(self, src: bytes, reason: Reason, now: float) -> bool:
-        return self._repeats.allow((src, reason), now)
-
-    def _summarise_repeats(self) -> None:
-        for src, count in self.detector.take_held().items():
-            self._repeats.add_held((src, Reason.ALREADY_BLOCKED), count)
-        held, top = self._repeats.summary()
-        if not held:
-            return
-        worst = ", ".join(f"{_key_text(key)}: {n}" for key, n in top)
-        self.log.line(
-            f"adminalert: {held} repetitive records held back in the last "
-            f"{SUMMARY_EVERY:.0f}s (most from {worst})"
-        )
-
-    def _respond(self, decision: Decision, wall: float) -> None:
-        responder = self.responder
-        if responder is None:
-            if decision.action in (Action.BLOCK, Action.COMMAND):
-                self.log.line(f"attackalert: Host {decision.src} not blocked (dry run)")
-            return
-        request = BanRequest(
-            address=decision.src,
-            port=decision.port,
-            proto=decision.proto,
-            mode=decision.mode,
-            level=1 if decision.action is Action.BLOCK else 2,
-            reason=f"{decision.kind.value} scan: {decision.reason.value}",
-            rule=decision.rule,
-            evidence=self._evidence(decision),
-        )
-        if decision.action is Action.ALERT:
-            responder.alert(request)
-        else:
-            responder.ban(request)
-
-    def _evidence(self, decision: Decision) -> dict[str, object]:
-        state = self.detector.source(ipaddress.ip_address(decision.src).packed)
-        if state is None:
-            return {"hits": decision.hits}
-        offset = self._wall_offset
-        return {
-            "hits": state.hits,
-            "ports": [
-                f"{'tcp' if k >> 16 == Proto.TCP else 'udp'}/{k & 0xFFFF}" for k in state.ports
-            ],
-            "kinds": [k.value for k in kinds_of(state.kinds)],
-            "first_seen": state.first_seen + offset,
-            "last_seen": state.last_seen + offset,
-            "destinations": state.destinations,
-        }
-
-    def _notice(self, decision: Decision) -> None:
-        """Refusals that protect the host are logged, but a flood of them is summarised: one
-        line per protection reason (a forged flood brings a new source per packet) and minute.
-        """
-        why = ""
-        if decision.reason is Reason.NEVER_BLOCK:
-            why = self.never_block.why(ipaddress.ip_address(decision.src).packed) or "protected"
-        key = f"{decision.reason.value}:{why}"
-        last, count = self._notices.get(key, (-NOTICE_EVERY, 0))
-        if self._now - last < NOTICE_EVERY:
-            self._notices[key] = (last, count + 1)
-            return
-        self._notices[key] = (self._now, 0)
-        more = f" ({count} more since the last notice)" if count else ""
-        if decision.reason is Reason.NEVER_BLOCK:
-            self.log.line(
-                f"attackalert: Host {decision.src} not blocked: never-block set ({why}){more}"
-            )
-        else:
-            self.log.line(
-                f"adminalert: ban budget exceeded: {decision.src} reported but not blocked{more}"
-            )
-
-    def _flush(self, *, everything: bool = False) -> None:
-        rows = self._rows
-        if (
-            self.responder is not None
-            and rows
-            and (
-                everything or len(rows) >= ROWS_BATCH or self._now - self._rows_since >= ROWS_EVERY
-            )
-        ):
-            self.responder.events(rows)
-            self._rows = []
-        self.log.flush()
-        if self.events is not None:
-            self.events.flush()
 
     # --- statistics ---------------------------------------------------------------------------
 
@@ -726,7 +581,7 @@ class Pipeline:
         }
         out.update({f"probes_{k.value.lower()}": n for k, n in d.probes_by_kind.items()})
         out.update({f"decisions_{a.value}": n for a, n in d.decisions_by_action.items()})
-        out["records_held"] = d.held if self._gated else self._repeats.total_suppressed
+        out["records_held"] = self.records.held
         if self.ring is not None:
             r = self.ring.stats()
             out.update(
@@ -744,7 +599,7 @@ class Pipeline:
 
     def close(self) -> None:
         if self.responder is not None:
-            self._flush(everything=True)
+            self.records.flush(everything=True)
             for report in self.responder.close():
                 if report.kind == "log":
                     self.log.line(report.text)
@@ -755,33 +610,6 @@ class Pipeline:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-_NOTICED = frozenset({Reason.NEVER_BLOCK, Reason.BAN_BUDGET})
-
-
-def _key_text(key: object) -> str:
-    if isinstance(key, tuple) and len(key) == 2:
-        src = addr_text(key[0]) if isinstance(key[0], bytes) else key[0]
-        return f"{src} {getattr(key[1], 'value', key[1])}"
-    return str(key)
-
-
-def _row(decision: Decision, wall: float) -> EventRow:
-    return EventRow(
-        time=wall,
-        src=decision.src,
-        dst=decision.dst,
-        proto=decision.proto.key,
-        port=decision.port,
-        kind=decision.kind.value,
-        action=decision.action.value,
-        reason=decision.reason.value,
-        mode=decision.mode.value if decision.mode is not None else None,
-        rule=decision.rule,
-        hits=decision.hits,
-        ports_seen=decision.ports_seen,
-        ip_options=decision.ip_options,
-    )
 
 
 def _open_listeners(setup: Setup, log: LogSink, modes: list[Mode]) -> Listeners | None:

@@ -1,0 +1,223 @@
+"""Decisions into records: PortSentry's log lines, JSON events, store rows, responses,
+notifications, and the limits and summaries that keep a flood from filling the disk.
+
+The pipeline hands every decision here (``emit``) and sets the clock once a loop turn
+(``now``, ``wall_offset``). Repeats (a blocked scanner's further probes, a flood of refused
+sources) are limited per source and reason in the log and the store and summarised every
+SUMMARY_EVERY seconds, never dropped silently; without an events stream the detector asks the
+limiter (``gate``) before it builds a decision at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from portsentinel.alert.portsentry_log import detection_lines
+from portsentinel.alert.ratelimit import RepeatLimiter
+from portsentinel.daemon.bans import BanRequest
+from portsentinel.daemon.metrics import DecisionCounts
+from portsentinel.detect.track import kinds_of
+from portsentinel.model import Action, Decision, Proto, Reason, addr_text
+from portsentinel.store.records import EventRow
+
+if TYPE_CHECKING:
+    from portsentinel.alert.notify import Notifier
+    from portsentinel.alert.sinks import EventSink, LogSink
+    from portsentinel.daemon.neverblock import NeverBlock
+    from portsentinel.daemon.responder import Responder
+    from portsentinel.detect.detector import Detector
+
+NOTICE_EVERY = 60.0  # repeated refusals (budget, never-block) are summarised this often
+SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised this often
+# Probe records go to the store in batches: one SQLite commit costs more than the records it
+# carries (a commit per loop turn cost ~100 us per probe at 2k probes/s). Bans never wait.
+ROWS_EVERY = 0.5  # seconds a record may wait for its batch
+ROWS_BATCH = 1000  # records that make a batch at once
+
+
+class Records:
+    """Where the daemon's decisions go; the pipeline owns one."""
+
+    def __init__(
+        self,
+        log: LogSink,
+        events: EventSink | None,
+        detector: Detector,
+        never_block: NeverBlock,
+    ) -> None:
+        self.log = log
+        self.events = events
+        self.detector = detector
+        self.never_block = never_block
+        self.responder: Responder | None = None
+        self.notifier: Notifier | None = None
+        self.counts = DecisionCounts()
+        self.repeats = RepeatLimiter()
+        self.now = 0.0  # the loop's monotonic clock, set once a turn
+        self.wall_offset = 0.0  # wall time = monotonic + this
+        self._notices: dict[str, tuple[float, int]] = {}
+        self._rows: list[EventRow] = []
+        self._rows_since = 0.0  # when the oldest record of ``_rows`` was made
+        # Without an events stream every ignored probe's record would be rate-limited anyway:
+        # the detector asks the limiter first and builds nothing for a held record. With
+        # --events the operator asked for every decision, so all are built.
+        self.gated = events is None
+        if self.gated:
+            detector.set_record_gate(self.gate)
+
+    @property
+    def held(self) -> int:
+        """Records held back so far (probes counted without a record)."""
+        return self.detector.stats.held if self.gated else self.repeats.total_suppressed
+
+    def emit(self, decisions: list[Decision]) -> None:
+        """Log lines, JSON events, store rows and responses for a batch of decisions.
+
+        Repeats (a blocked scanner's further probes, a flood of refused sources) are limited
+        per source and reason in the log and the store, and summarised every few seconds;
+        the events stream, which the operator asked for with --events, gets every decision.
+        """
+        events, offset, line = self.events, self.wall_offset, self.log.line
+        store = self.responder is not None
+        allow, count, notifier = self.repeats.allow, self.counts.add, self.notifier
+        gated = self.gated
+        for decision in decisions:
+            wall = decision.time + offset
+            count(decision)
+            if events is not None:
+                events.event(decision, wall)
+            if decision.first:
+                if notifier is not None:
+                    notifier.submit(decision, wall)
+                self._respond(decision, wall)
+            elif (
+                decision.action is Action.IGNORED
+                and not gated
+                and not allow((decision.src, decision.reason), decision.time)
+            ):
+                continue  # past its rate: counted, summarised on a later tick
+            elif decision.reason in _NOTICED:
+                self._notice(decision)
+            for message in detection_lines(decision):
+                line(message)
+            if store:
+                if not self._rows:
+                    self._rows_since = self.now
+                self._rows.append(_row(decision, wall))
+
+    def gate(self, src: bytes, reason: Reason, now: float) -> bool:
+        return self.repeats.allow((src, reason), now)
+
+    def summarise(self) -> None:
+        for src, count in self.detector.take_held().items():
+            self.repeats.add_held((src, Reason.ALREADY_BLOCKED), count)
+        held, top = self.repeats.summary()
+        if not held:
+            return
+        worst = ", ".join(f"{_key_text(key)}: {n}" for key, n in top)
+        self.log.line(
+            f"adminalert: {held} repetitive records held back in the last "
+            f"{SUMMARY_EVERY:.0f}s (most from {worst})"
+        )
+
+    def _respond(self, decision: Decision, wall: float) -> None:
+        responder = self.responder
+        if responder is None:
+            if decision.action in (Action.BLOCK, Action.COMMAND):
+                self.log.line(f"attackalert: Host {decision.src} not blocked (dry run)")
+            return
+        request = BanRequest(
+            address=decision.src,
+            port=decision.port,
+            proto=decision.proto,
+            mode=decision.mode,
+            level=1 if decision.action is Action.BLOCK else 2,
+            reason=f"{decision.kind.value} scan: {decision.reason.value}",
+            rule=decision.rule,
+            evidence=self._evidence(decision),
+        )
+        if decision.action is Action.ALERT:
+            responder.alert(request)
+        else:
+            responder.ban(request)
+
+    def _evidence(self, decision: Decision) -> dict[str, object]:
+        state = self.detector.source(ipaddress.ip_address(decision.src).packed)
+        if state is None:
+            return {"hits": decision.hits}
+        offset = self.wall_offset
+        return {
+            "hits": state.hits,
+            "ports": [
+                f"{'tcp' if k >> 16 == Proto.TCP else 'udp'}/{k & 0xFFFF}" for k in state.ports
+            ],
+            "kinds": [k.value for k in kinds_of(state.kinds)],
+            "first_seen": state.first_seen + offset,
+            "last_seen": state.last_seen + offset,
+            "destinations": state.destinations,
+        }
+
+    def _notice(self, decision: Decision) -> None:
+        """Refusals that protect the host are logged, but a flood of them is summarised: one
+        line per protection reason (a forged flood brings a new source per packet) and minute.
+        """
+        why = ""
+        if decision.reason is Reason.NEVER_BLOCK:
+            why = self.never_block.why(ipaddress.ip_address(decision.src).packed) or "protected"
+        key = f"{decision.reason.value}:{why}"
+        last, count = self._notices.get(key, (-NOTICE_EVERY, 0))
+        if self.now - last < NOTICE_EVERY:
+            self._notices[key] = (last, count + 1)
+            return
+        self._notices[key] = (self.now, 0)
+        more = f" ({count} more since the last notice)" if count else ""
+        if decision.reason is Reason.NEVER_BLOCK:
+            self.log.line(
+                f"attackalert: Host {decision.src} not blocked: never-block set ({why}){more}"
+            )
+        else:
+            self.log.line(
+                f"adminalert: ban budget exceeded: {decision.src} reported but not blocked{more}"
+            )
+
+    def flush(self, *, everything: bool = False) -> None:
+        rows = self._rows
+        if (
+            self.responder is not None
+            and rows
+            and (everything or len(rows) >= ROWS_BATCH or self.now - self._rows_since >= ROWS_EVERY)
+        ):
+            self.responder.events(rows)
+            self._rows = []
+        self.log.flush()
+        if self.events is not None:
+            self.events.flush()
+
+
+_NOTICED = frozenset({Reason.NEVER_BLOCK, Reason.BAN_BUDGET})
+
+
+def _key_text(key: object) -> str:
+    if isinstance(key, tuple) and len(key) == 2:
+        src = addr_text(key[0]) if isinstance(key[0], bytes) else key[0]
+        return f"{src} {getattr(key[1], 'value', key[1])}"
+    return str(key)
+
+
+def _row(decision: Decision, wall: float) -> EventRow:
+    return EventRow(
+        time=wall,
+        src=decision.src,
+        dst=decision.dst,
+        proto=decision.proto.key,
+        port=decision.port,
+        kind=decision.kind.value,
+        action=decision.action.value,
+        reason=decision.reason.value,
+        mode=decision.mode.value if decision.mode is not None else None,
+        rule=decision.rule,
+        hits=decision.hits,
+        ports_seen=decision.ports_seen,
+        ip_options=decision.ip_options,
+    )
