@@ -8,8 +8,9 @@ Three parts, each printed with the commands it ran and the targets next to the f
    one reporting VmRSS every 100k packets, and one under ``tracemalloc``. Packets are made 10k
    at a time, so the input stays small (it is part of the traced figures: about 2 MiB).
    Target: ≤ 64 MiB for 1M distinct sources.
-2. The live daemon (root): ``portsentinel run --mode atcp --dry-run`` (every path in a temporary
-   directory; a dry run, so bans add no work) in a lab's target namespace (``tests/e2e/netns.py``)
+2. The live daemon (root): ``portsentinel run --mode atcp --dry-run --events FILE`` (every path
+   in a temporary directory; a dry run, so bans add no work) in a lab's target namespace
+   (``tests/e2e/netns.py``)
    against 1k, 100k and 1M distinct forged sources sent by the C sender
    (``tests/e2e/synflood.c``) from the scanner namespace: IPv4 from 198.18.1.0 on (198.18.0.0/15
    without the lab's /24), IPv6 from fd00:5f::1:0 for 1M, more than the /15 holds. Each count
@@ -21,7 +22,8 @@ Three parts, each printed with the commands it ran and the targets next to the f
    frame accounted for: sent = frames the daemon's socket counted (``kernel_packets``, its ring
    drops ``kernel_drops`` included) + frames lost before the socket (veth drops + softnet backlog
    drops; ``/proc/net/softnet_stat`` is per CPU and global to the kernel, so its delta is an
-   upper bound for the lab's share).
+   upper bound for the lab's share). Then once more as the packaged service runs: bans on
+   (nftables, the state store), no events stream.
 
 Usage: python bench/memory.py [--rate PPS] [--flood-seconds S] [--only detector|live|flood]
 """
@@ -258,9 +260,13 @@ def wait_idle(pid: int, deadline: float = DRAIN_DEADLINE) -> None:
         before = after
 
 
-def live_phase(lab: netns.Lab, binary: Path, directory: Path, flood: floodlab.Flood) -> Phase:
-    """A fresh daemon, its idle RSS, the sender's run, the drain, the stop."""
-    daemon = Daemon.start(lab, directory, mode="atcp", dry_run=True)
+def live_phase(
+    lab: netns.Lab, binary: Path, directory: Path, flood: floodlab.Flood, *, service: bool = False
+) -> Phase:
+    """A fresh daemon, its idle RSS, the sender's run, the drain, the stop. ``service``: as
+    the packaged service runs it (bans on through nftables and the store, no events stream)
+    instead of a dry run with an events stream."""
+    daemon = Daemon.start(lab, directory, mode="atcp", dry_run=not service, events=not service)
     sampler = floodlab.RssSampler(daemon.pid)
     try:
         time.sleep(SETTLE)
@@ -376,6 +382,8 @@ def max_flood(lab: netns.Lab, binary: Path, tmp: Path, seconds: float) -> None:
     )
     flood = floodlab.Flood(count=FLOOD_FRAMES, seconds=seconds, ports=PORTS)
     report_flood(live_phase(lab, binary, tmp / "flood", flood))
+    print("  the same as the packaged service runs: bans on (nftables, store), no --events")
+    report_flood(live_phase(lab, binary, tmp / "flood-service", flood, service=True))
 
 
 def live(args: argparse.Namespace) -> None:
