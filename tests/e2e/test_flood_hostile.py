@@ -108,3 +108,35 @@ def test_a_real_scan_is_banned_in_a_spoofed_flood(
         f"daemon: handled {counters['ring_handled']}, kernel drops {counters['kernel_drops']}, "
         f"peak VmRSS {peak_mib:.0f} MiB"
     )
+
+
+def test_an_alert_only_daemon_accounts_for_every_alert_in_a_spoofed_flood(
+    lab: netns.Lab, tmp_path: Path
+) -> None:
+    """BLOCK_x=0 has no ban budget: every forged source is an alert with a history line. The
+    response worker cannot write them as fast as they come; what it cannot take is dropped
+    and counted, so memory stays bounded and the daemon stops promptly."""
+    binary = floodlab.build(tmp_path)
+    directory = tmp_path / "daemon"
+    daemon = Daemon.start(
+        lab, directory, mode="atcp", events=False, settings={"BLOCK_TCP": "0", "BLOCK_UDP": "0"}
+    )
+    rss = floodlab.RssSampler(daemon.pid)
+    sender = floodlab.start(lab, binary, floodlab.Flood(count=FLOOD_FRAMES, seconds=FLOOD_SECONDS))
+    try:
+        floodlab.result(sender, FLOOD_SECONDS + floodlab.SLACK)
+    finally:
+        netns.Lab.stop(sender)
+        code, stderr = daemon.stop()  # within the fixture's grace: the backlog is bounded
+        samples = rss.stop()
+    assert code == 0, stderr[-2000:]
+    assert "Traceback" not in stderr
+    counters = statistics(stderr)
+    alerts = counters["decisions_alert"]
+    written = len((directory / "history_file").read_text().splitlines())
+    assert alerts > 1000
+    assert written + counters["alerts_dropped"] == alerts
+    if counters["alerts_dropped"]:
+        assert "the response worker fell behind" in stderr
+    peak_mib = max(kib for _, kib in samples) / 1024
+    assert peak_mib < RSS_BOUND_MIB, f"VmRSS reached {peak_mib:.0f} MiB"

@@ -582,6 +582,9 @@ class Pipeline:
         out.update({f"probes_{k.value.lower()}": n for k, n in d.probes_by_kind.items()})
         out.update({f"decisions_{a.value}": n for a, n in d.decisions_by_action.items()})
         out["records_held"] = self.records.held
+        if self.responder is not None:
+            out["alerts_dropped"] = self.responder.alerts_dropped
+            out["records_dropped"] = self.responder.rows_dropped
         if self.ring is not None:
             r = self.ring.stats()
             out.update(
@@ -598,6 +601,7 @@ class Pipeline:
         return out
 
     def close(self) -> None:
+        self.records.summarise()  # what was held back or dropped since the last summary
         if self.responder is not None:
             self.records.flush(everything=True)
             for report in self.responder.close():

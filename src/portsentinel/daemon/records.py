@@ -59,6 +59,7 @@ class Records:
         self._notices: dict[str, tuple[float, int]] = {}
         self._rows: list[EventRow] = []
         self._rows_since = 0.0  # when the oldest record of ``_rows`` was made
+        self._dropped = (0, 0)  # the responder's drop counts at the last summary
         # Without an events stream every ignored probe's record would be rate-limited anyway:
         # the detector asks the limiter first and builds nothing for a held record. With
         # --events the operator asked for every decision, so all are built.
@@ -102,24 +103,39 @@ class Records:
             for message in detection_lines(decision):
                 line(message)
             if store:
-                if not self._rows:
+                rows = self._rows
+                if not rows:
                     self._rows_since = self.now
-                self._rows.append(_row(decision, wall))
+                rows.append(_row(decision, wall))
+                if len(rows) >= ROWS_BATCH:  # at once: a flood's loop turn may bring 100k
+                    self._send_rows()
 
     def gate(self, src: bytes, reason: Reason, now: float) -> bool:
         return self.repeats.allow((src, reason), now)
 
     def summarise(self) -> None:
+        """Every SUMMARY_EVERY seconds: what was held back, and what the response worker
+        could not take (it was too far behind) since the last summary."""
         for src, count in self.detector.take_held().items():
             self.repeats.add_held((src, Reason.ALREADY_BLOCKED), count)
         held, top = self.repeats.summary()
-        if not held:
-            return
-        worst = ", ".join(f"{_key_text(key)}: {n}" for key, n in top)
-        self.log.line(
-            f"adminalert: {held} repetitive records held back in the last "
-            f"{SUMMARY_EVERY:.0f}s (most from {worst})"
-        )
+        if held:
+            worst = ", ".join(f"{_key_text(key)}: {n}" for key, n in top)
+            self.log.line(
+                f"adminalert: {held} repetitive records held back in the last "
+                f"{SUMMARY_EVERY:.0f}s (most from {worst})"
+            )
+        responder = self.responder
+        if responder is not None:
+            alerts = responder.alerts_dropped - self._dropped[0]
+            rows = responder.rows_dropped - self._dropped[1]
+            self._dropped = (responder.alerts_dropped, responder.rows_dropped)
+            if alerts or rows:
+                self.log.line(
+                    f"adminalert: WARNING: the response worker fell behind: {alerts} alerts "
+                    f"not written to the history file and {rows} probe records not stored "
+                    f"in the last {SUMMARY_EVERY:.0f}s"
+                )
 
     def _respond(self, decision: Decision, wall: float) -> None:
         responder = self.responder
@@ -182,17 +198,17 @@ class Records:
             )
 
     def flush(self, *, everything: bool = False) -> None:
-        rows = self._rows
-        if (
-            self.responder is not None
-            and rows
-            and (everything or len(rows) >= ROWS_BATCH or self.now - self._rows_since >= ROWS_EVERY)
-        ):
-            self.responder.events(rows)
-            self._rows = []
+        """Once a loop turn: records that waited long enough go to the store, lines out."""
+        if self._rows and (everything or self.now - self._rows_since >= ROWS_EVERY):
+            self._send_rows()
         self.log.flush()
         if self.events is not None:
             self.events.flush()
+
+    def _send_rows(self) -> None:
+        if self.responder is not None:
+            self.responder.events(self._rows)
+        self._rows = []
 
 
 _NOTICED = frozenset({Reason.NEVER_BLOCK, Reason.BAN_BUDGET})

@@ -31,6 +31,8 @@ REPAIR_EVERY = 10.0
 POLL_EVERY = 1.0  # notices bans and allow entries changed by the CLI
 PURGE_EVERY = 3600.0
 START_TIMEOUT = 120.0
+MAX_PENDING_ALERTS = 2_000  # alerts waiting for the worker before new ones are dropped
+MAX_PENDING_ROWS = 20_000  # probe records waiting for the store before new ones are dropped
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,13 @@ class Responder:
         self._active: set[str] = set()
         self._allowed: tuple[str, ...] = ()
         self._data_version = -1
+        # Backlog bounds for what may wait: alerts (BLOCK_x=0 has no ban budget, so a forged
+        # flood brings one per source) and probe records. Each count is written by one thread
+        # only (queued: the loop; done: the worker), so no lock is needed.
+        self._alerts_queued = self._alerts_done = 0
+        self._rows_queued = self._rows_done = 0
+        self.alerts_dropped = 0
+        self.rows_dropped = 0
 
     # --- detection-loop side ----------------------------------------------------------------
 
@@ -102,6 +111,12 @@ class Responder:
         self._jobs.put(request)
 
     def alert(self, request: BanRequest) -> None:
+        """Write the history/blocked lines of an alert; dropped (counted) while the worker is
+        MAX_PENDING_ALERTS behind: bans are never dropped, and have a budget of their own."""
+        if self._alerts_queued - self._alerts_done >= MAX_PENDING_ALERTS:
+            self.alerts_dropped += 1
+            return
+        self._alerts_queued += 1
         self._jobs.put(Alert(request))
 
     def reload(self, settings: Settings) -> None:
@@ -109,8 +124,14 @@ class Responder:
         self._jobs.put(settings)
 
     def events(self, rows: Sequence[EventRow]) -> None:
-        if rows:
-            self._jobs.put(tuple(rows))
+        """Probe records for the store; dropped (counted) while MAX_PENDING_ROWS wait."""
+        if not rows:
+            return
+        if self._rows_queued - self._rows_done >= MAX_PENDING_ROWS:
+            self.rows_dropped += len(rows)
+            return
+        self._rows_queued += len(rows)
+        self._jobs.put(tuple(rows))
 
     def reports(self) -> list[Report]:
         """Everything the worker reported since the last call (never blocks)."""
@@ -209,9 +230,15 @@ class Responder:
             if isinstance(job, BanRequest):
                 self._ban(manager, job, now)
             elif isinstance(job, Alert):
-                manager.record_alert(job.request, now)
+                try:
+                    manager.record_alert(job.request, now)
+                finally:
+                    self._alerts_done += 1
             elif isinstance(job, tuple):
-                store.add_events(job)
+                try:
+                    store.add_events(job)
+                finally:
+                    self._rows_done += len(job)
             elif isinstance(job, Settings):
                 manager.reconfigure(job)
             mono = time.monotonic()
