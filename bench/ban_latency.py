@@ -52,21 +52,30 @@ WAIT = 10.0  # for one ban (latency) or per 1000 bans (burst)
 
 
 class ElementWatch:
-    """``nft monitor`` in the target: the arrival time of each address added to a set."""
+    """``nft monitor`` in the target: the arrival time of each address added to a set.
+
+    A subclass watches something else by naming its ``monitor`` command, the ``prefixes`` of
+    the lines that count and where in such a line the addresses are (``addresses``)."""
+
+    monitor: tuple[str, ...] = MONITOR
+    prefixes: tuple[str, ...] = ("add element",)
 
     def __init__(self, lab: netns.Lab) -> None:
-        self.proc = lab.start(lab.target, list(MONITOR), stdout=subprocess.PIPE, text=True)
+        self.proc = lab.start(lab.target, list(self.monitor), stdout=subprocess.PIPE, text=True)
         self.seen: dict[str, float] = {}
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
+
+    def addresses(self, line: str) -> list[str]:
+        return ADDRESS.findall(line.split("{", 1)[-1])  # the elements, after the set's name
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             now = time.time()
-            if line.startswith("add element"):
+            if line.startswith(self.prefixes):
                 with self._changed:
-                    for address in ADDRESS.findall(line.split("{", 1)[-1]):
+                    for address in self.addresses(line):
                         self.seen.setdefault(address, now)
                     self._changed.notify_all()
 

@@ -16,7 +16,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -349,22 +348,11 @@ class RuleWatch(ban_latency.ElementWatch):
     """``nft monitor rules``: when each source address first appears in an added rule (an
     ``iptables -I INPUT -s ADDR -j DROP`` through iptables-nft is one)."""
 
-    def __init__(self, lab: netns.Lab) -> None:  # the parent's monitor watches set elements
-        self.proc = lab.start(lab.target, ["nft", "monitor", "rules"], stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
-        self.seen: dict[str, float] = {}
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+    monitor = ("nft", "monitor", "rules")
+    prefixes = ("add rule", "insert rule")  # iptables -I inserts
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.time()
-            if line.startswith(("add rule", "insert rule")):  # iptables -I inserts
-                with self._changed:
-                    for address in ban_latency.ADDRESS.findall(line):
-                        self.seen.setdefault(address, now)
-                    self._changed.notify_all()
+    def addresses(self, line: str) -> list[str]:
+        return ban_latency.ADDRESS.findall(line)
 
 
 def rules_ready(watch: RuleWatch, lab: netns.Lab) -> None:

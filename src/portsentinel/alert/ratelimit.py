@@ -38,28 +38,20 @@ class RepeatLimiter:
         glob = self._global
         glob[0] = min(self.global_burst, glob[0] + (now - glob[1]) * self.global_rate)
         glob[1] = now
-        keys = self._keys
-        entry = keys.get(key)
+        entry = self._keys.get(key)
         if glob[0] < 1.0:
             # Past the overall rate (a flood: often a new key per record): held without
             # making an entry for a key not seen before, so a flood does not churn the keys.
-            if entry is not None:
-                entry[2] += 1
-            self.suppressed += 1
-            self.total_suppressed += 1
+            self._hold(entry, 1)
             return False
         if entry is None:
-            if len(keys) >= self.max_keys:
-                keys.popitem(last=False)
-            entry = keys[key] = [self.burst, now, 0.0]
+            entry = self._new_entry(key, self.burst, now)
         else:
-            keys.move_to_end(key)
+            self._keys.move_to_end(key)
             entry[0] = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
             entry[1] = now
         if entry[0] < 1.0:
-            entry[2] += 1
-            self.suppressed += 1
-            self.total_suppressed += 1
+            self._hold(entry, 1)
             return False
         entry[0] -= 1.0
         glob[0] -= 1.0
@@ -67,14 +59,21 @@ class RepeatLimiter:
 
     def add_held(self, key: object, count: int) -> None:
         """Records held back elsewhere (the detector's muted sources) for the summary."""
-        if count <= 0:
-            return
-        entry = self._keys.get(key)
-        if entry is None:
-            if len(self._keys) >= self.max_keys:
-                self._keys.popitem(last=False)
-            entry = self._keys[key] = [0.0, 0.0, 0.0]
-        entry[2] += count
+        if count > 0:
+            entry = self._keys.get(key)
+            # A new key starts with a full bucket: its last refill was long ago.
+            self._hold(entry if entry is not None else self._new_entry(key, 0.0, 0.0), count)
+
+    def _new_entry(self, key: object, tokens: float, last: float) -> list[float]:
+        keys = self._keys
+        if len(keys) >= self.max_keys:
+            keys.popitem(last=False)
+        entry = keys[key] = [tokens, last, 0.0]
+        return entry
+
+    def _hold(self, entry: list[float] | None, count: int) -> None:
+        if entry is not None:
+            entry[2] += count
         self.suppressed += count
         self.total_suppressed += count
 

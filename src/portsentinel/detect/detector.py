@@ -348,16 +348,15 @@ class Detector:
         if len(muted) >= MUTED_CAP:
             muted.clear()  # a flood of blocked sources only churns it
         muted[src] = now + MUTE_SECONDS
-        held = self._held_by_source
+        held = self._held_by_source  # filled by _held, for muted sources only
         if len(held) >= MUTED_CAP:
             held.clear()  # only the per-source detail goes; stats.held keeps the total
-        held.setdefault(src, 0)
 
     def take_held(self) -> dict[bytes, int]:
         """Probes of muted sources per source since the last call (their records were held
         back without asking the gate): for the summary of held records."""
         held, self._held_by_source = self._held_by_source, {}
-        return {src: n for src, n in held.items() if n}
+        return held
 
     def _unmute(self) -> None:
         for muted in self._muted.values():

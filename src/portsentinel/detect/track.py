@@ -105,16 +105,17 @@ class Tracker:
         idle_timeout: float = 0.0,
     ) -> None:
         """``keep_times`` 0 keeps no hit times; ``idle_timeout`` <= 0 never expires sources."""
-        if min(max_sources, max_ports, max_dsts) < 1 or keep_times < 0:
-            raise ValueError("tracker caps must be positive")
-        self._max_sources = max_sources
-        self._max_ports = max_ports
-        self._max_dsts = max_dsts
-        self._keep_times = keep_times
-        self.idle_timeout = idle_timeout
         self._sources: OrderedDict[bytes, SourceState] = OrderedDict()
+        self._keep_times = keep_times
         self.evicted = 0
         self.expired = 0
+        self.resize(
+            max_sources=max_sources,
+            max_ports=max_ports,
+            max_dsts=max_dsts,
+            keep_times=keep_times,
+            idle_timeout=idle_timeout,
+        )
 
     def __len__(self) -> int:
         return len(self._sources)
