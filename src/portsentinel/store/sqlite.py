@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
@@ -486,6 +487,28 @@ def _create_file(state_dir: str, path: str) -> None:
         os.close(fd)
 
 
+def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch the file to WAL (kept in the file: usually already done); returns the mode.
+
+    The switch needs the file to itself, and SQLite answers "locked" at once, without its
+    busy handler, while another process opens or switches the same file: so it is retried
+    here until ``busy_timeout`` has passed, like every other wait for the other side.
+    """
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return str(mode).lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def _prepare(
     conn: sqlite3.Connection, path: str, busy_timeout: float, offline: bool | None
 ) -> bool:
@@ -493,8 +516,8 @@ def _prepare(
     with _errors(path):
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
+        mode = _use_wal(conn, busy_timeout)
+        if mode != "wal":
             raise StoreError(f"{path}: cannot use WAL journaling here (got {mode!r})")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")

@@ -584,6 +584,28 @@ def test_processes_creating_the_store_at_once_all_succeed(state_dir: str) -> Non
         assert store.schema_version() == schema.SCHEMA_VERSION
 
 
+def test_opening_waits_for_a_writer_of_a_file_not_yet_in_wal(state_dir: str) -> None:
+    # Another process holds a write lock on the new file before anyone switched it to WAL:
+    # SQLite answers the switch with "locked" at once (no busy handler), so the opener must
+    # wait itself (seen in CI: eight processes creating the store at once, one failed).
+    os.makedirs(state_dir)
+    path = os.path.join(state_dir, "portsentinel.db")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(0.3)
+        released.set()  # before the commit: the opener cannot get past it earlier
+        other.execute("COMMIT")
+
+    threading.Thread(target=release, daemon=True).start()
+    with Store.open(state_dir, busy_timeout=30.0) as store:
+        assert released.is_set()
+        assert store.schema_version() == schema.SCHEMA_VERSION
+    other.close()
+
+
 def test_a_migration_done_meanwhile_by_the_other_side_is_skipped(state_dir: str) -> None:
     Store.open(state_dir).close()  # the other side created and upgraded the file...
     late = sqlite3.connect(os.path.join(state_dir, "portsentinel.db"), isolation_level=None)
