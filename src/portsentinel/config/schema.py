@@ -338,7 +338,9 @@ class Settings:
     )  # fmt: skip
     max_tracked_sources: int = setting(
         key="MAX_TRACKED_SOURCES", parse=t.int_range(1), default="65536", unit="count",
-        help="sources counted at once; the least recently seen is forgotten first",
+        help="sources counted at once, in two generations of half each: when the newer one "
+        "is full the older one is forgotten, so a source keeps its evidence for at least "
+        "half this many new sources after its last probe",
         origin=_NEW,
     )  # fmt: skip
     max_ports_per_source: int = setting(
@@ -347,7 +349,8 @@ class Settings:
     )  # fmt: skip
     source_idle_timeout: float = setting(
         key="SOURCE_IDLE_TIMEOUT", parse=t.positive_duration, default="1h", unit="seconds",
-        help="a source not seen for this long is forgotten", origin=_NEW,
+        help="a source not seen for longer than this starts afresh; its evidence is freed "
+        "within twice this time", origin=_NEW,
     )  # fmt: skip
     max_active_bans: int = setting(
         key="MAX_ACTIVE_BANS", parse=t.int_range(1), default="10000", unit="count",

@@ -10,7 +10,10 @@ until a packet becomes a decision. The steps, in order:
 3. The destination must be this host (when a local view is set); a UDP reply (or a SYN of a
    connection the host accepted) to a flow the host started is not a probe.
 4. A muted source (already responded to, its records held back by the record gate) is only
-   counted and tracked: the policy and the gate would answer as before.
+   counted: the policy and the gate would answer as before. Its hits, kinds and last-seen
+   time reach its tracked state when the mute ends (its port evidence stays as it was when
+   it was muted); with rules that keep state of their own, each probe is tracked and shown
+   to them at once.
 5. The in-use re-check (a port opened since the view was read; may cost a kernel query).
 6. Admission: ignore list, own addresses (refused probes are not counted).
 7. Track the source, ask every scoring rule.
@@ -21,6 +24,7 @@ until a packet becomes a decision. The steps, in order:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Container, Sequence
 from typing import Final
 
@@ -30,7 +34,7 @@ from portsentinel.detect.decide import Policy
 from portsentinel.detect.ports import bound_table, mode_ports, stealth_table
 from portsentinel.detect.rules import ScanTrigger, ScoringRule
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
-from portsentinel.detect.track import SourceState, Tracker
+from portsentinel.detect.track import KIND_BIT, SourceState, Tracker
 from portsentinel.model import (
     Action,
     Decision,
@@ -52,12 +56,25 @@ _PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
 # decision; cleared when full, so a flood of spoofed sources only churns it.
 _TEXT_CACHE_SIZE: Final = 4096
 # A responded source whose "already blocked" record the gate held back is muted for this
-# long: its probes are counted and tracked, but the policy and the gate are not asked again
+# long: its probes are counted (folded into its state later), but the policy and the gate
+# are not asked again
 # (both would say the same). Short, so a record still goes out a few times a second. A
 # released source is unmuted at once; one the bounded responses list forgets stays muted
 # until its mute ends.
 MUTE_SECONDS: Final = 0.25
 MUTED_CAP: Final = 4096
+
+
+class _Mute:
+    """A muted source: until when, and its probes since the last fold into its state."""
+
+    __slots__ = ("count", "kinds", "last", "until")
+
+    def __init__(self, until: float, now: float) -> None:
+        self.until = until
+        self.count = 0
+        self.kinds = 0  # KIND_BIT mask
+        self.last = now
 
 
 RecordGate = Callable[[bytes, Reason, float], bool]
@@ -113,7 +130,7 @@ class Detector:
     ) -> None:
         self._stats = DetectorStats()
         self._gate: RecordGate | None = None
-        self._muted: dict[int, dict[bytes, float]] = {_TCP: {}, _UDP: {}}
+        self._muted: dict[int, dict[bytes, _Mute]] = {_TCP: {}, _UDP: {}}
         self._held_by_source: dict[bytes, int] = {}
         self._muted_kinds: dict[ScanKind, int] = dict.fromkeys(ScanKind, 0)
         self._stateful_rules: tuple[ScoringRule, ...] = ()
@@ -229,10 +246,18 @@ class Detector:
             return []
         muted = self._muted[proto]
         if muted:
-            until = muted.get(src)
-            if until is not None:
-                if now < until:
-                    return self._held(pkt, kind, now)
+            mute = muted.get(src)
+            if mute is not None:
+                if now < mute.until:
+                    if self._stateful_rules:
+                        return self._held(pkt, kind, now)
+                    # Counted here; folded into the source's state when the mute ends.
+                    mute.count += 1
+                    mute.kinds |= KIND_BIT[kind]
+                    mute.last = now
+                    self._muted_kinds[kind] += 1
+                    return []
+                self._fold(src, mute)
                 del muted[src]
         # Last, as it may cost a kernel query: a port opened since the in-use view was read.
         # Not for a source that already got its response: the outcome would not change.
@@ -346,20 +371,45 @@ class Detector:
     def _mute(self, proto: int, src: bytes, now: float) -> None:
         muted = self._muted[proto]
         if len(muted) >= MUTED_CAP:
+            self._fold_all(muted)
             muted.clear()  # a flood of blocked sources only churns it
-        muted[src] = now + MUTE_SECONDS
-        held = self._held_by_source  # filled by _held, for muted sources only
+        muted[src] = _Mute(now + MUTE_SECONDS, now)
+        held = self._held_by_source  # filled by folds and _held, for muted sources only
         if len(held) >= MUTED_CAP:
             held.clear()  # only the per-source detail goes; stats.held keeps the total
+
+    def _fold(self, src: bytes, mute: _Mute) -> None:
+        """A muted source's counted probes into its state (hits, kinds, last seen: its port
+        evidence stays as it was when it was muted) and into the held counts."""
+        count = mute.count
+        if not count:
+            return
+        state = self._tracker.get(src)
+        if state is not None:  # else evicted meanwhile: the counters still have them
+            state.hits += count
+            state.kinds |= mute.kinds
+            state.last_seen = max(state.last_seen, mute.last)
+            if state.times is not None:
+                state.times.extend(itertools.repeat(mute.last, min(count, state.times.maxlen or 0)))
+        held = self._held_by_source
+        held[src] = held.get(src, 0) + count
+        mute.count = mute.kinds = 0
+
+    def _fold_all(self, muted: dict[bytes, _Mute]) -> None:
+        for src, mute in muted.items():
+            self._fold(src, mute)
 
     def take_held(self) -> dict[bytes, int]:
         """Probes of muted sources per source since the last call (their records were held
         back without asking the gate): for the summary of held records."""
+        for muted in self._muted.values():
+            self._fold_all(muted)
         held, self._held_by_source = self._held_by_source, {}
         return held
 
     def _unmute(self) -> None:
         for muted in self._muted.values():
+            self._fold_all(muted)
             muted.clear()
 
     def _decision(  # noqa: PLR0917 - plain positional values: called for every probe
@@ -491,7 +541,9 @@ class Detector:
         """
         self.policy.release(src)
         for muted in self._muted.values():
-            muted.pop(src, None)
+            mute = muted.pop(src, None)
+            if mute is not None:
+                self._fold(src, mute)
 
     def restore(self, src: bytes, proto: Proto, action: Action, *, strong: bool = True) -> None:
         """At start-up: a response that already exists, so triggers say "already blocked"."""
@@ -511,4 +563,8 @@ class Detector:
 
     def source(self, src: bytes) -> SourceState | None:
         """The tracked evidence for ``src`` (for ``why`` and tests); None when not tracked."""
+        for muted in self._muted.values():
+            mute = muted.get(src)
+            if mute is not None:
+                self._fold(src, mute)
         return self._tracker.get(src)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from portsentinel.detect.detector import MUTE_SECONDS, Detector
 from portsentinel.detect.settings import DetectorConfig
-from portsentinel.detect.track import SourceState
+from portsentinel.detect.track import SourceState, kinds_of
 from portsentinel.model import (
     ACK,
     FIN,
@@ -484,11 +484,16 @@ def test_tick_expires_idle_sources() -> None:
     det.feed(tcp(80), 0.0)
     det.feed(tcp(80, src=addr(1)), 30.0)
     assert det.tick(61.0) == []
-    assert det.source(SCANNER) is None
-    assert det.source(addr(1)) is not None
-    assert (det.stats.sources_expired, det.stats.tracked_sources) == (1, 1)
+    # Idle for longer than the timeout: its evidence is not counted again.
     d = one(det.feed(tcp(80), 62.0))
     assert d.hits == 1
+    assert det.stats.sources_expired == 1
+    # Kept while idle for less than the timeout, forgotten within two.
+    det.tick(89.0)
+    assert det.source(addr(1)) is not None
+    det.tick(122.0)
+    assert det.source(addr(1)) is None
+    assert (det.stats.sources_expired, det.stats.tracked_sources) == (2, 1)
 
 
 def test_ports_seen_is_capped() -> None:
@@ -824,13 +829,39 @@ def test_a_held_source_is_muted_for_a_moment_then_asked_again() -> None:
     assert s.ignored_by_reason[Reason.ALREADY_BLOCKED] == 11
     state = det.source(SCANNER)
     assert state is not None
-    assert (state.hits, state.ports_seen) == (12, 12)
+    # Every probe is a hit; the port evidence stays as it was when the source was muted.
+    assert (state.hits, state.ports_seen, state.last_seen) == (12, 2, 1.0 + 9 * 0.01)
     # After the mute the gate is asked again.
     assert det.feed(tcp(100), 1.0 + MUTE_SECONDS) == []
     assert asked == [1.0, 1.0 + MUTE_SECONDS]
     # A released source is judged afresh at once: its next probe triggers again.
     det.release(SCANNER)
     assert one(det.feed(tcp(101), 1.3)).reason is Reason.TRIGGERED
+
+
+def test_a_muted_sources_probes_reach_its_state_when_read_or_when_the_mute_ends() -> None:
+    det = detector(scan_window=60.0, scan_trigger=3)
+    det.set_record_gate(lambda src, reason, now: False)
+    for port in (80, 81, 82):
+        det.feed(tcp(port), 1.0)  # the third triggers
+    det.feed(tcp(83), 1.0)  # held: muted
+    for i in range(5):
+        det.feed(tcp(84 + i, flags=FIN), 1.1 + i * 0.01)
+    state = det._tracker.get(SCANNER)
+    assert state is not None
+    assert state.hits == 4  # not yet: the muted probes are only counted
+    assert det.stats.probes == 9
+    state = det.source(SCANNER)  # a read folds them in
+    assert state is not None
+    assert (state.hits, state.last_seen) == (9, 1.1 + 4 * 0.01)
+    assert kinds_of(state.kinds) == [ScanKind.SYN, ScanKind.FIN]
+    assert state.times is not None
+    assert len(state.times) == 3
+    for i in range(3):
+        det.feed(tcp(90 + i), 1.2)
+    assert det.feed(tcp(93), 1.0 + MUTE_SECONDS) == []  # the mute ended: asked again
+    assert det._tracker.get(SCANNER).hits == 13  # type: ignore[union-attr]
+    assert det.take_held() == {SCANNER: 8}
 
 
 def test_muting_is_per_protocol_for_alerts() -> None:

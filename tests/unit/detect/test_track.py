@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from portsentinel.detect import track
 from portsentinel.detect.track import KIND_BIT, SourceState, Tracker, evidence_key, kinds_of
 from portsentinel.model import Proto, ScanKind
 
@@ -86,15 +89,45 @@ def test_kind_bits_are_distinct() -> None:
     assert kinds_of(0) == []
 
 
-def test_least_recently_seen_source_is_evicted_at_the_cap() -> None:
-    t = tracker(max_sources=3)
+def test_a_source_seen_again_outlives_one_not_seen_at_the_cap() -> None:
+    t = tracker(max_sources=4)  # two generations of two
     for i in range(3):
-        t.hit(addr(i), TCP, 1, ScanKind.SYN, DST, float(i))
-    t.hit(addr(0), TCP, 1, ScanKind.SYN, DST, 3.0)  # 0 is now the most recent
-    t.hit(addr(9), TCP, 1, ScanKind.SYN, DST, 4.0)
+        t.hit(addr(i), TCP, 1, ScanKind.SYN, DST, float(i))  # 0, 1 fill the young; 2 rotates
+    t.hit(addr(0), TCP, 1, ScanKind.SYN, DST, 3.0)  # 0 is young again
+    t.hit(addr(9), TCP, 1, ScanKind.SYN, DST, 4.0)  # the young is full: 1, never seen again, goes
     assert addr(1) not in t
     assert all(addr(i) in t for i in (0, 2, 9))
     assert t.evicted == 1
+    state = t.get(addr(0))
+    assert state is not None
+    assert state.hits == 2
+
+
+def test_a_source_keeps_its_evidence_for_half_the_cap_of_new_sources() -> None:
+    t = tracker(max_sources=1000)
+    t.hit(addr(0), TCP, 1, ScanKind.SYN, DST, 0.0)
+    for i in range(1, 500):  # whatever else comes, the next 499 new sources leave it be
+        t.hit(addr(i), TCP, 1, ScanKind.SYN, DST, 0.0)
+    assert addr(0) in t
+    for i in range(500, 1500):
+        t.hit(addr(i), TCP, 1, ScanKind.SYN, DST, 0.0)
+    assert addr(0) not in t
+    assert len(t) <= 1000
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 7, 64])
+@pytest.mark.parametrize("expiring", [False, True])
+def test_the_cap_holds_for_every_size(cap: int, expiring: bool) -> None:
+    # With expiry, generations also turn over in time (found by the fuzz harness: a cap of
+    # one held two sources once a turn in time made the young generation old).
+    t = tracker(max_sources=cap, idle_timeout=2.5 if expiring else 0.0)
+    for i in range(5 * cap + 3):
+        t.hit(addr(i), TCP, 1, ScanKind.SYN, DST, float(i))
+        assert len(t) <= cap
+        assert addr(i) in t  # the newest is always kept
+        t.expire(float(i))
+        assert len(t) <= cap
+    assert t.evicted + t.expired + len(t) == 5 * cap + 3
 
 
 def test_spoofed_flood_stays_within_the_caps() -> None:
@@ -109,33 +142,66 @@ def test_expiry_forgets_only_idle_sources() -> None:
     t = tracker(idle_timeout=10.0)
     t.hit(addr(1), TCP, 1, ScanKind.SYN, DST, 0.0)
     t.hit(addr(2), TCP, 1, ScanKind.SYN, DST, 1.0)
-    t.hit(addr(1), TCP, 1, ScanKind.SYN, DST, 8.0)  # refreshed: now after addr(2)
-    assert t.expire(10.0) == 0
-    assert t.expire(11.0) == 0  # idle for exactly the timeout is not longer than it
-    assert t.expire(11.5) == 1
+    assert t.expire(5.0) == 0  # both become the old generation
+    t.hit(addr(1), TCP, 1, ScanKind.SYN, DST, 8.0)  # seen again: young again
+    assert t.expire(15.0) == 0  # the old generation has been old for exactly 10 s
+    assert t.expire(15.5) == 1  # longer: addr(2), idle for 14.5 s, goes; addr(1) becomes old
     assert addr(2) not in t
     assert addr(1) in t
-    assert t.expire(100.0) == 1
+    assert t.expire(25.5) == 0
+    assert t.expire(26.0) == 1
     assert len(t) == 0
     assert t.expired == 2
 
 
-def test_expiry_stops_at_the_first_active_source() -> None:
-    t = tracker(max_sources=10_000, idle_timeout=5.0)
-    for i in range(10_000):
-        t.hit(addr(i), TCP, 1, ScanKind.SYN, DST, float(i))
-    assert t.expire(10_000.0) == 9_995  # sources last seen before 9995.0
-    assert len(t) == 5
+def test_stale_evidence_is_never_counted() -> None:
+    # Forgetting is lazy (within two timeouts), but a source idle for longer than the
+    # timeout starts afresh on its next probe, wherever it still sits.
+    t = tracker(idle_timeout=10.0)
+    t.hit(addr(1), TCP, 1, ScanKind.SYN, DST, 0.0)
+    t.hit(addr(1), TCP, 2, ScanKind.SYN, DST, 0.0)
+    state = t.hit(addr(1), TCP, 3, ScanKind.SYN, DST, 10.5)  # never expired: still young
+    assert (state.hits, state.ports_seen, state.first_seen) == (1, 1, 10.5)
+    assert t.expired == 1
+    t.expire(11.0)  # young -> old
+    state = t.hit(addr(1), TCP, 4, ScanKind.SYN, DST, 21.0)  # from the old generation
+    assert (state.hits, state.first_seen) == (1, 21.0)
+    assert t.expired == 2
+    state = t.hit(addr(1), TCP, 5, ScanKind.SYN, DST, 31.0)  # exactly the timeout: kept
+    assert state.hits == 2
 
 
-def test_expiry_walks_in_seen_order_and_stops_early() -> None:
-    # Expiry is O(expired): it trusts the seen order and never looks past an active source,
-    # which is why callers must feed non-decreasing times.
-    t = tracker(idle_timeout=5.0)
-    t.hit(addr(1), TCP, 1, ScanKind.SYN, DST, 100.0)
-    t.hit(addr(2), TCP, 1, ScanKind.SYN, DST, 0.0)
-    assert t.expire(104.0) == 0
-    assert addr(2) in t
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 7), st.integers(0, 12).map(lambda q: q / 4)),  # exact times
+        min_size=1,
+        max_size=120,
+    )
+)
+def test_expiry_never_forgets_early_and_always_by_two_timeouts(
+    steps: list[tuple[int, float]],
+) -> None:
+    timeout, tick = 10.0, 1.0
+    t = tracker(max_sources=100, idle_timeout=timeout)
+    now, next_tick = 0.0, tick
+    last_hit: dict[int, float] = {}
+    for source, gap in steps:
+        now += gap
+        while next_tick <= now:  # the daemon's tick, once a second
+            t.expire(next_tick)
+            for src, seen in last_hit.items():
+                idle = next_tick - seen
+                if idle <= timeout:
+                    assert addr(src) in t, "forgotten before the timeout"
+                elif idle > 2 * (timeout + tick):
+                    assert addr(src) not in t, "kept past two timeouts"
+            next_tick += tick
+        state = t.hit(addr(source), TCP, 1, ScanKind.SYN, DST, now)
+        before = last_hit.get(source)
+        if before is not None and now - before > timeout:
+            assert state.hits == 1, "stale evidence counted"
+        last_hit[source] = now
 
 
 def test_zero_idle_timeout_never_expires() -> None:
@@ -179,3 +245,24 @@ def test_a_cap_of_one_port_keeps_the_newest() -> None:
     t.hit(addr(1), TCP, 80, ScanKind.SYN, DST, 0.0)
     state = t.hit(addr(1), TCP, 81, ScanKind.SYN, DST, 1.0)
     assert (state.ports, state.more) == ([evidence_key(TCP, 81)], None)
+
+
+def test_sources_share_one_copy_of_a_destination() -> None:
+    # Each decoded packet brings its own bytes object; the states keep one shared copy.
+    t = tracker(max_dsts=4)
+    first = t.hit(addr(1), TCP, 80, ScanKind.SYN, bytes(DST), 1.0)
+    second = t.hit(addr(2), TCP, 80, ScanKind.SYN, bytes(DST), 1.0)
+    assert first.first_dst == DST
+    assert second.first_dst is first.first_dst
+    other = bytes([198, 18, 0, 2])
+    first = t.hit(addr(1), TCP, 81, ScanKind.SYN, bytes(other), 2.0)
+    second = t.hit(addr(2), TCP, 81, ScanKind.SYN, bytes(other), 2.0)
+    assert first.dsts == second.dsts == {DST, other}
+    assert {id(d) for d in first.dsts or ()} == {id(d) for d in second.dsts or ()}
+
+
+def test_the_shared_destinations_stay_bounded() -> None:
+    t = tracker(max_sources=10)
+    for i in range(5000):
+        t.hit(addr(i), TCP, 80, ScanKind.SYN, (0xC6130000 + i).to_bytes(4, "big"), float(i))
+    assert len(t._dsts) <= track.DST_CANON_CAP
