@@ -131,7 +131,7 @@ def _stages(pipe: Pipeline, frame_blocks: list[list[bytes]]) -> dict[str, float]
     def uncounted(_ifindex: int) -> bool:
         return False
 
-    def noop(_ts: float, _data: memoryview, _ifindex: int) -> None:
+    def noop(_ring: memoryview, _start: int, _length: int, _ifindex: int) -> None:
         return None
 
     def walk_only() -> None:

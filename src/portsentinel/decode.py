@@ -284,9 +284,15 @@ def _by_ethertype(buf: Buffer, off: int, ethertype: int) -> Packet | None:
     return None
 
 
-def decode_ip(buf: Buffer, offset: int = 0) -> Packet | None:
-    """Raw IP at ``offset``: IPv4 or IPv6, chosen by the version nibble."""
-    if len(buf) - offset >= _IP4_TCP_FAST_MIN and offset >= 0:
+def decode_ip(buf: Buffer, offset: int = 0, length: int = -1) -> Packet | None:
+    """Raw IP at ``offset``: IPv4 or IPv6, chosen by the version nibble.
+
+    ``length`` (default: the rest of ``buf``) bounds the packet inside a bigger buffer, such
+    as a capture ring read in place.
+    """
+    if length < 0:
+        length = len(buf) - offset
+    if length >= _IP4_TCP_FAST_MIN and offset >= 0:
         # A whole unfragmented TCP segment in IPv4 without options: the live capture's
         # everyday packet, read in one call. Anything else takes the general path below.
         vhl, total, frag, ttl, proto, src, dst, sport, dport, doff, flags = _IP4_TCP.unpack_from(
@@ -300,6 +306,8 @@ def decode_ip(buf: Buffer, offset: int = 0) -> Packet | None:
             and (doff >> 4) * 4 <= total - 20
         ):
             return (_TCP, src, dst, sport, dport, flags, ttl, False, _FRAG_NONE)
+    if offset >= 0 and offset + length != len(buf):
+        buf, offset = memoryview(buf)[offset : offset + length], 0
     if not 0 <= offset < len(buf):
         raise DecodeError("no IP header")
     version = buf[offset] >> 4

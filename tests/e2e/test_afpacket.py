@@ -62,18 +62,18 @@ def _receive(config: dict[str, Any]) -> None:
         _emit(event="stats", **asdict(ring.stats()))
 
 
-def _print_packet(ts: float, data: memoryview, ifindex: int) -> None:
+def _print_packet(ring: memoryview, start: int, length: int, ifindex: int) -> None:
     now = time.time()
     try:
-        packet = decode_ip(data)
+        packet = decode_ip(ring, start, length)  # in place, as the daemon reads
     except DecodeError as err:
-        _emit(event="undecodable", error=str(err), ts=ts, now=now)
+        _emit(event="undecodable", error=str(err), length=length)
         return
     if packet is None:
-        _emit(event="ignored", ts=ts, now=now, ifindex=ifindex)
+        _emit(event="ignored", ifindex=ifindex, length=length)
         return
     proto, src, dst, sport, dport, flags, _ttl, _options, frag = packet
-    _emit(event="packet", ts=ts, now=now, ifindex=ifindex, proto=proto, src=addr_text(src),
+    _emit(event="packet", now=now, ifindex=ifindex, length=length, proto=proto, src=addr_text(src),
           dst=addr_text(dst), sport=sport, dport=dport, flags=flags, frag=frag)  # fmt: skip
 
 
@@ -292,8 +292,7 @@ def test_probes_reach_python_and_the_rest_stays_in_the_kernel(
     for packet in receiver.packets:
         assert packet["ifindex"] == veth
         assert packet["src"] in (Lab.SCANNER4, Lab.SCANNER6)
-        assert 0 <= packet["now"] - packet["ts"] < 5.0
-        assert abs(packet["ts"] - time.time()) < 30.0
+        assert packet["length"] >= 20  # at least an IP header was handed on
 
 
 def test_own_outgoing_packets_are_not_seen(lab: netns.Lab, receiver: Receiver) -> None:

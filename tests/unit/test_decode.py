@@ -539,3 +539,26 @@ def test_ipv4_tcp_fast_path_agrees_with_the_general_decoder(  # noqa: PLR0917
     total = int.from_bytes(buf[2:4], "big") % (len(buf) + 40)
     buf[2:4] = total.to_bytes(2, "big")
     assert _fast(bytes(buf)) == _general(bytes(buf))
+
+
+def _at(buf: bytes | memoryview, offset: int, length: int) -> Packet | str | None:
+    try:
+        return decode_ip(buf, offset, length)
+    except DecodeError as exc:
+        return f"error: {exc}"
+
+
+@FAST
+@given(
+    packet=st.one_of(st.sampled_from(VALID_FRAMES), st.binary(max_size=80)),
+    before=st.binary(max_size=40),
+    after=st.binary(max_size=40),
+    cut=st.integers(0, 60),
+)
+def test_decoding_in_place_equals_decoding_a_copy(
+    packet: bytes, before: bytes, after: bytes, cut: int
+) -> None:
+    # The live capture decodes inside its ring: the bytes around a packet must not matter.
+    packet = packet[: max(0, len(packet) - cut)]
+    ring = memoryview(before + packet + after)
+    assert _at(ring, len(before), len(packet)) == _fast(packet)

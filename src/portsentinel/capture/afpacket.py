@@ -48,9 +48,11 @@ from typing import Final
 from portsentinel.capture.bpf import Instruction, validate
 from portsentinel.errors import CaptureError
 
-Handler = Callable[[float, memoryview, int], None]
-"""Called as ``handler(epoch_seconds, network_header_bytes, ifindex)``; the memoryview is
-valid only during the call (the block goes back to the kernel right after)."""
+Handler = Callable[[memoryview, int, int, int], None]
+"""Called as ``handler(ring, start, length, ifindex)``: the packet's network header and what
+was captured of it are ``ring[start:start + length]``, valid only during the call (the block
+goes back to the kernel right after). No slice and no timestamp are made per packet: the
+reader decodes in place and keeps its own clock."""
 
 ETH_P_ALL: Final = 0x0003
 SOL_PACKET: Final = 263
@@ -80,10 +82,10 @@ _BLOCK_PACKETS: Final = struct.Struct("=II")
 _BLOCK_PACKETS_AT: Final = 12
 _BLOCK_SEQ: Final = struct.Struct("=Q")
 _BLOCK_SEQ_AT: Final = 24
-# tpacket3_hdr (48 bytes) then sockaddr_ll: tp_next_offset, tp_sec, tp_nsec, tp_snaplen,
+# tpacket3_hdr (48 bytes) then sockaddr_ll: tp_next_offset, (tp_sec, tp_nsec), tp_snaplen,
 # (tp_len, tp_status, tp_mac), tp_net, (rest of the header, sll_family, sll_protocol),
 # sll_ifindex, (sll_hatype), sll_pkttype.
-_PACKET: Final = struct.Struct("=IIII10xH24xi2xB")
+_PACKET: Final = struct.Struct("=I8xI10xH24xi2xB")
 
 _AUTO_REFRESH_INTERVAL: Final = 1.0
 _NAMESPACE_CHECK_TRIES: Final = 3
@@ -214,20 +216,18 @@ def walk_block(
     """Hand every counted ``PACKET_HOST`` packet of the block at ``base`` to ``handler``.
 
     ``uncounted(ifindex)`` is asked about an ifindex outside ``counted`` and may accept it.
-    Returns (handled, not host, not counted). The per-packet path builds no object but the
-    memoryview slice and the timestamp.
+    Returns (handled, not host, not counted). The per-packet path builds no object.
     """
     count, offset = _BLOCK_PACKETS.unpack_from(view, base + _BLOCK_PACKETS_AT)
     offset += base
     unpack = _PACKET.unpack_from
     handled = not_host = not_counted = 0
     for _ in range(count):
-        next_offset, sec, nsec, snaplen, net, ifindex, pkttype = unpack(view, offset)
+        next_offset, snaplen, net, ifindex, pkttype = unpack(view, offset)
         if pkttype != PACKET_HOST:
             not_host += 1  # the filter checks it too; this is the safety net
         elif ifindex in counted or uncounted(ifindex):
-            start = offset + net
-            handler(sec + nsec * 1e-9, view[start : start + snaplen], ifindex)
+            handler(view, offset + net, snaplen, ifindex)
             handled += 1
         else:
             not_counted += 1

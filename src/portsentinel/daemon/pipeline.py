@@ -499,10 +499,11 @@ class Pipeline:
         if self.ring is not None and self._selector is not None:
             self._selector.register(self.ring.fileno(), selectors.EVENT_READ, self._on_ring)
 
-    def _on_packet(self, _ts: float, data: memoryview, _ifindex: int) -> None:
-        """Per packet: keep it lean (the kernel filter already dropped ordinary traffic)."""
+    def _on_packet(self, ring: memoryview, start: int, length: int, _ifindex: int) -> None:
+        """Per packet, decoded in place: keep it lean (the kernel filter already dropped
+        ordinary traffic)."""
         try:
-            pkt = decode_ip(data)
+            pkt = decode_ip(ring, start, length)
         except DecodeError:
             self.decode_errors += 1
             return
