@@ -320,9 +320,16 @@ def listening(lab: netns.Lab, port: int, deadline: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def mixed_load(lab: netns.Lab, tools: Tools, echo: Callable[[str], None]) -> Load:
-    """500,000 frames of the mixed pool at 100 kpps (40,000 of them SYN probes)."""
-    burst = ctools.Burst("mixed", 500_000, 100_000, 8.0, first_source="198.19.120.1")
+def mixed_load(
+    lab: netns.Lab,
+    tools: Tools,
+    echo: Callable[[str], None],
+    frames: int = 500_000,
+    pps: int = 100_000,
+) -> Load:
+    """The mixed pool (90 % ACK, 2 % UDP, 8 % SYN probes): by default 500,000 frames at
+    100 kpps (40,000 of them SYN probes); ``pps`` 0 is the sender's maximum."""
+    burst = ctools.Burst("mixed", frames, pps, 10.0, first_source="198.19.120.1")
     sent = ctools.send(lab, tools.sender, burst, echo)
     return Load(int(sent["syn"]), f"{sent['pps']:.0f} pps")
 
