@@ -44,7 +44,7 @@ class AddressSet:
         return bool(self._networks)
 
     def __contains__(self, packed: object) -> bool:
-        if not isinstance(packed, bytes | bytearray):
+        if not isinstance(packed, _PACKED):
             return False
         width = len(packed) * 8
         if width == 128 and packed[:12] == _V4_MAPPED_PREFIX and packed[12:] in self:
@@ -73,6 +73,7 @@ class AddressSet:
 
 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_PACKED = (bytes, bytearray)  # a tuple: ``bytes | bytearray`` would build a union per call
 
 
 def _mask(width: int, plen: int) -> int:
