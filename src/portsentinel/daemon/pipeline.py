@@ -485,19 +485,28 @@ class Pipeline:
         self._wall_offset = self.records.wall_offset = time.time() - now
 
     def _on_ring(self) -> None:
-        ring, selector = self.ring, self._selector
-        if ring is None:
-            return
-        fresh = self.detector.fresh_probes
-        before = fresh()
-        if ring.read_batch(self._on_packet, 0.0) and fresh() == before and selector is not None:
-            selector.unregister(ring.fileno())  # only repeats: linger (see RING_LINGER)
+        selector = self._selector
+        if self._read_ring() and selector is not None and self.ring is not None:
+            selector.unregister(self.ring.fileno())  # only repeats: linger (see RING_LINGER)
             self._ring_back_at = self._now + RING_LINGER
 
     def _ring_back(self) -> None:
+        """The linger is over: read what came meanwhile; while it is still only repeats,
+        linger on without asking the selector, else watch the ring again."""
         self._ring_back_at = None
-        if self.ring is not None and self._selector is not None:
+        if self._read_ring():
+            self._ring_back_at = self._now + RING_LINGER
+        elif self.ring is not None and self._selector is not None:
             self._selector.register(self.ring.fileno(), selectors.EVENT_READ, self._on_ring)
+
+    def _read_ring(self) -> bool:
+        """Hand on what the ring holds; True when it brought packets and all were repeats."""
+        ring = self.ring
+        if ring is None:
+            return False
+        fresh = self.detector.fresh_probes
+        before = fresh()
+        return bool(ring.read_batch(self._on_packet, 0.0)) and fresh() == before
 
     def _on_packet(self, ring: memoryview, start: int, length: int, _ifindex: int) -> None:
         """Per packet, decoded in place: keep it lean (the kernel filter already dropped
