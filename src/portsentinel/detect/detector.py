@@ -57,10 +57,9 @@ _PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
 _TEXT_CACHE_SIZE: Final = 4096
 # A responded source whose "already blocked" record the gate held back is muted for this
 # long: its probes are counted (folded into its state later), but the policy and the gate
-# are not asked again
-# (both would say the same). Short, so a record still goes out a few times a second. A
-# released source is unmuted at once; one the bounded responses list forgets stays muted
-# until its mute ends.
+# are not asked again (both would say the same). Short, so a record still goes out a few
+# times a second. A released source is unmuted at once; one the bounded responses list
+# forgets stays muted until its mute ends.
 MUTE_SECONDS: Final = 0.25
 MUTED_CAP: Final = 4096
 
