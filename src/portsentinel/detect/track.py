@@ -234,10 +234,7 @@ class Tracker:
         if len(young) >= self._young_cap:
             young = self._rotate(now)
         if state is None:
-            shared = self._dsts.get(dst)
-            if shared is None:
-                shared = self._share(dst)
-            state = SourceState(now, shared, self._keep_times, key)
+            state = SourceState(now, self._shared(dst), self._keep_times, key)
         young[src] = state
         return state
 
@@ -253,19 +250,22 @@ class Tracker:
         self._rotated_at = now
         return self._young
 
-    def _share(self, dst: bytes) -> bytes:
+    def _shared(self, dst: bytes) -> bytes:
+        """The one kept copy of ``dst`` (made on first sight)."""
         dsts = self._dsts
-        if len(dsts) >= DST_CANON_CAP:
-            dsts.clear()
-        dsts[dst] = dst
-        return dst
+        shared = dsts.get(dst)
+        if shared is None:
+            if len(dsts) >= DST_CANON_CAP:
+                dsts.clear()
+            shared = dsts[dst] = dst
+        return shared
 
     def _add_dst(self, state: SourceState, dst: bytes) -> None:
         dsts = state.dsts
         if dsts is None:
             dsts = state.dsts = {state.first_dst}
         if len(dsts) < self._max_dsts and dst not in dsts:
-            dsts.add(self._dsts.get(dst) or self._share(dst))
+            dsts.add(self._shared(dst))
 
     def expire(self, now: float) -> int:
         """Forget the old generation once it has been old for longer than ``idle_timeout``
