@@ -1,0 +1,2 @@
+"""The ``portsentinel`` command line: the parser and one module per verb family.
+"""
