@@ -22,12 +22,12 @@ import time
 import dpkt
 
 from portsentinel.alert.events import event_line
+from portsentinel.cli.replay import run_replay
 from portsentinel.decode import decode_ethernet
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.settings import DetectorConfig
 from portsentinel.errors import DecodeError
 from portsentinel.model import Decision, Mode
-from portsentinel.replay import run_replay
 
 TARGET4 = bytes([198, 18, 0, 1])
 TARGET6 = bytes.fromhex("fd00005e000000000000000000000001")

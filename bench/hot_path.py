@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e")
 import netns
 
 from portsentinel.alert.sinks import LogSink
-from portsentinel.assemble import load_setup
 from portsentinel.capture.afpacket import walk_block
+from portsentinel.config.setup import load_setup
 from portsentinel.daemon.pipeline import Pipeline, settle_gc
 from portsentinel.decode import decode_ip
 

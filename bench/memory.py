@@ -50,11 +50,11 @@ import floodlab
 import netns
 from daemon import Daemon, statistics
 
-from portsentinel.assemble import Setup, detector_config
 from portsentinel.config import load_config
+from portsentinel.config.setup import Setup, detector_config
 from portsentinel.detect.detector import Detector
 from portsentinel.model import Mode, Packet
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 TARGET_DISTINCT_MIB = 64  # 1M distinct sources
 FLOOD_SLACK_MIB = 64  # flood: RSS <= ring + this

@@ -32,8 +32,8 @@ import portsentry12
 from daemon import ACTIVE, PORTSENTINEL, Daemon, write_config
 from throughput_report import Cost, Drain, Latency, Report, Step
 
-from portsentinel.assemble import load_setup
-from portsentinel.control_client import request
+from portsentinel.config.setup import load_setup
+from portsentinel.daemon.client import request
 from portsentinel.daemon.pipeline import kernel_filter
 
 __all__ = ["Cost", "Drain", "Latency", "Report", "Step"]

@@ -29,17 +29,17 @@ from typing import Final
 
 from fuzzing import require, run_libfuzzer
 
-from portsentinel.assemble import Setup, detector_config
 from portsentinel.config.commands import render_effective
 from portsentinel.config.ignore import parse_ignore
 from portsentinel.config.load import LoadedConfig, parse_config
 from portsentinel.config.modes import parse_defaults, parse_modes
-from portsentinel.config.resolvconf import parse_resolv_conf
+from portsentinel.config.setup import Setup, detector_config
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.settings import DetectorConfig
 from portsentinel.errors import ConfigError, ConfigErrors
+from portsentinel.host.resolvconf import parse_resolv_conf
 from portsentinel.model import Mode, Proto
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 TARGETS: Final = ("config", "ignore", "defaults", "modes", "resolv")
 SOURCE: Final = "fuzz.conf"

@@ -39,7 +39,7 @@ from portsentinel.detect.detector import MUTED_CAP, Detector
 from portsentinel.detect.settings import DetectorConfig
 from portsentinel.errors import DecodeError
 from portsentinel.model import Action, Decision, Frag, Mode, Packet, Proto, Reason, ScanKind
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 SUPPORTED_LINKTYPES: Final = (0, 1, 12, 14, 101, 108, 113, 228, 229, 276)
 """Every LINKTYPE ``decoder_for_linktype`` accepts (the CI slice checks the list is whole)."""

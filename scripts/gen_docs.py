@@ -7,7 +7,7 @@
 What is written comes from the code: docs/configuration.md and portsentinel.conf(5) from the
 setting declarations (src/portsentinel/config/schema.py), portsentinel(8) from the command
 line parser, packaging/portsentinel.conf from ``config defaults``, and the systemd unit and
-logrotate rules from src/portsentinel/service_files.py. Run it after changing any of those;
+logrotate rules from src/portsentinel/system/service_files.py. Run it after changing any of those;
 tests/unit/test_docs.py fails until the committed files match.
 """
 
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from portsentinel.manual import generated_files
+from portsentinel.system.manual import generated_files
 
 REPO = Path(__file__).resolve().parents[1]
 

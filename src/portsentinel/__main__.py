@@ -2,6 +2,6 @@
 
 import sys
 
-from portsentinel.cli import main
+from portsentinel.cli.main import main
 
 sys.exit(main())

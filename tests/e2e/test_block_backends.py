@@ -26,13 +26,13 @@ from collections.abc import Iterator, Sequence
 import netns
 import pytest
 
+from portsentinel.block import table as tracking
 from portsentinel.block.base import BanSpec
 from portsentinel.block.command import CommandBackend
 from portsentinel.block.iptables import IptablesBackend
 from portsentinel.block.nftables import NftablesBackend
 from portsentinel.block.route import RouteBackend
 from portsentinel.block.runner import Runner
-from portsentinel.daemon import tracking
 from portsentinel.errors import BackendError
 
 _REASON = netns.unavailable()

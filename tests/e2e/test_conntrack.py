@@ -57,7 +57,7 @@ while time.monotonic() < deadline:
 # Runs inside the target namespace; prints one JSON object.
 CHECKER = r"""
 import json, socket, sys, time
-from portsentinel.capture.conntrack import CTA_TUPLE_ORIG, Conntrack, IPPROTO_TCP, IPPROTO_UDP
+from portsentinel.host.conntrack import CTA_TUPLE_ORIG, Conntrack, IPPROTO_TCP, IPPROTO_UDP
 
 UNUSED_PORT, NEVER_PORT = 9, 1
 
@@ -129,7 +129,7 @@ print(json.dumps(result))
 
 READ_NAT = r"""
 import dataclasses, json
-from portsentinel.capture.natrules import read_nat_rules
+from portsentinel.host.natrules import read_nat_rules
 got = read_nat_rules(timeout=10)
 print(json.dumps({k: sorted(v) if isinstance(v, frozenset) else v
                   for k, v in dataclasses.asdict(got).items()}))
@@ -137,7 +137,7 @@ print(json.dumps({k: sorted(v) if isinstance(v, frozenset) else v
 
 OPEN_ONLY = r"""
 import json
-from portsentinel.capture.conntrack import Conntrack
+from portsentinel.host.conntrack import Conntrack
 from portsentinel.errors import CaptureError
 try:
     with Conntrack() as ct:

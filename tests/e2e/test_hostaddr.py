@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from portsentinel.capture.hostaddr import (
+from portsentinel.host.addresses import (
     ARPHRD_LOOPBACK,
     AddressWatcher,
     RouteNetlink,

@@ -29,7 +29,7 @@ ASKED = [TCP4, TCP6, UDP4, UDP6, SERVER, CLIENT, NEVER]
 
 CHILD = f"""
 import dataclasses, json, socket
-from portsentinel.capture.inuse import InUseView, SocketTable
+from portsentinel.host.inuse import InUseView, SocketTable
 from portsentinel.model import Proto
 
 ASKED = {ASKED!r}

@@ -102,8 +102,8 @@ sys.stdin.read()
 
 CHILD = """
 import json, sys, time, timeit
-from portsentinel.capture.sshpeers import SshPeers
-from portsentinel.daemon.neverblock import NeverBlock
+from portsentinel.host.sshpeers import SshPeers
+from portsentinel.host.neverblock import NeverBlock
 from portsentinel.model import addr_text
 import ipaddress
 

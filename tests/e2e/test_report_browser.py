@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.assemble import detector_config, load_setup
+from portsentinel.cli.replay import run_replay, survey_in_use
+from portsentinel.cli.report import add_parser
+from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
 from portsentinel.model import Action, Decision
-from portsentinel.replay import run_replay, survey_in_use
-from portsentinel.report.cli import add_parser
 from portsentinel.report.data import PORT_BANDS
 from portsentinel.report.svg import HEAT_STEPS, KIND_COLOURS, STATE_COLOURS
 from portsentinel.store.records import BanRecord, EventRow, LiftedBy

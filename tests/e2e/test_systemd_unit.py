@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 import portsentinel
-from portsentinel import install, service_files
+from portsentinel.system import install, service_files
 
 pytestmark = pytest.mark.e2e
 
@@ -228,7 +228,7 @@ systemctl poweroff
 # migrate in yet (manual.full_parser adds them when it has not).
 VERB = """#!PYTHON
 import sys
-from portsentinel.manual import full_parser
+from portsentinel.system.manual import full_parser
 args = full_parser().parse_args(sys.argv[1:])
 sys.exit(args.handler(args, sys.stdout, sys.stderr))
 """

@@ -14,9 +14,9 @@ from portsentinel.block import BanSpec, CheckResult
 from portsentinel.block.base import ActionDetail, ban_fields
 from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
-from portsentinel.daemon.bans import Backends, BanManager, BanRequest
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
+from portsentinel.respond.bans import Backends, BanManager, BanRequest
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanState, LiftedBy
 from portsentinel.store.sqlite import Store

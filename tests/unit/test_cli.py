@@ -11,7 +11,7 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from portsentinel.cli import main
+from portsentinel.cli.main import main
 
 CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captures"
 DEBIAN = Path(__file__).resolve().parents[1] / "fixtures" / "config" / "debian"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.control_client import (
+from portsentinel.daemon.client import (
     MAX_LINE,
     ControlChannelError,
     ControlFailure,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.daemon.lock import AlreadyRunningError, StateLock, running_pid
+from portsentinel.store.lock import AlreadyRunningError, StateLock, running_pid
 
 
 def test_second_holder_is_refused_and_told_the_pid(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_running_pid_is_the_lock_holder_only(tmp_path: Path) -> None:
 # A stand-in daemon: its command line names portsentinel, it holds the lock until killed.
 HOLDER = """
 import sys, time
-from portsentinel.daemon.lock import StateLock
+from portsentinel.store.lock import StateLock
 StateLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel import manual
-from portsentinel.cli import build_parser
+from portsentinel.cli.main import build_parser
 from portsentinel.config.commands import quote
 from portsentinel.config.schema import SETTINGS
+from portsentinel.system import manual
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = ("docs/configuration.md", "docs/portsentinel.8", "docs/portsentinel.conf.5")

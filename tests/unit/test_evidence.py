@@ -14,15 +14,16 @@ from typing import Any
 
 import pytest
 
-from portsentinel import cli, operate
-from portsentinel import evidence as ev
-from portsentinel.assemble import detector_config, load_setup
+from portsentinel.cli import bans as operate
+from portsentinel.cli import history as ev
+from portsentinel.cli import main as cli
+from portsentinel.cli.replay import parse_local, survey_in_use
+from portsentinel.cli.tables import Column, fit, write_rows
+from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError, StoreError
-from portsentinel.replay import parse_local, survey_in_use
 from portsentinel.store.records import BanState, EventRow, LiftedBy
 from portsentinel.store.sqlite import Store
-from portsentinel.tables import Column, fit, write_rows
 
 CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captures"
 SCANNER = "198.18.0.2"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel import migrate
 from portsentinel.config import legacy
 from portsentinel.config.commands import render_defaults
 from portsentinel.config.ignore import parse_ignore
@@ -18,6 +17,7 @@ from portsentinel.config.modes import read_defaults_file
 from portsentinel.config.schema import SETTINGS
 from portsentinel.config.types import Backend, BlockLevel
 from portsentinel.model import Mode
+from portsentinel.system import migrate
 
 DEBIAN = Path(__file__).resolve().parents[1] / "fixtures" / "config" / "debian"
 GENERATED_IGNORE = (

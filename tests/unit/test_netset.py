@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 
 def packed(text: str) -> bytes:

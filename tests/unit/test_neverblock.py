@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.capture.hostaddr import AddrInfo
-from portsentinel.capture.routes import NexthopGateway, NextHops, Route
-from portsentinel.config.resolvconf import Resolvers, parse_resolv_conf
-from portsentinel.daemon.neverblock import (
+from portsentinel.errors import CaptureError
+from portsentinel.host.addresses import AddrInfo
+from portsentinel.host.neverblock import (
     SPECIAL_RANGES,
     NeverBlock,
     Source,
     SystemSources,
     route_reason,
 )
-from portsentinel.errors import CaptureError
-from portsentinel.netset import AddressSet
+from portsentinel.host.resolvconf import Resolvers, parse_resolv_conf
+from portsentinel.host.routes import NexthopGateway, NextHops, Route
+from portsentinel.networks import AddressSet
 
 V4, V6 = 2, 10
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.cli import main
+from portsentinel.cli.main import main
 
 CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captures"
 EXPECTED = CAPTURES / "expected"

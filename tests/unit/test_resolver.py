@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from portsentinel.daemon.resolver import Resolver, sanitise
+from portsentinel.host.resolver import Resolver, sanitise
 
 
 @pytest.mark.parametrize(

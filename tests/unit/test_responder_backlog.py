@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from portsentinel.config import load_config
-from portsentinel.daemon import responder as responder_module
-from portsentinel.daemon.bans import BanRequest
-from portsentinel.daemon.responder import Responder
 from portsentinel.model import Proto
+from portsentinel.respond import worker as responder_module
+from portsentinel.respond.bans import BanRequest
+from portsentinel.respond.worker import Responder
 from portsentinel.store.records import EventRow
 
 

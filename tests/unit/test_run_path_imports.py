@@ -27,17 +27,17 @@ NOT_ON_RUN_PATH = (
     "portsentinel.report.data",  # the report verb
     "portsentinel.report.html",
     "portsentinel.report.svg",
-    "portsentinel.operate",  # list, status, block, unblock, allow
-    "portsentinel.replay",  # the replay verb
+    "portsentinel.cli.bans",  # list, status, block, unblock, allow
+    "portsentinel.cli.replay",  # the replay verb
     "portsentinel.capture.pcapfile",
-    "portsentinel.manual",  # install, the docs
+    "portsentinel.system.manual",  # install, the docs
 )
 
 # What ``run`` does before it opens a capture: parse its arguments, then ask the notifier and
 # the metrics endpoint whether they are on (with the default settings: both off).
 RUN_PATH = """
 import json, sys
-from portsentinel import cli
+from portsentinel.cli import main as cli
 from portsentinel.alert.notify import NotifyConfig
 from portsentinel.config.schema import Settings
 from portsentinel.daemon.metrics import MetricsServer
@@ -78,8 +78,8 @@ def test_the_verbs_that_need_them_still_import_them() -> None:
     # The lazy imports are real imports: the verbs' handlers get their modules on demand.
     code = (
         "import json, sys\n"
-        "from portsentinel import cli\n"
+        "from portsentinel.cli import main as cli\n"
         "cli.main(['list', '--state-dir', '/nonexistent/portsentinel-test'])\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
-    assert "portsentinel.operate" in _modules_after(code)
+    assert "portsentinel.cli.bans" in _modules_after(code)

@@ -1,2 +1,1 @@
-"""The ``portsentinel`` command line: the parser and one module per verb family.
-"""
+"""The ``portsentinel`` command line: the parser and one module per verb family."""

@@ -13,16 +13,16 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from portsentinel.alert.events import iso_time
-from portsentinel.assemble import Setup
+from portsentinel.cli.history import reference_time
+from portsentinel.cli.tables import Column, write_rows
+from portsentinel.config.setup import Setup
 from portsentinel.config.types import ban_duration
-from portsentinel.daemon.bans import Backends, BanManager, BanRequest, files_for
-from portsentinel.daemon.neverblock import NeverBlock
 from portsentinel.errors import ConfigError, PortSentinelError
-from portsentinel.evidence import reference_time
+from portsentinel.host.neverblock import NeverBlock
 from portsentinel.model import Proto
+from portsentinel.respond.bans import Backends, BanManager, BanRequest, files_for
 from portsentinel.store.records import BanRecord, LiftedBy
 from portsentinel.store.sqlite import DB_NAME, Store
-from portsentinel.tables import Column, write_rows
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 

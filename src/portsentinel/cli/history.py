@@ -24,20 +24,20 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from portsentinel.alert.events import iso_time
+from portsentinel.cli.tables import Column, Row, json_line, write_rows
 from portsentinel.config.schema import Settings
 from portsentinel.config.types import InvalidValueError, ports_text, positive_duration
-from portsentinel.daemon.bans import Backends, BanManager
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.track import kinds_of
 from portsentinel.errors import ConfigError
 from portsentinel.model import Action, Decision, Proto
+from portsentinel.respond.bans import Backends, BanManager
 from portsentinel.store.records import BanRecord, EventRow, LiftedBy
 from portsentinel.store.schema import parse_network
 from portsentinel.store.sqlite import DB_NAME, Store
-from portsentinel.tables import Column, Row, json_line, write_rows
 
 if TYPE_CHECKING:
-    from portsentinel.replay import ReplayStats
+    from portsentinel.cli.replay import ReplayStats
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 1
 DEFAULT_STATE_DIR: Final = "/var/lib/portsentinel"
@@ -57,7 +57,7 @@ Emit = Callable[[Decision], None]
 
 
 def _wall_clock() -> float:
-    return time.time()  # noqa: TID251 - a verb's "now", read once at the command line
+    return time.time()
 
 
 # --- Reading the store ------------------------------------------------------------------------
@@ -568,7 +568,7 @@ def record_replay(
     starts. What was seen is written even when the capture turns out unreadable half-way.
     """
     # The CLI imports this module for its parser, the daemon included; it never replays.
-    from portsentinel.replay import run_replay  # noqa: PLC0415
+    from portsentinel.cli.replay import run_replay  # noqa: PLC0415
 
     store = Store.open(state_dir, offline=True)
     try:

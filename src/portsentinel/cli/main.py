@@ -19,18 +19,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from portsentinel import __version__, evidence, install, migrate
+from portsentinel import __version__
 from portsentinel.alert.events import event_line, iso_time
 from portsentinel.alert.portsentry_log import detection_lines
-from portsentinel.assemble import DEFAULT_CONFIG_PATH, detector_config, load_setup
+from portsentinel.cli import history as evidence
+from portsentinel.cli import report as report_cli
 from portsentinel.config import commands as config_commands
-from portsentinel.control_client import DaemonNotRunning, request, socket_path
-from portsentinel.daemon.lock import AlreadyRunningError, running_pid
+from portsentinel.config.setup import DEFAULT_CONFIG_PATH, detector_config, load_setup
+from portsentinel.daemon.client import DaemonNotRunning, request, socket_path
 from portsentinel.daemon.pipeline import Daemon, RunOptions, default_log
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
 from portsentinel.model import Decision
-from portsentinel.report import cli as report_cli
+from portsentinel.store.lock import AlreadyRunningError, running_pid
+from portsentinel.system import install, migrate
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -257,7 +259,7 @@ def _cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+    from portsentinel.cli import bans as operate  # noqa: PLC0415 - not on the daemon's path
 
     try:
         status = request(socket_path(args.state_dir, DEFAULT_STATE_DIR), "status")
@@ -272,13 +274,13 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+    from portsentinel.cli import bans as operate  # noqa: PLC0415 - not on the daemon's path
 
     return operate.list_bans(args.state_dir, args.json, out)
 
 
 def _cmd_block(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+    from portsentinel.cli import bans as operate  # noqa: PLC0415 - not on the daemon's path
 
     setup = load_setup(args.config, "atcp,audp")
     duration = (
@@ -290,7 +292,7 @@ def _cmd_block(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+    from portsentinel.cli import bans as operate  # noqa: PLC0415 - not on the daemon's path
 
     if bool(args.address) == args.all:
         raise ConfigError("give addresses or --all", key="unblock", expected="ADDR... or --all")
@@ -299,7 +301,7 @@ def _cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_allow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from portsentinel import operate  # noqa: PLC0415 - not on the daemon's path
+    from portsentinel.cli import bans as operate  # noqa: PLC0415 - not on the daemon's path
 
     setup = load_setup(args.config, "atcp,audp")
     return operate.allow(
@@ -335,7 +337,7 @@ def _cmd_config_defaults(args: argparse.Namespace, out: TextIO, err: TextIO) -> 
 
 
 def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from portsentinel.replay import (  # noqa: PLC0415 - not on the daemon's path
+    from portsentinel.cli.replay import (  # noqa: PLC0415 - not on the daemon's path
         parse_in_use,
         parse_local,
         run_replay,

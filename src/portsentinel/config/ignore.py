@@ -13,7 +13,7 @@ import ipaddress
 import re
 
 from portsentinel.errors import ConfigError, ConfigErrors
-from portsentinel.netset import AddressSet, Network
+from portsentinel.networks import AddressSet, Network
 
 KEY = "IGNORE_FILE"
 EXPECTED = "an IPv4/IPv6 address or CIDR range"

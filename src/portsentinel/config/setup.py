@@ -12,7 +12,7 @@ from portsentinel.config import LoadedConfig, load_config, load_ignore_file, res
 from portsentinel.config.schema import Settings
 from portsentinel.detect.settings import DetectorConfig
 from portsentinel.model import Mode
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 DEFAULT_CONFIG_PATH = "/etc/portsentinel/portsentinel.conf"
 

@@ -1,6 +1,6 @@
 """The daemon's side of the control channel: a Unix socket served inside the daemon's loop.
 
-The protocol is described in ``portsentinel/control_client.py``. Everything here is
+The protocol is described in ``portsentinel/daemon/client.py``. Everything here is
 non-blocking and registered in the caller's selector, so a client can never stall packet
 capture: reads are buffered until a whole line arrives, answers are sent without blocking, and
 a client that sends junk, too much, nothing, or stops reading is answered (when it can be) and
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from portsentinel.control_client import MAX_LINE, path_fits
+from portsentinel.daemon.client import MAX_LINE, path_fits
 from portsentinel.errors import PortSentinelError
 
 Handler = Callable[[dict[str, object]], object]

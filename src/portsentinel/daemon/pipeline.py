@@ -32,23 +32,23 @@ from portsentinel.alert.portsentry_log import (
     stealth_startup_lines,
 )
 from portsentinel.alert.sinks import EventSink, LogSink
-from portsentinel.assemble import Setup, detector_config, load_setup
 from portsentinel.block.plan import kill_route_replaced
+from portsentinel.block.table import ensure_conntrack
 from portsentinel.capture.afpacket import PacketRing, RingConfig
 from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
 from portsentinel.capture.listeners import Listeners
+from portsentinel.config.setup import Setup, detector_config, load_setup
 from portsentinel.daemon.control import ControlServer
-from portsentinel.daemon.hostview import HostView
-from portsentinel.daemon.lock import StateLock
 from portsentinel.daemon.metrics import MetricsServer, refused_counts
-from portsentinel.daemon.neverblock import NeverBlock
 from portsentinel.daemon.records import SUMMARY_EVERY, Records
-from portsentinel.daemon.responder import Report, Responder
-from portsentinel.daemon.tracking import ensure_conntrack
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import ConfigError, ConfigErrors, DecodeError, PortSentinelError
+from portsentinel.host.neverblock import NeverBlock
+from portsentinel.host.view import HostView
 from portsentinel.model import Action, Mode, Proto
+from portsentinel.respond.worker import Report, Responder
+from portsentinel.store.lock import StateLock
 
 # Timer periods, in seconds.
 TICK_EVERY = 1.0  # idle-source expiry, pending-connection expiry

@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING
 
 from portsentinel.alert.portsentry_log import detection_lines
 from portsentinel.alert.ratelimit import RepeatLimiter
-from portsentinel.daemon.bans import BanRequest
 from portsentinel.daemon.metrics import DecisionCounts
 from portsentinel.detect.track import kinds_of
 from portsentinel.model import Action, Decision, Proto, Reason, addr_text
+from portsentinel.respond.bans import BanRequest
 from portsentinel.store.records import EventRow
 
 if TYPE_CHECKING:
     from portsentinel.alert.notify import Notifier
     from portsentinel.alert.sinks import EventSink, LogSink
-    from portsentinel.daemon.neverblock import NeverBlock
-    from portsentinel.daemon.responder import Responder
     from portsentinel.detect.detector import Detector
+    from portsentinel.host.neverblock import NeverBlock
+    from portsentinel.respond.worker import Responder
 
 NOTICE_EVERY = 60.0  # repeated refusals (budget, never-block) are summarised this often
 SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised this often

@@ -16,7 +16,7 @@ from typing import Final, Protocol
 from portsentinel.detect.budget import BanBudget, BudgetConfig
 from portsentinel.detect.track import KIND_BIT, SourceState
 from portsentinel.model import Action, Proto, Reason, ScanKind
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 BLOCK_ACTIONS: Final[dict[int, Action]] = {0: Action.ALERT, 1: Action.BLOCK, 2: Action.COMMAND}
 """PortSentry's BLOCK_TCP/BLOCK_UDP levels: 0 alert only, 1 block, 2 run KILL_RUN_CMD only."""

@@ -45,7 +45,7 @@ from portsentinel.model import (
     ScanKind,
     addr_text,
 )
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 _TCP: Final = int(Proto.TCP)
 _UDP: Final = int(Proto.UDP)

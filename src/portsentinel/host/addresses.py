@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple, TypeVar
 
-from portsentinel.capture import netlink
-from portsentinel.capture.netlink import NetlinkSocket, pack_attr, pack_message
 from portsentinel.errors import CaptureError
+from portsentinel.host import netlink
+from portsentinel.host.netlink import NetlinkSocket, pack_attr, pack_message
 
 # This module's names for the netlink envelope (kept for its importers); see netlink.py.
 NETLINK_ROUTE: Final = netlink.NETLINK_ROUTE

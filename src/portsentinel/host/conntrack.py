@@ -39,8 +39,9 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from portsentinel.capture import netlink
-from portsentinel.capture.netlink import (
+from portsentinel.errors import CaptureError
+from portsentinel.host import netlink
+from portsentinel.host.netlink import (
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -50,7 +51,6 @@ from portsentinel.capture.netlink import (
     pack_message,
     pack_nested,
 )
-from portsentinel.errors import CaptureError
 
 NETLINK_NETFILTER: Final = netlink.NETLINK_NETFILTER
 

@@ -29,9 +29,9 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Final, Literal, Protocol, TypeVar
 
-from portsentinel.capture import netlink
-from portsentinel.capture.netlink import DumpReply, NetlinkSocket, Receive, pack_attr, pack_message
 from portsentinel.errors import CaptureError
+from portsentinel.host import netlink
+from portsentinel.host.netlink import DumpReply, NetlinkSocket, Receive, pack_attr, pack_message
 from portsentinel.model import Proto
 
 # --- sock_diag constants (linux/sock_diag.h, inet_diag.h; the envelope is netlink.py's) -----

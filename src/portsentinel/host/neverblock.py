@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Protocol, TypeVar
 
-from portsentinel.capture.hostaddr import AddrInfo, RouteNetlink
-from portsentinel.capture.routes import RT_TABLE_MAIN, NextHops, Route, read_next_hops
-from portsentinel.capture.sshpeers import SshPeers
-from portsentinel.config.resolvconf import Resolvers, load_resolv_conf
 from portsentinel.errors import CaptureError
-from portsentinel.netset import AddressSet, Network
+from portsentinel.host.addresses import AddrInfo, RouteNetlink
+from portsentinel.host.resolvconf import Resolvers, load_resolv_conf
+from portsentinel.host.routes import RT_TABLE_MAIN, NextHops, Route, read_next_hops
+from portsentinel.host.sshpeers import SshPeers
+from portsentinel.networks import AddressSet, Network
 
 
 class Source(StrEnum):

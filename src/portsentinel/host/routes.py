@@ -26,14 +26,14 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple
 
-from portsentinel.capture.hostaddr import (
+from portsentinel.errors import CaptureError
+from portsentinel.host.addresses import (
     AddressWatcher,
     RouteNetlink,
     parse_attrs,
     split_messages,
 )
-from portsentinel.capture.netlink import align
-from portsentinel.errors import CaptureError
+from portsentinel.host.netlink import align
 
 # rtnetlink message types and multicast groups (linux/rtnetlink.h)
 RTM_NEWROUTE: Final = 24

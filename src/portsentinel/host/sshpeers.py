@@ -20,7 +20,8 @@ import struct
 from collections.abc import Container, Iterable, Iterator
 from typing import ClassVar, Final, Literal
 
-from portsentinel.capture.inuse import (
+from portsentinel.errors import CaptureError
+from portsentinel.host.inuse import (
     DIAG_MSG_LEN,
     NETLINK_SOCK_DIAG,
     diag_reply,
@@ -28,8 +29,7 @@ from portsentinel.capture.inuse import (
     port_bytecode,
     short_record,
 )
-from portsentinel.capture.netlink import UNAVAILABLE, NetlinkError, NetlinkSocket, Receive
-from portsentinel.errors import CaptureError
+from portsentinel.host.netlink import UNAVAILABLE, NetlinkError, NetlinkSocket, Receive
 
 DEFAULT_SSH_PORTS: Final = (22,)
 TCP_ESTABLISHED: Final = 1

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from portsentinel.capture.conntrack import Conntrack
-from portsentinel.capture.hostaddr import AddressWatcher, dump_addresses
-from portsentinel.capture.inuse import InUseView, SocketTable
-from portsentinel.capture.natrules import NatForwarding, read_nat_rules
 from portsentinel.errors import CaptureError
+from portsentinel.host.addresses import AddressWatcher, dump_addresses
+from portsentinel.host.conntrack import Conntrack
+from portsentinel.host.inuse import InUseView, SocketTable
+from portsentinel.host.natrules import NatForwarding, read_nat_rules
 from portsentinel.model import Packet, Proto
 
 # Conntrack is asked only for would-be probes, at most this often (a kernel round trip costs

@@ -1,2 +1,1 @@
-"""The ban lifecycle and its worker: what to ban, for how long, applied through ``block/``.
-"""
+"""The ban lifecycle and its worker: what to ban, for how long, applied through ``block/``."""

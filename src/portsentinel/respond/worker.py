@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from portsentinel.alert.notify import ban_info
 from portsentinel.config.schema import Settings
-from portsentinel.daemon.bans import Backends, BanManager, BanRequest, Network, files_for
-from portsentinel.daemon.resolver import Resolver
 from portsentinel.errors import PortSentinelError
+from portsentinel.host.resolver import Resolver
+from portsentinel.respond.bans import Backends, BanManager, BanRequest, Network, files_for
 from portsentinel.store.records import EventRow
 from portsentinel.store.sqlite import Store
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from portsentinel import service_files
 from portsentinel.config.commands import render_defaults
 from portsentinel.config.load import parse_config
 from portsentinel.config.types import BlockLevel
-from portsentinel.daemon.lock import running_pid
+from portsentinel.store.lock import running_pid
+from portsentinel.system import service_files
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -153,7 +153,7 @@ def write_file(path: Path, text: str, mode: int) -> None:
 
 def artifacts(exec_start: str, config_text: str) -> list[Artifact]:
     """Every file install writes, given the program to run and the configuration in force."""
-    from portsentinel import manual  # noqa: PLC0415 - the daemon imports this module too
+    from portsentinel.system import manual  # noqa: PLC0415 - the daemon imports this module too
 
     parser = manual.full_parser()
     found = [

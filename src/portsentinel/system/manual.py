@@ -123,7 +123,8 @@ def full_parser() -> argparse.ArgumentParser:
     """The whole command line: cli's parser, plus the verbs that register themselves from
     their own modules (install, uninstall, migrate) where cli has not wired them in yet."""
     # Imported here: cli imports the modules whose verbs it wires, and they import this one.
-    from portsentinel import cli, install, migrate  # noqa: PLC0415
+    from portsentinel.cli import main as cli  # noqa: PLC0415
+    from portsentinel.system import install, migrate  # noqa: PLC0415
 
     parser = cli.build_parser()
     verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -136,8 +137,8 @@ def full_parser() -> argparse.ArgumentParser:
 def generated_files() -> dict[str, str]:
     """Every file ``scripts/gen_docs.py`` writes, by path in the repository."""
     # Imported here: install imports this module.
-    from portsentinel import service_files  # noqa: PLC0415
     from portsentinel.config.commands import render_defaults  # noqa: PLC0415
+    from portsentinel.system import service_files  # noqa: PLC0415
 
     parser = full_parser()
     return {

@@ -30,8 +30,8 @@ from portsentinel.config.legacy import (
 from portsentinel.config.load import parse_config
 from portsentinel.config.modes import modes_text, read_defaults_file
 from portsentinel.config.schema import spec_for
-from portsentinel.install import under, write_file
 from portsentinel.model import Mode
+from portsentinel.system.install import under, write_file
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 

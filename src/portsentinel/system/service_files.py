@@ -13,7 +13,7 @@ UNIT_NAME = "portsentinel.service"
 
 _UNIT = """\
 # PortSentinel: port-scan detection and active response (a modern PortSentry).
-# Installed by `portsentinel install` (source: src/portsentinel/service_files.py).
+# Installed by `portsentinel install` (source: src/portsentinel/system/service_files.py).
 # Change it with a drop-in (`systemctl edit portsentinel`), not here: install rewrites it.
 #
 # The sandbox, and what a configuration may need added:
@@ -77,7 +77,7 @@ ReadWritePaths={directory}
 
 LOGROTATE = """\
 # Rotation of PortSentinel's files. Installed by `portsentinel install` as
-# /etc/logrotate.d/portsentinel (source: src/portsentinel/service_files.py).
+# /etc/logrotate.d/portsentinel (source: src/portsentinel/system/service_files.py).
 #
 # HISTORY_FILE and BLOCKED_FILE (PortSentry's formats; fail2ban reads the history) are
 # opened for every line written, so a plain rename is enough: the next line starts a new

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from portsentinel.capture import conntrack as ct
 from portsentinel.errors import CaptureError
+from portsentinel.host import conntrack as ct
 
 B = bytes([198, 18, 0, 2])  # the remote side
 A = bytes([198, 18, 0, 1])  # this host

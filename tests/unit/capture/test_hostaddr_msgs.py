@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from portsentinel.capture import hostaddr as ha
 from portsentinel.errors import CaptureError
+from portsentinel.host import addresses as ha
 
 little_endian = pytest.mark.skipif(sys.byteorder != "little", reason="literals in host order")
 

@@ -17,7 +17,8 @@ from typing import cast
 
 import pytest
 
-from portsentinel.capture.inuse import (
+from portsentinel.errors import CaptureError
+from portsentinel.host.inuse import (
     ALL_STATES,
     InUseView,
     NetlinkError,
@@ -28,7 +29,6 @@ from portsentinel.capture.inuse import (
     port_bytecode,
     ports_from_rows,
 )
-from portsentinel.errors import CaptureError
 from portsentinel.model import Proto
 
 LISTEN, ESTABLISHED, TIME_WAIT, CLOSE = 10, 1, 6, 7

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from portsentinel.capture.natrules import NatForwarding, forwarded_ports, read_nat_rules
+from portsentinel.host.natrules import NatForwarding, forwarded_ports, read_nat_rules
 from portsentinel.model import Proto
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "nat"

@@ -11,9 +11,9 @@ from typing import ClassVar, cast
 
 import pytest
 
-from portsentinel.capture import netlink
-from portsentinel.capture.netlink import DumpReply, NetlinkError, NetlinkSocket, Receive
 from portsentinel.errors import CaptureError
+from portsentinel.host import netlink
+from portsentinel.host.netlink import DumpReply, NetlinkError, NetlinkSocket, Receive
 
 PORTID = 4242
 REPLY = 20  # the reply type the dumps below ask for

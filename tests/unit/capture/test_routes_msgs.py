@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from portsentinel.capture import hostaddr as ha
-from portsentinel.capture import routes as rt
 from portsentinel.errors import CaptureError
+from portsentinel.host import addresses as ha
+from portsentinel.host import routes as rt
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="literals in host order")
 

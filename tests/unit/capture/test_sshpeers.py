@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.capture.inuse import NetlinkError
-from portsentinel.capture.sshpeers import (
+from portsentinel.errors import CaptureError
+from portsentinel.host.inuse import NetlinkError
+from portsentinel.host.sshpeers import (
     SshPeers,
     pack_peer_request,
     parse_peer_dump,
     parse_proc_peers,
 )
-from portsentinel.errors import CaptureError
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="/proc literals in host order")
 

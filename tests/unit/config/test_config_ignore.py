@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from portsentinel.config.ignore import load_ignore_file, parse_entry, parse_ignore
 from portsentinel.errors import ConfigErrors
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 STATIC = Path(__file__).parents[2] / "fixtures" / "config" / "debian" / "portsentry.ignore.static"
 

@@ -9,7 +9,7 @@ import pytest
 from portsentinel.detect.decide import BLOCK_ACTIONS, Policy, Responses
 from portsentinel.detect.track import SourceState, evidence_key
 from portsentinel.model import Action, Proto, Reason
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 SRC = bytes([198, 18, 0, 2])
 OTHER = bytes([198, 18, 0, 3])

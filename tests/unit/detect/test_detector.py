@@ -30,7 +30,7 @@ from portsentinel.model import (
     Reason,
     ScanKind,
 )
-from portsentinel.netset import AddressSet
+from portsentinel.networks import AddressSet
 
 SCANNER = bytes([198, 18, 0, 2])
 HOST = bytes([198, 18, 0, 1])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from portsentinel.cli.report import add_parser, load_report, parse_since
 from portsentinel.errors import ConfigError
-from portsentinel.report.cli import add_parser, load_report, parse_since
 from portsentinel.store.records import EventRow
 from portsentinel.store.sqlite import DB_NAME, Store
 
