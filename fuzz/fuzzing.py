@@ -2,7 +2,7 @@
 
 Each harness (``fuzz_frames.py``, ``fuzz_config.py``, ``fuzz_pcap.py``) is a plain module with
 a ``test_one_input(data: bytes) -> None`` that raises on a broken invariant. Plain, so that the
-CI slice (``tests/unit/test_fuzz_slice.py``) runs the very same checks without atheris; run as
+CI slice (``tests/unit/fuzz/test_slice.py``) runs the very same checks without atheris; run as
 a script, a harness hands that function to atheris and libFuzzer.
 
 Instrumentation: atheris can only instrument modules imported inside its import hook, but the

@@ -8,7 +8,7 @@ What is written comes from the code: docs/configuration.md and portsentinel.conf
 setting declarations (src/portsentinel/config/schema.py), portsentinel(8) from the command
 line parser, packaging/portsentinel.conf from ``config defaults``, and the systemd unit and
 logrotate rules from src/portsentinel/system/service_files.py. Run it after changing any of those;
-tests/unit/test_docs.py fails until the committed files match.
+tests/unit/system/test_manual.py fails until the committed files match.
 """
 
 from __future__ import annotations

@@ -5,7 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from decode_frames import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from portsentinel.decode import (
+    _ip4,
+    decode_ethernet,
+    decode_ip,
+    decode_null,
+    decode_sll,
+    decode_sll2,
+    decoder_for_linktype,
+)
+from portsentinel.errors import CaptureError, DecodeError
+from portsentinel.model import ACK, FIN, PSH, SYN, Frag, Packet
+from unit.decode_frames import (
     AH,
     DEST_OPTS,
     DST4,
@@ -36,20 +50,6 @@ from decode_frames import (
     tcp,
     udp,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from portsentinel.decode import (
-    _ip4,
-    decode_ethernet,
-    decode_ip,
-    decode_null,
-    decode_sll,
-    decode_sll2,
-    decoder_for_linktype,
-)
-from portsentinel.errors import CaptureError, DecodeError
-from portsentinel.model import ACK, FIN, PSH, SYN, Frag, Packet
 
 Decoder = Callable[[bytes | memoryview], Packet | None]
 DECODERS: tuple[Decoder, ...] = (decode_ip, decode_ethernet, decode_sll, decode_sll2, decode_null)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from block_fakes import FakeRunner
 
 from portsentinel.block.base import BanSpec
 from portsentinel.block.iptables import (
@@ -13,6 +12,7 @@ from portsentinel.block.iptables import (
     parse_rules,
 )
 from portsentinel.errors import BackendError
+from unit.block.block_fakes import FakeRunner
 
 TAG = ("-m", "comment", "--comment", "portsentinel", "-j", "DROP")
 W = ("-w", "5")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from block_fakes import FakeRunner
 
 from portsentinel.block import plan
 from portsentinel.block.base import (
@@ -26,6 +25,7 @@ from portsentinel.block.nftables import NftablesBackend
 from portsentinel.block.route import RouteBackend
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
+from unit.block.block_fakes import FakeRunner
 
 
 def test_create_normalises_addresses() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
+FUZZ = Path(__file__).resolve().parents[3] / "fuzz"
 sys.path.insert(0, str(FUZZ))
 
 import fuzz_config  # noqa: E402 - found through the path set just above

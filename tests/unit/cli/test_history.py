@@ -25,7 +25,7 @@ from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError, St
 from portsentinel.store.records import BanState, EventRow, LiftedBy
 from portsentinel.store.sqlite import Store
 
-CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "fixtures" / "captures"
 SCANNER = "198.18.0.2"
 LOCAL = ["198.18.0.1", "fd00:5e::1"]
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20+00:00

@@ -13,8 +13,8 @@ import pytest
 
 from portsentinel.cli.main import main
 
-CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captures"
-DEBIAN = Path(__file__).resolve().parents[1] / "fixtures" / "config" / "debian"
+CAPTURES = Path(__file__).resolve().parents[2] / "fixtures" / "captures"
+DEBIAN = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "debian"
 # atcp with default excludes: 1-120 and 443 scanned, 22/80 open, 113 excluded
 TCP_EVENTS_IN_SYN = (set(range(1, 121)) | {443}) - {22, 80, 113}
 ERROR_LINE = re.compile(r"^[^:]+:\d+: [A-Z_]+: .+ \(expected .+\)$")

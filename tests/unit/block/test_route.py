@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from block_fakes import FakeRunner
 
 from portsentinel.block.base import BanSpec
 from portsentinel.block.route import RouteBackend, parse_routes
 from portsentinel.errors import BackendError
+from unit.block.block_fakes import FakeRunner
 
 
 def test_block_replaces_and_unblock_deletes() -> None:

@@ -15,7 +15,7 @@ from portsentinel.config.commands import quote
 from portsentinel.config.schema import SETTINGS
 from portsentinel.system import manual
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DOCS = ("docs/configuration.md", "docs/portsentinel.8", "docs/portsentinel.conf.5")
 REGENERATE = "stale: run `python scripts/gen_docs.py` and commit the result"
 

@@ -14,7 +14,7 @@ from portsentinel.config.commands import render_defaults
 from portsentinel.config.load import parse_config
 from portsentinel.system import install, manual, service_files
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 HOSTS_DENY_CONFIG = 'KILL_HOSTS_DENY="ALL: $TARGET$ : DENY"\nBLOCK_TCP="1"\n'
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from portsentinel.cli.main import main
 
-CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "fixtures" / "captures"
 EXPECTED = CAPTURES / "expected"
 LOCAL = ["--local", "198.18.0.1", "--local", "fd00:5e::1"]
 OPEN_TCP = ["--in-use", "tcp:22,80"]  # FIN/NULL/XMAS get no answer from open ports

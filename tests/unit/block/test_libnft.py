@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from block_fakes import FakeRunner
 
 from portsentinel.block.base import BanSpec
 from portsentinel.block.libnft import (
@@ -24,6 +23,7 @@ from portsentinel.block.libnft import (
 )
 from portsentinel.block.nftables import NftablesBackend
 from portsentinel.block.runner import Runner, RunResult
+from unit.block.block_fakes import FakeRunner
 
 APPLY = ("nft", "-f", "-")
 LIST_TABLE = ("nft", "-j", "list", "table", "inet", "portsentinel")

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from block_fakes import FakeRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -33,6 +32,7 @@ from portsentinel.block.command import (
 from portsentinel.block.runner import Runner
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
+from unit.block.block_fakes import FakeRunner
 
 VALUES = MacroValues("198.18.0.2", "143", "stcp")
 HOSTILE = [

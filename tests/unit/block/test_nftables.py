@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from block_fakes import FakeRunner
 
 from portsentinel.block.base import BanSpec
 from portsentinel.block.nftables import (
@@ -24,6 +23,7 @@ from portsentinel.block.nftables import (
 )
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
+from unit.block.block_fakes import FakeRunner
 
 # ``nft -j list table inet portsentinel`` after start() with prefix bans on and three bans.
 LISTED = """{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "portsentinel", "handle": 1}}, {"set": {"family": "inet", "name": "ban4", "table": "portsentinel", "type": "ipv4_addr", "handle": 3, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": "198.18.0.3", "timeout": 3600, "expires": 3600}}, "198.18.0.9"]}}, {"set": {"family": "inet", "name": "ban6", "table": "portsentinel", "type": "ipv6_addr", "handle": 4, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "fd00:5e::", "len": 64}}, "timeout": 60, "expires": 59}}]}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "conntrack", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "input", "handle": 5, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "forward", "handle": 8, "type": "filter", "hook": "forward", "prio": -10, "policy": "accept"}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "conntrack", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"counter": {"packets": 0, "bytes": 0}}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "input", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "input", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}]}"""  # noqa: E501 - verbatim
