@@ -1,7 +1,7 @@
 """The daemon's per-packet path in process, stage by stage: where a probe's microseconds go.
 
 No traffic: synthetic TPACKET_V3 blocks (the kernel's ring layout, built in memory) go through
-``walk_block`` into the daemon's own ``Pipeline._on_packet`` (decode, detect, records), the
+``walk_block`` into the daemon's own ``Pipeline._on_packet`` (decode, detect, outputs), the
 pipeline started as ``portsentinel run --mode atcp`` starts it (``Pipeline.start``: real
 sockets, so it runs inside a fresh lab's target namespace, created and removed here), without
 an events stream, as the packaged service runs. Every frame is a 58-byte SYN with MSS.
@@ -41,7 +41,8 @@ import netns
 from portsentinel.alert.sinks import LogSink
 from portsentinel.capture.afpacket import walk_block
 from portsentinel.config.setup import load_setup
-from portsentinel.daemon.pipeline import Pipeline, settle_gc
+from portsentinel.daemon.pipeline import Pipeline
+from portsentinel.daemon.service import settle_gc
 from portsentinel.decode import decode_ip
 
 TARGET = bytes([198, 18, 0, 1])
@@ -154,7 +155,7 @@ def _stages(pipe: Pipeline, frame_blocks: list[list[bytes]]) -> dict[str, float]
         for ring in rings:
             pipe._set_clock()
             walk_block(ring, 0, pipe._on_packet, counted, uncounted)
-            pipe.records.flush()
+            pipe.outputs.flush()
 
     out["whole path"] = cpu_us_per_packet(whole, packets)
     detector, now = pipe.detector, time.monotonic()

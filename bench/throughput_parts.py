@@ -34,7 +34,7 @@ from throughput_report import Cost, Drain, Latency, Report, Step
 
 from portsentinel.config.setup import load_setup
 from portsentinel.daemon.client import request
-from portsentinel.daemon.pipeline import kernel_filter
+from portsentinel.daemon.sources import kernel_filter
 
 __all__ = ["Cost", "Drain", "Latency", "Report", "Step"]
 

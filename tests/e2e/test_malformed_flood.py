@@ -34,7 +34,7 @@ from daemon import NMAP, NMAP_TIMEOUT, Daemon, Event, statistics
 
 from portsentinel.capture.bpf import PACKET_HOST, run_filter
 from portsentinel.config.setup import load_setup
-from portsentinel.daemon.pipeline import kernel_filter
+from portsentinel.daemon.sources import kernel_filter
 from portsentinel.decode import decode_ip
 from portsentinel.errors import DecodeError
 

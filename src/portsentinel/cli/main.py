@@ -27,7 +27,7 @@ from portsentinel.cli import report as report_cli
 from portsentinel.config import commands as config_commands
 from portsentinel.config.setup import DEFAULT_CONFIG_PATH, detector_config, load_setup
 from portsentinel.daemon.client import DaemonNotRunning, request, socket_path
-from portsentinel.daemon.pipeline import Daemon, RunOptions, default_log
+from portsentinel.daemon.service import Daemon, RunOptions, default_log
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
 from portsentinel.model import Decision

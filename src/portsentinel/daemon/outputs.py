@@ -1,5 +1,5 @@
-"""Decisions into records: PortSentry's log lines, JSON events, store rows, responses,
-notifications, and the limits and summaries that keep a flood from filling the disk.
+"""Decisions into the daemon's outputs: PortSentry's log lines, JSON events, store rows,
+responses, notifications, and the limits and summaries that keep a flood from filling the disk.
 
 The pipeline hands every decision here (``emit``) and sets the clock once a loop turn
 (``now``, ``wall_offset``). Repeats (a blocked scanner's further probes, a flood of refused
@@ -14,10 +14,10 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from portsentinel.alert.portsentry_log import detection_lines
-from portsentinel.alert.ratelimit import RepeatLimiter
 from portsentinel.daemon.metrics import DecisionCounts
 from portsentinel.detect.track import kinds_of
 from portsentinel.model import Action, Decision, Proto, Reason, addr_text
+from portsentinel.ratelimit import RepeatLimiter
 from portsentinel.respond.bans import BanRequest
 from portsentinel.store.records import EventRow
 
@@ -36,8 +36,9 @@ ROWS_EVERY = 0.5  # seconds a record may wait for its batch
 ROWS_BATCH = 1000  # records that make a batch at once
 
 
-class Records:
-    """Where the daemon's decisions go; the pipeline owns one."""
+class Outputs:
+    """Where the daemon's decisions go (log, events, store, responder, notifier); the
+    pipeline owns one."""
 
     def __init__(
         self,

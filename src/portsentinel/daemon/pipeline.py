@@ -1,54 +1,47 @@
-"""The daemon's wiring: capture -> decode -> detect -> record, in one single-threaded loop.
+"""The detection loop: capture -> decode -> detect -> outputs, single-threaded, and its timers.
 
-The only module that joins the rooms. Every source is a file descriptor in one selector: the
-capture ring (stealth modes), the bound sockets (classic modes), the address watcher and a
-wake-up socket for signals. Timers refresh what the detector knows about the host. What the
-detector decides goes to ``records.Records`` (log lines, events, store rows, responses).
+Every source is a file descriptor in one selector: the capture ring (stealth modes), the bound
+sockets (classic modes), the address watcher, the response worker's reports, the control
+socket and a wake-up socket for signals. Timers refresh what the detector knows about the host.
+What the detector decides goes to ``outputs.Outputs`` (log lines, events, store rows,
+responses). The process around it (lock, signals, start and stop) is ``service.Daemon``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import ipaddress
 import os
 import selectors
-import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from portsentinel import __version__
-from portsentinel.alert.notify import Notifier, NotifyConfig
-from portsentinel.alert.portsentry_log import (
-    ACTIVE,
-    SHUTDOWN,
-    accept_failed_line,
-    bound_startup_lines,
-    nothing_bound_line,
-    starting_line,
-    stealth_startup_lines,
-)
+from portsentinel.alert.portsentry_log import accept_failed_line, stealth_startup_lines
 from portsentinel.alert.sinks import EventSink, LogSink
-from portsentinel.block.plan import kill_route_replaced
-from portsentinel.block.table import ensure_conntrack
-from portsentinel.capture.afpacket import PacketRing, RingConfig
-from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
+from portsentinel.capture.afpacket import PacketRing
 from portsentinel.capture.listeners import Listeners
-from portsentinel.config.setup import Setup, detector_config, load_setup
+from portsentinel.config.setup import Setup, detector_config
 from portsentinel.daemon.control import ControlServer
-from portsentinel.daemon.metrics import MetricsServer, refused_counts
-from portsentinel.daemon.records import SUMMARY_EVERY, Records
+from portsentinel.daemon.metrics import refused_counts
+from portsentinel.daemon.outputs import SUMMARY_EVERY, Outputs
+from portsentinel.daemon.sources import (
+    StartupError,
+    excluded_ports,
+    kernel_filter,
+    open_listeners,
+    port_limit,
+    ring_config,
+)
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
-from portsentinel.errors import ConfigError, ConfigErrors, DecodeError, PortSentinelError
+from portsentinel.errors import DecodeError
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
-from portsentinel.model import Action, Mode, Proto
+from portsentinel.model import Action, Proto
 from portsentinel.respond.worker import Report, Responder
-from portsentinel.store.lock import StateLock
 
 # Timer periods, in seconds.
 TICK_EVERY = 1.0  # idle-source expiry, pending-connection expiry
@@ -56,182 +49,13 @@ IN_USE_EVERY = 2.0  # full re-read of the socket table (misses re-check the kern
 NAT_EVERY = 30.0  # NAT rules (runs nft / iptables-save)
 ADDRESSES_EVERY = 10.0  # only when address changes cannot be followed
 NEVER_BLOCK_EVERY = 5.0  # routes, resolvers, SSH peers (addresses follow the watcher)
-RING_BLOCK = 32 * 1024  # small blocks: the retire timeout closes them part full
-RING_RETIRE_MS = 1  # a lone probe waits at most this long in an open block
 # While the ring brings only repeats (probes from sources already responded to, nothing else
 # that counts), it is read at most this often instead of as each block closes: one wake-up
 # per 10 ms, not per ms (shared/reference/capture-perf.md: retire timeout <= 10 ms). A new
 # source's first probe arriving meanwhile waits up to this long more.
 RING_LINGER = 0.010
-GC_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
 
 Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
-
-
-class StartupError(PortSentinelError):
-    """The daemon cannot watch anything (no port could be bound, no capture)."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    state_dir: str
-    events: str | None = None
-    dry_run: bool = False
-    # How the configuration was found, so that a reload (SIGHUP) reads it the same way.
-    config: str | None = None
-    modes: str | None = None
-    control_path: str | None = None  # the CLI's Unix socket; None: no control channel
-
-
-class Daemon:
-    """One process for one TCP mode and one UDP mode, IPv4 and IPv6.
-
-    ``run`` takes the state directory's lock, starts the pipeline, loops until SIGTERM or
-    SIGINT and stops with PortSentry's shutdown lines.
-    """
-
-    def __init__(self, setup: Setup, options: RunOptions, log: LogSink) -> None:
-        self.setup = setup
-        self.options = options
-        self.log = log
-        self._stopping = False
-        self._reload = False
-        self.pipeline: Pipeline | None = None
-
-    def run(self) -> int:
-        lock = StateLock(self.options.state_dir)
-        lock.acquire()
-        events = EventSink(self.options.events) if self.options.events else None
-        wake_r, wake_w = socket.socketpair()
-        try:
-            self.log.line(starting_line(__version__))
-            try:
-                pipeline = self.pipeline = Pipeline.start(self.setup, self.log, events)
-            except StartupError as exc:
-                self.log.line(str(exc))
-                return 1
-            if self.options.dry_run:
-                self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
-            notifier = _notifier(self.setup, dry_run=self.options.dry_run)
-            pipeline.records.notifier = notifier
-            if not self.options.dry_run:
-                pipeline.attach(
-                    Responder(
-                        self.setup.settings,
-                        self.options.state_dir,
-                        protected=pipeline.protects,
-                        on_ban=notifier.ban_result if notifier is not None else None,
-                    )
-                )
-            metrics = MetricsServer.from_settings(
-                self.setup.settings, pipeline.metrics_snapshot, started=time.time()
-            )
-            if metrics is not None:
-                metrics.start()
-                host, port = metrics.address
-                self.log.line(f"adminalert: metrics on http://{host}:{port}/metrics")
-            settings = self.setup.settings
-            backend = settings.block_backend.value
-            if kill_route_replaced(backend, settings.kill_route):
-                self.log.line(
-                    f"adminalert: KILL_ROUTE is not run: BLOCK_BACKEND={backend} blocks "
-                    "instead (set BLOCK_BACKEND=legacy to run it as written)"
-                )
-            if not self.options.dry_run and pipeline.host.tracks_replies:
-                failure = ensure_conntrack()
-                if failure is not None:
-                    self.log.line(
-                        f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
-                        "late UDP replies are recognised only if the firewall tracks them"
-                    )
-            self._install_signals(wake_w)
-            control = self._control(pipeline)
-            settle_gc()
-            self.log.line(ACTIVE)
-            self.log.flush()
-            try:
-                pipeline.loop(wake_r, lambda: self._stopping, self._take_reload, control)
-            finally:
-                if control is not None:
-                    control.close()
-                if metrics is not None:
-                    metrics.close()
-                if notifier is not None:
-                    notifier.close()
-                    for line in notifier.lines():
-                        self.log.line(line)
-                for line in SHUTDOWN:
-                    self.log.line(line)
-                self.log.line("adminalert: statistics: " + format_stats(pipeline.statistics()))
-                pipeline.close()
-            return 0
-        finally:
-            signal.set_wakeup_fd(-1)
-            if events is not None:
-                events.close()
-            wake_r.close()
-            wake_w.close()
-            self.log.flush()
-            lock.release()
-
-    def request_stop(self) -> None:
-        self._stopping = True
-
-    def _control(self, pipeline: Pipeline) -> ControlServer | None:
-        """The CLI's channel (root-only Unix socket, JSON): status, stats and reload."""
-        path = self.options.control_path
-        if path is None:
-            return None
-        started = time.time()
-
-        def status(_args: dict[str, object]) -> object:
-            return pipeline.status(started)
-
-        def reload(_args: dict[str, object]) -> object:
-            self.request_reload()
-            return "reload requested"
-
-        handlers = {
-            "status": status,
-            "stats": lambda _args: pipeline.statistics(),
-            "reload": reload,
-        }
-        try:
-            return ControlServer(path, handlers, log=self.log.line)
-        except PortSentinelError as exc:
-            self.log.line(
-                f"adminalert: WARNING: no control socket ({exc}); CLI verbs use the store"
-            )
-            return None
-
-    def request_reload(self) -> None:
-        self._reload = True
-
-    def _take_reload(self) -> Setup | None:
-        """A reload was asked for: the configuration read anew, or None (not asked, or the new
-        one is broken — then the old one stays in force and the error is logged)."""
-        if not self._reload:
-            return None
-        self._reload = False
-        try:
-            setup = load_setup(self.options.config, self.options.modes)
-        except (ConfigError, ConfigErrors) as exc:
-            for line in str(exc).splitlines():
-                self.log.line(f"adminalert: ERROR: reload refused: {line}")
-            self.log.line("adminalert: the running configuration stays in force")
-            return None
-        for warning in setup.warnings:
-            self.log.line(f"adminalert: WARNING: {warning}")
-        return setup
-
-    def _install_signals(self, wake_w: socket.socket) -> None:
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda _n, _f: self.request_stop())
-        # PortSentry had no reload (1.2 ignores SIGHUP, 2.0 dies of it); we re-read the
-        # configuration and ignore files, and reopen the events file (logrotate).
-        signal.signal(signal.SIGHUP, lambda _n, _f: self.request_reload())
 
 
 class Pipeline:
@@ -247,7 +71,12 @@ class Pipeline:
         detector: Detector,
         ring: PacketRing | None,
         listeners: Listeners | None,
+        never_block: NeverBlock,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` (monotonic seconds) times windows and timers, ``wall_clock`` the records;
+        both are arguments so that the loop can be driven with a clock a test controls."""
         self.setup = setup
         self.log = log
         self.events = events
@@ -258,19 +87,15 @@ class Pipeline:
         self.decode_errors = 0
         self._selector: selectors.BaseSelector | None = None
         self.responder: Responder | None = None
-        self.never_block = NeverBlock.for_host(
-            resolv_conf=setup.settings.resolv_conf,
-            ssh_ports=setup.settings.ssh_ports if setup.settings.never_block_ssh_peers else (),
-            ignore=setup.ignore,
-            warn=lambda w: log.line(f"adminalert: WARNING: never-block set: {w}"),
-        )
-        self.never_block.refresh()
-        detector.set_never_block(self.never_block)
+        self.never_block = never_block
+        detector.set_never_block(never_block)
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._ring_back_at: float | None = None  # the ring lingers out of the selector
-        self.records = Records(log, events, detector, self.never_block)
-        self._next_summary = time.monotonic() + SUMMARY_EVERY
+        self.outputs = Outputs(log, events, detector, never_block)
+        self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
-        self._now = self._wall_offset = 0.0
+        self._now = 0.0
         self._set_clock()
 
     @classmethod
@@ -300,23 +125,40 @@ class Pipeline:
                     lines = stealth_startup_lines(
                         mode,
                         detector.watched_ports(mode.proto),
-                        _excluded(setup, mode),
+                        excluded_ports(setup, mode),
                         host.in_use[mode.proto].ports,
-                        _limit(setup, mode),
+                        port_limit(setup, mode),
                     )
                     for line in lines:
                         log.line(line)
-                ring = PacketRing(_ring_config(setup), kernel_filter(setup))
-            listeners = _open_listeners(setup, log, [m for m in modes if m.bound])
+                ring = PacketRing(ring_config(setup), kernel_filter(setup))
+            listeners = open_listeners(setup, log, [m for m in modes if m.bound])
         except BaseException:
             host.close()
             raise
-        return cls(setup, log, events, host=host, detector=detector, ring=ring, listeners=listeners)
+        s = setup.settings
+        never_block = NeverBlock.for_host(
+            resolv_conf=s.resolv_conf,
+            ssh_ports=s.ssh_ports if s.never_block_ssh_peers else (),
+            ignore=setup.ignore,
+            warn=lambda w: log.line(f"adminalert: WARNING: never-block set: {w}"),
+        )
+        never_block.refresh()
+        return cls(
+            setup,
+            log,
+            events,
+            host=host,
+            detector=detector,
+            ring=ring,
+            listeners=listeners,
+            never_block=never_block,
+        )
 
     def attach(self, responder: Responder) -> None:
         """Responses on: restore the previous run's bans before the first packet is read."""
         responder.start()
-        self.responder = self.records.responder = responder
+        self.responder = self.outputs.responder = responder
         self._on_reports()
 
     def protects(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
@@ -370,15 +212,15 @@ class Pipeline:
             selector.register(self.responder.fileno(), selectors.EVENT_READ, self._on_reports)
         timers = self._timers(watching=watcher is not None)
         if control is not None:
-            timers["control"] = (time.monotonic(), TICK_EVERY, lambda: control.expire(self._now))
-        self.log.batch(True)  # written once a turn, by records.flush
+            timers["control"] = (self._clock(), TICK_EVERY, lambda: control.expire(self._now))
+        self.log.batch(True)  # written once a turn, by outputs.flush
         try:
             while not stopping():
                 due = min(at for at, _every, _fn in timers.values())
                 back = self._ring_back_at
                 if back is not None:
                     due = min(due, back)
-                for key, _mask in selector.select(max(0.0, min(due - time.monotonic(), 1.0))):
+                for key, _mask in selector.select(max(0.0, min(due - self._clock(), 1.0))):
                     self._set_clock()
                     key.data()
                 self._set_clock()
@@ -388,7 +230,7 @@ class Pipeline:
                 if fresh is not None:
                     self.reload(fresh)
                 _run_timers(timers, self._now)
-                self.records.flush()
+                self.outputs.flush()
         finally:
             self.log.batch(False)
             selector.close()
@@ -426,7 +268,7 @@ class Pipeline:
         if (s0.tcp_ports, s0.udp_ports) == (s1.tcp_ports, s1.udp_ports):
             return
         try:
-            fresh = _open_listeners(new, self.log, modes)
+            fresh = open_listeners(new, self.log, modes)
         except StartupError as exc:
             self.log.line(f"{exc} Keeping the previous ports.")
             return
@@ -464,7 +306,7 @@ class Pipeline:
         }
 
     def _timers(self, *, watching: bool) -> dict[str, Timer]:
-        now = time.monotonic()
+        now = self._clock()
         timers: dict[str, Timer] = {
             "tick": (now + TICK_EVERY, TICK_EVERY, self._on_tick),
             "in_use": (now + IN_USE_EVERY, IN_USE_EVERY, self.host.refresh_in_use),
@@ -481,8 +323,8 @@ class Pipeline:
         return timers
 
     def _set_clock(self) -> None:
-        now = self._now = self.records.now = time.monotonic()
-        self._wall_offset = self.records.wall_offset = time.time() - now
+        now = self._now = self.outputs.now = self._clock()
+        self.outputs.wall_offset = self._wall_clock() - now
 
     def _on_ring(self) -> None:
         selector = self._selector
@@ -519,7 +361,7 @@ class Pipeline:
         if pkt is not None:
             decisions = self.detector.feed(pkt, self._now)
             if decisions:
-                self.records.emit(decisions)
+                self.outputs.emit(decisions)
 
     def _listener_handler(self, sock: socket.socket) -> Callable[[], None]:
         listeners = self.listeners
@@ -531,7 +373,7 @@ class Pipeline:
                 decisions = self.detector.feed_connect(
                     hit.proto, hit.src, hit.dst, hit.dport, self._now
                 )
-                self.records.emit(decisions)
+                self.outputs.emit(decisions)
                 # PortSentry sends the banner only once the trigger has fired.
                 fired = any(d.action is not Action.IGNORED for d in decisions)
                 listeners.respond(hit, self._banner if fired else None)
@@ -547,10 +389,10 @@ class Pipeline:
 
     def metrics_snapshot(self) -> dict[str, object]:
         """Everything the metrics endpoint exports, read at scrape time (its own thread)."""
-        snapshot: dict[str, object] = {**self.statistics(), **self.records.counts.snapshot()}
+        snapshot: dict[str, object] = {**self.statistics(), **self.outputs.counts.snapshot()}
         # Refusals are counted by the detector, also those whose records were held back.
         snapshot["bans_refused"] = refused_counts(self.detector.stats.ignored_by_reason)
-        notifier = self.records.notifier
+        notifier = self.outputs.notifier
         if notifier is not None:
             snapshot["notifications"] = notifier.stats()
         if self.responder is not None:
@@ -560,14 +402,14 @@ class Pipeline:
         return snapshot
 
     def _on_tick(self) -> None:
-        self.records.emit(self.detector.tick(self._now))
-        notifier = self.records.notifier
+        self.outputs.emit(self.detector.tick(self._now))
+        notifier = self.outputs.notifier
         if notifier is not None:
             for line in notifier.lines():
                 self.log.line(line)
         if self._now >= self._next_summary:
             self._next_summary = self._now + SUMMARY_EVERY
-            self.records.summarise()
+            self.outputs.summarise()
         if self.listeners is not None:
             self.listeners.expire(self._now)
             for port in self.listeners.take_aborted():
@@ -591,7 +433,7 @@ class Pipeline:
         }
         out.update({f"probes_{k.value.lower()}": n for k, n in d.probes_by_kind.items()})
         out.update({f"decisions_{a.value}": n for a, n in d.decisions_by_action.items()})
-        out["records_held"] = self.records.held
+        out["records_held"] = self.outputs.held
         if self.responder is not None:
             out["alerts_dropped"] = self.responder.alerts_dropped
             out["records_dropped"] = self.responder.rows_dropped
@@ -611,9 +453,9 @@ class Pipeline:
         return out
 
     def close(self) -> None:
-        self.records.summarise()  # what was held back or dropped since the last summary
+        self.outputs.summarise()  # what was held back or dropped since the last summary
         if self.responder is not None:
-            self.records.flush(everything=True)
+            self.outputs.flush(everything=True)
             for report in self.responder.close():
                 if report.kind == "log":
                     self.log.line(report.text)
@@ -624,75 +466,6 @@ class Pipeline:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _open_listeners(setup: Setup, log: LogSink, modes: list[Mode]) -> Listeners | None:
-    if not modes:
-        return None
-    s = setup.settings
-    tcp = s.tcp_ports if Mode.TCP in modes else frozenset[int]()
-    udp = s.udp_ports if Mode.UDP in modes else frozenset[int]()
-    listeners = Listeners(tcp, udp)
-    results = listeners.open()
-    for proto in (Proto.TCP, Proto.UDP):
-        mine = [r for r in results if r.proto is proto]
-        if not mine:
-            continue
-        ok = {r.port for r in mine if r.ok}
-        for line in bound_startup_lines(proto, ok, {r.port for r in mine} - ok):
-            log.line(line)
-        if not ok:
-            listeners.close()
-            raise StartupError(nothing_bound_line(proto))
-    return listeners
-
-
-def _limit(setup: Setup, mode: Mode) -> int:
-    s = setup.settings
-    return s.advanced_ports_tcp if mode.proto is Proto.TCP else s.advanced_ports_udp
-
-
-def _excluded(setup: Setup, mode: Mode) -> frozenset[int]:
-    if not mode.advanced:
-        return frozenset()
-    s = setup.settings
-    return s.advanced_exclude_tcp if mode.proto is Proto.TCP else s.advanced_exclude_udp
-
-
-def _ring_config(setup: Setup) -> RingConfig:
-    s = setup.settings
-    blocks = max(2, s.capture_ring_mib * (1 << 20) // RING_BLOCK)
-    return RingConfig(
-        block_size=RING_BLOCK,
-        block_count=blocks,
-        retire_timeout_ms=RING_RETIRE_MS,
-        interfaces=s.interfaces,
-    )
-
-
-def kernel_filter(setup: Setup) -> list[Instruction]:
-    """The kernel prefilter: only what can be a probe for the stealth modes reaches Python."""
-    return build_filter(_port_filter(setup, setup.udp_mode), _port_filter(setup, setup.tcp_mode))
-
-
-def _port_filter(setup: Setup, mode: Mode | None) -> PortFilter:
-    if mode is None or not mode.stealth:
-        return PortFilter()  # nothing of that protocol (evasive fragments still pass)
-    if mode.advanced:
-        return PortFilter.under(_limit(setup, mode), _excluded(setup, mode))
-    s = setup.settings
-    return PortFilter.of(s.tcp_ports if mode.proto is Proto.TCP else s.udp_ports)
-
-
-def settle_gc() -> None:
-    """The start-up objects (modules, settings, tables) go to the permanent generation, and
-    young collections run every GC_THRESHOLD allocations instead of 700: a flood of new
-    sources makes many short-lived container objects and almost no reference cycles, and
-    each collection otherwise also walks the tracker's tens of thousands of sources."""
-    gc.collect()
-    gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(GC_THRESHOLD, second, third)
 
 
 def _run_timers(timers: dict[str, Timer], now: float) -> None:
@@ -707,22 +480,3 @@ def _drain(sock: socket.socket) -> None:
     with contextlib.suppress(BlockingIOError):
         while sock.recv(64):
             pass
-
-
-def _notifier(setup: Setup, *, dry_run: bool) -> Notifier | None:
-    """The webhook/mail notifier when one is configured (off by default)."""
-    config = NotifyConfig.from_settings(setup.settings, await_bans=not dry_run)
-    if not config.enabled:
-        return None
-    notifier = Notifier(config)
-    notifier.start()
-    return notifier
-
-
-def format_stats(stats: dict[str, int]) -> str:
-    return " ".join(f"{key}={value}" for key, value in stats.items())
-
-
-def default_log(setup: Setup) -> LogSink:
-    s = setup.settings
-    return LogSink(syslog_ident=s.syslog_ident if s.syslog else None)

@@ -1,0 +1,221 @@
+"""The daemon as a process: the state directory's lock, start-up, signals, the control
+socket's verbs, the metrics endpoint, and PortSentry's shutdown lines; the loop itself is
+``pipeline.Pipeline``.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from portsentinel import __version__
+from portsentinel.alert.notify import Notifier, NotifyConfig
+from portsentinel.alert.portsentry_log import ACTIVE, SHUTDOWN, starting_line
+from portsentinel.alert.sinks import EventSink, LogSink
+from portsentinel.block.plan import kill_route_replaced
+from portsentinel.block.table import ensure_conntrack
+from portsentinel.config.setup import Setup, load_setup
+from portsentinel.daemon.control import ControlServer
+from portsentinel.daemon.metrics import MetricsServer
+from portsentinel.daemon.pipeline import Pipeline
+from portsentinel.daemon.sources import StartupError
+from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError
+from portsentinel.respond.worker import Responder
+from portsentinel.store.lock import StateLock
+
+GC_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    state_dir: str
+    events: str | None = None
+    dry_run: bool = False
+    # How the configuration was found, so that a reload (SIGHUP) reads it the same way.
+    config: str | None = None
+    modes: str | None = None
+    control_path: str | None = None  # the CLI's Unix socket; None: no control channel
+
+
+class Daemon:
+    """One process for one TCP mode and one UDP mode, IPv4 and IPv6.
+
+    ``run`` takes the state directory's lock, starts the pipeline, loops until SIGTERM or
+    SIGINT and stops with PortSentry's shutdown lines.
+    """
+
+    def __init__(self, setup: Setup, options: RunOptions, log: LogSink) -> None:
+        self.setup = setup
+        self.options = options
+        self.log = log
+        self._stopping = False
+        self._reload = False
+        self.pipeline: Pipeline | None = None
+
+    def run(self) -> int:
+        lock = StateLock(self.options.state_dir)
+        lock.acquire()
+        events = EventSink(self.options.events) if self.options.events else None
+        wake_r, wake_w = socket.socketpair()
+        try:
+            self.log.line(starting_line(__version__))
+            try:
+                pipeline = self.pipeline = Pipeline.start(self.setup, self.log, events)
+            except StartupError as exc:
+                self.log.line(str(exc))
+                return 1
+            if self.options.dry_run:
+                self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
+            notifier = _notifier(self.setup, dry_run=self.options.dry_run)
+            pipeline.outputs.notifier = notifier
+            if not self.options.dry_run:
+                pipeline.attach(
+                    Responder(
+                        self.setup.settings,
+                        self.options.state_dir,
+                        protected=pipeline.protects,
+                        on_ban=notifier.ban_result if notifier is not None else None,
+                    )
+                )
+            metrics = MetricsServer.from_settings(
+                self.setup.settings, pipeline.metrics_snapshot, started=time.time()
+            )
+            if metrics is not None:
+                metrics.start()
+                host, port = metrics.address
+                self.log.line(f"adminalert: metrics on http://{host}:{port}/metrics")
+            settings = self.setup.settings
+            backend = settings.block_backend.value
+            if kill_route_replaced(backend, settings.kill_route):
+                self.log.line(
+                    f"adminalert: KILL_ROUTE is not run: BLOCK_BACKEND={backend} blocks "
+                    "instead (set BLOCK_BACKEND=legacy to run it as written)"
+                )
+            if not self.options.dry_run and pipeline.host.tracks_replies:
+                failure = ensure_conntrack()
+                if failure is not None:
+                    self.log.line(
+                        f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
+                        "late UDP replies are recognised only if the firewall tracks them"
+                    )
+            self._install_signals(wake_w)
+            control = self._control(pipeline)
+            settle_gc()
+            self.log.line(ACTIVE)
+            self.log.flush()
+            try:
+                pipeline.loop(wake_r, lambda: self._stopping, self._take_reload, control)
+            finally:
+                if control is not None:
+                    control.close()
+                if metrics is not None:
+                    metrics.close()
+                if notifier is not None:
+                    notifier.close()
+                    for line in notifier.lines():
+                        self.log.line(line)
+                for line in SHUTDOWN:
+                    self.log.line(line)
+                self.log.line("adminalert: statistics: " + format_stats(pipeline.statistics()))
+                pipeline.close()
+            return 0
+        finally:
+            signal.set_wakeup_fd(-1)
+            if events is not None:
+                events.close()
+            wake_r.close()
+            wake_w.close()
+            self.log.flush()
+            lock.release()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+
+    def _control(self, pipeline: Pipeline) -> ControlServer | None:
+        """The CLI's channel (root-only Unix socket, JSON): status, stats and reload."""
+        path = self.options.control_path
+        if path is None:
+            return None
+        started = time.time()
+
+        def status(_args: dict[str, object]) -> object:
+            return pipeline.status(started)
+
+        def reload(_args: dict[str, object]) -> object:
+            self.request_reload()
+            return "reload requested"
+
+        handlers = {
+            "status": status,
+            "stats": lambda _args: pipeline.statistics(),
+            "reload": reload,
+        }
+        try:
+            return ControlServer(path, handlers, log=self.log.line)
+        except PortSentinelError as exc:
+            self.log.line(
+                f"adminalert: WARNING: no control socket ({exc}); CLI verbs use the store"
+            )
+            return None
+
+    def request_reload(self) -> None:
+        self._reload = True
+
+    def _take_reload(self) -> Setup | None:
+        """A reload was asked for: the configuration read anew, or None (not asked, or the new
+        one is broken — then the old one stays in force and the error is logged)."""
+        if not self._reload:
+            return None
+        self._reload = False
+        try:
+            setup = load_setup(self.options.config, self.options.modes)
+        except (ConfigError, ConfigErrors) as exc:
+            for line in str(exc).splitlines():
+                self.log.line(f"adminalert: ERROR: reload refused: {line}")
+            self.log.line("adminalert: the running configuration stays in force")
+            return None
+        for warning in setup.warnings:
+            self.log.line(f"adminalert: WARNING: {warning}")
+        return setup
+
+    def _install_signals(self, wake_w: socket.socket) -> None:
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _n, _f: self.request_stop())
+        # PortSentry had no reload (1.2 ignores SIGHUP, 2.0 dies of it); we re-read the
+        # configuration and ignore files, and reopen the events file (logrotate).
+        signal.signal(signal.SIGHUP, lambda _n, _f: self.request_reload())
+
+
+def settle_gc() -> None:
+    """The start-up objects (modules, settings, tables) go to the permanent generation, and
+    young collections run every GC_THRESHOLD allocations instead of 700: a flood of new
+    sources makes many short-lived container objects and almost no reference cycles, and
+    each collection otherwise also walks the tracker's tens of thousands of sources."""
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, second, third)
+
+
+def _notifier(setup: Setup, *, dry_run: bool) -> Notifier | None:
+    """The webhook/mail notifier when one is configured (off by default)."""
+    config = NotifyConfig.from_settings(setup.settings, await_bans=not dry_run)
+    if not config.enabled:
+        return None
+    notifier = Notifier(config)
+    notifier.start()
+    return notifier
+
+
+def format_stats(stats: dict[str, int]) -> str:
+    return " ".join(f"{key}={value}" for key, value in stats.items())
+
+
+def default_log(setup: Setup) -> LogSink:
+    s = setup.settings
+    return LogSink(syslog_ident=s.syslog_ident if s.syslog else None)

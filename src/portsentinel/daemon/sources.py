@@ -1,0 +1,89 @@
+"""The packet sources the settings ask for: the capture ring and its kernel prefilter (the
+stealth modes), the bound sockets (the classic modes), and PortSentry's start-up lines for each.
+
+The settings are read here, not in ``capture/``, which knows ports and sizes but no
+configuration (the rooms' layering): this module turns one into the other.
+"""
+
+from __future__ import annotations
+
+from portsentinel.alert.portsentry_log import bound_startup_lines, nothing_bound_line
+from portsentinel.alert.sinks import LogSink
+from portsentinel.capture.afpacket import RingConfig
+from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
+from portsentinel.capture.listeners import Listeners
+from portsentinel.config.setup import Setup
+from portsentinel.errors import PortSentinelError
+from portsentinel.model import Mode, Proto
+
+RING_BLOCK = 32 * 1024  # small blocks: the retire timeout closes them part full
+RING_RETIRE_MS = 1  # a lone probe waits at most this long in an open block
+
+
+class StartupError(PortSentinelError):
+    """The daemon cannot watch anything (no port could be bound, no capture)."""
+
+
+def open_listeners(setup: Setup, log: LogSink, modes: list[Mode]) -> Listeners | None:
+    """Bind the ports of the bound ``modes`` and log what was bound; None without such a mode.
+
+    StartupError when not one port of a protocol could be bound (PortSentry exits then too).
+    """
+    if not modes:
+        return None
+    s = setup.settings
+    tcp = s.tcp_ports if Mode.TCP in modes else frozenset[int]()
+    udp = s.udp_ports if Mode.UDP in modes else frozenset[int]()
+    listeners = Listeners(tcp, udp)
+    results = listeners.open()
+    for proto in (Proto.TCP, Proto.UDP):
+        mine = [r for r in results if r.proto is proto]
+        if not mine:
+            continue
+        ok = {r.port for r in mine if r.ok}
+        for line in bound_startup_lines(proto, ok, {r.port for r in mine} - ok):
+            log.line(line)
+        if not ok:
+            listeners.close()
+            raise StartupError(nothing_bound_line(proto))
+    return listeners
+
+
+def port_limit(setup: Setup, mode: Mode) -> int:
+    """The advanced modes' ADVANCED_PORTS_x: every port below it is watched."""
+    s = setup.settings
+    return s.advanced_ports_tcp if mode.proto is Proto.TCP else s.advanced_ports_udp
+
+
+def excluded_ports(setup: Setup, mode: Mode) -> frozenset[int]:
+    """The advanced modes' ADVANCED_EXCLUDE_x (the other modes exclude nothing)."""
+    if not mode.advanced:
+        return frozenset()
+    s = setup.settings
+    return s.advanced_exclude_tcp if mode.proto is Proto.TCP else s.advanced_exclude_udp
+
+
+def ring_config(setup: Setup) -> RingConfig:
+    """The capture ring's geometry: CAPTURE_RING_MIB in RING_BLOCK blocks, on INTERFACES."""
+    s = setup.settings
+    blocks = max(2, s.capture_ring_mib * (1 << 20) // RING_BLOCK)
+    return RingConfig(
+        block_size=RING_BLOCK,
+        block_count=blocks,
+        retire_timeout_ms=RING_RETIRE_MS,
+        interfaces=s.interfaces,
+    )
+
+
+def kernel_filter(setup: Setup) -> list[Instruction]:
+    """The kernel prefilter: only what can be a probe for the stealth modes reaches Python."""
+    return build_filter(_port_filter(setup, setup.udp_mode), _port_filter(setup, setup.tcp_mode))
+
+
+def _port_filter(setup: Setup, mode: Mode | None) -> PortFilter:
+    if mode is None or not mode.stealth:
+        return PortFilter()  # nothing of that protocol (evasive fragments still pass)
+    if mode.advanced:
+        return PortFilter.under(port_limit(setup, mode), excluded_ports(setup, mode))
+    s = setup.settings
+    return PortFilter.of(s.tcp_ports if mode.proto is Proto.TCP else s.udp_ports)
