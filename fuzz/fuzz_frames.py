@@ -35,7 +35,8 @@ from fuzzing import Violation, require, run_libfuzzer
 from portsentinel.decode import Decoder, decoder_for_linktype
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import BLOCK_ACTIONS
-from portsentinel.detect.detector import MUTED_CAP, Detector
+from portsentinel.detect.detector import Detector
+from portsentinel.detect.mute import MUTED_CAP
 from portsentinel.detect.settings import DetectorConfig
 from portsentinel.errors import DecodeError
 from portsentinel.model import Action, Decision, Frag, Mode, Packet, Proto, Reason, ScanKind

@@ -9,11 +9,9 @@ until a packet becomes a decision. The steps, in order:
 2. The port must be watched by the protocol's stealth mode and not in the in-use view.
 3. The destination must be this host (when a local view is set); a UDP reply (or a SYN of a
    connection the host accepted) to a flow the host started is not a probe.
-4. A muted source (already responded to, its records held back by the record gate) is only
-   counted: the policy and the gate would answer as before. Its hits, kinds and last-seen
-   time reach its tracked state when the mute ends (its port evidence stays as it was when
-   it was muted); with rules that keep state of their own, each probe is tracked and shown
-   to them at once.
+4. A muted source (already responded to, its records held back by the record gate: see
+   ``mute``) is only counted; with rules that keep state of their own, each probe is
+   tracked and shown to them at once.
 5. The in-use re-check (a port opened since the view was read; may cost a kernel query).
 6. Admission: ignore list, own addresses (refused probes are not counted).
 7. Track the source, ask every scoring rule.
@@ -24,13 +22,13 @@ until a packet becomes a decision. The steps, in order:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Callable, Container, Sequence
 from typing import Final
 
 from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
+from portsentinel.detect.mute import Mutes
 from portsentinel.detect.ports import bound_table, mode_ports, stealth_table
 from portsentinel.detect.rules import ScanTrigger, ScoringRule
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
@@ -55,25 +53,6 @@ _PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
 # Address texts are cached because formatting one costs about as much as the rest of a
 # decision; cleared when full, so a flood of spoofed sources only churns it.
 _TEXT_CACHE_SIZE: Final = 4096
-# A responded source whose "already blocked" record the gate held back is muted for this
-# long: its probes are counted (folded into its state later), but the policy and the gate
-# are not asked again (both would say the same). Short, so a record still goes out a few
-# times a second. A released source is unmuted at once; one the bounded responses list
-# forgets stays muted until its mute ends.
-MUTE_SECONDS: Final = 0.25
-MUTED_CAP: Final = 4096
-
-
-class _Mute:
-    """A muted source: until when, and its probes since the last fold into its state."""
-
-    __slots__ = ("count", "kinds", "last", "until")
-
-    def __init__(self, until: float, now: float) -> None:
-        self.until = until
-        self.count = 0
-        self.kinds = 0  # KIND_BIT mask
-        self.last = now
 
 
 RecordGate = Callable[[bytes, Reason, float], bool]
@@ -94,13 +73,13 @@ class Detector:
         "_bound",
         "_custom_rules",
         "_gate",
-        "_held_by_source",
         "_in_use_tcp",
         "_in_use_udp",
         "_local",
         "_modes",
         "_muted",
         "_muted_kinds",
+        "_mutes",
         "_recheck_tcp",
         "_recheck_udp",
         "_reply_check",
@@ -129,9 +108,6 @@ class Detector:
     ) -> None:
         self._stats = DetectorStats()
         self._gate: RecordGate | None = None
-        self._muted: dict[int, dict[bytes, _Mute]] = {_TCP: {}, _UDP: {}}
-        self._held_by_source: dict[bytes, int] = {}
-        self._muted_kinds: dict[ScanKind, int] = dict.fromkeys(ScanKind, 0)
         self._stateful_rules: tuple[ScoringRule, ...] = ()
         self._in_use_tcp = in_use_tcp
         self._in_use_udp = in_use_udp
@@ -143,6 +119,10 @@ class Detector:
         self._custom_rules = rules is not None
         self.rules: tuple[ScoringRule, ...] = tuple(rules) if rules is not None else ()
         self._tracker = Tracker(max_sources=1, max_ports=1, max_dsts=1)
+        self._mutes = Mutes(self._tracker, (_TCP, _UDP))
+        # The hot path's own references to the mutes' tables (one attribute load fewer).
+        self._muted = self._mutes.by_proto
+        self._muted_kinds = self._mutes.kinds
         self.policy = Policy(
             block_levels={_TCP: config.block_tcp, _UDP: config.block_udp},
             max_responded=config.max_responded,
@@ -195,7 +175,7 @@ class Detector:
         """A reloaded configuration: new ports, trigger, levels and caps; the tracked evidence,
         the responses (bans) and the counters are kept."""
         self._configure(config)
-        self._unmute()
+        self._mutes.clear()
 
     # --- the hot path ---------------------------------------------------------------------
 
@@ -256,7 +236,7 @@ class Detector:
                     mute.last = now
                     self._muted_kinds[kind] += 1
                     return []
-                self._fold(src, mute)
+                self._mutes.fold(src, mute)
                 del muted[src]
         # Last, as it may cost a kernel query: a port opened since the in-use view was read.
         # Not for a source that already got its response: the outcome would not change.
@@ -351,7 +331,7 @@ class Detector:
         if gate is not None and not gate(pkt[1], reason, now):
             stats.held += 1
             if reason is Reason.ALREADY_BLOCKED:
-                self._mute(pkt[0], pkt[1], now)
+                self._mutes.mute(pkt[0], pkt[1], now)
             return []
         return [self._decision(pkt, kind, now, reason, state, rule, Action.IGNORED)]
 
@@ -363,53 +343,13 @@ class Detector:
         state = self._tracker.hit(src, proto, port, kind, dst, now)
         for rule in self._stateful_rules:
             rule.observe(state, proto, port, kind, dst, now)
-        held = self._held_by_source
-        held[src] = held.get(src, 0) + 1
+        self._mutes.count_held(src)
         return []
-
-    def _mute(self, proto: int, src: bytes, now: float) -> None:
-        muted = self._muted[proto]
-        if len(muted) >= MUTED_CAP:
-            self._fold_all(muted)
-            muted.clear()  # a flood of blocked sources only churns it
-        muted[src] = _Mute(now + MUTE_SECONDS, now)
-        held = self._held_by_source  # filled by folds and _held, for muted sources only
-        if len(held) >= MUTED_CAP:
-            held.clear()  # only the per-source detail goes; stats.held keeps the total
-
-    def _fold(self, src: bytes, mute: _Mute) -> None:
-        """A muted source's counted probes into its state (hits, kinds, last seen: its port
-        evidence stays as it was when it was muted) and into the held counts."""
-        count = mute.count
-        if not count:
-            return
-        state = self._tracker.get(src)
-        if state is not None:  # else evicted meanwhile: the counters still have them
-            state.hits += count
-            state.kinds |= mute.kinds
-            state.last_seen = max(state.last_seen, mute.last)
-            if state.times is not None:
-                state.times.extend(itertools.repeat(mute.last, min(count, state.times.maxlen or 0)))
-        held = self._held_by_source
-        held[src] = held.get(src, 0) + count
-        mute.count = mute.kinds = 0
-
-    def _fold_all(self, muted: dict[bytes, _Mute]) -> None:
-        for src, mute in muted.items():
-            self._fold(src, mute)
 
     def take_held(self) -> dict[bytes, int]:
         """Probes of muted sources per source since the last call (their records were held
         back without asking the gate): for the summary of held records."""
-        for muted in self._muted.values():
-            self._fold_all(muted)
-        held, self._held_by_source = self._held_by_source, {}
-        return held
-
-    def _unmute(self) -> None:
-        for muted in self._muted.values():
-            self._fold_all(muted)
-            muted.clear()
+        return self._mutes.take_held()
 
     def _decision(  # noqa: PLR0917 - plain positional values: called for every probe
         self,
@@ -467,20 +407,9 @@ class Detector:
         """The counters as of now, as a copy with the muted repeats and the tracker's figures
         added in. Nothing is written, so another thread (the metrics endpoint) may read it
         while the loop counts; the figures are then at most a few probes apart."""
-        s, tracker = self._stats, self._tracker
-        muted = dict(self._muted_kinds)
-        total = sum(muted.values())
-        by_action = dict(s.decisions_by_action)
-        by_action[Action.IGNORED] += total
-        by_reason = dict(s.ignored_by_reason)
-        by_reason[Reason.ALREADY_BLOCKED] += total
+        tracker = self._tracker
         return dataclasses.replace(
-            s,
-            probes=s.probes + total,
-            probes_by_kind={kind: n + muted[kind] for kind, n in s.probes_by_kind.items()},
-            decisions_by_action=by_action,
-            ignored_by_reason=by_reason,
-            held=s.held + total,
+            self._mutes.counted_in(self._stats),
             tracked_sources=len(tracker),
             sources_evicted=tracker.evicted,
             sources_expired=tracker.expired,
@@ -489,7 +418,7 @@ class Detector:
     def set_record_gate(self, gate: RecordGate | None) -> None:
         """Hold back records of ignored probes the gate refuses (None: build every one)."""
         self._gate = gate
-        self._unmute()
+        self._mutes.clear()
 
     def set_in_use(self, proto: Proto, view: Container[int]) -> None:
         """Ports in use for ``proto``: probes to them are not probes (kept by reference)."""
@@ -524,13 +453,13 @@ class Detector:
 
     def set_ignore(self, ignore: AddressSet) -> None:
         self.policy.ignore = ignore
-        self._unmute()
+        self._mutes.clear()
 
     def set_local(self, local: Container[bytes] | None) -> None:
         """This host's addresses; None counts every destination as this host (replay)."""
         self._local = local
         self.policy.local = local
-        self._unmute()
+        self._mutes.clear()
 
     def release(self, src: bytes) -> None:
         """A response for ``src`` ended: its next trigger acts again.
@@ -539,10 +468,7 @@ class Detector:
         fires at once; a repeat offender is not a fresh source.
         """
         self.policy.release(src)
-        for muted in self._muted.values():
-            mute = muted.pop(src, None)
-            if mute is not None:
-                self._fold(src, mute)
+        self._mutes.release(src)
 
     def restore(self, src: bytes, proto: Proto, action: Action, *, strong: bool = True) -> None:
         """At start-up: a response that already exists, so triggers say "already blocked"."""
@@ -551,7 +477,7 @@ class Detector:
     def set_never_block(self, never_block: Container[bytes] | None) -> None:
         """Addresses no decision may act against (kept by reference: refresh it in place)."""
         self.policy.never_block = never_block
-        self._unmute()
+        self._mutes.clear()
 
     def watched_ports(self, proto: Proto) -> list[int]:
         """The ports the protocol's mode watches, before the in-use check (ascending)."""
@@ -562,8 +488,5 @@ class Detector:
 
     def source(self, src: bytes) -> SourceState | None:
         """The tracked evidence for ``src`` (for ``why`` and tests); None when not tracked."""
-        for muted in self._muted.values():
-            mute = muted.get(src)
-            if mute is not None:
-                self._fold(src, mute)
+        self._mutes.fold_source(src)
         return self._tracker.get(src)

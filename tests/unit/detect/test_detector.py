@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portsentinel.detect.detector import MUTE_SECONDS, Detector
+from portsentinel.detect.detector import Detector
+from portsentinel.detect.mute import MUTE_SECONDS
 from portsentinel.detect.settings import DetectorConfig
 from portsentinel.detect.track import SourceState, kinds_of
 from portsentinel.model import (
@@ -666,39 +667,9 @@ def test_no_rules_never_fire() -> None:
 # --- configuration ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kw", "match"),
-    [
-        ({"tcp_mode": Mode.UDP}, "not a tcp mode"),
-        ({"udp_mode": Mode.STCP}, "not a udp mode"),
-        ({"max_sources": 0}, "max_sources"),
-        ({"max_ports_per_source": 0}, "max_ports_per_source"),
-        ({"max_responded": 0}, "max_responded"),
-        ({"scan_trigger": -1}, "scan_trigger"),
-        ({"scan_window": -1.0}, "scan_window"),
-        ({"idle_timeout": -1.0}, "idle_timeout"),
-        ({"advanced_tcp_limit": -1}, "advanced_tcp_limit"),
-    ],
-)
-def test_config_is_validated(kw: dict[str, object], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        replace(BASE, **kw)  # type: ignore[arg-type]
-
-
 def test_bad_block_level_is_refused() -> None:
     with pytest.raises(ValueError, match="block level"):
         detector(block_udp=3)
-
-
-def test_defaults_are_portsentry_advanced_modes() -> None:
-    c = DetectorConfig()
-    assert (c.tcp_mode, c.udp_mode, c.scan_trigger, c.scan_window) == (
-        Mode.ATCP,
-        Mode.AUDP,
-        0,
-        0.0,
-    )
-    assert (c.block_tcp, c.block_udp) == (1, 1)
 
 
 # --- properties over random traffic -----------------------------------------------------------
