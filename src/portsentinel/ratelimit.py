@@ -1,14 +1,58 @@
-"""Rate limits for repetitive records, so a flood cannot fill the disk or starve the capture.
+"""The one rate limiter: a token bucket, and the two limiters built on it.
 
-A blocked scanner keeps probing; a forged flood brings a new "source" per packet. Each line
-and event costs the detection loop time, so repeats are limited per key (source and reason)
-and overall, and what was held back is summarised — never dropped silently. Pure: time is an
-argument.
+A blocked scanner keeps probing and a forged flood brings a new "source" per packet; each log
+line, event, kernel round trip or notification they cause costs time the detection loop does
+not have. So every such cost is paid from a ``TokenBucket``: ``burst`` tokens, refilled at
+``rate`` per second, one token per thing done. ``RepeatLimiter`` keeps one bucket per key plus
+a global one (records); ``Throttle`` keeps one bucket and remembers whom it refused
+(notifications). What either holds back is counted for a summary, never dropped silently.
+
+Pure: time is an argument, in seconds on any clock that does not go back.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+
+SUMMARY_TOP = 5  # keys named in a summary, those that held most
+
+
+class TokenBucket:
+    """``burst`` tokens at most, refilled at ``rate`` per second; starts full unless told."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(
+        self, rate: float, burst: float, *, tokens: float | None = None, last: float = 0.0
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst if tokens is None else tokens
+        self.last = last
+
+    def refill(self, now: float) -> bool:
+        """Add what ``now - last`` earned; True when a whole token is there to spend."""
+        tokens = self.tokens + (now - self.last) * self.rate
+        self.tokens = tokens if tokens < self.burst else self.burst
+        self.last = now
+        return self.tokens >= 1.0
+
+    def take(self, now: float) -> bool:
+        """Refill and spend one token: True when the thing may be done now."""
+        if self.refill(now):
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class _KeyBucket(TokenBucket):
+    """A key's bucket and how many of its records it held since the last summary."""
+
+    __slots__ = ("held",)
+
+    def __init__(self, rate: float, burst: float, tokens: float, last: float) -> None:
+        super().__init__(rate, burst, tokens=tokens, last=last)
+        self.held = 0
 
 
 class RepeatLimiter:
@@ -25,21 +69,16 @@ class RepeatLimiter:
     ) -> None:
         self.rate = rate
         self.burst = burst
-        self.global_rate = global_rate
-        self.global_burst = global_burst
         self.max_keys = max_keys
-        self._keys: OrderedDict[object, list[float]] = OrderedDict()  # key -> [tokens, last, held]
-        self._global = [global_burst, 0.0]
+        self._keys: OrderedDict[object, _KeyBucket] = OrderedDict()
+        self._global = TokenBucket(global_rate, global_burst)
         self.suppressed = 0  # held back since the last summary
         self.total_suppressed = 0
 
     def allow(self, key: object, now: float) -> bool:
         """True to write this record now; False holds it back (counted)."""
-        glob = self._global
-        glob[0] = min(self.global_burst, glob[0] + (now - glob[1]) * self.global_rate)
-        glob[1] = now
         entry = self._keys.get(key)
-        if glob[0] < 1.0:
+        if not self._global.refill(now):
             # Past the overall rate (a flood: often a new key per record): held without
             # making an entry for a key not seen before, so a flood does not churn the keys.
             self._hold(entry, 1)
@@ -48,13 +87,10 @@ class RepeatLimiter:
             entry = self._new_entry(key, self.burst, now)
         else:
             self._keys.move_to_end(key)
-            entry[0] = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
-            entry[1] = now
-        if entry[0] < 1.0:
+        if not entry.take(now):
             self._hold(entry, 1)
             return False
-        entry[0] -= 1.0
-        glob[0] -= 1.0
+        self._global.tokens -= 1.0
         return True
 
     def add_held(self, key: object, count: int) -> None:
@@ -64,25 +100,60 @@ class RepeatLimiter:
             # A new key starts with a full bucket: its last refill was long ago.
             self._hold(entry if entry is not None else self._new_entry(key, 0.0, 0.0), count)
 
-    def _new_entry(self, key: object, tokens: float, last: float) -> list[float]:
+    def _new_entry(self, key: object, tokens: float, last: float) -> _KeyBucket:
         keys = self._keys
         if len(keys) >= self.max_keys:
             keys.popitem(last=False)
-        entry = keys[key] = [tokens, last, 0.0]
+        entry = keys[key] = _KeyBucket(self.rate, self.burst, tokens, last)
         return entry
 
-    def _hold(self, entry: list[float] | None, count: int) -> None:
+    def _hold(self, entry: _KeyBucket | None, count: int) -> None:
         if entry is not None:
-            entry[2] += count
+            entry.held += count
         self.suppressed += count
         self.total_suppressed += count
 
     def summary(self) -> tuple[int, list[tuple[object, int]]]:
         """(records held back since the last call, the keys that held most, up to 5) — and reset."""
-        held = sorted(
-            ((key, int(e[2])) for key, e in self._keys.items() if e[2]), key=lambda kv: -kv[1]
-        )
+        held = sorted(((key, e.held) for key, e in self._keys.items() if e.held), key=_count)
         for entry in self._keys.values():
-            entry[2] = 0.0
+            entry.held = 0
         total, self.suppressed = self.suppressed, 0
-        return total, held[:5]
+        return total, held[:SUMMARY_TOP]
+
+
+class Throttle:
+    """At most ``rate`` sends at once and ``rate`` per ``window`` on average; what it refuses
+    is counted by key, and a summary of it falls due one window after the first refusal."""
+
+    def __init__(self, rate: int, window: float, max_keys: int = 1024) -> None:
+        self.window = window
+        self._bucket = TokenBucket(rate / window, float(rate))
+        self._max_keys = max_keys
+        self.held = 0
+        self.keys: dict[str, int] = {}
+        self.due: float | None = None  # when the summary of what was held is due
+
+    def allow(self, now: float, key: str) -> bool:
+        if self._bucket.take(now):
+            return True
+        self.held += 1
+        if key in self.keys or len(self.keys) < self._max_keys:
+            self.keys[key] = self.keys.get(key, 0) + 1
+        self.schedule(now)
+        return False
+
+    def schedule(self, now: float) -> None:
+        if self.due is None:
+            self.due = now + self.window
+
+    def take(self) -> tuple[int, list[tuple[str, int]]]:
+        """(held since the last summary, the five keys held most) — and start over."""
+        top = sorted(self.keys.items(), key=_count)[:SUMMARY_TOP]
+        held, self.held, self.keys, self.due = self.held, 0, {}, None
+        return held, top
+
+
+def _count(item: tuple[object, int]) -> int:
+    """Sort key: most held first (ties keep their order)."""
+    return -item[1]

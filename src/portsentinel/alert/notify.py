@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING
 from portsentinel import __version__
 from portsentinel.alert.events import event_dict, iso_time
 from portsentinel.block.runner import CommandRunner, Runner
-from portsentinel.config.schema import NotifyOn, Settings
+from portsentinel.config.outputs import NotifyOn
+from portsentinel.config.schema import Settings
 from portsentinel.model import Action, Decision, ScanKind
+from portsentinel.ratelimit import Throttle
 from portsentinel.store.records import BanRecord
 
 if TYPE_CHECKING:
@@ -135,39 +137,6 @@ def summary_text(held: int, dropped: int, window: float) -> str:
     if dropped:
         parts.append(f"{dropped} alert{'s' if dropped != 1 else ''} lost: the queue was full")
     return "; ".join(parts)
-
-
-class Throttle:
-    """At most ``rate`` sends per sliding ``window``; what it refuses is counted by source."""
-
-    def __init__(self, rate: int, window: float, max_sources: int = 1024) -> None:
-        self.window = window
-        self._sent: collections.deque[float] = collections.deque(maxlen=rate)
-        self._max_sources = max_sources
-        self.held = 0
-        self.sources: dict[str, int] = {}
-        self.due: float | None = None  # when the summary of what was held is due
-
-    def allow(self, now: float, source: str) -> bool:
-        sent = self._sent
-        if len(sent) == sent.maxlen and now - sent[0] < self.window:
-            self.held += 1
-            if source in self.sources or len(self.sources) < self._max_sources:
-                self.sources[source] = self.sources.get(source, 0) + 1
-            self.schedule(now)
-            return False
-        sent.append(now)
-        return True
-
-    def schedule(self, now: float) -> None:
-        if self.due is None:
-            self.due = now + self.window
-
-    def take(self) -> tuple[int, list[tuple[str, int]]]:
-        """(held since the last summary, the five sources held most) — and start over."""
-        top = sorted(self.sources.items(), key=lambda kv: -kv[1])[:5]
-        held, self.held, self.sources, self.due = self.held, 0, {}, None
-        return held, top
 
 
 # --- the mail message ---------------------------------------------------------------------------

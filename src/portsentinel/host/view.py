@@ -17,6 +17,7 @@ from portsentinel.host.conntrack import Conntrack
 from portsentinel.host.inuse import InUseView, SocketTable
 from portsentinel.host.natrules import NatForwarding, read_nat_rules
 from portsentinel.model import Packet, Proto
+from portsentinel.ratelimit import TokenBucket
 
 # Conntrack is asked only for would-be probes, at most this often (a kernel round trip costs
 # ~20 us); past the budget a packet is judged without it, and the skip is counted.
@@ -53,8 +54,9 @@ class HostView:
                     f"adminalert: WARNING: connection tracking unavailable ({exc}); "
                     "late UDP replies to this host's own queries may be reported"
                 )
-        self._tokens = float(REPLY_CHECK_BURST)
-        self._last = time.monotonic()
+        self._check_budget = TokenBucket(
+            REPLY_CHECKS_PER_SECOND, REPLY_CHECK_BURST, last=time.monotonic()
+        )
         self.reply_checks = 0
         self.reply_checks_skipped = 0
         self.reply_check_errors = 0
@@ -112,15 +114,9 @@ class HostView:
         conntrack = self._conntrack
         if conntrack is None:
             return False
-        now = time.monotonic()
-        self._tokens = min(
-            REPLY_CHECK_BURST, self._tokens + (now - self._last) * REPLY_CHECKS_PER_SECOND
-        )
-        self._last = now
-        if self._tokens < 1.0:
+        if not self._check_budget.take(time.monotonic()):
             self.reply_checks_skipped += 1
             return False
-        self._tokens -= 1.0
         self.reply_checks += 1
         try:
             if pkt[0] == Proto.TCP:

@@ -19,13 +19,13 @@ import pytest
 from portsentinel.alert.notify import (
     Notifier,
     NotifyConfig,
-    Throttle,
     ban_info,
     host_name,
     mail_message,
     summary_text,
 )
-from portsentinel.config.schema import NotifyOn, Settings, spec_for
+from portsentinel.config.outputs import NotifyOn
+from portsentinel.config.schema import Settings, spec_for
 from portsentinel.config.types import InvalidValueError
 from portsentinel.model import Action, Decision, Proto, Reason, ScanKind
 from portsentinel.store.records import BanRecord, BanState
@@ -298,20 +298,13 @@ def test_queue_overflow_is_counted_and_summarised(receiver: Receiver) -> None:
     assert bodies[2]["text"] == "3 alerts lost: the queue was full"
 
 
-def test_summary_text_and_throttle_window() -> None:
+def test_summary_text() -> None:
     assert summary_text(1, 0, 60.0) == "1 more alert in the last minute"
     assert summary_text(7, 2, 60.0) == (
         "7 more alerts in the last minute; 2 alerts lost: the queue was full"
     )
-    throttle = Throttle(rate=2, window=60.0)
-    assert throttle.allow(0.0, "a")
-    assert throttle.allow(1.0, "a")
-    assert not throttle.allow(2.0, "b")
-    assert throttle.due == 62.0
-    assert throttle.allow(60.0, "c")  # the first send left the window
-    assert throttle.take() == (1, [("b", 1)])
-    assert throttle.held == 0
-    assert throttle.take() == (0, [])
+    assert summary_text(0, 1, 30.0) == "1 alert lost: the queue was full"
+    assert summary_text(2, 0, 30.0) == "2 more alerts in the last 30 s"
 
 
 def test_close_sends_what_is_left_then_the_summary(receiver: Receiver) -> None:
