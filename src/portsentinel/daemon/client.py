@@ -17,10 +17,9 @@ import os
 import socket
 import time
 
+from portsentinel import paths
 from portsentinel.errors import PortSentinelError
 
-RUN_DIR = "/run/portsentinel"
-SOCKET_NAME = "control.sock"
 MAX_LINE = 64 * 1024  # largest request line, in bytes, without its newline
 MAX_ANSWER = 64 * 1024 * 1024  # a bound on what the client buffers (a long ban list fits)
 # sun_path holds 108 bytes including the terminating NUL.
@@ -47,8 +46,8 @@ def socket_path(state_dir: str | None, default_state_dir: str) -> str:
     is the default too; symlinks are not resolved (the daemon and the CLI see the same text).
     """
     if state_dir is None or os.path.normpath(state_dir) == os.path.normpath(default_state_dir):
-        return os.path.join(RUN_DIR, SOCKET_NAME)
-    return os.path.join(state_dir, SOCKET_NAME)
+        return os.path.join(paths.RUN_DIR, paths.SOCKET_NAME)
+    return os.path.join(state_dir, paths.SOCKET_NAME)
 
 
 def path_fits(path: str) -> bool:
