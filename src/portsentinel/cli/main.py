@@ -25,7 +25,7 @@ from portsentinel.alert.portsentry_log import detection_lines
 from portsentinel.cli import history as evidence
 from portsentinel.cli import report as report_cli
 from portsentinel.config import commands as config_commands
-from portsentinel.config.setup import DEFAULT_CONFIG_PATH, detector_config, load_setup
+from portsentinel.config.setup import choose_config_file, detector_config, load_setup
 from portsentinel.daemon.client import DaemonNotRunning, request, socket_path
 from portsentinel.daemon.service import Daemon, RunOptions, default_log
 from portsentinel.detect.detector import Detector
@@ -325,10 +325,7 @@ def translate_portsentry_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    path = args.config
-    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
-        path = DEFAULT_CONFIG_PATH  # as `run` does: the installed file, else the defaults
-    return config_commands.check(path, out, err)
+    return config_commands.check(choose_config_file(args.config), out, err)
 
 
 def _cmd_config_defaults(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

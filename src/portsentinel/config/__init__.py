@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+from portsentinel.config.declaration import SettingSpec
 from portsentinel.config.ignore import load_ignore_file
 from portsentinel.config.load import Diagnosis, LoadedConfig, diagnose_config, load_config
 from portsentinel.config.modes import parse_modes, read_defaults_file, resolve_modes
-from portsentinel.config.schema import SETTINGS, Settings, SettingSpec, spec_for
+from portsentinel.config.schema import SETTINGS, Settings, spec_for
 from portsentinel.config.types import Backend, BlockLevel
 
 __all__ = [

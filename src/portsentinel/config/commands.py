@@ -12,14 +12,13 @@ import os
 from collections.abc import Mapping
 from typing import TextIO
 
+from portsentinel import paths
+from portsentinel.config.declaration import SettingSpec
 from portsentinel.config.ignore import load_ignore_file
 from portsentinel.config.load import DEFAULT_ORIGIN, diagnose_config
 from portsentinel.config.modes import modes_text, read_defaults_file, resolve_modes
-from portsentinel.config.schema import SETTINGS, Settings, SettingSpec
+from portsentinel.config.schema import SETTINGS, Settings
 from portsentinel.errors import ConfigError, ConfigErrors
-
-EXIT_OK = 0
-EXIT_CONFIG = 2
 
 _ORIGIN_LABELS = {
     "portsentry-1.2": "PortSentry 1.2",
@@ -78,13 +77,13 @@ def check(path: str | None, out: TextIO, err: TextIO) -> int:
     for error in errors:
         print(error.render(), file=err)
     if errors or found.config is None:
-        return EXIT_CONFIG
+        return paths.EXIT_USAGE
     where = path if path is not None else "embedded defaults (no file)"
     print(f"# Effective configuration: {where}", file=out)
     for line in summary:
         print(f"# {line}", file=out)
     out.write(render_effective(found.config.settings, found.config.origins))
-    return EXIT_OK
+    return paths.EXIT_OK
 
 
 def render_effective(settings: Settings, origins: Mapping[str, str]) -> str:

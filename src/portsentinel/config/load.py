@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from portsentinel.config.schema import KEYS, SETTINGS, Settings, SettingSpec, spec_for
+from portsentinel.config.declaration import SettingSpec
+from portsentinel.config.schema import KEYS, SETTINGS, Settings, spec_for
 from portsentinel.config.types import Backend, BlockLevel, InvalidValueError
 from portsentinel.errors import ConfigError, ConfigErrors
 

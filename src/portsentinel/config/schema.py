@@ -1,32 +1,23 @@
 """Every setting, declared once: key, type, default, unit, help text and where it comes from.
 
 The loader, ``config check``, ``config defaults`` and the docs all walk ``SETTINGS``; adding a
-setting means adding one ``setting(...)`` line to ``Settings`` and nothing else. Defaults are
-written as config text and parsed by the setting's own type, so the defaults dump is, by
-construction, a file that loads back to exactly ``Settings()``.
+setting means adding one ``setting(...)`` line to ``Settings`` and nothing else (``declaration``
+says what a declaration holds). Defaults are written as config text and parsed by the setting's
+own type, so the defaults dump is, by construction, a file that loads back to exactly
+``Settings()`` (with the host paths as shipped).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import re
-import shlex
-import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Literal, TypeVar
 
+from portsentinel import paths
+from portsentinel.config import outputs as o
 from portsentinel.config import types as t
-from portsentinel.config.types import Backend, BlockLevel, InvalidValueError, ValueType
-
-T = TypeVar("T")
-
-Origin = Literal["portsentry-1.2", "portsentry-2.0", "portsentinel"]
-
-# A lint looks at a value that parsed fine and may return a warning about it.
-Lint = Callable[[str], str | None]
+from portsentinel.config.declaration import Origin, SettingSpec, setting
+from portsentinel.config.outputs import NotifyOn
+from portsentinel.config.types import Backend, BlockLevel
 
 # Debian 1.2's "aware" lists (the file spells the ranges out port by port).
 DEBIAN_TCP_PORTS = (
@@ -34,49 +25,6 @@ DEBIAN_TCP_PORTS = (
     "31337,32771-32774,40421,49724,54320"
 )
 DEBIAN_UDP_PORTS = "1,7,9,69,161,162,513,635,640,641,700,37444,34555,31335,32770-32774,31337,54321"
-
-
-@dataclass(frozen=True, slots=True)
-class SettingSpec:
-    """The declaration of one setting. ``default`` is config text, parsed by ``parse``."""
-
-    key: str
-    parse: ValueType[Any]
-    default: str
-    unit: str
-    help: str
-    origin: Origin
-    lint: Lint | None = None
-
-    @property
-    def attr(self) -> str:
-        """The ``Settings`` attribute: the key in lower case."""
-        return self.key.lower()
-
-    @property
-    def default_value(self) -> object:
-        return self.parse(self.default)
-
-    def render(self, value: Any) -> str:
-        """The value as config text that parses back to ``value``."""
-        text: str = self.parse.render(value)
-        return text
-
-
-def setting(
-    *,
-    key: str,
-    parse: ValueType[T],
-    default: str,
-    unit: str,
-    help: str,
-    origin: Origin,
-    lint: Lint | None = None,
-) -> T:
-    """Declare a ``Settings`` field; its spec rides along in the field's metadata."""
-    spec = SettingSpec(key, parse, default, unit, help, origin, lint)
-    value: T = dataclasses.field(default=parse(default), metadata={"spec": spec})
-    return value
 
 
 def _needs_target(raw: str) -> str | None:
@@ -88,132 +36,6 @@ def _needs_target(raw: str) -> str | None:
 def _zero_or_one(raw: str) -> str | None:
     if raw.strip() not in ("0", "1"):
         return f"{raw.strip()!r} is read as {'0' if int(raw) == 0 else '1'} (expected 0 or 1)"
-    return None
-
-
-# --- value types of the notification and metrics settings -----------------------------------
-
-
-class NotifyOn(StrEnum):
-    """NOTIFY_ON: which first triggers are sent to the webhook and by mail."""
-
-    ALERT = "alert"  # every source that crossed the trigger (alert, block, command)
-    BLOCK = "block"  # only those that got a response (block, command)
-
-
-def _notify_on(raw: str) -> NotifyOn:
-    try:
-        return NotifyOn(raw.strip().lower())
-    except ValueError:
-        raise InvalidValueError(f"{raw!r} is not block or alert") from None
-
-
-notify_on = ValueType(
-    name="notify level", expected="alert (every trigger) or block (responses only)",
-    parse=_notify_on, render=lambda v: v.value,
-)  # fmt: skip
-
-
-def _webhook_url(raw: str) -> str:
-    """An http(s) URL or empty: urllib would also open file:// and ftp:// ones."""
-    url = raw.strip()
-    if not url:
-        return ""
-    if any(c.isspace() for c in url):
-        raise InvalidValueError("the URL contains spaces")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https"):
-        raise InvalidValueError(f"{parts.scheme or 'no'} scheme (only http and https are sent)")
-    try:
-        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
-    except ValueError:
-        raise InvalidValueError("the port is not a number from 0 to 65535") from None
-    if not parts.hostname:
-        raise InvalidValueError("the URL names no host")
-    return url
-
-
-webhook_url = ValueType(
-    name="URL", expected="an http:// or https:// URL, or empty for none",
-    parse=_webhook_url, render=str, text=True,
-)  # fmt: skip
-
-# A mailbox as a To header may carry it: a local name (root) or name@domain. Deliberately
-# narrow: the value ends up in a mail header.
-_MAILBOX = re.compile(
-    r"[A-Za-z0-9_%+=][A-Za-z0-9._%+=-]{0,63}(?:@[A-Za-z0-9][A-Za-z0-9.-]{0,252})?"
-)
-
-
-def _mail_to(raw: str) -> tuple[str, ...]:
-    boxes = tuple(dict.fromkeys(b.strip() for b in raw.split(",") if b.strip()))
-    for box in boxes:
-        if not _MAILBOX.fullmatch(box):
-            raise InvalidValueError(f"{box!r} is not a plain mail address")
-    return boxes
-
-
-mail_to = ValueType(
-    name="mail addresses", expected="comma-separated addresses (root, ops@example.org), or empty",
-    parse=_mail_to, render=", ".join,
-)  # fmt: skip
-
-
-def _argv(raw: str) -> tuple[str, ...]:
-    try:
-        argv = tuple(shlex.split(raw))
-    except ValueError as exc:
-        raise InvalidValueError(f"{raw!r} does not split into arguments ({exc})") from None
-    if not argv:
-        raise InvalidValueError("no command")
-    if any('"' in a or "'" in a for a in argv):
-        raise InvalidValueError("an argument holds a quote character")
-    return argv
-
-
-argv_command = ValueType(
-    name="command", expected="a program and its arguments, run without a shell",
-    parse=_argv, render=shlex.join,
-)  # fmt: skip
-
-
-def _listen(raw: str) -> tuple[str, int] | None:
-    """``ADDR:PORT``, ``[V6]:PORT``, ``localhost:PORT`` or a bare port (127.0.0.1); "" off."""
-    text = raw.strip()
-    if not text:
-        return None
-    host, colon, port_text = text.rpartition(":")
-    if not colon:
-        host, port_text = "127.0.0.1", text
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if host.lower() == "localhost":
-        host = "127.0.0.1"  # never resolve a name: the address decides what is exposed
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise InvalidValueError(f"{host!r} is not an IP address (or localhost)") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= t.MAX_PORT:
-        raise InvalidValueError(f"{port_text!r} is not a port number")
-    return str(address), int(port_text)
-
-
-def _listen_text(value: tuple[str, int] | None) -> str:
-    if value is None:
-        return ""
-    host, port = value
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-listen_address = ValueType(
-    name="address:port", expected="ADDR:PORT, [IPV6]:PORT or localhost:PORT, or empty for off",
-    parse=_listen, render=_listen_text,
-)  # fmt: skip
-
-
-def _loopback_only(raw: str) -> str | None:
-    value = _listen(raw)
-    if value is not None and not ipaddress.ip_address(value[0]).is_loopback:
-        return f"{value[0]} is not a loopback address: refused unless METRICS_ALLOW_REMOTE=1"
     return None
 
 
@@ -420,7 +242,7 @@ class Settings:
         origin=_NEW,
     )  # fmt: skip
     webhook_url: str = setting(
-        key="WEBHOOK_URL", parse=webhook_url, default="", unit="URL",
+        key="WEBHOOK_URL", parse=o.webhook_url, default="", unit="URL",
         help="first triggers are POSTed here as JSON events (with host and ban); empty: off",
         origin=_NEW,
     )  # fmt: skip
@@ -430,12 +252,12 @@ class Settings:
         origin=_NEW,
     )  # fmt: skip
     mail_to: tuple[str, ...] = setting(
-        key="MAIL_TO", parse=mail_to, default="", unit="addresses",
+        key="MAIL_TO", parse=o.mail_to, default="", unit="addresses",
         help="first triggers are mailed to these addresses through MAIL_COMMAND; empty: off",
         origin=_NEW,
     )  # fmt: skip
     mail_command: tuple[str, ...] = setting(
-        key="MAIL_COMMAND", parse=argv_command, default="/usr/sbin/sendmail -t -oi",
+        key="MAIL_COMMAND", parse=o.argv_command, default=lambda: f"{paths.SENDMAIL} -t -oi",
         unit="command", help="the local MTA, given the message (with To and Subject) on "
         "standard input; never run through a shell", origin=_NEW,
     )  # fmt: skip
@@ -450,25 +272,25 @@ class Settings:
         origin=_NEW,
     )  # fmt: skip
     notify_on: NotifyOn = setting(  # noqa: RUF009 - a dataclasses.field
-        key="NOTIFY_ON", parse=notify_on, default="alert", unit="level",
+        key="NOTIFY_ON", parse=o.notify_on, default="alert", unit="level",
         help="alert notifies every trigger, block only those that got a response",
         origin=_NEW,
     )  # fmt: skip
     metrics_listen: tuple[str, int] | None = setting(
-        key="METRICS_LISTEN", parse=listen_address, default="", unit="address:port",
+        key="METRICS_LISTEN", parse=o.listen_address, default="", unit="address:port",
         help="serve Prometheus metrics here, e.g. 127.0.0.1:9469; empty: off", origin=_NEW,
-        lint=_loopback_only,
+        lint=o.loopback_only,
     )  # fmt: skip
     metrics_allow_remote: bool = setting(
         key="METRICS_ALLOW_REMOTE", parse=t.flag, default="0", unit="0/1",
         help="1 lets METRICS_LISTEN be an address other than loopback", origin=_NEW,
     )  # fmt: skip
     defaults_file: str = setting(
-        key="DEFAULTS_FILE", parse=t.path, default="/etc/default/portsentry", unit="path",
+        key="DEFAULTS_FILE", parse=t.path, default=lambda: paths.DEFAULTS_FILE, unit="path",
         help="Debian's TCP_MODE/UDP_MODE file, read when no --mode is given", origin=_NEW,
     )  # fmt: skip
     hosts_deny_file: str = setting(
-        key="HOSTS_DENY_FILE", parse=t.path, default="/etc/hosts.deny", unit="path",
+        key="HOSTS_DENY_FILE", parse=t.path, default=lambda: paths.HOSTS_DENY, unit="path",
         help="the file KILL_HOSTS_DENY lines are appended to", origin=_NEW,
     )  # fmt: skip
     interfaces: tuple[str, ...] = setting(
@@ -492,7 +314,7 @@ class Settings:
         origin=_NEW,
     )  # fmt: skip
     resolv_conf: str = setting(
-        key="RESOLV_CONF", parse=t.path, default="/etc/resolv.conf", unit="path",
+        key="RESOLV_CONF", parse=t.path, default=lambda: paths.RESOLV_CONF, unit="path",
         help="resolver configuration; its name servers are never blocked", origin=_NEW,
     )  # fmt: skip
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from portsentinel import paths
 from portsentinel.config import LoadedConfig, load_config, load_ignore_file, resolve_modes
 from portsentinel.config.schema import Settings
 from portsentinel.detect.settings import DetectorConfig
 from portsentinel.model import Mode
 from portsentinel.networks import AddressSet
-
-DEFAULT_CONFIG_PATH = "/etc/portsentinel/portsentinel.conf"
 
 
 @dataclass(frozen=True)
@@ -33,15 +32,20 @@ class Setup:
         return self.config.settings
 
 
-def load_setup(config_path: str | None, modes: str | None) -> Setup:
-    """Load the config (or embedded defaults), the ignore file and the mode choice.
+def choose_config_file(given: str | None) -> str | None:
+    """The config file to load: ``--config``, else the installed one (``paths.CONFIG_FILE``)
+    when it exists, else None for the embedded defaults. Every verb that reads a config
+    chooses it this way."""
+    if given is None and os.path.exists(paths.CONFIG_FILE):
+        return paths.CONFIG_FILE
+    return given
 
-    Without ``--config`` the default path is used when it exists, else the embedded defaults.
-    Raises ConfigError/ConfigErrors for bad input.
+
+def load_setup(config_path: str | None, modes: str | None) -> Setup:
+    """Load the config (or the embedded defaults, see ``choose_config_file``), the ignore file
+    and the mode choice. Raises ConfigError/ConfigErrors for bad input.
     """
-    if config_path is None and os.path.exists(DEFAULT_CONFIG_PATH):
-        config_path = DEFAULT_CONFIG_PATH
-    loaded = load_config(config_path)
+    loaded = load_config(choose_config_file(config_path))
     settings = loaded.settings
     tcp_mode, udp_mode, modes_from = resolve_modes(modes, settings.defaults_file)
     ignore = AddressSet()

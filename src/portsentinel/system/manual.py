@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from portsentinel import __version__
 from portsentinel.config.commands import quote
-from portsentinel.config.schema import SETTINGS, SettingSpec
+from portsentinel.config.declaration import SettingSpec
+from portsentinel.config.schema import SETTINGS
 
 PROG = "portsentinel"
 ORIGIN_TITLES = {
