@@ -1,7 +1,7 @@
 """The detection loop: capture -> decode -> detect -> outputs, single-threaded, and its timers.
 
 Every source is a file descriptor in one selector: the capture ring (stealth modes), the bound
-sockets (classic modes), the address watcher, the response worker's reports, the control
+sockets (classic modes), the address watcher, the response worker's messages, the control
 socket and a wake-up socket for signals. Timers refresh what the detector knows about the host.
 What the detector decides goes to ``outputs.Outputs`` (log lines, events, store rows,
 responses). The process around it (lock, signals, start and stop) is ``service.Daemon``.
@@ -41,7 +41,7 @@ from portsentinel.errors import DecodeError
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
 from portsentinel.model import Action, Proto
-from portsentinel.respond.worker import Report, Responder
+from portsentinel.respond.worker import Responder, WorkerMessage
 
 # Timer periods, in seconds.
 TICK_EVERY = 1.0  # idle-source expiry, pending-connection expiry
@@ -159,7 +159,7 @@ class Pipeline:
         """Responses on: restore the previous run's bans before the first packet is read."""
         responder.start()
         self.responder = self.outputs.responder = responder
-        self._on_reports()
+        self._on_messages()
 
     def protects(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
         """Does ``net`` hold a never-block address? (Asked by the response worker before it
@@ -169,22 +169,24 @@ class Pipeline:
             for n in self.never_block.addresses.networks
         )
 
-    def _on_reports(self) -> None:
+    def _on_messages(self) -> None:
         responder = self.responder
         if responder is None:
             return
-        for report in responder.reports():
-            self._apply_report(report)
+        for message in responder.messages():
+            self._apply_message(message)
 
-    def _apply_report(self, report: Report) -> None:
-        if report.kind == "log":
-            self.log.line(report.text)
-        elif report.kind == "release":
-            self.detector.release(ipaddress.ip_address(report.text).packed)
-        elif report.kind == "restore":
-            self.detector.restore(ipaddress.ip_address(report.text).packed, Proto.TCP, Action.BLOCK)
-        elif report.kind == "allow":
-            self.never_block.set_allow(ipaddress.ip_network(n) for n in report.networks)
+    def _apply_message(self, message: WorkerMessage) -> None:
+        if message.kind == "log":
+            self.log.line(message.text)
+        elif message.kind == "release":
+            self.detector.release(ipaddress.ip_address(message.text).packed)
+        elif message.kind == "restore":
+            self.detector.restore(
+                ipaddress.ip_address(message.text).packed, Proto.TCP, Action.BLOCK
+            )
+        elif message.kind == "allow":
+            self.never_block.set_allow(ipaddress.ip_network(n) for n in message.networks)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -209,7 +211,7 @@ class Pipeline:
         if watcher is not None:
             selector.register(watcher, selectors.EVENT_READ, self._on_address_event)
         if self.responder is not None:
-            selector.register(self.responder.fileno(), selectors.EVENT_READ, self._on_reports)
+            selector.register(self.responder.fileno(), selectors.EVENT_READ, self._on_messages)
         timers = self._timers(watching=watcher is not None)
         if control is not None:
             timers["control"] = (self._clock(), TICK_EVERY, lambda: control.expire(self._now))
@@ -456,9 +458,9 @@ class Pipeline:
         self.outputs.summarise()  # what was held back or dropped since the last summary
         if self.responder is not None:
             self.outputs.flush(everything=True)
-            for report in self.responder.close():
-                if report.kind == "log":
-                    self.log.line(report.text)
+            for message in self.responder.close():
+                if message.kind == "log":
+                    self.log.line(message.text)
         for part in (self.ring, self.listeners, self.host, self.never_block):
             if part is not None:
                 with contextlib.suppress(OSError):

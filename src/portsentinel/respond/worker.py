@@ -3,7 +3,7 @@
 The detection loop must never wait for a firewall command, a KILL_RUN_CMD (up to its
 timeout), a reverse-DNS lookup or the disk. It hands triggered decisions and event rows to
 this worker through a queue and goes on; the worker owns the store connection and the
-backends, and reports back through a second queue and a wake-up socket (log lines to print,
+backends, and tells it back through a second queue and a wake-up socket (log lines to print,
 sources whose response ended, bans the CLI changed). Start-up waits for the worker to have
 restored the previous run's bans, so the kernel is in order before the first packet is read.
 """
@@ -43,7 +43,7 @@ class Alert:
 
 
 @dataclass(frozen=True)
-class Report:
+class WorkerMessage:
     """What the worker tells the detection loop."""
 
     kind: str  # "log" | "release" | "restore" | "allow"
@@ -72,7 +72,7 @@ class Responder:
         self._health: dict[str, bool] = {}
         self.state_dir = state_dir
         self._jobs: queue.Queue[object] = queue.Queue()
-        self._reports: queue.SimpleQueue[Report] = queue.SimpleQueue()
+        self._messages: queue.SimpleQueue[WorkerMessage] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -133,37 +133,37 @@ class Responder:
         self._rows_queued += len(rows)
         self._jobs.put(tuple(rows))
 
-    def reports(self) -> list[Report]:
-        """Everything the worker reported since the last call (never blocks)."""
+    def messages(self) -> list[WorkerMessage]:
+        """Everything the worker told since the last call (never blocks)."""
         with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
         out = []
         while True:
             try:
-                out.append(self._reports.get_nowait())
+                out.append(self._messages.get_nowait())
             except queue.Empty:
                 return out
 
-    def close(self, timeout: float = 30.0) -> list[Report]:
-        """Finish the queued work (bounded by ``timeout``) and stop; the last reports."""
+    def close(self, timeout: float = 30.0) -> list[WorkerMessage]:
+        """Finish the queued work (bounded by ``timeout``) and stop; the last messages."""
         if self._thread.is_alive():
             self._jobs.put(_STOP)
             self._thread.join(timeout)
-        last = self.reports()
+        last = self.messages()
         self._wake_r.close()
         self._wake_w.close()
         return last
 
     # --- worker side ------------------------------------------------------------------------
 
-    def _report(self, report: Report) -> None:
-        self._reports.put(report)
+    def _tell(self, message: WorkerMessage) -> None:
+        self._messages.put(message)
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"!")
 
     def _log(self, line: str) -> None:
-        self._report(Report("log", line))
+        self._tell(WorkerMessage("log", line))
 
     def _run(self) -> None:
         try:
@@ -204,7 +204,7 @@ class Responder:
         restored = manager.restore(now)
         for record in restored:
             self._active.add(record.address)
-            self._report(Report("restore", record.address))
+            self._tell(WorkerMessage("restore", record.address))
         if restored:
             self._log(f"adminalert: {len(restored)} bans restored from the state store")
         self._sync_allowed(store)
@@ -278,7 +278,7 @@ class Responder:
 
     def _release(self, address: str) -> None:
         self._active.discard(address)
-        self._report(Report("release", address))
+        self._tell(WorkerMessage("release", address))
 
     def _poll(self, store: Store, now: float) -> None:
         """Bans lifted or added and allow entries changed by the CLI (another connection)."""
@@ -293,10 +293,10 @@ class Responder:
             self._release(address)
         for address in current - self._active:
             self._active.add(address)
-            self._report(Report("restore", address))
+            self._tell(WorkerMessage("restore", address))
 
     def _sync_allowed(self, store: Store) -> None:
         allowed = tuple(store.allowed())
         if allowed != self._allowed:
             self._allowed = allowed
-            self._report(Report("allow", networks=allowed))
+            self._tell(WorkerMessage("allow", networks=allowed))
