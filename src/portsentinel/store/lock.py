@@ -5,9 +5,8 @@ from __future__ import annotations
 import fcntl
 import os
 
+from portsentinel import paths
 from portsentinel.errors import PortSentinelError
-
-LOCK_NAME = "portsentinel.lock"
 
 
 class AlreadyRunningError(PortSentinelError):
@@ -22,7 +21,7 @@ class StateLock:
     """
 
     def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, LOCK_NAME)
+        self.path = os.path.join(state_dir, paths.LOCK_NAME)
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -52,7 +51,7 @@ def running_pid(state_dir: str) -> int | None:
     The lock file names the pid; it is believed only while that process holds the lock
     (checked through /proc/locks, without taking the lock) and is a portsentinel process.
     """
-    path = os.path.join(state_dir, LOCK_NAME)
+    path = os.path.join(state_dir, paths.LOCK_NAME)
     try:
         with open(path, encoding="ascii", errors="replace") as fh:
             text = fh.read().strip()

@@ -1,4 +1,5 @@
-"""The state store: events and bans in one SQLite file, ``STATE_DIR/portsentinel.db``.
+"""The state store: events and bans in one SQLite file, ``STATE_DIR/portsentinel.db``
+(``paths.STORE_NAME``; opened by ``store/connect.py``).
 
 The daemon holds one connection for its life; the CLI opens its own, at the same time. Every
 change is one transaction, taken with ``BEGIN IMMEDIATE`` so that a writer waits for the other
@@ -24,16 +25,19 @@ which SQLite stamps when it makes the file.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Final
 
-from portsentinel.errors import StoreError
 from portsentinel.store import schema
+from portsentinel.store.connect import (
+    DEFAULT_BUSY_TIMEOUT,
+    DuplicateBanError,
+    connect,
+    sqlite_errors,
+)
 from portsentinel.store.records import (
     ACTION_COLS,
     BAN_COLS,
@@ -64,14 +68,7 @@ __all__ = [
     "Store",
 ]
 
-DB_NAME: Final = "portsentinel.db"
-DEFAULT_BUSY_TIMEOUT: Final = 5.0  # seconds a writer waits for the other side's transaction
 PURGE_BATCH: Final = 10_000  # events deleted per transaction, so the daemon's flush never waits
-CACHE_KIB: Final = 512  # page cache per connection (SQLite's default: 2 MiB)
-
-
-class DuplicateBanError(StoreError):
-    """The network already has a live ban: a second one would mean a second rule."""
 
 
 # --- Queries that must stay indexed (a test reads their query plans) -----------------------
@@ -148,18 +145,7 @@ class Store:
         firewall rules with it, and start-up rebuilds them from what the store has. That is
         a fair price for not paying an fsync on every ban and every event flush.
         """
-        path = os.path.join(state_dir, DB_NAME)
-        _create_file(state_dir, path)
-        try:
-            conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open the store: {exc}") from exc
-        try:
-            file_offline = _prepare(conn, path, busy_timeout, offline)
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path, file_offline)
+        return cls(*connect(state_dir, busy_timeout, offline))
 
     def close(self) -> None:
         self._conn.close()
@@ -427,12 +413,12 @@ class Store:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        with _errors(self.path):
+        with sqlite_errors(self.path):
             yield
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with _errors(self.path), schema.transaction(self._conn):
+        with sqlite_errors(self.path), schema.transaction(self._conn):
             yield self._conn
 
 
@@ -443,92 +429,3 @@ def _event_values(row: EventRow) -> tuple[Any, ...]:
         row.time, src, dst, row.proto, row.port, row.kind, row.action, row.reason, row.mode,
         row.rule, row.hits, row.ports_seen, row.flags, int(row.ip_options), key,
     )  # fmt: skip
-
-
-@contextmanager
-def _errors(path: str) -> Iterator[None]:
-    """SQLite errors become StoreErrors naming the file; a live duplicate is its own kind."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        if "bans.address" in str(exc):
-            raise DuplicateBanError(f"{path}: this network already has a live ban") from exc
-        raise StoreError(f"{path}: {exc}") from exc
-    except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, read-only
-        raise StoreError(f"{path}: {exc}") from exc
-    except sqlite3.DatabaseError as exc:  # not a database, or corrupt
-        raise StoreError(f"{path}: not a usable PortSentinel store ({exc})") from exc
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: {exc}") from exc
-
-
-# --- Opening: file, pragmas, migrations, meta ----------------------------------------------
-
-
-def _create_file(state_dir: str, path: str) -> None:
-    """Make the directory (0750) and an empty file (0640) if missing, whatever the umask."""
-    if not os.path.isdir(state_dir):
-        try:
-            os.makedirs(state_dir, mode=0o750)
-            os.chmod(state_dir, 0o750)
-        except FileExistsError:
-            pass  # made at the same moment by the other side
-        except OSError as exc:
-            raise StoreError(f"{state_dir}: cannot create the state directory: {exc}") from exc
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create the store: {exc}") from exc
-    try:
-        os.fchmod(fd, 0o640)
-    finally:
-        os.close(fd)
-
-
-def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
-    """Switch the file to WAL (kept in the file: usually already done); returns the mode.
-
-    The switch needs the file to itself, and SQLite answers "locked" at once, without its
-    busy handler, while another process opens or switches the same file: so it is retried
-    here until ``busy_timeout`` has passed, like every other wait for the other side.
-    """
-    deadline = time.monotonic() + busy_timeout
-    pause = 0.001
-    while True:
-        try:
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if str(mode).lower() != "wal":
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            return str(mode).lower()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
-def _prepare(
-    conn: sqlite3.Connection, path: str, busy_timeout: float, offline: bool | None
-) -> bool:
-    """Pragmas, migrations and meta; returns whether the file is an offline store."""
-    with _errors(path):
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        mode = _use_wal(conn, busy_timeout)
-        if mode != "wal":
-            raise StoreError(f"{path}: cannot use WAL journaling here (got {mode!r})")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        # The daemon's page cache: 512 KiB instead of SQLite's 2 MiB. Writes are appends
-        # and look-ups by key; a bigger cache only raises the daemon's resident memory.
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        migrated = schema.migrate(conn, path, version)
-        meta = schema.ensure_meta(conn, offline=bool(offline), migrated=migrated)
-    file_offline = meta.get("offline") == "1"
-    if offline is not None and offline != file_offline:
-        kind = "an offline (replay) store" if file_offline else "a live store"
-        use = "replay records go elsewhere" if offline else "a live daemon cannot use it"
-        raise StoreError(f"{path}: this is {kind}; {use}")
-    return file_offline

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
-import stat
 import subprocess
 import sys
 import threading
@@ -15,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from portsentinel import __version__
 from portsentinel.errors import StoreError
 from portsentinel.model import Action, Decision, Mode, Proto, Reason, ScanKind
-from portsentinel.store import schema, sqlite
+from portsentinel.store import sqlite
 from portsentinel.store.sqlite import (
     ActionState,
     BanRecord,
@@ -57,98 +54,6 @@ def state_dir(tmp_path: Path) -> str:
 def store(state_dir: str) -> Any:
     with Store.open(state_dir) as opened:
         yield opened
-
-
-# --- Opening -------------------------------------------------------------------------------
-
-
-FILES = ("portsentinel.db", "portsentinel.db-wal", "portsentinel.db-shm")
-
-
-def test_new_store_makes_private_files_at_the_current_version(state_dir: str) -> None:
-    old = os.umask(0o077)  # the modes are set, not left to the umask
-    try:
-        with Store.open(state_dir) as store:
-            assert store.schema_version() == schema.SCHEMA_VERSION
-            assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-            assert store._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-            meta = store.meta()
-            store.allow("198.18.0.1", T0)
-            modes = {name: stat.S_IMODE(os.stat(Path(state_dir, name)).st_mode) for name in FILES}
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o750
-    assert modes == dict.fromkeys(FILES, 0o640)  # SQLite gives -wal and -shm the file's mode
-    assert meta["offline"] == "0"
-    assert meta["program_version"] == __version__
-    assert float(meta["created_at"]) > 1_600_000_000
-    raw = sqlite3.connect(os.path.join(state_dir, "portsentinel.db"))
-    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    raw.close()
-
-
-def test_reopening_keeps_data_and_meta(state_dir: str) -> None:
-    with Store.open(state_dir) as store:
-        store.add_events([event(T0)])
-        created_at = store.meta()["created_at"]
-    with Store.open(state_dir) as store:
-        assert len(store.events_between(0, 2 * T0)) == 1
-        assert store.meta()["created_at"] == created_at
-
-
-def test_garbage_file_is_a_store_error_naming_the_file(state_dir: str) -> None:
-    os.makedirs(state_dir)
-    path = os.path.join(state_dir, "portsentinel.db")
-    Path(path).write_bytes(b"this is not an SQLite database at all" * 200)
-    with pytest.raises(StoreError, match=re.escape(path) + ": not a usable PortSentinel store"):
-        Store.open(state_dir)
-
-
-def test_damaged_pages_are_a_store_error_when_read(state_dir: str) -> None:
-    with Store.open(state_dir) as store:
-        store.add_events([event(float(i), port=i) for i in range(5000)])
-    path = os.path.join(state_dir, "portsentinel.db")  # closed: the WAL is checkpointed in it
-    with open(path, "r+b") as damaged:
-        for offset in range(3 * 4096, os.path.getsize(path), 5 * 4096):
-            damaged.seek(offset)
-            damaged.write(b"\xde\xad\xbe\xef" * 256)
-    with Store.open(state_dir) as store, pytest.raises(StoreError, match="malformed"):
-        store.events_between(0, T0)
-
-
-def test_foreign_sqlite_file_is_refused(state_dir: str) -> None:
-    os.makedirs(state_dir)
-    path = os.path.join(state_dir, "portsentinel.db")
-    other = sqlite3.connect(path)
-    other.execute("CREATE TABLE notes (x)")
-    other.commit()
-    other.close()
-    with pytest.raises(StoreError, match="not a PortSentinel store"):
-        Store.open(state_dir)
-
-
-def test_file_from_a_newer_program_is_refused(state_dir: str) -> None:
-    Store.open(state_dir).close()
-    raw = sqlite3.connect(os.path.join(state_dir, "portsentinel.db"))
-    raw.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
-    raw.close()
-    with pytest.raises(StoreError, match=rf"schema version {schema.SCHEMA_VERSION + 1} is newer"):
-        Store.open(state_dir)
-
-
-def test_offline_and_live_stores_are_not_mixed(tmp_path: Path) -> None:
-    live, replay = str(tmp_path / "live"), str(tmp_path / "replay")
-    Store.open(live).close()
-    with Store.open(replay, offline=True) as store:
-        assert store.offline
-        assert ban(store, "198.18.0.9").offline
-    with pytest.raises(StoreError, match="live store"):
-        Store.open(live, offline=True)
-    with pytest.raises(StoreError, match=r"offline \(replay\) store"):
-        Store.open(replay)
-    with Store.open(replay, offline=None) as reader:  # list, why, report read either kind
-        assert reader.offline
-        assert reader.ban_for("198.18.0.9") is not None
 
 
 # --- Events --------------------------------------------------------------------------------
@@ -341,117 +246,6 @@ def test_bad_addresses_are_value_errors(store: Store, bad: str) -> None:
     assert store.allowed() == []
 
 
-# --- Migrations ----------------------------------------------------------------------------
-
-# Version 1 exactly as released. Never edit it: files in the field were made with it.
-V1_DDL = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        time REAL NOT NULL,
-        src TEXT NOT NULL,
-        dst TEXT NOT NULL,
-        proto TEXT NOT NULL CHECK (proto IN ('tcp', 'udp')),
-        port INTEGER NOT NULL CHECK (port BETWEEN 0 AND 65535),
-        kind TEXT NOT NULL,
-        action TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        mode TEXT,
-        rule TEXT,
-        hits INTEGER NOT NULL DEFAULT 0,
-        ports_seen INTEGER NOT NULL DEFAULT 0
-    );
-CREATE INDEX events_time ON events (time);
-CREATE INDEX events_src_time ON events (src, time);
-CREATE TABLE bans (
-        id INTEGER PRIMARY KEY,
-        address TEXT NOT NULL,
-        prefix INTEGER NOT NULL CHECK (prefix BETWEEN 0 AND 128),
-        created REAL NOT NULL,
-        expires REAL CHECK (expires IS NULL OR expires >= created),
-        state TEXT NOT NULL DEFAULT 'pending'
-            CHECK (state IN ('pending', 'active', 'lifted', 'expired', 'failed')),
-        reason TEXT NOT NULL,
-        rule TEXT,
-        evidence TEXT NOT NULL DEFAULT '{}',
-        offence INTEGER NOT NULL DEFAULT 1 CHECK (offence >= 1),
-        lifted_at REAL,
-        lifted_by TEXT,
-        offline INTEGER NOT NULL DEFAULT 0 CHECK (offline IN (0, 1))
-    );
-CREATE UNIQUE INDEX bans_live ON bans (address, prefix) WHERE state IN ('pending', 'active');
-CREATE INDEX bans_live_expires ON bans (expires) WHERE state IN ('pending', 'active');
-CREATE INDEX bans_address_created ON bans (address, created);
-CREATE TABLE ban_actions (
-        id INTEGER PRIMARY KEY,
-        ban_id INTEGER NOT NULL REFERENCES bans (id) ON DELETE CASCADE,
-        backend TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT '{}',
-        state TEXT NOT NULL CHECK (state IN ('applied', 'failed', 'undone', 'undo_failed')),
-        attempts INTEGER NOT NULL DEFAULT 1,
-        last_error TEXT,
-        updated REAL NOT NULL,
-        UNIQUE (ban_id, backend)
-    );
-CREATE INDEX ban_actions_open ON ban_actions (ban_id) WHERE state IN ('applied', 'undo_failed');
-CREATE TABLE allowed (
-        address TEXT NOT NULL,
-        prefix INTEGER NOT NULL CHECK (prefix BETWEEN 0 AND 128),
-        added REAL NOT NULL,
-        comment TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (address, prefix)
-    ) WITHOUT ROWID;
-"""
-
-
-def _schema_of(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    rows = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
-    return [(name, re.sub(r"\s+", " ", sql or "")) for name, sql in rows]
-
-
-def test_version_1_step_is_frozen() -> None:
-    by_hand, by_step = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
-    by_hand.executescript(V1_DDL)
-    schema.MIGRATIONS[0].apply(by_step)
-    assert _schema_of(by_step) == _schema_of(by_hand)
-
-
-def test_a_version_1_file_is_upgraded_with_its_data(state_dir: str) -> None:
-    os.makedirs(state_dir)
-    raw = sqlite3.connect(os.path.join(state_dir, "portsentinel.db"))
-    raw.executescript(V1_DDL)
-    raw.executescript(f"""
-        INSERT INTO meta VALUES ('created_at', '100.0'), ('offline', '0'),
-            ('program_version', '0.0.1');
-        INSERT INTO events (time, src, dst, proto, port, kind, action, reason)
-            VALUES ({T0}, '2001:db8::5', 'fd00:5e::1', 'tcp', 23, 'SYN', 'block',
-                    'scan trigger reached'),
-                   ({T0 + 1}, '198.18.0.7', '198.18.0.1', 'udp', 53, 'UDP', 'alert',
-                    'below trigger');
-        INSERT INTO bans (address, prefix, created, expires, state, reason, evidence)
-            VALUES ('2001:db8::5', 128, {T0}, NULL, 'active', 'scan', '{{"ports":[23]}}');
-        INSERT INTO ban_actions (ban_id, backend, detail, state, updated)
-            VALUES (1, 'nftables', '{{"element":"2001:db8::5"}}', 'applied', {T0});
-        PRAGMA user_version = 1;
-    """)
-    raw.close()
-
-    with Store.open(state_dir) as store:
-        assert store.schema_version() == schema.SCHEMA_VERSION
-        assert store.meta() == {
-            "created_at": "100.0", "offline": "0", "program_version": __version__,
-        }  # fmt: skip
-        assert [e.port for e in store.events_for("2001:db8::/32")] == [23]  # keys backfilled
-        assert [e.port for e in store.events_for("198.18.0.7")] == [53]
-        [v1_event, _] = store.events_between(0, 2 * T0)
-        assert (v1_event.flags, v1_event.ip_options) == (None, False)
-        [restored] = store.active_bans(T0 + 10 * HOUR)
-        assert (restored.target, restored.expires, restored.evidence) == (
-            "2001:db8::5", None, {"ports": [23]},
-        )  # fmt: skip
-        assert store.actions(restored.id)[0].detail == {"element": "2001:db8::5"}
-
-
 # --- Indexed queries -----------------------------------------------------------------------
 
 # Each query with every step of its plan, in order: (table, index it must go through). Issue 5's
@@ -564,54 +358,6 @@ def test_a_lock_held_past_the_timeout_is_a_store_error(state_dir: str) -> None:
         finally:
             holder.join()
         store.allow("198.18.0.7", T0)  # and the store is usable afterwards
-
-
-OPENER = """
-import sys
-from portsentinel.store.sqlite import Store
-Store.open(sys.argv[1]).close()
-"""
-
-
-def test_processes_creating_the_store_at_once_all_succeed(state_dir: str) -> None:
-    children = [
-        subprocess.Popen([sys.executable, "-c", OPENER, state_dir], stderr=subprocess.PIPE)
-        for _ in range(8)
-    ]
-    errors = [child.communicate(timeout=60)[1].decode() for child in children]
-    assert [child.returncode for child in children] == [0] * 8, errors
-    with Store.open(state_dir) as store:
-        assert store.schema_version() == schema.SCHEMA_VERSION
-
-
-def test_opening_waits_for_a_writer_of_a_file_not_yet_in_wal(state_dir: str) -> None:
-    # Another process holds a write lock on the new file before anyone switched it to WAL:
-    # SQLite answers the switch with "locked" at once (no busy handler), so the opener must
-    # wait itself (seen in CI: eight processes creating the store at once, one failed).
-    os.makedirs(state_dir)
-    path = os.path.join(state_dir, "portsentinel.db")
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    released = threading.Event()
-
-    def release() -> None:
-        time.sleep(0.3)
-        released.set()  # before the commit: the opener cannot get past it earlier
-        other.execute("COMMIT")
-
-    threading.Thread(target=release, daemon=True).start()
-    with Store.open(state_dir, busy_timeout=30.0) as store:
-        assert released.is_set()
-        assert store.schema_version() == schema.SCHEMA_VERSION
-    other.close()
-
-
-def test_a_migration_done_meanwhile_by_the_other_side_is_skipped(state_dir: str) -> None:
-    Store.open(state_dir).close()  # the other side created and upgraded the file...
-    late = sqlite3.connect(os.path.join(state_dir, "portsentinel.db"), isolation_level=None)
-    assert not schema.migrate(late, "late", 0)  # ...after we read version 0: nothing to do
-    assert late.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
-    late.close()
 
 
 WRITER = """

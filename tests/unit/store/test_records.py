@@ -1,0 +1,102 @@
+"""The store's records: built from decisions, mapped to and from rows, and what they say."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from portsentinel.model import Action, Decision, Mode, Proto, Reason, ScanKind
+from portsentinel.store.records import (
+    ACTION_COLS,
+    BAN_COLS,
+    EVENT_COLS,
+    ActionState,
+    BanRecord,
+    BanState,
+    EventRow,
+    action_from_row,
+    ban_from_row,
+    event_from_row,
+    to_json,
+)
+
+T0 = 1_700_000_000.0
+
+
+def decision(proto: Proto, flags: int = 0) -> Decision:
+    return Decision(
+        T0, "198.18.0.7", "198.18.0.1", proto, 22, ScanKind.SYN, Action.BLOCK, Reason.TRIGGERED,
+        flags=flags, ip_options=True, mode=Mode.ATCP, rule="atcp", hits=3, ports_seen=2,
+    )  # fmt: skip
+
+
+def test_an_event_row_from_a_tcp_decision_names_its_flags() -> None:
+    row = EventRow.from_decision(decision(Proto.TCP, flags=0x12), T0 + 5)
+    assert row == EventRow(
+        T0 + 5, "198.18.0.7", "198.18.0.1", "tcp", 22, "SYN", "block", "scan trigger reached",
+        "atcp", "atcp", 3, 2, "SYN|ACK", True,
+    )  # fmt: skip
+
+
+def test_an_event_row_from_a_udp_decision_has_no_flags_and_no_mode_when_none() -> None:
+    d = decision(Proto.UDP)
+    d.mode = None
+    row = EventRow.from_decision(d, T0)
+    assert (row.proto, row.flags, row.mode) == ("udp", None, None)
+
+
+def test_rows_map_back_to_records_column_for_column() -> None:
+    assert len(EVENT_COLS.split(", ")) == len(EventRow.__slots__)
+    event = event_from_row(
+        (T0, "a", "b", "tcp", 1, "SYN", "alert", "below trigger", None, None, 0, 0, None, 0)
+    )
+    assert event.ip_options is False
+    assert event == EventRow(T0, "a", "b", "tcp", 1, "SYN", "alert", "below trigger")
+    evidence = to_json({"ports": [2, 1], "hits": 3})
+    ban = ban_from_row(
+        (7, "2001:db8::", 64, T0, None, "active", "scan", "atcp", evidence, 2, None, None, 1)
+    )
+    assert len(BAN_COLS.split(", ")) == len(BanRecord.__slots__)
+    assert (ban.id, ban.state, ban.offline, ban.evidence) == (
+        7, BanState.ACTIVE, True, {"hits": 3, "ports": [2, 1]},
+    )  # fmt: skip
+    with pytest.raises(TypeError):
+        ban.evidence["hits"] = 4  # type: ignore[index]  # a record's evidence is read-only
+    action = action_from_row((7, "nftables", '{"set":"v6"}', "undo_failed", 3, "boom", T0))
+    assert len(ACTION_COLS.split(", ")) == 7
+    assert (action.state, action.detail, action.attempts) == (
+        ActionState.UNDO_FAILED, {"set": "v6"}, 3,
+    )  # fmt: skip
+
+
+def test_to_json_is_compact_and_sorted() -> None:
+    text = to_json({"b": 1, "a": [1, 2]})
+    assert text == '{"a":[1,2],"b":1}'
+    assert json.loads(text) == {"a": [1, 2], "b": 1}
+
+
+@pytest.mark.parametrize(
+    ("address", "prefix", "target"),
+    [
+        ("198.18.0.7", 32, "198.18.0.7"),
+        ("198.18.0.0", 24, "198.18.0.0/24"),
+        ("2001:db8::5", 128, "2001:db8::5"),
+        ("2001:db8::", 64, "2001:db8::/64"),
+    ],
+)
+def test_a_ban_targets_a_host_or_its_prefix(address: str, prefix: int, target: str) -> None:
+    ban = BanRecord(
+        1, address, prefix, T0, None, BanState.PENDING, "scan", None, {}, 1, None, None, False
+    )
+    assert ban.target == target
+
+
+@pytest.mark.parametrize(
+    ("state", "live"),
+    [(BanState.PENDING, True), (BanState.ACTIVE, True), (BanState.LIFTED, False),
+     (BanState.EXPIRED, False), (BanState.FAILED, False)],
+)  # fmt: skip
+def test_only_pending_and_active_bans_are_live(state: BanState, live: bool) -> None:
+    ban = BanRecord(1, "198.18.0.7", 32, T0, None, state, "scan", None, {}, 1, None, None, False)
+    assert ban.live is live
