@@ -1,6 +1,6 @@
 """A set of IPv4/IPv6 networks that answers "is this packed address inside?" quickly.
 
-Pure and immutable. Used for the ignore list (and later the never-block set). Matching costs
+Pure and immutable. Used for the ignore list and the never-block set. Matching costs
 one dictionary probe per distinct prefix length present, not one per network.
 """
 

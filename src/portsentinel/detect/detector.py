@@ -291,7 +291,7 @@ class Detector:
 
     def _probe(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
         """Steps 4-6 for a confirmed probe: admission, tracking, rules, policy."""
-        src = pkt[1]
+        proto, src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
         stats = self._stats
         stats.probes += 1
         stats.probes_by_kind[kind] += 1
@@ -299,7 +299,6 @@ class Detector:
         refused = policy.admit(src)
         if refused is not None:
             return self._ignored(pkt, kind, now, refused, None, None)
-        proto, port, dst = pkt[0], pkt[4], pkt[2]
         state = self._tracker.hit(src, proto, port, kind, dst, now)
         fired: str | None = None
         for rule in self.rules:
@@ -328,11 +327,13 @@ class Detector:
         stats.decisions_by_action[Action.IGNORED] += 1
         stats.ignored_by_reason[reason] += 1
         gate = self._gate
-        if gate is not None and not gate(pkt[1], reason, now):
-            stats.held += 1
-            if reason is Reason.ALREADY_BLOCKED:
-                self._mutes.mute(pkt[0], pkt[1], now)
-            return []
+        if gate is not None:
+            proto, src, _dst, _sport, _port, _flags, _ttl, _options, _frag = pkt
+            if not gate(src, reason, now):
+                stats.held += 1
+                if reason is Reason.ALREADY_BLOCKED:
+                    self._mutes.mute(proto, src, now)
+                return []
         return [self._decision(pkt, kind, now, reason, state, rule, Action.IGNORED)]
 
     def _held(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:

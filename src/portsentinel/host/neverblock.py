@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Protocol, TypeVar
 
+from portsentinel import paths
 from portsentinel.errors import CaptureError
 from portsentinel.host.addresses import AddrInfo, RouteNetlink
 from portsentinel.host.resolvconf import Resolvers, load_resolv_conf
@@ -156,8 +157,9 @@ class SystemSources:
     on first use and kept. ``ssh_ports`` empty: SSH peers are not protected.
     """
 
-    def __init__(self, resolv_conf: str = "/etc/resolv.conf", ssh_ports: Iterable[int] = ()):
-        self.resolv_conf = resolv_conf
+    def __init__(self, resolv_conf: str | None = None, ssh_ports: Iterable[int] = ()):
+        """``resolv_conf`` None: ``paths.RESOLV_CONF``, read now (the tests point it elsewhere)."""
+        self.resolv_conf = resolv_conf if resolv_conf is not None else paths.RESOLV_CONF
         ports = tuple(ssh_ports)
         self._ssh = SshPeers(ports) if ports else None
         self._rtnl: RouteNetlink | None = None
@@ -223,13 +225,14 @@ class NeverBlock:
     def for_host(
         cls,
         *,
-        resolv_conf: str = "/etc/resolv.conf",
+        resolv_conf: str | None = None,
         ssh_ports: Iterable[int] = (),
         ignore: AddressSet | None = None,
         allow: Iterable[Network] = (),
         warn: Callable[[str], None] | None = None,
     ) -> NeverBlock:
-        """The set for this host's own sources (current network namespace)."""
+        """The set for this host's own sources (current network namespace); ``resolv_conf``
+        None is ``paths.RESOLV_CONF``."""
         return cls(SystemSources(resolv_conf, ssh_ports), ignore=ignore, allow=allow, warn=warn)
 
     # -- the decision path --------------------------------------------------------------------

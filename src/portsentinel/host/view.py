@@ -119,9 +119,10 @@ class HostView:
             return False
         self.reply_checks += 1
         try:
-            if pkt[0] == Proto.TCP:
-                return conntrack.lookup_accepted(pkt[0], pkt[1], pkt[3], pkt[2], pkt[4])
-            return conntrack.lookup_reply(pkt[0], pkt[1], pkt[3], pkt[2], pkt[4])
+            proto, src, dst, sport, dport, _flags, _ttl, _options, _frag = pkt
+            if proto == Proto.TCP:
+                return conntrack.lookup_accepted(proto, src, sport, dst, dport)
+            return conntrack.lookup_reply(proto, src, sport, dst, dport)
         except CaptureError:
             self.reply_check_errors += 1
             return False

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from portsentinel import paths
 from portsentinel.errors import CaptureError
 from portsentinel.host.addresses import AddrInfo
 from portsentinel.host.neverblock import (
@@ -294,4 +295,16 @@ def test_system_sources_read_the_configured_resolv_conf_and_no_ssh_by_default(
     system = SystemSources(str(path))
     assert system.resolvers().packed == (p("198.18.0.53"),)
     assert system.ssh_peers() == frozenset()
+    system.close()
+
+
+def test_system_sources_default_to_paths_resolv_conf_read_when_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 198.18.0.54\n")
+    monkeypatch.setattr(paths, "RESOLV_CONF", str(path))  # after import: still followed
+    system = SystemSources()
+    assert system.resolv_conf == str(path)
+    assert system.resolvers().packed == (p("198.18.0.54"),)
     system.close()
