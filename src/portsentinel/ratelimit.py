@@ -31,10 +31,14 @@ class TokenBucket:
         self.last = last
 
     def refill(self, now: float) -> bool:
-        """Add what ``now - last`` earned; True when a whole token is there to spend."""
-        tokens = self.tokens + (now - self.last) * self.rate
-        self.tokens = tokens if tokens < self.burst else self.burst
-        self.last = now
+        """Add what the time since the last refill earned; True when a whole token is there to
+        spend. A ``now`` before the last refill (a capture's times need not be ordered) earns
+        nothing and takes nothing back."""
+        elapsed = now - self.last
+        if elapsed > 0.0:
+            tokens = self.tokens + elapsed * self.rate
+            self.tokens = tokens if tokens < self.burst else self.burst
+            self.last = now
         return self.tokens >= 1.0
 
     def take(self, now: float) -> bool:

@@ -23,6 +23,14 @@ def test_bucket_refill_says_whether_a_token_is_there_without_spending_it() -> No
     assert bucket.tokens == 1.0
 
 
+def test_bucket_earns_nothing_when_time_goes_back() -> None:
+    bucket = TokenBucket(rate=1.0, burst=3.0, tokens=0.5, last=100.0)
+    assert not bucket.refill(50.0)
+    assert (bucket.tokens, bucket.last) == (0.5, 100.0)  # nothing earned, nothing taken back
+    assert bucket.take(100.5)  # earned from 100, not from 50
+    assert not bucket.take(100.5)
+
+
 def test_per_key_burst_then_rate() -> None:
     limiter = RepeatLimiter(rate=2.0, burst=3.0)
     assert [limiter.allow("a", 0.0) for _ in range(5)] == [True, True, True, False, False]
