@@ -31,6 +31,7 @@ from portsentinel.block import (
 )
 from portsentinel.block.base import ban_fields
 from portsentinel.config.schema import Settings
+from portsentinel.detect.ban_terms import BanTerms
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
 from portsentinel.store.portsentry_files import PortSentryFiles
@@ -135,6 +136,7 @@ class BanManager:
         """``protected(net)`` says whether a network holds a never-block address; without it
         IPv6 bans never widen to a prefix."""
         self.settings = settings
+        self.terms = terms_of(settings)
         self.store = store
         self.backends = backends
         self.log = log
@@ -146,6 +148,7 @@ class BanManager:
         """A reloaded configuration: backends are rebuilt from it on their next use (bans in
         force stay; undoing them uses what the store recorded)."""
         self.settings = settings
+        self.terms = terms_of(settings)
         self.backends.reconfigure(settings)
         if self.files is not None:
             self.files = files_for(settings)
@@ -154,16 +157,8 @@ class BanManager:
 
     def length(self, address: str, now: float) -> tuple[float | None, int]:
         """(seconds or None for permanent, offence number): doubled for repeat offenders."""
-        s = self.settings
-        earlier = self.store.offences(address, now - s.ban_repeat_window)
-        base = s.ban_duration
-        if base is None:
-            return None, earlier + 1
-        seconds = base * s.ban_repeat_factor**earlier
-        cap = s.ban_max_duration
-        if cap is not None:
-            seconds = min(seconds, max(cap, base))
-        return seconds, earlier + 1
+        terms = self.terms
+        return terms.length(self.store.offences(address, terms.repeat_since(now)))
 
     def plan(self, level: int) -> list[str]:
         s = self.settings
@@ -220,20 +215,13 @@ class BanManager:
         return self.store.ban(record.id)
 
     def _widen(self, address: str, now: float) -> int | None:
-        """The IPv6 prefix length to ban instead of ``address``, or None for the address.
-
-        Once IPV6_PREFIX_AFTER addresses of one prefix (this one included) are banned, the
-        whole prefix is: an IPv6 scanner changes addresses within its /64 at will. Never when
-        the prefix holds a never-block address, or when that cannot be checked.
-        """
-        s = self.settings
-        if s.ipv6_prefix_after < 1 or ":" not in address or self.protected is None:
+        """The IPv6 prefix length to ban instead of ``address`` (``BanTerms.widen``), or None
+        for the address; never when the never-block set cannot be asked."""
+        protected = self.protected
+        net = self.terms.prefix_of(address)
+        if net is None or protected is None:
             return None
-        net = ipaddress.ip_network(f"{address}/{s.ipv6_prefix_len}", strict=False)
-        members = self._members(net, now)
-        if len(members) + 1 < s.ipv6_prefix_after or self.protected(net):
-            return None
-        return s.ipv6_prefix_len
+        return self.terms.widen(len(self._members(net, now)), protected=protected(net))
 
     def _members(self, net: Network, now: float) -> list[BanRecord]:
         return [
@@ -409,6 +397,18 @@ class BanManager:
         problems = "; ".join(result.problems) or "bans missing"
         self.log(f"adminalert: {name} state repaired ({problems}): {restored} bans restored")
         return restored
+
+
+def terms_of(settings: Settings) -> BanTerms:
+    """The ban terms the settings ask for."""
+    return BanTerms(
+        duration=settings.ban_duration,
+        repeat_factor=settings.ban_repeat_factor,
+        max_duration=settings.ban_max_duration,
+        repeat_window=settings.ban_repeat_window,
+        prefix_after=settings.ipv6_prefix_after,
+        prefix_len=settings.ipv6_prefix_len,
+    )
 
 
 def files_for(settings: Settings) -> PortSentryFiles:

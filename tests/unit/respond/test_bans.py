@@ -14,9 +14,10 @@ from portsentinel.block import BanSpec, CheckResult
 from portsentinel.block.base import ActionDetail, ban_fields
 from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
+from portsentinel.detect.ban_terms import BanTerms
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
-from portsentinel.respond.bans import Backends, BanManager, BanRequest
+from portsentinel.respond.bans import Backends, BanManager, BanRequest, terms_of
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanState, LiftedBy
 from portsentinel.store.sqlite import Store
@@ -216,6 +217,16 @@ def test_repair_puts_back_what_another_tool_flushed(store: Store) -> None:
     assert bans.repair(100.0) == 2
     assert set(backends.kernel.bans) == {"198.18.0.2", "fd00:5e::2"}
     assert bans.repair(101.0) == 0
+
+
+def test_the_terms_follow_the_settings_and_a_reload(store: Store) -> None:
+    s = settings(ban_duration=HOUR, ban_repeat_factor=3.0, ban_max_duration=None,
+                 ban_repeat_window=10 * HOUR, ipv6_prefix_after=2, ipv6_prefix_len=56)  # fmt: skip
+    assert terms_of(s) == BanTerms(HOUR, 3.0, None, 10 * HOUR, 2, 56)
+    bans, _backends, _lines = manager(store, settings())
+    bans.reconfigure(s)
+    assert bans.terms == terms_of(s)
+    assert bans.length("198.18.0.2", 0.0) == (HOUR, 1)
 
 
 def test_ipv6_bans_widen_to_the_prefix_but_never_over_a_protected_address(store: Store) -> None:
