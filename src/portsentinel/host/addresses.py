@@ -13,8 +13,9 @@ incrementally patched copy can after a lost notification.
 
 Only ``socket`` and ``struct``: the message layouts come from ``linux/rtnetlink.h``,
 ``linux/if_addr.h`` and ``linux/if_link.h``; the netlink envelope around them is read by
-``netlink.py``. The parsing functions are pure (bytes in, values out) and never read past the
-buffer they are given; a malformed message raises ``CaptureError``.
+``netlink_messages.py``, the socket is ``netlink.py``'s. The parsing functions are pure
+(bytes in, values out) and never read past the buffer they are given; a malformed message
+raises ``CaptureError``.
 """
 
 from __future__ import annotations
@@ -27,21 +28,23 @@ from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple, TypeVar
 
 from portsentinel.errors import CaptureError
-from portsentinel.host import netlink
-from portsentinel.host.netlink import NetlinkSocket, pack_attr, pack_message
+from portsentinel.host import netlink, netlink_messages
+from portsentinel.host.netlink import NetlinkSocket
+from portsentinel.host.netlink_messages import pack_attr, pack_message
 
-# This module's names for the netlink envelope (kept for its importers); see netlink.py.
+# This module's names for the netlink envelope (kept for its importers); see
+# netlink_messages.py.
 NETLINK_ROUTE: Final = netlink.NETLINK_ROUTE
-NLMSG_NOOP: Final = netlink.NLMSG_NOOP
-NLMSG_ERROR: Final = netlink.NLMSG_ERROR
-NLMSG_DONE: Final = netlink.NLMSG_DONE
-NLMSG_OVERRUN: Final = netlink.NLMSG_OVERRUN
-NLM_F_REQUEST: Final = netlink.NLM_F_REQUEST
-NLM_F_MULTI: Final = netlink.NLM_F_MULTI
-NLM_F_DUMP_INTR: Final = netlink.NLM_F_DUMP_INTR
-NLM_F_DUMP: Final = netlink.NLM_F_DUMP
-NlMsg = netlink.NlMsg
-DumpReply = netlink.DumpReply
+NLMSG_NOOP: Final = netlink_messages.NLMSG_NOOP
+NLMSG_ERROR: Final = netlink_messages.NLMSG_ERROR
+NLMSG_DONE: Final = netlink_messages.NLMSG_DONE
+NLMSG_OVERRUN: Final = netlink_messages.NLMSG_OVERRUN
+NLM_F_REQUEST: Final = netlink_messages.NLM_F_REQUEST
+NLM_F_MULTI: Final = netlink_messages.NLM_F_MULTI
+NLM_F_DUMP_INTR: Final = netlink_messages.NLM_F_DUMP_INTR
+NLM_F_DUMP: Final = netlink_messages.NLM_F_DUMP
+NlMsg = netlink_messages.NlMsg
+DumpReply = netlink_messages.DumpReply
 _U32: Final = struct.Struct("=I")
 
 # rtnetlink message types and multicast groups (linux/rtnetlink.h)
@@ -130,9 +133,9 @@ class LinkInfo:
 # --- pure parsing ---------------------------------------------------------------------------
 
 
-def split_messages(data: bytes | memoryview) -> list[netlink.NlMsg]:
+def split_messages(data: bytes | memoryview) -> list[netlink_messages.NlMsg]:
     """Split one datagram into its messages; any length that does not fit is an error."""
-    return netlink.split_messages(data, _WHAT)
+    return netlink_messages.split_messages(data, _WHAT)
 
 
 def parse_attrs(data: bytes | memoryview) -> dict[int, memoryview]:
@@ -141,7 +144,7 @@ def parse_attrs(data: bytes | memoryview) -> dict[int, memoryview]:
     A truncated attribute is an error rather than the end of the list: stopping early could
     silently drop IFA_LOCAL and leave the peer's IFA_ADDRESS to be taken for our own.
     """
-    return netlink.parse_attrs(data, _WHAT)
+    return netlink_messages.parse_attrs(data, _WHAT)
 
 
 def parse_address(payload: memoryview) -> AddrInfo | None:
@@ -291,7 +294,7 @@ class RouteNetlink(_RouteSocket):
         reply: int,
         parse: Callable[[memoryview], T | None],
         body: bytes | None,
-    ) -> netlink.DumpReply[T]:
+    ) -> netlink_messages.DumpReply[T]:
         self._socket()  # reopened after a failed exchange: the port id is the new socket's
         seq = self._next_seq()
         answer = DumpReply(seq, self._portid, reply, parse, what=_WHAT)

@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from portsentinel.errors import CaptureError
-from portsentinel.host import netlink
-from portsentinel.host.netlink import (
+from portsentinel.host import netlink, netlink_messages
+from portsentinel.host.netlink import NetlinkSocket, Receive
+from portsentinel.host.netlink_messages import (
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
-    NetlinkSocket,
-    Receive,
     pack_attr,
     pack_message,
     pack_nested,
@@ -150,7 +149,7 @@ def parse_attrs(data: bytes | memoryview) -> dict[int, memoryview]:
     A truncated or impossible length ends the walk: the kernel never sends one, and a parser
     that stops is safer than one that guesses.
     """
-    return netlink.parse_attrs(data, _WHAT, strict=False)
+    return netlink_messages.parse_attrs(data, _WHAT, strict=False)
 
 
 def parse_tuple(data: bytes | memoryview) -> FlowTuple:
@@ -175,12 +174,15 @@ def parse_tuple(data: bytes | memoryview) -> FlowTuple:
 def split_messages(data: bytes | memoryview) -> list[tuple[int, int, memoryview]]:
     """Split one netlink datagram into ``(type, seq, payload)`` triples; a length that does
     not fit ends the list."""
-    return [(m.kind, m.seq, m.payload) for m in netlink.split_messages(data, _WHAT, strict=False)]
+    return [
+        (m.kind, m.seq, m.payload)
+        for m in netlink_messages.split_messages(data, _WHAT, strict=False)
+    ]
 
 
 def error_code(payload: memoryview) -> int:
     """The positive errno of an NLMSG_ERROR payload (0 is an acknowledgement)."""
-    return netlink.error_code(payload, _WHAT)
+    return netlink_messages.error_code(payload, _WHAT)
 
 
 def parse_entry(payload: memoryview) -> CtEntry:
@@ -276,7 +278,7 @@ def _answer(kind: int, payload: memoryview, answer_type: int) -> memoryview | No
             return None
         if code == errno.EPERM:
             raise CaptureError("ctnetlink: permission denied (CAP_NET_ADMIN is needed)")
-        raise netlink.refusal(code, _WHAT)
+        raise netlink_messages.refusal(code, _WHAT)
     if kind == NLMSG_DONE or kind & 0xFF != answer_type:
         raise CaptureError(f"ctnetlink: unexpected answer of type {kind:#06x}")
     return payload

@@ -30,18 +30,19 @@ from dataclasses import dataclass
 from typing import ClassVar, Final, Literal, Protocol, TypeVar
 
 from portsentinel.errors import CaptureError
-from portsentinel.host import netlink
-from portsentinel.host.netlink import DumpReply, NetlinkSocket, Receive, pack_attr, pack_message
+from portsentinel.host import netlink, netlink_messages
+from portsentinel.host.netlink import NetlinkSocket, Receive
+from portsentinel.host.netlink_messages import DumpReply, pack_attr, pack_message
 from portsentinel.model import Proto
 
-# --- sock_diag constants (linux/sock_diag.h, inet_diag.h; the envelope is netlink.py's) -----
+# --- sock_diag constants (linux/sock_diag.h, inet_diag.h; the envelope: netlink_messages.py)
 NETLINK_SOCK_DIAG: Final = netlink.NETLINK_SOCK_DIAG
 SOCK_DIAG_BY_FAMILY: Final = 20
-NLMSG_ERROR: Final = netlink.NLMSG_ERROR
-NLMSG_DONE: Final = netlink.NLMSG_DONE
-NLMSG_OVERRUN: Final = netlink.NLMSG_OVERRUN
-NLM_F_REQUEST: Final = netlink.NLM_F_REQUEST
-NLM_F_DUMP: Final = netlink.NLM_F_DUMP
+NLMSG_ERROR: Final = netlink_messages.NLMSG_ERROR
+NLMSG_DONE: Final = netlink_messages.NLMSG_DONE
+NLMSG_OVERRUN: Final = netlink_messages.NLMSG_OVERRUN
+NLM_F_REQUEST: Final = netlink_messages.NLM_F_REQUEST
+NLM_F_DUMP: Final = netlink_messages.NLM_F_DUMP
 INET_DIAG_REQ_BYTECODE: Final = 1
 INET_DIAG_BC_S_GE: Final = 2
 INET_DIAG_BC_S_LE: Final = 3
@@ -49,11 +50,11 @@ INET_DIAG_BC_S_EQ: Final = 11  # Linux 4.16+; older kernels answer EINVAL
 TCP_LISTEN: Final = 10
 ALL_STATES: Final = 0xFFFFFFFF
 
-NLMSGHDR: Final = netlink.NLMSGHDR
+NLMSGHDR: Final = netlink_messages.NLMSGHDR
 REQ_V2: Final = struct.Struct("=BBBxI48x")  # family, protocol, ext, pad, states, zero sockid
-NLATTR: Final = netlink.NLATTR
+NLATTR: Final = netlink_messages.NLATTR
 BC_OP: Final = struct.Struct("=BBH")  # code, yes, no (a port operand sits in ``no``)
-NLERR: Final = netlink.NLERR
+NLERR: Final = netlink_messages.NLERR
 DIAG_MSG_HEAD: Final = struct.Struct("!BBxxH")  # family, state, timer, retrans, sport (BE)
 DIAG_MSG_LEN: Final = 72  # sizeof(struct inet_diag_msg)
 
@@ -75,7 +76,7 @@ Row = tuple[int, int]
 """One socket: (TCP state number, local port)."""
 T = TypeVar("T")
 
-NetlinkError = netlink.NetlinkError
+NetlinkError = netlink_messages.NetlinkError
 """The kernel refused a sock_diag request (or has no sock_diag); ``errno`` is its number."""
 
 
@@ -232,7 +233,7 @@ class SocketTable(NetlinkSocket):
             try:
                 return self._netlink_rows(proto, port)
             except NetlinkError as exc:
-                if self._backend == "netlink" or exc.errno not in netlink.UNAVAILABLE:
+                if self._backend == "netlink" or exc.errno not in netlink_messages.UNAVAILABLE:
                     raise
                 self.fallbacks[proto] = str(exc)
         return self._proc_rows(proto)

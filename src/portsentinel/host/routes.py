@@ -33,7 +33,7 @@ from portsentinel.host.addresses import (
     parse_attrs,
     split_messages,
 )
-from portsentinel.host.netlink import align
+from portsentinel.host.netlink_messages import align
 
 # rtnetlink message types and multicast groups (linux/rtnetlink.h)
 RTM_NEWROUTE: Final = 24

@@ -29,7 +29,8 @@ from portsentinel.host.inuse import (
     port_bytecode,
     short_record,
 )
-from portsentinel.host.netlink import UNAVAILABLE, NetlinkError, NetlinkSocket, Receive
+from portsentinel.host.netlink import NetlinkSocket, Receive
+from portsentinel.host.netlink_messages import UNAVAILABLE, NetlinkError
 
 DEFAULT_SSH_PORTS: Final = (22,)
 TCP_ESTABLISHED: Final = 1
