@@ -22,7 +22,7 @@ import time
 import dpkt
 
 from portsentinel.alert.events import event_line
-from portsentinel.cli.replay import run_replay
+from portsentinel.cli.replay_capture import run_replay
 from portsentinel.decode import decode_ethernet
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.settings import DetectorConfig

@@ -5,9 +5,11 @@
     python scripts/gen_docs.py --check  # exit 1 and name the stale ones
 
 What is written comes from the code: docs/configuration.md and portsentinel.conf(5) from the
-setting declarations (src/portsentinel/config/schema.py), portsentinel(8) from the command
-line parser, packaging/portsentinel.conf from ``config defaults``, and the systemd unit and
-logrotate rules from src/portsentinel/system/service_files.py. Run it after changing any of those;
+setting declarations (src/portsentinel/config/), portsentinel(8) from the command line parser
+(cli's, built here and passed to the renderer), packaging/portsentinel.conf from ``config
+defaults``, and the systemd unit and logrotate rules from
+src/portsentinel/system/service_files.py. The man pages go to src/portsentinel/system/man/,
+package data that ``portsentinel install`` copies. Run it after changing any of those;
 tests/unit/system/test_manual.py fails until the committed files match.
 """
 
@@ -17,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from portsentinel.cli.main import build_parser
 from portsentinel.system.manual import generated_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report stale files")
     args = parser.parse_args(argv)
     stale = []
-    for name, text in generated_files().items():
+    for name, text in generated_files(build_parser()).items():
         path = REPO / name
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:

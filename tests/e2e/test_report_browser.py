@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.cli.replay import run_replay, survey_in_use
-from portsentinel.cli.report import add_parser
+from portsentinel.cli.replay_capture import run_replay, survey_in_use
+from portsentinel.cli.report import add_parsers
 from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
 from portsentinel.model import Action, Decision
@@ -153,7 +153,7 @@ def busy_store(state_dir: Path, now: float) -> list[BanRecord]:
 
 def write_report(state_dir: Path, page: Path, since: str) -> str:
     parser = argparse.ArgumentParser(prog="portsentinel")
-    add_parser(parser.add_subparsers(dest="verb"))
+    add_parsers(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(
         ["report", "--since", since, "--html", str(page), "--state-dir", str(state_dir)]
     )

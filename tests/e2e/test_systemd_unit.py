@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 import portsentinel
+from portsentinel import paths
 from portsentinel.system import install, service_files
 
 pytestmark = pytest.mark.e2e
@@ -44,12 +45,12 @@ def staged(root: Path) -> Path:
     """Install into ``root``; returns the unit written there."""
     with open(os.devnull, "w") as quiet:
         assert install.install(root, dry_run=False, out=quiet, err=quiet) == 0
-    return install.under(root, install.UNIT_PATH)
+    return install.under(root, install.Layout.current().unit)
 
 
 def program() -> str:
     found = shutil.which("portsentinel")
-    for candidate in (service_files.DEFAULT_EXEC, str(PROGRAM), found):
+    for candidate in (paths.PROGRAM, str(PROGRAM), found):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     pytest.skip("no installed portsentinel program to point ExecStart at")
@@ -63,17 +64,15 @@ def program() -> str:
 def test_unit_verifies(tmp_path: Path, hosts_deny: bool) -> None:
     root = tmp_path / "root"
     if hosts_deny:
-        config = install.under(root, install.CONFIG_PATH)
+        config = install.under(root, install.Layout.current().config)
         config.parent.mkdir(parents=True)
         config.write_text('KILL_HOSTS_DENY="ALL: $TARGET$"\nBLOCK_TCP="1"\n')
     unit = staged(root)
     folder = tmp_path / "verify"
     folder.mkdir()
-    text = unit.read_text().replace(
-        f"ExecStart={service_files.DEFAULT_EXEC} ", f"ExecStart={program()} "
-    )
+    text = unit.read_text().replace(f"ExecStart={paths.PROGRAM} ", f"ExecStart={program()} ")
     (folder / service_files.UNIT_NAME).write_text(text)
-    dropin = install.under(root, install.DROPIN_PATH)
+    dropin = install.under(root, install.Layout.current().dropin)
     assert dropin.exists() == hosts_deny
     if hosts_deny:
         (folder / "portsentinel.service.d").mkdir()
@@ -224,13 +223,11 @@ systemctl is-active portsentinel.service >/out/stopped
 systemctl poweroff
 """
 
-# The verbs as ``portsentinel VERB`` runs them, whether or not cli.py has wired install and
-# migrate in yet (manual.full_parser adds them when it has not).
+# The verbs as ``portsentinel VERB`` runs them.
 VERB = """#!PYTHON
 import sys
-from portsentinel.system.manual import full_parser
-args = full_parser().parse_args(sys.argv[1:])
-sys.exit(args.handler(args, sys.stdout, sys.stderr))
+from portsentinel.cli.main import main
+sys.exit(main(sys.argv[1:]))
 """
 
 BOOT = r"""#!/bin/bash
@@ -285,10 +282,8 @@ def _prepare_script(work: Path) -> str:
         f"cp {work}/ps-verb $M/usr/local/sbin/ps-verb",
         f"cp {work}/pstest.service {work}/pstest.target $M/etc/systemd/system/",
     ]
-    if not Path(service_files.DEFAULT_EXEC).exists():
-        lines.append(
-            f"mkdir -p $M/usr/local/bin && ln -sf {program()} $M{service_files.DEFAULT_EXEC}"
-        )
+    if not Path(paths.PROGRAM).exists():
+        lines.append(f"mkdir -p $M/usr/local/bin && ln -sf {program()} $M{paths.PROGRAM}")
     if hidden:  # test only: this Python lives where ProtectHome=yes hides it
         lines += [
             "mkdir -p $M/etc/systemd/system/portsentinel.service.d",

@@ -1,6 +1,6 @@
-"""The operator's ban verbs: list, block, unblock, allow. They work on the state store and the
-backends directly, whether or not a daemon runs; a running daemon notices the change within a
-second (it follows the store) and updates what its detector remembers.
+"""The work of the ban verbs (``cli/bans.py``): list, block, unblock, allow. They work on the
+state store and the backends directly, whether or not a daemon runs; a running daemon notices
+the change within a second (it follows the store) and updates what its detector remembers.
 """
 
 from __future__ import annotations
@@ -12,19 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from portsentinel import paths
 from portsentinel.alert.events import iso_time
-from portsentinel.cli.history import reference_time
+from portsentinel.cli.history_views import reference_time
 from portsentinel.cli.tables import Column, write_rows
 from portsentinel.config.setup import Setup
 from portsentinel.config.types import ban_duration
-from portsentinel.errors import ConfigError, PortSentinelError
+from portsentinel.errors import ConfigError
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.model import Proto
 from portsentinel.respond.bans import Backends, BanManager, BanRequest, files_for
 from portsentinel.store.records import BanRecord, LiftedBy
-from portsentinel.store.sqlite import DB_NAME, Store
-
-EXIT_OK, EXIT_FAILURE = 0, 1
+from portsentinel.store.sqlite import Store
 
 
 def normalise(address: str, key: str = "ADDR") -> str:
@@ -74,7 +73,7 @@ def unblock(
                 missing += 1
             else:
                 out.write(f"unblocked {address} (ban {record.id})\n")
-    return EXIT_FAILURE if missing and not every else EXIT_OK
+    return paths.EXIT_FAILURE if missing and not every else paths.EXIT_OK
 
 
 def allow(
@@ -98,7 +97,7 @@ def allow(
                 bans.lift(record, now, LiftedBy.ALLOW)
                 out.write(f"unblocked {record.address} (ban {record.id})\n")
     out.write(f"allowed {added}: it will not be blocked\n")
-    return EXIT_OK
+    return paths.EXIT_OK
 
 
 def block(
@@ -125,7 +124,7 @@ def block(
         protected.close()
     if reason is not None:
         err.write(f"portsentinel: refusing to block {target}: never-block set ({reason})\n")
-        return EXIT_FAILURE
+        return paths.EXIT_FAILURE
     with manager(setup, state_dir, err) as bans:
         allowed = [
             n
@@ -135,7 +134,7 @@ def block(
         if allowed:
             why = f"allowed by the operator ({allowed[0]})"
             err.write(f"portsentinel: refusing to block {target}: {why}\n")
-            return EXIT_FAILURE
+            return paths.EXIT_FAILURE
         request = BanRequest(
             target, 0, Proto.TCP, None, 1, "manual block", manual=True, duration=duration
         )
@@ -144,15 +143,15 @@ def block(
         err.write(
             f"portsentinel: {target} was not blocked (already blocked, or every action failed)\n"
         )
-        return EXIT_FAILURE
+        return paths.EXIT_FAILURE
     until = "permanently" if record.expires is None else f"until {iso_time(record.expires)}"
     out.write(f"blocked {target} {until} (ban {record.id})\n")
-    return EXIT_OK
+    return paths.EXIT_OK
 
 
 def store_exists(state_dir: str) -> bool:
     """Read-only verbs never create a store where there is none."""
-    return os.path.exists(os.path.join(state_dir, DB_NAME))
+    return os.path.exists(os.path.join(state_dir, paths.STORE_NAME))
 
 
 def list_bans(state_dir: str, as_json: bool, out: TextIO) -> int:
@@ -160,7 +159,7 @@ def list_bans(state_dir: str, as_json: bool, out: TextIO) -> int:
     if not store_exists(state_dir):
         if not as_json:
             out.write("no active bans\n")
-        return EXIT_OK
+        return paths.EXIT_OK
     store = Store.open(state_dir, offline=None)
     try:
         # A replay's store answers as of the end of its capture, not as of today.
@@ -169,7 +168,7 @@ def list_bans(state_dir: str, as_json: bool, out: TextIO) -> int:
         store.close()
     rows = [_ban_dict(r) for r in records]
     write_rows(rows, LIST_COLUMNS, out, as_json=as_json, empty="no active bans")
-    return EXIT_OK
+    return paths.EXIT_OK
 
 
 def _ban_dict(record: BanRecord) -> dict[str, object]:
@@ -214,57 +213,3 @@ def parse_duration(text: str) -> float | None:
         return ban_duration(text)
     except ValueError as exc:
         raise ConfigError(str(exc), key="--for", expected="30s, 15m, 1h, 7d or permanent") from None
-
-
-def status_report(state_dir: str, daemon: object | None) -> dict[str, object]:
-    """The daemon's own status (None when it does not run) and the store's active bans."""
-    report: dict[str, object] = {"running": daemon is not None, "state_dir": state_dir}
-    if isinstance(daemon, dict):
-        report.update(daemon)
-    if not store_exists(state_dir):
-        report["store"] = f"no state store in {state_dir}"
-        return report
-    try:
-        store = Store.open(state_dir, offline=None)
-    except PortSentinelError as exc:
-        report["store"] = str(exc)
-        return report
-    try:
-        report["active_bans"] = len(store.active_bans(time.time()))
-    finally:
-        store.close()
-    return report
-
-
-def status_text(report: dict[str, object]) -> str:
-    lines = []
-    if not report.get("running"):
-        lines.append(f"portsentinel is not running on {report['state_dir']}")
-    else:
-        started = report.get("started")
-        since = iso_time(started) if isinstance(started, float) else "?"
-        lines.append(
-            f"portsentinel {report.get('version')} is running (pid {report.get('pid')}, "
-            f"since {since})"
-        )
-        lines.append(f"configuration: {report.get('config') or 'embedded defaults'}")
-        watched = report.get("ports_watched")
-        in_use = report.get("ports_in_use")
-        if isinstance(watched, dict) and isinstance(in_use, dict):
-            for mode, count in watched.items():
-                busy = in_use.get("tcp" if mode.endswith("tcp") else "udp", 0)
-                lines.append(f"mode {mode}: {count} ports watched, {busy} in use now")
-        counters = report.get("counters")
-        if isinstance(counters, dict):
-            keys = ("packets", "probes", "decisions_alert", "decisions_block",
-                    "decisions_command", "kernel_drops", "decode_errors")  # fmt: skip
-            shown = ", ".join(
-                f"{k.replace('decisions_', '')} {counters[k]}" for k in keys if k in counters
-            )
-            lines.append(f"counters: {shown}")
-        lines.append(f"never-block set: {report.get('never_block_networks')} networks")
-    if "active_bans" in report:
-        lines.append(f"active bans: {report['active_bans']}")
-    elif "store" in report:
-        lines.append(f"store: {report['store']}")
-    return "\n".join(lines) + "\n"

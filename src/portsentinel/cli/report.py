@@ -1,6 +1,6 @@
 """The ``report`` verb: read a store (a daemon's or a replay's), write one HTML page.
 
-``add_parser(verbs)`` registers it; the handler follows the CLI's ``(args, out, err) -> int``
+``add_parsers(verbs)`` registers it; the handler follows the CLI's ``(args, out, err) -> int``
 shape. The only I/O of the report lives here: the store, the clock, the output file.
 
 The CLI imports this module to build its parser, and so does the daemon (``run``): the
@@ -15,25 +15,22 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Final, TextIO
 
-from portsentinel import __version__
+from portsentinel import __version__, paths
+from portsentinel.cli.options import PROG, Verbs, add_state_dir_option
 from portsentinel.config.types import InvalidValueError, positive_duration
 from portsentinel.errors import ConfigError, StoreError
 from portsentinel.store.records import BanRecord, EventRow
-from portsentinel.store.sqlite import DB_NAME, Store
+from portsentinel.store.sqlite import Store
 
 if TYPE_CHECKING:
     from portsentinel.report.data import Report
 
-EXIT_OK, EXIT_FAILURE = 0, 1
-DEFAULT_STATE_DIR: Final = "/var/lib/portsentinel"
 ALL: Final = "all"
 _EVER: Final = 1e300  # bounds for "every record" (SQLite compares them with any REAL)
 
 
-def add_parser(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    """Register ``report`` on the CLI's subparsers; returns its parser."""
+def add_parsers(verbs: Verbs) -> None:
+    """Register ``report``."""
     parser = verbs.add_parser(
         "report",
         help="write a self-contained HTML page with plots of probes and bans",
@@ -55,14 +52,8 @@ def add_parser(
     parser.add_argument(
         "--html", required=True, metavar="FILE", help="the page to write ('-' for standard output)"
     )
-    parser.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        default=DEFAULT_STATE_DIR,
-        help=f"state directory holding the store (default {DEFAULT_STATE_DIR})",
-    )
-    parser.set_defaults(handler=run)
-    return parser
+    add_state_dir_option(parser, "state directory holding the store")
+    parser.set_defaults(handler=cmd_report)
 
 
 def parse_since(text: str) -> float | None:
@@ -75,7 +66,7 @@ def parse_since(text: str) -> float | None:
         raise ConfigError(str(exc), key="--since", expected="30m, 24h, 7d ... or all") from None
 
 
-def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """The handler: exit 0 with the page written, 1 when the store or the file fails."""
     from portsentinel.report.html import render_page  # noqa: PLC0415 - see the docstring
     from portsentinel.report.svg import plural  # noqa: PLC0415
@@ -90,25 +81,25 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             write_atomically(args.html, page)
     except StoreError as exc:
-        err.write(f"portsentinel: {exc}\n")
-        return EXIT_FAILURE
+        err.write(f"{PROG}: {exc}\n")
+        return paths.EXIT_FAILURE
     except OSError as exc:
-        err.write(f"portsentinel: {args.html}: cannot write the report: {exc.strerror}\n")
-        return EXIT_FAILURE
+        err.write(f"{PROG}: {args.html}: cannot write the report: {exc.strerror}\n")
+        return paths.EXIT_FAILURE
     s = report.summary
     done = out if args.html != "-" else err
     done.write(
         f"report written to {args.html}: {plural(s.probes, 'probe')} from "
         f"{plural(s.sources, 'source')}, {plural(s.bans, 'ban')}\n"
     )
-    return EXIT_OK
+    return paths.EXIT_OK
 
 
 def load_report(state_dir: str, since: float | None, now: float) -> tuple[Report, str]:
     """Read the window's records from the store (never creating one) and reduce them."""
     from portsentinel.report.data import build_report, choose_window, record_span  # noqa: PLC0415
 
-    path = os.path.join(state_dir, DB_NAME)
+    path = os.path.join(state_dir, paths.STORE_NAME)
     if not os.path.isfile(path):
         raise StoreError(f"{path}: no store here (give the --state-dir of a daemon or a replay)")
     with Store.open(state_dir, offline=None) as store:

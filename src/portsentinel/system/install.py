@@ -7,11 +7,13 @@ print the ``systemctl`` commands to run. The configuration is never overwritten;
 leaves it (and the state directory with its bans) unless ``--purge``. Install records the
 files it wrote and the directories it created in the state directory, so uninstall removes
 exactly those, and the directories only when they are empty again.
+
+The man pages are the ones generated at build time and shipped in the package
+(``system/man/``, written by ``scripts/gen_docs.py``): installing renders nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -19,30 +21,66 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+from portsentinel import paths
 from portsentinel.config.commands import render_defaults
 from portsentinel.config.load import parse_config
 from portsentinel.config.types import BlockLevel
 from portsentinel.store.lock import running_pid
 from portsentinel.system import service_files
 
-EXIT_OK, EXIT_FAILURE = 0, 1
-
-STATE_DIR = "/var/lib/portsentinel"
-CONFIG_DIR = "/etc/portsentinel"
-CONFIG_PATH = f"{CONFIG_DIR}/portsentinel.conf"
-UNIT_DIR = "/etc/systemd/system"
-UNIT_PATH = f"{UNIT_DIR}/{service_files.UNIT_NAME}"
-DROPIN_PATH = f"{UNIT_DIR}/{service_files.HOSTS_DENY_DROPIN}"
-MAN8_PATH = "/usr/local/share/man/man8/portsentinel.8"
-MAN5_PATH = "/usr/local/share/man/man5/portsentinel.conf.5"
-LOGROTATE_PATH = "/etc/logrotate.d/portsentinel"
-MANIFEST_PATH = f"{STATE_DIR}/install-manifest.json"
-# What uninstall removes when install left no record (installed by hand or by an old version).
-STANDARD_FILES = (UNIT_PATH, DROPIN_PATH, MAN8_PATH, MAN5_PATH, LOGROTATE_PATH)
+MAN_PAGES = ("portsentinel.8", "portsentinel.conf.5")  # in system/man/, by section suffix
 NEXT_STEPS = ("systemctl daemon-reload", "systemctl enable --now portsentinel")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where install puts each file on the target system: ``portsentinel.paths`` as it is
+    when a verb runs."""
+
+    state_dir: str
+    config_dir: str
+    config: str
+    unit_dir: str
+    unit: str
+    dropin: str
+    man_dir: str
+    logrotate: str
+
+    @classmethod
+    def current(cls) -> Layout:
+        return cls(
+            state_dir=paths.STATE_DIR,
+            config_dir=paths.CONFIG_DIR,
+            config=paths.CONFIG_FILE,
+            unit_dir=paths.UNIT_DIR,
+            unit=f"{paths.UNIT_DIR}/{service_files.UNIT_NAME}",
+            dropin=f"{paths.UNIT_DIR}/{service_files.HOSTS_DENY_DROPIN}",
+            man_dir=paths.MAN_DIR,
+            logrotate=f"{paths.LOGROTATE_DIR}/portsentinel",
+        )
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.state_dir}/install-manifest.json"
+
+    def man_page(self, name: str) -> str:
+        return f"{self.man_dir}/man{name.rpartition('.')[2]}/{name}"
+
+    @property
+    def standard_files(self) -> tuple[str, ...]:
+        """What uninstall removes when install left no record (installed by hand or by an
+        old version)."""
+        pages = tuple(self.man_page(name) for name in MAN_PAGES)
+        return (self.unit, self.dropin, *pages, self.logrotate)
+
+
+def shipped_man_page(name: str) -> str:
+    """A man page as the package ships it (``system/man/NAME``)."""
+    return resources.files("portsentinel.system").joinpath("man", name).read_text("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +102,17 @@ class Manifest:
     dirs: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, root: Path) -> Manifest | None:
+    def load(cls, root: Path, layout: Layout) -> Manifest | None:
         try:
-            data = json.loads(under(root, MANIFEST_PATH).read_text(encoding="utf-8"))
+            data = json.loads(under(root, layout.manifest).read_text(encoding="utf-8"))
             files = {str(k): bool(v) for k, v in dict(data["files"]).items()}
             return cls(files, [str(d) for d in data["dirs"]])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def save(self, root: Path) -> None:
+    def save(self, root: Path, layout: Layout) -> None:
         data = {"version": 1, "files": self.files, "dirs": self.dirs}
-        write_file(under(root, MANIFEST_PATH), json.dumps(data, indent=2) + "\n", 0o640)
+        write_file(under(root, layout.manifest), json.dumps(data, indent=2) + "\n", 0o640)
 
 
 def under(root: Path, target: str) -> Path:
@@ -151,28 +189,24 @@ def write_file(path: Path, text: str, mode: int) -> None:
 # --- install --------------------------------------------------------------------------------
 
 
-def artifacts(exec_start: str, config_text: str) -> list[Artifact]:
+def artifacts(layout: Layout, exec_start: str, config_text: str) -> list[Artifact]:
     """Every file install writes, given the program to run and the configuration in force."""
-    from portsentinel.system import manual  # noqa: PLC0415 - the daemon imports this module too
-
-    parser = manual.full_parser()
     found = [
-        Artifact(UNIT_PATH, service_files.unit_text(exec_start), 0o644),
-        Artifact(CONFIG_PATH, render_defaults(), 0o640, config=True),
-        Artifact(MAN8_PATH, manual.render_man8(parser), 0o644),
-        Artifact(MAN5_PATH, manual.render_conf5(), 0o644),
-        Artifact(LOGROTATE_PATH, service_files.LOGROTATE, 0o644),
+        Artifact(layout.unit, service_files.unit_text(exec_start), 0o644),
+        Artifact(layout.config, render_defaults(), 0o640, config=True),
+        *(Artifact(layout.man_page(n), shipped_man_page(n), 0o644) for n in MAN_PAGES),
+        Artifact(layout.logrotate, service_files.LOGROTATE, 0o644),
     ]
     directory = hosts_deny_directory(config_text)
     if directory is not None:
-        found.append(Artifact(DROPIN_PATH, service_files.hosts_deny_dropin(directory), 0o644))
+        found.append(Artifact(layout.dropin, service_files.hosts_deny_dropin(directory), 0o644))
     return found
 
 
 def hosts_deny_directory(config_text: str) -> str | None:
     """The directory of HOSTS_DENY_FILE when the configuration blocks through hosts.deny
     (KILL_HOSTS_DENY set and a BLOCK level of 1), else None."""
-    found = parse_config(config_text, CONFIG_PATH)
+    found = parse_config(config_text, paths.CONFIG_FILE)
     if found.config is None:
         return None
     s = found.config.settings
@@ -189,7 +223,7 @@ def exec_start(root: Path) -> tuple[str, str]:
     installing on this machine and that does not exist, the program next to the running
     Python (a virtual environment) is used instead.
     """
-    default = service_files.DEFAULT_EXEC
+    default = paths.PROGRAM
     if under(root, default).exists():
         return default, ""
     if root.resolve() != Path("/"):
@@ -207,25 +241,27 @@ def install(root: Path, *, dry_run: bool, out: TextIO, err: TextIO) -> int:
     """Write the unit, man pages, logrotate rules, default config (if none) and state dir."""
     if not dry_run:
         root.mkdir(parents=True, exist_ok=True)  # a staging root, like make's DESTDIR
-    manifest = Manifest.load(root) or Manifest()
+    layout = Layout.current()
+    manifest = Manifest.load(root, layout) or Manifest()
     actions = Actions(root, out, dry_run=dry_run)
     program, note = exec_start(root)
-    config = under(root, CONFIG_PATH)
+    config = under(root, layout.config)
     config_text = config.read_text(encoding="utf-8", errors="replace") if config.exists() else ""
-    wanted = artifacts(program, config_text or render_defaults())
+    wanted = artifacts(layout, program, config_text or render_defaults())
     for artifact in wanted:
         actions.write(artifact, manifest)
-    if not any(a.target == DROPIN_PATH for a in wanted) and DROPIN_PATH in manifest.files:
-        if under(root, DROPIN_PATH).exists():
-            actions.remove(DROPIN_PATH, "hosts.deny is no longer used")
-        del manifest.files[DROPIN_PATH]
-    actions.make_dirs(STATE_DIR, manifest, mode=0o750)
+    dropin = layout.dropin
+    if not any(a.target == dropin for a in wanted) and dropin in manifest.files:
+        if under(root, dropin).exists():
+            actions.remove(dropin, "hosts.deny is no longer used")
+        del manifest.files[dropin]
+    actions.make_dirs(layout.state_dir, manifest, mode=0o750)
     if not dry_run:
-        manifest.save(root)
+        manifest.save(root, layout)
     if note:
         err.write(f"portsentinel: warning: {note}\n")
-    _next_steps(root, out, (f"portsentinel config check --config {CONFIG_PATH}", *NEXT_STEPS))
-    return EXIT_OK
+    _next_steps(root, out, (f"portsentinel config check --config {layout.config}", *NEXT_STEPS))
+    return paths.EXIT_OK
 
 
 def _next_steps(root: Path, out: TextIO, commands: tuple[str, ...]) -> None:
@@ -240,16 +276,17 @@ def _next_steps(root: Path, out: TextIO, commands: tuple[str, ...]) -> None:
 
 def uninstall(root: Path, *, purge: bool, out: TextIO, err: TextIO) -> int:
     """Remove what install put; the configuration and state only with ``purge``."""
-    blocker = _still_in_use(root)
+    layout = Layout.current()
+    blocker = _still_in_use(root, layout)
     if blocker:
         err.write(f"portsentinel: {blocker}; first run: systemctl disable --now portsentinel\n")
-        return EXIT_FAILURE
-    manifest = Manifest.load(root)
+        return paths.EXIT_FAILURE
+    manifest = Manifest.load(root, layout)
     actions = Actions(root, out, dry_run=False)
     if manifest is None:
         out.write("no install record: removing the files install writes\n")
-        manifest = Manifest(dict.fromkeys(STANDARD_FILES, False), [])
-        manifest.files[CONFIG_PATH] = True
+        manifest = Manifest(dict.fromkeys(layout.standard_files, False), [])
+        manifest.files[layout.config] = True
     for target, is_config in manifest.files.items():
         if not under(root, target).is_file():
             continue
@@ -258,22 +295,22 @@ def uninstall(root: Path, *, purge: bool, out: TextIO, err: TextIO) -> int:
         else:
             actions.remove(target)
     if purge:
-        _remove_tree(actions, CONFIG_DIR)
-        _remove_tree(actions, STATE_DIR)
+        _remove_tree(actions, layout.config_dir)
+        _remove_tree(actions, layout.state_dir)
     else:
-        under(root, MANIFEST_PATH).unlink(missing_ok=True)
+        under(root, layout.manifest).unlink(missing_ok=True)
     for directory in reversed(manifest.dirs):
         _remove_if_empty(actions, directory)
     _next_steps(root, out, ("systemctl daemon-reload",))
-    return EXIT_OK
+    return paths.EXIT_OK
 
 
-def _still_in_use(root: Path) -> str:
+def _still_in_use(root: Path, layout: Layout) -> str:
     """Why the service must be stopped or disabled before its files go, or ""."""
-    pid = running_pid(str(under(root, STATE_DIR)))
+    pid = running_pid(str(under(root, layout.state_dir)))
     if pid is not None:
         return f"the daemon is running (pid {pid})"
-    for wants in sorted(under(root, UNIT_DIR).glob("*.wants")):
+    for wants in sorted(under(root, layout.unit_dir).glob("*.wants")):
         link = wants / service_files.UNIT_NAME
         if link.is_symlink() or link.exists():  # an enabling link is absolute: may dangle here
             return f"the service is still enabled ({link})"
@@ -292,57 +329,3 @@ def _remove_if_empty(actions: Actions, target: str) -> None:
     if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
         actions.say("remove", target + "/")
         path.rmdir()
-
-
-# --- the verbs ------------------------------------------------------------------------------
-
-
-def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``install`` and ``uninstall``; handlers take ``(args, out, err)``."""
-    put = verbs.add_parser(
-        "install",
-        help="install the systemd unit, man pages, logrotate rules and a default config",
-        description=(
-            "Write /etc/systemd/system/portsentinel.service, the man pages under "
-            "/usr/local/share/man, /etc/logrotate.d/portsentinel, the default configuration "
-            "/etc/portsentinel/portsentinel.conf (never over an existing one) and the state "
-            "directory /var/lib/portsentinel, then print the systemctl commands to run. "
-            "Starts nothing."
-        ),
-    )
-    put.add_argument(
-        "--root", default="/", metavar="DIR", help="install below DIR instead of / (staging)"
-    )
-    put.add_argument("--dry-run", action="store_true", help="print what would be done, only")
-    put.set_defaults(handler=_cmd_install)
-    remove = verbs.add_parser(
-        "uninstall",
-        help="remove what install put (the configuration and state only with --purge)",
-        description=(
-            "Remove the files install wrote and the directories it created once they are "
-            "empty. Refuses while the service is running or enabled."
-        ),
-    )
-    remove.add_argument("--root", default="/", metavar="DIR", help="uninstall below DIR")
-    remove.add_argument(
-        "--purge",
-        action="store_true",
-        help="also remove /etc/portsentinel and /var/lib/portsentinel (bans, events)",
-    )
-    remove.set_defaults(handler=_cmd_uninstall)
-
-
-def _cmd_install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    try:
-        return install(Path(args.root), dry_run=args.dry_run, out=out, err=err)
-    except OSError as exc:
-        err.write(f"portsentinel: install failed: {exc}\n")
-        return EXIT_FAILURE
-
-
-def _cmd_uninstall(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    try:
-        return uninstall(Path(args.root), purge=args.purge, out=out, err=err)
-    except OSError as exc:
-        err.write(f"portsentinel: uninstall failed: {exc}\n")
-        return EXIT_FAILURE

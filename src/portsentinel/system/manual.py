@@ -1,11 +1,12 @@
 """The manual: ``portsentinel(8)``, ``portsentinel.conf(5)`` and ``docs/configuration.md``.
 
-All three are rendered from what the program itself knows, the command-line parser and the
-setting declarations, so the documentation cannot describe a verb, option or setting the code
-does not have. ``scripts/gen_docs.py`` writes them into the repository (a test keeps the
-committed copies equal to a fresh rendering); ``portsentinel install`` renders the man pages
-again on the target machine, so a wheel needs no data files. Output is deterministic: no
-dates, no terminal widths.
+All three are rendered from what the program itself knows, the command-line parser it is
+given and the setting declarations, so the documentation cannot describe a verb, option or
+setting the code does not have. This module never builds the parser (the command line is
+above it): ``scripts/gen_docs.py`` builds cli's parser, passes it here and writes the files
+into the repository at build time, the man pages as package data that ``portsentinel
+install`` copies; a test keeps the committed copies equal to a fresh rendering. Output is
+deterministic: no dates, no terminal widths.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from portsentinel import __version__
-from portsentinel.config.commands import quote
+from portsentinel.config.commands import quote, render_defaults
 from portsentinel.config.declaration import SettingSpec
 from portsentinel.config.schema import SETTINGS
+from portsentinel.system import service_files
 
 PROG = "portsentinel"
 ORIGIN_TITLES = {
@@ -120,32 +122,16 @@ def _expand(action: argparse.Action) -> str:
     return text % fields
 
 
-def full_parser() -> argparse.ArgumentParser:
-    """The whole command line: cli's parser, plus the verbs that register themselves from
-    their own modules (install, uninstall, migrate) where cli has not wired them in yet."""
-    # Imported here: cli imports the modules whose verbs it wires, and they import this one.
-    from portsentinel.cli import main as cli  # noqa: PLC0415
-    from portsentinel.system import install, migrate  # noqa: PLC0415
-
-    parser = cli.build_parser()
-    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for module, names in ((install, ("install", "uninstall")), (migrate, ("migrate",))):
-        if not any(name in verbs.choices for name in names):
-            module.add_parsers(verbs)
-    return parser
+MAN_DIR = "src/portsentinel/system/man"  # the shipped man pages, in the repository
 
 
-def generated_files() -> dict[str, str]:
-    """Every file ``scripts/gen_docs.py`` writes, by path in the repository."""
-    # Imported here: install imports this module.
-    from portsentinel.config.commands import render_defaults  # noqa: PLC0415
-    from portsentinel.system import service_files  # noqa: PLC0415
-
-    parser = full_parser()
+def generated_files(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every file ``scripts/gen_docs.py`` writes, by path in the repository, for the whole
+    command line ``parser``."""
     return {
         "docs/configuration.md": render_configuration_md(),
-        "docs/portsentinel.8": render_man8(parser),
-        "docs/portsentinel.conf.5": render_conf5(),
+        f"{MAN_DIR}/portsentinel.8": render_man8(parser),
+        f"{MAN_DIR}/portsentinel.conf.5": render_conf5(),
         "packaging/portsentinel.conf": render_defaults(),
         "packaging/portsentinel.service": service_files.unit_text(),
         "packaging/portsentinel.logrotate": service_files.LOGROTATE,

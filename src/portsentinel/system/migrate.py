@@ -12,12 +12,12 @@ anything: it prints the commands.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from portsentinel import paths
 from portsentinel.config.commands import quote, render_defaults
 from portsentinel.config.ignore import parse_ignore
 from portsentinel.config.legacy import (
@@ -33,11 +33,6 @@ from portsentinel.config.schema import spec_for
 from portsentinel.model import Mode
 from portsentinel.system.install import under, write_file
 
-EXIT_OK, EXIT_FAILURE = 0, 1
-
-FROM_DIR = "/etc/portsentry"
-DEFAULTS = "/etc/default/portsentry"
-OUTPUT = "/etc/portsentinel/portsentinel.conf"
 IGNORE_NAME = "portsentinel.ignore"
 MODES_NAME = "modes"
 STATIC_IGNORE = "portsentry.ignore.static"
@@ -87,12 +82,13 @@ def retire_steps(tcp: Mode | None, udp: Mode | None, output: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """Paths on the target system (``root`` is where that system's files are)."""
+    """Paths on the target system (``root`` is where that system's files are); the verb
+    fills them from its options, whose defaults are ``paths``."""
 
     root: Path
-    from_dir: str = FROM_DIR
-    defaults: str = DEFAULTS
-    output: str = OUTPUT
+    from_dir: str
+    defaults: str
+    output: str
 
     def real(self, target: str) -> Path:
         return under(self.root, target)
@@ -312,27 +308,27 @@ def migrate(request: Request, out: TextIO, err: TextIO) -> int:
         outcome = plan(request)
     except FileNotFoundError as exc:
         err.write(f"portsentinel: no PortSentry configuration: {exc.filename}\n")
-        return EXIT_FAILURE
+        return paths.EXIT_FAILURE
     config_text = outcome.files[request.output]
     found = parse_config(config_text, request.output)
     if found.config is None:  # pragma: no cover - would be a bug in the rewriting above
         for error in found.errors:
             err.write(f"portsentinel: migrate produced an invalid line: {error.render()}\n")
-        return EXIT_FAILURE
+        return paths.EXIT_FAILURE
     clash = conflicts(request, outcome.files)
     if clash:
         err.write(
             "portsentinel: these files exist and would change; move them away or choose "
             f"--output: {', '.join(clash)}\n"
         )
-        return EXIT_FAILURE
+        return paths.EXIT_FAILURE
     for target, text in outcome.files.items():
         path = request.real(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file(path, text, 0o640 if target == request.output else 0o644)
     running = running_portsentry() if request.root.resolve() == Path("/") else []
     _report(outcome, found.warnings, running, out)
-    return EXIT_OK
+    return paths.EXIT_OK
 
 
 def _report(outcome: Outcome, warnings: tuple[str, ...], running: list[str], out: TextIO) -> None:
@@ -354,52 +350,3 @@ def _report(outcome: Outcome, warnings: tuple[str, ...], running: list[str], out
     say("\nNext steps (migrate stops and disables nothing itself):\n")
     for number, step in enumerate(outcome.steps, start=1):
         say(f"  {number}. {step}\n")
-
-
-# --- the verb -------------------------------------------------------------------------------
-
-
-def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``migrate``; its handler takes ``(args, out, err)``."""
-    verb = verbs.add_parser(
-        "migrate",
-        help="write a PortSentinel configuration from an existing PortSentry setup",
-        description=(
-            "Read portsentry.conf, its ignore files (Debian's portsentry.ignore.static too) "
-            "and TCP_MODE/UDP_MODE of the defaults file; write a configuration that keeps "
-            "every setting, a merged ignore file and a modes file next to it; say what was "
-            "carried over and what changed, and how to stop and disable PortSentry. Stops "
-            "nothing and never overwrites a file that differs."
-        ),
-    )
-    verb.add_argument(
-        "--from", dest="from_dir", default=FROM_DIR, metavar="DIR",
-        help=f"PortSentry's configuration directory (default {FROM_DIR})",
-    )  # fmt: skip
-    verb.add_argument(
-        "--defaults", default=DEFAULTS, metavar="FILE",
-        help=f"the defaults file with TCP_MODE and UDP_MODE (default {DEFAULTS})",
-    )  # fmt: skip
-    verb.add_argument(
-        "--output", default=OUTPUT, metavar="FILE",
-        help=f"the configuration to write; the ignore and modes files go next to it "
-        f"(default {OUTPUT})",
-    )  # fmt: skip
-    verb.add_argument(
-        "--root", default="/", metavar="DIR",
-        help="read and write below DIR: all paths above are on that system",
-    )  # fmt: skip
-    verb.set_defaults(handler=_cmd_migrate)
-
-
-def _cmd_migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    request = Request(Path(args.root), args.from_dir, args.defaults, _absolute(args.output))
-    try:
-        return migrate(request, out, err)
-    except OSError as exc:
-        err.write(f"portsentinel: migrate failed: {exc}\n")
-        return EXIT_FAILURE
-
-
-def _absolute(path: str) -> str:
-    return path if path.startswith("/") else os.path.abspath(path)

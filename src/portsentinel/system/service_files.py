@@ -8,7 +8,8 @@ and a test keeps the two equal.
 
 from __future__ import annotations
 
-DEFAULT_EXEC = "/usr/local/bin/portsentinel"
+from portsentinel import paths
+
 UNIT_NAME = "portsentinel.service"
 
 _UNIT = """\
@@ -127,8 +128,11 @@ LOGROTATE = """\
 """
 
 
-def unit_text(exec_start: str = DEFAULT_EXEC) -> str:
-    """The unit, running ``exec_start run`` (a path without spaces)."""
+def unit_text(exec_start: str | None = None) -> str:
+    """The unit, running ``exec_start run`` (a path without spaces; default the installed
+    program, ``paths.PROGRAM``)."""
+    if exec_start is None:
+        exec_start = paths.PROGRAM
     if not exec_start.startswith("/") or any(c.isspace() for c in exec_start):
         raise ValueError(f"ExecStart needs an absolute path without spaces: {exec_start!r}")
     return _UNIT.replace("{exec_start}", exec_start)

@@ -1,12 +1,7 @@
-"""``why``, ``history``, ``replay --state-dir`` and the shared table printer, on real stores.
-
-Stores are real SQLite files built with the Store API, or by replaying the golden captures
-(tests/fixtures/captures: scanner 198.18.0.2, target 198.18.0.1, recorded 2026-11-25).
-"""
+"""``why`` and ``history``: the verbs on stores with known contents."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -14,119 +9,11 @@ from typing import Any
 
 import pytest
 
-from portsentinel.cli import bans as operate
-from portsentinel.cli import history as ev
-from portsentinel.cli import main as cli
-from portsentinel.cli.replay import parse_local, survey_in_use
-from portsentinel.cli.tables import Column, fit, write_rows
-from portsentinel.config.setup import detector_config, load_setup
-from portsentinel.detect.detector import Detector
-from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError, StoreError
-from portsentinel.store.records import BanState, EventRow, LiftedBy
+from portsentinel.cli import history as verbs
+from portsentinel.cli import history_views
+from portsentinel.store.records import LiftedBy
 from portsentinel.store.sqlite import Store
-
-CAPTURES = Path(__file__).resolve().parents[2] / "fixtures" / "captures"
-SCANNER = "198.18.0.2"
-LOCAL = ["198.18.0.1", "fd00:5e::1"]
-T0 = 1_700_000_000.0  # 2023-11-14T22:13:20+00:00
-HOUR, DAY = 3600.0, 86400.0
-
-
-# --- Helpers ------------------------------------------------------------------------------------
-
-
-def verbs() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="portsentinel")
-    ev.add_parsers(parser.add_subparsers(dest="verb", required=True))
-    return parser
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    """A verb as cli.main runs it: usage errors exit 2, runtime failures 1."""
-    args = verbs().parse_args(argv)
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        status = args.handler(args, out, err)
-    except (ConfigError, ConfigErrors) as exc:
-        err.write(f"{exc}\n")
-        status = 2
-    except PortSentinelError as exc:
-        err.write(f"portsentinel: {exc}\n")
-        status = 1
-    return status, out.getvalue(), err.getvalue()
-
-
-def event(
-    time: float, port: int, *, src: str = "203.0.113.7", dst: str = "192.0.2.1", **kw: object
-) -> EventRow:
-    fields: dict[str, object] = {
-        "proto": "tcp", "kind": "SYN", "action": "ignored", "reason": "below trigger",
-        "mode": "atcp", "rule": None, "hits": 1, "ports_seen": 1, "flags": "SYN",
-    }  # fmt: skip
-    fields.update(kw)
-    return EventRow(time, src, dst, port=port, **fields)  # type: ignore[arg-type]
-
-
-def small_store(state_dir: Path) -> None:
-    """One scanner, three probes, one active ban with one backend applied and one failing."""
-    with Store.open(str(state_dir)) as store:
-        store.add_events(
-            [
-                event(T0, 21),
-                event(T0 + 1, 23, action="block", reason="scan trigger reached",
-                      rule="scan_trigger", hits=2, ports_seen=2),
-                event(T0 + 2, 25, dst="192.0.2.2", kind="FIN", reason="already blocked",
-                      rule="scan_trigger", hits=3, ports_seen=3),
-            ]
-        )  # fmt: skip
-        ban = store.begin_ban(
-            "203.0.113.7",
-            None,
-            created=T0 + 1,
-            expires=T0 + 1 + HOUR,
-            reason="SYN scan: scan trigger reached",
-            rule="scan_trigger",
-            evidence={"hits": 2, "ports": ["tcp/21", "tcp/23"], "kinds": ["SYN"],
-                      "first_seen": T0, "last_seen": T0 + 1, "plan": ["nftables", "hosts_deny"],
-                      "port": 23, "proto": "tcp", "mode": "atcp"},
-            offence=1,
-        )  # fmt: skip
-        store.record_action(ban.id, "nftables", {"set": "ban4"}, "applied", at=T0 + 1)
-        for _ in range(2):
-            store.record_action(ban.id, "hosts_deny", None, "failed", "denied", at=T0 + 1)
-        store.activate(ban.id)
-
-
-def replay_into(
-    state_dir: Path, capture: str, tmp_path: Path, config: str = 'SCAN_TRIGGER="0"\n'
-) -> ev.Recorded:
-    """What ``portsentinel replay --state-dir`` does, built as cli._cmd_replay builds it."""
-    conf = tmp_path / f"replay-{capture}.conf"
-    conf.write_text(config)
-    setup = load_setup(str(conf), "atcp,audp")
-    path = str(CAPTURES / capture)
-    local = parse_local(LOCAL)
-    seen = survey_in_use(path, local)
-    detector = Detector(
-        detector_config(setup),
-        ignore=setup.ignore,
-        local=local,
-        in_use_tcp=seen.tcp,
-        in_use_udp=seen.udp,
-    )
-    printed: list[str] = []
-    recorded = ev.record_replay(
-        path,
-        detector,
-        lambda d: printed.append(d.action.value),
-        state_dir=str(state_dir),
-        settings=setup.settings,
-    )
-    assert len(printed) == recorded.events  # every printed decision is recorded
-    return recorded
-
-
-# --- why ----------------------------------------------------------------------------------------
+from unit.cli.stores import DAY, HOUR, T0, event, history_store, run, small_store
 
 WHY_SMALL = """\
 203.0.113.7: banned (active)
@@ -242,47 +129,24 @@ def test_why_finds_the_newest_ended_ban_however_old(tmp_path: Path) -> None:
 
 def evidence_why(state_dir: Path, address: str, now: float) -> dict[str, Any]:
     out = io.StringIO()
-    status = ev.why(str(state_dir), address, as_json=True, now=now, out=out, err=io.StringIO())
+    status = verbs.why(str(state_dir), address, as_json=True, now=now, out=out, err=io.StringIO())
     assert status == 0
     view: dict[str, Any] = json.loads(out.getvalue())
     return view
 
 
-# --- history ------------------------------------------------------------------------------------
-
-
-def history_store(state_dir: Path) -> None:
-    """An expired ban, an alert, a lifted ban and an active permanent one, over two days."""
-    with Store.open(str(state_dir)) as store:
-        old = store.begin_ban(
-            "192.0.2.1", None, created=T0, expires=T0 + HOUR, reason="SYN scan: scan trigger "
-            "reached", rule="scan_trigger", evidence={"ports": ["tcp/1", "tcp/2", "tcp/3"]},
-            offence=1,
-        )  # fmt: skip
-        store.activate(old.id)
-        store.lift(old.id, T0 + HOUR, LiftedBy.EXPIRY)
-        store.add_events(
-            [event(T0 + DAY, 7, src="192.0.2.9", proto="udp", kind="UDP", flags=None),
-             event(T0 + DAY + 1, 9, src="192.0.2.9", proto="udp", kind="UDP", flags=None,
-                   action="alert", reason="scan trigger reached", rule="scan_trigger")]
-        )  # fmt: skip
-        lifted = store.begin_ban(
-            "192.0.2.2", None, created=T0 + DAY + 5, expires=T0 + 2 * DAY, reason="manual block",
-            rule=None, evidence={"plan": ["run_cmd"], "port": 0, "proto": "tcp"}, offence=1,
-        )  # fmt: skip
-        store.activate(lifted.id)
-        store.lift(lifted.id, T0 + DAY + 60, LiftedBy.UNBLOCK)
-        live = store.begin_ban(
-            "192.0.2.3", None, created=T0 + DAY + 10, expires=None, reason="FIN scan: scan "
-            "trigger reached", rule="scan_trigger", evidence={"ports": ["tcp/80", "udp/53"]},
-            offence=2,
-        )  # fmt: skip
-        store.activate(live.id)
+def test_why_says_when_it_summarises_only_the_newest_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_store(tmp_path)
+    monkeypatch.setattr(history_views, "EVENT_LIMIT", 2)
+    _, out, _ = run(["why", "203.0.113.7", "--state-dir", str(tmp_path)])
+    assert "  probes    2 (the newest only), 2023-11-14T22:13:21.000000+00:00 to " in out
 
 
 def history(state_dir: Path, since: str, now: float, *, as_json: bool) -> str:
     out = io.StringIO()
-    assert ev.history(str(state_dir), since, as_json=as_json, now=now, out=out) == 0
+    assert verbs.history(str(state_dir), since, as_json=as_json, now=now, out=out) == 0
     return out.getvalue()
 
 
@@ -347,264 +211,3 @@ def test_history_bad_since_exits_2_even_without_a_store(tmp_path: Path, since: s
     status, out, err = run(["history", f"--since={since}", "--state-dir", str(tmp_path / "none")])
     assert (status, out) == (2, "")
     assert err.startswith(f"--since: not a duration or a time: {since!r} (expected a duration")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("30s", (30.0, True)),
-        ("15m", (900.0, True)),
-        ("7d", (7 * DAY, True)),
-        ("2023-11-14T22:13:20+00:00", (T0, False)),
-        ("2023-11-14T23:13:20+01:00", (T0, False)),
-        ("2023-11-14T22:13:20", (T0, False)),  # no offset: UTC
-        ("2023-11-14T22:13:20Z", (T0, False)),
-    ],
-)
-def test_parse_since(text: str, expected: tuple[float, bool]) -> None:
-    assert ev.parse_since(text) == expected
-
-
-# --- replay --state-dir -------------------------------------------------------------------------
-
-
-def test_replayed_syn_scan_is_recorded_with_the_capture_times(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    recorded = replay_into(state, "syn.pcap", tmp_path)
-    assert (recorded.events, recorded.bans) == (118, 1)
-    assert recorded.stats.decisions == {"block": 1, "ignored": 117}
-    with Store.open(str(state), offline=None) as store:
-        assert store.offline
-        assert store.meta()["offline"] == "1"
-        rows = store.events_for(SCANNER)
-        first = rows[0]
-        assert (first.action, first.port, len(rows)) == ("block", 23, 118)
-        ban = store.ban_for(SCANNER)
-        assert ban is not None
-        assert ban.offline
-        assert (ban.state, ban.created, ban.expires) == (
-            BanState.ACTIVE,
-            first.time,
-            first.time + HOUR,
-        )
-        assert (ban.rule, ban.offence, ban.reason) == (
-            "scan_trigger", 1, "SYN scan: scan trigger reached",
-        )  # fmt: skip
-        evidence = ban.evidence
-        assert (evidence["ports"], evidence["kinds"], evidence["hits"]) == (["tcp/23"], ["SYN"], 1)
-        assert evidence["first_seen"] == evidence["last_seen"] == first.time
-        assert evidence["plan"] == ["nftables"]
-        assert store.actions(ban.id) == []  # records only: nothing was applied
-        end = rows[-1].time
-    assert ev.reference_time(Store.open(str(state), offline=None), 0.0) == end
-
-
-def test_list_why_and_history_read_a_replayed_capture(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    replay_into(state, "syn.pcap", tmp_path)
-    out = io.StringIO()
-    assert operate.list_bans(str(state), True, out) == 0  # as of the capture, not of today
-    assert [json.loads(line)["address"] for line in out.getvalue().splitlines()] == [SCANNER]
-    status, text, _ = run(["why", SCANNER, "--state-dir", str(state)])
-    assert status == 0
-    lines = text.splitlines()
-    assert lines[0] == f"{SCANNER}: banned (active), a replay's record: never applied"
-    assert "  actions   none: offline record (plan: nftables)" in lines
-    assert "  ports     tcp 1-21,23-79,81-112,114-120,443 (118 distinct)" in lines
-    assert "  decisions ignored 117, block 1" in lines
-    status, text, _ = run(["history", "--state-dir", str(state), "--json"])  # default 24h
-    rows = [json.loads(line) for line in text.splitlines()]
-    assert [(r["src"], r["action"], r["state"], r["ports"]) for r in rows] == [
-        (SCANNER, "block", "active", {"tcp": "23"})
-    ]
-
-
-def test_a_later_capture_ends_the_expired_ban_and_counts_a_repeat_offence(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    config = 'SCAN_TRIGGER="0"\nBAN_DURATION="5s"\n'
-    replay_into(state, "syn.pcap", tmp_path, config)  # ban until 21:34:09.29
-    recorded = replay_into(state, "udp.pcap", tmp_path, config)  # triggers at 21:34:10.40
-    assert recorded.bans == 1
-    with Store.open(str(state), offline=None) as store:
-        bans = store.bans_between(-1e300, 1e300)
-    first, second = bans
-    assert (first.state, first.lifted_by, first.lifted_at) == (
-        BanState.EXPIRED, "expiry", first.created + 5,
-    )  # fmt: skip
-    assert (second.state, second.offence, second.evidence["proto"]) == (BanState.ACTIVE, 2, "udp")
-    assert second.expires == pytest.approx(second.created + 10)  # doubled for a repeat
-
-
-def test_replaying_the_same_capture_twice_keeps_one_ban(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    replay_into(state, "udp.pcap", tmp_path)
-    again = replay_into(state, "udp.pcap", tmp_path)
-    assert (again.events, again.bans) == (63, 0)  # the first one still holds at that time
-
-
-def test_block_0_alerts_are_history_not_bans(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    recorded = replay_into(state, "udp.pcap", tmp_path, 'SCAN_TRIGGER="0"\nBLOCK_UDP="0"\n')
-    assert recorded.bans == 0
-    status, text, _ = run(["history", "--state-dir", str(state), "--json"])
-    [row] = [json.loads(line) for line in text.splitlines()]
-    assert (row["src"], row["action"], row["state"], row["until"]) == (
-        SCANNER, "alert", "logged", None,
-    )  # fmt: skip
-    status, text, _ = run(["why", SCANNER, "--state-dir", str(state)])
-    assert (status, text.splitlines()[0]) == (0, f"{SCANNER}: alerted, never banned")
-    assert "  rule      scan_trigger" in text.splitlines()
-
-
-@pytest.mark.parametrize(
-    ("config", "bans"),
-    [
-        ('BLOCK_UDP="2"\n', []),  # no KILL_RUN_CMD: nothing to act with, no ban (as live)
-        ('BLOCK_UDP="2"\nKILL_RUN_CMD="/bin/true $TARGET$"\n', [("command", ["run_cmd"])]),
-    ],
-)
-def test_command_only_decisions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, bans: list[object]
-) -> None:
-    monkeypatch.setattr(ev, "EVENT_BATCH", 10)  # many small transactions, same result
-    state = tmp_path / "state"
-    recorded = replay_into(state, "udp.pcap", tmp_path, 'SCAN_TRIGGER="0"\n' + config)
-    assert recorded.events == 63
-    with Store.open(str(state), offline=True) as store:
-        assert len(store.events_between(-1e300, 1e300)) == 63
-        found = store.bans_between(-1e300, 1e300)
-    assert [(b.evidence["action"], b.evidence["plan"]) for b in found] == bans
-
-
-def test_why_says_when_it_summarises_only_the_newest_events(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    small_store(tmp_path)
-    monkeypatch.setattr(ev, "EVENT_LIMIT", 2)
-    _, out, _ = run(["why", "203.0.113.7", "--state-dir", str(tmp_path)])
-    assert "  probes    2 (the newest only), 2023-11-14T22:13:21.000000+00:00 to " in out
-
-
-def test_the_recorder_writes_into_an_offline_store_only(tmp_path: Path) -> None:
-    conf = tmp_path / "portsentinel.conf"
-    conf.write_text('SCAN_TRIGGER="0"\n')
-    setup = load_setup(str(conf), "atcp,audp")
-    with Store.open(str(tmp_path)) as store, pytest.raises(ValueError, match="offline"):
-        ev.ReplayRecorder(store, setup.settings, Detector(detector_config(setup)))
-
-
-def test_replay_refuses_a_live_store_and_writes_nothing(tmp_path: Path) -> None:
-    small_store(tmp_path)
-    with pytest.raises(StoreError, match="live store"):
-        replay_into(tmp_path, "syn.pcap", tmp_path)
-    with Store.open(str(tmp_path)) as store:
-        assert store.ban_for(SCANNER) is None
-        assert store.events_for(SCANNER) == []
-
-
-def wired() -> bool:
-    try:
-        cli.build_parser().parse_args(["why", SCANNER])
-        cli.build_parser().parse_args(["replay", "--state-dir", "x", "f.pcap"])
-    except SystemExit:
-        return False
-    return True
-
-
-def test_cli_replay_state_dir_when_wired(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The same through ``portsentinel replay --state-dir`` once cli.py registers it."""
-    if not wired():
-        pytest.skip("cli.py does not register why and replay --state-dir yet")
-    state = tmp_path / "state"
-    local = [arg for address in LOCAL for arg in ("--local", address)]
-    capture = str(CAPTURES / "syn.pcap")
-    assert cli.main(["replay", *local, "--state-dir", str(state), capture]) == 0
-    capsys.readouterr()
-    assert cli.main(["why", SCANNER, "--state-dir", str(state), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["ban"]["offline"] is True
-    assert cli.main(["why", "192.0.2.99", "--state-dir", str(state)]) == 1
-    assert cli.main(["history", "--since", "soon", "--state-dir", str(state)]) == 2
-
-
-# --- tables -------------------------------------------------------------------------------------
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-ROWS: list[dict[str, object]] = [
-    {"name": "alpha", "note": "a long free text that will not fit", "n": 1},
-    {"name": "b", "note": None, "n": 22},
-]
-COLUMNS = (Column("NAME", "name"), Column("NOTE", "note", shrink=True), Column("N", "n"))
-
-
-def printed(out: io.StringIO, rows: list[dict[str, object]], *, as_json: bool = False) -> str:
-    write_rows(rows, COLUMNS, out, as_json=as_json, empty="nothing")
-    return out.getvalue()
-
-
-def test_plain_table_keeps_every_character() -> None:
-    assert printed(io.StringIO(), ROWS) == (
-        "NAME   NOTE                                N\n"
-        "alpha  a long free text that will not fit  1\n"
-        "b      -                                   22\n"
-    )
-
-
-def test_terminal_table_fits_the_width_and_bolds_the_header(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("COLUMNS", "30")
-    monkeypatch.delenv("NO_COLOR", raising=False)
-    monkeypatch.setenv("TERM", "xterm")
-    assert printed(Terminal(), ROWS) == (
-        "\x1b[1mNAME   NOTE                 N\x1b[0m\n"
-        "alpha  a long free text t…  1\n"
-        "b      -                    22\n"
-    )
-    monkeypatch.setenv("NO_COLOR", "1")
-    assert printed(Terminal(), ROWS).startswith("NAME ")
-
-
-def test_json_lines_hold_every_key_and_no_rows_print_nothing() -> None:
-    assert printed(io.StringIO(), ROWS, as_json=True).splitlines() == [
-        '{"name":"alpha","note":"a long free text that will not fit","n":1}',
-        '{"name":"b","note":null,"n":22}',
-    ]
-    assert printed(io.StringIO(), [], as_json=True) == ""
-    assert printed(io.StringIO(), []) == "nothing\n"
-
-
-@pytest.mark.parametrize(
-    ("widths", "shrink", "total", "expected"),
-    [
-        ([5, 40, 5], [False, True, False], 30, [5, 16, 5]),
-        ([5, 40, 30], [False, True, True], 50, [5, 20, 21]),  # the widest gives first
-        ([5, 10, 5], [False, True, False], 10, [5, 8, 5]),  # never below 8: wraps instead
-        ([5, 10], [False, False], 3, [5, 10]),
-    ],
-)
-def test_fit(widths: list[int], shrink: list[bool], total: int, expected: list[int]) -> None:
-    assert fit(widths, shrink, total) == expected
-
-
-def test_list_uses_the_shared_table(tmp_path: Path) -> None:
-    with Store.open(str(tmp_path)) as store:
-        ports = [f"tcp/{p}" for p in range(1, 11)]
-        ban = store.begin_ban(
-            "192.0.2.77", None, created=T0, expires=None, reason="manual block", rule=None,
-            evidence={"ports": ports}, offence=1,
-        )  # fmt: skip
-        store.activate(ban.id)
-    out = io.StringIO()
-    assert operate.list_bans(str(tmp_path), False, out) == 0
-    assert out.getvalue() == (
-        "ADDRESS     SINCE                UNTIL      REASON        PORTS SEEN\n"
-        "192.0.2.77  2023-11-14T22:13:20  permanent  manual block  "
-        "tcp/1, tcp/2, tcp/3, tcp/4, tcp/5, tcp/6, tcp/7, tcp/8 (+2)\n"
-    )

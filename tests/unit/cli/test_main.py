@@ -1,157 +1,76 @@
-"""The command line: exit statuses, error wording, and the verbs end to end (no root needed)."""
+"""The command line's skeleton: every family's verbs parsed, PortSentry's own flags, errors
+mapped to exit statuses, and the console script."""
 
 from __future__ import annotations
 
-import json
-import re
+import argparse
 import subprocess
 import sys
-from pathlib import Path
 
-import dpkt
 import pytest
 
-from portsentinel.cli.main import main
-
-CAPTURES = Path(__file__).resolve().parents[2] / "fixtures" / "captures"
-DEBIAN = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "debian"
-# atcp with default excludes: 1-120 and 443 scanned, 22/80 open, 113 excluded
-TCP_EVENTS_IN_SYN = (set(range(1, 121)) | {443}) - {22, 80, 113}
-ERROR_LINE = re.compile(r"^[^:]+:\d+: [A-Z_]+: .+ \(expected .+\)$")
+from portsentinel.cli import main as cli
+from portsentinel.cli import run as run_verbs
+from portsentinel.errors import CaptureError, ConfigError, PortSentinelError
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    status = main(argv)
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
-
-
-def test_config_check_debian_file_loads_with_warnings(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = run(["config", "check", "--config", str(DEBIAN / "portsentry.conf")], capsys)
-    assert status == 0
-    assert "warning:" in err
-    assert 'SCAN_TRIGGER="0"' in out
-
-
-def test_config_check_errors_name_file_line_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    conf = write(
-        tmp_path / "bad.conf", 'TCP_PORTS="1,2,x"\n# fine\nBLOCK_TCP="7"\nSCAN_TRIGER="1"\n'
-    )
-    status, _out, err = run(["config", "check", "--config", conf], capsys)
-    assert status == 2
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if not line.startswith("warning:")]
-    assert [line.split(":", 3)[1:3] for line in errors] == [
-        ["1", " TCP_PORTS"],
-        ["3", " BLOCK_TCP"],
-    ]
-    assert all(ERROR_LINE.match(line) for line in errors), errors
-    assert "did you mean SCAN_TRIGGER?" in err
-
-
-def test_defaults_output_is_a_valid_config(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status, out, _err = run(["config", "defaults"], capsys)
-    assert status == 0
-    conf = write(tmp_path / "defaults.conf", out)
-    status, _out, err = run(["config", "check", "--config", conf], capsys)
-    assert status == 0, err
-
-
-def test_bad_ignore_file_is_a_config_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    ignore = write(tmp_path / "ignore", "127.0.0.1/32\nadmin.example.org\n")
-    conf = write(tmp_path / "c.conf", f'IGNORE_FILE="{ignore}"\n')
-    status, _out, err = run(["replay", "--config", conf, str(CAPTURES / "syn.pcap")], capsys)
-    assert status == 2
-    assert f"{ignore}:2: IGNORE_FILE:" in err
+def test_every_family_declares_its_verbs() -> None:
+    parser = cli.build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(verbs.choices) == [
+        "run", "reload", "status", "list", "block", "unblock", "allow", "why", "history",
+        "replay", "report", "config", "install", "uninstall", "migrate",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("extra", "status", "needle"),
+    ("argv", "expected"),
     [
-        (["--in-use", "sctp:5"], 2, "--in-use"),
-        (["--in-use", "tcp:99999"], 2, "--in-use"),
-        (["--local", "not-an-ip"], 2, "--local"),
-        (["--mode", "atcp,stcp"], 2, "mode"),
+        (["-atcp"], ["run", "--mode", "atcp"]),
+        (["-atcp", "-audp", "--dry-run"], ["run", "--mode", "atcp,audp", "--dry-run"]),
+        (["status", "-atcp"], ["status", "-atcp"]),
+        ([], []),
     ],
 )
-def test_replay_usage_errors(
-    extra: list[str], status: int, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_portsentry_flags_become_run(argv: list[str], expected: list[str]) -> None:
+    assert cli.translate_portsentry_flags(argv) == expected
+
+
+def test_portsentrys_invocation_runs_the_daemon() -> None:
+    args = cli.build_parser().parse_args(cli.translate_portsentry_flags(["-stcp", "-sudp"]))
+    assert args.handler is run_verbs.cmd_run
+    assert args.mode == "stcp,sudp"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (ConfigError("bad", key="KEY", expected="good"), 2, "KEY: bad (expected good)\n"),
+        (CaptureError("no ring"), 1, "portsentinel: no ring\n"),
+        (PortSentinelError("store broken"), 1, "portsentinel: store broken\n"),
+        (BrokenPipeError(), 0, ""),
+    ],
+)
+def test_errors_map_to_exit_statuses(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    status: int,
+    message: str,
 ) -> None:
-    conf = write(tmp_path / "c.conf", "")
-    code, out, err = run(["replay", "--config", conf, *extra, str(CAPTURES / "syn.pcap")], capsys)
-    assert code == status
-    assert out == ""
-    assert needle in err
-    assert "Traceback" not in err
+    def fail(*_args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(run_verbs, "cmd_status", fail)
+    assert cli.main(["status"]) == status
+    assert capsys.readouterr().err == message
 
 
-@pytest.mark.parametrize("content", [b"", b"this is not a capture at all, just text\n"])
-def test_replay_of_a_non_capture_is_a_runtime_failure(
-    content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    capture = tmp_path / "junk.pcap"
-    capture.write_bytes(content)
-    conf = write(tmp_path / "c.conf", "")
-    status, _out, err = run(["replay", "--config", conf, "--mode", "atcp", str(capture)], capsys)
-    assert status == 1
-    assert str(capture) in err
-
-
-def test_replay_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    conf = write(tmp_path / "c.conf", "")
-    missing = tmp_path / "nope.pcap"
-    status, _out, err = run(["replay", "--config", conf, "--mode", "atcp", str(missing)], capsys)
-    assert status == 1
-    assert str(missing) in err
-
-
-def test_replay_honours_the_ignore_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ignore = write(
-        tmp_path / "ignore", "# the scanner's /24, written with a host address\n198.18.0.77/24\n"
-    )
-    conf = write(tmp_path / "c.conf", f'IGNORE_FILE="{ignore}"\n')
-    status, out, _err = run(
-        ["replay", "--config", conf, "--mode", "atcp", str(CAPTURES / "syn.pcap")], capsys
-    )
-    assert status == 0
-    events = [json.loads(line) for line in out.splitlines()]
-    assert events
-    assert {(e["action"], e["reason"]) for e in events} == {("ignored", "ignore list")}
-
-
-def test_replay_own_address_is_never_acted_on(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    conf = write(tmp_path / "c.conf", "")
-    argv = ["replay", "--config", conf, "--mode", "atcp", "--local", "198.18.0.1"]
-    argv += ["--local", "198.18.0.2", str(CAPTURES / "syn.pcap")]
-    status, out, _err = run(argv, capsys)
-    assert status == 0
-    reasons = {json.loads(line)["reason"] for line in out.splitlines()}
-    assert reasons == {"own address"}
-
-
-def test_replay_modes_from_the_defaults_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    defaults = write(tmp_path / "portsentry", 'TCP_MODE="stcp"\nUDP_MODE="sudp"\n')
-    conf = write(tmp_path / "c.conf", f'DEFAULTS_FILE="{defaults}"\nTCP_PORTS="1,2,3"\n')
-    status, out, _err = run(["replay", "--config", conf, str(CAPTURES / "syn.pcap")], capsys)
-    assert status == 0
-    events = [json.loads(line) for line in out.splitlines()]
-    assert {e["port"] for e in events} == {1, 2, 3}
-    assert {e["mode"] for e in events} == {"stcp"}
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["no-such-verb"])
+    assert exit_.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_console_script_runs_as_a_module() -> None:
@@ -164,33 +83,3 @@ def test_console_script_runs_as_a_module() -> None:
     )
     assert done.returncode == 0
     assert "replay" in done.stdout
-
-
-def test_replay_of_a_capture_cut_short_keeps_what_it_read(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    whole = (CAPTURES / "syn.pcap").read_bytes()
-    cut = tmp_path / "cut.pcap"
-    cut.write_bytes(whole[: len(whole) // 2 + 7])  # ends inside a record
-    conf = write(tmp_path / "c.conf", "")
-    status, out, err = run(["replay", "--config", conf, "--mode", "atcp", str(cut)], capsys)
-    assert status == 0
-    assert "cut short" in err
-    assert len(out.splitlines()) > 10
-
-
-def test_replay_counts_malformed_frames_and_goes_on(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    good = [frame for _ts, frame in dpkt.pcap.Reader((CAPTURES / "syn.pcap").open("rb"))]
-    mixed = tmp_path / "mixed.pcap"
-    with mixed.open("wb") as fh:
-        writer = dpkt.pcap.Writer(fh)
-        for i, frame in enumerate(good):
-            writer.writepkt(frame, ts=1_000_000 + i)
-            writer.writepkt(frame[:20], ts=1_000_000 + i)  # Ethernet + 6 bytes of IPv4
-    conf = write(tmp_path / "c.conf", "")
-    status, out, err = run(["replay", "--config", conf, "--mode", "atcp", str(mixed)], capsys)
-    assert status == 0
-    assert f"{len(good)} malformed" in err
-    assert len(out.splitlines()) == len(TCP_EVENTS_IN_SYN)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.cli.report import add_parser, load_report, parse_since
+from portsentinel import paths
+from portsentinel.cli.report import add_parsers, load_report, parse_since
 from portsentinel.errors import ConfigError
 from portsentinel.store.records import EventRow
-from portsentinel.store.sqlite import DB_NAME, Store
+from portsentinel.store.sqlite import Store
 
 HOUR = 3600.0
 OLD = 1_600_000_000.0  # 2020: an old capture's own times
@@ -25,7 +26,7 @@ def ev(t: float, src: str = "198.18.0.2", port: int = 22) -> EventRow:
 
 def run(*argv: str) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser(prog="portsentinel")
-    add_parser(parser.add_subparsers(dest="verb", required=True))
+    add_parsers(parser.add_subparsers(dest="verb", required=True))
     args = parser.parse_args(["report", *argv])
     out, err = io.StringIO(), io.StringIO()
     status = args.handler(args, out, err)
@@ -54,7 +55,7 @@ def test_a_missing_store_fails_and_creates_nothing(tmp_path: Path) -> None:
     status, out, err = run("--html", str(page), "--state-dir", str(state))
     assert status == 1
     assert out == ""
-    assert DB_NAME in err
+    assert paths.STORE_NAME in err
     assert "no store" in err
     assert not state.exists()
     assert not page.exists()
@@ -82,7 +83,7 @@ def test_an_offline_report_follows_the_captures_own_times(tmp_path: Path) -> Non
     with Store.open(str(tmp_path), offline=True) as store:
         store.add_events([ev(OLD + i, port=i) for i in range(10)] + [ev(OLD - 2 * 86400)])
     report, path = load_report(str(tmp_path), 86400.0, time.time())
-    assert path == str(tmp_path / DB_NAME)
+    assert path == str(tmp_path / paths.STORE_NAME)
     assert report.summary.offline
     assert report.summary.probes == 10  # the last day of the capture, not of the clock
     assert OLD + 9 < report.end < OLD + 10

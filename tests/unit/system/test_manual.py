@@ -1,5 +1,6 @@
-"""The generated documentation: committed copies equal a fresh rendering, and it covers every
-setting and every verb (so docs and code cannot drift apart)."""
+"""The generated documentation: committed copies equal a fresh rendering of cli's parser and
+the settings, and it covers every setting and every verb (so docs and code cannot drift
+apart); the man pages are in the package, where install finds them."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ import pytest
 from portsentinel.cli.main import build_parser
 from portsentinel.config.commands import quote
 from portsentinel.config.schema import SETTINGS
-from portsentinel.system import manual
+from portsentinel.system import install, manual
 
 REPO = Path(__file__).resolve().parents[3]
-DOCS = ("docs/configuration.md", "docs/portsentinel.8", "docs/portsentinel.conf.5")
+MAN8 = f"{manual.MAN_DIR}/portsentinel.8"
+MAN5 = f"{manual.MAN_DIR}/portsentinel.conf.5"
+DOCS = ("docs/configuration.md", MAN8, MAN5)
 REGENERATE = "stale: run `python scripts/gen_docs.py` and commit the result"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def generated() -> dict[str, str]:
-    return manual.generated_files()
+    return manual.generated_files(build_parser())
 
 
 @pytest.mark.parametrize("name", DOCS)
@@ -32,7 +35,7 @@ def test_committed_docs_equal_the_generator(name: str, generated: dict[str, str]
 
 
 def test_every_setting_is_documented(generated: dict[str, str]) -> None:
-    markdown, page = generated["docs/configuration.md"], generated["docs/portsentinel.conf.5"]
+    markdown, page = generated["docs/configuration.md"], generated[MAN5]
     for spec in SETTINGS:
         assert f"\n### {spec.key}\n" in markdown, spec.key
         assert f"| [`{spec.key}`](#{spec.key.lower()}) |" in markdown, spec.key
@@ -42,11 +45,9 @@ def test_every_setting_is_documented(generated: dict[str, str]) -> None:
 
 
 def test_every_verb_and_option_is_in_the_man_page(generated: dict[str, str]) -> None:
-    page = generated["docs/portsentinel.8"]
-    verbs = list(manual.walk_verbs(manual.full_parser()))
+    page = generated[MAN8]
+    verbs = list(manual.walk_verbs(build_parser()))
     names = {v.name for v in verbs}
-    cli_verbs = {v.name for v in manual.walk_verbs(build_parser())}
-    assert cli_verbs <= names
     assert {"install", "uninstall", "migrate", "config check", "config defaults"} <= names
     for verb in verbs:
         assert f"\n.SS {manual.roff(verb.name)}\n" in page, verb.name
@@ -56,7 +57,7 @@ def test_every_verb_and_option_is_in_the_man_page(generated: dict[str, str]) -> 
 
 
 def test_man_page_sections(generated: dict[str, str]) -> None:
-    page = generated["docs/portsentinel.8"]
+    page = generated[MAN8]
     for section in ('.SH "EXIT STATUS"', ".SH FILES", ".SH SIGNALS", ".SH SYNOPSIS"):
         assert f"\n{section}\n" in page
     for code in ("0", "1", "2"):
@@ -105,7 +106,7 @@ def test_roff_code_escapes_every_dash_and_lets_lists_break() -> None:
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
-@pytest.mark.parametrize("name", ["docs/portsentinel.8", "docs/portsentinel.conf.5"])
+@pytest.mark.parametrize("name", [MAN8, MAN5])
 def test_man_pages_format_without_warnings(name: str, generated: dict[str, str]) -> None:
     done = subprocess.run(
         ["groff", "-man", "-Tutf8", "-ww", "-z"],
@@ -120,7 +121,24 @@ def test_man_pages_format_without_warnings(name: str, generated: dict[str, str])
 
 def test_readme_names_every_verb_and_links_the_docs() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for verb in manual.walk_verbs(manual.full_parser()):
+    for verb in manual.walk_verbs(build_parser()):
         assert f"`{verb.name}" in readme, verb.name
-    for link in ("docs/configuration.md", "CHANGELOG.md", "docs/portsentinel.8"):
+    for link in ("docs/configuration.md", "CHANGELOG.md", MAN8):
         assert link in readme, link
+
+
+def test_the_package_ships_the_committed_man_pages() -> None:
+    for name in install.MAN_PAGES:
+        committed = (REPO / manual.MAN_DIR / name).read_text(encoding="utf-8")
+        assert install.shipped_man_page(name) == committed, name
+
+
+def test_manual_renders_the_parser_it_is_given() -> None:
+    parser = argparse.ArgumentParser(prog="portsentinel")
+    verbs = parser.add_subparsers()
+    verbs.add_parser("hello", help="say hello").add_argument("--loud", action="store_true")
+    page = manual.render_man8(parser)
+    assert "Verbs: hello.\n" in page
+    assert ".SS hello\n" in page
+    assert "\\fB\\-\\-loud\\fR" in page
+    assert ".SS run\n" not in page

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from portsentinel.cli import system as system_verbs
 from portsentinel.config import legacy
 from portsentinel.config.commands import render_defaults
 from portsentinel.config.ignore import parse_ignore
@@ -41,8 +42,9 @@ def root(tmp_path: Path) -> Path:
 
 
 def run(root: Path, *argv: str) -> tuple[int, str, str]:
+    """The verb as the command line runs it (its options fill ``migrate.Request``)."""
     parser = argparse.ArgumentParser(prog="portsentinel")
-    migrate.add_parsers(parser.add_subparsers(dest="verb"))
+    system_verbs.add_parsers(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["migrate", "--root", str(root), *argv])
     out, err = io.StringIO(), io.StringIO()
     status = args.handler(args, out, err)

@@ -1,0 +1,99 @@
+"""The ban verbs: ``list``, ``block``, ``unblock`` and ``allow``.
+
+Their work on the store and the backends is in ``cli/ban_operations.py``, imported by the
+handlers: the daemon builds this parser too, and never lists or lifts a ban from the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TextIO
+
+from portsentinel.cli.options import Verbs, add_config_option, add_state_dir_option
+from portsentinel.config.setup import load_setup
+from portsentinel.errors import ConfigError
+
+
+def add_parsers(verbs: Verbs) -> None:
+    """Register ``list``, ``block``, ``unblock`` and ``allow``."""
+    listing = verbs.add_parser(
+        "list", help="the bans in force: address, since, until, reason, ports seen"
+    )
+    add_state_dir_option(listing)
+    listing.add_argument("--json", action="store_true", help="JSON Lines, one ban per line")
+    listing.set_defaults(handler=cmd_list)
+
+    block = verbs.add_parser(
+        "block",
+        help="ban an address now (refused for this host's own, gateways, resolvers ...)",
+    )
+    block.add_argument("address", metavar="ADDR")
+    block.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="30s, 15m, 1h, 7d or permanent (default BAN_DURATION)",
+    )
+    add_config_option(block)
+    add_state_dir_option(block)
+    block.set_defaults(handler=cmd_block)
+
+    unblock = verbs.add_parser(
+        "unblock",
+        help="lift a ban: firewall, route, hosts.deny line and blocked-file line",
+        description="Lift bans, whether or not the daemon runs (it follows within a second).",
+    )
+    unblock.add_argument("address", metavar="ADDR", nargs="*")
+    unblock.add_argument("--all", action="store_true", help="lift every ban in force")
+    add_config_option(unblock)
+    add_state_dir_option(unblock)
+    unblock.set_defaults(handler=cmd_unblock)
+
+    allow = verbs.add_parser(
+        "allow", help="lift any ban of ADDR (or CIDR) and never block it again"
+    )
+    allow.add_argument("address", metavar="ADDR")
+    allow.add_argument("--comment", default="", help="why (kept in the store)")
+    add_config_option(allow)
+    add_state_dir_option(allow)
+    allow.set_defaults(handler=cmd_allow)
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel.cli import ban_operations  # noqa: PLC0415 - not on the daemon's path
+
+    return ban_operations.list_bans(args.state_dir, args.json, out)
+
+
+def cmd_block(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel.cli import ban_operations  # noqa: PLC0415 - not on the daemon's path
+
+    setup = load_setup(args.config, "atcp,audp")
+    duration = (
+        setup.settings.ban_duration
+        if args.duration is None
+        else ban_operations.parse_duration(args.duration)
+    )
+    return ban_operations.block(
+        setup, args.state_dir, args.address, duration=duration, out=out, err=err
+    )
+
+
+def cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel.cli import ban_operations  # noqa: PLC0415 - not on the daemon's path
+
+    if bool(args.address) == args.all:
+        raise ConfigError("give addresses or --all", key="unblock", expected="ADDR... or --all")
+    setup = load_setup(args.config, "atcp,audp")
+    return ban_operations.unblock(
+        setup, args.state_dir, args.address, every=args.all, out=out, err=err
+    )
+
+
+def cmd_allow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from portsentinel.cli import ban_operations  # noqa: PLC0415 - not on the daemon's path
+
+    setup = load_setup(args.config, "atcp,audp")
+    return ban_operations.allow(
+        setup, args.state_dir, args.address, comment=args.comment, out=out, err=err
+    )

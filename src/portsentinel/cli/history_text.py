@@ -1,0 +1,124 @@
+"""``why`` and ``history`` for people: the views of ``cli/history_views.py`` as text, a
+headline and one ``  name  value`` line per fact for ``why``, a table for ``history``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from portsentinel.cli.tables import Column, Row
+
+
+def ports_line(ports: object) -> str:
+    """``{"tcp": "1-20", "udp": "53"}`` as ``tcp 1-20; udp 53``; ``-`` for none."""
+    if not isinstance(ports, Mapping) or not ports:
+        return "-"
+    return "; ".join(f"{proto} {text}" for proto, text in ports.items())
+
+
+def why_lines(view: Mapping[str, Any]) -> Iterator[str]:
+    """The human text of ``why``: a headline, then one ``  name  value`` line per fact."""
+    ban, probes = view["ban"], view["probes"]
+    yield f"{view['src']}: {_headline(ban, probes)}\n"
+    if ban is not None:
+        yield from _ban_lines(ban)
+    elif view["rule"]:
+        yield _field("rule", view["rule"])
+    if probes is not None:
+        yield from _probe_lines(probes)
+
+
+def _headline(ban: Mapping[str, Any] | None, probes: Mapping[str, Any] | None) -> str:
+    if ban is None:
+        alerted = probes is not None and probes["alerts"]
+        return "alerted, never banned" if alerted else "probes recorded, never banned"
+    live = ban["state"] in ("pending", "active")
+    text = f"banned ({ban['state']})" if live else f"was banned ({ban['state']})"
+    if "/" in ban["address"]:
+        text += f" with its prefix {ban['address']}"
+    if ban["offline"]:
+        text += ", a replay's record: never applied"
+    return text
+
+
+def _field(name: str, value: object) -> str:
+    return f"  {name:<10}{value}\n"
+
+
+def _ban_lines(ban: Mapping[str, Any]) -> Iterator[str]:
+    yield _field("ban", f"#{ban['id']} {ban['action']}, offence {ban['offence']}")
+    yield _field("since", ban["since"])
+    yield _field("until", "permanent" if ban["until"] is None else ban["until"])
+    if ban["ended"] is not None:
+        yield _field("ended", f"{ban['ended']} by {ban['lifted_by']}")
+    yield _field("reason", ban["reason"])
+    yield _field("rule", ban["rule"] or "-")
+    yield _field("evidence", _evidence_text(ban["evidence"]))
+    actions = ban["actions"]
+    if not actions:
+        plan = ", ".join(ban["evidence"].get("plan") or ()) or "-"
+        none = "none: offline record" if ban["offline"] else "none recorded"
+        yield _field("actions", f"{none} (plan: {plan})")
+    for i, action in enumerate(actions):
+        text = f"{action['backend']} {action['state']}"
+        if action["attempts"] > 1:
+            text += f" ({action['attempts']} attempts)"
+        if action["error"]:
+            text += f": {action['error']}"
+        yield _field("actions" if i == 0 else "", text)
+
+
+def _evidence_text(evidence: Mapping[str, Any]) -> str:
+    parts = []
+    hits = evidence.get("hits")
+    if isinstance(hits, int):
+        parts.append(f"{hits} hit" if hits == 1 else f"{hits} hits")
+    parts.append(f"ports {ports_line(evidence.get('ports'))}")
+    if evidence.get("kinds"):
+        parts.append("kinds " + ",".join(str(k) for k in evidence["kinds"]))
+    if evidence.get("first_seen"):
+        parts.append(f"seen {evidence['first_seen']} to {evidence.get('last_seen')}")
+    return "; ".join(parts)
+
+
+def _probe_lines(probes: Mapping[str, Any]) -> Iterator[str]:
+    count = f"{probes['count']}" + ("" if probes["complete"] else " (the newest only)")
+    yield _field("probes", f"{count}, {probes['first']} to {probes['last']}")
+    yield _field("kinds", _counts(probes["kinds"]))
+    yield _field("ports", f"{ports_line(probes['ports'])} ({probes['port_count']} distinct)")
+    if len(probes["sources"]) > 1:
+        yield _field("from", _some(probes["sources"]))
+    yield _field("to", _some(probes["destinations"]))
+    yield _field("decisions", _counts(probes["decisions"]))
+    for alert in probes["alerts"]:
+        yield _field(
+            "alerted", f"{alert['time']} ({alert['proto']} {alert['port']}, {alert['kind']})"
+        )
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
+
+
+def _some(items: Sequence[str], most: int = 8) -> str:
+    more = f" (+{len(items) - most})" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
+
+
+def _until_cell(row: Row) -> str:
+    if row.get("ban_id") is None:
+        return "-"
+    until = row.get("until")
+    return "permanent" if until is None else str(until)[:19]
+
+
+HISTORY_COLUMNS: Final = (
+    Column("TIME", "time", lambda v: str(v)[:19]),
+    Column("SRC", "src"),
+    Column("ACTION", "action"),
+    Column("STATE", "state"),
+    Column("UNTIL", "until", cell=_until_cell),
+    Column("REASON", "reason", shrink=True),
+    Column("PORTS", "ports", ports_line, shrink=True),
+)

@@ -1,0 +1,119 @@
+"""The ``replay`` verb: run a capture through the detector and print its decisions, and with
+``--state-dir`` record them into an offline store.
+
+The engine (``cli/replay_capture.py``) and the recorder (``cli/replay_record.py``) are
+imported by the handler: the daemon builds this parser too, and never replays.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TextIO
+
+from portsentinel import paths
+from portsentinel.alert.events import event_line, iso_time
+from portsentinel.alert.portsentry_log import detection_lines
+from portsentinel.cli.options import PROG, Verbs, add_config_option, add_mode_option
+from portsentinel.config.setup import detector_config, load_setup
+from portsentinel.detect.detector import Detector
+from portsentinel.model import Decision
+
+
+def add_parsers(verbs: Verbs) -> None:
+    """Register ``replay``."""
+    replay = verbs.add_parser(
+        "replay",
+        help="run a pcap/pcapng capture through the detector and print its decisions",
+        description=(
+            "Run a capture through the whole detection core as if live and print one JSON "
+            "event per probe that reached a decision (or PortSentry-style lines with --log). "
+            "Never touches a firewall. A port counts as in use when the capture shows the "
+            "watched host answering on it anywhere in the file (SYN-ACK, or UDP sent from it): "
+            "an approximation of the live socket table."
+        ),
+    )
+    replay.add_argument("capture", metavar="CAPTURE", help="pcap or pcapng file")
+    add_config_option(replay)
+    add_mode_option(replay)
+    replay.add_argument(
+        "--local",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="an address of the watched host (repeatable; default: every destination of probes)",
+    )
+    replay.add_argument(
+        "--in-use",
+        action="append",
+        default=[],
+        metavar="PROTO:PORTS",
+        help="ports in use besides those seen answering, e.g. tcp:22,80 (repeatable)",
+    )
+    replay.add_argument(
+        "--log", action="store_true", help="print PortSentry-style log lines instead of JSON"
+    )
+    replay.add_argument(  # without it a replay keeps everything in memory
+        "--state-dir",
+        metavar="DIR",
+        default=None,
+        help="also record the decisions and bans into DIR's store, marked offline (records "
+        "only, never applied to a firewall); list, why and history then read it",
+    )
+    replay.set_defaults(handler=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    # Imported here: see the module's docstring.
+    from portsentinel.cli.replay_capture import (  # noqa: PLC0415
+        parse_in_use,
+        parse_local,
+        run_replay,
+        summary,
+        survey_in_use,
+    )
+    from portsentinel.cli.replay_record import record_replay  # noqa: PLC0415
+
+    setup = load_setup(args.config, args.mode)
+    for warning in setup.warnings:
+        err.write(f"{PROG}: warning: {warning}\n")
+    local = parse_local(args.local) if args.local else None
+    extra_tcp, extra_udp = parse_in_use(args.in_use)
+    seen = survey_in_use(args.capture, local)
+    detector = Detector(
+        detector_config(setup),
+        ignore=setup.ignore,
+        local=local,
+        in_use_tcp=seen.tcp | extra_tcp,
+        in_use_udp=seen.udp | extra_udp,
+    )
+    emit = _log_writer(out) if args.log else _event_writer(out)
+    if args.state_dir is None:
+        stats = run_replay(args.capture, detector, emit)
+        recorded = None
+    else:
+        recorded = record_replay(
+            args.capture, detector, emit, state_dir=args.state_dir, settings=setup.settings
+        )
+        stats = recorded.stats
+    out.flush()
+    err.write(f"{PROG}: {summary(args.capture, stats)}\n")
+    if recorded is not None:
+        err.write(f"{PROG}: {recorded.summary()}\n")
+    return paths.EXIT_OK
+
+
+def _event_writer(out: TextIO) -> Callable[[Decision], None]:
+    def emit(decision: Decision) -> None:
+        out.write(event_line(decision, decision.time) + "\n")
+
+    return emit
+
+
+def _log_writer(out: TextIO) -> Callable[[Decision], None]:
+    def emit(decision: Decision) -> None:
+        stamp = iso_time(decision.time)
+        for line in detection_lines(decision):
+            out.write(f"{stamp} {line}\n")
+
+    return emit

@@ -1,0 +1,187 @@
+"""The daemon's verbs: ``run`` (the daemon itself, in the foreground), ``reload`` and
+``status``.
+
+This module is on the daemon's own path, so it imports only what the daemon loads anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from typing import TextIO
+
+from portsentinel import paths
+from portsentinel.alert.events import iso_time
+from portsentinel.cli.options import (
+    PROG,
+    Verbs,
+    add_config_option,
+    add_mode_option,
+    add_state_dir_option,
+)
+from portsentinel.config.setup import load_setup
+from portsentinel.daemon.client import DaemonNotRunning, request, socket_path
+from portsentinel.daemon.service import Daemon, RunOptions, default_log
+from portsentinel.errors import CaptureError, ConfigError, PortSentinelError
+from portsentinel.store.lock import AlreadyRunningError, running_pid
+from portsentinel.store.sqlite import Store
+
+
+def add_parsers(verbs: Verbs) -> None:
+    """Register ``run``, ``reload`` and ``status``."""
+    run = verbs.add_parser(
+        "run",
+        help="watch this host: the daemon, in the foreground",
+        description=(
+            "Run the daemon in the foreground (systemd style): one TCP mode and one UDP mode, "
+            "IPv4 and IPv6. PortSentry-style lines go to standard error (and syslog with "
+            "SYSLOG=1); SIGTERM or SIGINT stops it. PortSentry's own invocation works too: "
+            "portsentinel -atcp -audp."
+        ),
+    )
+    add_config_option(run)
+    add_mode_option(run)
+    add_state_dir_option(run)
+    run.add_argument(
+        "--events",
+        metavar="PATH",
+        help="also write one JSON event per decision to PATH ('-' for standard output)",
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="decide and log, but never touch a firewall"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    reload = verbs.add_parser(
+        "reload",
+        help="make the running daemon re-read its configuration and ignore files (SIGHUP)",
+        description="A broken new configuration is refused; the old one stays in force.",
+    )
+    add_config_option(reload)  # accepted for symmetry; the daemon re-reads its own
+    add_state_dir_option(reload)
+    reload.set_defaults(handler=cmd_reload)
+
+    status = verbs.add_parser(
+        "status",
+        help="is the daemon running? modes, ports watched, counters, active bans",
+        description="Exit 0 when the daemon runs, 1 when it does not (the store is still shown).",
+    )
+    add_state_dir_option(status)
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(handler=cmd_status)
+
+
+def _control_path(state_dir: str) -> str:
+    return socket_path(state_dir, paths.STATE_DIR)
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    setup = load_setup(args.config, args.mode)
+    log = default_log(setup)
+    for warning in setup.warnings:
+        log.line(f"adminalert: WARNING: {warning}")
+    if setup.tcp_mode is None and setup.udp_mode is None:
+        raise ConfigError("no mode to run", key="--mode", expected="e.g. atcp,audp")
+    options = RunOptions(
+        state_dir=args.state_dir,
+        events=args.events,
+        dry_run=args.dry_run,
+        config=args.config,
+        modes=args.mode,
+        control_path=_control_path(args.state_dir),
+    )
+    try:
+        return Daemon(setup, options, log).run()
+    except AlreadyRunningError as exc:
+        err.write(f"{PROG}: {exc}\n")
+        return paths.EXIT_FAILURE
+    except CaptureError as exc:
+        log.line(f"adminalert: ERROR: {exc}")
+        log.flush()
+        return paths.EXIT_FAILURE
+
+
+def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        request(_control_path(args.state_dir), "reload")
+        out.write("asked the daemon to reload its configuration (see its log for the outcome)\n")
+        return paths.EXIT_OK
+    except DaemonNotRunning:
+        pass  # no control socket (or none answering): fall back to the signal
+    pid = running_pid(args.state_dir)
+    if pid is None:
+        err.write(f"{PROG}: no daemon is running on {args.state_dir}\n")
+        return paths.EXIT_FAILURE
+    os.kill(pid, signal.SIGHUP)
+    out.write(f"asked the daemon (pid {pid}) to reload its configuration (SIGHUP)\n")
+    return paths.EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        status = request(_control_path(args.state_dir), "status")
+    except DaemonNotRunning:
+        status = None
+    report = status_report(args.state_dir, status)
+    if args.json:
+        out.write(json.dumps(report, separators=(",", ":")) + "\n")
+    else:
+        out.write(status_text(report))
+    return paths.EXIT_OK if status is not None else paths.EXIT_FAILURE
+
+
+def status_report(state_dir: str, daemon: object | None) -> dict[str, object]:
+    """The daemon's own status (None when it does not run) and the store's active bans."""
+    report: dict[str, object] = {"running": daemon is not None, "state_dir": state_dir}
+    if isinstance(daemon, dict):
+        report.update(daemon)
+    if not os.path.exists(os.path.join(state_dir, paths.STORE_NAME)):  # a read creates no store
+        report["store"] = f"no state store in {state_dir}"
+        return report
+    try:
+        store = Store.open(state_dir, offline=None)
+    except PortSentinelError as exc:
+        report["store"] = str(exc)
+        return report
+    try:
+        report["active_bans"] = len(store.active_bans(time.time()))
+    finally:
+        store.close()
+    return report
+
+
+def status_text(report: dict[str, object]) -> str:
+    lines = []
+    if not report.get("running"):
+        lines.append(f"portsentinel is not running on {report['state_dir']}")
+    else:
+        started = report.get("started")
+        since = iso_time(started) if isinstance(started, float) else "?"
+        lines.append(
+            f"portsentinel {report.get('version')} is running (pid {report.get('pid')}, "
+            f"since {since})"
+        )
+        lines.append(f"configuration: {report.get('config') or 'embedded defaults'}")
+        watched = report.get("ports_watched")
+        in_use = report.get("ports_in_use")
+        if isinstance(watched, dict) and isinstance(in_use, dict):
+            for mode, count in watched.items():
+                busy = in_use.get("tcp" if mode.endswith("tcp") else "udp", 0)
+                lines.append(f"mode {mode}: {count} ports watched, {busy} in use now")
+        counters = report.get("counters")
+        if isinstance(counters, dict):
+            keys = ("packets", "probes", "decisions_alert", "decisions_block",
+                    "decisions_command", "kernel_drops", "decode_errors")  # fmt: skip
+            shown = ", ".join(
+                f"{k.replace('decisions_', '')} {counters[k]}" for k in keys if k in counters
+            )
+            lines.append(f"counters: {shown}")
+        lines.append(f"never-block set: {report.get('never_block_networks')} networks")
+    if "active_bans" in report:
+        lines.append(f"active bans: {report['active_bans']}")
+    elif "store" in report:
+        lines.append(f"store: {report['store']}")
+    return "\n".join(lines) + "\n"
