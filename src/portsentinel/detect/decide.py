@@ -3,8 +3,8 @@
 Two ordered lists of checks, each returning the Reason to refuse or None to pass:
 ``admission`` runs before a probe is counted (ignore list, own addresses: such probes must not
 build up evidence), ``checks`` runs after a rule fired and before the response (already
-responded today; a never-block set and a ban budget slot in here later without touching the
-detector). Backends only execute what comes out of here.
+responded, the never-block set). An action that bans or runs a command must then pass the
+evidence floor and the ban budget. Backends only execute what comes out of here.
 """
 
 from __future__ import annotations
