@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from portsentinel import paths
 from portsentinel.alert.notify import (
     Notifier,
     NotifyConfig,
@@ -481,7 +482,7 @@ def test_off_by_default_and_settings_map_to_the_config() -> None:
     config = NotifyConfig.from_settings(settings, await_bans=True)
     assert config.enabled
     assert (config.rate, config.on, config.webhook_timeout) == (3, NotifyOn.BLOCK, 5.0)
-    assert config.mail_command == ("/usr/sbin/sendmail", "-t", "-oi")
+    assert config.mail_command == (paths.SENDMAIL, "-t", "-oi")
     assert config.ban_wait == settings.command_timeout + 5.0
     assert NotifyConfig.from_settings(settings, await_bans=False).ban_wait == 0.0
 
