@@ -1,141 +1,35 @@
-"""Notifications: a real HTTP server on 127.0.0.1 receives the webhook; a fake MTA script
-stores the mail. Nothing leaves the loopback interface; every wait is bounded."""
+"""The notifier's worker, end to end on the loopback interface: a real HTTP server receives the
+webhook, a fake MTA script stores the mail; every wait is bounded."""
 
 from __future__ import annotations
 
-import collections
-import email
-import email.policy
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from portsentinel import paths
-from portsentinel.alert.notify import (
-    Notifier,
-    NotifyConfig,
-    ban_info,
-    host_name,
-    mail_message,
-    summary_text,
-)
+from portsentinel.alert.notify import Notifier, NotifyConfig, ban_info
 from portsentinel.config.outputs import NotifyOn
-from portsentinel.config.schema import Settings, spec_for
-from portsentinel.config.types import InvalidValueError
-from portsentinel.model import Action, Decision, Proto, Reason, ScanKind
-from portsentinel.store.records import BanRecord, BanState
+from portsentinel.model import Action
 
-EVENT_KEYS = {"time", "src", "dst", "proto", "port", "kind", "action", "reason"}
-
-
-# --- a webhook receiver on 127.0.0.1 -----------------------------------------------------------
-
-
-class Receiver(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self.statuses: collections.deque[int] = collections.deque()
-        self.hang = threading.Event()  # set: accept the request, never answer
-        self.release = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook/SECRET-TOKEN"
-
-    def bodies(self) -> list[dict[str, object]]:
-        return [json.loads(body) for _path, _headers, body in list(self.requests)]
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.server.requests.append((self.path, dict(self.headers.items()), body))
-        if self.server.hang.is_set():
-            self.server.release.wait(10)
-            return
-        status = self.server.statuses.popleft() if self.server.statuses else 200
-        self.send_response(status)
-        if 300 <= status < 400:
-            self.send_header("Location", "ftp://127.0.0.1/elsewhere")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
-def decision(
-    src: str = "198.18.0.2",
-    action: Action = Action.ALERT,
-    *,
-    first: bool = True,
-    rule: str | None = None,
-) -> Decision:
-    return Decision(
-        time=100.0,
-        src=src,
-        dst="198.18.0.1",
-        proto=Proto.TCP,
-        port=31337,
-        kind=ScanKind.SYN,
-        action=action,
-        reason=Reason.TRIGGERED if action is not Action.IGNORED else Reason.IGNORE_LIST,
-        flags=0x02,
-        hits=3,
-        ports_seen=2,
-        rule=rule,
-        first=first,
-    )
-
-
-def record(
-    address: str = "198.18.0.2", reason: str = "SYN scan: scan trigger reached"
-) -> BanRecord:
-    return BanRecord(
-        id=1, address=address, prefix=32, created=1_800_000_000.0, expires=1_800_003_600.0,
-        state=BanState.ACTIVE, reason=reason, rule=None, evidence={}, offence=2,
-        lifted_at=None, lifted_by=None, offline=False,
-    )  # fmt: skip
+from .notify_fakes import (
+    EVENT_KEYS,
+    WALL,
+    Receiver,
+    decision,
+    fake_mta,
+    mailed,
+    record,
+    wait_for,
+)
 
 
 def running(config: NotifyConfig) -> Notifier:
     notifier = Notifier(config)
     notifier.start()
     return notifier
-
-
-WALL = 1_800_000_000.5
 
 
 # --- webhook ------------------------------------------------------------------------------------
@@ -242,20 +136,6 @@ def test_a_server_that_never_answers_times_out_in_bounded_time(receiver: Receive
     assert "failed after 2 attempts: timed out" in line
 
 
-def test_proxy_variables_are_not_used(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A proxy on a closed loopback port: going through it would fail.
-    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    notifier = running(NotifyConfig(webhook_url=receiver.url))
-    try:
-        notifier.submit(decision(), WALL)
-        wait_for(lambda: len(receiver.requests) == 1)
-    finally:
-        notifier.close()
-
-
 # --- rate limit and overflow -------------------------------------------------------------------
 
 
@@ -297,15 +177,6 @@ def test_queue_overflow_is_counted_and_summarised(receiver: Receiver) -> None:
     assert bodies[2]["type"] == "summary"
     assert bodies[2]["dropped"] == 3
     assert bodies[2]["text"] == "3 alerts lost: the queue was full"
-
-
-def test_summary_text() -> None:
-    assert summary_text(1, 0, 60.0) == "1 more alert in the last minute"
-    assert summary_text(7, 2, 60.0) == (
-        "7 more alerts in the last minute; 2 alerts lost: the queue was full"
-    )
-    assert summary_text(0, 1, 30.0) == "1 alert lost: the queue was full"
-    assert summary_text(2, 0, 30.0) == "2 more alerts in the last 30 s"
 
 
 def test_close_sends_what_is_left_then_the_summary(receiver: Receiver) -> None:
@@ -357,31 +228,7 @@ def test_a_ban_outcome_may_arrive_first_and_a_missing_one_times_out(receiver: Re
     ]
 
 
-def test_ban_info_drops_a_name_that_is_not_a_plain_host_name() -> None:
-    assert "name" not in ban_info(record(), name="evil.example;touch /tmp/x")
-    assert "name" not in ban_info(record(), name="a\nb")
-    assert ban_info(replace(record(), expires=None))["until"] is None
-
-
 # --- mail ---------------------------------------------------------------------------------------
-
-
-def fake_mta(
-    tmp_path: Path, body: str = 'cat > "$OUT/mail"', name: str = "fake-sendmail"
-) -> tuple[str, ...]:
-    """A real executable that stores its argv and its standard input."""
-    script = tmp_path / name
-    script.write_text(f'#!/bin/sh\nOUT="{tmp_path}"\nprintf "%s\\n" "$@" > "$OUT/argv"\n{body}\n')
-    script.chmod(0o755)
-    return (str(script), "-t", "-oi")
-
-
-def mailed(tmp_path: Path) -> email.message.EmailMessage:
-    message = email.message_from_bytes(
-        (tmp_path / "mail").read_bytes(), policy=email.policy.default
-    )
-    assert isinstance(message, email.message.EmailMessage)
-    return message
 
 
 def test_mail_goes_to_the_mta_on_stdin_with_to_and_subject(tmp_path: Path) -> None:
@@ -453,61 +300,6 @@ def test_mail_failures_are_counted_and_logged(tmp_path: Path) -> None:
         assert expected in line
 
 
-def test_mail_message_summary_lists_sources() -> None:
-    payload: dict[str, object] = {
-        "type": "summary",
-        "text": "4 more alerts in the last minute",
-        "sources": [{"src": "198.18.0.2", "count": 3}, {"src": "not an address", "count": 1}],
-    }
-    message = email.message_from_string(mail_message(payload, ("root",), "gw"))
-    assert message["Subject"] == "PortSentinel on gw: 4 more alerts in the last minute"
-    body = message.get_payload()
-    assert isinstance(body, str)
-    assert "  198.18.0.2: 3\n" in body
-    assert "  ?: 1\n" in body
-
-
-# --- settings ----------------------------------------------------------------------------------
-
-
-def test_off_by_default_and_settings_map_to_the_config() -> None:
-    assert not NotifyConfig.from_settings(Settings(), await_bans=True).enabled
-    settings = replace(
-        Settings(),
-        webhook_url="https://hooks.example.org/x",
-        mail_to=("root",),
-        notify_rate=3,
-        notify_on=NotifyOn.BLOCK,
-    )
-    config = NotifyConfig.from_settings(settings, await_bans=True)
-    assert config.enabled
-    assert (config.rate, config.on, config.webhook_timeout) == (3, NotifyOn.BLOCK, 5.0)
-    assert config.mail_command == (paths.SENDMAIL, "-t", "-oi")
-    assert config.ban_wait == settings.command_timeout + 5.0
-    assert NotifyConfig.from_settings(settings, await_bans=False).ban_wait == 0.0
-
-
-@pytest.mark.parametrize(
-    ("key", "raw"),
-    [
-        ("WEBHOOK_URL", "file:///etc/passwd"),
-        ("WEBHOOK_URL", "ftp://198.18.0.1/x"),
-        ("WEBHOOK_URL", "http://host:99999/"),
-        ("WEBHOOK_URL", "http://exa mple/"),
-        ("MAIL_TO", "root, a@b;rm -rf /"),
-        ("MAIL_TO", "-oQ/tmp"),
-        ("MAIL_COMMAND", "/usr/sbin/sendmail 'unclosed"),
-        ("NOTIFY_ON", "everything"),
-        ("NOTIFY_RATE", "0"),
-    ],
-)
-def test_bad_notification_settings_are_refused(key: str, raw: str) -> None:
-    with pytest.raises(InvalidValueError):
-        spec_for(key).parse(raw)
-
-
-def test_the_notifier_refuses_other_schemes_and_keeps_host_names_plain() -> None:
+def test_the_notifier_refuses_other_schemes() -> None:
     with pytest.raises(ValueError, match="http or https"):
         Notifier(NotifyConfig(webhook_url="file:///etc/passwd"))
-    assert host_name("gw-1.example.org") == "gw-1.example.org"
-    assert host_name("bad name\n") == "unknown-host"
