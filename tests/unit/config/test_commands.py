@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.config import commands
+from portsentinel import paths
 from portsentinel.config.commands import check, quote, render_defaults, render_effective
 from portsentinel.config.load import load_config, parse_config
 from portsentinel.config.schema import SETTINGS, Settings
-from portsentinel.model import Mode
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "config" / "debian"
 
@@ -25,7 +24,10 @@ def run_check(path: str | None) -> tuple[int, str, str]:
 def test_defaults_load_back_to_exactly_the_defaults() -> None:
     found = parse_config(render_defaults(), "defaults.conf")
     assert found.config is not None
-    assert found.config.settings == Settings()
+    # The dump names the host paths as shipped; here ``paths`` points elsewhere (conftest).
+    shipped = {spec.attr: spec.parse(spec.default) for spec in SETTINGS}
+    assert found.config.settings == Settings(**shipped)
+    assert 'DEFAULTS_FILE="/etc/default/portsentry"\n' in render_defaults()
     assert found.warnings == ()
     assert all(origin.startswith("defaults.conf:") for origin in found.config.origins.values())
 
@@ -128,25 +130,17 @@ def test_check_missing_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     )
 
 
-def test_check_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The embedded DEFAULTS_FILE is the host's /etc/default/portsentry: never read it here.
-    asked: list[str] = []
-
-    def fake_read(path: str) -> tuple[Mode | None, Mode | None, tuple[str, ...]]:
-        asked.append(path)
-        return Mode.STCP, None, ()
-
-    def fake_resolve(cli: str | None, path: str) -> tuple[Mode | None, Mode | None, str]:
-        asked.append(path)
-        return Mode.STCP, None, path
-
-    monkeypatch.setattr(commands, "read_defaults_file", fake_read)
-    monkeypatch.setattr(commands, "resolve_modes", fake_resolve)
-    status, out, _err = run_check(None)
-    assert status == 0
-    assert asked == ["/etc/default/portsentry"] * 2
-    assert "# Modes without --mode: stcp (from /etc/default/portsentry)\n" in out
+def test_check_embedded_defaults_reads_the_defaults_file_at_its_default_place(
+    private_host_paths: Path,
+) -> None:
+    defaults = Path(paths.DEFAULTS_FILE)  # under private_host_paths (tests/conftest.py)
+    defaults.parent.mkdir(parents=True)
+    defaults.write_text('TCP_MODE="stcp"\nUDP_MODE=""\n')
+    status, out, err = run_check(None)
+    assert (status, err) == (0, "")
+    assert f"# Modes without --mode: stcp (from {defaults})\n" in out
     assert out.startswith("# Effective configuration: embedded defaults (no file)\n")
+    assert f'DEFAULTS_FILE="{defaults}"  # default\n' in out
     assert 'BLOCK_TCP="1"  # default\n' in out
 
 

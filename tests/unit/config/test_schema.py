@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from portsentinel import paths
 from portsentinel.config.schema import KEYS, SETTINGS, Settings, spec_for
 from portsentinel.config.types import Backend, BlockLevel
 
@@ -62,8 +63,26 @@ def test_embedded_defaults() -> None:
     assert s.ban_repeat_factor == 2.0
     assert (s.scan_window, s.scan_trigger) == (0.0, 0)
     assert (s.max_tracked_sources, s.max_ports_per_source) == (65536, 64)
-    assert s.defaults_file == "/etc/default/portsentry"
     assert s.ignore_file == ""
+
+
+# The host paths as shipped: what the docs and ``config defaults`` print.
+SHIPPED_HOST_DEFAULTS = {
+    "DEFAULTS_FILE": "/etc/default/portsentry",
+    "HOSTS_DENY_FILE": "/etc/hosts.deny",
+    "RESOLV_CONF": "/etc/resolv.conf",
+    "MAIL_COMMAND": "/usr/sbin/sendmail -t -oi",
+}
+
+
+def test_host_defaults_follow_paths_and_document_the_shipped_path() -> None:
+    s = Settings()
+    assert s.defaults_file == paths.DEFAULTS_FILE  # the test's own, see tests/conftest.py
+    assert s.hosts_deny_file == paths.HOSTS_DENY
+    assert s.resolv_conf == paths.RESOLV_CONF
+    assert s.mail_command == (paths.SENDMAIL, "-t", "-oi")
+    followers = {spec.key: spec.default for spec in SETTINGS if spec.host_default is not None}
+    assert followers == SHIPPED_HOST_DEFAULTS
 
 
 def test_settings_are_frozen_and_spec_for_is_exact() -> None:

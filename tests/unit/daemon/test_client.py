@@ -67,10 +67,10 @@ def _answer(data: bytes) -> Callable[[socket.socket], None]:
 
 def test_socket_path_follows_the_state_dir_rule() -> None:
     default = "/var/lib/portsentinel"
-    assert socket_path(None, default) == "/run/portsentinel/control.sock"
-    assert socket_path(default, default) == "/run/portsentinel/control.sock"
-    assert socket_path(default + "/", default) == "/run/portsentinel/control.sock"
-    assert socket_path(default + "/./", default) == "/run/portsentinel/control.sock"
+    assert socket_path(None, default) == f"{paths.RUN_DIR}/control.sock"
+    assert socket_path(default, default) == f"{paths.RUN_DIR}/control.sock"
+    assert socket_path(default + "/", default) == f"{paths.RUN_DIR}/control.sock"
+    assert socket_path(default + "/./", default) == f"{paths.RUN_DIR}/control.sock"
     assert socket_path("/srv/ps", default) == "/srv/ps/control.sock"
 
 
