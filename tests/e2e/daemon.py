@@ -44,6 +44,9 @@ Event = dict[str, Any]
 # The daemon's command in front of its options; argv[1:] of ``portsentinel``.
 PORTSENTINEL = (sys.executable, "-m", "portsentinel")
 
+# What makes a child Python measure its own coverage (CI: pyproject's patch = subprocess).
+COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+
 
 def write_config(directory: Path, settings: Mapping[str, str]) -> Path:
     """A config whose every path lies in ``directory`` (the files exist, empty), plus
@@ -82,12 +85,15 @@ class Daemon:
         state_dir: Path | None = None,
         wait: bool = True,
         events: bool = True,
+        measured: bool = True,
     ) -> Daemon:
         """Start the daemon: ``run --mode MODE`` or, with ``flags`` (``-atcp``, ``-audp``),
         PortSentry's invocation, flags first and options after. The state directory is
         ``directory`` unless ``state_dir`` names another (a second daemon on the same state).
         With ``wait``, return once it is active (fail if it exits first). Without ``events``
-        there is no ``--events`` stream, as in the packaged service."""
+        there is no ``--events`` stream, as in the packaged service. A load test, which judges
+        the daemon's speed and memory, starts it with ``measured=False``: outside coverage,
+        whose tracer would make it several times slower and bigger than it is."""
         directory.mkdir(parents=True, exist_ok=True)
         config = write_config(directory, settings or {})
         verb = list(flags) if flags else ["run", *(["--mode", mode] if mode else [])]
@@ -99,9 +105,13 @@ class Daemon:
             *(["--events", str(directory / "events.jsonl")] if events else []),
             *(["--dry-run"] if dry_run else []),
         ]  # fmt: skip
+        env = dict(os.environ)
+        if not measured:
+            for name in COVERAGE_VARIABLES:
+                env.pop(name, None)
         with (directory / "stderr.log").open("wb") as err:
             proc = lab.start(lab.target, argv, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+                             stdout=subprocess.DEVNULL, stderr=err, env=env)  # fmt: skip
         daemon = cls(lab, directory, proc)
         if wait:
             daemon.wait_for_line(ACTIVE, START_DEADLINE)

@@ -88,7 +88,7 @@ def test_forged_sources_neither_hit_protected_hosts_nor_fill_the_firewall(
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {RESOLVER}\n")
     settings = {"MAX_ACTIVE_BANS": str(MAX_ACTIVE), "RESOLV_CONF": str(resolv)}
-    daemon = Daemon.start(lab, tmp_path / "daemon", settings=settings)
+    daemon = Daemon.start(lab, tmp_path / "daemon", settings=settings, measured=False)
     try:
         flood = hping(lab, "--rand-source", "-p", "80", "-c", str(FLOOD), "--faster")
         # Forged from protected addresses, each on many ports: evidence strong enough to ban.

@@ -63,7 +63,7 @@ def test_a_real_scan_is_banned_in_a_spoofed_flood(
     lab: netns.Lab, tmp_path: Path, events: bool
 ) -> None:
     binary = floodlab.build(tmp_path)
-    daemon = Daemon.start(lab, tmp_path / "daemon", mode="atcp", events=events)
+    daemon = Daemon.start(lab, tmp_path / "daemon", mode="atcp", events=events, measured=False)
     rss = floodlab.RssSampler(daemon.pid)
     flood = floodlab.Flood(count=FLOOD_FRAMES, seconds=FLOOD_SECONDS)
     sender: subprocess.Popen[str] | None = None
@@ -119,7 +119,12 @@ def test_an_alert_only_daemon_accounts_for_every_alert_in_a_spoofed_flood(
     binary = floodlab.build(tmp_path)
     directory = tmp_path / "daemon"
     daemon = Daemon.start(
-        lab, directory, mode="atcp", events=False, settings={"BLOCK_TCP": "0", "BLOCK_UDP": "0"}
+        lab,
+        directory,
+        mode="atcp",
+        events=False,
+        settings={"BLOCK_TCP": "0", "BLOCK_UDP": "0"},
+        measured=False,
     )
     rss = floodlab.RssSampler(daemon.pid)
     sender = floodlab.start(lab, binary, floodlab.Flood(count=FLOOD_FRAMES, seconds=FLOOD_SECONDS))

@@ -59,7 +59,8 @@ print(json.dumps(sorted(sys.modules)))
 
 def _modules_after(code: str) -> set[str]:
     """``sys.modules`` of a fresh interpreter after ``code``, which prints it as JSON last."""
-    env = dict(os.environ)
+    # Not under coverage (CI's patch = subprocess): coverage.py imports modules of its own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
     src = str(Path(portsentinel.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     done = subprocess.run(
