@@ -127,14 +127,6 @@ class HostView:
             self.reply_check_errors += 1
             return False
 
-    def conntrack_entries(self) -> int | None:
-        if self._conntrack is None:
-            return None
-        try:
-            return self._conntrack.entry_count()
-        except CaptureError:
-            return None
-
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.close()
