@@ -10,7 +10,7 @@ until a packet becomes a decision. The steps, in order:
 3. The destination must be this host (when a local view is set); a UDP reply (or a SYN of a
    connection the host accepted) to a flow the host started is not a probe.
 4. A muted source (already responded to, its records held back by the record gate: see
-   ``mute``) is only counted; with rules that keep state of their own, each probe is
+   ``mute.py``) is only counted; with rules that keep state of their own, each probe is
    tracked and shown to them at once.
 5. The in-use re-check (a port opened since the view was read; may cost a kernel query).
 6. Admission: ignore list, own addresses (refused probes are not counted).
