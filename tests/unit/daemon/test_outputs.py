@@ -1,0 +1,292 @@
+"""Decisions into the daemon's outputs: log lines, events, store rows (a real SQLite store
+behind a fake responder), bans and alerts asked for, the limits on repeats, the notices and
+the summaries."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from portsentinel.alert.notify import Notifier
+from portsentinel.alert.sinks import EventSink, LogSink
+from portsentinel.config.setup import detector_config
+from portsentinel.daemon.outputs import NOTICE_EVERY, ROWS_BATCH, ROWS_EVERY, Outputs, _key_text
+from portsentinel.decode import decode_ip
+from portsentinel.detect.detector import Detector
+from portsentinel.host.neverblock import NeverBlock
+from portsentinel.model import Action, Decision, Mode, Proto, Reason, ScanKind
+from portsentinel.respond.worker import Responder
+from unit.daemon.fakes import START, WALL, FakeResponder, FakeSources, setup, syn
+from unit.decode_frames import DST4
+
+SCANNER = "198.18.0.1"
+OFFSET = WALL - START
+
+
+def decision(
+    action: Action = Action.BLOCK,
+    reason: Reason = Reason.TRIGGERED,
+    *,
+    src: str = SCANNER,
+    port: int = 1,
+    first: bool = False,
+    at: float = START,
+) -> Decision:
+    return Decision(
+        time=at,
+        src=src,
+        dst="198.18.0.2",
+        proto=Proto.TCP,
+        port=port,
+        kind=ScanKind.SYN,
+        action=action,
+        reason=reason,
+        mode=Mode.ATCP,
+        rule="scan_trigger",
+        hits=1,
+        ports_seen=1,
+        first=first,
+    )
+
+
+class Made:
+    """An ``Outputs`` as the pipeline makes it, and what it writes to."""
+
+    def __init__(self, tmp_path: Path, *, events: bool = False, responder: bool = True) -> None:
+        self.log = io.StringIO()
+        self.events_path = tmp_path / "events.jsonl"
+        the_setup = setup(tmp_path)
+        self.detector = Detector(detector_config(the_setup), local={DST4})
+        self.never_block = NeverBlock(FakeSources())
+        self.never_block.refresh()
+        self.detector.set_never_block(self.never_block)
+        self.sink = EventSink(str(self.events_path)) if events else None
+        self.outputs = Outputs(LogSink(self.log), self.sink, self.detector, self.never_block)
+        self.outputs.now, self.outputs.wall_offset = START, OFFSET
+        self.responder: FakeResponder | None = None
+        if responder:
+            self.responder = FakeResponder(tmp_path / "state")
+            self.outputs.responder = cast(Responder, self.responder)
+
+    def lines(self) -> list[str]:
+        self.outputs.flush()
+        return self.log.getvalue().splitlines()
+
+    def events(self) -> list[dict[str, object]]:
+        self.outputs.flush()
+        return [json.loads(line) for line in self.events_path.read_text().splitlines()]
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+
+def test_the_first_decision_asks_for_a_ban_with_the_sources_evidence(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    pkt = decode_ip(syn(1))
+    assert pkt is not None
+    decisions = made.detector.feed(pkt, START)
+    made.outputs.emit(decisions)
+    assert made.responder is not None
+    [ban] = made.responder.bans
+    assert (ban.address, ban.port, ban.level, ban.rule) == (SCANNER, 1, 1, "scan_trigger")
+    assert ban.reason == "SYN scan: scan trigger reached"
+    assert ban.evidence == {
+        "hits": 1,
+        "ports": ["tcp/1"],
+        "kinds": ["SYN"],
+        "first_seen": WALL,
+        "last_seen": WALL,
+        "destinations": 1,
+    }
+    assert made.responder.alerts == []
+
+
+def test_an_alert_is_written_as_an_alert_and_a_command_is_a_level_two_ban(
+    tmp_path: Path,
+) -> None:
+    made = Made(tmp_path)
+    made.outputs.emit(
+        [
+            decision(Action.ALERT, first=True),
+            decision(Action.COMMAND, src="198.18.0.5", first=True),
+        ]
+    )
+    assert made.responder is not None
+    assert [a.address for a in made.responder.alerts] == [SCANNER]
+    assert [(b.address, b.level) for b in made.responder.bans] == [("198.18.0.5", 2)]
+    # no state in the detector for these: the evidence is the decision's own count
+    assert made.responder.bans[0].evidence == {"hits": 1}
+
+
+def test_without_a_responder_bans_and_commands_are_a_dry_run(tmp_path: Path) -> None:
+    made = Made(tmp_path, responder=False)
+    made.outputs.emit(
+        [
+            decision(Action.BLOCK, first=True),
+            decision(Action.COMMAND, src="198.18.0.5", first=True),
+            decision(Action.ALERT, src="198.18.0.6", first=True),
+        ]
+    )
+    dry = [line for line in made.lines() if line.endswith("(dry run)")]
+    assert dry == [
+        "attackalert: Host 198.18.0.1 not blocked (dry run)",
+        "attackalert: Host 198.18.0.5 not blocked (dry run)",
+    ]
+
+
+def test_the_notifier_hears_of_first_decisions_only(tmp_path: Path) -> None:
+    heard: list[tuple[str, float]] = []
+
+    class Heard:
+        def submit(self, d: Decision, wall: float) -> None:
+            heard.append((d.src, wall))
+
+    made = Made(tmp_path)
+    made.outputs.notifier = cast(Notifier, Heard())
+    made.outputs.emit([decision(first=True), decision(Action.IGNORED, Reason.ALREADY_BLOCKED)])
+    assert heard == [(SCANNER, WALL)]
+
+
+# --- store rows ---------------------------------------------------------------------------------
+
+
+def test_rows_wait_for_their_batch_then_go_to_the_store(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    assert made.responder is not None
+    made.outputs.emit([decision(first=True)])
+    made.outputs.flush()
+    assert made.responder.rows() == []
+    made.outputs.now += ROWS_EVERY
+    made.outputs.flush()
+    [row] = made.responder.rows()
+    assert (row.time, row.src, row.action, row.reason, row.mode) == (
+        WALL,
+        SCANNER,
+        "block",
+        "scan trigger reached",
+        "atcp",
+    )
+
+
+def test_a_full_batch_goes_at_once_and_flush_everything_sends_the_rest(tmp_path: Path) -> None:
+    made = Made(tmp_path, events=True)  # ungated: every repeat gets a row up to its rate
+    assert made.responder is not None
+    made.outputs.emit(
+        [decision(Action.ALERT, Reason.BELOW_TRIGGER, port=p) for p in range(ROWS_BATCH + 3)]
+    )
+    assert len(made.responder.rows()) == ROWS_BATCH
+    made.outputs.flush(everything=True)
+    assert len(made.responder.rows()) == ROWS_BATCH + 3
+
+
+def test_without_a_responder_no_row_is_kept(tmp_path: Path) -> None:
+    made = Made(tmp_path, responder=False)
+    made.outputs.emit([decision(first=True)])
+    made.outputs.flush(everything=True)
+    assert made.outputs._rows == []
+
+
+# --- repeats, notices, summaries ------------------------------------------------------------
+
+
+def test_with_events_every_decision_is_an_event_but_repeats_are_limited_in_the_log(
+    tmp_path: Path,
+) -> None:
+    made = Made(tmp_path, events=True)
+    assert not made.outputs.gated
+    repeats = [
+        decision(Action.IGNORED, Reason.ALREADY_BLOCKED, port=p, at=START + p * 0.001)
+        for p in range(1, 200)
+    ]
+    made.outputs.emit([decision(first=True), *repeats])
+    assert len(made.events()) == 200
+    logged = [line for line in made.lines() if "already blocked" in line]
+    assert 0 < len(logged) < 199
+    assert made.outputs.held == 199 - len(logged)
+    made.outputs.summarise()
+    assert (
+        f"adminalert: {made.outputs.held} repetitive records held back in the last 10s "
+        f"(most from {SCANNER} already blocked: {made.outputs.held})"
+    ) in made.lines()
+
+
+def test_without_events_the_detector_asks_the_limiter_first(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    assert made.outputs.gated
+    for port in range(1, 100):
+        pkt = decode_ip(syn(port))
+        assert pkt is not None
+        made.outputs.emit(made.detector.feed(pkt, START + port * 0.001))
+    held = made.detector.stats.held
+    assert held > 0
+    assert made.outputs.held == held
+
+
+def test_never_block_refusals_are_noticed_once_a_minute_with_a_count(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    refused = decision(Action.IGNORED, Reason.NEVER_BLOCK, src="198.18.0.2")
+    made.outputs.emit([refused])
+    made.outputs.emit([refused, refused])
+    made.outputs.now += NOTICE_EVERY
+    made.outputs.emit([refused])
+    notices = [line for line in made.lines() if "never-block set (" in line]
+    assert notices == [
+        "attackalert: Host 198.18.0.2 not blocked: never-block set (host address)",
+        "attackalert: Host 198.18.0.2 not blocked: never-block set (host address)"
+        " (2 more since the last notice)",
+    ]
+
+
+def test_budget_refusals_are_noticed_apart(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    made.outputs.emit([decision(Action.IGNORED, Reason.BAN_BUDGET)])
+    assert "adminalert: ban budget exceeded: 198.18.0.1 reported but not blocked" in made.lines()
+
+
+def test_the_workers_drops_are_summarised_as_they_grow(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    assert made.responder is not None
+    made.responder.alerts_dropped, made.responder.rows_dropped = 2, 30
+    made.outputs.summarise()
+    made.outputs.summarise()  # nothing new since: no line
+    made.responder.rows_dropped = 31
+    made.outputs.summarise()
+    warnings = [line for line in made.lines() if "fell behind" in line]
+    assert warnings == [
+        "adminalert: WARNING: the response worker fell behind: 2 alerts not written to the "
+        "history file and 30 probe records not stored in the last 10s",
+        "adminalert: WARNING: the response worker fell behind: 0 alerts not written to the "
+        "history file and 1 probe records not stored in the last 10s",
+    ]
+
+
+def test_the_counts_follow_each_first_decision(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    made.outputs.emit(
+        [
+            decision(first=True),
+            decision(Action.BLOCK),  # not the first: no second alert
+            decision(Action.IGNORED, Reason.ALREADY_BLOCKED, first=True),
+        ]
+    )
+    alerts = made.outputs.counts.snapshot()["alerts"]
+    assert isinstance(alerts, dict)
+    assert alerts["block"]["SYN"] == 1
+    assert "ignored" not in alerts
+    assert alerts["alert"]["SYN"] == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ((bytes([198, 18, 0, 1]), Reason.ALREADY_BLOCKED), "198.18.0.1 already blocked"),
+        (("198.18.0.9", "why"), "198.18.0.9 why"),
+        ("plain", "plain"),
+    ],
+)
+def test_summary_keys_read_as_text(key: object, text: str) -> None:
+    assert _key_text(key) == text
