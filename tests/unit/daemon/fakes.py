@@ -185,6 +185,7 @@ class FakeHost:
     watcher: socket.socket | None = None
     address_changed: bool = False
     tracks_replies: bool = False
+    replying: bool = False  # what is_reply answers
     reply_checks: int = 0
     reply_checks_skipped: int = 0
     closed: bool = False
@@ -197,6 +198,9 @@ class FakeHost:
             self.watcher.recv(64)
         self.refreshed.append("address event")
         return self.address_changed
+
+    def is_reply(self, pkt: object) -> bool:
+        return self.replying
 
     def refresh_addresses(self) -> None:
         self.refreshed.append("addresses")

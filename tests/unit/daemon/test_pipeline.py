@@ -4,6 +4,7 @@ timers, the ring's linger, the worker's messages, a reload, and the stop."""
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import socket
@@ -14,6 +15,9 @@ from typing import cast
 import pytest
 
 from portsentinel.alert.notify import Notifier
+from portsentinel.alert.sinks import LogSink
+from portsentinel.capture.afpacket import RingConfig
+from portsentinel.capture.bpf import Instruction
 from portsentinel.capture.listeners import Listeners
 from portsentinel.config.setup import Setup
 from portsentinel.daemon import pipeline as pipeline_module
@@ -25,8 +29,11 @@ from portsentinel.daemon.pipeline import (
     NEVER_BLOCK_EVERY,
     RING_LINGER,
     TICK_EVERY,
+    Pipeline,
 )
-from portsentinel.daemon.sources import StartupError
+from portsentinel.daemon.sources import StartupError, kernel_filter, ring_config
+from portsentinel.decode import decode_ip
+from portsentinel.host.neverblock import NeverBlock
 from portsentinel.model import Mode, Proto
 from portsentinel.respond.worker import Responder, WorkerMessage
 from unit.daemon.fakes import (
@@ -35,6 +42,9 @@ from unit.daemon.fakes import (
     FakeHost,
     FakeListeners,
     FakeResponder,
+    FakeRing,
+    FakeSources,
+    InUse,
     Parts,
     attach,
     build,
@@ -445,3 +455,103 @@ def test_close_stores_what_waits_logs_the_workers_last_words_and_closes_every_pa
     assert ring.closed
     assert parts.host.closed
     assert parts.sources.closed
+
+
+# --- start --------------------------------------------------------------------------------------
+
+
+class Opened:
+    """``Pipeline.start``'s host view, ring and never-block set, replaced by fakes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, tracks_replies: bool = False) -> None:
+        self.host = FakeHost(tracks_replies=tracks_replies)
+        self.host.in_use[Proto.TCP] = InUse(frozenset({22}))
+        self.conntrack: list[bool] = []
+        self.rings: list[tuple[RingConfig, list[Instruction]]] = []
+        self.sources = FakeSources()
+        self.never_block: list[dict[str, object]] = []
+        opened = self
+
+        def host_view(_log: object, *, use_conntrack: bool) -> FakeHost:
+            opened.conntrack.append(use_conntrack)
+            return opened.host
+
+        def packet_ring(config: RingConfig, program: list[Instruction]) -> FakeRing:
+            opened.rings.append((config, program))
+            return FakeRing()
+
+        class ForHost:
+            @staticmethod
+            def for_host(**kwargs: object) -> NeverBlock:
+                opened.never_block.append(kwargs)
+                return NeverBlock(opened.sources)
+
+        monkeypatch.setattr(pipeline_module, "HostView", host_view)
+        monkeypatch.setattr(pipeline_module, "PacketRing", packet_ring)
+        monkeypatch.setattr(pipeline_module, "NeverBlock", ForHost)
+
+
+def test_start_opens_the_ring_for_the_stealth_modes_and_says_what_it_watches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = Opened(monkeypatch, tracks_replies=True)
+    log = io.StringIO()
+    the_setup = setup(tmp_path, 'ADVANCED_PORTS_TCP="2000"\nNEVER_BLOCK_SSH_PEERS="0"\n')
+    started = Pipeline.start(the_setup, LogSink(log), None)
+    assert opened.conntrack == [True]
+    assert opened.host.refreshed == ["in_use", "nat"]
+    [(config, program)] = opened.rings
+    assert config == ring_config(the_setup)
+    assert program == kernel_filter(the_setup)
+    assert started.listeners is None
+    assert opened.never_block[0]["ssh_ports"] == ()
+    assert opened.never_block[0]["resolv_conf"] == f"{tmp_path}/resolv.conf"
+    assert opened.sources.reads > 0  # read before the first packet
+    # PortSentry's start-up lines, with the port in use the host view reported
+    assert log.getvalue().splitlines() == [
+        "adminalert: Advanced mode will monitor first 2000 ports",
+        "adminalert: Advanced mode will manually exclude port: 113 ",
+        "adminalert: Advanced mode will manually exclude port: 139 ",
+        "adminalert: Advanced Stealth scan detection mode activated. Ignored TCP port: 22",
+    ]
+    assert started.detector.watched_ports(Proto.TCP) == [
+        p for p in range(2000) if p not in (113, 139)
+    ]
+    opened.host.replying = True  # connection tracking is asked about would-be probes
+    pkt = decode_ip(syn(1500))
+    assert pkt is not None
+    assert started.detector.feed(pkt, 0.0) == []
+    assert started.detector.stats.replies == 1
+
+
+def test_start_binds_the_bound_modes_without_a_ring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = Opened(monkeypatch)
+    listeners = FakeListeners([(Proto.TCP, 23)])
+    monkeypatch.setattr(
+        pipeline_module, "open_listeners", lambda _s, _l, modes: cast(Listeners, listeners)
+    )
+    started = Pipeline.start(
+        setup(tmp_path, 'TCP_PORTS="23"\n', "tcp"), LogSink(io.StringIO()), None
+    )
+    assert opened.conntrack == [False]
+    assert opened.host.refreshed == ["in_use"]  # no NAT rules without a capture
+    assert opened.rings == []
+    assert started.ring is None
+    assert started.listeners is cast(Listeners, listeners)
+
+
+def test_start_lets_the_host_view_go_when_nothing_can_be_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = Opened(monkeypatch)
+
+    def refuse(_setup: Setup, _log: object, _modes: list[Mode]) -> Listeners:
+        raise StartupError("adminalert: ERROR: could not bind any TCP sockets.")
+
+    monkeypatch.setattr(pipeline_module, "open_listeners", refuse)
+    with pytest.raises(StartupError):
+        Pipeline.start(setup(tmp_path, modes="tcp"), LogSink(io.StringIO()), None)
+    assert opened.host.closed
+    assert opened.never_block == []
