@@ -42,11 +42,23 @@ class TokenBucket:
         return self.tokens >= 1.0
 
     def take(self, now: float) -> bool:
-        """Refill and spend one token: True when the thing may be done now."""
-        if self.refill(now):
-            self.tokens -= 1.0
-            return True
-        return False
+        """Refill and spend one token: True when the thing may be done now.
+
+        ``refill``'s arithmetic written out again, in locals: on the per-packet path of
+        repeated records (``RepeatLimiter.allow``) that is a call less and no ``min``, about
+        a third less time per record than calling ``refill`` (measured with timeit).
+        """
+        tokens = self.tokens
+        elapsed = now - self.last
+        if elapsed > 0.0:
+            tokens += elapsed * self.rate
+            tokens = tokens if tokens < self.burst else self.burst
+            self.last = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
 
 
 class _KeyBucket(TokenBucket):

@@ -29,6 +29,9 @@ def test_bucket_earns_nothing_when_time_goes_back() -> None:
     assert (bucket.tokens, bucket.last) == (0.5, 100.0)  # nothing earned, nothing taken back
     assert bucket.take(100.5)  # earned from 100, not from 50
     assert not bucket.take(100.5)
+    full = TokenBucket(rate=1.0, burst=2.0, last=100.0)
+    assert full.take(50.0)  # spends what it has, earns nothing
+    assert (full.tokens, full.last) == (1.0, 100.0)
 
 
 def test_per_key_burst_then_rate() -> None:
