@@ -53,7 +53,6 @@ class Daemon:
         self.log = log
         self._stopping = False
         self._reload = False
-        self.pipeline: Pipeline | None = None
 
     def run(self) -> int:
         lock = StateLock(self.options.state_dir)
@@ -63,7 +62,7 @@ class Daemon:
         try:
             self.log.line(starting_line(__version__))
             try:
-                pipeline = self.pipeline = Pipeline.start(self.setup, self.log, events)
+                pipeline = Pipeline.start(self.setup, self.log, events)
             except StartupError as exc:
                 self.log.line(str(exc))
                 return 1
