@@ -1,0 +1,74 @@
+"""``why`` and ``history`` as text: a view becomes a headline and one line per fact, rows a
+table."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from portsentinel.cli import history_text as text
+from portsentinel.cli.tables import write_rows
+
+BAN: dict[str, Any] = {
+    "id": 7,
+    "address": "2001:db8::/64",
+    "since": "2023-11-14T22:13:21+00:00",
+    "until": None,
+    "state": "lifted",
+    "action": "block",
+    "reason": "SYN scan: scan trigger reached",
+    "rule": None,
+    "offence": 2,
+    "ended": "2023-11-14T23:00:00+00:00",
+    "lifted_by": "unblock",
+    "offline": True,
+    "evidence": {"hits": 1, "ports": {"tcp": "22"}, "plan": ["nftables"]},
+    "actions": [],
+}
+
+
+def test_ports_line() -> None:
+    assert text.ports_line({"tcp": "1-20", "udp": "53"}) == "tcp 1-20; udp 53"
+    assert text.ports_line({}) == "-"
+    assert text.ports_line(None) == "-"
+
+
+def test_why_lines_of_an_ended_prefix_ban_from_a_replay() -> None:
+    view = {"src": "2001:db8::5", "rule": None, "ban": BAN, "probes": None}
+    assert "".join(text.why_lines(view)) == (
+        "2001:db8::5: was banned (lifted) with its prefix 2001:db8::/64, a replay's record: "
+        "never applied\n"
+        "  ban       #7 block, offence 2\n"
+        "  since     2023-11-14T22:13:21+00:00\n"
+        "  until     permanent\n"
+        "  ended     2023-11-14T23:00:00+00:00 by unblock\n"
+        "  reason    SYN scan: scan trigger reached\n"
+        "  rule      -\n"
+        "  evidence  1 hit; ports tcp 22\n"
+        "  actions   none: offline record (plan: nftables)\n"
+    )
+
+
+def test_why_lines_without_a_ban_say_what_was_seen() -> None:
+    probes = {
+        "count": 1, "complete": True, "first": "t0", "last": "t0", "kinds": {"UDP": 1},
+        "ports": {"udp": "53"}, "port_count": 1, "sources": ["192.0.2.5"],
+        "destinations": ["192.0.2.1"], "decisions": {"ignored": 1}, "alerts": [],
+    }  # fmt: skip
+    lines = list(text.why_lines({"src": "192.0.2.5", "rule": "r", "ban": None, "probes": probes}))
+    assert lines[0] == "192.0.2.5: probes recorded, never banned\n"
+    assert lines[1] == "  rule      r\n"
+    assert "  ports     udp 53 (1 distinct)\n" in lines
+
+
+def test_history_columns_show_a_logged_alert_without_an_end() -> None:
+    row = {
+        "time": "2023-11-14T22:13:20.000000+00:00", "src": "192.0.2.9", "action": "alert",
+        "state": "logged", "until": None, "reason": "UDP scan", "ports": {"udp": "7"},
+        "ban_id": None,
+    }  # fmt: skip
+    out = io.StringIO()
+    write_rows([row], text.HISTORY_COLUMNS, out, as_json=False, empty="none")
+    assert out.getvalue().splitlines()[1].split() == [
+        "2023-11-14T22:13:20", "192.0.2.9", "alert", "logged", "-", "UDP", "scan", "udp", "7",
+    ]  # fmt: skip
