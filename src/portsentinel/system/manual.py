@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from portsentinel import __version__
+from portsentinel import __version__, paths
 from portsentinel.config.commands import quote, render_defaults
 from portsentinel.config.declaration import SettingSpec
 from portsentinel.config.schema import SETTINGS
@@ -211,27 +211,36 @@ _EXIT_STATUS = (
     ("2", "Usage or configuration error; each error reads FILE:LINE: KEY: what (expected ...)."),
 )
 
-_FILES = (
-    ("/etc/portsentinel/portsentinel.conf", "The configuration; see portsentinel.conf(5)."),
-    (
-        "/etc/default/portsentry",
-        "Debian's TCP_MODE and UDP_MODE: the modes run without --mode (DEFAULTS_FILE).",
-    ),
-    (
-        "/var/lib/portsentinel/",
-        "The state directory (--state-dir): portsentinel.db (bans, events, allow list), "
-        "portsentinel.lock (one daemon per directory).",
-    ),
-    (
-        "/run/portsentinel/control.sock",
-        "The control socket of the running daemon (DIR/control.sock with --state-dir DIR).",
-    ),
-    (
-        "/etc/systemd/system/portsentinel.service",
-        "The systemd unit written by portsentinel install.",
-    ),
-    ("/etc/logrotate.d/portsentinel", "Rotation of the history, blocked and event files."),
-)
+
+def _files() -> tuple[tuple[str, str], ...]:
+    """The FILES section of portsentinel(8): the paths of ``paths`` (as shipped when
+    ``scripts/gen_docs.py`` runs)."""
+    return (
+        (paths.CONFIG_FILE, "The configuration; see portsentinel.conf(5)."),
+        (
+            paths.DEFAULTS_FILE,
+            "Debian's TCP_MODE and UDP_MODE: the modes run without --mode (DEFAULTS_FILE).",
+        ),
+        (
+            f"{paths.STATE_DIR}/",
+            f"The state directory (--state-dir): {paths.STORE_NAME} (bans, events, allow list), "
+            f"{paths.LOCK_NAME} (one daemon per directory).",
+        ),
+        (
+            f"{paths.RUN_DIR}/{paths.SOCKET_NAME}",
+            f"The control socket of the running daemon (DIR/{paths.SOCKET_NAME} with "
+            "--state-dir DIR).",
+        ),
+        (
+            f"{paths.UNIT_DIR}/{service_files.UNIT_NAME}",
+            "The systemd unit written by portsentinel install.",
+        ),
+        (
+            f"{paths.LOGROTATE_DIR}/portsentinel",
+            "Rotation of the history, blocked and event files.",
+        ),
+    )
+
 
 _SIGNALS = (
     ("SIGTERM, SIGINT", "Stop: PortSentry's two shutdown lines, a statistics line, exit 0."),
@@ -281,7 +290,7 @@ def render_man8(parser: argparse.ArgumentParser) -> str:
     for code, text in _EXIT_STATUS:
         lines += _tagged(f".B {code}", roff(text))
     lines += [".SH FILES"]
-    for path, text in _FILES:
+    for path, text in _files():
         lines += _tagged(f".I {roff_code(path)}", roff(text))
     lines += [".SH SIGNALS"]
     for names, text in _SIGNALS:
@@ -359,11 +368,14 @@ _COMPATIBILITY = (
     '"Already blocked" compares exact addresses (1.2 matched substrings).',
 )
 
-_FILES5 = (
-    ("/etc/portsentinel/portsentinel.conf", "The configuration file."),
-    ("/etc/default/portsentry", "The modes file, DEFAULTS_FILE."),
-    ("/etc/portsentinel/portsentinel.ignore", "The ignore file written by portsentinel migrate."),
-)
+
+def _files5() -> tuple[tuple[str, str], ...]:
+    """The FILES section of portsentinel.conf(5)."""
+    return (
+        (paths.CONFIG_FILE, "The configuration file."),
+        (paths.DEFAULTS_FILE, "The modes file, DEFAULTS_FILE."),
+        (paths.IGNORE_FILE, "The ignore file written by portsentinel migrate."),
+    )
 
 
 def _default_line(spec: SettingSpec) -> str:
@@ -400,7 +412,7 @@ def render_conf5() -> str:
     for text in _COMPATIBILITY:
         lines += [".IP \\(bu 2", roff(text)]
     lines += [".SH FILES"]
-    for path, text in _FILES5:
+    for path, text in _files5():
         lines += _tagged(f".I {roff_code(path)}", roff(text))
     lines += ['.SH "SEE ALSO"', ".BR portsentinel (8),", ".BR portsentry.conf (5)"]
     return "\n".join(lines) + "\n"

@@ -271,7 +271,7 @@ def _writable_note(request: Request, key: str, path: str, outcome: Outcome) -> N
 
 def _logrotate_overlap(request: Request, path: str, outcome: Outcome) -> None:
     """logrotate refuses a file two of its configurations name; ours names the history."""
-    folder = request.real("/etc/logrotate.d")
+    folder = request.real(paths.LOGROTATE_DIR)
     if not folder.is_dir():
         return
     for rules in sorted(folder.iterdir()):
