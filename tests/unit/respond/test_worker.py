@@ -1,18 +1,27 @@
-"""The response worker's backlog is bounded: alerts and probe records wait up to a cap, then
-new ones are dropped and counted; bans are never dropped."""
+"""The response worker: its backlog is bounded (alerts and probe records wait up to a cap, then
+new ones are dropped and counted; bans are never dropped), and its thread applies bans, writes
+records and tells the detection loop what changed (WorkerMessage)."""
 
 from __future__ import annotations
 
+import dataclasses
+import select
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from portsentinel.config import load_config
+from portsentinel.config.schema import Settings
+from portsentinel.config.types import Backend as BackendName
+from portsentinel.errors import PortSentinelError
 from portsentinel.model import Proto
 from portsentinel.respond import worker as responder_module
 from portsentinel.respond.bans import BanRequest
-from portsentinel.respond.worker import Responder
-from portsentinel.store.records import EventRow
+from portsentinel.respond.worker import Responder, WorkerMessage
+from portsentinel.store.records import EventRow, LiftedBy
+from portsentinel.store.sqlite import Store
 
 
 def request(i: int) -> BanRequest:
@@ -44,3 +53,134 @@ def test_a_worker_that_falls_behind_drops_alerts_and_records_but_never_bans(
     for i in range(20):
         worker.ban(request(100 + i))
     assert worker._jobs.qsize() == 27  # every ban queued
+
+
+# --- the worker thread, on a real store, with bans that touch no firewall ----------------------
+# BLOCK_BACKEND=legacy with an empty KILL_ROUTE and KILL_HOSTS_DENY set: a ban is a hosts.deny
+# line in the test's directory, so the whole lifecycle runs without root or a kernel.
+
+
+def quiet_settings(tmp_path: Path) -> Settings:
+    return dataclasses.replace(
+        load_config(None).settings,
+        block_backend=BackendName.LEGACY,
+        kill_route="",
+        kill_hosts_deny="ALL: $TARGET$ : DENY",
+        hosts_deny_file=str(tmp_path / "hosts.deny"),
+        history_file=str(tmp_path / "history"),
+        blocked_file=str(tmp_path / "blocked"),
+        resolve_host=False,
+    )
+
+
+def wait_for_messages(
+    worker: Responder, want: Callable[[list[WorkerMessage]], bool], timeout: float = 5.0
+) -> list[WorkerMessage]:
+    """Every message until ``want`` is satisfied by what came so far (bounded wait)."""
+    seen: list[WorkerMessage] = []
+    deadline = time.monotonic() + timeout
+    while not want(seen):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not told in time; told: {seen}")
+        select.select([worker.fileno()], [], [], 0.05)
+        seen += worker.messages()
+    return seen
+
+
+def kinds(messages: list[WorkerMessage]) -> list[str]:
+    return [m.kind for m in messages]
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+def test_a_ban_is_applied_recorded_and_told(tmp_path: Path, state: Path) -> None:
+    told: list[tuple[str, object]] = []
+    worker = Responder(
+        quiet_settings(tmp_path), str(state), on_ban=lambda a, b: told.append((a, b))
+    )
+    worker.start()
+    try:
+        worker.ban(request(1))
+        wait_for_messages(worker, lambda seen: worker.bans_active == 1 and told != [])
+    finally:
+        last = worker.close()
+    assert "ALL: 198.19.0.1 : DENY" in (tmp_path / "hosts.deny").read_text()
+    assert "198.19.0.1" in (tmp_path / "history").read_text()
+    [(address, ban)] = told
+    assert address == "198.19.0.1"
+    assert isinstance(ban, dict)
+    assert ban["target"] == "198.19.0.1"
+    assert worker.bans_added == 1
+    assert worker.health() == {"hosts_deny": True}
+    assert "release" not in kinds(last)
+
+
+def test_alerts_and_records_reach_the_history_and_the_store(tmp_path: Path, state: Path) -> None:
+    worker = Responder(quiet_settings(tmp_path), str(state))
+    worker.start()
+    worker.alert(request(2))
+    worker.events([row(i) for i in range(3)])
+    worker.close()
+    assert "198.19.0.2" in (tmp_path / "history").read_text()
+    assert not (tmp_path / "hosts.deny").exists()  # an alert bans nothing
+    store = Store.open(str(state))
+    try:
+        assert len(store.events_between(0.0, 2.0)) == 3
+        assert store.active_bans(time.time()) == []
+    finally:
+        store.close()
+
+
+def test_bans_and_allow_entries_changed_by_the_cli_are_told(tmp_path: Path, state: Path) -> None:
+    worker = Responder(quiet_settings(tmp_path), str(state))
+    worker.start()
+    cli = Store.open(str(state))  # what `portsentinel unblock` and `allow` write through
+    try:
+        worker.ban(request(3))
+        wait_for_messages(worker, lambda seen: worker.bans_active == 1)
+        record = cli.ban_for("198.19.0.3")
+        assert record is not None
+        cli.allow("198.19.0.3", time.time())  # as `allow` does: the entry, then the lift
+        cli.lift(record.id, time.time(), LiftedBy.UNBLOCK)
+        seen = wait_for_messages(worker, lambda seen: {"release", "allow"} <= set(kinds(seen)))
+    finally:
+        cli.close()
+        worker.close()
+    # The allow entry is told before the ban is forgotten: the address is never unprotected.
+    assert kinds(seen).index("allow") < kinds(seen).index("release")
+    assert [m.networks for m in seen if m.kind == "allow"][-1] == ("198.19.0.3/32",)
+    assert [m.text for m in seen if m.kind == "release"] == ["198.19.0.3"]
+    assert worker.bans_active == 0
+
+
+def test_a_restart_restores_the_bans_in_force(tmp_path: Path, state: Path) -> None:
+    first = Responder(quiet_settings(tmp_path), str(state))
+    first.start()
+    first.ban(request(4))
+    wait_for_messages(first, lambda seen: first.bans_active == 1)
+    first.close()
+    second = Responder(quiet_settings(tmp_path), str(state))
+    second.start()
+    try:
+        seen = second.messages()
+    finally:
+        second.close()
+    assert [m.text for m in seen if m.kind == "restore"] == ["198.19.0.4"]
+    assert "adminalert: 1 bans restored from the state store" in [
+        m.text for m in seen if m.kind == "log"
+    ]
+    assert second.bans_active == 1
+
+
+def test_a_state_directory_it_cannot_open_stops_the_start(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    worker = Responder(quiet_settings(tmp_path), str(not_a_dir))
+    with pytest.raises(PortSentinelError, match="cannot start responses"):
+        worker.start()
+    worker.close()
