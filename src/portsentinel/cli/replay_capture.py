@@ -16,7 +16,7 @@ from portsentinel.capture.pcapfile import CorruptCaptureError, open_capture
 from portsentinel.decode import decoder_for_linktype
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import ConfigError, DecodeError
-from portsentinel.model import ACK, SYN, Decision, Packet, Proto
+from portsentinel.model import ACK, SYN, Decision, Frag, Packet, Proto
 
 Decoder = Callable[[bytes | memoryview], Packet | None]
 
@@ -136,12 +136,12 @@ def survey_in_use(path: str, local: frozenset[bytes] | None) -> InUse:
     tcp: set[int] = set()
     udp: set[int] = set()
     for _ts, pkt in _packets(path, ReplayStats()):
-        proto, src, _dst, sport, _dport, flags = pkt[0], pkt[1], pkt[2], pkt[3], pkt[4], pkt[5]
+        proto, src, _dst, sport, _dport, flags, _ttl, _options, frag = pkt
         if local is not None and src not in local:
             continue
         if proto == Proto.TCP and flags & (SYN | ACK) == SYN | ACK:
             tcp.add(sport)
-        elif proto == Proto.UDP and pkt[8] == 0:
+        elif proto == Proto.UDP and frag == Frag.NONE:
             udp.add(sport)
     return InUse(frozenset(tcp), frozenset(udp))
 

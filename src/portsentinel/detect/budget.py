@@ -7,7 +7,8 @@ real scanner needs. So bans come in two tiers:
   handshake with a bound port (a CONNECT: a forged source cannot complete one);
 - **weak**: everything else (typically one forged SYN or UDP datagram).
 
-Each tier has its own token bucket, so weak bans can never spend a strong ban's tokens; and
+Each tier has its own token bucket (``ratelimit.TokenBucket``, the project's one limiter),
+so weak bans can never spend a strong ban's tokens; and
 weak bans may fill the active-ban cap only up to a reserve that stays for strong ones. A
 source refused while weak is judged again on its next probe, when its evidence may be strong.
 Pure: time is an argument.
@@ -20,6 +21,7 @@ from typing import Final
 
 from portsentinel.detect.track import KIND_BIT, SourceState
 from portsentinel.model import ScanKind
+from portsentinel.ratelimit import TokenBucket
 
 _CONNECT_BIT: Final = KIND_BIT[ScanKind.CONNECT]
 
@@ -39,25 +41,6 @@ class BudgetConfig:
             raise ValueError("weak_share must be between 0 and 1")
 
 
-class _Bucket:
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.last: float | None = None
-
-    def take(self, now: float) -> bool:
-        if self.last is not None and now > self.last:
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now if self.last is None else max(self.last, now)
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
 class BanBudget:
     """Admits or refuses a new ban; knows which bans are in force and in which tier."""
 
@@ -65,8 +48,8 @@ class BanBudget:
 
     def __init__(self, config: BudgetConfig) -> None:
         self.config = config
-        self._strong = _Bucket(config.rate, float(config.burst))
-        self._weak = _Bucket(
+        self._strong = TokenBucket(config.rate, float(config.burst))
+        self._weak = TokenBucket(
             config.rate * config.weak_share, max(1.0, config.burst * config.weak_share)
         )
         self.weak_cap = max(1, int(config.max_active * config.weak_share))
@@ -78,8 +61,8 @@ class BanBudget:
         """New limits; the bans in force keep their slots (they may exceed a lowered cap until
         they end)."""
         self.config = config
-        self._strong = _Bucket(config.rate, float(config.burst))
-        self._weak = _Bucket(
+        self._strong = TokenBucket(config.rate, float(config.burst))
+        self._weak = TokenBucket(
             config.rate * config.weak_share, max(1.0, config.burst * config.weak_share)
         )
         self.weak_cap = max(1, int(config.max_active * config.weak_share))
