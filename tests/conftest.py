@@ -9,11 +9,14 @@ suite exactly as a bare one does; tests/e2e/test_hermetic.py proves it.
 Each path keeps its shape under the test's directory (``/etc/default/portsentry`` becomes
 ``TMP/etc/default/portsentry``), so a test that wants a host file writes it at
 ``paths.X`` and the product finds it there. The files do not exist until a test writes them.
+A test that writes there asks for ``private_host_paths`` by name, so that it cannot run
+without this fixture (``--noconftest``) and write the host's own files.
 
 Child Pythons are covered too (``python3 -m portsentinel ...``, ``python3 -c ...``): the
 fixture puts a ``sitecustomize.py`` first on ``PYTHONPATH`` that applies the same paths,
-passed in ``PORTSENTINEL_TEST_PATHS``, before the child imports anything else. (It shadows a
-distribution's own sitecustomize in those children; nothing in the suite relies on one.)
+passed in ``PORTSENTINEL_TEST_PATHS``, before the child imports anything else; there even
+the shipped defaults the docs print (``SettingSpec.default``, taken at import) are the test's.
+(It shadows a distribution's own sitecustomize in those children; nothing relies on one.)
 
 The end-to-end tests build their hosts themselves (namespaces, containers laid out at the
 shipped paths, a config naming every path setting), so the fixture leaves tests marked
