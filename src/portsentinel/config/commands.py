@@ -46,7 +46,8 @@ def quote(value: str) -> str:
 
 
 def render_defaults() -> str:
-    """Every setting as a commented config file; loading it gives exactly ``Settings()``."""
+    """Every setting as a commented config file; loading it gives exactly ``Settings()`` (the
+    host paths in it are the shipped ones, which ``paths`` names unless pointed elsewhere)."""
     blocks = [_DEFAULTS_HEADER]
     for spec in SETTINGS:
         blocks.append(_describe(spec) + f"{spec.key}={quote(spec.default)}\n")
