@@ -1,6 +1,6 @@
 """Configuration: PortSentry's ``KEY="value"`` files, typed once into ``Settings``.
 
-``schema`` declares every setting (``declaration`` is how, ``types`` and ``outputs`` the value
+``schema`` declares every setting (``declaration`` is how, ``types`` and ``endpoints`` the value
 types); ``load`` reads a config file; ``ignore`` reads ignore files; ``modes`` picks the modes
 to run; ``setup`` loads all three for ``run`` and ``replay``; ``commands`` backs ``config
 check`` and ``config defaults``; ``legacy`` reads files as PortSentry 1.2 did, for ``migrate``.

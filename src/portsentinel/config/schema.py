@@ -13,10 +13,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from portsentinel import paths
-from portsentinel.config import outputs as o
+from portsentinel.config import endpoints as o
 from portsentinel.config import types as t
 from portsentinel.config.declaration import Origin, SettingSpec, setting
-from portsentinel.config.outputs import NotifyOn
+from portsentinel.config.endpoints import NotifyOn
 from portsentinel.config.types import Backend, BlockLevel
 
 # Debian 1.2's "aware" lists (the file spells the ranges out port by port).

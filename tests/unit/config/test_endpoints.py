@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from portsentinel.config.outputs import (
+from portsentinel.config.endpoints import (
     NotifyOn,
     argv_command,
     listen_address,

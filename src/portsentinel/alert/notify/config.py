@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from portsentinel import paths
-from portsentinel.config.outputs import NotifyOn
+from portsentinel.config.endpoints import NotifyOn
 from portsentinel.config.schema import Settings
 from portsentinel.model import Action
 

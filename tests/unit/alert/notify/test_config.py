@@ -8,7 +8,7 @@ import pytest
 
 from portsentinel import paths
 from portsentinel.alert.notify.config import NotifyConfig
-from portsentinel.config.outputs import NotifyOn
+from portsentinel.config.endpoints import NotifyOn
 from portsentinel.config.schema import Settings, spec_for
 from portsentinel.config.types import InvalidValueError
 from portsentinel.model import Action

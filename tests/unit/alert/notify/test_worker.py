@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from portsentinel.alert.notify import Notifier, NotifyConfig, ban_info
-from portsentinel.config.outputs import NotifyOn
+from portsentinel.config.endpoints import NotifyOn
 from portsentinel.model import Action
 
 from .notify_fakes import (
