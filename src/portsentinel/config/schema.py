@@ -268,7 +268,8 @@ class Settings:
     )  # fmt: skip
     notify_rate: int = setting(
         key="NOTIFY_RATE", parse=t.int_range(1, 10000), default="10", unit="per minute",
-        help="notifications sent per minute at most; the rest are summarised once a minute",
+        help="notifications sent per minute on average, at most this many at once (a token "
+        "bucket); the rest are summarised once a minute",
         origin=_NEW,
     )  # fmt: skip
     notify_on: NotifyOn = setting(  # noqa: RUF009 - a dataclasses.field
