@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from portsentinel.cli.main import build_parser
+import pytest
+
+from portsentinel.cli.main import build_parser, main
 from portsentinel.cli.replay_capture import parse_local, survey_in_use
 from portsentinel.cli.replay_record import Recorded, record_replay
 from portsentinel.config.setup import detector_config, load_setup
@@ -16,10 +18,23 @@ from portsentinel.store.records import EventRow, LiftedBy
 from portsentinel.store.sqlite import Store
 
 CAPTURES = Path(__file__).resolve().parents[2] / "fixtures" / "captures"
+DEBIAN = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "debian"
 SCANNER = "198.18.0.2"
 LOCAL = ["198.18.0.1", "fd00:5e::1"]
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20+00:00
 HOUR, DAY = 3600.0, 86400.0
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``portsentinel ARGV`` through the console script's own entry point: (status, out, err)."""
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:

@@ -8,22 +8,10 @@ from pathlib import Path
 import pytest
 
 from portsentinel import paths
-from portsentinel.cli.main import main
+from unit.cli.stores import CAPTURES, DEBIAN, write
+from unit.cli.stores import run_main as run
 
-CAPTURES = Path(__file__).resolve().parents[2] / "fixtures" / "captures"
-DEBIAN = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "debian"
 ERROR_LINE = re.compile(r"^[^:]+:\d+: [A-Z_]+: .+ \(expected .+\)$")
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    status = main(argv)
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
 
 
 def test_config_check_debian_file_loads_with_warnings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,21 +9,10 @@ import dpkt
 import pytest
 
 from portsentinel.cli.main import main
-from unit.cli.stores import CAPTURES, LOCAL, SCANNER
+from unit.cli.stores import CAPTURES, LOCAL, SCANNER, write
+from unit.cli.stores import run_main as run
 
-DEBIAN = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "debian"
 TCP_EVENTS_IN_SYN = (set(range(1, 121)) | {443}) - {22, 80, 113}
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    status = main(argv)
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
 
 
 @pytest.mark.parametrize(
