@@ -5,6 +5,8 @@ stays in force."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +85,41 @@ def test_a_broken_configuration_is_refused_and_the_old_one_stays(
     assert daemon.proc.poll() is None
     code, _stderr = daemon.stop()
     assert code == 0
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        'WEBHOOK_URL="http://[fd00::1/hook"',  # urlsplit: "Invalid IPv6 URL"
+        'METRICS_LISTEN="127.0.0.1:9²"',  # a digit to str.isdigit(), not to int()
+    ],
+)
+def test_a_value_its_parser_once_crashed_on_is_refused_and_the_daemon_goes_on(
+    lab: netns.Lab, tmp_path: Path, broken: str
+) -> None:
+    """These values once raised a traceback out of the parser: a reload ended the daemon,
+    and every restart failed the same way. Now they are config errors like any other."""
+    daemon = Daemon.start(lab, tmp_path, mode="stcp", settings={"TCP_PORTS": "11,12"})
+    config = tmp_path / "portsentinel.conf"
+    config.write_text(config.read_text() + broken + "\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for_line("the running configuration stays in force")
+    key = broken.partition("=")[0]
+    assert f"{config}:" in daemon.stderr()
+    assert key in daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
+    assert daemon.proc.poll() is None
+    nmap_scan(lab, SCANNER, "11-12")
+    daemon.wait_for_events(lambda ev: len(ev) >= 2, "probes after the refused reload")
+    code, _stderr = daemon.stop()
+    assert code == 0
+    check = subprocess.run(
+        [sys.executable, "-m", "portsentinel", "config", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 2, check.stderr  # a config error, not a crash (was 1)
+    assert "Traceback" not in check.stderr
+    assert f"{config}:" in check.stderr

@@ -129,7 +129,7 @@ def _evidence_ports(evidence: Mapping[str, Any]) -> dict[str, str]:
     pairs = []
     for item in evidence.get("ports") or ():
         name, _, number = str(item).partition("/")
-        if number.isdigit():
+        if number.isascii() and number.isdigit():  # "²" is a digit that int() refuses
             pairs.append((name, int(number)))
     port, proto = evidence.get("port"), evidence.get("proto")
     if not pairs and isinstance(port, int) and port > 0 and isinstance(proto, str):

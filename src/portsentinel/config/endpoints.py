@@ -45,7 +45,10 @@ def _webhook_url(raw: str) -> str:
         return ""
     if any(c.isspace() for c in url):
         raise InvalidValueError("the URL contains spaces")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: "Invalid IPv6 URL"
+        raise InvalidValueError(f"not a URL ({exc})") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise InvalidValueError(f"{parts.scheme or 'no'} scheme (only http and https are sent)")
     try:
@@ -116,7 +119,8 @@ def _listen(raw: str) -> tuple[str, int] | None:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise InvalidValueError(f"{host!r} is not an IP address (or localhost)") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= t.MAX_PORT:
+    # ASCII digits only: str.isdigit() also says yes to "²", which int() refuses.
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= t.MAX_PORT:
         raise InvalidValueError(f"{port_text!r} is not a port number")
     return str(address), int(port_text)
 

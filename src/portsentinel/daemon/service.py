@@ -83,7 +83,16 @@ class Daemon:
                 self.setup.settings, pipeline.metrics_snapshot, started=time.time()
             )
             if metrics is not None:
-                metrics.start()
+                try:
+                    metrics.start()
+                except OSError as exc:  # the port is taken, the address is not this host's
+                    host, port = metrics.address
+                    self.log.line(
+                        f"adminalert: ERROR: cannot serve metrics on {host}:{port} "
+                        f"(METRICS_LISTEN): {exc.strerror or exc}"
+                    )
+                    pipeline.close()
+                    return 1
                 host, port = metrics.address
                 self.log.line(f"adminalert: metrics on http://{host}:{port}/metrics")
             settings = self.setup.settings

@@ -175,12 +175,23 @@ def test_a_dry_run_starts_answers_the_cli_reloads_and_stops_on_sigterm(
     assert_unlocked(options.state_dir)
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [
+        ("SCAN_TRIGGER", "many"),
+        # These two once raised a traceback from the parser, which ended the daemon on reload.
+        ("WEBHOOK_URL", "http://[fd00::1/hook"),
+        ("METRICS_LISTEN", "127.0.0.1:9²"),
+    ],
+)
 def test_responses_metrics_and_a_refused_reload(
     short_dir: Path,
     handlers: dict[int, Any],
     started: list[Pipeline],
     monkeypatch: pytest.MonkeyPatch,
+    broken: tuple[str, str],
 ) -> None:
+    key, value = broken
     responders: list[FakeResponder] = []
 
     def responder(settings: object, state_dir: str, **_kw: object) -> FakeResponder:
@@ -200,7 +211,7 @@ def test_responses_metrics_and_a_refused_reload(
     daemon = Daemon(load_setup(config, "atcp"), options, LogSink(out))
 
     def break_the_config_and_reload() -> None:
-        Path(config).write_text('SCAN_TRIGGER="many"\n')
+        Path(config).write_text(f'{key}="{value}"\n')
         os.kill(os.getpid(), signal.SIGHUP)
         wait_for(lambda: "stays in force" in out.getvalue())
 
@@ -216,7 +227,7 @@ def test_responses_metrics_and_a_refused_reload(
     )
     refused = [line for line in lines if "reload refused" in line]
     assert refused
-    assert all("SCAN_TRIGGER" in line for line in refused)
+    assert all(key in line for line in refused)
     assert "adminalert: the running configuration stays in force" in lines
     assert started[0].setup.settings.scan_trigger == 0  # unchanged
     assert [r.started for r in responders] == [True]
@@ -237,6 +248,34 @@ def test_a_reload_with_warnings_logs_them(short_dir: Path, started: list[Pipelin
     assert f"{short_dir}/missing.ignore does not exist" in out.getvalue()
     assert out.getvalue().startswith("adminalert: WARNING: ")
     assert daemon._take_reload() is None  # taken once
+
+
+def test_a_metrics_port_in_use_is_one_clear_error_and_exit_status_one(
+    short_dir: Path, started: list[Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a traceback: now one line naming the address and the setting, the responses
+    worker closed, the lock let go, and exit status 1 for the service manager."""
+    responders: list[FakeResponder] = []
+
+    def responder(settings: object, state_dir: str, **_kw: object) -> FakeResponder:
+        made = FakeResponder(Path(state_dir))
+        responders.append(made)
+        return made
+
+    monkeypatch.setattr(service, "Responder", responder)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(short_dir, f'METRICS_LISTEN="127.0.0.1:{port}"\n')
+        options = RunOptions(state_dir=str(short_dir / "state"), config=config, modes="atcp")
+        out = io.StringIO()
+        assert Daemon(load_setup(config, "atcp"), options, LogSink(out)).run() == 1
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith(f"adminalert: ERROR: cannot serve metrics on 127.0.0.1:{port} ")
+    assert "(METRICS_LISTEN)" in last
+    assert [r.closed for r in responders] == [True]
+    assert_unlocked(options.state_dir)
 
 
 def test_nothing_to_watch_is_exit_status_one_and_the_lock_is_let_go(
