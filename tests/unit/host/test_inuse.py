@@ -1,4 +1,4 @@
-"""Unit tests for capture/inuse.py: /proc/net parsing, sock_diag messages, InUseView.
+"""Unit tests for host/inuse.py: /proc/net parsing, sock_diag messages, InUseView.
 
 No root and no kernel: netlink replies are built by hand here, with their own struct
 formats (not the module's), and a small stand-in kernel answers ``SocketTable``'s requests,
