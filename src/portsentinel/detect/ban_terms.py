@@ -9,6 +9,7 @@ decision out; no store, no backend, no clock.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -48,13 +49,14 @@ class BanTerms:
             return None
         return ipaddress.IPv6Network(f"{address}/{self.prefix_len}", strict=False)
 
-    def widen(self, banned_in_prefix: int, *, protected: bool) -> int | None:
+    def widen(self, banned_in_prefix: int, *, protected: Callable[[], bool]) -> int | None:
         """The prefix length to ban instead of the address, or None for the address alone.
 
         ``banned_in_prefix``: the addresses of the prefix banned already (this one not
         counted); once IPV6_PREFIX_AFTER of them, this one included, are, the whole prefix
-        is. Never when the prefix holds a never-block address (``protected``).
+        is. Never when the prefix holds a never-block address: ``protected()`` says so, asked
+        only once the count is reached (it walks the whole never-block set).
         """
-        if self.prefix_after < 1 or banned_in_prefix + 1 < self.prefix_after or protected:
+        if self.prefix_after < 1 or banned_in_prefix + 1 < self.prefix_after or protected():
             return None
         return self.prefix_len

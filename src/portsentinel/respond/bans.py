@@ -221,7 +221,7 @@ class BanManager:
         net = self.terms.prefix_of(address)
         if net is None or protected is None:
             return None
-        return self.terms.widen(len(self._members(net, now)), protected=protected(net))
+        return self.terms.widen(len(self._members(net, now)), protected=lambda: protected(net))
 
     def _members(self, net: Network, now: float) -> list[BanRecord]:
         return [

@@ -84,12 +84,25 @@ def test_no_prefix_for_ipv4_or_when_widening_is_off() -> None:
 def test_widening_after_enough_addresses_of_one_prefix(
     banned: int, protected: bool, expected: int | None
 ) -> None:
-    assert TERMS.widen(banned, protected=protected) == expected
+    assert TERMS.widen(banned, protected=lambda: protected) == expected
 
 
 def test_widening_after_one_address_widens_the_first_ban() -> None:
-    assert replace(TERMS, prefix_after=1).widen(0, protected=False) == 64
+    assert replace(TERMS, prefix_after=1).widen(0, protected=lambda: False) == 64
 
 
 def test_widening_off_never_widens() -> None:
-    assert replace(TERMS, prefix_after=0).widen(100, protected=False) is None
+    assert replace(TERMS, prefix_after=0).widen(100, protected=lambda: False) is None
+
+
+def test_the_never_block_set_is_asked_only_once_the_count_is_reached() -> None:
+    asked: list[bool] = []
+
+    def protected() -> bool:
+        asked.append(True)
+        return False
+
+    assert TERMS.widen(0, protected=protected) is None
+    assert asked == []
+    assert TERMS.widen(2, protected=protected) == 64
+    assert asked == [True]
