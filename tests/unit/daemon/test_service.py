@@ -77,6 +77,19 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[Pipeline]:
     return pipelines
 
 
+@pytest.fixture
+def responders(monkeypatch: pytest.MonkeyPatch) -> list[FakeResponder]:
+    """The daemon's response worker, faked: every one it makes, in order."""
+    made: list[FakeResponder] = []
+
+    def responder(settings: object, state_dir: str, **_kw: object) -> FakeResponder:
+        made.append(FakeResponder(Path(state_dir)))
+        return made[-1]
+
+    monkeypatch.setattr(service, "Responder", responder)
+    return made
+
+
 def in_thread(
     handlers: dict[int, Any], then: Callable[[], None]
 ) -> tuple[threading.Thread, list[BaseException]]:
@@ -188,18 +201,10 @@ def test_responses_metrics_and_a_refused_reload(
     short_dir: Path,
     handlers: dict[int, Any],
     started: list[Pipeline],
-    monkeypatch: pytest.MonkeyPatch,
+    responders: list[FakeResponder],
     broken: tuple[str, str],
 ) -> None:
     key, value = broken
-    responders: list[FakeResponder] = []
-
-    def responder(settings: object, state_dir: str, **_kw: object) -> FakeResponder:
-        made = FakeResponder(Path(state_dir))
-        responders.append(made)
-        return made
-
-    monkeypatch.setattr(service, "Responder", responder)
     config = write_config(short_dir, f'METRICS_LISTEN="127.0.0.1:{free_port()}"\n')
     options = RunOptions(
         state_dir=str(short_dir / "state"),
@@ -251,18 +256,10 @@ def test_a_reload_with_warnings_logs_them(short_dir: Path, started: list[Pipelin
 
 
 def test_a_metrics_port_in_use_is_one_clear_error_and_exit_status_one(
-    short_dir: Path, started: list[Pipeline], monkeypatch: pytest.MonkeyPatch
+    short_dir: Path, started: list[Pipeline], responders: list[FakeResponder]
 ) -> None:
     """Once a traceback: now one line naming the address and the setting, the responses
     worker closed, the lock let go, and exit status 1 for the service manager."""
-    responders: list[FakeResponder] = []
-
-    def responder(settings: object, state_dir: str, **_kw: object) -> FakeResponder:
-        made = FakeResponder(Path(state_dir))
-        responders.append(made)
-        return made
-
-    monkeypatch.setattr(service, "Responder", responder)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
