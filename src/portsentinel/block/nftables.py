@@ -122,6 +122,13 @@ class NftablesBackend(BackendBase):
             self._add(allowed, results)
         return [results[i] for i in range(len(bans))]
 
+    def renew(self, bans: Sequence[BanSpec]) -> None:
+        """Give elements that are already in the kernel (added by the detection loop's first
+        ban, ``nfnetlink``) their final timeout, in one transaction; a missing one is added."""
+        result = self._apply(renew_script(bans))
+        if not result.ok:
+            raise self._fail(f"cannot renew {len(bans)} bans: {result.describe()}", degrade=False)
+
     def unblock(self, detail: ActionDetail) -> None:
         """Remove the element; an element already gone (expired, flushed) is fine."""
         ban = detail_ban(detail, self.name)
@@ -224,6 +231,16 @@ def add_script(bans: Sequence[BanSpec]) -> str:
             chunk = ", ".join(elements[start : start + _CHUNK])
             lines.append(f"add element {TABLE_REF} {name} {{ {chunk} }}\n")
     return "".join(lines)
+
+
+def renew_script(bans: Sequence[BanSpec]) -> str:
+    """Add, delete, add again with the new timeout: the kernel keeps an existing element's
+    timeout on a plain add, and the delete can never meet a missing element."""
+    lines = []
+    for ban in bans:
+        ref = f"{TABLE_REF} {set_name(ban)}"
+        lines.append(f"add element {ref} {{ {ban.key} }}\ndelete element {ref} {{ {ban.key} }}\n")
+    return "".join(lines) + add_script(bans)
 
 
 def delete_script(ban: BanSpec) -> str:

@@ -21,7 +21,8 @@ from portsentinel.config.types import ban_duration
 from portsentinel.errors import ConfigError
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.model import Proto
-from portsentinel.respond.bans import Backends, BanManager, BanRequest, files_for
+from portsentinel.respond.backends import Backends, files_for
+from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.store.records import BanRecord, LiftedBy
 from portsentinel.store.sqlite import Store
 

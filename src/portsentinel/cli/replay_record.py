@@ -15,7 +15,8 @@ from portsentinel.config.schema import Settings
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.track import kinds_of
 from portsentinel.model import Action, Decision, Proto
-from portsentinel.respond.bans import Backends, BanManager
+from portsentinel.respond.backends import Backends
+from portsentinel.respond.bans import BanManager
 from portsentinel.store.records import EventRow, LiftedBy
 from portsentinel.store.sqlite import Store
 

@@ -199,7 +199,10 @@ class Outputs:
             )
 
     def flush(self, *, everything: bool = False) -> None:
-        """Once a loop turn: records that waited long enough go to the store, lines out."""
+        """Once a loop turn: first bans held in the turn to the kernel, records that waited
+        long enough to the store, lines out."""
+        if self.responder is not None:
+            self.responder.end_turn()
         if self._rows and (everything or self.now - self._rows_since >= ROWS_EVERY):
             self._send_rows()
         self.log.flush()

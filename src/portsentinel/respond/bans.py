@@ -1,9 +1,12 @@
 """The ban lifecycle: apply, record, expire, lift, restore after a restart, repair.
 
-The store is written before the kernel is touched, and lifted before anything is undone, so a
+The store is written before any backend is run, and lifted before anything is undone, so a
 ``kill -9`` at any moment leaves a state the next start can finish: a pending ban is applied,
-a lifted ban's leftovers are undone, an expired one is dropped, and elements of ours that the
-store does not know are removed. Backends are idempotent, so finishing twice is harmless.
+a lifted ban's leftovers are undone, an expired one is dropped. The one write that goes ahead
+of the store is a first ban's nftables element, sent by the detection loop (``first_ban``):
+an element of ours the store does not know is adopted at start with the time it has left.
+Backends are idempotent, so finishing twice is harmless. Many bans at once (``ban_many``)
+take the same steps with one transaction and one backend call per step.
 
 Used by the daemon's response worker and by the CLI (``unblock``, ``allow``), which work
 whether or not a daemon runs.
@@ -11,29 +14,29 @@ whether or not a daemon runs.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from portsentinel.block import (
-    Backend,
-    BanSpec,
-    CommandBackend,
-    CommandRunner,
-    HostsDenyBackend,
-    IptablesBackend,
-    NftablesBackend,
-    RouteBackend,
-    Runner,
-    plan_actions,
-)
-from portsentinel.block.base import ban_fields
+from portsentinel.block import Backend, BanSpec, plan_actions
+from portsentinel.block.base import ActionDetail, ban_fields, kernel_timeout
+from portsentinel.block.nftables import MAX_TIMEOUT, ban_detail
 from portsentinel.config.schema import Settings
-from portsentinel.detect.ban_terms import BanTerms
-from portsentinel.errors import BackendError
+from portsentinel.errors import BackendError, PortSentinelError
 from portsentinel.model import Mode, Proto
+from portsentinel.respond.backends import (
+    Backends,
+    Network,
+    blocked_line,
+    files_for,
+    prefix_of_key,
+    record_key,
+    spec_of,
+    terms_of,
+    uses,
+)
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
 from portsentinel.store.sqlite import Store
@@ -44,62 +47,6 @@ REAPPLY = frozenset({"nftables", "iptables", "route", "hosts_deny"})
 NATIVE = ("nftables", "iptables", "route")
 
 Log = Callable[[str], None]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class Backends:
-    """Every backend by name, built from the settings and started on first use.
-
-    Undoing an old ban may need a backend the current BLOCK_BACKEND no longer names, so any
-    of them can be built; a backend that cannot start raises BackendError once per use.
-    """
-
-    def __init__(self, settings: Settings, runner: CommandRunner | None = None) -> None:
-        self._settings = settings
-        self._runner = runner if runner is not None else Runner()
-        self._built: dict[str, Backend] = {}
-
-    def get(self, name: str) -> Backend:
-        backend = self._built.get(name)
-        if backend is None:
-            backend = self._build(name)
-            backend.start()
-            self._built[name] = backend
-        return backend
-
-    def built(self) -> Mapping[str, Backend]:
-        return self._built
-
-    def _build(self, name: str) -> Backend:
-        s, runner = self._settings, self._runner
-        if name == "nftables":
-            return NftablesBackend(runner, prefix_bans=s.ipv6_prefix_after > 0)
-        if name == "iptables":
-            return IptablesBackend(runner)
-        if name == "route":
-            return RouteBackend(runner)
-        if name == "hosts_deny":
-            return HostsDenyBackend(s.hosts_deny_file, s.kill_hosts_deny or "ALL: $TARGET$ : DENY")
-        if name in ("run_cmd", "legacy"):
-            return CommandBackend(
-                runner,
-                s.kill_run_cmd if name == "run_cmd" else s.kill_route,
-                s.unblock_run_cmd if name == "run_cmd" else "",
-                name=name,
-                timeout=s.command_timeout,
-                ipv6_targets=s.kill_run_cmd_ipv6,
-            )
-        raise BackendError(f"unknown backend {name!r}")
-
-    def reconfigure(self, settings: Settings) -> None:
-        self.stop()
-        self._built.clear()
-        self._settings = settings
-
-    def stop(self) -> None:
-        for backend in self._built.values():
-            with contextlib.suppress(BackendError):
-                backend.stop()
 
 
 @dataclass(frozen=True)
@@ -117,6 +64,37 @@ class BanRequest:
     # A manual `portsentinel block --for`: overrides the computed length (None: permanent).
     duration: float | None = None
     manual: bool = False
+    # The detection loop already sent the nftables element (``first_ban``), with this kernel
+    # timeout in seconds (None: permanent).
+    in_kernel: bool = False
+    kernel_timeout: int | None = None
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One ban on its way through ``ban_many``."""
+
+    index: int
+    req: BanRequest | None  # None: a stored ban re-applied at start-up
+    names: list[str]
+    seconds: float | None
+    offence: int
+    prefix: int | None
+    spec: BanSpec
+    record: BanRecord | None = None
+    applied: int = 0
+
+    @property
+    def request(self) -> BanRequest:
+        if self.req is None:
+            raise ValueError("a re-applied ban has no request")
+        return self.req
+
+    @property
+    def ban(self) -> BanRecord:
+        if self.record is None:
+            raise ValueError("the ban was not recorded yet")
+        return self.record
 
 
 class BanManager:
@@ -174,45 +152,74 @@ class BanManager:
     def ban(self, req: BanRequest, now: float) -> BanRecord | None:
         """Record, then apply every planned action. None when nothing could be applied (the
         caller lets the next probe try again) or when the address is banned already."""
-        if self.store.ban_for(req.address) is not None:
-            return None
-        names = self.plan(req.level)
-        if not names:
-            self.log(f"attackalert: Ignoring {req.proto.label} response: no action configured")
-            return None
-        seconds, offence = (req.duration, 1) if req.manual else self.length(req.address, now)
-        prefix = self._widen(req.address, now)
-        record = self.store.begin_ban(
-            req.address,
-            prefix,
-            created=now,
-            expires=None if seconds is None else now + seconds,
-            reason=req.reason,
-            rule=req.rule,
-            evidence={**req.evidence, "plan": names, "port": req.port, "proto": req.proto.key,
-                      "mode": req.mode.value if req.mode else None},
-            offence=offence,
-        )  # fmt: skip
-        if prefix is not None:
-            self._lift_members(record, now)
-        spec = BanSpec.create(
-            req.address,
-            port=req.port,
-            proto=req.proto,
-            mode=req.mode,
-            timeout=seconds,
-            prefix=prefix,
-        )
-        applied = self._apply(record, spec, names, now)
-        if not applied:
-            self.store.fail(record.id, now)
-            self.log(f"attackalert: ERROR: Could not block host {req.address}/{req.address}!!")
-            return None
-        if not self.store.activate(record.id):  # lifted meanwhile (a concurrent unblock)
-            self._undo(record, now)
-            return None
-        self._write_files(req, now)
-        return self.store.ban(record.id)
+        return self.ban_many([req], now)[0]
+
+    def ban_many(self, reqs: Sequence[BanRequest], now: float) -> list[BanRecord | None]:
+        """``ban`` for many requests at once, in the same order of steps for each (store,
+        backends, store), but one transaction per step and one backend call per backend (one
+        nft transaction for thousands of elements). Results in the order of ``reqs``."""
+        out: list[BanRecord | None] = [None] * len(reqs)
+        todo = self._prepare(reqs, now)
+        if not todo:
+            return out
+        with self.store.batch():
+            for p in todo:
+                req = p.request
+                p.record = self.store.begin_ban(
+                    req.address, p.prefix, created=now,
+                    expires=None if p.seconds is None else now + p.seconds,
+                    reason=req.reason, rule=req.rule, offence=p.offence,
+                    evidence={**req.evidence, "plan": p.names, "port": req.port,
+                              "proto": req.proto.key,
+                              "mode": req.mode.value if req.mode else None},
+                )  # fmt: skip
+        for p in todo:
+            if p.prefix is not None:
+                self._lift_members(p.ban, now)
+        for names in dict.fromkeys(tuple(p.names) for p in todo):
+            group = [p for p in todo if tuple(p.names) == names]
+            for name in names:
+                self._apply_many(name, group, now)
+        with self.store.batch():
+            for p in todo:
+                if not p.applied:
+                    self.store.fail(p.ban.id, now)
+                elif self.store.activate(p.ban.id):
+                    out[p.index] = dataclasses.replace(p.ban, state=BanState.ACTIVE)
+        for p in todo:
+            address = p.spec.address
+            if not p.applied:
+                self.log(f"attackalert: ERROR: Could not block host {address}/{address}!!")
+            elif out[p.index] is None:  # lifted meanwhile (a concurrent unblock)
+                self._undo(p.ban, now)
+            elif p.req is not None:
+                self._write_files(p.req, now)
+        return out
+
+    def _prepare(self, reqs: Sequence[BanRequest], now: float) -> list[_Pending]:
+        """The requests to apply, with their plan and length: not banned already (in the store
+        or earlier in ``reqs``), and with an action configured."""
+        todo: list[_Pending] = []
+        taken: set[str] = set()
+        with self.store.batch():  # one snapshot for every question
+            for index, req in enumerate(reqs):
+                if req.address in taken or self.store.ban_for(req.address) is not None:
+                    continue
+                names = self.plan(req.level)
+                if not names:
+                    self.log(
+                        f"attackalert: Ignoring {req.proto.label} response: no action configured"
+                    )
+                    continue
+                taken.add(req.address)
+                seconds, offence = (
+                    (req.duration, 1) if req.manual else self.length(req.address, now)
+                )
+                prefix = self._widen(req.address, now)
+                spec = BanSpec.create(req.address, port=req.port, proto=req.proto,
+                                      mode=req.mode, timeout=seconds, prefix=prefix)  # fmt: skip
+                todo.append(_Pending(index, req, names, seconds, offence, prefix, spec))
+        return todo
 
     def _widen(self, address: str, now: float) -> int | None:
         """The IPv6 prefix length to ban instead of ``address`` (``BanTerms.widen``), or None
@@ -239,20 +246,60 @@ class BanManager:
         self.log(f"attackalert: {len(members) + 1} addresses of {net} scanned: banning the prefix")
 
     def _apply(self, record: BanRecord, spec: BanSpec, names: Iterable[str], now: float) -> int:
-        applied = 0
-        for name in names:
+        """Apply a recorded ban with each backend in turn; how many applied it."""
+        todo = [_Pending(0, None, list(names), spec.timeout, record.offence, None, spec, record)]
+        for name in todo[0].names:
+            self._apply_many(name, todo, now)
+        return todo[0].applied
+
+    def _apply_many(self, name: str, todo: Sequence[_Pending], now: float) -> None:
+        """One backend, every ban of ``todo``: one call, its outcomes recorded in one
+        transaction. An nftables element the detection loop already sent is recorded as it is
+        (or given its final timeout when a repeat offence made the ban longer)."""
+        if name == "nftables":
+            fresh = [p for p in todo if not (p.req is not None and p.req.in_kernel)]
+            sent = [p for p in todo if p.req is not None and p.req.in_kernel]
+        else:
+            fresh, sent = list(todo), []
+        outcomes: list[tuple[_Pending, ActionDetail | BackendError]] = []
+        try:
+            backend = self.backends.get(name)
+            if fresh:
+                outcomes += zip(fresh, backend.block_many([p.spec for p in fresh]), strict=True)
+            if sent:
+                outcomes += self._adopt_sent(backend, sent)
+        except BackendError as exc:
+            outcomes = [(p, exc) for p in todo]
+        with self.store.batch():
+            for p, outcome in outcomes:
+                if isinstance(outcome, BackendError):
+                    self.store.record_action(
+                        p.ban.id, name, None, ActionState.FAILED, str(outcome), at=now
+                    )
+                else:
+                    self.store.record_action(p.ban.id, name, outcome, ActionState.APPLIED, at=now)
+        for p, outcome in outcomes:
+            if isinstance(outcome, BackendError):
+                self.log(f"attackalert: ERROR: {name} could not block {p.spec.key}: {outcome}")
+            else:
+                p.applied += 1
+                self.log(blocked_line(name, p.spec, outcome, self.settings))
+
+    def _adopt_sent(
+        self, backend: Backend, sent: Sequence[_Pending]
+    ) -> list[tuple[_Pending, ActionDetail | BackendError]]:
+        """Elements the detection loop sent: renew those whose timeout must change."""
+        renew = [
+            p for p in sent
+            if p.req is not None and p.req.kernel_timeout != kernel_timeout(p.spec, MAX_TIMEOUT)
+        ]  # fmt: skip
+        lengthen = getattr(backend, "renew", None)  # NftablesBackend.renew
+        if renew and callable(lengthen):
             try:
-                detail = self.backends.get(name).block(spec)
-            except BackendError as exc:
-                self.store.record_action(
-                    record.id, name, None, ActionState.FAILED, str(exc), at=now
-                )
-                self.log(f"attackalert: ERROR: {name} could not block {spec.key}: {exc}")
-                continue
-            self.store.record_action(record.id, name, detail, ActionState.APPLIED, at=now)
-            applied += 1
-            self.log(_blocked_line(name, spec, detail, self.settings))
-        return applied
+                lengthen([p.spec for p in renew])
+            except BackendError as exc:  # the element stays with its first timeout
+                self.log(f"adminalert: ERROR: nftables could not lengthen {len(renew)} bans: {exc}")
+        return [(p, ban_detail(p.spec)) for p in sent]
 
     def record_alert(self, req: BanRequest, now: float) -> None:
         """BLOCK_x=0: PortSentry still writes the history line (fail2ban setups rely on it)."""
@@ -320,14 +367,14 @@ class BanManager:
     # --- restart and repair -----------------------------------------------------------------
 
     def restore(self, now: float) -> list[BanRecord]:
-        """Finish what a previous run left: expire, undo, re-apply, remove strays."""
+        """Finish what a previous run left: expire, undo, re-apply, settle strays."""
         self.expire(now)
         for record in self.store.bans_to_undo():
             self._undo(record, now)
         live = self.store.active_bans(now)
         for record in live:
             self._reapply(record, now)
-        self._remove_strays(live, now)
+        self._settle_strays(live, now)
         return [r for r in self.store.active_bans(now) if r.state is BanState.ACTIVE]
 
     def _reapply(self, record: BanRecord, now: float) -> None:
@@ -348,9 +395,15 @@ class BanManager:
             else:
                 self.store.fail(record.id, now)
 
-    def _remove_strays(self, live: list[BanRecord], now: float) -> None:
-        """Elements of ours in the configured native backend that the store does not know
-        (a ban lifted while the kernel was unreachable, a crash mid-undo)."""
+    def _settle_strays(self, live: list[BanRecord], now: float) -> None:
+        """Bans of ours in the configured native backend that the store does not know.
+
+        nftables: the kernel is the truth. Such an element is a ban the detection loop sent
+        before the process died, ahead of the worker's record (``first_ban``), or the store was
+        lost (deleted, emptied): each is adopted with the time it has left, and a warning
+        says so. iptables and route, which the loop never writes first: a ban lifted while
+        the kernel was unreachable or a crash mid-undo left it; it is removed.
+        """
         name = self.settings.block_backend.value
         if name not in NATIVE:
             return
@@ -360,15 +413,49 @@ class BanManager:
         except BackendError as exc:
             self.log(f"adminalert: ERROR: cannot read the {name} bans: {exc}")
             return
-        known = {_key(r) for r in live}
-        for key in sorted(set(present) - known):
+        known = {record_key(r) for r in live}
+        strays = sorted(set(present) - known)
+        if name == "nftables":
+            self._adopt(strays, present, now)
+            return
+        for key in strays:
             try:
-                stray = BanSpec.create(key.split("/")[0], prefix=_prefix_of(key))
+                stray = BanSpec.create(key.split("/")[0], prefix=prefix_of_key(key))
                 backend.unblock(ban_fields(stray, name))
             except (BackendError, ValueError) as exc:
                 self.log(f"adminalert: ERROR: cannot remove stray ban {key}: {exc}")
                 continue
             self.log(f"adminalert: removed stray {name} ban of {key} (not in the store)")
+
+    def _adopt(self, keys: Sequence[str], left: Mapping[str, float | None], now: float) -> None:
+        adopted = []
+        with self.store.batch():
+            for key in keys:
+                seconds = left[key]
+                try:
+                    spec = BanSpec.create(key.split("/")[0], prefix=prefix_of_key(key),
+                                          timeout=seconds)  # fmt: skip
+                    record = self.store.begin_ban(
+                        spec.address, spec.prefix, created=now,
+                        expires=None if seconds is None else now + seconds,
+                        reason="adopted from the kernel", rule=None, offence=1,
+                        evidence={"adopted": True, "plan": ["nftables"]},
+                    )  # fmt: skip
+                except (ValueError, PortSentinelError) as exc:
+                    self.log(f"adminalert: ERROR: cannot adopt the nftables ban of {key}: {exc}")
+                    continue
+                self.store.record_action(
+                    record.id, "nftables", ban_detail(spec), ActionState.APPLIED, at=now
+                )
+                self.store.activate(record.id)
+                adopted.append(key)
+        if adopted:
+            shown = ", ".join(adopted[:5]) + (" ..." if len(adopted) > 5 else "")
+            self.log(
+                f"adminalert: WARNING: {len(adopted)} nftables bans were in the kernel but not "
+                f"in the state store ({shown}): adopted with the time they have left (the "
+                "process ended before it recorded them, or the store was lost)"
+            )
 
     def repair(self, now: float) -> int:
         """Re-apply live bans missing from the configured native backend (another tool may
@@ -383,8 +470,8 @@ class BanManager:
         except BackendError as exc:
             self.log(f"adminalert: ERROR: cannot check the {name} bans: {exc}")
             return 0
-        mine = [r for r in live if _uses(self.store, r, name)]
-        missing = [r for r in mine if _key(r) not in result.present]
+        mine = [r for r in live if uses(self.store, r, name)]
+        missing = [r for r in mine if record_key(r) not in result.present]
         if result.intact and not missing:
             return 0
         specs = [s for s in (spec_of(r, now) for r in missing) if s is not None]
@@ -397,85 +484,3 @@ class BanManager:
         problems = "; ".join(result.problems) or "bans missing"
         self.log(f"adminalert: {name} state repaired ({problems}): {restored} bans restored")
         return restored
-
-
-def terms_of(settings: Settings) -> BanTerms:
-    """The ban terms the settings ask for."""
-    return BanTerms(
-        duration=settings.ban_duration,
-        repeat_factor=settings.ban_repeat_factor,
-        max_duration=settings.ban_max_duration,
-        repeat_window=settings.ban_repeat_window,
-        prefix_after=settings.ipv6_prefix_after,
-        prefix_len=settings.ipv6_prefix_len,
-    )
-
-
-def files_for(settings: Settings) -> PortSentryFiles:
-    """PortSentry's history and blocked files as the settings name them."""
-    return PortSentryFiles(
-        settings.history_file, settings.blocked_file, max_bytes=settings.history_max_mib << 20
-    )
-
-
-def spec_of(record: BanRecord, now: float) -> BanSpec | None:
-    """The ban as a backend needs it, with the time it has left; None when it is over."""
-    left = None if record.expires is None else record.expires - now
-    if left is not None and left <= 0:
-        return None
-    evidence = record.evidence
-    proto = Proto.UDP if evidence.get("proto") == "udp" else Proto.TCP
-    raw_mode = evidence.get("mode")
-    mode = Mode(str(raw_mode)) if raw_mode in {m.value for m in Mode} else None
-    port = evidence.get("port", 0)
-    return BanSpec.create(
-        record.address,
-        port=port if isinstance(port, int) else 0,
-        proto=proto,
-        mode=mode,
-        timeout=left,
-        prefix=record.prefix,
-    )
-
-
-def _key(record: BanRecord) -> str:
-    width = 128 if ":" in record.address else 32
-    return record.address if record.prefix == width else f"{record.address}/{record.prefix}"
-
-
-def _prefix_of(key: str) -> int | None:
-    return int(key.split("/")[1]) if "/" in key else None
-
-
-def _uses(store: Store, record: BanRecord, backend: str) -> bool:
-    return any(
-        a.backend == backend and a.state is ActionState.APPLIED for a in store.actions(record.id)
-    )
-
-
-def _blocked_line(name: str, spec: BanSpec, detail: Mapping[str, object], s: Settings) -> str:
-    """PortSentry 1.2's wording for its three actions; a plain line for the native ones."""
-    target = spec.key
-    if name == "hosts_deny":
-        line = detail.get("line", "")
-        return f'attackalert: Host {target} has been blocked via wrappers with string: "{line}"'
-    if name == "legacy":
-        command = s.kill_route
-        return (
-            f"attackalert: Host {target} has been blocked via dropped route using command: "
-            f'"{command}"'
-        )
-    if name == "run_cmd":
-        if detail.get("skipped"):
-            return f"attackalert: External command not run for host: {target}: {detail['skipped']}"
-        command = s.kill_run_cmd
-        return f'attackalert: External command run for host: {target} using command: "{command}"'
-    until = "permanently" if spec.timeout is None else f"for {_human(spec.timeout)}"
-    return f"attackalert: Host {target} has been blocked via {name} {until}"
-
-
-def _human(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"

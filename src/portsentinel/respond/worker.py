@@ -22,7 +22,9 @@ from portsentinel.alert.notify import ban_info
 from portsentinel.config.schema import Settings
 from portsentinel.errors import PortSentinelError
 from portsentinel.host.resolver import Resolver
-from portsentinel.respond.bans import Backends, BanManager, BanRequest, Network, files_for
+from portsentinel.respond.backends import Backends, Network, files_for
+from portsentinel.respond.bans import BanManager, BanRequest
+from portsentinel.respond.first_ban import FirstBan, eligible
 from portsentinel.store.records import EventRow
 from portsentinel.store.sqlite import Store
 
@@ -33,6 +35,7 @@ PURGE_EVERY = 3600.0
 START_TIMEOUT = 120.0
 MAX_PENDING_ALERTS = 2_000  # alerts waiting for the worker before new ones are dropped
 MAX_PENDING_ROWS = 20_000  # probe records waiting for the store before new ones are dropped
+BAN_BATCH = 4096  # bans waiting in the queue that the worker applies in one go
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class Responder:
         self._rows_queued = self._rows_done = 0
         self.alerts_dropped = 0
         self.rows_dropped = 0
+        # The detection loop's own way to the kernel for a first ban (used from its thread).
+        self._first: FirstBan | None = FirstBan(settings, self._log) if eligible(settings) else None
 
     # --- detection-loop side ----------------------------------------------------------------
 
@@ -108,7 +113,23 @@ class Responder:
         return len(self._active)
 
     def ban(self, request: BanRequest) -> None:
-        self._jobs.put(request)
+        """A triggered source: its nftables element goes to the kernel from here when the
+        settings allow (``first_ban``), the rest to the worker."""
+        if self._first is not None:
+            self._first.take(request, self._jobs.put)
+        else:
+            self._jobs.put(request)
+
+    def end_turn(self) -> None:
+        """Once a detection-loop turn: first bans held during the turn go to the kernel."""
+        if self._first is not None:
+            self._first.end_turn(self._jobs.put)
+
+    @property
+    def first_bans(self) -> dict[str, int]:
+        """Bans the detection loop sent to the kernel itself, and those it could not."""
+        first = self._first
+        return {"applied": first.applied, "refused": first.refused} if first else {}
 
     def alert(self, request: BanRequest) -> None:
         """Write the history/blocked lines of an alert; dropped (counted) while the worker is
@@ -121,6 +142,11 @@ class Responder:
 
     def reload(self, settings: Settings) -> None:
         """New response settings (durations, backends, commands) for the next bans."""
+        self.end_turn()
+        if self._first is not None:
+            self._first.reconfigure(settings)
+        elif eligible(settings):
+            self._first = FirstBan(settings, self._log)
         self._jobs.put(settings)
 
     def events(self, rows: Sequence[EventRow]) -> None:
@@ -147,6 +173,9 @@ class Responder:
 
     def close(self, timeout: float = 30.0) -> list[WorkerMessage]:
         """Finish the queued work (bounded by ``timeout``) and stop; the last messages."""
+        self.end_turn()
+        if self._first is not None:
+            self._first.close()
         if self._thread.is_alive():
             self._jobs.put(_STOP)
             self._thread.join(timeout)
@@ -218,17 +247,31 @@ class Responder:
             "poll": time.monotonic() + POLL_EVERY,
             "purge": time.monotonic(),
         }
+        after: object = None  # a job taken while gathering bans, done next
         while True:
-            wait = max(0.0, min(timers.values()) - time.monotonic())
-            try:
-                job = self._jobs.get(timeout=wait)
-            except queue.Empty:
-                job = None
+            if after is not None:
+                job, after = after, None
+            else:
+                wait = max(0.0, min(timers.values()) - time.monotonic())
+                try:
+                    job = self._jobs.get(timeout=wait)
+                except queue.Empty:
+                    job = None
             if job is _STOP:
                 return
             now = time.time()
             if isinstance(job, BanRequest):
-                self._ban(manager, job, now)
+                batch = [job]
+                while len(batch) < BAN_BATCH:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(more, BanRequest):
+                        after = more
+                        break
+                    batch.append(more)
+                self._ban(manager, batch, now)
             elif isinstance(job, Alert):
                 try:
                     manager.record_alert(job.request, now)
@@ -260,20 +303,20 @@ class Responder:
         """Each backend built so far: True unless marked degraded (for the metrics)."""
         return dict(self._health)
 
-    def _ban(self, manager: BanManager, request: BanRequest, now: float) -> None:
-        record = manager.ban(request, now)
+    def _ban(self, manager: BanManager, requests: list[BanRequest], now: float) -> None:
+        records = manager.ban_many(requests, now)
         self._health = {
             name: backend.degraded is None for name, backend in manager.backends.built().items()
         }
-        if self._on_ban is not None:
-            self._on_ban(request.address, ban_info(record) if record is not None else None)
-        if record is not None:
+        for request, record in zip(requests, records, strict=True):
+            if self._on_ban is not None:
+                self._on_ban(request.address, ban_info(record) if record is not None else None)
+            if record is None:
+                if manager.store.ban_for(request.address) is None:
+                    self._release(request.address)  # nothing applied: the next probe tries
+                continue
             self.bans_added += 1
-        if record is None:
-            if manager.store.ban_for(request.address) is None:
-                self._release(request.address)  # nothing applied: the next probe tries again
-            return
-        self._active.add(record.address)
+            self._active.add(record.address)
         self._data_version = manager.store.data_version()
 
     def _release(self, address: str) -> None:

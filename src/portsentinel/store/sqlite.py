@@ -119,6 +119,7 @@ class Store:
         self._conn = conn
         self.path = path
         self.offline = offline
+        self._batched = 0  # inside ``batch``: writes and reads join its transaction
 
     # --- Opening ---------------------------------------------------------------------------
 
@@ -334,7 +335,7 @@ class Store:
         Only the prefix lengths that live bans use are tried (usually one or two), not all 129.
         """
         network = parse_network(address)
-        with self._guard(), schema.transaction(self._conn, write=False):
+        with self._read():
             lengths = [p for (p,) in self._conn.execute(SQL_LIVE_PREFIXES)]
             covering = {
                 (str(network.supernet(new_prefix=p).network_address), p)
@@ -403,6 +404,24 @@ class Store:
 
     # --- Plumbing --------------------------------------------------------------------------
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every change made inside (many bans at once: one commit, not
+        one per step); all or nothing. Nests: only the outermost commits."""
+        if self._batched:
+            self._batched += 1
+            try:
+                yield
+            finally:
+                self._batched -= 1
+            return
+        with sqlite_errors(self.path), schema.transaction(self._conn):
+            self._batched = 1
+            try:
+                yield
+            finally:
+                self._batched = 0
+
     def _bans(self, sql: str, params: Any) -> list[BanRecord]:
         with self._guard():
             return [ban_from_row(row) for row in self._conn.execute(sql, params)]
@@ -418,8 +437,22 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._batched:
+            with sqlite_errors(self.path):
+                yield self._conn
+            return
         with sqlite_errors(self.path), schema.transaction(self._conn):
             yield self._conn
+
+    @contextmanager
+    def _read(self) -> Iterator[None]:
+        """Several reads from one snapshot (inside ``batch``: its transaction)."""
+        if self._batched:
+            with sqlite_errors(self.path):
+                yield
+            return
+        with sqlite_errors(self.path), schema.transaction(self._conn, write=False):
+            yield
 
 
 def _event_values(row: EventRow) -> tuple[Any, ...]:

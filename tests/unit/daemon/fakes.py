@@ -252,6 +252,8 @@ class FakeResponder:
         self.started = self.closed = False
         self.bans_active = self.bans_added = 0
         self.alerts_dropped = self.rows_dropped = 0
+        self.turns_ended = 0
+        self.first_bans: dict[str, int] = {}
 
     def tell(self, *messages: WorkerMessage, last: bool = False) -> None:
         """What the worker tells the loop (``last``: only when it is closed)."""
@@ -272,6 +274,9 @@ class FakeResponder:
 
     def alert(self, request: BanRequest) -> None:
         self.alerts.append(request)
+
+    def end_turn(self) -> None:
+        self.turns_ended += 1
 
     def events(self, rows: Sequence[EventRow]) -> None:
         self.store.add_events(rows)

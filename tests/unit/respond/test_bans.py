@@ -17,7 +17,8 @@ from portsentinel.config.types import Backend as BackendName
 from portsentinel.detect.ban_terms import BanTerms
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
-from portsentinel.respond.bans import Backends, BanManager, BanRequest, terms_of
+from portsentinel.respond.backends import Backends, terms_of
+from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanState, LiftedBy
 from portsentinel.store.sqlite import Store
@@ -31,6 +32,7 @@ class Kernel:
     def __init__(self) -> None:
         self.bans: dict[str, float | None] = {}
         self.calls: list[tuple[str, str]] = []
+        self.batches: list[tuple[str, int]] = []  # (backend, bans) of each block_many
 
 
 class MemoryBackend:
@@ -54,7 +56,13 @@ class MemoryBackend:
         return detail
 
     def block_many(self, bans: Sequence[BanSpec]) -> list[ActionDetail | BackendError]:
+        self.kernel.batches.append((self.name, len(bans)))
         return [self.block(b) for b in bans]
+
+    def renew(self, bans: Sequence[BanSpec]) -> None:
+        for ban in bans:
+            self.kernel.calls.append((self.name, f"renew {ban.key}"))
+            self.kernel.bans[ban.key] = ban.timeout
 
     def unblock(self, detail: ActionDetail) -> None:
         width = 128 if ":" in str(detail["address"]) else 32
@@ -195,18 +203,25 @@ def test_lift_undoes_newest_first_and_expiry_lifts(store: Store) -> None:
     assert ended.lifted_by == LiftedBy.EXPIRY
 
 
-def test_restore_finishes_a_pending_ban_and_removes_strays(store: Store) -> None:
+def test_restore_finishes_a_pending_ban_and_adopts_what_only_the_kernel_has(store: Store) -> None:
     s = settings(ban_duration=HOUR)
     bans, backends, lines = manager(store, s)
     # A previous run wrote the ban and died before any backend ran (kill -9).
     store.begin_ban("198.18.0.7", None, created=0.0, expires=HOUR, reason="SYN scan", rule=None,
                     evidence={"plan": ["nftables"], "port": 1, "proto": "tcp", "mode": "atcp"},
                     offence=1)  # fmt: skip
-    backends.kernel.bans["198.18.0.99"] = 100.0  # ours in the kernel, unknown to the store
+    # The detection loop's first ban reached the kernel; the process died before the store.
+    backends.kernel.bans["198.18.0.99"] = 100.0
     live = bans.restore(10.0)
-    assert [r.address for r in live] == ["198.18.0.7"]
-    assert backends.kernel.bans == {"198.18.0.7": HOUR - 10.0}
-    assert any("stray" in line and "198.18.0.99" in line for line in lines)
+    assert [r.address for r in live] == ["198.18.0.7", "198.18.0.99"]
+    adopted = live[1]
+    assert adopted.expires == 110.0  # the time the kernel said it has left
+    assert adopted.reason == "adopted from the kernel"
+    assert backends.kernel.bans == {"198.18.0.7": HOUR - 10.0, "198.18.0.99": 100.0}
+    assert any("WARNING" in line and "198.18.0.99" in line for line in lines)
+    # Adopted, it is an ordinary ban: it expires and is lifted from the kernel.
+    assert [r.address for r in bans.expire(111.0)] == ["198.18.0.99"]
+    assert "198.18.0.99" not in backends.kernel.bans
 
 
 def test_repair_puts_back_what_another_tool_flushed(store: Store) -> None:
@@ -257,3 +272,42 @@ def test_native_backend_name_follows_block_backend(store: Store) -> None:
     bans, backends, _lines = manager(store, settings(block_backend=BackendName.ROUTE))
     assert bans.ban(request(), 0.0) is not None
     assert backends.kernel.calls == [("route", "block 198.18.0.2")]
+
+
+def test_many_bans_take_one_backend_call_each_and_skip_the_banned(store: Store) -> None:
+    s = settings(kill_hosts_deny="ALL: $TARGET$ : DENY", ban_duration=HOUR)
+    bans, backends, lines = manager(store, s)
+    assert bans.ban(request("198.18.0.9"), 0.0) is not None
+    backends.kernel.batches.clear()
+    lines.clear()
+    wanted = [request(f"198.19.0.{n}") for n in range(1, 201)]
+    records = bans.ban_many([*wanted, request("198.18.0.9"), request("198.19.0.1")], 10.0)
+    assert [r.address for r in records[:200] if r is not None] == [
+        f"198.19.0.{n}" for n in range(1, 201)
+    ]
+    assert records[200:] == [None, None]  # banned already; twice in the batch
+    assert all(r is not None and r.state is BanState.ACTIVE for r in records[:200])
+    assert sorted(backends.kernel.batches) == [("hosts_deny", 200), ("nftables", 200)]
+    assert len(store.active_bans(11.0)) == 201
+    assert sum("has been blocked via nftables" in line for line in lines) == 200
+
+
+def test_an_element_the_loop_sent_is_recorded_and_lengthened_not_added_again(
+    store: Store,
+) -> None:
+    s = settings(ban_duration=HOUR, ban_repeat_factor=2.0, ban_repeat_window=100 * HOUR)
+    bans, backends, _lines = manager(store, s)
+    sent = dataclasses.replace(request("198.18.0.2"), in_kernel=True, kernel_timeout=3600)
+    first = bans.ban(sent, 0.0)
+    assert first is not None and first.expires == HOUR
+    assert not any(call[0] == "nftables" for call in backends.kernel.calls)  # already there
+    actions = store.actions(first.id)
+    assert [(a.backend, a.state) for a in actions] == [("nftables", ActionState.APPLIED)]
+    assert actions[0].detail["element"] == "198.18.0.2"
+    assert bans.unblock("198.18.0.2", 10.0) is not None
+    assert ("nftables", "unblock 198.18.0.2") in backends.kernel.calls
+    # A repeat offender: the loop sent a first offence's timeout; the worker makes it longer.
+    again = bans.ban(sent, 20.0)
+    assert again is not None and again.offence == 2 and again.expires == 20.0 + 2 * HOUR
+    assert backends.kernel.calls[-1] == ("nftables", "renew 198.18.0.2")
+    assert backends.kernel.bans["198.18.0.2"] == 2 * HOUR

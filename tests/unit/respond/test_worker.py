@@ -35,13 +35,26 @@ def row(i: int) -> EventRow:
                     "already blocked")  # fmt: skip
 
 
+def quiet_settings(tmp_path: Path) -> Settings:
+    return dataclasses.replace(
+        load_config(None).settings,
+        block_backend=BackendName.LEGACY,
+        kill_route="",
+        kill_hosts_deny="ALL: $TARGET$ : DENY",
+        hosts_deny_file=str(tmp_path / "hosts.deny"),
+        history_file=str(tmp_path / "history"),
+        blocked_file=str(tmp_path / "blocked"),
+        resolve_host=False,
+    )
+
+
 def test_a_worker_that_falls_behind_drops_alerts_and_records_but_never_bans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(responder_module, "MAX_PENDING_ALERTS", 5)
     monkeypatch.setattr(responder_module, "MAX_PENDING_ROWS", 8)
     # Not started: nothing is taken off the queue, as when the worker is far behind.
-    worker = Responder(load_config(None).settings, str(tmp_path))
+    worker = Responder(quiet_settings(tmp_path), str(tmp_path))
     for i in range(12):
         worker.alert(request(i))
     assert (worker.alerts_dropped, worker._jobs.qsize()) == (7, 5)
@@ -58,19 +71,6 @@ def test_a_worker_that_falls_behind_drops_alerts_and_records_but_never_bans(
 # --- the worker thread, on a real store, with bans that touch no firewall ----------------------
 # BLOCK_BACKEND=legacy with an empty KILL_ROUTE and KILL_HOSTS_DENY set: a ban is a hosts.deny
 # line in the test's directory, so the whole lifecycle runs without root or a kernel.
-
-
-def quiet_settings(tmp_path: Path) -> Settings:
-    return dataclasses.replace(
-        load_config(None).settings,
-        block_backend=BackendName.LEGACY,
-        kill_route="",
-        kill_hosts_deny="ALL: $TARGET$ : DENY",
-        hosts_deny_file=str(tmp_path / "hosts.deny"),
-        history_file=str(tmp_path / "history"),
-        blocked_file=str(tmp_path / "blocked"),
-        resolve_host=False,
-    )
 
 
 def wait_for_messages(

@@ -1,0 +1,140 @@
+"""A triggered source's ban reaches the kernel from the detection loop itself, at once.
+
+During a real scan every millisecond between the first probe and the ban is ports answered.
+The response worker (a thread: it waits for the GIL while the loop decodes the rest of the
+batch, then writes the store before it touches the kernel) took 3-9 ms from decision to
+element under ``nmap -T4``. So the nftables element goes first, from the loop, by one netlink
+message (``block/nfnetlink.py``, ~20 us), and the worker does the rest as before, behind it:
+the store, the other backends, the history file, the log lines.
+
+What is applied here is the ban the worker would apply: only for BLOCK_x=1 with the nftables
+backend in the plan, a host element in a hash set (with IPV6_PREFIX_AFTER an IPv6 ban may
+widen to a prefix, which only the worker can decide: those wait for it), and never when
+KILL_RUN_CMD_FIRST asks for the command to run before the block. Its timeout is a first
+offence's; the worker gives a repeat offender's element its longer one (``BanRequest``'s
+``in_kernel`` and ``kernel_timeout`` say what was applied). When the kernel refuses (the
+table was flushed, say), the request goes to the worker unchanged, which applies and repairs
+as before.
+
+``kill -9`` between the element and the worker's store write leaves an element the store does
+not know: start-up adopts it with the time it has left (``BanManager.restore``).
+
+Several bans in one loop turn: the first goes at once, the others are held and sent in one
+netlink transaction when the turn ends (``flush``): a distributed scan's thousands of new
+sources cost one message per turn, not one each.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import replace
+
+from portsentinel.block import BanSpec, plan_actions
+from portsentinel.block.base import kernel_timeout
+from portsentinel.block.nfnetlink import ElementWriter
+from portsentinel.block.nftables import MAX_TIMEOUT, SET4, SET6, TABLE
+from portsentinel.config.schema import Settings
+from portsentinel.errors import BackendError
+from portsentinel.respond.backends import terms_of
+from portsentinel.respond.bans import BanRequest
+
+HOLD_MAX = 4096  # held bans sent at once, before the turn ends
+
+
+def eligible(settings: Settings) -> bool:
+    """Do these settings let a ban go to the kernel before the worker sees it?"""
+    if settings.block_backend.value != "nftables" or settings.kill_run_cmd_first:
+        return False
+    s = settings
+    plan = plan_actions(
+        1,
+        backend=s.block_backend.value,
+        kill_route=s.kill_route,
+        kill_hosts_deny=s.kill_hosts_deny,
+        kill_run_cmd=s.kill_run_cmd,
+        kill_run_cmd_first=s.kill_run_cmd_first,
+    )
+    return "nftables" in plan
+
+
+class FirstBan:
+    """See the module docstring. Used from the detection loop's thread only."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log: Callable[[str], None],
+        writer: ElementWriter | None = None,
+    ) -> None:
+        self._writer = writer if writer is not None else ElementWriter(TABLE)
+        self._log = log
+        self.reconfigure(settings)
+        self._held: list[tuple[BanRequest, BanSpec, int | None]] = []
+        self._sent_this_turn = False
+        self.applied = 0
+        self.refused = 0
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.enabled = eligible(settings)
+        self._seconds = terms_of(settings).length(0)[0]
+        self._ipv6 = settings.ipv6_prefix_after == 0
+
+    def take(self, request: BanRequest, send: Callable[[BanRequest], None]) -> None:
+        """Apply ``request``'s element now (the turn's first) or at the turn's end, then hand
+        the request on through ``send``; requests this path does not serve go on at once."""
+        spec = self._spec(request)
+        if spec is None:
+            send(request)
+            return
+        timeout = kernel_timeout(spec, MAX_TIMEOUT)
+        self._held.append((request, spec, timeout))
+        if not self._sent_this_turn or len(self._held) >= HOLD_MAX:
+            self._sent_this_turn = True
+            self._send(send)
+
+    def end_turn(self, send: Callable[[BanRequest], None]) -> None:
+        """The loop turn is over: send what was held; the next turn's first goes at once."""
+        if self._held:
+            self._send(send)
+        self._sent_this_turn = False
+
+    def _spec(self, request: BanRequest) -> BanSpec | None:
+        if not self.enabled or request.level != 1 or request.manual or request.in_kernel:
+            return None
+        try:
+            spec = BanSpec.create(request.address, port=request.port, proto=request.proto,
+                                  mode=request.mode, timeout=self._seconds)  # fmt: skip
+        except ValueError:
+            return None
+        if spec.version == 6 and not self._ipv6:
+            return None
+        return spec
+
+    def _send(self, send: Callable[[BanRequest], None]) -> None:
+        held, self._held = self._held, []
+        by_set: dict[str, list[tuple[bytes, int | None]]] = {SET4: [], SET6: []}
+        for _request, spec, timeout in held:
+            key = ipaddress.ip_address(spec.address).packed
+            by_set[SET6 if spec.version == 6 else SET4].append(
+                (key, None if timeout is None else timeout * 1000)
+            )
+        done = True
+        try:
+            for name, elements in by_set.items():
+                self._writer.add(name, elements)
+        except BackendError as exc:
+            done = False
+            self.refused += len(held)
+            if self.refused == len(held) or self.refused % 1000 < len(held):
+                self._log(
+                    f"adminalert: ERROR: first bans not sent to the kernel ({exc}); the "
+                    "response worker applies them"
+                )
+        if done:
+            self.applied += len(held)
+        for request, _spec, timeout in held:
+            send(replace(request, in_kernel=True, kernel_timeout=timeout) if done else request)
+
+    def close(self) -> None:
+        self._writer.close()
