@@ -90,3 +90,40 @@ def test_a_kill_during_a_burst_of_bans_is_finished_by_the_next_start(
         code, stderr = daemon.stop()
     assert code == 0, stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_a_lost_store_adopts_the_kernels_bans_with_the_time_they_have_left(
+    lab: netns.Lab, tmp_path: Path, loss: str
+) -> None:
+    """The store goes (deleted, or truncated to 0 bytes) while the daemon is down and the set
+    holds its bans: the next start keeps every one, with its remaining time, and says so."""
+    sources = SOURCES[:20]
+    daemon = Daemon.start(lab, tmp_path, settings={**SETTINGS, "BAN_DURATION": "600"})
+    sender = burst(lab, sources, [80], rate=RATE)
+    assert sender.communicate(timeout=40)[0].strip() == str(len(sources))
+    wait_until(lambda: len(kernel_bans(lab)) == len(sources) or None, "every source banned")
+    code, stderr = daemon.stop()
+    assert code == 0, stderr
+    store = tmp_path / "portsentinel.db"
+    for leftover in tmp_path.glob("portsentinel.db-*"):  # WAL and shared memory
+        leftover.unlink()
+    if loss == "deleted":
+        store.unlink()
+    else:
+        store.write_bytes(b"")
+
+    daemon = Daemon.start(lab, tmp_path, settings={**SETTINGS, "BAN_DURATION": "600"})
+    try:
+        assert set(kernel_bans(lab)) == set(sources), "nothing lifted as a stray"
+        bans = list_bans(lab, daemon)
+        assert sorted(ban["address"] for ban in bans) == sorted(sources)
+        for ban in every_ban(daemon):
+            assert ban.reason == "adopted from the kernel"
+            assert ban.expires is not None
+            assert 0 < ban.expires - ban.created <= 600
+        warning = daemon.wait_for_line("were in the kernel but not in the state store")
+        assert f"{len(sources)} nftables bans" in warning
+    finally:
+        code, stderr = daemon.stop()
+    assert code == 0, stderr

@@ -7,7 +7,8 @@ anything (0.1-0.5 ms, more as the sets grow); the kernel itself needs only a
 hash sets (``ban4``/``ban6``: no interval flag; a set with intervals needs start and end
 elements, which stay with nft) and waits for the kernel's acknowledgement, so an element is in
 its set when ``add`` returns (about 20 us). Adding an element that is already there succeeds,
-as ``nft add element`` does; its timeout is then left as it was.
+as ``nft add element`` does; older kernels then keep its timeout, newer ones (6.18 here) take
+the new one, so callers send the timeout they mean.
 
 Wire format (``linux/netfilter/nf_tables.h``, ``nfnetlink.h``)::
 

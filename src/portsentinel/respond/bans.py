@@ -201,9 +201,15 @@ class BanManager:
         or earlier in ``reqs``), and with an action configured."""
         todo: list[_Pending] = []
         taken: set[str] = set()
+        resent: list[BanSpec] = []  # live bans whose element the loop sent again
         with self.store.batch():  # one snapshot for every question
             for index, req in enumerate(reqs):
-                if req.address in taken or self.store.ban_for(req.address) is not None:
+                live = self.store.ban_for(req.address)
+                if live is not None and req.in_kernel:
+                    spec = spec_of(live, now)
+                    if spec is not None and record_key(live) == spec.key:
+                        resent.append(spec)
+                if req.address in taken or live is not None:
                     continue
                 names = self.plan(req.level)
                 if not names:
@@ -219,7 +225,18 @@ class BanManager:
                 spec = BanSpec.create(req.address, port=req.port, proto=req.proto,
                                       mode=req.mode, timeout=seconds, prefix=prefix)  # fmt: skip
                 todo.append(_Pending(index, req, names, seconds, offence, prefix, spec))
+        if resent:  # a newer kernel took the loop's timeout: give back the ban's own
+            self._renew(self.backends.get("nftables"), resent)
         return todo
+
+    def _renew(self, backend: Backend, specs: Sequence[BanSpec]) -> None:
+        renew = getattr(backend, "renew", None)  # NftablesBackend.renew
+        if not callable(renew):
+            return
+        try:
+            renew(specs)
+        except BackendError as exc:
+            self.log(f"adminalert: ERROR: nftables could not renew {len(specs)} bans: {exc}")
 
     def _widen(self, address: str, now: float) -> int | None:
         """The IPv6 prefix length to ban instead of ``address`` (``BanTerms.widen``), or None
@@ -293,12 +310,8 @@ class BanManager:
             p for p in sent
             if p.req is not None and p.req.kernel_timeout != kernel_timeout(p.spec, MAX_TIMEOUT)
         ]  # fmt: skip
-        lengthen = getattr(backend, "renew", None)  # NftablesBackend.renew
-        if renew and callable(lengthen):
-            try:
-                lengthen([p.spec for p in renew])
-            except BackendError as exc:  # the element stays with its first timeout
-                self.log(f"adminalert: ERROR: nftables could not lengthen {len(renew)} bans: {exc}")
+        if renew:  # a repeat offence: longer than the loop's first-offence timeout
+            self._renew(backend, [p.spec for p in renew])
         return [(p, ban_detail(p.spec)) for p in sent]
 
     def record_alert(self, req: BanRequest, now: float) -> None:

@@ -74,7 +74,9 @@ def test_a_batch_wraps_its_messages_in_begin_and_end_with_rising_numbers() -> No
 
 
 def error_message(seq: int, code: int) -> bytes:
-    return struct.pack("=IHHII", 36, nl.NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", code) + bytes(16)
+    return (
+        struct.pack("=IHHII", 36, nl.NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", code) + bytes(16)
+    )
 
 
 def test_acknowledgements_are_read_with_their_errno() -> None:
@@ -93,7 +95,8 @@ def test_a_truncated_answer_is_an_error_not_a_guess() -> None:
 def test_any_answer_is_read_or_refused_with_a_backend_error(data: bytes) -> None:
     try:
         for seq, code in nl.acks(data):
-            assert isinstance(seq, int) and isinstance(code, int)
+            assert isinstance(seq, int)
+            assert isinstance(code, int)
     except BackendError:
         pass
 

@@ -299,7 +299,8 @@ def test_an_element_the_loop_sent_is_recorded_and_lengthened_not_added_again(
     bans, backends, _lines = manager(store, s)
     sent = dataclasses.replace(request("198.18.0.2"), in_kernel=True, kernel_timeout=3600)
     first = bans.ban(sent, 0.0)
-    assert first is not None and first.expires == HOUR
+    assert first is not None
+    assert first.expires == HOUR
     assert not any(call[0] == "nftables" for call in backends.kernel.calls)  # already there
     actions = store.actions(first.id)
     assert [(a.backend, a.state) for a in actions] == [("nftables", ActionState.APPLIED)]
@@ -308,6 +309,20 @@ def test_an_element_the_loop_sent_is_recorded_and_lengthened_not_added_again(
     assert ("nftables", "unblock 198.18.0.2") in backends.kernel.calls
     # A repeat offender: the loop sent a first offence's timeout; the worker makes it longer.
     again = bans.ban(sent, 20.0)
-    assert again is not None and again.offence == 2 and again.expires == 20.0 + 2 * HOUR
+    assert again is not None
+    assert again.offence == 2
+    assert again.expires == 20.0 + 2 * HOUR
     assert backends.kernel.calls[-1] == ("nftables", "renew 198.18.0.2")
     assert backends.kernel.bans["198.18.0.2"] == 2 * HOUR
+
+
+def test_an_element_sent_again_for_a_live_ban_gets_the_bans_own_time_back(store: Store) -> None:
+    bans, backends, _lines = manager(store, settings(ban_duration=HOUR))
+    manual = dataclasses.replace(request("198.18.0.2"), manual=True, duration=10 * HOUR)
+    assert bans.ban(manual, 0.0) is not None
+    # Before the detector heard of the manual ban, a probe made the loop send a first offence's
+    # element (a newer kernel then shortens the element's timeout to it).
+    backends.kernel.bans["198.18.0.2"] = HOUR
+    sent = dataclasses.replace(request("198.18.0.2"), in_kernel=True, kernel_timeout=3600)
+    assert bans.ban(sent, 100.0) is None  # banned already
+    assert backends.kernel.bans["198.18.0.2"] == 10 * HOUR - 100.0

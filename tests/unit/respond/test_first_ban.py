@@ -59,10 +59,12 @@ def test_the_turns_first_ban_goes_at_once_the_others_at_the_turns_end() -> None:
     sent: list[BanRequest] = []
     fast.take(request("198.18.0.2"), sent.append)
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 2]), 3_600_000)])]
-    assert sent[0].in_kernel and sent[0].kernel_timeout == 3600
+    assert sent[0].in_kernel
+    assert sent[0].kernel_timeout == 3600
     fast.take(request("198.18.0.3"), sent.append)
     fast.take(request("fd00:5e::3"), sent.append)
-    assert len(writer.adds) == 1 and len(sent) == 1  # held until the turn ends
+    assert len(writer.adds) == 1
+    assert len(sent) == 1
     fast.end_turn(sent.append)
     assert writer.adds[1:] == [
         ("ban4", [(bytes([198, 18, 0, 3]), 3_600_000)]),
@@ -71,7 +73,8 @@ def test_the_turns_first_ban_goes_at_once_the_others_at_the_turns_end() -> None:
     assert [r.address for r in sent] == ["198.18.0.2", "198.18.0.3", "fd00:5e::3"]
     assert all(r.in_kernel for r in sent)
     fast.take(request("198.18.0.4"), sent.append)  # a new turn: at once again
-    assert len(writer.adds) == 4 and fast.applied == 4
+    assert len(writer.adds) == 4
+    assert fast.applied == 4
 
 
 def test_a_flood_of_first_bans_in_one_turn_goes_in_batches() -> None:
@@ -91,7 +94,8 @@ def test_a_permanent_ban_has_no_timeout_and_a_mapped_address_is_ipv4() -> None:
     sent: list[BanRequest] = []
     fast.take(request("::ffff:198.18.0.9"), sent.append)
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 9]), None)])]
-    assert sent[0].in_kernel and sent[0].kernel_timeout is None
+    assert sent[0].in_kernel
+    assert sent[0].kernel_timeout is None
 
 
 def test_what_only_the_worker_may_decide_goes_to_it_untouched() -> None:
@@ -103,7 +107,8 @@ def test_what_only_the_worker_may_decide_goes_to_it_untouched() -> None:
     fast.take(request("198.18.0.5", manual=True, duration=60.0), sent.append)
     fast.end_turn(sent.append)
     assert writer.adds == []
-    assert not any(r.in_kernel for r in sent) and len(sent) == 3
+    assert not any(r.in_kernel for r in sent)
+    assert len(sent) == 3
     fast.take(request("198.18.0.2"), sent.append)  # IPv4 still goes ahead
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 2]), 3600_000)])]
 
@@ -116,8 +121,10 @@ def test_a_refused_element_leaves_the_ban_to_the_worker_and_says_so_once() -> No
         fast.take(request(f"198.18.0.{n + 2}"), sent.append)
         fast.end_turn(sent.append)
     assert [r.in_kernel for r in sent] == [False, False, False]
-    assert fast.refused == 3 and fast.applied == 0
-    assert len(lines) == 1 and "response worker applies them" in lines[0]
+    assert fast.refused == 3
+    assert fast.applied == 0
+    assert len(lines) == 1
+    assert "response worker applies them" in lines[0]
 
 
 def test_a_reload_turns_the_path_off_and_on() -> None:
@@ -126,7 +133,8 @@ def test_a_reload_turns_the_path_off_and_on() -> None:
     fast.reconfigure(settings(block_backend=BackendName.LEGACY, kill_route="/bin/true"))
     sent: list[BanRequest] = []
     fast.take(request(), sent.append)
-    assert writer.adds == [] and not sent[0].in_kernel
+    assert writer.adds == []
+    assert not sent[0].in_kernel
     fast.reconfigure(settings(ban_duration=60.0))
     fast.end_turn(sent.append)
     fast.take(request("198.18.0.3"), sent.append)
