@@ -12,6 +12,12 @@ source addresses in 198.19.0.0/16, which no rule of the lab protects.
    percentile and the extremes.
 2. Throughput: one SYN from each of M distinct sources (default 1000) as fast as the sender
    goes; bans per second from the first ban to the last, and from the first send.
+3. Bulk (``--bulk N``, default 20000; needs a C compiler): one SYN from each of N distinct
+   forged sources from the C sender (``tests/e2e/synflood.c``, at its maximum rate, ports
+   1-1000 in random order), which nothing in Python could send fast enough. From the first
+   frame sent to the last element in the set (``nft -j list set``, polled every 20 ms) and to the last ban
+   active in the store (the daemon's SQLite file, read-only, polled likewise): bans per
+   second to the kernel and to the store.
 
 The budget is raised far above the burst (BAN_RATE, BAN_BURST, MAX_ACTIVE_BANS) and one
 probe is strong evidence (BAN_STRONG_PORTS 1), so nothing is refused: the figures are the
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -35,8 +42,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
+import floodlab
 import netns
-from banlab import RAW_SENDER, burst
+from banlab import RAW_SENDER, burst, nft_elements
 from daemon import Daemon
 
 SETTINGS = {
@@ -141,6 +149,51 @@ def throughput(lab: netns.Lab, watch: ElementWatch, count: int) -> None:
         print(f"  first send to last ban: {total * 1000:.0f} ms -> {len(times) / total:.0f} bans/s")
 
 
+def bulk(lab: netns.Lab, state: Path, count: int) -> None:
+    """N distinct forged sources at the C sender's maximum: bans/s to the kernel and store."""
+    with tempfile.TemporaryDirectory() as build:
+        binary = floodlab.build(Path(build))
+        flood = floodlab.Flood(sources=count, count=count, seconds=30.0)
+        print(f"  sender: {floodlab.command_text(lab, binary, flood)}")
+        started = time.time()
+        proc = floodlab.start(lab, binary, flood)
+        kernel_at = store_at = None
+        in_kernel = in_store = 0
+        deadline = started + 60 + count / 1000
+        while time.time() < deadline and (kernel_at is None or store_at is None):
+            now = time.time()
+            if kernel_at is None:
+                in_kernel = len(nft_elements(lab, 4) or {})
+                if in_kernel >= count:
+                    kernel_at = now
+            if store_at is None:
+                in_store = active_bans(state)
+                if in_store >= count:
+                    store_at = now
+            time.sleep(0.02)
+        sent = floodlab.result(proc, 60)
+    print(f"  sent {sent.sent} frames in {sent.seconds * 1000:.0f} ms ({sent.pps:.0f} pps)")
+    for what, at, got in (("kernel", kernel_at, in_kernel), ("store", store_at, in_store)):
+        if at is None:
+            print(f"  {what}: {got} of {count} bans within the deadline")
+        else:
+            span = at - started
+            print(f"  first frame sent -> last ban in the {what}: {span * 1000:.0f} ms "
+                  f"-> {count / span:.0f} bans/s")  # fmt: skip
+
+
+def active_bans(state: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{state / 'portsentinel.db'}?mode=ro", uri=True) as conn:
+            return int(
+                conn.execute("SELECT count(*) FROM bans WHERE state = 'active'").fetchone()[0]
+            )
+    except sqlite3.Error:
+        return 0
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
@@ -150,6 +203,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--samples", type=int, default=30, help="fresh sources for latency")
     parser.add_argument("--burst", type=int, default=1000, help="distinct sources in the burst")
+    parser.add_argument("--bulk", type=int, default=20000, help="distinct sources, C sender")
     args = parser.parse_args()
     reason = netns.unavailable()
     if reason:
@@ -175,6 +229,9 @@ def main() -> int:
             print(f"throughput: one SYN from each of {args.burst} distinct sources, unpaced")
             throughput(lab, watch, args.burst)
             netns.Lab.stop(watch.proc)
+            if args.bulk:
+                print(f"bulk: one SYN from each of {args.bulk} distinct forged sources, C sender")
+                bulk(lab, Path(tmp), args.bulk)
         finally:
             code, stderr = daemon.stop()
         drops = re.search(r"kernel_drops=(\d+)", stderr)

@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
+from portsentinel.networks import canonical_ipv4
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,20 @@ class BanSpec:
     timeout: float | None = None
 
     def __post_init__(self) -> None:
+        if not (self.prefix == 32 and canonical_ipv4(self.address)):  # else: no need to parse
+            self._check_network()
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"ban port {self.port} is out of range")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"ban timeout {self.timeout} is not positive (None: permanent)")
+
+    def _check_network(self) -> None:
         try:
             net = ipaddress.ip_network(f"{self.address}/{self.prefix}", strict=True)
         except ValueError as exc:
             raise ValueError(f"bad ban {self.address}/{self.prefix}: {exc}") from None
         if str(net.network_address) != self.address or _mapped(net.network_address):
             raise ValueError(f"ban address {self.address!r} is not in normalised form")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"ban port {self.port} is out of range")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"ban timeout {self.timeout} is not positive (None: permanent)")
 
     @classmethod
     def create(
@@ -71,6 +76,8 @@ class BanSpec:
         prefix: int | None = None,
     ) -> BanSpec:
         """A ban from any valid address text; ``prefix`` None means the whole address."""
+        if prefix in (None, 32) and canonical_ipv4(address):
+            return cls(address, 32, port, proto, mode, timeout)
         parsed: Address = ipaddress.ip_address(address.strip())
         if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
             parsed = parsed.ipv4_mapped

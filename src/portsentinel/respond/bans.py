@@ -39,7 +39,7 @@ from portsentinel.respond.backends import (
 )
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
-from portsentinel.store.sqlite import Store
+from portsentinel.store.sqlite import NewBan, Store
 
 # Backends whose state lives in the kernel or a file and can be re-applied safely at restart;
 # commands are not re-run (they are not known to be idempotent).
@@ -83,6 +83,13 @@ class _Pending:
     spec: BanSpec
     record: BanRecord | None = None
     applied: int = 0
+
+    def evidence(self) -> dict[str, Any]:
+        """What the store keeps of the request: its evidence, plan and target."""
+        req = self.request
+        mode = req.mode.value if req.mode else None
+        return {**req.evidence, "plan": self.names, "port": req.port, "proto": req.proto.key,
+                "mode": mode}  # fmt: skip
 
     @property
     def request(self) -> BanRequest:
@@ -159,20 +166,17 @@ class BanManager:
         backends, store), but one transaction per step and one backend call per backend (one
         nft transaction for thousands of elements). Results in the order of ``reqs``."""
         out: list[BanRecord | None] = [None] * len(reqs)
-        todo = self._prepare(reqs, now)
-        if not todo:
-            return out
-        with self.store.batch():
-            for p in todo:
-                req = p.request
-                p.record = self.store.begin_ban(
-                    req.address, p.prefix, created=now,
-                    expires=None if p.seconds is None else now + p.seconds,
-                    reason=req.reason, rule=req.rule, offence=p.offence,
-                    evidence={**req.evidence, "plan": p.names, "port": req.port,
-                              "proto": req.proto.key,
-                              "mode": req.mode.value if req.mode else None},
-                )  # fmt: skip
+        store = self.store
+        with store.batch():  # the questions and the pending records: one transaction
+            todo = self._prepare(reqs, now)
+            records = store.begin_bans([
+                NewBan(p.spec.address, p.prefix, now,
+                       None if p.seconds is None else now + p.seconds, p.request.reason,
+                       p.request.rule, p.evidence(), p.offence)
+                for p in todo
+            ])  # fmt: skip
+        for p, record in zip(todo, records, strict=True):
+            p.record = record
         for p in todo:
             if p.prefix is not None:
                 self._lift_members(p.ban, now)
@@ -180,51 +184,57 @@ class BanManager:
             group = [p for p in todo if tuple(p.names) == names]
             for name in names:
                 self._apply_many(name, group, now)
-        with self.store.batch():
-            for p in todo:
-                if not p.applied:
-                    self.store.fail(p.ban.id, now)
-                elif self.store.activate(p.ban.id):
-                    out[p.index] = dataclasses.replace(p.ban, state=BanState.ACTIVE)
+        applied = [p for p in todo if p.applied]
+        with store.batch():
+            store.fail_many([p.ban.id for p in todo if not p.applied], now)
+            active = store.activate_many([p.ban.id for p in applied])
+        written = []
         for p in todo:
             address = p.spec.address
             if not p.applied:
                 self.log(f"attackalert: ERROR: Could not block host {address}/{address}!!")
-            elif out[p.index] is None:  # lifted meanwhile (a concurrent unblock)
+            elif p.ban.id not in active:  # lifted meanwhile (a concurrent unblock)
                 self._undo(p.ban, now)
-            elif p.req is not None:
-                self._write_files(p.req, now)
+            else:
+                out[p.index] = dataclasses.replace(p.ban, state=BanState.ACTIVE)
+                written.append(p.request)
+        self._write_files(written, now)
         return out
 
     def _prepare(self, reqs: Sequence[BanRequest], now: float) -> list[_Pending]:
         """The requests to apply, with their plan and length: not banned already (in the store
         or earlier in ``reqs``), and with an action configured."""
+        store = self.store
         todo: list[_Pending] = []
         taken: set[str] = set()
         resent: list[BanSpec] = []  # live bans whose element the loop sent again
-        with self.store.batch():  # one snapshot for every question
-            for index, req in enumerate(reqs):
-                live = self.store.ban_for(req.address)
-                if live is not None and req.in_kernel:
-                    spec = spec_of(live, now)
-                    if spec is not None and record_key(live) == spec.key:
-                        resent.append(spec)
-                if req.address in taken or live is not None:
-                    continue
-                names = self.plan(req.level)
-                if not names:
-                    self.log(
-                        f"attackalert: Ignoring {req.proto.label} response: no action configured"
-                    )
-                    continue
-                taken.add(req.address)
-                seconds, offence = (
-                    (req.duration, 1) if req.manual else self.length(req.address, now)
-                )
-                prefix = self._widen(req.address, now)
-                spec = BanSpec.create(req.address, port=req.port, proto=req.proto,
-                                      mode=req.mode, timeout=seconds, prefix=prefix)  # fmt: skip
-                todo.append(_Pending(index, req, names, seconds, offence, prefix, spec))
+        live = store.live_bans_for({r.address for r in reqs})
+        terms = self.terms
+        earlier = store.offences_many(
+            {r.address for r in reqs if not r.manual and r.address not in live},
+            terms.repeat_since(now),
+        )
+        for index, req in enumerate(reqs):
+            banned = live.get(req.address)
+            if banned is not None and req.in_kernel:
+                spec = spec_of(banned, now)
+                if spec is not None and record_key(banned) == spec.key:
+                    resent.append(spec)
+            if req.address in taken or banned is not None:
+                continue
+            names = self.plan(req.level)
+            if not names:
+                self.log(f"attackalert: Ignoring {req.proto.label} response: no action configured")
+                continue
+            seconds, offence = (
+                (req.duration, 1) if req.manual else terms.length(earlier.get(req.address, 0))
+            )
+            prefix = self._widen(req.address, now)
+            spec = BanSpec.create(req.address, port=req.port, proto=req.proto, mode=req.mode,
+                                  timeout=seconds, prefix=prefix)  # fmt: skip
+            # A prefix ban replaces its members: later requests in it wait for the next batch.
+            taken.add(req.address if prefix is None else str(spec.network))
+            todo.append(_Pending(index, req, names, seconds, offence, prefix, spec))
         if resent:  # a newer kernel took the loop's timeout: give back the ban's own
             self._renew(self.backends.get("nftables"), resent)
         return todo
@@ -287,14 +297,16 @@ class BanManager:
                 outcomes += self._adopt_sent(backend, sent)
         except BackendError as exc:
             outcomes = [(p, exc) for p in todo]
-        with self.store.batch():
-            for p, outcome in outcomes:
-                if isinstance(outcome, BackendError):
-                    self.store.record_action(
-                        p.ban.id, name, None, ActionState.FAILED, str(outcome), at=now
-                    )
-                else:
-                    self.store.record_action(p.ban.id, name, outcome, ActionState.APPLIED, at=now)
+        self.store.record_actions(
+            [
+                (p.ban.id, name, None, ActionState.FAILED, str(outcome))
+                if isinstance(outcome, BackendError)
+                else (p.ban.id, name, outcome, ActionState.APPLIED, None)
+                for p, outcome in outcomes
+            ],
+            at=now,
+            first=all(p.req is not None for p, _ in outcomes),  # new bans: no row yet
+        )
         for p, outcome in outcomes:
             if isinstance(outcome, BackendError):
                 self.log(f"attackalert: ERROR: {name} could not block {p.spec.key}: {outcome}")
@@ -316,16 +328,19 @@ class BanManager:
 
     def record_alert(self, req: BanRequest, now: float) -> None:
         """BLOCK_x=0: PortSentry still writes the history line (fail2ban setups rely on it)."""
-        self._write_files(req, now)
+        self._write_files([req], now)
 
-    def _write_files(self, req: BanRequest, now: float) -> None:
-        if self.files is None:
+    def _write_files(self, reqs: Sequence[BanRequest], now: float) -> None:
+        if self.files is None or not reqs:
             return
-        name = req.address
-        if self.settings.resolve_host and self.resolve is not None:
-            name = self.resolve(req.address) or req.address
+        resolve = self.resolve if self.settings.resolve_host else None
+        entries = [
+            (now, (resolve(r.address) if resolve else None) or r.address, r.address, r.port,
+             r.proto, r.mode)
+            for r in reqs
+        ]  # fmt: skip
         try:
-            self.files.record(now, name, req.address, req.port, req.proto, mode=req.mode)
+            self.files.record_many(entries)
         except OSError as exc:
             self.log(f"adminalert: ERROR: cannot write the history/blocked file: {exc}")
 

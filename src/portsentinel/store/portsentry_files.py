@@ -81,11 +81,24 @@ class PortSentryFiles:
     def record(
         self, epoch: float, name: str, ip: str, port: int, proto: Proto, *, mode: Mode | None
     ) -> None:
-        line = history_line(epoch, name, ip, port, proto) + "\n"
-        if self.history:
-            self._append(self.history, line)
-        if self.blocked_base and mode is not None:
-            self._append(blocked_file_path(self.blocked_base, mode), line)
+        self.record_many([(epoch, name, ip, port, proto, mode)])
+
+    def record_many(
+        self, entries: Iterable[tuple[float, str, str, int, Proto, Mode | None]]
+    ) -> None:
+        """``record`` for many bans: one append per file for all their lines."""
+        history: list[str] = []
+        blocked: dict[Mode, list[str]] = {}
+        for epoch, name, ip, port, proto, mode in entries:
+            line = history_line(epoch, name, ip, port, proto) + "\n"
+            history.append(line)
+            if mode is not None:
+                blocked.setdefault(mode, []).append(line)
+        if self.history and history:
+            self._append(self.history, "".join(history))
+        if self.blocked_base:
+            for mode, lines in blocked.items():
+                self._append(blocked_file_path(self.blocked_base, mode), "".join(lines))
 
     def remove_blocked(self, ip: str) -> None:
         """Drop every line for ``ip`` (exact address) from the blocked files of all modes."""

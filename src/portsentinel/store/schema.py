@@ -20,6 +20,7 @@ range of keys.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from typing import Final
 
 from portsentinel import __version__
 from portsentinel.errors import StoreError
+from portsentinel.networks import canonical_ipv4
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -83,6 +85,8 @@ def key_range(network: Network) -> tuple[bytes, bytes]:
 @lru_cache(maxsize=8192)  # scans repeat one source thousands of times: parse it once
 def host_text_key(text: str) -> tuple[str, bytes]:
     """The normalised text and sort key of one host address; ValueError if it is not one."""
+    if canonical_ipv4(text):
+        return text, _V4_MAPPED + socket.inet_aton(text)
     network = parse_network(text)
     if network.prefixlen != network.max_prefixlen:  # pragma: no cover - parse_network(host)
         raise ValueError(f"{text!r} is not a host address")

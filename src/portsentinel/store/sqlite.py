@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from portsentinel.store import schema
+from portsentinel.store.bulk import BulkBans, NewBan
 from portsentinel.store.connect import (
     DEFAULT_BUSY_TIMEOUT,
     DuplicateBanError,
@@ -65,6 +66,7 @@ __all__ = [
     "DuplicateBanError",
     "EventRow",
     "LiftedBy",
+    "NewBan",
     "Store",
 ]
 
@@ -112,7 +114,7 @@ SQL_PURGE_EVENTS: Final = (
 )
 
 
-class Store:
+class Store(BulkBans):
     """One connection to the store. Build it with ``Store.open``; close it (or use ``with``)."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, offline: bool) -> None:

@@ -1,0 +1,222 @@
+"""Many bans at once: the questions and steps of ``Store``'s ban lifecycle for a whole batch.
+
+A distributed scan or a fleet's decisions bring thousands of bans together. Asked one by one,
+"is it banned already?" reads every live prefix length each time (O(n) per ban, O(n^2) in
+all) and each step is its own statement; here each question is one query per few hundred
+addresses and each step one ``executemany``. The order of steps and so the ``kill -9`` safety
+are ``Store``'s (``sqlite.py``): pending before any backend, actions, then active. Call these
+inside ``Store.batch`` so that a batch's steps share one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+from portsentinel.networks import canonical_ipv4
+from portsentinel.store.records import (
+    BAN_COLS,
+    ActionState,
+    BanRecord,
+    BanState,
+    ban_from_row,
+    to_json,
+)
+from portsentinel.store.schema import LIVE_SQL, host_text_key, parse_network
+
+CHUNK: Final = 500  # addresses per ``IN (...)``: far below SQLite's variable limit
+
+
+@dataclass(frozen=True, slots=True)
+class NewBan:
+    """One ban for ``begin_bans``: what ``Store.begin_ban`` takes."""
+
+    address: str
+    prefix: int | None
+    created: float
+    expires: float | None
+    reason: str
+    rule: str | None
+    evidence: Mapping[str, Any]
+    offence: int
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+class BulkBans:
+    """Mixed into ``Store``; see the module docstring."""
+
+    _conn: sqlite3.Connection
+    offline: bool
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def live_bans_for(self, hosts: Iterable[str]) -> dict[str, BanRecord]:
+        """host address text (as given) -> the most specific live ban covering it; hosts
+        without one are left out. ValueError for a text that is not a host address."""
+        wanted = {text: host_text_key(text)[0] for text in hosts}
+        with self._read():
+            lengths = sorted(
+                p
+                for (p,) in self._conn.execute(f"SELECT DISTINCT prefix FROM bans WHERE {LIVE_SQL}")
+            )
+            covering: dict[str, list[tuple[str, int]]] = {}
+            for text, host in wanted.items():
+                width = 128 if ":" in host else 32
+                pairs = [(host, width)] if width in lengths else []
+                shorter = [p for p in lengths if p < width]
+                if shorter:  # prefix bans live: the networks that would cover this host
+                    network = parse_network(host)
+                    pairs += [(str(network.supernet(new_prefix=p).network_address), p)
+                              for p in shorter]  # fmt: skip
+                covering[text] = pairs
+            texts = sorted({t for pairs in covering.values() for t, _ in pairs})
+            found: dict[tuple[str, int], BanRecord] = {}
+            for part in _chunks(texts):
+                marks = _marks(len(part))
+                sql = f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND address IN ({marks})"
+                for row in self._conn.execute(sql, part):
+                    ban = ban_from_row(row)
+                    found[(ban.address, ban.prefix)] = ban
+        out = {}
+        for text, pairs in covering.items():
+            bans = [found[pair] for pair in pairs if pair in found]
+            if bans:
+                out[text] = max(bans, key=lambda ban: ban.prefix)
+        return out
+
+    def offences_many(self, hosts: Iterable[str], since: float) -> dict[str, int]:
+        """``Store.offences`` for many hosts: host text (as given) -> bans since ``since``."""
+        wanted = {text: host_text_key(text)[0] for text in hosts}
+        texts = sorted(set(wanted.values()))
+        counts: dict[tuple[str, int], int] = {}
+        with self._read():
+            for part in _chunks(texts):
+                sql = (
+                    "SELECT address, prefix, count(*) FROM bans WHERE address IN "
+                    f"({_marks(len(part))}) AND created >= ? "
+                    "AND coalesce(lifted_by, '') <> 'allow' GROUP BY address, prefix"
+                )
+                for address, prefix, n in self._conn.execute(sql, (*part, since)):
+                    counts[(address, prefix)] = n
+        return {
+            text: counts.get((host, 128 if ":" in host else 32), 0) for text, host in wanted.items()
+        }
+
+    def begin_bans(self, bans: Sequence[NewBan]) -> list[BanRecord]:
+        """``Store.begin_ban`` for many: every one ``pending`` in one statement, records in the
+        order given. Raises DuplicateBanError (nothing written) if one already has a live ban."""
+        values = []
+        for ban in bans:
+            if ban.prefix in (None, 32) and canonical_ipv4(ban.address):
+                address, prefix = ban.address, 32
+            else:
+                network = parse_network(ban.address, ban.prefix)
+                address, prefix = str(network.network_address), network.prefixlen
+            values.append((
+                address, prefix, ban.created, ban.expires,
+                ban.reason, ban.rule, to_json(ban.evidence), ban.offence, int(self.offline),
+            ))  # fmt: skip
+        if not values:
+            return []
+        with self._write() as conn:
+            (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM bans").fetchone()
+            conn.executemany(
+                "INSERT INTO bans (address, prefix, created, expires, reason, rule, evidence, "
+                "offence, offline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            ids = {
+                (address, prefix): ban_id
+                for ban_id, address, prefix in conn.execute(
+                    "SELECT id, address, prefix FROM bans WHERE id > ? ORDER BY id", (last,)
+                )
+            }
+        return [
+            BanRecord(
+                ids[(v[0], v[1])],
+                v[0],
+                v[1],
+                v[2],
+                v[3],
+                BanState.PENDING,
+                v[4],
+                v[5],
+                MappingProxyType(dict(ban.evidence)),
+                v[7],
+                None,
+                None,
+                self.offline,
+            )
+            for v, ban in zip(values, bans, strict=True)
+        ]
+
+    def record_actions(
+        self, rows: Sequence[tuple[int, str, Mapping[str, Any] | None, ActionState, str | None]],
+        *, at: float, first: bool = False,
+    ) -> None:  # fmt: skip
+        """``Store.record_action`` for many (ban id, backend, detail, state, error) rows.
+        ``first``: no row of these bans and backends exists yet (a plain insert)."""
+        params = [
+            {"ban_id": ban_id, "backend": backend, "state": ActionState(state).value,
+             "detail": None if detail is None else to_json(detail), "error": error, "at": at}
+            for ban_id, backend, detail, state, error in rows
+        ]  # fmt: skip
+        if not params:
+            return
+        with self._write() as conn:
+            if first:
+                conn.executemany(
+                    "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, "
+                    "updated) VALUES (:ban_id, :backend, coalesce(:detail, '{}'), :state, "
+                    ":error, :at)",
+                    params,
+                )
+                return
+            conn.executemany(
+                "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, updated) "
+                "VALUES (:ban_id, :backend, coalesce(:detail, '{}'), :state, :error, :at) "
+                "ON CONFLICT (ban_id, backend) DO UPDATE SET "
+                "detail = coalesce(:detail, detail), "
+                "attempts = CASE WHEN state = excluded.state THEN attempts + 1 ELSE 1 END, "
+                "state = excluded.state, last_error = excluded.last_error, "
+                "updated = excluded.updated",
+                params,
+            )
+
+    def activate_many(self, ban_ids: Sequence[int]) -> set[int]:
+        """``Store.activate`` for many: the ids marked active (the others ended meanwhile)."""
+        done: set[int] = set()
+        with self._write() as conn:
+            for part in _chunks(ban_ids):
+                sql = (
+                    f"UPDATE bans SET state = 'active' WHERE id IN ({_marks(len(part))}) "
+                    f"AND {LIVE_SQL} RETURNING id"
+                )
+                done.update(ban_id for (ban_id,) in conn.execute(sql, part))
+        return done
+
+    def fail_many(self, ban_ids: Sequence[int], at: float) -> None:
+        """``Store.fail`` for many pending bans that no backend could apply."""
+        with self._write() as conn:
+            for part in _chunks(ban_ids):
+                conn.execute(
+                    f"UPDATE bans SET state = 'failed', lifted_at = ? WHERE id IN "
+                    f"({_marks(len(part))}) AND state = 'pending'",
+                    (at, *part),
+                )
