@@ -8,8 +8,6 @@ import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 from portsentinel.block import BanSpec, CheckResult
 from portsentinel.block.base import ActionDetail, ban_fields
 from portsentinel.config.schema import Settings
@@ -104,11 +102,6 @@ def request(address: str = "198.18.0.2", level: int = 1) -> BanRequest:
                       {"ports": ["tcp/79"]})  # fmt: skip
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store.open(str(tmp_path / "state"))
-
-
 def manager(
     store: Store, s: Settings, failing: frozenset[str] = frozenset(), **kw: object
 ) -> tuple[BanManager, FakeBackends, list[str]]:
@@ -201,37 +194,6 @@ def test_lift_undoes_newest_first_and_expiry_lifts(store: Store) -> None:
     ended = store.ban(record.id)
     assert ended is not None
     assert ended.lifted_by == LiftedBy.EXPIRY
-
-
-def test_restore_finishes_a_pending_ban_and_adopts_what_only_the_kernel_has(store: Store) -> None:
-    s = settings(ban_duration=HOUR)
-    bans, backends, lines = manager(store, s)
-    # A previous run wrote the ban and died before any backend ran (kill -9).
-    store.begin_ban("198.18.0.7", None, created=0.0, expires=HOUR, reason="SYN scan", rule=None,
-                    evidence={"plan": ["nftables"], "port": 1, "proto": "tcp", "mode": "atcp"},
-                    offence=1)  # fmt: skip
-    # The detection loop's first ban reached the kernel; the process died before the store.
-    backends.kernel.bans["198.18.0.99"] = 100.0
-    live = bans.restore(10.0)
-    assert [r.address for r in live] == ["198.18.0.7", "198.18.0.99"]
-    adopted = live[1]
-    assert adopted.expires == 110.0  # the time the kernel said it has left
-    assert adopted.reason == "adopted from the kernel"
-    assert backends.kernel.bans == {"198.18.0.7": HOUR - 10.0, "198.18.0.99": 100.0}
-    assert any("WARNING" in line and "198.18.0.99" in line for line in lines)
-    # Adopted, it is an ordinary ban: it expires and is lifted from the kernel.
-    assert [r.address for r in bans.expire(111.0)] == ["198.18.0.99"]
-    assert "198.18.0.99" not in backends.kernel.bans
-
-
-def test_repair_puts_back_what_another_tool_flushed(store: Store) -> None:
-    bans, backends, _lines = manager(store, settings(ban_duration=HOUR))
-    assert bans.ban(request("198.18.0.2"), 0.0) is not None
-    assert bans.ban(request("fd00:5e::2"), 0.0) is not None
-    backends.kernel.bans.clear()  # nft flush ruleset
-    assert bans.repair(100.0) == 2
-    assert set(backends.kernel.bans) == {"198.18.0.2", "fd00:5e::2"}
-    assert bans.repair(101.0) == 0
 
 
 def test_the_terms_follow_the_settings_and_a_reload(store: Store) -> None:

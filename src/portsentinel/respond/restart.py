@@ -1,0 +1,168 @@
+"""The ban lifecycle after a restart and while it runs: finish what a previous run left (expire,
+undo, re-apply, and the bans of ours the store does not know), and put back what another
+tool removed. Mixed into ``bans.BanManager``, whose steps it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from portsentinel.block import BanSpec
+from portsentinel.block.base import ban_fields
+from portsentinel.block.nftables import ban_detail
+from portsentinel.config.schema import Settings
+from portsentinel.errors import BackendError, PortSentinelError
+from portsentinel.respond.backends import (
+    Backends,
+    prefix_of_key,
+    record_key,
+    spec_of,
+    uses,
+)
+from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
+from portsentinel.store.sqlite import Store
+
+# Backends whose state lives in the kernel or a file and can be re-applied safely at restart;
+# commands are not re-run (they are not known to be idempotent).
+REAPPLY = frozenset({"nftables", "iptables", "route", "hosts_deny"})
+NATIVE = ("nftables", "iptables", "route")
+
+
+class Restart:
+    """See the module docstring; ``BanManager`` provides the attributes and steps below."""
+
+    settings: Settings
+    store: Store
+    backends: Backends
+    log: Callable[[str], None]
+
+    def expire(self, now: float) -> list[BanRecord]:
+        raise NotImplementedError
+
+    def lift(self, record: BanRecord, now: float, by: LiftedBy) -> bool:
+        raise NotImplementedError
+
+    def _undo(self, record: BanRecord, now: float) -> None:
+        raise NotImplementedError
+
+    def _apply(self, record: BanRecord, spec: BanSpec, names: Iterable[str], now: float) -> int:
+        raise NotImplementedError
+
+    def restore(self, now: float) -> list[BanRecord]:
+        """Finish what a previous run left: expire, undo, re-apply, settle strays."""
+        self.expire(now)
+        for record in self.store.bans_to_undo():
+            self._undo(record, now)
+        live = self.store.active_bans(now)
+        for record in live:
+            self._reapply(record, now)
+        self._settle_strays(live, now)
+        return [r for r in self.store.active_bans(now) if r.state is BanState.ACTIVE]
+
+    def _reapply(self, record: BanRecord, now: float) -> None:
+        spec = spec_of(record, now)
+        if spec is None:
+            self.lift(record, now, LiftedBy.EXPIRY)
+            return
+        recorded = {a.backend: a for a in self.store.actions(record.id)}
+        planned = [str(n) for n in record.evidence.get("plan", [])] or list(recorded)
+        if record.state is BanState.PENDING:
+            todo = [n for n in planned if n in REAPPLY or n not in recorded]
+        else:
+            todo = [n for n in planned if n in REAPPLY]
+        applied = self._apply(record, spec, todo, now) if todo else 0
+        if record.state is BanState.PENDING:
+            if applied or any(a.state is ActionState.APPLIED for a in recorded.values()):
+                self.store.activate(record.id)
+            else:
+                self.store.fail(record.id, now)
+
+    def _settle_strays(self, live: list[BanRecord], now: float) -> None:
+        """Bans of ours in the configured native backend that the store does not know.
+
+        nftables: the kernel is the truth. Such an element is a ban the detection loop sent
+        before the process died, ahead of the worker's record (``first_ban``), or the store was
+        lost (deleted, emptied): each is adopted with the time it has left, and a warning
+        says so. iptables and route, which the loop never writes first: a ban lifted while
+        the kernel was unreachable or a crash mid-undo left it; it is removed.
+        """
+        name = self.settings.block_backend.value
+        if name not in NATIVE:
+            return
+        try:
+            backend = self.backends.get(name)
+            present = backend.check().present
+        except BackendError as exc:
+            self.log(f"adminalert: ERROR: cannot read the {name} bans: {exc}")
+            return
+        known = {record_key(r) for r in live}
+        strays = sorted(set(present) - known)
+        if name == "nftables":
+            self._adopt(strays, present, now)
+            return
+        for key in strays:
+            try:
+                stray = BanSpec.create(key.split("/")[0], prefix=prefix_of_key(key))
+                backend.unblock(ban_fields(stray, name))
+            except (BackendError, ValueError) as exc:
+                self.log(f"adminalert: ERROR: cannot remove stray ban {key}: {exc}")
+                continue
+            self.log(f"adminalert: removed stray {name} ban of {key} (not in the store)")
+
+    def _adopt(self, keys: Sequence[str], left: Mapping[str, float | None], now: float) -> None:
+        adopted = []
+        with self.store.batch():
+            for key in keys:
+                seconds = left[key]
+                try:
+                    spec = BanSpec.create(key.split("/")[0], prefix=prefix_of_key(key),
+                                          timeout=seconds)  # fmt: skip
+                    record = self.store.begin_ban(
+                        spec.address, spec.prefix, created=now,
+                        expires=None if seconds is None else now + seconds,
+                        reason="adopted from the kernel", rule=None, offence=1,
+                        evidence={"adopted": True, "plan": ["nftables"]},
+                    )  # fmt: skip
+                except (ValueError, PortSentinelError) as exc:
+                    self.log(f"adminalert: ERROR: cannot adopt the nftables ban of {key}: {exc}")
+                    continue
+                self.store.record_action(
+                    record.id, "nftables", ban_detail(spec), ActionState.APPLIED, at=now
+                )
+                self.store.activate(record.id)
+                adopted.append(key)
+        if adopted:
+            shown = ", ".join(adopted[:5]) + (" ..." if len(adopted) > 5 else "")
+            self.log(
+                f"adminalert: WARNING: {len(adopted)} nftables bans were in the kernel but not "
+                f"in the state store ({shown}): adopted with the time they have left (the "
+                "process ended before it recorded them, or the store was lost)"
+            )
+
+    def repair(self, now: float) -> int:
+        """Re-apply live bans missing from the configured native backend (another tool may
+        have flushed the ruleset); returns how many were restored."""
+        name = self.settings.block_backend.value
+        if name not in NATIVE:
+            return 0
+        live = [r for r in self.store.active_bans(now) if r.state is BanState.ACTIVE]
+        try:
+            backend = self.backends.get(name)
+            result = backend.check()
+        except BackendError as exc:
+            self.log(f"adminalert: ERROR: cannot check the {name} bans: {exc}")
+            return 0
+        mine = [r for r in live if uses(self.store, r, name)]
+        missing = [r for r in mine if record_key(r) not in result.present]
+        if result.intact and not missing:
+            return 0
+        specs = [s for s in (spec_of(r, now) for r in missing) if s is not None]
+        try:
+            outcomes = backend.repair(specs)
+        except BackendError as exc:
+            self.log(f"adminalert: ERROR: cannot repair {name}: {exc}")
+            return 0
+        restored = sum(1 for o in outcomes if not isinstance(o, BackendError))
+        problems = "; ".join(result.problems) or "bans missing"
+        self.log(f"adminalert: {name} state repaired ({problems}): {restored} bans restored")
+        return restored
