@@ -180,6 +180,14 @@ def status_text(report: dict[str, object]) -> str:
             )
             lines.append(f"counters: {shown}")
         lines.append(f"never-block set: {report.get('never_block_networks')} networks")
+        outage = report.get("store_outage")
+        if isinstance(outage, dict):
+            began = outage.get("since")
+            lines.append(
+                "WARNING: the state store refuses writes since "
+                f"{iso_time(began) if isinstance(began, float) else '?'} ({outage.get('error')}); "
+                "bans wait for it and are retried"
+            )
     if "active_bans" in report:
         lines.append(f"active bans: {report['active_bans']}")
     elif "store" in report:

@@ -9,8 +9,8 @@ The snapshot is a flat mapping (``Pipeline.statistics()`` as it is) plus a few n
 
     packets, connects, not_probe, in_use, not_local, replies, decode_errors,
     sources_evicted, kernel_packets, kernel_drops, kernel_freezes, reply_checks,
-    reply_checks_skipped, bans_added                    -> counters (scalars, see _COUNTERS)
-    tracked_sources, bans_active                        -> gauges
+    reply_checks_skipped, bans_added, first_bans_*      -> counters (scalars, see _COUNTERS)
+    tracked_sources, bans_active, store_outage          -> gauges
     probes_<kind> (probes_syn ...)                      -> probes_total{kind="SYN"}
     decisions_<action> (decisions_block ...)            -> decisions_total{action="block"}
     alerts: {action: {kind: n}}                          -> alerts_total{action, kind}
@@ -65,10 +65,21 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("reply_checks", "reply_checks", "Connection-tracking look-ups for possible replies"),
     ("reply_checks_skipped", "reply_checks_skipped", "Reply look-ups skipped (rate bound)"),
     ("bans_added", "bans_added", "Bans applied since start"),
+    (
+        "first_bans_applied",
+        "first_bans_applied",
+        "Bans the detection loop sent to the kernel itself, ahead of the response worker",
+    ),
+    (
+        "first_bans_refused",
+        "first_bans_refused",
+        "Bans the kernel refused from the detection loop (the worker applied them)",
+    ),
 )
 _GAUGES: tuple[tuple[str, str, str], ...] = (
     ("tracked_sources", "tracked_sources", "Sources being counted now"),
     ("bans_active", "bans_active", "Bans in force now"),
+    ("store_outage", "store_outage", "1 while the state store refuses writes (retried)"),
 )
 
 

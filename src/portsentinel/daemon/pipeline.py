@@ -92,6 +92,7 @@ class Pipeline:
         self._clock = clock
         self._wall_clock = wall_clock
         self._ring_back_at: float | None = None  # the ring lingers out of the selector
+        self.fatal: str | None = None  # why the loop must end although no stop was asked
         self.outputs = Outputs(log, events, detector, never_block)
         self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
@@ -187,6 +188,8 @@ class Pipeline:
             )
         elif message.kind == "allow":
             self.never_block.set_allow(ipaddress.ip_network(n) for n in message.networks)
+        elif message.kind == "fatal":  # no more bans can be made: stop, to be restarted
+            self.fatal = message.text
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -217,7 +220,7 @@ class Pipeline:
             timers["control"] = (self._clock(), TICK_EVERY, lambda: control.expire(self._now))
         self.log.batch(True)  # written once a turn, by outputs.flush
         try:
-            while not stopping():
+            while not stopping() and self.fatal is None:
                 due = min(at for at, _every, _fn in timers.values())
                 back = self._ring_back_at
                 if back is not None:
@@ -304,8 +307,13 @@ class Pipeline:
             "ports_in_use": {p.key: len(v.ports) for p, v in self.host.in_use.items()},
             "never_block_networks": len(self.never_block.addresses),
             "responses": self.responder is not None,
+            "store_outage": self._store_outage(),
             "counters": self.statistics(),
         }
+
+    def _store_outage(self) -> dict[str, object] | None:
+        outage = self.responder.store_outage if self.responder is not None else None
+        return None if outage is None else {"since": outage[0], "error": outage[1]}
 
     def _timers(self, *, watching: bool) -> dict[str, Timer]:
         now = self._clock()
@@ -401,6 +409,9 @@ class Pipeline:
             snapshot["bans_active"] = self.responder.bans_active
             snapshot["bans_added"] = self.responder.bans_added
             snapshot["backends"] = self.responder.health()
+            snapshot["store_outage"] = int(self.responder.store_outage is not None)
+            for key, count in self.responder.first_bans.items():
+                snapshot[f"first_bans_{key}"] = count
         return snapshot
 
     def _on_tick(self) -> None:

@@ -129,6 +129,12 @@ class Daemon:
                     self.log.line(line)
                 self.log.line("adminalert: statistics: " + format_stats(pipeline.statistics()))
                 pipeline.close()
+            if pipeline.fatal is not None:
+                self.log.line(
+                    f"adminalert: ERROR: {pipeline.fatal}; exiting with status 1 so that the "
+                    "service manager restarts the daemon"
+                )
+                return 1
             return 0
         finally:
             signal.set_wakeup_fd(-1)

@@ -77,6 +77,7 @@ class _Pending:
     spec: BanSpec
     record: BanRecord | None = None
     applied: int = 0
+    fresh: bool = False  # recorded by this batch (no action rows yet)
 
     def evidence(self) -> dict[str, Any]:
         """What the store keeps of the request: its evidence, plan and target."""
@@ -155,22 +156,29 @@ class BanManager(Restart):
         caller lets the next probe try again) or when the address is banned already."""
         return self.ban_many([req], now)[0]
 
-    def ban_many(self, reqs: Sequence[BanRequest], now: float) -> list[BanRecord | None]:
+    def ban_many(
+        self, reqs: Sequence[BanRequest], now: float, *, resume: bool = False
+    ) -> list[BanRecord | None]:
         """``ban`` for many requests at once, in the same order of steps for each (store,
         backends, store), but one transaction per step and one backend call per backend (one
-        nft transaction for thousands of elements). Results in the order of ``reqs``."""
+        nft transaction for thousands of elements). Results in the order of ``reqs``.
+
+        ``resume``: the same requests are being tried again after the store refused a step;
+        a pending ban of theirs is that earlier try, finished now instead of skipped."""
         out: list[BanRecord | None] = [None] * len(reqs)
         store = self.store
         with store.batch():  # the questions and the pending records: one transaction
-            todo = self._prepare(reqs, now)
+            todo = self._prepare(reqs, now, resume=resume)
+            fresh = [p for p in todo if p.record is None]
             records = store.begin_bans([
                 NewBan(p.spec.address, p.prefix, now,
                        None if p.seconds is None else now + p.seconds, p.request.reason,
                        p.request.rule, p.evidence(), p.offence)
-                for p in todo
+                for p in fresh
             ])  # fmt: skip
-        for p, record in zip(todo, records, strict=True):
+        for p, record in zip(fresh, records, strict=True):
             p.record = record
+            p.fresh = True
         for p in todo:
             if p.prefix is not None:
                 self._lift_members(p.ban, now)
@@ -195,7 +203,9 @@ class BanManager(Restart):
         self._write_files(written, now)
         return out
 
-    def _prepare(self, reqs: Sequence[BanRequest], now: float) -> list[_Pending]:
+    def _prepare(
+        self, reqs: Sequence[BanRequest], now: float, *, resume: bool = False
+    ) -> list[_Pending]:
         """The requests to apply, with their plan and length: not banned already (in the store
         or earlier in ``reqs``), and with an action configured."""
         store = self.store
@@ -214,6 +224,14 @@ class BanManager(Restart):
                 spec = spec_of(banned, now)
                 if spec is not None and record_key(banned) == spec.key:
                     resent.append(spec)
+            if resume and banned is not None and banned.state is BanState.PENDING:
+                spec = spec_of(banned, now)
+                if spec is not None and req.address not in taken:
+                    taken.add(req.address)
+                    names = [str(n) for n in banned.evidence.get("plan", [])] or self.plan(1)
+                    todo.append(_Pending(index, req, names, spec.timeout, banned.offence,
+                                         None, spec, banned))  # fmt: skip
+                continue
             if req.address in taken or banned is not None:
                 continue
             names = self.plan(req.level)
@@ -299,7 +317,7 @@ class BanManager(Restart):
                 for p, outcome in outcomes
             ],
             at=now,
-            first=all(p.req is not None for p, _ in outcomes),  # new bans: no row yet
+            first=all(p.fresh for p, _ in outcomes),  # bans recorded just now: no row yet
         )
         for p, outcome in outcomes:
             if isinstance(outcome, BackendError):

@@ -275,6 +275,34 @@ def test_a_metrics_port_in_use_is_one_clear_error_and_exit_status_one(
     assert_unlocked(options.state_dir)
 
 
+def test_a_worker_that_can_no_longer_ban_stops_the_daemon_with_status_one(
+    short_dir: Path, started: list[Pipeline], responders: list[FakeResponder]
+) -> None:
+    """Failing closed: a response worker that stopped (a damaged store) is not left for dead
+    while detection goes on; the daemon ends, says why, and exits 1 for a restart."""
+    from portsentinel.respond.worker import WorkerMessage  # noqa: PLC0415
+
+    options = RunOptions(state_dir=str(short_dir / "state"), modes="atcp")
+    out = io.StringIO()
+    daemon = Daemon(setup(short_dir), options, LogSink(out))
+
+    def stop_the_worker() -> None:
+        wait_for(lambda: bool(responders) and responders[0].started)
+        responders[0].tell(WorkerMessage("fatal", "the response worker stopped: malformed"))
+
+    worker = threading.Thread(target=stop_the_worker, daemon=True)
+    worker.start()
+    assert daemon.run() == 1
+    worker.join(10)
+    last = out.getvalue().splitlines()[-1]
+    assert last == (
+        "adminalert: ERROR: the response worker stopped: malformed; exiting with status 1 so "
+        "that the service manager restarts the daemon"
+    )
+    assert responders[0].closed
+    assert_unlocked(options.state_dir)
+
+
 def test_nothing_to_watch_is_exit_status_one_and_the_lock_is_let_go(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

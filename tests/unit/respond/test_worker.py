@@ -15,7 +15,7 @@ import pytest
 from portsentinel.config import load_config
 from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
-from portsentinel.errors import PortSentinelError
+from portsentinel.errors import PortSentinelError, StoreError
 from portsentinel.model import Proto
 from portsentinel.respond import worker as responder_module
 from portsentinel.respond.bans import BanRequest
@@ -184,3 +184,77 @@ def test_a_state_directory_it_cannot_open_stops_the_start(tmp_path: Path) -> Non
     with pytest.raises(PortSentinelError, match="cannot start responses"):
         worker.start()
     worker.close()
+
+
+# --- the store refusing writes: the worker waits it out, or stops the daemon ------------------
+
+
+def refusing(monkeypatch: pytest.MonkeyPatch, message: str, times: int) -> list[int]:
+    """``BanManager.ban_many`` raises StoreError(message) ``times`` times, then works; the
+    list counts the calls."""
+    calls: list[int] = []
+    real = responder_module.BanManager.ban_many
+
+    def flaky(self: object, *args: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) <= times:
+            raise StoreError(f"/state/portsentinel.db: {message}")
+        return real(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(responder_module.BanManager, "ban_many", flaky)
+    monkeypatch.setattr(responder_module, "RETRY_FIRST", 0.01)
+    return calls
+
+
+def test_a_locked_store_is_waited_out_and_the_ban_still_made(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = refusing(monkeypatch, "database is locked", times=3)
+    worker = Responder(quiet_settings(tmp_path), str(state))
+    worker.start()
+    try:
+        worker.ban(request(1))
+        seen = wait_for_messages(worker, lambda seen: worker.bans_active == 1)
+        outage_seen = worker.store_outage
+    finally:
+        seen += worker.close()
+    assert len(calls) == 4
+    lines = [m.text for m in seen if m.kind == "log"]
+    assert any("refuses writes (/state/portsentinel.db: database is locked)" in x for x in lines)
+    assert any("takes writes again" in line for line in lines)
+    assert outage_seen is None  # over once the ban went through
+    assert "ALL: 198.19.0.1 : DENY" in (tmp_path / "hosts.deny").read_text()
+    assert "fatal" not in kinds(seen)
+
+
+def test_an_outage_is_shown_while_it_lasts(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusing(monkeypatch, "database or disk is full", times=10**9)
+    worker = Responder(quiet_settings(tmp_path), str(state))
+    worker.start()
+    try:
+        worker.ban(request(1))
+        wait_for_messages(worker, lambda seen: worker.store_outage is not None)
+        outage = worker.store_outage
+        assert outage is not None
+        assert "disk is full" in outage[1]
+    finally:
+        last = worker.close(timeout=10.0)
+    assert any("not stored before the stop" in m.text for m in last)
+
+
+def test_a_damaged_store_stops_the_daemon_instead_of_failing_open(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusing(monkeypatch, "not a usable PortSentinel store (database disk image is malformed)", 1)
+    worker = Responder(quiet_settings(tmp_path), str(state))
+    worker.start()
+    try:
+        worker.ban(request(1))
+        seen = wait_for_messages(worker, lambda seen: "fatal" in kinds(seen))
+    finally:
+        worker.close()
+    (fatal,) = [m for m in seen if m.kind == "fatal"]
+    assert "malformed" in fatal.text
+    assert "the response worker stopped" in fatal.text
