@@ -15,9 +15,9 @@ source addresses in 198.19.0.0/16, which no rule of the lab protects.
 3. Bulk (``--bulk N``, default 20000; needs a C compiler): one SYN from each of N distinct
    forged sources from the C sender (``tests/e2e/synflood.c``, at its maximum rate, ports
    1-1000 in random order), which nothing in Python could send fast enough. From the first
-   frame sent to the last element in the set (``nft -j list set``, polled every 20 ms) and to the last ban
-   active in the store (the daemon's SQLite file, read-only, polled likewise): bans per
-   second to the kernel and to the store.
+   frame sent to the last element in the set (``nft -j list set``, polled every 20 ms) and
+   to the last ban active in the store (the daemon's SQLite file, read-only, polled
+   likewise): bans per second to the kernel and to the store.
 
 The budget is raised far above the burst (BAN_RATE, BAN_BURST, MAX_ACTIVE_BANS) and one
 probe is strong evidence (BAN_STRONG_PORTS 1), so nothing is refused: the figures are the
@@ -183,8 +183,6 @@ def bulk(lab: netns.Lab, state: Path, count: int) -> None:
 
 
 def active_bans(state: Path) -> int:
-    import sqlite3
-
     try:
         with sqlite3.connect(f"file:{state / 'portsentinel.db'}?mode=ro", uri=True) as conn:
             return int(

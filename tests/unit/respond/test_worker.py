@@ -17,6 +17,7 @@ from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
 from portsentinel.errors import PortSentinelError, StoreError
 from portsentinel.model import Proto
+from portsentinel.respond import bans as bans_module
 from portsentinel.respond import worker as responder_module
 from portsentinel.respond.bans import BanRequest
 from portsentinel.respond.worker import Responder, WorkerMessage
@@ -193,7 +194,7 @@ def refusing(monkeypatch: pytest.MonkeyPatch, message: str, times: int) -> list[
     """``BanManager.ban_many`` raises StoreError(message) ``times`` times, then works; the
     list counts the calls."""
     calls: list[int] = []
-    real = responder_module.BanManager.ban_many
+    real = bans_module.BanManager.ban_many
 
     def flaky(self: object, *args: object, **kw: object) -> object:
         calls.append(1)
@@ -201,7 +202,7 @@ def refusing(monkeypatch: pytest.MonkeyPatch, message: str, times: int) -> list[
             raise StoreError(f"/state/portsentinel.db: {message}")
         return real(self, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(responder_module.BanManager, "ban_many", flaky)
+    monkeypatch.setattr(bans_module.BanManager, "ban_many", flaky)
     monkeypatch.setattr(responder_module, "RETRY_FIRST", 0.01)
     return calls
 
