@@ -146,3 +146,8 @@ def test_an_installed_config_that_is_a_symlink_loop_is_chosen_not_skipped(
     assert choose_config_file(None) == paths.CONFIG_FILE
     with pytest.raises(ConfigErrors, match="symlink loop"):
         load_setup(None, "atcp")
+    Path(paths.CONFIG_FILE).unlink()
+    Path(paths.CONFIG_FILE).symlink_to("portsentinel.conf.moved")  # dangling
+    assert choose_config_file(None) == paths.CONFIG_FILE
+    with pytest.raises(ConfigErrors, match="No such file or directory"):
+        load_setup(None, "atcp")
