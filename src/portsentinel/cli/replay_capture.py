@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from portsentinel.capture.pcapfile import CorruptCaptureError, open_capture
 from portsentinel.decode import decoder_for_linktype
 from portsentinel.detect.detector import Detector
-from portsentinel.errors import ConfigError, DecodeError
+from portsentinel.errors import CaptureError, ConfigError, DecodeError
+from portsentinel.files import check_regular
 from portsentinel.model import ACK, SYN, Decision, Frag, Packet, Proto
 
 Decoder = Callable[[bytes | memoryview], Packet | None]
@@ -105,6 +106,7 @@ class _Decoders:
 def _packets(path: str, stats: ReplayStats) -> Iterable[tuple[float, Packet]]:
     """Decoded TCP/UDP packets with their timestamps; counts what it skips."""
     decoders = _Decoders()
+    check_capture(path)
     with open_capture(path) as reader:
         try:
             yield from _decoded(reader, decoders, stats)
@@ -112,6 +114,15 @@ def _packets(path: str, stats: ReplayStats) -> Iterable[tuple[float, Packet]]:
             if not exc.truncated:
                 raise
             stats.truncated = str(exc)
+
+
+def check_capture(path: str) -> None:
+    """``CaptureError`` unless ``path`` is a regular file: the capture reader would wait for
+    a writer on a FIFO for ever. (It maps the file, so its size needs no cap here.)"""
+    try:
+        check_regular(path)
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read capture: {exc.strerror or exc}") from None
 
 
 def _decoded(

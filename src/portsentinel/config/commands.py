@@ -8,7 +8,6 @@ effective settings, each with the place it came from, as a config file one could
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -19,6 +18,7 @@ from portsentinel.config.load import DEFAULT_ORIGIN, diagnose_config
 from portsentinel.config.modes import modes_text, read_defaults_file, resolve_modes
 from portsentinel.config.schema import SETTINGS, Settings
 from portsentinel.errors import ConfigError, ConfigErrors
+from portsentinel.files import absent
 
 _ORIGIN_LABELS = {
     "portsentry-1.2": "PortSentry 1.2",
@@ -101,7 +101,7 @@ def _check_ignore(settings: Settings, warnings: list[str], errors: list[ConfigEr
     path = settings.ignore_file
     if not path:
         return "Ignore list: none (IGNORE_FILE is not set)"
-    if not os.path.exists(path):
+    if absent(path):
         return f"Ignore list: none ({path} does not exist)"
     try:
         addresses, notes = load_ignore_file(path)

@@ -13,23 +13,26 @@ import ipaddress
 import re
 
 from portsentinel.errors import ConfigError, ConfigErrors
+from portsentinel.files import MIB, read_regular
 from portsentinel.networks import AddressSet, Network
 
 KEY = "IGNORE_FILE"
 EXPECTED = "an IPv4/IPv6 address or CIDR range"
 _PREFIX = re.compile(r"[0-9]{1,3}")
 _V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+# About half a million entries: more than any hand-kept list, less than a memory exhaustion.
+MAX_IGNORE_BYTES = 16 * MIB
 
 
 def load_ignore_file(path: str) -> tuple[AddressSet, tuple[str, ...]]:
     """The networks in ``path`` and warnings. Raises ``ConfigErrors`` for bad entries.
 
     A missing file is only a warning (nothing is ignored); one that exists but cannot be read
-    is an error, because the admin clearly meant something to be in it.
+    (no permission, a symlink loop, a FIFO, larger than ``MAX_IGNORE_BYTES``) is an error,
+    because the admin clearly meant something to be in it.
     """
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
+        data = read_regular(path, MAX_IGNORE_BYTES, "an ignore file")
     except FileNotFoundError:
         return AddressSet(), (f"{path}: {KEY}: file does not exist; nothing is ignored",)
     except OSError as exc:

@@ -23,8 +23,11 @@ from portsentinel.config.declaration import SettingSpec
 from portsentinel.config.schema import KEYS, SETTINGS, Settings, spec_for
 from portsentinel.config.types import Backend, BlockLevel, InvalidValueError
 from portsentinel.errors import ConfigError, ConfigErrors
+from portsentinel.files import MIB, absent, read_regular
 
 DEFAULT_ORIGIN = "default"
+# PortSentry's own file with every comment is 20 KiB; a file fifty times that is a mistake.
+MAX_CONFIG_BYTES = 1 * MIB
 
 _ASSIGNMENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")
 _LEADING_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)")
@@ -81,8 +84,7 @@ def diagnose_config(path: str | None) -> Diagnosis:
         notes = tuple(reference_warnings(settings, origins, None))
         return Diagnosis(LoadedConfig(settings, origins, notes, None), notes, ())
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
+        data = read_regular(path, MAX_CONFIG_BYTES, "a configuration file")
     except OSError as exc:
         problem = ConfigError(
             f"cannot read the file: {exc.strerror or exc}",
@@ -268,7 +270,7 @@ def reference_warnings(
     """Files and commands the config names that are missing here: worth a warning only,
     since a config is often checked on a machine other than the one it is for."""
     notes: list[str] = []
-    if settings.ignore_file and not _exists(settings.ignore_file):
+    if settings.ignore_file and absent(settings.ignore_file):
         message = f"{settings.ignore_file} does not exist; nothing will be ignored"
         notes.append(_note(origins, "IGNORE_FILE", source, message))
     for key in ("HISTORY_FILE", "BLOCKED_FILE"):

@@ -11,6 +11,7 @@ import re
 import shlex
 
 from portsentinel.errors import ConfigError, ConfigErrors
+from portsentinel.files import MIB, read_regular
 from portsentinel.model import Mode, Proto
 
 DEFAULT_MODES = (Mode.ATCP, Mode.AUDP)
@@ -20,6 +21,8 @@ _EXPECTED = "at most one TCP mode (tcp, stcp, atcp) and one UDP mode (udp, sudp,
 _MODE_KEYS = {"TCP_MODE": Proto.TCP, "UDP_MODE": Proto.UDP}
 _SHELL_ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 _SPACED_ASSIGNMENT = re.compile(r"\s*(?:export\s+)?(TCP_MODE|UDP_MODE)\s+=")
+# Debian's file is a few hundred bytes of shell; a megabyte of it is not a defaults file.
+MAX_DEFAULTS_BYTES = 1 * MIB
 
 
 def parse_modes(text: str, source: str) -> tuple[Mode | None, Mode | None]:
@@ -50,16 +53,18 @@ def read_defaults_file(path: str) -> tuple[Mode | None, Mode | None, tuple[str, 
     ``ConfigErrors``: falling back silently would watch something the admin did not ask for.
     """
     try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            text = stream.read()
+        data = read_regular(path, MAX_DEFAULTS_BYTES, "a defaults file")
     except FileNotFoundError:
         return None, None, ()
     except OSError as exc:
         error = ConfigError(
-            f"cannot read the file: {exc.strerror or exc}", file=path, expected="a readable file"
+            f"cannot read the file: {exc.strerror or exc}",
+            file=path,
+            key="DEFAULTS_FILE",
+            expected="a readable file",
         )
         raise ConfigErrors([error]) from None
-    return parse_defaults(text, path)
+    return parse_defaults(data.decode("utf-8", "replace"), path)
 
 
 def parse_defaults(text: str, source: str) -> tuple[Mode | None, Mode | None, tuple[str, ...]]:

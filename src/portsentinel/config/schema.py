@@ -74,7 +74,9 @@ class Settings:
     )  # fmt: skip
     ignore_file: str = setting(
         key="IGNORE_FILE", parse=t.path, default="", unit="path",
-        help="addresses and CIDR ranges never acted against, one per line", origin=_P12,
+        help="addresses and CIDR ranges never acted against, one per line; a regular file of "
+        "at most 16 MiB, else the start stops (missing: a warning, nothing ignored)",
+        origin=_P12,
     )  # fmt: skip
     history_file: str = setting(
         key="HISTORY_FILE", parse=t.path, default="", unit="path",
@@ -279,7 +281,9 @@ class Settings:
     )  # fmt: skip
     metrics_listen: tuple[str, int] | None = setting(
         key="METRICS_LISTEN", parse=o.listen_address, default="", unit="address:port",
-        help="serve Prometheus metrics here, e.g. 127.0.0.1:9469; empty: off", origin=_NEW,
+        help="serve Prometheus metrics here, e.g. 127.0.0.1:9469; empty: off. At most 8 "
+        "connections at once (more are answered 503), each closed 10 s after it opened",
+        origin=_NEW,
         lint=o.loopback_only,
     )  # fmt: skip
     metrics_allow_remote: bool = setting(
@@ -288,7 +292,8 @@ class Settings:
     )  # fmt: skip
     defaults_file: str = setting(
         key="DEFAULTS_FILE", parse=t.path, default=lambda: paths.DEFAULTS_FILE, unit="path",
-        help="Debian's TCP_MODE/UDP_MODE file, read when no --mode is given", origin=_NEW,
+        help="Debian's TCP_MODE/UDP_MODE file, read when no --mode is given; a regular file "
+        "of at most 1 MiB", origin=_NEW,
     )  # fmt: skip
     hosts_deny_file: str = setting(
         key="HOSTS_DENY_FILE", parse=t.path, default=lambda: paths.HOSTS_DENY, unit="path",
@@ -316,7 +321,9 @@ class Settings:
     )  # fmt: skip
     resolv_conf: str = setting(
         key="RESOLV_CONF", parse=t.path, default=lambda: paths.RESOLV_CONF, unit="path",
-        help="resolver configuration; its name servers are never blocked", origin=_NEW,
+        help="resolver configuration; its name servers are never blocked. A regular file of "
+        "at most 1 MiB; anything else is a warning and no resolver is known from it",
+        origin=_NEW,
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from portsentinel import paths
 from portsentinel.config import LoadedConfig, load_config, load_ignore_file, resolve_modes
 from portsentinel.config.schema import Settings
 from portsentinel.detect.settings import DetectorConfig
+from portsentinel.files import absent
 from portsentinel.model import Mode
 from portsentinel.networks import AddressSet
 
@@ -34,9 +35,11 @@ class Setup:
 
 def choose_config_file(given: str | None) -> str | None:
     """The config file to load: ``--config``, else the installed one (``paths.CONFIG_FILE``)
-    when it exists, else None for the embedded defaults. Every verb that reads a config
-    chooses it this way."""
-    if given is None and os.path.exists(paths.CONFIG_FILE):
+    when there is anything at that path, else None for the embedded defaults. Every verb that
+    reads a config chooses it this way. Anything means a symlink loop or a dangling symlink
+    too: loading it then says what is wrong, where the embedded defaults would silently run
+    without the admin's ignore list and settings."""
+    if given is None and os.path.lexists(paths.CONFIG_FILE):
         return paths.CONFIG_FILE
     return given
 
@@ -50,8 +53,9 @@ def load_setup(config_path: str | None, modes: str | None) -> Setup:
     tcp_mode, udp_mode, modes_from = resolve_modes(modes, settings.defaults_file)
     ignore = AddressSet()
     warnings = list(loaded.warnings)
-    if settings.ignore_file and os.path.exists(settings.ignore_file):
-        # a missing ignore file is already a warning of load_config
+    if settings.ignore_file and not absent(settings.ignore_file):
+        # a missing ignore file is already a warning of load_config; one that is there but
+        # cannot be read (a symlink loop, a FIFO ...) is an error of load_ignore_file
         ignore, ignore_warnings = load_ignore_file(settings.ignore_file)
         warnings.extend(ignore_warnings)
     return Setup(loaded, tcp_mode, udp_mode, modes_from, ignore, tuple(warnings))

@@ -7,6 +7,12 @@ never pickle: the daemon runs as root and must not execute what a client sends.
 
 ``DaemonNotRunning`` is the one failure a caller may recover from (read-only verbs then work
 from the store); every other failure is a ``ControlChannelError`` with a message for the user.
+
+A daemon that is busy for a moment is asked again, for up to ``RETRY_FOR`` seconds, before the
+user hears about it: when its connection queue is full (a burst of clients: connect fails with
+EAGAIN) and when every connection slot is taken (it answers ``busy: ...`` and closes). Each
+connection may go ``IDLE_TIMEOUT`` seconds without a whole request before the daemon drops it,
+so the retries outlast the clients that hold every slot without asking anything.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ from portsentinel.errors import PortSentinelError
 
 MAX_LINE = 64 * 1024  # largest request line, in bytes, without its newline
 MAX_ANSWER = 64 * 1024 * 1024  # a bound on what the client buffers (a long ban list fits)
+IDLE_TIMEOUT = 5.0  # seconds a connection may go without a whole request (the daemon's rule)
+BUSY = "busy"  # how the daemon's refusal for lack of a free connection slot starts
+RETRY_FOR = IDLE_TIMEOUT + 5.0  # how long a busy daemon is asked again
+_RETRY_FIRST, _RETRY_MOST = 0.05, 0.5  # seconds between tries: doubling, up to this
 # sun_path holds 108 bytes including the terminating NUL.
 MAX_PATH_BYTES = 107
 
@@ -70,14 +80,24 @@ def encode_request(cmd: str, args: dict[str, object] | None = None) -> bytes:
     return line + b"\n"
 
 
+class _Busy(Exception):  # noqa: N818 - not an error: a reason to try again
+    """The daemon could not take the connection now; ``str`` says why."""
+
+
 def request(
-    path: str, cmd: str, args: dict[str, object] | None = None, timeout: float = 5.0
+    path: str,
+    cmd: str,
+    args: dict[str, object] | None = None,
+    timeout: float = 5.0,
+    retry_for: float = RETRY_FOR,
 ) -> object:
     """Send ``cmd`` to the daemon listening on ``path`` and return its ``result``.
 
-    Raises ``DaemonNotRunning`` when the socket is absent or nobody answers on it,
-    ``ControlFailure`` when the daemon answers ``ok: false``, and ``ControlChannelError`` for
-    anything else (no permission, no answer within ``timeout`` seconds, a malformed answer).
+    A daemon that is busy (its queue full, or every slot taken) is asked again with a short
+    pause, for up to ``retry_for`` seconds. Raises ``DaemonNotRunning`` when the socket is
+    absent or nobody answers on it, ``ControlFailure`` when the daemon answers ``ok: false``,
+    and ``ControlChannelError`` for anything else (no permission, still busy after
+    ``retry_for`` seconds, no answer within ``timeout`` seconds, a malformed answer).
     """
     line = encode_request(cmd, args)
     if not path_fits(path):
@@ -85,6 +105,23 @@ def request(
             f"control socket path too long for a Unix socket ({MAX_PATH_BYTES} bytes at most): "
             f"{path} (use a shorter --state-dir)"
         )
+    give_up = time.monotonic() + retry_for
+    pause = _RETRY_FIRST
+    while True:
+        try:
+            return _ask(path, cmd, line, timeout)
+        except _Busy as busy:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise ControlChannelError(
+                    f"the daemon stayed busy for {retry_for:g}s ({path}): {busy}"
+                ) from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _RETRY_MOST)
+
+
+def _ask(path: str, cmd: str, line: bytes, timeout: float) -> object:
+    """One connection, one request, one answer; ``_Busy`` when the daemon could not take it."""
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         _connect(sock, path, timeout)
@@ -110,6 +147,8 @@ def _connect(sock: socket.socket, path: str, timeout: float) -> None:
         raise DaemonNotRunning(f"the daemon is not running (no control socket at {path})") from None
     except ConnectionRefusedError:
         raise DaemonNotRunning(f"the daemon is not running (nothing answers on {path})") from None
+    except BlockingIOError:  # EAGAIN: a listener whose queue is full for the moment
+        raise _Busy("its connection queue is full") from None
     except PermissionError:
         raise ControlChannelError(
             f"permission denied on the control socket {path} (it is root's: run as root)"
@@ -160,5 +199,8 @@ def _result(raw: bytes, cmd: str) -> object:
     if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
         raise ControlChannelError(f"malformed answer from the daemon to {cmd!r}")
     if not answer["ok"]:
-        raise ControlFailure(str(answer.get("error") or "the daemon refused without a reason"))
+        error = str(answer.get("error") or "the daemon refused without a reason")
+        if error.startswith(f"{BUSY}:"):
+            raise _Busy(error)
+        raise ControlFailure(error)
     return answer.get("result")

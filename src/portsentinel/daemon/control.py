@@ -6,6 +6,12 @@ capture: reads are buffered until a whole line arrives, answers are sent without
 a client that sends junk, too much, nothing, or stops reading is answered (when it can be) and
 dropped. Only root and the daemon's own user may talk to it (SO_PEERCRED), whatever the
 socket file's mode.
+
+The idle timeout counts whole requests, not bytes: a connection has ``IDLE_TIMEOUT`` seconds
+from its accept, and then from each request it made, to send its next whole request line and
+read the answer to the last one. A byte now and then keeps no connection open, so clients that
+trickle cannot hold the ``MAX_CLIENTS`` slots and lock the CLI out (the CLI retries a busy
+daemon for longer than that timeout).
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from portsentinel.daemon.client import MAX_LINE, path_fits
+from portsentinel.daemon.client import BUSY, IDLE_TIMEOUT, MAX_LINE, path_fits
 from portsentinel.errors import PortSentinelError
 
 Handler = Callable[[dict[str, object]], object]
 
 MAX_CLIENTS = 16  # connections served at once; more are told "busy" and closed
-READ_TIMEOUT = 5.0  # seconds a connection may stay silent (or not read its answer)
+READ_TIMEOUT = IDLE_TIMEOUT  # seconds a connection may go without a whole request
 RECV_SIZE = 64 * 1024
 ACCEPTS_PER_WAKE = 16  # a connect flood cannot keep the loop in accept()
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -49,7 +55,7 @@ def peer_allowed(peer_uid: int, own_uid: int) -> bool:
 @dataclass(eq=False)
 class _Client:
     sock: socket.socket
-    last_active: float
+    last_request: float  # monotonic time of the accept, then of each whole request taken
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     eof: bool = False  # the client shut its side: answer what is buffered, then close
@@ -98,7 +104,8 @@ class ControlServer:
         return len(self._clients)
 
     def expire(self, now: float) -> None:
-        """Drop connections silent (or not reading) for longer than the read timeout.
+        """Drop connections that went longer than the read timeout without a whole request
+        (however many bytes they sent meanwhile), or without reading the last answer.
 
         ``now`` is ``time.monotonic()``; the pipeline's tick timer passes its clock.
         """
@@ -106,7 +113,7 @@ class ControlServer:
             self._paused = False
             self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
         for client in list(self._clients):
-            if now - client.last_active > self.read_timeout:
+            if now - client.last_request > self.read_timeout:
                 if not client.outbuf and not client.closing:
                     # Best effort: a client that only forgot to send learns why it was closed.
                     _try_send(client.sock, _error_line("timed out waiting for a request"))
@@ -161,7 +168,7 @@ class ControlServer:
 
     def _refusal(self, sock: socket.socket) -> str | None:
         if len(self._clients) >= self.max_clients:
-            return f"busy: {self.max_clients} control connections already open, try again"
+            return f"{BUSY}: {self.max_clients} control connections already open, try again"
         try:
             pid, uid, _gid = _PEERCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -174,7 +181,7 @@ class ControlServer:
         return f"permission denied: uid {uid} may not control the daemon (root only)"
 
     def _admit(self, sock: socket.socket) -> None:
-        client = _Client(sock, last_active=time.monotonic())
+        client = _Client(sock, last_request=time.monotonic())
         self._clients.add(client)
         if self._selector is not None:
             self._selector.register(sock, selectors.EVENT_READ, lambda: self._on_ready(client))
@@ -199,8 +206,7 @@ class ControlServer:
             self._drop(client)
             return
         if data:
-            client.inbuf += data
-            client.last_active = time.monotonic()
+            client.inbuf += data  # bytes alone do not reset the idle timeout: requests do
         else:
             client.eof = True
             if client.inbuf.strip():
@@ -238,6 +244,7 @@ class ControlServer:
             line = bytes(client.inbuf[:end])
             del client.inbuf[: end + 1]
             if line.strip():  # blank lines are skipped (handy with socat and nc)
+                client.last_request = time.monotonic()
                 self._answer(client, line)
                 return True
 
@@ -250,9 +257,7 @@ class ControlServer:
         except OSError:
             self._drop(client)
             return False
-        if sent:
-            del client.outbuf[:sent]
-            client.last_active = time.monotonic()
+        del client.outbuf[:sent]
         return True
 
     def _watch(self, client: _Client, events: int) -> None:

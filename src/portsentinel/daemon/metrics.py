@@ -23,7 +23,9 @@ A key that is missing is simply not exported (no kernel counters without a captu
 
 prometheus_client (with the HTTP server and ssl it pulls in, some 8 MiB of resident memory)
 is imported only when the endpoint is on: the daemon imports this module either way, for
-``DecisionCounts`` and ``MetricsServer.from_settings``.
+``DecisionCounts`` and ``MetricsServer.from_settings``. The HTTP server is ``daemon/scrape``'s:
+a bounded number of connections, each with a deadline (prometheus_client's own starts a thread
+per connection and never times one out).
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ from portsentinel.errors import ConfigError
 from portsentinel.model import Action, Decision, Reason, ScanKind
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client.core import CounterMetricFamily, Metric
+
+    from portsentinel.daemon.scrape import ScrapeServer
 
 Snapshot = Callable[[], Mapping[str, object]]
 
@@ -272,7 +274,7 @@ class MetricsServer:
         when = started if started is not None else time.time()
         self.registry.register(SnapshotCollector(snapshot, started=when, version=version))
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
-        self._server: WSGIServer | None = None
+        self._server: ScrapeServer | None = None
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -289,10 +291,9 @@ class MetricsServer:
 
     def start(self) -> None:
         """Bind and serve; OSError when the address cannot be bound."""
-        from prometheus_client import start_http_server  # noqa: PLC0415
+        from portsentinel.daemon.scrape import serve  # noqa: PLC0415 - only when on
 
-        self._server, self._thread = start_http_server(self.port, self.host, self.registry)
-        self._thread.name = "metrics"
+        self._server, self._thread = serve(self.host, self.port, self.registry)
 
     @property
     def address(self) -> tuple[str, int]:

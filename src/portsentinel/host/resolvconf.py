@@ -11,6 +11,9 @@ after one of those characters; an IPv6 address may carry a zone (``fe80::1%eth0`
 uses the first three name servers only; all of them are returned here, since a resolver the
 admin listed is still one not to cut off. The file belongs to the system, not to us, so
 nothing in it is an error: a missing file, an unreadable one or a bad address is a warning.
+So is a path that is not a regular file (a FIFO, a device, a symlink loop) or a file larger
+than ``MAX_RESOLV_CONF_BYTES``: it is refused at once and said, never waited on or read
+without end (the never-block set is refreshed from the daemon's loop).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import re
 from dataclasses import dataclass
 
 from portsentinel.errors import ConfigError
+from portsentinel.files import MIB, read_regular
 
 KEY = "RESOLV_CONF"
+# glibc reads a few name servers and options; a megabyte is no resolv.conf.
+MAX_RESOLV_CONF_BYTES = 1 * MIB
 _KEYWORD = "nameserver"
 _COMMENT = re.compile(r"[#;]")
 
@@ -45,8 +51,7 @@ class Resolvers:
 def load_resolv_conf(path: str) -> Resolvers:
     """Read and parse ``path``; never raises for the file's sake (see the module text)."""
     try:
-        with open(path, "rb") as stream:
-            data = stream.read()
+        data = read_regular(path, MAX_RESOLV_CONF_BYTES, "resolv.conf")
     except FileNotFoundError:
         return Resolvers(path, warnings=(_warn(path, "file does not exist; no resolver known"),))
     except OSError as exc:

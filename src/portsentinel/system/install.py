@@ -27,8 +27,9 @@ from typing import TextIO
 
 from portsentinel import paths
 from portsentinel.config.commands import render_defaults
-from portsentinel.config.load import parse_config
+from portsentinel.config.load import MAX_CONFIG_BYTES, parse_config
 from portsentinel.config.types import BlockLevel
+from portsentinel.files import MIB, read_regular
 from portsentinel.store.lock import running_pid
 from portsentinel.system import service_files
 
@@ -104,7 +105,8 @@ class Manifest:
     @classmethod
     def load(cls, root: Path, layout: Layout) -> Manifest | None:
         try:
-            data = json.loads(under(root, layout.manifest).read_text(encoding="utf-8"))
+            text = read_regular(str(under(root, layout.manifest)), 1 * MIB, "the install record")
+            data = json.loads(text.decode("utf-8"))
             files = {str(k): bool(v) for k, v in dict(data["files"]).items()}
             return cls(files, [str(d) for d in data["dirs"]])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -245,8 +247,7 @@ def install(root: Path, *, dry_run: bool, out: TextIO, err: TextIO) -> int:
     manifest = Manifest.load(root, layout) or Manifest()
     actions = Actions(root, out, dry_run=dry_run)
     program, note = exec_start(root)
-    config = under(root, layout.config)
-    config_text = config.read_text(encoding="utf-8", errors="replace") if config.exists() else ""
+    config_text = _installed_config(under(root, layout.config))
     wanted = artifacts(layout, program, config_text or render_defaults())
     for artifact in wanted:
         actions.write(artifact, manifest)
@@ -262,6 +263,16 @@ def install(root: Path, *, dry_run: bool, out: TextIO, err: TextIO) -> int:
         err.write(f"portsentinel: warning: {note}\n")
     _next_steps(root, out, (f"portsentinel config check --config {layout.config}", *NEXT_STEPS))
     return paths.EXIT_OK
+
+
+def _installed_config(path: Path) -> str:
+    """The configuration in place ("" when there is none). One that is there but cannot be
+    read (a FIFO, a symlink loop ...) is an ``OSError``: install stops rather than guess."""
+    try:
+        data = read_regular(str(path), MAX_CONFIG_BYTES, "a configuration file")
+    except FileNotFoundError:
+        return ""
+    return data.decode("utf-8", "replace")
 
 
 def _next_steps(root: Path, out: TextIO, commands: tuple[str, ...]) -> None:

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from portsentinel import paths
 from portsentinel.config.commands import quote, render_defaults
-from portsentinel.config.ignore import parse_ignore
+from portsentinel.config.ignore import MAX_IGNORE_BYTES, parse_ignore
 from portsentinel.config.legacy import (
     NOTE,
     Migration,
@@ -27,9 +27,10 @@ from portsentinel.config.legacy import (
     migrate_ignore,
     portsentry_value,
 )
-from portsentinel.config.load import parse_config
+from portsentinel.config.load import MAX_CONFIG_BYTES, parse_config
 from portsentinel.config.modes import modes_text, read_defaults_file
 from portsentinel.config.schema import spec_for
+from portsentinel.files import MIB, FileRefused, read_regular
 from portsentinel.model import Mode
 from portsentinel.system.install import under, write_file
 
@@ -38,6 +39,7 @@ MODES_NAME = "modes"
 STATIC_IGNORE = "portsentry.ignore.static"
 # Where the service may write (its ReadWritePaths); other history paths need a drop-in.
 WRITABLE = ("/var/lib/portsentinel/", "/var/log/", "/run/portsentinel/", "/var/lib/portsentry/")
+_MAX_LOGROTATE_BYTES = 1 * MIB
 
 
 # --- what runs, and the advice --------------------------------------------------------------
@@ -113,11 +115,13 @@ class Outcome:
 def plan(request: Request) -> Outcome:
     """Read the PortSentry setup and work out the new files; writes nothing.
 
-    Raises ``FileNotFoundError`` without portsentry.conf and ``ConfigErrors`` for a defaults
-    file with a mode that is not one.
+    Raises ``FileNotFoundError`` without portsentry.conf, ``ConfigErrors`` for a defaults
+    file with a mode that is not one, and ``OSError`` for a file that is there but cannot be
+    read (``files.FileRefused``: a FIFO, a symlink loop, too large ...).
     """
     conf_target = os.path.join(request.from_dir, "portsentry.conf")
-    text = request.real(conf_target).read_bytes().decode("utf-8", "surrogateescape")
+    data = read_regular(str(request.real(conf_target)), MAX_CONFIG_BYTES, "a configuration file")
+    text = data.decode("utf-8", "surrogateescape")
     outcome = Outcome()
     ignore_target = _plan_ignore(request, text, outcome)
     migration = migrate_config(text, conf_target, ignore_target)
@@ -153,15 +157,17 @@ def _first_ignore_file(text: str) -> str:
 
 
 def _plan_ignore(request: Request, text: str, outcome: Outcome) -> str | None:
-    """Merge Debian's static list and the file IGNORE_FILE names; None when neither exists."""
+    """Merge Debian's static list and the file IGNORE_FILE names; None when neither exists.
+    One that is there but cannot be read stops the migration (``OSError``): leaving its
+    addresses out would get them blocked."""
     names = [os.path.join(request.from_dir, STATIC_IGNORE), _first_ignore_file(text)]
     sources = []
     for name in dict.fromkeys(n for n in names if n):
         try:
-            content = request.real(name).read_bytes().decode("utf-8", "replace")
-        except OSError:
+            data = read_regular(str(request.real(name)), MAX_IGNORE_BYTES, "an ignore file")
+        except FileNotFoundError:
             continue
-        sources.append((name, content))
+        sources.append((name, data.decode("utf-8", "replace")))
     if not sources:
         return None
     target = os.path.join(request.companion_dir, IGNORE_NAME)
@@ -275,12 +281,13 @@ def _logrotate_overlap(request: Request, path: str, outcome: Outcome) -> None:
     if not folder.is_dir():
         return
     for rules in sorted(folder.iterdir()):
-        if rules.name == "portsentinel" or not rules.is_file():
+        if rules.name == "portsentinel":
             continue
         try:
-            mentions = path in rules.read_text(encoding="utf-8", errors="replace")
+            data = read_regular(str(rules), _MAX_LOGROTATE_BYTES, "logrotate rules")
         except OSError:
-            continue
+            continue  # not a file of rules (a directory, a FIFO ...): nothing to compare
+        mentions = path in data.decode("utf-8", "replace")
         if mentions:
             outcome.different.append(
                 f"/etc/logrotate.d/{rules.name} rotates {path} too: remove that entry, "
@@ -293,9 +300,14 @@ def conflicts(request: Request, files: dict[str, str]) -> list[str]:
     found = []
     for target, text in files.items():
         path = request.real(target)
-        if not path.exists():
+        try:
+            data = read_regular(str(path), MAX_IGNORE_BYTES, "a file migrate writes")
+        except FileNotFoundError:
             continue
-        current = path.read_text(encoding="utf-8", errors="replace")
+        except FileRefused:  # a FIFO, a directory, a huge file: in the way all the same
+            found.append(str(path))
+            continue
+        current = data.decode("utf-8", "replace")
         if current == text or (target == request.output and current == render_defaults()):
             continue
         found.append(str(path))

@@ -4,13 +4,15 @@ feeds a capture to the detector with the capture's own clock."""
 from __future__ import annotations
 
 import ipaddress
+import os
+from pathlib import Path
 
 import pytest
 
 from portsentinel.cli import replay_capture as engine
 from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
-from portsentinel.errors import ConfigError
+from portsentinel.errors import CaptureError, ConfigError
 from portsentinel.model import Decision
 from unit.cli.stores import CAPTURES, LOCAL
 
@@ -68,3 +70,20 @@ def test_summary_says_when_a_capture_was_cut_short() -> None:
     assert line.endswith(
         "\nwarning: capture cut short, replayed up to the cut: ends inside a frame"
     )
+
+
+def test_a_capture_that_is_not_a_regular_file_is_refused_before_the_reader_opens_it(
+    tmp_path: Path,
+) -> None:
+    """The reader's open of a FIFO waits for a writer for ever."""
+    fifo = tmp_path / "capture.pcap"
+    os.mkfifo(fifo)
+    with pytest.raises(CaptureError) as caught:
+        engine.survey_in_use(str(fifo), None)
+    assert str(caught.value) == (
+        f"{fifo}: cannot read capture: a FIFO (named pipe), not a regular file"
+    )
+    loop = tmp_path / "loop.pcap"
+    loop.symlink_to(loop.name)
+    with pytest.raises(CaptureError, match="cannot read capture: a symlink loop"):
+        engine.check_capture(str(loop))

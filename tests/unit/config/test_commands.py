@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,32 @@ def test_check_missing_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
         f"{tmp_path}/none.conf: cannot read the file: No such file or directory "
         "(expected a readable config file)\n"
     )
+
+
+def test_check_an_ignore_file_that_is_a_symlink_loop_is_an_error(tmp_path: Path) -> None:
+    """It was "none (... does not exist)" and exit 0: a check passed that nothing ignored."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    conf = write(tmp_path, "p.conf", f'IGNORE_FILE="{loop}"\nDEFAULTS_FILE=""\n')
+    status, out, err = run_check(conf)
+    assert (status, out) == (2, "")
+    assert err == (
+        f"{loop}: IGNORE_FILE: cannot read the file: a symlink loop (too many levels of "
+        "symbolic links) (expected a readable file)\n"
+    )
+
+
+def test_check_a_fifo_for_any_file_is_an_error_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    status, _out, err = run_check(str(fifo))
+    assert status == 2
+    assert "a FIFO (named pipe), not a regular file" in err
+    conf = write(tmp_path, "p.conf", f'IGNORE_FILE="{fifo}"\nDEFAULTS_FILE="{fifo}"\n')
+    status, _out, err = run_check(conf)
+    assert status == 2
+    assert f"{fifo}: IGNORE_FILE: cannot read the file: a FIFO" in err
+    assert f"{fifo}: DEFAULTS_FILE: cannot read the file: a FIFO" in err
 
 
 def test_check_embedded_defaults_reads_the_defaults_file_at_its_default_place(

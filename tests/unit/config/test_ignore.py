@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from portsentinel.config import ignore
 from portsentinel.config.ignore import load_ignore_file, parse_entry, parse_ignore
 from portsentinel.errors import ConfigErrors
 from portsentinel.networks import AddressSet
@@ -129,3 +131,34 @@ def test_missing_file_is_a_warning_and_an_unreadable_one_an_error(tmp_path: Path
     assert warnings == (f"{missing}: IGNORE_FILE: file does not exist; nothing is ignored",)
     with pytest.raises(ConfigErrors, match="cannot read the file"):
         load_ignore_file(str(tmp_path))
+
+
+def test_a_symlink_loop_is_an_error_not_a_missing_file(tmp_path: Path) -> None:
+    """It was "file does not exist; nothing is ignored": the daemon ran with nothing ignored."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    with pytest.raises(ConfigErrors) as caught:
+        load_ignore_file(str(loop))
+    assert str(caught.value) == (
+        f"{loop}: IGNORE_FILE: cannot read the file: a symlink loop (too many levels of "
+        "symbolic links) (expected a readable file)"
+    )
+
+
+def test_a_fifo_or_a_device_is_refused_without_reading(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigErrors, match="IGNORE_FILE: cannot read the file: a FIFO"):
+        load_ignore_file(str(fifo))
+    with pytest.raises(ConfigErrors, match="a character device, not a regular file"):
+        load_ignore_file("/dev/zero")
+
+
+def test_an_ignore_file_larger_than_its_cap_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ignore, "MAX_IGNORE_BYTES", 64)
+    path = tmp_path / "ignore"
+    path.write_text("198.18.0.1\n" * 10)
+    with pytest.raises(ConfigErrors, match="larger than 64 bytes, the limit for an ignore file"):
+        load_ignore_file(str(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portsentinel.config.commands import render_effective
-from portsentinel.config.load import LoadedConfig, load_config, parse_config
+from portsentinel.config.load import (
+    MAX_CONFIG_BYTES,
+    LoadedConfig,
+    load_config,
+    parse_config,
+    reference_warnings,
+)
 from portsentinel.config.schema import KEYS, Settings
 from portsentinel.config.types import BlockLevel
 from portsentinel.errors import ConfigError, ConfigErrors
@@ -354,3 +361,44 @@ def test_load_config_on_random_files_raises_only_config_errors(data: bytes) -> N
             errors = []
             assert loaded.path == path
         assert all(isinstance(e, ConfigError) for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("make", "what"),
+    [
+        (os.mkfifo, "a FIFO (named pipe), not a regular file"),
+        (lambda p: p.symlink_to(p.name), "a symlink loop (too many levels of symbolic links)"),
+        (lambda p: p.symlink_to("/dev/zero"), "a character device, not a regular file"),
+    ],
+)
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, make: Callable[[Path], None], what: str
+) -> None:
+    path = tmp_path / "p.conf"
+    make(path)
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(str(path))
+    assert str(caught.value) == (
+        f"{path}: cannot read the file: {what} (expected a readable config file)"
+    )
+
+
+def test_a_config_larger_than_its_cap_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "p.conf"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_CONFIG_BYTES + 1)
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(str(path))
+    assert str(caught.value) == (
+        f"{path}: cannot read the file: larger than 1 MiB, the limit for a configuration "
+        "file (expected a readable config file)"
+    )
+
+
+def test_an_ignore_file_that_is_a_symlink_loop_is_not_reported_missing(tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    found = parse_config(f'IGNORE_FILE="{loop}"\n', "p.conf")
+    assert found.config is not None
+    notes = reference_warnings(found.config.settings, found.config.origins, "p.conf")
+    assert not [note for note in notes if "does not exist" in note]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,16 @@ def test_modes_text() -> None:
     assert modes_text(Mode.ATCP, Mode.AUDP) == "atcp,audp"
     assert modes_text(None, Mode.UDP) == "udp"
     assert modes_text(None, None) == "none"
+
+
+def test_a_defaults_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigErrors) as caught:
+        read_defaults_file(str(fifo))
+    assert str(caught.value) == (
+        f"{fifo}: DEFAULTS_FILE: cannot read the file: a FIFO (named pipe), not a regular "
+        "file (expected a readable file)"
+    )
+    with pytest.raises(ConfigErrors, match=r"DEFAULTS_FILE: .*character device"):
+        resolve_modes(None, "/dev/zero")

@@ -10,8 +10,13 @@ from hypothesis import strategies as st
 
 from portsentinel import paths
 from portsentinel.config.declaration import SettingSpec
+from portsentinel.config.ignore import MAX_IGNORE_BYTES
+from portsentinel.config.modes import MAX_DEFAULTS_BYTES
 from portsentinel.config.schema import KEYS, SETTINGS, Settings, spec_for
 from portsentinel.config.types import Backend, BlockLevel, InvalidValueError
+from portsentinel.daemon.scrape import CONNECTION_TIMEOUT, MAX_CONNECTIONS
+from portsentinel.files.regular import size_text
+from portsentinel.host.resolvconf import MAX_RESOLV_CONF_BYTES
 
 PORTSENTRY_12_KEYS = {
     "TCP_PORTS", "UDP_PORTS", "ADVANCED_PORTS_TCP", "ADVANCED_PORTS_UDP",
@@ -123,3 +128,14 @@ def test_every_parser_answers_any_text_with_a_value_or_a_config_error(
         return
     if spec.lint is not None:
         spec.lint(raw)  # asked only of values that parsed, as the loader does
+
+
+def test_help_quotes_the_caps_the_code_applies() -> None:
+    """The caps live with the code that applies them; the help texts (hence the docs and the
+    man page) say them in words, and must not drift."""
+    assert f"at most {size_text(MAX_IGNORE_BYTES)}," in spec_for("IGNORE_FILE").help
+    assert f"at most {size_text(MAX_DEFAULTS_BYTES)}" in spec_for("DEFAULTS_FILE").help
+    assert f"at most {size_text(MAX_RESOLV_CONF_BYTES)};" in spec_for("RESOLV_CONF").help
+    metrics = spec_for("METRICS_LISTEN").help
+    assert f"At most {MAX_CONNECTIONS} connections" in metrics
+    assert f"closed {CONNECTION_TIMEOUT:g} s after" in metrics

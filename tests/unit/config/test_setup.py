@@ -126,3 +126,28 @@ def test_a_child_python_loads_from_the_tests_places_too(private_host_paths: Path
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [paths.CONFIG_FILE, paths.DEFAULTS_FILE, "stcp"]
+
+
+def test_an_ignore_file_that_is_a_symlink_loop_stops_the_load(tmp_path: Path) -> None:
+    """It was skipped as missing, and the daemon ran with nothing ignored."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    conf = write(tmp_path / "p.conf", f'IGNORE_FILE="{loop}"\n')
+    with pytest.raises(ConfigErrors, match=f"{loop}: IGNORE_FILE: .*symlink loop"):
+        load_setup(conf, "atcp")
+
+
+def test_an_installed_config_that_is_a_symlink_loop_is_chosen_not_skipped(
+    private_host_paths: Path,
+) -> None:
+    """Skipping it would run the embedded defaults: no ignore list, blocking on."""
+    Path(paths.CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    Path(paths.CONFIG_FILE).symlink_to(Path(paths.CONFIG_FILE).name)
+    assert choose_config_file(None) == paths.CONFIG_FILE
+    with pytest.raises(ConfigErrors, match="symlink loop"):
+        load_setup(None, "atcp")
+    Path(paths.CONFIG_FILE).unlink()
+    Path(paths.CONFIG_FILE).symlink_to("portsentinel.conf.moved")  # dangling
+    assert choose_config_file(None) == paths.CONFIG_FILE
+    with pytest.raises(ConfigErrors, match="No such file or directory"):
+        load_setup(None, "atcp")

@@ -10,6 +10,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -155,14 +156,14 @@ def test_an_answer_in_pieces_is_put_together(short_dir: Path) -> None:
 
 
 def test_an_answer_then_a_reset_still_counts(short_dir: Path) -> None:
-    """A daemon that refuses at once (busy) answers and closes before reading the request."""
+    """A daemon that refuses at once (not root) answers and closes before reading the request."""
     path = str(short_dir / "control.sock")
 
     def answer_unread(conn: socket.socket) -> None:
-        conn.sendall(b'{"ok": false, "error": "busy"}\n')
+        conn.sendall(b'{"ok": false, "error": "permission denied"}\n')
 
     thread = _serve_once(path, answer_unread)
-    with pytest.raises(ControlFailure, match=r"^busy$"):
+    with pytest.raises(ControlFailure, match=r"^permission denied$"):
         request(path, "status")
     thread.join(5)
 
@@ -209,6 +210,98 @@ def test_a_daemon_that_does_not_answer_in_time(short_dir: Path) -> None:
         request(path, "status", timeout=0.1)
     assert not isinstance(caught.value, (DaemonNotRunning, ControlFailure))
     done.set()
+    thread.join(5)
+
+
+# --- a busy daemon is asked again ---------------------------------------------------------
+
+
+def test_a_busy_answer_is_asked_again_until_a_slot_is_free(short_dir: Path) -> None:
+    """All slots taken: the daemon answers "busy" and closes; the next try gets in."""
+    path = str(short_dir / "control.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    tries: list[int] = []
+
+    def serve() -> None:
+        with server:
+            for n in range(3):
+                conn, _ = server.accept()
+                with conn:
+                    tries.append(n)
+                    if n < 2:
+                        conn.sendall(b'{"ok": false, "error": "busy: 16 control connections"}\n')
+                    else:
+                        conn.recv(65536)
+                        conn.sendall(b'{"ok": true, "result": "in"}\n')
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert request(path, "status") == "in"
+    assert tries == [0, 1, 2]
+    thread.join(5)
+
+
+def test_a_daemon_busy_for_longer_than_the_retries_is_said_so(short_dir: Path) -> None:
+    path = str(short_dir / "control.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(16)
+    stop = threading.Event()
+
+    def refuse() -> None:
+        with server:
+            server.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.sendall(b'{"ok": false, "error": "busy: 16 control connections"}\n')
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    with pytest.raises(ControlChannelError) as caught:
+        request(path, "status", retry_for=0.5)
+    assert 0.5 <= time.monotonic() - started < 5
+    assert str(caught.value) == (
+        f"the daemon stayed busy for 0.5s ({path}): busy: 16 control connections"
+    )
+    assert not isinstance(caught.value, (DaemonNotRunning, ControlFailure))
+    stop.set()
+    thread.join(5)
+
+
+def test_a_full_connection_queue_is_asked_again_not_unreachable(short_dir: Path) -> None:
+    """A burst of clients fills the listener's queue: connect fails with EAGAIN for a moment.
+    That once was "cannot reach the daemon"."""
+    path = str(short_dir / "control.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(0)
+    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    waiting.connect(path)  # the one place in the queue: taken
+    with pytest.raises(
+        ControlChannelError, match=r"stayed busy for 0\.2s .*connection queue is full"
+    ):
+        request(path, "status", retry_for=0.2)
+
+    def drain() -> None:
+        with server:
+            for reply in (None, b'{"ok": true, "result": "served"}\n'):
+                conn, _ = server.accept()
+                with conn:
+                    if reply is not None:
+                        conn.recv(65536)
+                        conn.sendall(reply)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    threading.Timer(0.3, thread.start).start()  # the queue frees while the client retries
+    assert request(path, "status") == "served"
+    waiting.close()
     thread.join(5)
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from portsentinel.daemon.client import (
     MAX_LINE,
+    ControlChannelError,
     ControlFailure,
     DaemonNotRunning,
     request,
@@ -361,11 +362,57 @@ def test_clients_beyond_the_limit_are_told_busy(run: Callable[..., Running]) -> 
     r = run(max_clients=2)
     with _connect(r.path) as a, _connect(r.path):
         _wait_for(lambda: r.server.client_count == 2)
-        with pytest.raises(ControlFailure, match="busy: 2 control connections"):
-            request(r.path, "reload")
+        with _connect(r.path) as third:
+            assert _answers(_read_all(third)) == [
+                {"ok": False, "error": "busy: 2 control connections already open, try again"}
+            ]
+        with pytest.raises(ControlChannelError, match="busy: 2 control connections"):
+            request(r.path, "reload", retry_for=0.2)
         a.close()
         _wait_for(lambda: r.server.client_count == 1)
-        assert request(r.path, "reload") is None
+        assert request(r.path, "reload", retry_for=0) is None
+
+
+def test_the_cli_waits_out_clients_that_hold_every_slot(run: Callable[..., Running]) -> None:
+    r = run(max_clients=2, read_timeout=0.5)
+    with _connect(r.path), _connect(r.path):
+        _wait_for(lambda: r.server.client_count == 2)
+        assert request(r.path, "reload") is None  # asked again until they were dropped
+
+
+def test_bytes_that_never_make_a_request_do_not_keep_a_connection(
+    run: Callable[..., Running],
+) -> None:
+    """A byte now and then once restarted the idle timeout: 16 such clients held every slot
+    for as long as they went on."""
+    r = run(read_timeout=0.5)
+    payload = b'{"cmd": "status", "args": {}}'
+    with _connect(r.path) as trickler:
+        _wait_for(lambda: r.server.client_count == 1)
+        started = time.monotonic()
+        with contextlib.suppress(OSError):  # the daemon hangs up in the middle
+            for sent in range(200):  # one byte every 0.05 s: ten times the timeout
+                trickler.send(payload[sent % len(payload) :][:1])
+                if r.server.client_count == 0:
+                    break
+                time.sleep(0.05)
+        assert r.server.client_count == 0
+        assert time.monotonic() - started < 5
+        assert _answers(_read_all(trickler)) == [
+            {"ok": False, "error": "timed out waiting for a request"}
+        ]
+
+
+def test_each_whole_request_restarts_the_timeout(run: Callable[..., Running]) -> None:
+    r = run(read_timeout=0.6)
+    with _connect(r.path) as sock:
+        reader = sock.makefile("rb")
+        started = time.monotonic()
+        while time.monotonic() - started < 2:  # three times the timeout, one connection
+            sock.sendall(b'{"cmd": "reload"}\n')
+            assert json.loads(reader.readline()) == {"ok": True, "result": None}
+            time.sleep(0.2)
+        assert r.server.client_count == 1
 
 
 # --- peers ----------------------------------------------------------------------------------

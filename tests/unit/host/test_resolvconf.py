@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from portsentinel.host import resolvconf
 from portsentinel.host.resolvconf import Resolvers, load_resolv_conf, parse_resolv_conf
 
 SAMPLE = """\
@@ -110,3 +112,34 @@ def test_a_directory_is_empty_with_a_warning(tmp_path: Path) -> None:
     got = load_resolv_conf(str(tmp_path))
     assert got.addresses == ()
     assert "cannot read the file" in got.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "what"),
+    [
+        (os.mkfifo, "a FIFO (named pipe), not a regular file"),
+        (lambda p: p.symlink_to(p.name), "a symlink loop"),
+        (lambda p: p.symlink_to("/dev/zero"), "a character device, not a regular file"),
+    ],
+)
+def test_what_is_not_a_regular_file_is_a_warning_at_once(
+    tmp_path: Path, make: Callable[[Path], None], what: str
+) -> None:
+    """Never waited on (a FIFO) nor read without end (/dev/zero): the loop refreshes it."""
+    path = tmp_path / "resolv.conf"
+    make(path)
+    got = load_resolv_conf(str(path))
+    assert got.addresses == ()
+    assert got.warnings[0].startswith(f"{path}: RESOLV_CONF: cannot read the file ({what}")
+    assert got.warnings[0].endswith("; no resolver known")
+
+
+def test_a_resolv_conf_larger_than_its_cap_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resolvconf, "MAX_RESOLV_CONF_BYTES", 32)
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 198.18.0.53\n" * 4)
+    got = load_resolv_conf(str(path))
+    assert got.addresses == ()
+    assert "larger than 32 bytes, the limit for resolv.conf" in got.warnings[0]

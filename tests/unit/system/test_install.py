@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -90,6 +91,16 @@ def test_install_never_overwrites_a_config(tmp_path: Path) -> None:
     assert status == 0
     assert config.read_text() == 'SCAN_TRIGGER="3"\n'
     assert f"keep             {config}  (exists; never overwritten)" in out
+
+
+def test_install_refuses_a_config_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    """A FIFO there once made install wait for a writer for ever."""
+    config = install.under(tmp_path, layout().config)
+    config.parent.mkdir(parents=True)
+    os.mkfifo(config)
+    with pytest.raises(OSError, match="a FIFO"):
+        run_install(tmp_path)
+    assert stat.S_ISFIFO(config.lstat().st_mode)
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:

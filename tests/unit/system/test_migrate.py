@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -192,6 +193,35 @@ def test_a_bad_mode_in_the_defaults_file_stops_the_migration(root: Path) -> None
     with pytest.raises(Exception, match="not a TCP mode"):
         run(root)
     assert not (root / NEW_CONF[1:]).exists()
+
+
+def test_an_ignore_file_that_cannot_be_read_stops_the_migration(root: Path) -> None:
+    """It was left out silently: its addresses would have been blocked after the move."""
+    ignore = root / "etc/portsentry/portsentry.ignore"
+    ignore.unlink()
+    ignore.symlink_to(ignore.name)
+    status, _out, err = run(root)
+    assert status == 1
+    assert f"migrate failed: {ignore}: a symlink loop" in err
+    assert not (root / NEW_CONF[1:]).exists()
+
+
+def test_a_portsentry_conf_that_is_a_fifo_is_refused_at_once(root: Path) -> None:
+    conf = root / "etc/portsentry/portsentry.conf"
+    conf.unlink()
+    os.mkfifo(conf)
+    status, _out, err = run(root)
+    assert status == 1
+    assert f"migrate failed: {conf}: a FIFO (named pipe), not a regular file" in err
+
+
+def test_a_fifo_where_a_file_would_go_is_a_conflict(root: Path) -> None:
+    target = root / NEW_CONF[1:]
+    target.parent.mkdir(parents=True)
+    os.mkfifo(target)
+    status, _out, err = run(root)
+    assert status == 1
+    assert f"these files exist and would change; move them away or choose --output: {target}" in err
 
 
 def test_a_second_logrotate_entry_for_the_history_is_reported(root: Path) -> None:
