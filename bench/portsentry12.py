@@ -164,7 +164,7 @@ class PortSentry:
         *,
         mode: str = "atcp",
         overrides: Mapping[str, str] | None = None,
-        cpu: int = 1,
+        cpu: int | str = 1,
     ) -> PortSentry:
         """Write the config, start the log receiver, start the daemon; return once it says it
         is active (RuntimeError if it does not within START_DEADLINE)."""
@@ -188,12 +188,14 @@ class PortSentry:
         return daemon
 
     @staticmethod
-    def command(lab: netns.Lab, run: Path, root: Path, mode: str = "atcp") -> str:
+    def command(
+        lab: netns.Lab, run: Path, root: Path, mode: str = "atcp", cpu: int | str = 1
+    ) -> str:
         """The start command as text, for the benchmark's list of commands."""
         return (
             f"ip netns exec {lab.target} unshare -m --propagation private sh -c "
             f"'<overlay /etc and /dev; /dev/log -> {run}/log.sock>; "
-            f"exec taskset -c 1 {root / BINARY} -{mode}'"
+            f"exec taskset -c {cpu} {root / BINARY} -{mode}'"
         )
 
     def _wait_active(self) -> int:
