@@ -46,6 +46,19 @@ from types import TracebackType
 from typing import Final
 
 from portsentinel.capture.bpf import Instruction, validate
+from portsentinel.capture.frames import (
+    HEADER_BYTES,
+    TPACKET_REQ,
+    TPACKET_V2,
+    frame_offsets,
+    frame_ready,
+    walk_frames,
+)
+from portsentinel.capture.interfaces import (
+    Interface,
+    counted_ifindexes,
+    read_own_interfaces,
+)
 from portsentinel.errors import CaptureError
 
 Handler = Callable[[memoryview, int, int, int], None]
@@ -116,9 +129,22 @@ class RingConfig:
     retire_timeout_ms: int = 4
     interfaces: tuple[str, ...] = ()  # empty: every interface without a master
     include_loopback: bool = False
+    # 3: TPACKET_V3 blocks; 2: TPACKET_V2 frames, one wake-up per packet (``frames.py``), where
+    # ``frame_size`` is each packet's slot and the blocks need only be whole pages.
+    version: int = 3
 
     def __post_init__(self) -> None:
         page = mmap.PAGESIZE
+        if self.version == 2:
+            if self.block_size < page or self.block_size % page:
+                raise ValueError(f"block_size {self.block_size} is not a multiple of {page}")
+            if self.frame_size % 16 or not HEADER_BYTES + 64 <= self.frame_size <= self.block_size:
+                raise ValueError(f"frame_size {self.frame_size} does not fit a V2 ring")
+            if not 2 <= self.block_count <= 65536:
+                raise ValueError(f"block_count {self.block_count} is outside 2..65536")
+            return
+        if self.version != 3:
+            raise ValueError(f"TPACKET version {self.version} is not 2 or 3")
         if self.block_size < page or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size {self.block_size} is not a power of two >= {page}")
         if not 2 <= self.block_count <= 65536:
@@ -137,17 +163,6 @@ class RingConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Interface:
-    """One network interface as ``/sys/class/net`` shows it."""
-
-    name: str
-    ifindex: int
-    master: str | None
-    loopback: bool
-    up: bool
-
-
-@dataclass(frozen=True, slots=True)
 class CaptureStats:
     """Cumulative counters since the ring was opened.
 
@@ -162,48 +177,6 @@ class CaptureStats:
     handled: int
     not_host: int
     not_counted_iface: int
-
-
-def read_interfaces(root: Path = SYS_CLASS_NET) -> list[Interface]:
-    """Every interface under ``root``, sorted by ifindex; ones vanishing meanwhile are skipped.
-
-    ``/sys/class/net`` shows the network namespace sysfs was mounted in, which is not always
-    the caller's: ``PacketRing.refresh_interfaces`` checks that before trusting it.
-    """
-    found = []
-    for entry in sorted(os.listdir(root)):
-        path = root / entry
-        try:
-            ifindex = int((path / "ifindex").read_text())
-            flags = int((path / "flags").read_text(), 16)
-            master = (
-                os.path.basename(os.readlink(path / "master"))
-                if (path / "master").is_symlink()
-                else None
-            )
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # not an interface (bonding_masters), or just removed
-        found.append(
-            Interface(entry, ifindex, master, bool(flags & IFF_LOOPBACK), bool(flags & IFF_UP))
-        )
-    return sorted(found, key=lambda i: i.ifindex)
-
-
-def counted_ifindexes(
-    interfaces: Iterable[Interface], names: Sequence[str] = (), include_loopback: bool = False
-) -> frozenset[int]:
-    """The interfaces whose packets are passed on.
-
-    Named interfaces count whatever they are. Otherwise every interface without a master
-    (so a packet seen on a bridge port or bond slave is taken once, on the bridge or bond),
-    and loopback only when asked. Interfaces that are down count too: they receive nothing,
-    and need no refresh when they come up.
-    """
-    if names:
-        return frozenset(i.ifindex for i in interfaces if i.name in names)
-    return frozenset(
-        i.ifindex for i in interfaces if i.master is None and (include_loopback or not i.loopback)
-    )
 
 
 def walk_block(
@@ -252,6 +225,8 @@ class PacketRing:
         self._handled = self._not_host = self._not_counted = 0
         self._view: memoryview | None = None
         self._map: mmap.mmap | None = None
+        self._frames: list[int] = []  # V2: each frame's offset
+        self._position = [0]  # V2: the next frame to read
         self._poll = select.poll()
         self._sock = _open_socket()
         try:
@@ -262,22 +237,30 @@ class PacketRing:
 
     def _setup(self, program: Sequence[Instruction]) -> None:
         sock, config = self._sock, self._config
-        _sockopt(sock, SOL_PACKET, PACKET_VERSION, TPACKET_V3, "select TPACKET_V3")
+        v2 = config.version == 2
+        version = TPACKET_V2 if v2 else TPACKET_V3
+        _sockopt(sock, SOL_PACKET, PACKET_VERSION, version, f"select TPACKET_V{config.version}")
         try:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         except OSError as err:  # old kernel: the filter's PACKET_HOST test still drops them
             if err.errno != errno.ENOPROTOOPT:
                 raise CaptureError(f"cannot set PACKET_IGNORE_OUTGOING: {err}") from err
         self.set_filter(program)
-        req = _TPACKET_REQ3.pack(
-            config.block_size,
-            config.block_count,
-            config.frame_size,
-            config.ring_bytes // config.frame_size,
-            config.retire_timeout_ms,
-            0,
-            0,
-        )
+        if v2:
+            self._frames = frame_offsets(config.block_size, config.block_count, config.frame_size)
+            req = TPACKET_REQ.pack(
+                config.block_size, config.block_count, config.frame_size, len(self._frames)
+            )
+        else:
+            req = _TPACKET_REQ3.pack(
+                config.block_size,
+                config.block_count,
+                config.frame_size,
+                config.ring_bytes // config.frame_size,
+                config.retire_timeout_ms,
+                0,
+                0,
+            )
         size = f"{config.block_count} blocks of {config.block_size // 1024} KiB"
         _sockopt(sock, SOL_PACKET, PACKET_RX_RING, req, f"allocate the ring ({size})")
         try:
@@ -306,6 +289,8 @@ class PacketRing:
         view = self._view
         if view is None:
             raise CaptureError("the capture ring is closed")
+        if self._frames:
+            return self._read_frames(view, handler, timeout)
         if not self._ready(view, self._block) and not self._wait(view, timeout):
             return 0
         status_at = _BLOCK_STATUS.unpack_from
@@ -332,7 +317,25 @@ class PacketRing:
             self._handled += handled
         return handled
 
+    def _read_frames(self, view: memoryview, handler: Handler, timeout: float) -> int:
+        """``read_batch`` on a V2 ring: every ready frame, one lap at most."""
+        frames, position = self._frames, self._position
+        if not frame_ready(view, frames[position[0]]) and not self._wait(view, timeout):
+            return 0
+        handled = 0
+        try:
+            handled, not_host, not_counted = walk_frames(
+                view, frames, position, handler, counted=self._counted, uncounted=self._uncounted
+            )
+            self._not_host += not_host
+            self._not_counted += not_counted
+        finally:
+            self._handled += handled
+        return handled
+
     def _ready(self, view: memoryview, block: int) -> bool:
+        if self._frames:
+            return frame_ready(view, self._frames[self._position[0]])
         at = block * self._config.block_size + _BLOCK_STATUS_AT
         return bool(_BLOCK_STATUS.unpack_from(view, at)[0] & TP_STATUS_USER)
 
@@ -347,7 +350,10 @@ class PacketRing:
         return self._resync(view)
 
     def _resync(self, view: memoryview) -> bool:
-        """Safety net: poll said ready but our block is not. Jump to the oldest ready block."""
+        """Safety net: poll said ready but our block is not. Jump to the oldest ready block
+        (V2: the kernel fills frames strictly in turn, so there is nothing to find)."""
+        if self._frames:
+            return False
         size = self._config.block_size
         ready = [
             (_BLOCK_SEQ.unpack_from(view, i * size + _BLOCK_SEQ_AT)[0], i)
@@ -361,7 +367,7 @@ class PacketRing:
     # --- interfaces ----------------------------------------------------------------------------
     def refresh_interfaces(self) -> list[Interface]:
         """Re-read the interfaces and recompute the counted set; returns what was read."""
-        interfaces = _read_own_interfaces()
+        interfaces = read_own_interfaces()
         counted = counted_ifindexes(
             interfaces, self._config.interfaces, self._config.include_loopback
         )
@@ -414,7 +420,8 @@ class PacketRing:
         with self._stats_lock:
             if self._sock.fileno() >= 0:
                 raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS_V3.size)
-                for i, value in enumerate(_STATS_V3.unpack(raw)):
+                # V2 answers tpacket_stats (packets, drops), V3 adds the freeze count.
+                for i, value in enumerate(struct.unpack(f"={len(raw) // 4}I", raw)):
                     self._totals[i] += value
             packets, drops, freezes = self._totals
         return CaptureStats(
@@ -477,20 +484,3 @@ def _bind_all(sock: socket.socket) -> None:
     if _libc.bind(sock.fileno(), buffer, len(address)) != 0:
         code = ctypes.get_errno()
         raise CaptureError(f"cannot bind the capture socket: {os.strerror(code)}")
-
-
-def _read_own_interfaces() -> list[Interface]:
-    """``read_interfaces`` checked against the kernel's list for this network namespace.
-
-    sysfs reflects the namespace it was mounted in: after a bare ``setns`` it describes
-    another namespace, and trusting it would silently count the wrong interfaces.
-    """
-    for _ in range(_NAMESPACE_CHECK_TRIES):  # an interface may come or go between two reads
-        kernel = {name: index for index, name in socket.if_nameindex()}
-        interfaces = read_interfaces()
-        if {i.name: i.ifindex for i in interfaces} == kernel:
-            return interfaces
-    raise CaptureError(
-        f"{SYS_CLASS_NET} does not match this network namespace's interfaces "
-        "(mount a sysfs of this namespace, e.g. run under 'ip netns exec')"
-    )

@@ -16,8 +16,12 @@ from portsentinel.config.setup import Setup
 from portsentinel.errors import PortSentinelError
 from portsentinel.model import Mode, Proto
 
-RING_BLOCK = 32 * 1024  # small blocks: the retire timeout closes them part full
-RING_RETIRE_MS = 1  # a lone probe waits at most this long in an open block
+# The ring is read frame by frame (TPACKET_V2, ``capture/frames.py``): the kernel wakes the
+# loop for each packet it queues, so a scan's first probe is read ~0.1 ms after it arrived
+# (V3 blocks waited for their retire timer, or on 6.18 for the next packet). A frame holds the
+# headers and the filter's snap length (256 bytes); 32 frames fill a 12 KiB block exactly.
+RING_FRAME = 384
+RING_BLOCK = 32 * RING_FRAME
 
 
 class StartupError(PortSentinelError):
@@ -70,8 +74,9 @@ def ring_config(setup: Setup) -> RingConfig:
     return RingConfig(
         block_size=RING_BLOCK,
         block_count=blocks,
-        retire_timeout_ms=RING_RETIRE_MS,
+        frame_size=RING_FRAME,
         interfaces=s.interfaces,
+        version=2,
     )
 
 

@@ -16,7 +16,7 @@ from portsentinel.capture.listeners import BindResult, Listeners
 from portsentinel.daemon import sources
 from portsentinel.daemon.sources import (
     RING_BLOCK,
-    RING_RETIRE_MS,
+    RING_FRAME,
     StartupError,
     excluded_ports,
     kernel_filter,
@@ -29,11 +29,13 @@ from portsentinel.model import Mode, Proto
 from unit.daemon.fakes import setup
 
 
-def test_the_ring_holds_capture_ring_mib_in_small_blocks(tmp_path: Path) -> None:
+def test_the_ring_holds_capture_ring_mib_in_frames_read_one_by_one(tmp_path: Path) -> None:
     config = ring_config(setup(tmp_path, 'CAPTURE_RING_MIB="4"\nINTERFACES="eth0,eth1"\n'))
+    assert config.version == 2  # a wake-up per packet, not per block
     assert config.block_size == RING_BLOCK
+    assert RING_BLOCK % RING_FRAME == 0
+    assert config.frame_size == RING_FRAME
     assert config.block_count == 4 * (1 << 20) // RING_BLOCK
-    assert config.retire_timeout_ms == RING_RETIRE_MS
     assert list(config.interfaces) == ["eth0", "eth1"]
 
 
