@@ -234,6 +234,9 @@ def main() -> int:
             code, stderr = daemon.stop()
         drops = re.search(r"kernel_drops=(\d+)", stderr)
         print(f"daemon exit {code}; kernel drops {drops.group(1) if drops else '?'}")
+        for line in stderr.splitlines():
+            if "statistics:" in line or "WARNING" in line or "ERROR" in line or "budget" in line:
+                print(f"  daemon: {line.split(chr(9))[-1]}")
     return 0
 
 
