@@ -50,12 +50,12 @@ _MARKER_PORT = 1999
 def _receive(config: dict[str, Any]) -> None:
     """Open the ring, report the interfaces, print every packet until stdin closes."""
     udp = PortFilter.under(config["udp_below"], exclude=config.get("udp_exclude", ()))
-    interfaces = tuple(config.get("interfaces", ()))
+    names = tuple(config.get("interfaces", ()))
     if config.get("version", 3) == 2:  # the daemon's geometry: frames read one by one
         ring_config = RingConfig(block_size=12288, block_count=64, frame_size=384,
-                                 interfaces=interfaces, version=2)  # fmt: skip
+                                 interfaces=names, version=2)  # fmt: skip
     else:
-        ring_config = RingConfig(interfaces=interfaces)
+        ring_config = RingConfig(interfaces=names)
     with PacketRing(ring_config, build_filter(udp)) as ring:
         interfaces = [asdict(i) for i in ring.refresh_interfaces()]
         _emit(event="ready", counted=sorted(ring.counted_ifindexes), interfaces=interfaces)
