@@ -7,6 +7,7 @@ one dictionary probe per distinct prefix length present, not one per network.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -82,14 +83,10 @@ def _mask(width: int, plen: int) -> int:
 
 def canonical_ipv4(text: str) -> bool:
     """Is ``text`` an IPv4 address exactly as ``ipaddress`` writes it (``198.18.0.2``: four
-    decimal octets, no leading zeros)? A check 5-10x cheaper than parsing, for the paths that
-    handle thousands of addresses at once; anything else goes the slow, general way."""
-    parts = text.split(".")
-    if len(parts) != 4:
-        return False
-    for part in parts:
-        if not (part.isascii() and part.isdigit()) or len(part) > 3:
-            return False
-        if (len(part) > 1 and part[0] == "0") or int(part) > 255:
-            return False
-    return True
+    decimal octets, no leading zeros)? A check many times cheaper than parsing, for the paths
+    that handle thousands of addresses at once; anything else goes the slow, general way."""
+    return _CANONICAL_IPV4.fullmatch(text) is not None
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}", re.ASCII)

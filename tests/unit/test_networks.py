@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from portsentinel.networks import AddressSet
+from portsentinel.networks import AddressSet, canonical_ipv4
 
 
 def packed(text: str) -> bytes:
@@ -61,3 +63,19 @@ def test_duplicates_collapse_and_union_keeps_both() -> None:
     assert packed("fd00::1") in both
     assert packed("10.9.9.9") in both
     assert not AddressSet()
+
+
+def _ipaddress_writes_it(text: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        return False
+
+
+@given(st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.lists(st.text("0123456789\u0661", max_size=4), min_size=1, max_size=5).map(".".join),
+    st.text(max_size=20),
+))  # fmt: skip
+def test_canonical_ipv4_says_exactly_what_ipaddress_would_write(text: str) -> None:
+    assert canonical_ipv4(text) == _ipaddress_writes_it(text)

@@ -14,7 +14,6 @@ whether or not a daemon runs.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,7 +197,7 @@ class BanManager(Restart):
             elif p.ban.id not in active:  # lifted meanwhile (a concurrent unblock)
                 self._undo(p.ban, now)
             else:
-                out[p.index] = dataclasses.replace(p.ban, state=BanState.ACTIVE)
+                out[p.index] = p.ban.activated()
                 written.append(p.request)
         self._write_files(written, now)
         return out

@@ -39,7 +39,7 @@ from portsentinel.errors import BackendError
 from portsentinel.respond.backends import terms_of
 from portsentinel.respond.bans import BanRequest
 
-HOLD_MAX = 4096  # held bans sent at once, before the turn ends
+HOLD_MAX = 256  # held bans sent at once, before the turn ends
 
 
 def eligible(settings: Settings) -> bool:
