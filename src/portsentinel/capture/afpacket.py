@@ -1,10 +1,11 @@
-"""Live stealth capture: one AF_PACKET socket, a TPACKET_V3 ring and a classic BPF prefilter.
+"""Live stealth capture: one AF_PACKET socket, a memory-mapped ring and a classic BPF prefilter.
 
 The shape comes from measurements (``shared/reference/capture-perf.md``): a per-packet
-``recv`` costs 2-5 times the kernel's own work per packet and drops in bursts, while a
-TPACKET_V3 ring read through a ``memoryview`` costs ~0.36 µs per packet, needs no system call
-per packet and wakes the reader once per block. The BPF program (``bpf.py``) keeps
-established traffic in the kernel.
+``recv`` costs 2-5 times the kernel's own work per packet and drops in bursts, while a ring
+read through a ``memoryview`` needs no system call per packet. The ring is TPACKET_V3 blocks
+(``RingConfig.version`` 3: a wake-up per block) or TPACKET_V2 frames (2: a wake-up per packet,
+read frame by frame, ``frames.py``); the daemon reads V2, for its first probe's latency (see
+``frames.py``). The BPF program (``bpf.py``) keeps established traffic in the kernel.
 
 The socket:
 
