@@ -67,16 +67,17 @@ def walk_frames(
     ``position[0]`` is moved past every frame given back, also when the handler raises (its
     frame is given back and the error propagates). Returns (handled, not host, not counted).
     """
-    unpack, release = FRAME.unpack_from, _STATUS.pack_into
+    unpack = FRAME.unpack_from
+    words = view.cast("I")  # the status word read and given back as an item: no struct call
     count = len(offsets)
     index = position[0]
     handled = not_host = not_counted = 0
     try:
         for _ in range(count):
             at = offsets[index]
-            status, snaplen, net, ifindex, pkttype = unpack(view, at)
-            if not status & TP_STATUS_USER:
+            if not words[at >> 2] & TP_STATUS_USER:
                 break
+            _status, snaplen, net, ifindex, pkttype = unpack(view, at)
             index = index + 1 if index + 1 < count else 0
             try:
                 if pkttype != PACKET_HOST:
@@ -87,7 +88,7 @@ def walk_frames(
                 else:
                     not_counted += 1
             finally:
-                release(view, at, TP_STATUS_KERNEL)
+                words[at >> 2] = TP_STATUS_KERNEL
     finally:
         position[0] = index
     return handled, not_host, not_counted
