@@ -29,7 +29,7 @@ from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
 from portsentinel.detect.mute import Mutes
-from portsentinel.detect.ports import bound_table, mode_ports, stealth_table
+from portsentinel.detect.ports import bound_table, stealth_table
 from portsentinel.detect.rules import ScanTrigger, ScoringRule
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
 from portsentinel.detect.track import KIND_BIT, SourceState, Tracker
@@ -244,6 +244,16 @@ class Detector:
             stats.in_use += 1
             return []
         return self._probe(pkt, kind, now)
+
+    def may_probe(self, pkt: Packet) -> bool:
+        """Steps 1-2 alone, counting nothing: False when ``feed`` drops the packet for what it
+        is or where it goes whatever the state (replay keeps only the others)."""
+        proto, _src, _dst, _sport, port, flags, _ttl, _options, frag = pkt
+        if frag:
+            return self._stealth.get(proto, False)
+        if proto == _TCP:
+            return TCP_KIND[flags] is not None and bool(self._watch_tcp[port])
+        return proto == _UDP and bool(self._watch_udp[port])
 
     def _feed_fragment(self, pkt: Packet, now: float) -> list[Decision]:
         """An evasive fragment: its flags cannot be trusted, so ACK/RST do not excuse it.
@@ -482,10 +492,7 @@ class Detector:
 
     def watched_ports(self, proto: Proto) -> list[int]:
         """The ports the protocol's mode watches, before the in-use check (ascending)."""
-        c = self.config
-        if proto == _TCP:
-            return mode_ports(c.tcp_mode, c.tcp_ports, c.advanced_tcp_limit, c.advanced_exclude_tcp)
-        return mode_ports(c.udp_mode, c.udp_ports, c.advanced_udp_limit, c.advanced_exclude_udp)
+        return self.config.watched_ports(proto)
 
     def source(self, src: bytes) -> SourceState | None:
         """The tracked evidence for ``src`` (for ``why`` and tests); None when not tracked."""
