@@ -53,7 +53,7 @@ def summary_line(
         "time": iso_time(wall),
         "type": "summary",
         "held": held,
-        "window": seconds,
+        "window": round(seconds, 6),
         "sources": [{"src": src, "reason": reason, "count": n} for src, reason, n in top],
     }
     return json.dumps(summary, separators=(",", ":"))

@@ -252,8 +252,8 @@ class Detector:
         if frag:
             return self._stealth.get(proto, False)
         if proto == _TCP:
-            return TCP_KIND[flags] is not None and bool(self._watch_tcp[port])
-        return proto == _UDP and bool(self._watch_udp[port])
+            return self._watch_tcp[port] == 1 and TCP_KIND[flags] is not None
+        return proto == _UDP and self._watch_udp[port] == 1
 
     def _feed_fragment(self, pkt: Packet, now: float) -> list[Decision]:
         """An evasive fragment: its flags cannot be trusted, so ACK/RST do not excuse it.
