@@ -3,8 +3,8 @@
 Two passes, one read of the file. The first decodes every frame once: it approximates the live
 socket table (a port counts as in use when a watched host answers on it anywhere in the
 capture, a SYN-ACK or UDP sent from it, because a live daemon would have seen that socket
-open) and keeps the packets that may be probes (``Detector.may_probe``: a probe's kind, to a
-watched port). The second feeds those to the detector, the in-use view now complete, with the
+open) and keeps the packets that may be probes (the detector's ``screen``: a probe's kind, to
+a watched port). The second feeds those to the detector, the in-use view now complete, with the
 capture's own timestamps as the clock. Ordinary traffic, answers and probes to ports nobody
 watches are read once and never reach the detector. At most KEEP_MAX packets wait between
 the passes; past that, the second pass reads the rest of the file again. Nothing here touches
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -24,20 +25,19 @@ from portsentinel.capture.pcapfile import CorruptCaptureError, open_capture
 from portsentinel.cli.replay_repeats import Held, Repeats
 from portsentinel.decode import decoder_for_linktype
 from portsentinel.detect.detector import Detector
+from portsentinel.detect.screen import ProbeScreen
 from portsentinel.errors import ConfigError, DecodeError
-from portsentinel.model import ACK, SYN, Decision, Frag, Packet, Proto
+from portsentinel.model import ACK, SYN, Decision, Packet, Proto
 
 Decoder = Callable[[bytes | memoryview], Packet | None]
-Keep = Callable[[Packet], bool]
 
 # How often (in capture seconds) the detector's idle-state expiry runs.
 _TICK_INTERVAL = 1.0
-# Packets kept between the two passes: about 340 bytes each (measured: +22 MB for the 65,533
-# probes of a full-range scan with every port watched), so ~45 MB at most.
+# Packets kept between the two passes: about 300 bytes each (measured: +20 MB for the 65,533
+# probes of a full-range scan with every port watched), so ~40 MB at most.
 KEEP_MAX: Final = 1 << 17
 _SYN_ACK: Final = SYN | ACK
 _TCP: Final = int(Proto.TCP)
-_FRAG_NONE: Final = int(Frag.NONE)
 
 
 @dataclass
@@ -66,11 +66,13 @@ class InUse:
 
 @dataclass
 class Survey:
-    """Pass one's findings: the frames counted, the ports in use, the packets kept."""
+    """Pass one's findings: the frames counted, the ports in use, the packets kept (and
+    their times, apart: a float object and a pair each cost more than the kept packet)."""
 
     stats: ReplayStats
     in_use: InUse
-    kept: list[tuple[float, Packet]]
+    kept: list[Packet]
+    times: array[float]
     # The first frame whose packet could not be kept (KEEP_MAX reached): pass two reads the
     # file again from there.
     resume: int | None = None
@@ -133,19 +135,24 @@ class _Decoders:
         return decoder
 
 
-def survey(path: str, local: frozenset[bytes] | None, keep: Keep, limit: int = KEEP_MAX) -> Survey:
+def survey(
+    path: str, local: frozenset[bytes] | None, screen: ProbeScreen, limit: int = KEEP_MAX
+) -> Survey:
     """Pass one: count and decode every frame, note the ports the watched hosts (``local``,
-    or any host) answered on, keep the packets ``keep`` accepts (``limit`` at most)."""
+    or any host) answered on, keep the packets ``screen`` passes (``limit`` at most)."""
     stats = ReplayStats()
     tcp: set[int] = set()
     udp: set[int] = set()
-    kept: list[tuple[float, Packet]] = []
+    kept: list[Packet] = []
+    times = array("d")
     resume = None
     decoders = _Decoders()
     frames = skipped = errors = 0
     linktype, decode = None, None
-    # One flat loop, counters and constants in locals: it runs for every frame of the file.
-    tcp_proto, syn_ack, whole = _TCP, _SYN_ACK, _FRAG_NONE
+    # One flat loop, counters and tables in locals: it runs for every frame of the file. The
+    # screen is read inline (``ProbeScreen.__call__``'s test): a call per frame cost 10 %.
+    tcp_proto, syn_ack = _TCP, _SYN_ACK
+    watch_tcp, watch_udp, kinds, fragments = screen.tcp, screen.udp, screen.kinds, screen.fragments
     with open_capture(path) as reader:
         try:
             for ts, frame_type, frame in reader:
@@ -160,16 +167,23 @@ def survey(path: str, local: frozenset[bytes] | None, keep: Keep, limit: int = K
                 if pkt is None:
                     skipped += 1
                     continue
-                proto, src, _dst, sport, _dport, flags, _ttl, _options, frag = pkt
-                if local is None or src in local:
-                    if proto == tcp_proto:
-                        if flags & syn_ack == syn_ack:
+                proto, src, _dst, sport, dport, flags, _ttl, _options, frag = pkt
+                if frag:
+                    wanted = proto in fragments
+                elif proto == tcp_proto:
+                    if kinds[flags] is None:  # not a probe; a SYN-ACK says a port is in use
+                        if flags & syn_ack == syn_ack and (local is None or src in local):
                             tcp.add(sport)
-                    elif frag == whole:
+                        continue
+                    wanted = watch_tcp[dport] == 1
+                else:
+                    if local is None or src in local:
                         udp.add(sport)
-                if keep(pkt):
+                    wanted = watch_udp[dport] == 1
+                if wanted:
                     if len(kept) < limit:
-                        kept.append((ts, pkt))
+                        kept.append(pkt)
+                        times.append(ts)
                     elif resume is None:
                         resume = frames - 1
         except CorruptCaptureError as exc:
@@ -178,11 +192,11 @@ def survey(path: str, local: frozenset[bytes] | None, keep: Keep, limit: int = K
             stats.truncated = str(exc)
     stats.frames, stats.skipped, stats.decode_errors = frames, skipped, errors
     stats.packets = frames - skipped - errors
-    return Survey(stats, InUse(frozenset(tcp), frozenset(udp)), kept, resume)
+    return Survey(stats, InUse(frozenset(tcp), frozenset(udp)), kept, times, resume)
 
 
-def _rest(path: str, start: int, keep: Keep) -> Iterator[tuple[float, Packet]]:
-    """Pass two past KEEP_MAX: the packets ``keep`` accepts from frame ``start`` on, read
+def _rest(path: str, start: int, screen: ProbeScreen) -> Iterator[tuple[float, Packet]]:
+    """Pass two past KEEP_MAX: the packets ``screen`` passes from frame ``start`` on, read
     again (pass one counted them, and any damage)."""
     decoders = _Decoders()
     with open_capture(path) as reader:
@@ -192,7 +206,7 @@ def _rest(path: str, start: int, keep: Keep) -> Iterator[tuple[float, Packet]]:
                     pkt = decoders(linktype)(frame)
                 except DecodeError:
                     continue
-                if pkt is not None and keep(pkt):
+                if pkt is not None and screen(pkt):
                     yield ts, pkt
         except CorruptCaptureError:
             return  # pass one reported it
@@ -212,15 +226,15 @@ def run_replay(
     each decision goes to ``emit``. With ``summarise``, a source's repeats are held back as
     the daemon holds them and ``summarise`` gets what was held (see ``replay_repeats``);
     without it every decision is built and emitted."""
-    found = survey(path, local, detector.may_probe, limit)
+    found = survey(path, local, detector.screen, limit)
     seen = found.in_use | in_use
     detector.set_in_use(Proto.TCP, seen.tcp)
     detector.set_in_use(Proto.UDP, seen.udp)
     before = detector.stats.decisions_by_action
     repeats = Repeats(detector, summarise) if summarise is not None else None
-    packets: Iterable[tuple[float, Packet]] = found.kept
+    packets: Iterable[tuple[float, Packet]] = zip(found.times, found.kept, strict=True)
     if found.resume is not None:
-        packets = chain(found.kept, _rest(path, found.resume, detector.may_probe))
+        packets = chain(packets, _rest(path, found.resume, detector.screen))
     end = _feed(packets, detector, emit, repeats)
     if repeats is not None and end is not None:
         repeats.finish(end)

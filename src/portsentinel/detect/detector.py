@@ -31,6 +31,7 @@ from portsentinel.detect.decide import Policy
 from portsentinel.detect.mute import Mutes
 from portsentinel.detect.ports import bound_table, stealth_table
 from portsentinel.detect.rules import ScanTrigger, ScoringRule
+from portsentinel.detect.screen import ProbeScreen
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
 from portsentinel.detect.track import KIND_BIT, SourceState, Tracker
 from portsentinel.model import (
@@ -93,6 +94,7 @@ class Detector:
         "config",
         "policy",
         "rules",
+        "screen",
     )
 
     def __init__(
@@ -153,6 +155,8 @@ class Detector:
         self._stealth = {
             proto: mode is not None and mode.stealth for proto, mode in self._modes.items()
         }
+        stealthy = frozenset(proto for proto, on in self._stealth.items() if on)
+        self.screen = ProbeScreen(self._watch_tcp, self._watch_udp, stealthy)  # steps 1-2 alone
         if not self._custom_rules:
             self.rules = (ScanTrigger(c.scan_trigger, c.scan_window),)
         # A muted source's probes go only to rules that keep state of their own.
@@ -244,16 +248,6 @@ class Detector:
             stats.in_use += 1
             return []
         return self._probe(pkt, kind, now)
-
-    def may_probe(self, pkt: Packet) -> bool:
-        """Steps 1-2 alone, counting nothing: False when ``feed`` drops the packet for what it
-        is or where it goes whatever the state (replay keeps only the others)."""
-        proto, _src, _dst, _sport, port, flags, _ttl, _options, frag = pkt
-        if frag:
-            return self._stealth.get(proto, False)
-        if proto == _TCP:
-            return self._watch_tcp[port] == 1 and TCP_KIND[flags] is not None
-        return proto == _UDP and self._watch_udp[port] == 1
 
     def _feed_fragment(self, pkt: Packet, now: float) -> list[Decision]:
         """An evasive fragment: its flags cannot be trusted, so ACK/RST do not excuse it.

@@ -727,12 +727,12 @@ def test_random_traffic_respects_caps_and_acts_once_per_source(
     st.sampled_from([Mode.AUDP, Mode.SUDP, Mode.UDP, None]),
 )
 @settings(max_examples=200, deadline=None)
-def test_may_probe_is_false_only_for_packets_feed_drops_whatever_the_state(
+def test_the_screen_is_false_only_for_packets_feed_drops_whatever_the_state(
     stream: list[tuple[int, bytes, bytes, int, int, int, float]],
     tcp_mode: Mode | None,
     udp_mode: Mode | None,
 ) -> None:
-    """Replay keeps only the packets ``may_probe`` accepts: feeding just those must leave the
+    """Replay keeps only the packets the screen accepts: feeding just those must leave the
     detector where feeding everything does (same decisions, same probe counters)."""
     config = replace(BASE, tcp_mode=tcp_mode, udp_mode=udp_mode, advanced_tcp_limit=600)
     every, kept = Detector(config, local={HOST}), Detector(config, local={HOST})
@@ -741,19 +741,17 @@ def test_may_probe_is_false_only_for_packets_feed_drops_whatever_the_state(
         now += step
         pkt: Packet = (proto, src, dst, 1, port, flags if proto == 6 else 0, 64, False, frag)
         decided = every.feed(pkt, now)
-        assert kept.may_probe(pkt) or not decided
-        assert kept.feed(pkt, now) == decided if kept.may_probe(pkt) else not decided
+        assert kept.screen(pkt) or not decided
+        assert kept.feed(pkt, now) == decided if kept.screen(pkt) else not decided
     assert every.stats.probes == kept.stats.probes
     assert every.stats.decisions_by_action == kept.stats.decisions_by_action
 
 
-def test_may_probe_keeps_probe_kinds_to_watched_ports_only() -> None:
-    det = detector(tcp_mode=Mode.ATCP, udp_mode=Mode.SUDP)
-    kept = [tcp(80), tcp(80, FIN), udp(161), tcp(0, frag=Frag.OVERLAP)]  # a fragment hides flags
-    dropped = [tcp(80, SYN | ACK), tcp(80, RST), tcp(2000), udp(162)]  # atcp: below 1024
-    assert [det.may_probe(pkt) for pkt in kept + dropped] == [True] * 4 + [False] * 4
-    assert not detector(tcp_mode=Mode.TCP).may_probe(tcp(1))  # bound modes take connects
-    assert det.stats.packets == 0
+def test_the_screen_follows_a_reconfiguration() -> None:
+    det = detector(tcp_mode=Mode.ATCP)
+    assert not det.screen(tcp(2000))
+    det.reconfigure(replace(BASE, advanced_tcp_limit=4000))
+    assert det.screen(tcp(2000))
 
 
 # --- reload -------------------------------------------------------------------------------------
