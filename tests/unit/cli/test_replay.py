@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import struct
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,37 @@ def test_replay_of_a_non_capture_is_a_runtime_failure(
     status, _out, err = run(["replay", "--config", conf, "--mode", "atcp", str(capture)], capsys)
     assert status == 1
     assert str(capture) in err
+
+
+@pytest.mark.parametrize(
+    ("resolution", "offset", "ticks"),
+    [(6, 2**62, 1), (6, -(2**62), 1), (0, 0, 2**64 - 1)],  # huge, negative; 1 s and the largest
+)
+def test_replay_of_a_pcapng_with_impossible_times_is_one_line_and_status_1(
+    resolution: int, offset: int, ticks: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    syn = ethernet(ETH_IPV4, ipv4(TCP_PROTO, tcp(40000, 23)))
+    header = struct.pack("<HHI", 1, 0, 0) + struct.pack("<HHB3x", 9, 1, resolution)
+    header += struct.pack("<HHq", 14, 8, offset) + struct.pack("<HH", 0, 0)
+    packet = struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(syn), len(syn)) + syn
+    capture = tmp_path / "times.pcapng"
+    capture.write_bytes(
+        pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+        + pcapng_block(1, header)
+        + pcapng_block(6, packet)
+    )
+    conf = write(tmp_path / "c.conf", "")
+    status, out, err = run(["replay", "--config", conf, "--mode", "atcp", str(capture)], capsys)
+    assert status == 1
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith(f"portsentinel: {capture}: packet time out of range: ")
+    assert "Traceback" not in err
+
+
+def pcapng_block(btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
 
 
 def test_replay_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
