@@ -86,20 +86,27 @@ def test_run_replay_feeds_every_packet_and_counts_the_decisions() -> None:
     assert "warning" not in line
 
 
-def test_past_the_keep_limit_the_second_pass_reads_the_rest_again() -> None:
-    """Packets kept between the passes are bounded; the result does not depend on the bound."""
+@pytest.mark.parametrize("cut", [False, True])
+def test_past_the_keep_limit_the_second_pass_reads_the_rest_again(
+    cut: bool, tmp_path: Path
+) -> None:
+    """Packets kept between the passes are bounded; the result does not depend on the bound,
+    also for a capture cut short (the second pass meets the cut again)."""
     setup = load_setup(None, "atcp,audp")
-    path = str(CAPTURES / "syn.pcap")
+    whole = (CAPTURES / "syn.pcap").read_bytes()
+    path = tmp_path / "syn.pcap"
+    path.write_bytes(whole[: len(whole) * 3 // 4 + 5] if cut else whole)
     local = engine.parse_local(LOCAL)
     results = []
     for limit in (engine.KEEP_MAX, 10, 0):
         emitted: list[Decision] = []
         detector = Detector(detector_config(setup), local=local)
-        stats = engine.run_replay(path, detector, emitted.append, local=local, limit=limit)
+        stats = engine.run_replay(str(path), detector, emitted.append, local=local, limit=limit)
         results.append((stats, emitted))
     assert results[1] == results[0]
     assert results[2] == results[0]
-    assert len(results[0][1]) == 118
+    assert (results[0][0].truncated is not None) is cut
+    assert len(results[0][1]) == (87 if cut else 118)  # the decisions before the cut
 
 
 def test_summary_says_when_a_capture_was_cut_short() -> None:
