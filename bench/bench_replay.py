@@ -4,7 +4,8 @@ Builds a synthetic capture (Ethernet frames, IPv4 and IPv6) in a temporary direc
 SYN probes from many sources to many ports, FIN/NULL/XMAS probes, UDP probes, and a majority of
 established-traffic ACKs, then measures
   1. decode + detect on frames already in memory (the core's cost per packet), and
-  2. the whole ``replay`` pass over the file (reader + decode + detect + JSON events to /dev/null).
+  2. the whole ``replay`` over the file (reader + decode + detect + JSON events to a buffer, a
+     source's repeats summarised as by default).
 Prints figures; asserts nothing. Usage: python bench/bench_replay.py [--packets N]
 """
 
@@ -22,7 +23,7 @@ import time
 import dpkt
 
 from portsentinel.alert.events import event_line
-from portsentinel.cli.replay_capture import run_replay
+from portsentinel.cli.replay_capture import InUse, run_replay
 from portsentinel.decode import decode_ethernet
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.settings import DetectorConfig
@@ -129,7 +130,8 @@ def bench_replay_file(frames: list[bytes]) -> tuple[float, int]:
                 sink.truncate()
 
         start = time.perf_counter()
-        stats = run_replay(path, detector(), emit)
+        in_use = InUse(frozenset({22, 80, 443}), frozenset({53}))
+        stats = run_replay(path, detector(), emit, in_use=in_use, summarise=lambda _held: None)
         return time.perf_counter() - start, stats.packets
 
 

@@ -6,8 +6,8 @@ Each input is written to a file (``open_capture`` takes a path and maps the file
 iterated to the end, then iterated again and closed. Checked:
 
 - only ``CaptureError`` escapes ``open_capture`` and the iteration;
-- every frame is ``(float, int, bytes)`` with a 16-bit link type and no more bytes than the
-  file holds;
+- every frame is ``(float, int, bytes)`` with a time within 1970-9999 (what a replay's event
+  can show), a 16-bit link type and no more bytes than the file holds;
 - a ``CorruptCaptureError`` counts exactly the frames yielded before it and points inside
   the file;
 - a second iteration yields the same frames and ends the same way (the reader keeps no
@@ -38,6 +38,7 @@ _SHM: Final = "/dev/shm" if Path("/dev/shm").is_dir() else None
 _FOLDER: Final = Path(tempfile.mkdtemp(prefix="fuzz-pcap-", dir=_SHM))
 atexit.register(shutil.rmtree, _FOLDER, ignore_errors=True)
 PATH: Final = _FOLDER / "input.pcap"
+LAST_SECOND: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 Outcome = tuple[list[Frame], str | None]
 # "not a capture" | "clean" | "damaged" -> inputs: what a run reached (the CI slice checks it).
@@ -62,7 +63,7 @@ def _walk(reader: CaptureReader, size: int) -> Outcome:
 def _check_frame(frame: Frame, size: int) -> None:
     require(type(frame) is tuple and len(frame) == 3, f"not a frame: {frame!r}")
     ts, linktype, data = frame
-    require(type(ts) is float, f"timestamp {ts!r}")
+    require(type(ts) is float and 0 <= ts <= LAST_SECOND, f"timestamp {ts!r}")
     require(type(linktype) is int and 0 <= linktype <= 0xFFFF, f"link type {linktype!r}")
     require(type(data) is bytes and len(data) <= size, "frame bytes")
     try:

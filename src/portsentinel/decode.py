@@ -64,6 +64,8 @@ _TCP_HEAD = struct.Struct("!HH8xBB")  # ports, data offset/reserved, flags
 # and flags (34 bytes).
 _IP4_TCP = struct.Struct("!BxH2xHBB2x4s4sHH8xBB")
 _IP4_TCP_FAST_MIN: Final = 40  # IPv4 (20) + TCP (20) bytes captured
+# The same behind an Ethernet header (its ethertype first): a capture file's everyday frame.
+_ETH_IP4_TCP = struct.Struct("!12xHBxH2xHBB2x4s4sHH8xBB6x")  # through the TCP header's end
 _IP4_MF: Final = 0x2000
 _IP4_FRAG_BITS: Final = 0x3FFF  # more-fragments flag and offset
 _IP4_OFFSET: Final = 0x1FFF
@@ -320,6 +322,24 @@ def decode_ip(buf: Buffer, offset: int = 0, length: int = -1) -> Packet | None:
 
 def decode_ethernet(buf: Buffer) -> Packet | None:
     """Ethernet II, with any stack of 802.1Q/802.1ad tags."""
+    # As in ``decode_ip``: an unfragmented TCP segment in IPv4 without options, one read (a
+    # frame too short for it raises: cheaper than asking its length first, as most are not).
+    try:
+        ethertype, vhl, total, frag, ttl, proto, src, dst, sport, dport, doff, flags = (
+            _ETH_IP4_TCP.unpack_from(buf, 0)
+        )
+    except struct.error:
+        pass
+    else:
+        if (
+            ethertype == _ETH_IPV4
+            and vhl == 0x45
+            and proto == _TCP
+            and not frag & _IP4_FRAG_BITS
+            and doff >= 0x50
+            and (doff >> 4) * 4 <= total - 20
+        ):
+            return (_TCP, src, dst, sport, dport, flags, ttl, False, _FRAG_NONE)
     if len(buf) < 14:
         raise DecodeError("Ethernet header truncated")
     (ethertype,) = _U16.unpack_from(buf, 12)

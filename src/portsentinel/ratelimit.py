@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 SUMMARY_TOP = 5  # keys named in a summary, those that held most
+SUMMARY_EVERY = 10.0  # seconds between two summaries of the records held back
 
 
 class TokenBucket:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.cli.replay_capture import run_replay, survey_in_use
+from portsentinel.cli.replay_capture import InUse, run_replay
 from portsentinel.cli.report import add_parsers
 from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
@@ -66,16 +66,10 @@ def record_captures(state_dir: Path, tmp: Path) -> int:
     with Store.open(str(state_dir), offline=True) as store:
         for name in SCANS:
             path = str(CAPTURES / f"{name}.pcap")
-            seen = survey_in_use(path, LOCAL)
-            detector = Detector(
-                detector_config(setup),
-                ignore=setup.ignore,
-                local=LOCAL,
-                in_use_tcp=seen.tcp | {22, 80},
-                in_use_udp=seen.udp,
-            )
+            detector = Detector(detector_config(setup), ignore=setup.ignore, local=LOCAL)
             decisions: list[Decision] = []
-            run_replay(path, detector, decisions.append)
+            in_use = InUse(tcp=frozenset({22, 80}))
+            run_replay(path, detector, decisions.append, local=LOCAL, in_use=in_use)
             for decision in decisions:
                 _record_ban(store, decision)
             written += store.add_events(EventRow.from_decision(d, d.time) for d in decisions)

@@ -541,6 +541,37 @@ def test_ipv4_tcp_fast_path_agrees_with_the_general_decoder(  # noqa: PLR0917
     assert _fast(bytes(buf)) == _general(bytes(buf))
 
 
+def _outcome(decoder: Decoder, buf: bytes) -> Packet | str | None:
+    try:
+        return decoder(buf)
+    except DecodeError as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    header=st.binary(min_size=34, max_size=34),
+    tail=st.binary(min_size=0, max_size=30),
+    ethertype=st.sampled_from([ETH_IPV4, ETH_IPV6, 0x8100, 0x0806]),
+    vhl=st.sampled_from([0x45, 0x46, 0x44, 0x65]),
+    proto=st.sampled_from([6, 17, 1]),
+    frag=st.sampled_from([0, 0x2000, 0x4000, 0x0001, 0x4001]),
+    doff=st.integers(0, 255),
+)
+def test_ethernet_ipv4_tcp_fast_path_agrees_with_the_general_decoder(  # noqa: PLR0917
+    header: bytes, tail: bytes, ethertype: int, vhl: int, proto: int, frag: int, doff: int
+) -> None:
+    buf = bytearray(header + tail)
+    buf[0], buf[9], buf[32] = vhl, proto, doff
+    buf[6:8] = frag.to_bytes(2, "big")
+    total = int.from_bytes(buf[2:4], "big") % (len(buf) + 40)
+    buf[2:4] = total.to_bytes(2, "big")
+    frame = bytes(12) + ethertype.to_bytes(2, "big") + bytes(buf)
+    # The general way to the same bytes: the ethertype, then the IPv4 decoder at offset 14.
+    general = _outcome(decode_sll2, ethertype.to_bytes(2, "big") + bytes(18) + bytes(buf))
+    assert _outcome(decode_ethernet, frame) == general
+
+
 def _at(buf: bytes | memoryview, offset: int, length: int) -> Packet | str | None:
     try:
         return decode_ip(buf, offset, length)

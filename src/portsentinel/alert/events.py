@@ -1,12 +1,14 @@
 """JSON event lines (one object per line), the schema fixed in DESIGN.md.
 
 Keys ``time src dst proto port kind action reason`` are the contract: never rename or remove
-one. Extra keys may be added at the end.
+one. Extra keys may be added at the end. A stream whose repeats are rate-limited says what it
+held back in a summary line (``"type": "summary"``), never silently.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from portsentinel.model import Decision, flag_names
@@ -40,3 +42,18 @@ def event_dict(decision: Decision, wall: float) -> dict[str, object]:
 def event_line(decision: Decision, wall: float) -> str:
     """One compact JSON line, no trailing newline."""
     return json.dumps(event_dict(decision, wall), separators=(",", ":"))
+
+
+def summary_line(
+    held: int, seconds: float, top: Iterable[tuple[str, str, int]], wall: float
+) -> str:
+    """The records held back over the ``seconds`` up to ``wall``, with the sources and reasons
+    that held most (``top``: source, reason, count): one compact JSON line, no newline."""
+    summary = {
+        "time": iso_time(wall),
+        "type": "summary",
+        "held": held,
+        "window": round(seconds, 6),
+        "sources": [{"src": src, "reason": reason, "count": n} for src, reason, n in top],
+    }
+    return json.dumps(summary, separators=(",", ":"))

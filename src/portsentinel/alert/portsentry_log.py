@@ -58,6 +58,16 @@ def _probe_line(decision: Decision, host: str, proto: str) -> str:
     return f"attackalert: {label} from host: {host} to TCP port: {decision.port}"
 
 
+def held_back_line(held: int, seconds: float, top: Iterable[tuple[str, int]]) -> str:
+    """PortSentinel's own line (1.2 logs every probe): the records the repeat limiter held
+    back over the last ``seconds``, and the sources and reasons that held most."""
+    worst = ", ".join(f"{who}: {count}" for who, count in top)
+    return (
+        f"adminalert: {held} repetitive records held back in the last {seconds:.3g}s "
+        f"(most from {worst})"
+    )
+
+
 # --- start-up and shutdown, in 1.2's words (the UDP twin of each TCP line says UDP) ----------
 
 ACTIVE = "adminalert: PortSentry is now active and listening."

@@ -15,9 +15,10 @@ measured), a frame stays valid for as long as the caller keeps it, and ``close()
 fail on a buffer still exported.
 
 Damage: a file that is not a capture fails at ``open_capture``. Damage found while iterating
-(a cut-short tail, a bad block length, an unknown interface) ends the iteration with
-``CorruptCaptureError``, which says how many packets came before it and at which offset, so
-that a replay can keep what it read and report the rest as a warning. The walk only moves
+(a cut-short tail, a bad block length, an unknown interface, a pcapng packet time outside
+1970-9999, which its 64-bit timestamp, resolution and if_tsoffset can say) ends the iteration
+with ``CorruptCaptureError``, which says how many packets came before it and at which offset,
+so that a replay can keep what it read and report the rest as a warning. The walk only moves
 forward by validated lengths, so it always ends and never reads past the file. The trailing
 copy of a pcapng block length is not checked: it costs a read per packet and adds nothing
 that the leading length and the next block's header do not already catch. The mapping has
@@ -71,9 +72,16 @@ _SPB_DATA: Final = 12
 _OPT_END: Final = 0
 _OPT_IF_TSRESOL: Final = 9
 _OPT_IF_TSOFFSET: Final = 14
+# Packet times must lie in 1970-01-01 .. 9999-12-31T23:59:59 UTC, what a datetime can show:
+# a pcapng's 64-bit timestamp with a 1 s resolution, or a huge or negative if_tsoffset, can
+# say any time at all. (A classic pcap's unsigned 32-bit seconds always fit.)
+_FIRST_TIME: Final = 0.0
+_LAST_TIME: Final = 253_402_300_799.0
 
-_Iface = tuple[int, float, int, int]
-"""One pcapng interface: (linktype, timestamp units per second, offset in seconds, snaplen)."""
+_Iface = tuple[int, float, int, int, int]
+"""One pcapng interface: (linktype, timestamp units per second, offset in seconds, snaplen,
+the highest upper timestamp word whose times surely lie within 1970-9999: -1 checks every
+packet's time, as a negative offset needs)."""
 
 
 class _Layout:
@@ -309,10 +317,12 @@ def _walk_pcapng(path: str, data: _Buffer) -> Iterator[Frame]:
                     # caplen <= blen - 32 also proves blen >= 32, the EPB minimum.
                     if btype == _EPB and not blen & 3 and caplen <= blen - 32 and off + blen <= end:
                         try:
-                            linktype, units, tsoffset, _ = ifaces[iid]
+                            linktype, units, tsoffset, _, high_max = ifaces[iid]
                         except IndexError:
                             raise _unknown_iface(off, iid, ifaces) from None
                         ts = (high << 32 | low) / units + tsoffset
+                        if high > high_max:  # one int comparison for every other packet
+                            _check_time(ts, off, iid, ifaces[iid], high << 32 | low)
                         start = off + _EPB_DATA
                         yield ts, linktype, data[start : start + caplen]
                         off += blen
@@ -381,7 +391,7 @@ def _slow_packet(
     if btype == _SPB:
         if not ifaces:
             raise _unknown_iface(off, 0, ifaces)
-        linktype, _, _, snaplen = ifaces[0]
+        linktype, _, _, snaplen, _ = ifaces[0]
         (caplen,) = layout.u32.unpack_from(data, off + 8)  # the original length
         caplen = min(caplen, blen - 16, snaplen or caplen)
         return previous_ts, linktype, data[off + _SPB_DATA : off + _SPB_DATA + caplen]
@@ -393,9 +403,22 @@ def _slow_packet(
         raise _Damage(off, f"captured length {caplen} overruns its {blen}-byte block")
     if iid >= len(ifaces):
         raise _unknown_iface(off, iid, ifaces)
-    linktype, units, tsoffset, _ = ifaces[iid]
+    linktype, units, tsoffset, _, _ = ifaces[iid]
     ts = (high << 32 | low) / units + tsoffset
+    _check_time(ts, off, iid, ifaces[iid], high << 32 | low)
     return ts, linktype, data[off + _EPB_DATA : off + _EPB_DATA + caplen]
+
+
+def _check_time(ts: float, off: int, iid: int, iface: _Iface, stamp: int) -> None:
+    """Damage unless ``ts`` lies within 1970-9999; says which interface fields made it."""
+    if _FIRST_TIME <= ts <= _LAST_TIME:
+        return
+    _, units, tsoffset, _, _ = iface
+    raise _Damage(
+        off,
+        f"packet time out of range: timestamp {stamp} in units of {1 / units:g} s plus "
+        f"if_tsoffset {tsoffset} s (interface {iid}) is not within 1970-9999",
+    )
 
 
 def _unknown_iface(off: int, iid: int, ifaces: list[_Iface]) -> _Damage:
@@ -418,7 +441,16 @@ def _parse_idb(data: _Buffer, off: int, blen: int, layout: _Layout) -> _Iface:
             if length != 8:
                 raise _Damage(off, f"if_tsoffset option of {length} bytes, not 8")
             (tsoffset,) = layout.i64.unpack_from(data, value_off)
-    return linktype, units, tsoffset, snaplen
+    return linktype, units, tsoffset, snaplen, _high_max(units, tsoffset)
+
+
+def _high_max(units: float, tsoffset: int) -> int:
+    """The highest upper word of a timestamp whose time surely lies within 1970-9999, one word
+    short of the bound so that float rounding cannot matter; -1 when every packet must be
+    checked (a negative offset can put any of them before 1970)."""
+    if tsoffset < 0 or tsoffset > _LAST_TIME:
+        return -1
+    return (int((_LAST_TIME - tsoffset) * units) >> 32) - 1
 
 
 def _options(data: _Buffer, off: int, stop: int, layout: _Layout) -> Iterator[tuple[int, int, int]]:

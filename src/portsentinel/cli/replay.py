@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from portsentinel import paths
-from portsentinel.alert.events import event_line, iso_time
-from portsentinel.alert.portsentry_log import detection_lines
+from portsentinel.alert.events import event_line, iso_time, summary_line
+from portsentinel.alert.portsentry_log import detection_lines, held_back_line
 from portsentinel.cli.options import PROG, Verbs, add_config_option, add_mode_option
 from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
 from portsentinel.model import Decision
+
+if TYPE_CHECKING:
+    from portsentinel.cli.replay_capture import ReplayStats
+    from portsentinel.cli.replay_repeats import Held
 
 
 def add_parsers(verbs: Verbs) -> None:
@@ -28,9 +32,13 @@ def add_parsers(verbs: Verbs) -> None:
         description=(
             "Run a capture through the whole detection core as if live and print one JSON "
             "event per probe that reached a decision (or PortSentry-style lines with --log). "
-            "Never touches a firewall. A port counts as in use when the capture shows the "
-            "watched host answering on it anywhere in the file (SYN-ACK, or UDP sent from it): "
-            "an approximation of the live socket table."
+            "As the daemon does, a source's repeats (a blocked scanner's next probes) are "
+            "printed 20 at once and one a second after that, on the capture's clock, and "
+            "what was held back is summarised every 10 s and at the end (a JSON line with "
+            '"type": "summary"); --every-probe prints them all. Never touches a firewall. A '
+            "port counts as in use when the capture shows the watched host answering on it "
+            "anywhere in the file (SYN-ACK, or UDP sent from it): an approximation of the "
+            "live socket table."
         ),
     )
     replay.add_argument("capture", metavar="CAPTURE", help="pcap or pcapng file")
@@ -53,6 +61,12 @@ def add_parsers(verbs: Verbs) -> None:
     replay.add_argument(
         "--log", action="store_true", help="print PortSentry-style log lines instead of JSON"
     )
+    replay.add_argument(
+        "--every-probe",
+        action="store_true",
+        help="a record for every probe that reached a decision, repeats included (as "
+        "run --events writes them), instead of the daemon's limit and summary",
+    )
     replay.add_argument(  # without it a replay keeps everything in memory
         "--state-dir",
         metavar="DIR",
@@ -70,7 +84,6 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         parse_local,
         run_replay,
         summary,
-        survey_in_use,
     )
     from portsentinel.cli.replay_record import record_replay  # noqa: PLC0415
 
@@ -78,22 +91,22 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for warning in setup.warnings:
         err.write(f"{PROG}: warning: {warning}\n")
     local = parse_local(args.local) if args.local else None
-    extra_tcp, extra_udp = parse_in_use(args.in_use)
-    seen = survey_in_use(args.capture, local)
-    detector = Detector(
-        detector_config(setup),
-        ignore=setup.ignore,
-        local=local,
-        in_use_tcp=seen.tcp | extra_tcp,
-        in_use_udp=seen.udp | extra_udp,
-    )
-    emit = _log_writer(out) if args.log else _event_writer(out)
+    in_use = parse_in_use(args.in_use)
+    detector = Detector(detector_config(setup), ignore=setup.ignore, local=local)
+    writer = _LogWriter(out) if args.log else _EventWriter(out)
+    summarise = None if args.every_probe else writer.held
+
+    def replay(emit: Callable[[Decision], None]) -> ReplayStats:
+        return run_replay(
+            args.capture, detector, emit, local=local, in_use=in_use, summarise=summarise
+        )
+
     if args.state_dir is None:
-        stats = run_replay(args.capture, detector, emit)
+        stats = replay(writer)
         recorded = None
     else:
         recorded = record_replay(
-            args.capture, detector, emit, state_dir=args.state_dir, settings=setup.settings
+            replay, detector, writer, state_dir=args.state_dir, settings=setup.settings
         )
         stats = recorded.stats
     out.flush()
@@ -103,17 +116,31 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return paths.EXIT_OK
 
 
-def _event_writer(out: TextIO) -> Callable[[Decision], None]:
-    def emit(decision: Decision) -> None:
-        out.write(event_line(decision, decision.time) + "\n")
+class _EventWriter:
+    """JSON lines: an event per decision, a summary line for what was held back."""
 
-    return emit
+    def __init__(self, out: TextIO) -> None:
+        self._write = out.write
+
+    def __call__(self, decision: Decision) -> None:
+        self._write(event_line(decision, decision.time) + "\n")
+
+    def held(self, held: Held) -> None:
+        self._write(summary_line(held.count, held.seconds, held.top, held.time) + "\n")
 
 
-def _log_writer(out: TextIO) -> Callable[[Decision], None]:
-    def emit(decision: Decision) -> None:
+class _LogWriter:
+    """PortSentry's log lines, each after its capture time; the daemon's line for what was
+    held back."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._write = out.write
+
+    def __call__(self, decision: Decision) -> None:
         stamp = iso_time(decision.time)
         for line in detection_lines(decision):
-            out.write(f"{stamp} {line}\n")
+            self._write(f"{stamp} {line}\n")
 
-    return emit
+    def held(self, held: Held) -> None:
+        top = [(f"{src} {reason}", n) for src, reason, n in held.top]
+        self._write(f"{iso_time(held.time)} {held_back_line(held.count, held.seconds, top)}\n")

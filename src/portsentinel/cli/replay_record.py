@@ -1,5 +1,6 @@
 """``replay --state-dir``: what a replay found, recorded into an offline store the way the
-daemon would have, with the capture's times: one event per decision, and a ban record per
+daemon would have, with the capture's times: one event per decision it printed (a source's
+repeats limited as the daemon limits them, unless ``--every-probe``), and a ban record per
 first block or command decision (never applied to any firewall: the store is marked offline).
 """
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from portsentinel.cli.replay_capture import ReplayStats, run_replay
+from portsentinel.cli.replay_capture import ReplayStats
 from portsentinel.config.schema import Settings
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.track import kinds_of
@@ -127,9 +128,16 @@ class Recorded:
 
 
 def record_replay(
-    capture: str, detector: Detector, emit: Emit, *, state_dir: str, settings: Settings
+    replay: Callable[[Emit], ReplayStats],
+    detector: Detector,
+    emit: Emit,
+    *,
+    state_dir: str,
+    settings: Settings,
 ) -> Recorded:
-    """``run_replay`` that also records into ``state_dir``'s offline store.
+    """``replay`` (``run_replay`` given its emitter) that also records into ``state_dir``'s
+    offline store what it emits: what the daemon would have stored, or every decision with
+    ``--every-probe``.
 
     The store is opened first, so a live store there (refused) stops the replay before it
     starts. What was seen is written even when the capture turns out unreadable half-way.
@@ -143,7 +151,7 @@ def record_replay(
             recorder(decision)
 
         try:
-            stats = run_replay(capture, detector, both)
+            stats = replay(both)
         finally:
             recorder.finish()
         return Recorded(stats, store.path, recorder.events, recorder.bans)

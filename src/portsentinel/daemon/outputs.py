@@ -13,11 +13,11 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
-from portsentinel.alert.portsentry_log import detection_lines
+from portsentinel.alert.portsentry_log import detection_lines, held_back_line
 from portsentinel.daemon.metrics import DecisionCounts
 from portsentinel.detect.track import kinds_of
 from portsentinel.model import Action, Decision, Proto, Reason, addr_text
-from portsentinel.ratelimit import RepeatLimiter
+from portsentinel.ratelimit import SUMMARY_EVERY, RepeatLimiter
 from portsentinel.respond.bans import BanRequest
 from portsentinel.store.records import EventRow
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from portsentinel.respond.worker import Responder
 
 NOTICE_EVERY = 60.0  # repeated refusals (budget, never-block) are summarised this often
-SUMMARY_EVERY = 10.0  # records held back by the repeat limiter are summarised this often
 # Probe records go to the store in batches: one SQLite commit costs more than the records it
 # carries (a commit per loop turn cost ~100 us per probe at 2k probes/s). Bans never wait.
 ROWS_EVERY = 0.5  # seconds a record may wait for its batch
@@ -121,11 +120,8 @@ class Outputs:
             self.repeats.add_held((src, Reason.ALREADY_BLOCKED), count)
         held, top = self.repeats.summary()
         if held:
-            worst = ", ".join(f"{_key_text(key)}: {n}" for key, n in top)
-            self.log.line(
-                f"adminalert: {held} repetitive records held back in the last "
-                f"{SUMMARY_EVERY:.0f}s (most from {worst})"
-            )
+            worst = [(_key_text(key), n) for key, n in top]
+            self.log.line(held_back_line(held, SUMMARY_EVERY, worst))
         responder = self.responder
         if responder is not None:
             alerts = responder.alerts_dropped - self._dropped[0]

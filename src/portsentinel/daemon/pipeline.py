@@ -26,7 +26,7 @@ from portsentinel.capture.listeners import Listeners
 from portsentinel.config.setup import Setup, detector_config
 from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.metrics import refused_counts
-from portsentinel.daemon.outputs import SUMMARY_EVERY, Outputs
+from portsentinel.daemon.outputs import Outputs
 from portsentinel.daemon.sources import (
     StartupError,
     excluded_ports,
@@ -41,6 +41,7 @@ from portsentinel.errors import DecodeError
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
 from portsentinel.model import Action, Proto
+from portsentinel.ratelimit import SUMMARY_EVERY
 from portsentinel.respond.worker import Responder, WorkerMessage
 
 # Timer periods, in seconds.

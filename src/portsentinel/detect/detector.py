@@ -29,8 +29,9 @@ from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
 from portsentinel.detect.mute import Mutes
-from portsentinel.detect.ports import bound_table, mode_ports, stealth_table
+from portsentinel.detect.ports import bound_table, stealth_table
 from portsentinel.detect.rules import ScanTrigger, ScoringRule
+from portsentinel.detect.screen import ProbeScreen
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
 from portsentinel.detect.track import KIND_BIT, SourceState, Tracker
 from portsentinel.model import (
@@ -93,6 +94,7 @@ class Detector:
         "config",
         "policy",
         "rules",
+        "screen",
     )
 
     def __init__(
@@ -153,6 +155,8 @@ class Detector:
         self._stealth = {
             proto: mode is not None and mode.stealth for proto, mode in self._modes.items()
         }
+        stealthy = frozenset(proto for proto, on in self._stealth.items() if on)
+        self.screen = ProbeScreen(self._watch_tcp, self._watch_udp, stealthy)  # steps 1-2 alone
         if not self._custom_rules:
             self.rules = (ScanTrigger(c.scan_trigger, c.scan_window),)
         # A muted source's probes go only to rules that keep state of their own.
@@ -482,10 +486,7 @@ class Detector:
 
     def watched_ports(self, proto: Proto) -> list[int]:
         """The ports the protocol's mode watches, before the in-use check (ascending)."""
-        c = self.config
-        if proto == _TCP:
-            return mode_ports(c.tcp_mode, c.tcp_ports, c.advanced_tcp_limit, c.advanced_exclude_tcp)
-        return mode_ports(c.udp_mode, c.udp_ports, c.advanced_udp_limit, c.advanced_exclude_udp)
+        return self.config.watched_ports(proto)
 
     def source(self, src: bytes) -> SourceState | None:
         """The tracked evidence for ``src`` (for ``why`` and tests); None when not tracked."""

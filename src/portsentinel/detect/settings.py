@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from portsentinel.detect.budget import BudgetConfig
+from portsentinel.detect.ports import mode_ports
 from portsentinel.model import Action, Mode, Proto, Reason, ScanKind
 
 
@@ -64,6 +65,16 @@ class DetectorConfig:
             for name in names:
                 if getattr(self, name) < lowest:
                     raise ValueError(f"{name} {what}")
+
+    def watched_ports(self, proto: Proto) -> list[int]:
+        """The ports the protocol's mode watches, before the in-use check (ascending)."""
+        if proto == Proto.TCP:
+            return mode_ports(
+                self.tcp_mode, self.tcp_ports, self.advanced_tcp_limit, self.advanced_exclude_tcp
+            )
+        return mode_ports(
+            self.udp_mode, self.udp_ports, self.advanced_udp_limit, self.advanced_exclude_udp
+        )
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from portsentinel.alert.events import event_line, iso_time
+from portsentinel.alert.events import event_line, iso_time, summary_line
 from portsentinel.model import FIN, PSH, URG, Action, Decision, Mode, Proto, Reason, ScanKind
 
 CONTRACT = ["time", "src", "dst", "proto", "port", "kind", "action", "reason"]
@@ -66,3 +66,15 @@ def test_udp_event_has_no_flags() -> None:
     assert event["proto"] == "udp"
     assert event["flags"] is None
     assert event["reason"] == "below trigger"
+
+
+def test_summary_line_says_what_was_held_and_whose() -> None:
+    line = summary_line(65514, 1.5, [("198.18.0.2", "already blocked", 65514)], 1_700_000_000.0)
+    assert json.loads(line) == {
+        "time": "2023-11-14T22:13:20.000000+00:00",
+        "type": "summary",
+        "held": 65514,
+        "window": 1.5,
+        "sources": [{"src": "198.18.0.2", "reason": "already blocked", "count": 65514}],
+    }
+    assert "\n" not in line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from portsentinel.alert.portsentry_log import detection_lines
+from portsentinel.alert.portsentry_log import detection_lines, held_back_line
 from portsentinel.model import FIN, PSH, SYN, URG, Action, Decision, Proto, Reason, ScanKind
 
 
@@ -120,3 +120,12 @@ def test_fragment_line_names_the_evasion() -> None:
         "attackalert: Fragmented TCP packet from host: 192.0.2.7/192.0.2.7 to TCP port: 0"
         " (detection avoidance technique)"
     ]
+
+
+def test_held_back_line_names_the_stretch_and_the_worst_sources() -> None:
+    top = [("198.18.0.2 already blocked", 900), ("198.18.0.3 below trigger", 3)]
+    assert held_back_line(903, 10.0, top) == (
+        "adminalert: 903 repetitive records held back in the last 10s "
+        "(most from 198.18.0.2 already blocked: 900, 198.18.0.3 below trigger: 3)"
+    )
+    assert "in the last 1.48s " in held_back_line(1, 1.4812, [("x", 1)])  # a capture's last

@@ -7,6 +7,7 @@ import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dpkt
@@ -383,6 +384,81 @@ def test_bad_second_section(tmp_path: Path) -> None:
     assert "version 2.0" in str(error)
 
 
+# --- pcapng time fields: any time a 64-bit timestamp, a resolution and an offset can say ---
+
+LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last time a datetime can show
+
+
+@pytest.mark.parametrize("packet", [epb, pb])
+@pytest.mark.parametrize(
+    ("options", "ticks", "shown"),
+    [
+        ((tsoffset("<", 2**62),), 1, "if_tsoffset 4611686018427387904 s"),
+        ((tsoffset("<", -(2**62)),), 1, "if_tsoffset -4611686018427387904 s"),
+        ((tsoffset("<", -100),), 1, "if_tsoffset -100 s"),  # before 1970
+        ((tsresol("<", 0),), 2**64 - 1, "timestamp 18446744073709551615 in units of 1 s"),
+        ((), 2**64 - 1, "in units of 1e-06 s"),  # microseconds can say year 586,524 too
+        ((tsresol("<", 0),), LAST_SECOND + 1, "timestamp 253402300800 in units of 1 s"),
+    ],
+)
+def test_a_packet_time_outside_1970_to_9999_is_damage(
+    tmp_path: Path,
+    packet: Callable[[str, int, int, bytes], bytes],
+    options: tuple[bytes, ...],
+    ticks: int,
+    shown: str,
+) -> None:
+    data = pcapng_with(idb("<", ETH, *options), packet("<", 1, ticks, frame(2)))
+    got, error = damage(tmp_path, data)
+    assert [f for *_, f in got] == [frame(1)]  # the packet before it, on interface 0
+    assert (error.packets, error.truncated) == (1, False)
+    assert error.offset == len(pcapng_with(idb("<", ETH, *options)))
+    assert "packet time out of range" in str(error)
+    assert shown in str(error)
+    assert "(interface 1) is not within 1970-9999" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("options", "ticks", "expected"),
+    [
+        ((tsresol("<", 0),), LAST_SECOND, float(LAST_SECOND)),
+        ((tsoffset("<", LAST_SECOND),), 0, float(LAST_SECOND)),
+        ((tsoffset("<", -100),), 100_000_000, 0.0),
+        ((tsresol("<", 127),), 2**64 - 1, 1.8446744073709552e-108),  # 1e-127 s units
+    ],
+)
+def test_times_at_the_edges_of_the_range_are_read(
+    tmp_path: Path, options: tuple[bytes, ...], ticks: int, expected: float
+) -> None:
+    data = shb("<") + idb("<", ETH, *options) + epb("<", 0, ticks, frame(1))
+    assert read(write(tmp_path, "edge.pcapng", data)) == [(expected, ETH, frame(1))]
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    resolution=st.integers(0, 255),
+    offset=st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(10**12), 10**12)),
+    ticks=st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 10**18)),
+)
+def test_any_time_fields_give_a_time_a_datetime_can_show_or_damage(
+    tmp_path: Path, resolution: int, offset: int, ticks: int
+) -> None:
+    data = shb("<") + idb("<", ETH, tsresol("<", resolution), tsoffset("<", offset))
+    path = write(tmp_path, "times.pcapng", data + epb("<", 0, ticks, frame(1)))
+    units = float((2 if resolution & 0x80 else 10) ** (resolution & 0x7F))
+    expected = ticks / units + offset
+    if 0 <= expected <= LAST_SECOND:
+        [(ts, _linktype, _frame)] = read(path)
+        assert ts == expected
+        assert datetime.fromtimestamp(ts, UTC).year <= 9999  # what replay prints
+    else:
+        with pytest.raises(CorruptCaptureError, match="packet time out of range") as caught:
+            read(path)
+        assert not caught.value.truncated
+
+
 @pytest.mark.parametrize(
     ("data", "text"),
     [
@@ -495,6 +571,7 @@ def consume(path: Path) -> int:
         with open_capture(path) as capture:
             for ts, linktype, data in capture:
                 assert isinstance(ts, float)
+                assert 0 <= ts <= LAST_SECOND
                 assert 0 <= linktype <= 0xFFFFFFFF
                 assert type(data) is bytes
                 assert len(data) <= size

@@ -4,13 +4,15 @@ runs them. (A helper module, not a test module: pytest collects ``test_*.py`` on
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from portsentinel.cli.main import build_parser, main
-from portsentinel.cli.replay_capture import parse_local, survey_in_use
+from portsentinel.cli.replay_capture import parse_local, run_replay
 from portsentinel.cli.replay_record import Recorded, record_replay
+from portsentinel.cli.replay_repeats import Held
 from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError
@@ -123,25 +125,23 @@ def history_store(state_dir: Path) -> None:
 
 
 def replay_into(
-    state_dir: Path, capture: str, tmp_path: Path, config: str = 'SCAN_TRIGGER="0"\n'
+    state_dir: Path,
+    capture: str,
+    tmp_path: Path,
+    config: str = 'SCAN_TRIGGER="0"\n',
+    summarise: Callable[[Held], None] | None = None,
 ) -> Recorded:
-    """What ``portsentinel replay --state-dir`` does, built as cli.replay.cmd_replay builds it."""
+    """What ``portsentinel replay --state-dir`` does, built as cli.replay.cmd_replay builds it;
+    with every probe (``--every-probe``) unless a ``summarise`` is given."""
     conf = tmp_path / f"replay-{capture}.conf"
     conf.write_text(config)
     setup = load_setup(str(conf), "atcp,audp")
     path = str(CAPTURES / capture)
     local = parse_local(LOCAL)
-    seen = survey_in_use(path, local)
-    detector = Detector(
-        detector_config(setup),
-        ignore=setup.ignore,
-        local=local,
-        in_use_tcp=seen.tcp,
-        in_use_udp=seen.udp,
-    )
+    detector = Detector(detector_config(setup), ignore=setup.ignore, local=local)
     printed: list[str] = []
     recorded = record_replay(
-        path,
+        lambda emit: run_replay(path, detector, emit, local=local, summarise=summarise),
         detector,
         lambda d: printed.append(d.action.value),
         state_dir=str(state_dir),

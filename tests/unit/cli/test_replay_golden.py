@@ -4,7 +4,9 @@ The captures were recorded in a network-namespace lab (tests/fixtures/captures/r
 scanner 198.18.0.2 / fd00:5e::2, target 198.18.0.1 / fd00:5e::1 with TCP 22 and 80 and UDP 53
 open. Each scenario's JSON events and ``--log`` lines are compared with files under
 ``expected/``; on top of that, each scenario asserts what the traffic means, independently of
-the golden text. To re-record after an intended change:
+the golden text. The scenarios print every probe (``--every-probe``) but for the two named
+``-summarised``, which show the default: a source's repeats limited as the daemon limits them,
+then a summary of what was held back. To re-record after an intended change:
 ``PORTSENTINEL_REGEN=1 python -m pytest tests/unit/test_replay_golden.py`` and review the diff.
 """
 
@@ -49,6 +51,7 @@ class Scenario:
     mode: str
     config: str
     extra: tuple[str, ...] = ()
+    every_probe: bool = True  # False: the default, a source's repeats limited and summarised
 
 
 SCENARIOS = [
@@ -64,6 +67,8 @@ SCENARIOS = [
     Scenario("syn6-trigger3", "syn6", "atcp,audp", TRIGGER3),
     Scenario("syn-stcp-debian", "syn", "stcp,sudp", DEBIAN_LIKE),
     Scenario("udp-sudp-debian", "udp", "stcp,sudp", DEBIAN_LIKE),
+    Scenario("syn-summarised", "syn", "atcp,audp", EMBEDDED, every_probe=False),
+    Scenario("udp-summarised", "udp", "atcp,audp", EMBEDDED, every_probe=False),
 ]
 
 
@@ -77,6 +82,7 @@ def replay(scenario: Scenario, tmp_path: Path, *, log: bool) -> str:
         "--mode",
         scenario.mode,
         *LOCAL,
+        *(["--every-probe"] if scenario.every_probe else []),
         *scenario.extra,
         str(CAPTURES / f"{scenario.capture}.pcap"),
     ]

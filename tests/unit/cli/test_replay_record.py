@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from portsentinel.cli import ban_operations, history_views, replay_record
+from portsentinel.cli.replay_repeats import Held
 from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import StoreError
@@ -47,6 +48,21 @@ def test_replayed_syn_scan_is_recorded_with_the_capture_times(tmp_path: Path) ->
         assert store.actions(ban.id) == []  # records only: nothing was applied
         end = rows[-1].time
     assert history_views.reference_time(Store.open(str(state), offline=None), 0.0) == end
+
+
+def test_by_default_the_store_gets_what_the_daemon_would_have_stored(tmp_path: Path) -> None:
+    """The repeats the daemon holds back are neither printed nor stored, but counted."""
+    state = tmp_path / "state"
+    held: list[Held] = []
+    recorded = replay_into(state, "syn.pcap", tmp_path, summarise=held.append)
+    assert (recorded.events, recorded.bans) == (21, 1)  # the block, then 20 repeats at once
+    assert recorded.stats.decisions == {"block": 1, "ignored": 117}  # every probe counted
+    assert [(h.count, h.top) for h in held] == [(97, ((SCANNER, "already blocked", 97),))]
+    with Store.open(str(state), offline=None) as store:
+        assert len(store.events_for(SCANNER)) == 21
+        ban = store.ban_for(SCANNER)
+    assert ban is not None
+    assert ban.evidence["hits"] == 1
 
 
 def test_list_why_and_history_read_a_replayed_capture(tmp_path: Path) -> None:

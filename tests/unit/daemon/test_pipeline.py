@@ -21,7 +21,7 @@ from portsentinel.capture.bpf import Instruction
 from portsentinel.capture.listeners import Listeners
 from portsentinel.config.setup import Setup
 from portsentinel.daemon import pipeline as pipeline_module
-from portsentinel.daemon.outputs import ROWS_EVERY, SUMMARY_EVERY
+from portsentinel.daemon.outputs import ROWS_EVERY
 from portsentinel.daemon.pipeline import (
     ADDRESSES_EVERY,
     IN_USE_EVERY,
@@ -35,6 +35,7 @@ from portsentinel.daemon.sources import StartupError, kernel_filter, ring_config
 from portsentinel.decode import decode_ip
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.model import Mode, Proto
+from portsentinel.ratelimit import SUMMARY_EVERY
 from portsentinel.respond.worker import Responder, WorkerMessage
 from unit.daemon.fakes import (
     WALL,

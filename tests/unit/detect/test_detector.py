@@ -721,6 +721,39 @@ def test_random_traffic_respects_caps_and_acts_once_per_source(
     assert s.packets == s.not_probe + s.unwatched + s.in_use + s.not_local + s.probes
 
 
+@given(
+    st.lists(_packets, max_size=200),
+    st.sampled_from([Mode.ATCP, Mode.STCP, Mode.TCP, None]),
+    st.sampled_from([Mode.AUDP, Mode.SUDP, Mode.UDP, None]),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_screen_is_false_only_for_packets_feed_drops_whatever_the_state(
+    stream: list[tuple[int, bytes, bytes, int, int, int, float]],
+    tcp_mode: Mode | None,
+    udp_mode: Mode | None,
+) -> None:
+    """Replay keeps only the packets the screen accepts: feeding just those must leave the
+    detector where feeding everything does (same decisions, same probe counters)."""
+    config = replace(BASE, tcp_mode=tcp_mode, udp_mode=udp_mode, advanced_tcp_limit=600)
+    every, kept = Detector(config, local={HOST}), Detector(config, local={HOST})
+    now = 0.0
+    for proto, src, dst, port, flags, frag, step in stream:
+        now += step
+        pkt: Packet = (proto, src, dst, 1, port, flags if proto == 6 else 0, 64, False, frag)
+        decided = every.feed(pkt, now)
+        assert kept.screen(pkt) or not decided
+        assert kept.feed(pkt, now) == decided if kept.screen(pkt) else not decided
+    assert every.stats.probes == kept.stats.probes
+    assert every.stats.decisions_by_action == kept.stats.decisions_by_action
+
+
+def test_the_screen_follows_a_reconfiguration() -> None:
+    det = detector(tcp_mode=Mode.ATCP)
+    assert not det.screen(tcp(2000))
+    det.reconfigure(replace(BASE, advanced_tcp_limit=4000))
+    assert det.screen(tcp(2000))
+
+
 # --- reload -------------------------------------------------------------------------------------
 
 

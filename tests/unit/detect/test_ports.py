@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from portsentinel.detect.ports import (
     PORT_SPACE,
@@ -74,3 +76,20 @@ def test_bound_table_is_empty_for_stealth_modes_and_none() -> None:
     assert watched(bound_table(Mode.SUDP, LISTED)) == set()
     assert watched(bound_table(Mode.AUDP, LISTED)) == set()
     assert watched(bound_table(None, LISTED)) == set()
+
+
+@given(
+    mode=st.sampled_from(list(Mode)),
+    limit=st.integers(-5, PORT_SPACE + 5),
+    exclude=st.sets(st.integers(0, PORT_SPACE - 1), max_size=20),
+    listed=st.sets(st.integers(0, PORT_SPACE - 1), max_size=20),
+)
+@settings(max_examples=100, deadline=None)
+def test_stealth_table_marks_exactly_the_modes_ports(
+    mode: Mode, limit: int, exclude: set[int], listed: set[int]
+) -> None:
+    table = stealth_table(mode, listed, limit, exclude)
+    expected = set() if mode.bound else set(mode_ports(mode, listed, limit, exclude))
+    assert len(table) == PORT_SPACE
+    assert {port for port, flag in enumerate(table) if flag} == expected
+    assert set(table) <= {0, 1}
