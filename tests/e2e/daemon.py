@@ -86,6 +86,7 @@ class Daemon:
         wait: bool = True,
         events: bool = True,
         measured: bool = True,
+        wrapper: Sequence[str] = (),
     ) -> Daemon:
         """Start the daemon: ``run --mode MODE`` or, with ``flags`` (``-atcp``, ``-audp``),
         PortSentry's invocation, flags first and options after. The state directory is
@@ -93,11 +94,14 @@ class Daemon:
         With ``wait``, return once it is active (fail if it exits first). Without ``events``
         there is no ``--events`` stream, as in the packaged service. A load test, which judges
         the daemon's speed and memory, starts it with ``measured=False``: outside coverage,
-        whose tracer would make it several times slower and bigger than it is."""
+        whose tracer would make it several times slower and bigger than it is. ``wrapper``
+        goes in front of the command (it must exec it, so the pid stays the daemon's): a
+        private mount namespace with the lab's own ``/etc/resolv.conf``, say."""
         directory.mkdir(parents=True, exist_ok=True)
         config = write_config(directory, settings or {})
         verb = list(flags) if flags else ["run", *(["--mode", mode] if mode else [])]
         argv = [
+            *wrapper,
             *PORTSENTINEL,
             *verb,
             "--config", str(config),

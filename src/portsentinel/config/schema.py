@@ -89,7 +89,9 @@ class Settings:
     )  # fmt: skip
     resolve_host: bool = setting(
         key="RESOLVE_HOST", parse=t.flag, default="0", unit="0/1",
-        help="look up the name of each attacking address (reverse DNS)", origin=_P12,
+        help="put the name of each scanner (reverse DNS) in its history and blocked lines, "
+        "and log it. A ban never waits for it: its lines wait at most 2 s for the name, then "
+        "say the address; at most 256 lookups wait, more are not made", origin=_P12,
     )  # fmt: skip
     block_tcp: BlockLevel = setting(  # noqa: RUF009 - a dataclasses.field
         key="BLOCK_TCP", parse=t.block_level, default="1", unit="level",

@@ -451,6 +451,7 @@ class Pipeline:
         if self.responder is not None:
             out["alerts_dropped"] = self.responder.alerts_dropped
             out["records_dropped"] = self.responder.rows_dropped
+            out["names_skipped"], out["names_late"] = self.responder.names_missed
         if self.ring is not None:
             r = self.ring.stats()
             out.update(

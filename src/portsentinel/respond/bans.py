@@ -34,6 +34,7 @@ from portsentinel.respond.backends import (
     spec_of,
     terms_of,
 )
+from portsentinel.respond.names import Names
 from portsentinel.respond.restart import Restart
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
@@ -109,18 +110,19 @@ class BanManager(Restart):
         *,
         log: Log,
         files: PortSentryFiles | None = None,
-        resolve: Callable[[str], str | None] | None = None,
+        names: Names | None = None,
         protected: Callable[[Network], bool] | None = None,
     ) -> None:
         """``protected(net)`` says whether a network holds a never-block address; without it
-        IPv6 bans never widen to a prefix."""
+        IPv6 bans never widen to a prefix. With ``names`` (RESOLVE_HOST at the start), the
+        history/blocked files are written through it, beside the ban path."""
         self.settings = settings
         self.terms = terms_of(settings)
         self.store = store
         self.backends = backends
         self.log = log
         self.files = files
-        self.resolve = resolve
+        self.names = names
         self.protected = protected
 
     def reconfigure(self, settings: Settings) -> None:
@@ -342,16 +344,17 @@ class BanManager(Restart):
         self._write_files([req], now)
 
     def _write_files(self, reqs: Sequence[BanRequest], now: float) -> None:
-        if self.files is None or not reqs:
+        """The history/blocked lines of bans in force (or alerts): at once with the address,
+        or, with ``names``, once the name is known (never holding up the next ban)."""
+        files = self.files
+        if files is None or not reqs:
             return
-        resolve = self.resolve if self.settings.resolve_host else None
-        entries = [
-            (now, (resolve(r.address) if resolve else None) or r.address, r.address, r.port,
-             r.proto, r.mode)
-            for r in reqs
-        ]  # fmt: skip
+        entries = [(now, r.address, r.address, r.port, r.proto, r.mode) for r in reqs]
+        if self.names is not None:
+            self.names.record(files, entries, resolve=self.settings.resolve_host)
+            return
         try:
-            self.files.record_many(entries)
+            files.record_many(entries)
         except OSError as exc:
             self.log(f"adminalert: ERROR: cannot write the history/blocked file: {exc}")
 
@@ -379,11 +382,15 @@ class BanManager(Restart):
                 )
                 continue
             self.store.record_action(record.id, action.backend, None, ActionState.UNDONE, at=now)
-        if self.files is not None:
-            try:
-                self.files.remove_blocked(record.address)
-            except OSError as exc:
-                self.log(f"adminalert: ERROR: cannot update the blocked file: {exc}")
+        if self.files is None:
+            return
+        if self.names is not None:  # after its lines that still wait for a name
+            self.names.remove_blocked(self.files, record.address)
+            return
+        try:
+            self.files.remove_blocked(record.address)
+        except OSError as exc:
+            self.log(f"adminalert: ERROR: cannot update the blocked file: {exc}")
 
     def expire(self, now: float) -> list[BanRecord]:
         """Lift every ban whose time is up; returns them."""

@@ -6,6 +6,8 @@ this worker through a queue and goes on; the worker owns the store connection an
 backends, and tells it back through a second queue and a wake-up socket (log lines to print,
 sources whose response ended, bans the CLI changed). Start-up waits for the worker to have
 restored the previous run's bans, so the kernel is in order before the first packet is read.
+Nor does the worker wait for a name: with RESOLVE_HOST, a ban's history lines go to ``names``
+(a thread of its own), which writes them once the name is known or 2 s have passed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from portsentinel.host.resolver import Resolver
 from portsentinel.respond.backends import Backends, Network, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.first_ban import FirstBan, eligible
+from portsentinel.respond.names import Names
 from portsentinel.store.records import EventRow
 from portsentinel.store.sqlite import Store
 
@@ -103,6 +106,7 @@ class Responder:
         self.store_outage: tuple[float, str] | None = None
         self._outage_said = 0.0
         self._closing = threading.Event()
+        self._names: Names | None = None  # RESOLVE_HOST: the history lines' own writer
         # The detection loop's own way to the kernel for a first ban (used from its thread).
         self._first: FirstBan | None = FirstBan(settings, self._log) if eligible(settings) else None
 
@@ -135,6 +139,13 @@ class Responder:
         """Once a detection-loop turn: first bans held during the turn go to the kernel."""
         if self._first is not None:
             self._first.end_turn(self._jobs.put)
+
+    @property
+    def names_missed(self) -> tuple[int, int]:
+        """History lines written with the address though RESOLVE_HOST asked for the name:
+        (not looked up, the resolver's queue being full; their name did not come in time)."""
+        names = self._names
+        return (names.skipped, names.late) if names is not None else (0, 0)
 
     @property
     def first_bans(self) -> dict[str, int]:
@@ -215,16 +226,11 @@ class Responder:
             return
         s = self.settings
         resolver = Resolver() if s.resolve_host else None
+        names = self._names = Names(resolver, self._log) if resolver is not None else None
         files = files_for(s)
         backends = Backends(s)
         manager = BanManager(
-            s,
-            store,
-            backends,
-            log=self._log,
-            files=files,
-            resolve=resolver.resolve if resolver is not None else None,
-            protected=self._protected,
+            s, store, backends, log=self._log, files=files, names=names, protected=self._protected
         )
         try:
             self._startup(manager, store)
@@ -236,6 +242,8 @@ class Responder:
             self._ready.set()
         finally:
             backends.stop()
+            if names is not None:
+                names.close()  # what waits for a name is written now, with the address
             if resolver is not None:
                 resolver.close()
             store.close()

@@ -252,6 +252,7 @@ class FakeResponder:
         self.started = self.closed = False
         self.bans_active = self.bans_added = 0
         self.alerts_dropped = self.rows_dropped = 0
+        self.names_missed = (0, 0)
         self.turns_ended = 0
         self.store_outage: tuple[float, str] | None = None
         self.first_bans: dict[str, int] = {}

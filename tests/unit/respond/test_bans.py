@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
 from portsentinel.detect.ban_terms import BanTerms
 from portsentinel.errors import BackendError
+from portsentinel.host.resolver import Resolver
 from portsentinel.model import Mode, Proto
 from portsentinel.respond.backends import Backends, terms_of
 from portsentinel.respond.bans import BanManager, BanRequest
+from portsentinel.respond.names import Names
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanState, LiftedBy
 from portsentinel.store.sqlite import Store
@@ -288,3 +291,30 @@ def test_an_element_sent_again_for_a_live_ban_gets_the_bans_own_time_back(store:
     sent = dataclasses.replace(request("198.18.0.2"), in_kernel=True, kernel_timeout=3600)
     assert bans.ban(sent, 100.0) is None  # banned already
     assert backends.kernel.bans["198.18.0.2"] == 10 * HOUR - 100.0
+
+
+def test_with_names_the_lines_go_beside_the_ban_and_a_lift_follows_them(
+    store: Store, tmp_path: Path
+) -> None:
+    """RESOLVE_HOST: the ban is applied and logged with the address at once; its lines wait
+    for the name in ``Names`` (here one that never comes), and a lift's removal after them."""
+    answer = threading.Event()
+
+    def silent(address: str) -> str:
+        answer.wait(60)
+        return "late.example"
+
+    names = Names(Resolver(lookup=silent), lambda _line: None, wait=60.0)
+    files = PortSentryFiles(str(tmp_path / "history"), str(tmp_path / "blocked"))
+    s = settings(ban_duration=60.0, resolve_host=True)
+    bans, backends, lines = manager(store, s, files=files, names=names)
+    record = bans.ban(request(), 0.0)
+    assert record is not None
+    assert backends.kernel.bans == {"198.18.0.2": 60.0}
+    assert lines == ["attackalert: Host 198.18.0.2 has been blocked via nftables for 1m"]
+    assert not (tmp_path / "history").exists()  # waiting for the name
+    assert [r.address for r in bans.expire(61.0)] == ["198.18.0.2"]
+    names.close()  # the stop: what waits is written with the address
+    answer.set()
+    assert "Host: 198.18.0.2/198.18.0.2 Port: 79" in (tmp_path / "history").read_text()
+    assert (tmp_path / "blocked.atcp").read_text() == ""  # lifted: its line removed after

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import select
+import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,12 @@ from portsentinel.config import load_config
 from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
 from portsentinel.errors import PortSentinelError, StoreError
+from portsentinel.host.resolver import Resolver
 from portsentinel.model import Proto
 from portsentinel.respond import bans as bans_module
 from portsentinel.respond import worker as responder_module
 from portsentinel.respond.bans import BanRequest
+from portsentinel.respond.names import Names
 from portsentinel.respond.worker import Responder, WorkerMessage
 from portsentinel.store.records import EventRow, LiftedBy
 from portsentinel.store.sqlite import Store
@@ -259,3 +263,38 @@ def test_a_damaged_store_stops_the_daemon_instead_of_failing_open(
     (fatal,) = [m for m in seen if m.kind == "fatal"]
     assert "malformed" in fatal.text
     assert "the response worker stopped" in fatal.text
+
+
+# --- RESOLVE_HOST: a name server that never answers holds up no ban ---------------------------
+
+
+def test_bans_never_wait_for_a_name_and_the_lines_follow(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = threading.Event()
+
+    def silent(address: str) -> str:
+        answer.wait(60)  # a server that never answers (until the test ends)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(responder_module, "Resolver", partial(Resolver, lookup=silent))
+    monkeypatch.setattr(responder_module, "Names", partial(Names, wait=0.3))
+    settings = dataclasses.replace(quiet_settings(tmp_path), resolve_host=True)
+    worker = Responder(settings, str(state))
+    worker.start()
+    history = tmp_path / "history"
+
+    def lines() -> int:
+        return history.read_text().count("Blocked\n") if history.exists() else 0
+
+    try:
+        for i in range(40):
+            worker.ban(request(i))
+        # Every ban in force while every lookup still hangs: the worker waited for none.
+        wait_for_messages(worker, lambda seen: worker.bans_active == 40)
+        wait_for_messages(worker, lambda seen: lines() == 40)
+        assert "Host: 198.19.0.7/198.19.0.7 Port: 80" in history.read_text()
+        assert worker.names_missed[1] > 0  # written with the address: the name came late
+    finally:
+        worker.close()
+        answer.set()
