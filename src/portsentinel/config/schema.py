@@ -325,6 +325,13 @@ class Settings:
         "at most 1 MiB; anything else is a warning and no resolver is known from it",
         origin=_NEW,
     )  # fmt: skip
+    resolved_conf: str = setting(
+        key="RESOLVED_CONF", parse=t.path, default=lambda: paths.RESOLVED_CONF, unit="path",
+        help="systemd-resolved's list of upstream resolvers; read when RESOLV_CONF names only "
+        "a local stub (127.0.0.53) or no name server at all: its name servers are never "
+        "blocked either. A missing file is no warning (systemd-resolved does not run)",
+        origin=_NEW,
+    )  # fmt: skip
 
 
 def _collect() -> tuple[SettingSpec, ...]:
