@@ -188,8 +188,10 @@ def test_a_missing_upstream_file_is_no_warning_but_a_bad_line_names_its_setting(
     (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.53\n")
     got = load_resolvers(str(tmp_path / "resolv.conf"), str(tmp_path / "absent"))
     assert got.warnings == ()
-    assert got.upstream is not None and got.upstream.addresses == ()
+    assert got.upstream is not None
+    assert got.upstream.addresses == ()
     (tmp_path / "resolved.conf").write_text("nameserver not-an-address\n")
     got = load_resolvers(str(tmp_path / "resolv.conf"), str(tmp_path / "resolved.conf"))
     assert len(got.warnings) == 1
-    assert "RESOLVED_CONF" in got.warnings[0] and "resolved.conf:1" in got.warnings[0]
+    assert "RESOLVED_CONF" in got.warnings[0]
+    assert "resolved.conf:1" in got.warnings[0]
