@@ -46,9 +46,7 @@ class Refusing:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-
-    def log(self, line: str) -> None:
-        self.lines.append(line)
+        self.log = self.lines.append
 
     def lift(self, record: BanRecord, now: float, by: LiftedBy) -> bool:
         return False
