@@ -69,9 +69,9 @@ class Resolvers:
 
 def load_resolvers(path: str, upstream: str | None = None) -> Resolvers:
     """``path`` (resolv.conf) and, when it names only a local stub, ``upstream``
-    (systemd-resolved's file): never raises (see the module text)."""
+    (systemd-resolved's file; None or empty: none): never raises (see the module text)."""
     resolvers = load_resolv_conf(path)
-    if upstream is None or not resolvers.stub_only:
+    if not upstream or not resolvers.stub_only:
         return resolvers
     found = load_resolv_conf(upstream, missing_ok=True, key=UPSTREAM_KEY)
     return replace(resolvers, warnings=resolvers.warnings + found.warnings, upstream=found)

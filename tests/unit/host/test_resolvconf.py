@@ -180,6 +180,8 @@ def test_a_real_resolver_in_resolv_conf_reads_no_upstream_file(tmp_path: Path) -
     assert got.upstream is None
     assert got.files() == (got,)
     assert load_resolvers(str(tmp_path / "resolv.conf")).upstream is None
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.53\n")
+    assert load_resolvers(str(tmp_path / "resolv.conf"), "").upstream is None
 
 
 def test_a_missing_upstream_file_is_no_warning_but_a_bad_line_names_its_setting(
