@@ -22,6 +22,7 @@ SOCKET_NAME = "control.sock"
 # The host's files that PortSentinel reads (and, for hosts.deny, writes through KILL_HOSTS_DENY).
 DEFAULTS_FILE = "/etc/default/portsentry"  # Debian's TCP_MODE/UDP_MODE
 RESOLV_CONF = "/etc/resolv.conf"
+RESOLVED_CONF = "/run/systemd/resolve/resolv.conf"  # systemd-resolved's upstream resolvers
 HOSTS_DENY = "/etc/hosts.deny"
 SENDMAIL = "/usr/sbin/sendmail"
 

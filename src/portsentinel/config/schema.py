@@ -229,7 +229,8 @@ class Settings:
     )  # fmt: skip
     never_block_ssh_peers: bool = setting(
         key="NEVER_BLOCK_SSH_PEERS", parse=t.flag, default="1", unit="0/1",
-        help="never block the peers of current SSH sessions (connections to SSH_PORTS)",
+        help="never block the peers of SSH sessions (established connections to SSH_PORTS); "
+        "the kernel is asked before each ban, so a session opened a moment ago counts",
         origin=_NEW,
     )  # fmt: skip
     ssh_ports: frozenset[int] = setting(
@@ -325,6 +326,14 @@ class Settings:
         key="RESOLV_CONF", parse=t.path, default=lambda: paths.RESOLV_CONF, unit="path",
         help="resolver configuration; its name servers are never blocked. A regular file of "
         "at most 1 MiB; anything else is a warning and no resolver is known from it",
+        origin=_NEW,
+    )  # fmt: skip
+    resolved_conf: str = setting(
+        key="RESOLVED_CONF", parse=t.path, default=lambda: paths.RESOLVED_CONF, unit="path",
+        help="systemd-resolved's list of upstream resolvers; read when RESOLV_CONF names only "
+        "a local stub (127.0.0.53) or no name server at all: its name servers are never "
+        "blocked either. A missing file is no warning (systemd-resolved does not run); empty: "
+        "not read",
         origin=_NEW,
     )  # fmt: skip
 

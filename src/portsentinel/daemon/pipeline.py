@@ -1,8 +1,9 @@
 """The detection loop: capture -> decode -> detect -> outputs, single-threaded, and its timers.
 
 Every source is a file descriptor in one selector: the capture ring (stealth modes), the bound
-sockets (classic modes), the address watcher, the response worker's messages, the control
-socket and a wake-up socket for signals. Timers refresh what the detector knows about the host.
+sockets (classic modes), the address and route watchers (served first in a turn), the response
+worker's messages, the control socket and a wake-up socket for signals. Timers refresh what the
+detector knows about the host; ``protection.Protection`` keeps the never-block set.
 What the detector decides goes to ``outputs.Outputs`` (log lines, events, store rows,
 responses). The process around it (lock, signals, start and stop) is ``service.Daemon``.
 """
@@ -27,6 +28,7 @@ from portsentinel.config.setup import Setup, detector_config
 from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.metrics import refused_counts
 from portsentinel.daemon.outputs import Outputs
+from portsentinel.daemon.protection import Protection
 from portsentinel.daemon.sources import (
     StartupError,
     excluded_ports,
@@ -49,7 +51,7 @@ TICK_EVERY = 1.0  # idle-source expiry, pending-connection expiry
 IN_USE_EVERY = 2.0  # full re-read of the socket table (misses re-check the kernel anyway)
 NAT_EVERY = 30.0  # NAT rules (runs nft / iptables-save)
 ADDRESSES_EVERY = 10.0  # only when address changes cannot be followed
-NEVER_BLOCK_EVERY = 5.0  # routes, resolvers, SSH peers (addresses follow the watcher)
+NEVER_BLOCK_EVERY = 5.0  # the safety net: routes and addresses follow their watchers
 # While the ring brings only repeats (probes from sources already responded to, nothing else
 # that counts), it is read at most this often instead of as each block closes: one wake-up
 # per 10 ms, not per ms (shared/reference/capture-perf.md: retire timeout <= 10 ms). A new
@@ -89,7 +91,7 @@ class Pipeline:
         self._selector: selectors.BaseSelector | None = None
         self.responder: Responder | None = None
         self.never_block = never_block
-        detector.set_never_block(never_block)
+        self.protection = Protection(never_block, detector)
         self._clock = clock
         self._wall_clock = wall_clock
         self._ring_back_at: float | None = None  # the ring lingers out of the selector
@@ -144,6 +146,8 @@ class Pipeline:
             ssh_ports=s.ssh_ports if s.never_block_ssh_peers else (),
             ignore=setup.ignore,
             warn=lambda w: log.line(f"adminalert: WARNING: never-block set: {w}"),
+            resolved_conf=s.resolved_conf,
+            watch=True,
         )
         never_block.refresh()
         return cls(
@@ -160,16 +164,8 @@ class Pipeline:
     def attach(self, responder: Responder) -> None:
         """Responses on: restore the previous run's bans before the first packet is read."""
         responder.start()
-        self.responder = self.outputs.responder = responder
+        self.responder = self.outputs.responder = self.protection.responder = responder
         self._on_messages()
-
-    def protects(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-        """Does ``net`` hold a never-block address? (Asked by the response worker before it
-        widens an IPv6 ban to a prefix; reads the current set, which refreshes replace.)"""
-        return any(
-            n.version == net.version and n.overlaps(net)
-            for n in self.never_block.addresses.networks
-        )
 
     def _on_messages(self) -> None:
         responder = self.responder
@@ -188,7 +184,7 @@ class Pipeline:
                 ipaddress.ip_address(message.text).packed, Proto.TCP, Action.BLOCK
             )
         elif message.kind == "allow":
-            self.never_block.set_allow(ipaddress.ip_network(n) for n in message.networks)
+            self.protection.set_allow(message.networks)
         elif message.kind == "fatal":  # no more bans can be made: stop, to be restarted
             self.fatal = message.text
 
@@ -211,9 +207,12 @@ class Pipeline:
         if self.listeners is not None:
             for sock in self.listeners.sockets():
                 selector.register(sock, selectors.EVENT_READ, self._listener_handler(sock))
-        watcher = self.host.watcher_fd()
+        watcher, routes = self.host.watcher_fd(), self.protection.fileno()
         if watcher is not None:
             selector.register(watcher, selectors.EVENT_READ, self._on_address_event)
+        if routes is not None:
+            selector.register(routes, selectors.EVENT_READ, self.protection.on_event)
+        first = {watcher, routes} - {None}  # a change read before a probe of the same turn
         if self.responder is not None:
             selector.register(self.responder.fileno(), selectors.EVENT_READ, self._on_messages)
         timers = self._timers(watching=watcher is not None)
@@ -226,7 +225,8 @@ class Pipeline:
                 back = self._ring_back_at
                 if back is not None:
                     due = min(due, back)
-                for key, _mask in selector.select(max(0.0, min(due - self._clock(), 1.0))):
+                ready = selector.select(max(0.0, min(due - self._clock(), 1.0)))
+                for key, _mask in sorted(ready, key=lambda item: item[0].fd not in first):
                     self._set_clock()
                     key.data()
                 self._set_clock()
@@ -254,7 +254,7 @@ class Pipeline:
         self.setup = setup
         self.detector.reconfigure(detector_config(setup))
         self.detector.set_ignore(setup.ignore)
-        self.never_block.set_ignore(setup.ignore)
+        self.protection.set_ignore(setup.ignore)
         if self.ring is not None:
             self.ring.set_filter(kernel_filter(setup))
         self._banner = setup.settings.port_banner or None
@@ -321,7 +321,7 @@ class Pipeline:
         timers: dict[str, Timer] = {
             "tick": (now + TICK_EVERY, TICK_EVERY, self._on_tick),
             "in_use": (now + IN_USE_EVERY, IN_USE_EVERY, self.host.refresh_in_use),
-            "never_block": (now + NEVER_BLOCK_EVERY, NEVER_BLOCK_EVERY, self._refresh_never_block),
+            "never_block": (now + NEVER_BLOCK_EVERY, NEVER_BLOCK_EVERY, self.protection.refresh),
         }
         if self.ring is not None:
             timers["nat"] = (now + NAT_EVERY, NAT_EVERY, self.host.refresh_nat)
@@ -393,10 +393,7 @@ class Pipeline:
 
     def _on_address_event(self) -> None:
         if self.host.on_address_event():
-            self._refresh_never_block()
-
-    def _refresh_never_block(self) -> None:
-        self.never_block.refresh()
+            self.protection.refresh()
 
     def metrics_snapshot(self) -> dict[str, object]:
         """Everything the metrics endpoint exports, read at scrape time (its own thread)."""

@@ -75,7 +75,8 @@ class Daemon:
                     Responder(
                         self.setup.settings,
                         self.options.state_dir,
-                        protected=pipeline.protects,
+                        protected=pipeline.protection.protects,
+                        protection=pipeline.protection.entries,
                         on_ban=notifier.ban_result if notifier is not None else None,
                     )
                 )

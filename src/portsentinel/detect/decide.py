@@ -4,7 +4,10 @@ Two ordered lists of checks, each returning the Reason to refuse or None to pass
 ``admission`` runs before a probe is counted (ignore list, own addresses: such probes must not
 build up evidence), ``checks`` runs after a rule fired and before the response (already
 responded, the never-block set). An action that bans or runs a command must then pass the
-evidence floor and the ban budget. Backends only execute what comes out of here.
+evidence floor and the ban budget, and last the host's own word (``confirm``: a question to
+the kernel, such as "is this the peer of an SSH session opened a moment ago?", asked only for
+what would otherwise act, so the budget bounds how often). Backends only execute what comes
+out of here.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class Policy:
         "admission",
         "budget",
         "checks",
+        "confirm",
         "ignore",
         "local",
         "min_ports",
@@ -125,6 +129,9 @@ class Policy:
         self.budget = budget
         self.min_ports = min_ports
         self.responses = Responses(max_responded)
+        self.confirm: Callable[[bytes], bool] | None = None
+        """Asked last before acting: True refuses as the never-block set (the host protects
+        ``src``, though the set did not hold it yet)."""
         self.admission: list[AdmissionCheck] = [self.ignore_list, self.own_address]
         self.checks: list[PolicyCheck] = [self.already_responded, self.protected]
 
@@ -192,6 +199,11 @@ class Policy:
             refused = self._afford(src, state, now)
             if refused is not None:
                 return Action.IGNORED, refused
+            confirm = self.confirm
+            if confirm is not None and confirm(src):
+                if self.budget is not None:
+                    self.budget.release(src)  # the slot it took goes back
+                return Action.IGNORED, Reason.NEVER_BLOCK
         self.responses.remember(src, proto, action)
         return action, Reason.TRIGGERED
 

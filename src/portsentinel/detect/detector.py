@@ -456,6 +456,10 @@ class Detector:
         """
         self._reply_check = check
 
+    def set_protect_check(self, check: Callable[[bytes], bool] | None) -> None:
+        """The host's last word before acting against a source: see ``Policy.confirm``."""
+        self.policy.confirm = check
+
     def set_ignore(self, ignore: AddressSet) -> None:
         self.policy.ignore = ignore
         self._mutes.clear()

@@ -8,29 +8,34 @@ against an address in it:
 
   the operator's allow list, the ignore list, every address of the host and the broadcast
   address of each local IPv4 network, the next hop of every route (all tables, multipath,
-  nexthop objects) and every IPv6 router, the resolvers of resolv.conf, optionally the peers
-  of current SSH sessions, and the special ranges (loopback, link-local, multicast ...).
+  nexthop objects) and every IPv6 router, the resolvers of resolv.conf (and, behind a local
+  stub, systemd-resolved's upstream ones), optionally the peers of current SSH sessions, and
+  the special ranges (loopback, link-local, multicast ...).
 
 The live parts change (DHCP, VPNs, route daemons, logins), so ``refresh()`` reads them again;
-the caller runs it on a timer and when a watcher reports a change (``AddressWatcher``,
-``RouteWatcher``). A source that fails keeps its previous answer: a failed read must never
-shrink the protection. ``x in never_block`` is one ``AddressSet`` probe (cheap, on the decision
-path); ``why()`` finds the reason for the log line only.
+the caller runs it on a timer and when a watcher reports a change: the ``AddressWatcher``, and
+the set's own ``RouteWatcher`` (``for_host(watch=True)``: ``fileno()`` and ``on_event()``), so
+a gateway is protected as soon as its route exists. SSH sessions are not followed by events:
+``confirm()`` asks the kernel at the moment a response is about to be made (see there). A
+source that fails keeps its previous answer: a failed read must never shrink the protection.
+``x in never_block`` is one ``AddressSet`` probe (cheap, on the decision path); ``why()``
+finds the reason for the log line only; ``covering()`` tells which bans hold a protected
+address, from an immutable tuple of entries (another thread may ask it).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final, Protocol, TypeVar
 
 from portsentinel import paths
 from portsentinel.errors import CaptureError
 from portsentinel.host.addresses import AddrInfo, RouteNetlink
-from portsentinel.host.resolvconf import Resolvers, load_resolv_conf
-from portsentinel.host.routes import RT_TABLE_MAIN, NextHops, Route, read_next_hops
+from portsentinel.host.resolvconf import Resolvers, load_resolvers
+from portsentinel.host.routes import RT_TABLE_MAIN, NextHops, Route, RouteWatcher, read_next_hops
 from portsentinel.host.sshpeers import SshPeers
 from portsentinel.networks import AddressSet, Network
 
@@ -122,12 +127,35 @@ def build_entries(snapshot: Snapshot, ignore: AddressSet, allow: Sequence[Networ
     entries += [(_host(a.address), "host address", Source.HOST) for a in snapshot.addresses]
     entries += _broadcasts(snapshot.addresses)
     entries += _gateways(snapshot.next_hops)
-    resolvers = snapshot.resolvers
-    reason = f"DNS resolver in {resolvers.path}"
-    entries += [(_host(packed), reason, Source.RESOLVER) for packed in resolvers.packed]
+    for resolvers in snapshot.resolvers.files():  # resolv.conf, then a stub's upstream ones
+        reason = f"DNS resolver in {resolvers.path}"
+        entries += [(_host(packed), reason, Source.RESOLVER) for packed in resolvers.packed]
     entries += [(_host(peer), "SSH peer", Source.SSH) for peer in sorted(snapshot.ssh_peers)]
     entries += [(net, reason, Source.SPECIAL) for net, reason in _SPECIAL]
     return entries
+
+
+def covering(
+    entries: Sequence[Entry], targets: Iterable[tuple[T, Network]]
+) -> Iterator[tuple[T, str]]:
+    """Each target whose network holds an address of the set, with the most telling reason.
+
+    Pure, and reads only its arguments: the response worker asks it (from its own thread)
+    which bans to lift, with ``NeverBlock.entries`` as they were at that moment.
+    """
+    members = AddressSet(net for net, _reason, _source in entries)
+    for item, net in targets:
+        if net.num_addresses == 1:  # an address ban: one probe of the set
+            if net.network_address.packed not in members:
+                continue
+        elif not any(n.version == net.version and n.overlaps(net) for n, _r, _s in entries):
+            continue
+        yield (
+            item,
+            next(
+                reason for n, reason, _s in entries if n.version == net.version and n.overlaps(net)
+            ),
+        )
 
 
 # --- the live sources --------------------------------------------------------------------------
@@ -157,9 +185,16 @@ class SystemSources:
     on first use and kept. ``ssh_ports`` empty: SSH peers are not protected.
     """
 
-    def __init__(self, resolv_conf: str | None = None, ssh_ports: Iterable[int] = ()):
-        """``resolv_conf`` None: ``paths.RESOLV_CONF``, read now (the tests point it elsewhere)."""
+    def __init__(
+        self,
+        resolv_conf: str | None = None,
+        ssh_ports: Iterable[int] = (),
+        resolved_conf: str | None = None,
+    ):
+        """``resolv_conf`` None: ``paths.RESOLV_CONF``, ``resolved_conf`` None:
+        ``paths.RESOLVED_CONF``, read now (the tests point them elsewhere)."""
         self.resolv_conf = resolv_conf if resolv_conf is not None else paths.RESOLV_CONF
+        self.resolved_conf = resolved_conf if resolved_conf is not None else paths.RESOLVED_CONF
         ports = tuple(ssh_ports)
         self._ssh = SshPeers(ports) if ports else None
         self._rtnl: RouteNetlink | None = None
@@ -171,7 +206,7 @@ class SystemSources:
         return read_next_hops(self._netlink())
 
     def resolvers(self) -> Resolvers:
-        return load_resolv_conf(self.resolv_conf)
+        return load_resolvers(self.resolv_conf, self.resolved_conf)
 
     def ssh_peers(self) -> Collection[bytes]:
         return self._ssh.peers() if self._ssh is not None else frozenset()
@@ -205,9 +240,13 @@ class NeverBlock:
         ignore: AddressSet | None = None,
         allow: Iterable[Network] = (),
         warn: Callable[[str], None] | None = None,
+        watcher: RouteWatcher | None = None,
     ) -> None:
-        """``warn`` receives each warning once (again only after it went away and came back)."""
+        """``warn`` receives each warning once (again only after it went away and came back).
+        ``watcher``: route changes to follow (opened before the first read, so that no change
+        falls between the two); closed with the set."""
         self._sources = sources
+        self._watcher = watcher
         self._ignore = ignore if ignore is not None else AddressSet()
         self._allow: tuple[Network, ...] = tuple(allow)
         self._warn = warn
@@ -219,6 +258,8 @@ class NeverBlock:
         self.refreshes = 0
         self.failures = 0
         """Source reads that failed (their previous answer was kept)."""
+        self.version = 0
+        """Counts the changes of the set (a caller compares it to notice one)."""
         self.refresh()
 
     @classmethod
@@ -230,10 +271,22 @@ class NeverBlock:
         ignore: AddressSet | None = None,
         allow: Iterable[Network] = (),
         warn: Callable[[str], None] | None = None,
+        resolved_conf: str | None = None,
+        watch: bool = False,
     ) -> NeverBlock:
         """The set for this host's own sources (current network namespace); ``resolv_conf``
-        None is ``paths.RESOLV_CONF``."""
-        return cls(SystemSources(resolv_conf, ssh_ports), ignore=ignore, allow=allow, warn=warn)
+        None is ``paths.RESOLV_CONF`` (``resolved_conf``: ``paths.RESOLVED_CONF``). ``watch``:
+        follow route changes (a daemon); one that cannot is warned about, and the caller's
+        periodic refresh is all there is."""
+        watcher = None
+        if watch:
+            try:
+                watcher = RouteWatcher()
+            except CaptureError as exc:
+                if warn is not None:
+                    warn(f"cannot follow route changes ({exc}); re-reading them periodically")
+        sources = SystemSources(resolv_conf, ssh_ports, resolved_conf)
+        return cls(sources, ignore=ignore, allow=allow, warn=warn, watcher=watcher)
 
     # -- the decision path --------------------------------------------------------------------
     def __contains__(self, packed: object) -> bool:
@@ -279,6 +332,39 @@ class NeverBlock:
         return len(self._set)
 
     # -- changes --------------------------------------------------------------------------------
+    def fileno(self) -> int | None:
+        """The route watcher's socket, for the caller's selector; None: nothing to watch."""
+        return self._watcher.fileno() if self._watcher is not None else None
+
+    def on_event(self) -> bool:
+        """The route watcher's socket is readable: refresh if a route changed; True when the
+        set changed."""
+        return self._watcher is not None and self._watcher.poll() and self.refresh()
+
+    def confirm(self, packed: bytes) -> bool:
+        """Is ``packed`` protected, asking the kernel now for the SSH sessions?
+
+        Why at this moment: the peer of a session opened a moment ago is not in the set until
+        the next refresh, and a forged SYN in between would ban the admin. The set is asked
+        first; then one sock_diag dump of the established connections to the SSH ports (tens
+        of microseconds), whose peers join the set. The caller asks only before it acts
+        against a source (a ban, a command), so a flood of forged probes does not make the
+        kernel queries: the ban budget bounds them. A failed read protects nothing new.
+        """
+        if packed in self._set:
+            return True
+        old = self._snapshot
+        try:
+            peers = frozenset(self._sources.ssh_peers())
+        except CaptureError:
+            self.failures += 1
+            return False
+        if packed not in peers:
+            return False
+        self._snapshot = replace(old, ssh_peers=old.ssh_peers | peers)
+        self._rebuild()
+        return True
+
     def refresh(self) -> bool:
         """Read every live source again; True when the set changed."""
         warnings: list[str] = []
@@ -309,6 +395,8 @@ class NeverBlock:
         return self._rebuild()
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
         self._sources.close()
 
     def _read(self, what: str, read: Callable[[], T], previous: T, warnings: list[str]) -> T:
@@ -334,6 +422,7 @@ class NeverBlock:
         self._entries = entries
         self._set = AddressSet(net for net, _reason, _source in entries)
         self._why = None
+        self.version += 1
         return True
 
 

@@ -10,6 +10,11 @@ The kernel is asked through ``NETLINK_SOCK_DIAG`` with the request and port filt
 ``inuse.py`` (the local-port range test every kernel knows), one dump per family and port;
 where sock_diag cannot answer (no ``inet_diag``, or a policy forbids it) ``/proc/net/tcp`` and
 ``tcp6`` are read instead. Only the kernel is asked; nothing is sent on the network.
+
+When: on every refresh of the never-block set, and, in the daemon, just before a ban of a source
+the set does not hold (``NeverBlock.confirm``): a session opened a moment ago is then already
+here, since the kernel lists a connection as ESTABLISHED from the end of its handshake. Why
+not conntrack's event groups instead: see ``daemon/protection.py``.
 """
 
 from __future__ import annotations

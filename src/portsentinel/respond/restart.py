@@ -12,6 +12,7 @@ from portsentinel.block.base import ban_fields
 from portsentinel.block.nftables import ban_detail
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError, PortSentinelError
+from portsentinel.host.neverblock import Entry
 from portsentinel.respond.backends import (
     Backends,
     prefix_of_key,
@@ -19,6 +20,7 @@ from portsentinel.respond.backends import (
     spec_of,
     uses,
 )
+from portsentinel.respond.protected import lift_protected
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
 from portsentinel.store.sqlite import Store
 
@@ -48,16 +50,25 @@ class Restart:
     def _apply(self, record: BanRecord, spec: BanSpec, names: Iterable[str], now: float) -> int:
         raise NotImplementedError
 
-    def restore(self, now: float) -> list[BanRecord]:
-        """Finish what a previous run left: expire, undo, re-apply, settle strays."""
+    def restore(self, now: float, protected: Sequence[Entry] = ()) -> list[BanRecord]:
+        """Finish what a previous run left: expire, undo, re-apply, settle strays. A ban on
+        an address of ``protected`` (the never-block set's entries) is lifted instead."""
         self.expire(now)
         for record in self.store.bans_to_undo():
             self._undo(record, now)
-        live = self.store.active_bans(now)
+        live = self._unprotected(self.store.active_bans(now), protected, now)
         for record in live:
             self._reapply(record, now)
         self._settle_strays(live, now)
-        return [r for r in self.store.active_bans(now) if r.state is BanState.ACTIVE]
+        kept = self._unprotected(self.store.active_bans(now), protected, now)  # adopted ones
+        return [r for r in kept if r.state is BanState.ACTIVE]
+
+    def _unprotected(
+        self, live: list[BanRecord], protected: Sequence[Entry], now: float
+    ) -> list[BanRecord]:
+        """``live`` without the bans on protected addresses, which are lifted."""
+        lifted = {r.id for r in lift_protected(self, live, protected, now)}
+        return [r for r in live if r.id not in lifted]
 
     def _reapply(self, record: BanRecord, now: float) -> None:
         spec = spec_of(record, now)

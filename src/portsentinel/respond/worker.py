@@ -8,6 +8,8 @@ sources whose response ended, bans the CLI changed). Start-up waits for the work
 restored the previous run's bans, so the kernel is in order before the first packet is read.
 Nor does the worker wait for a name: with RESOLVE_HOST, a ban's history lines go to ``names``
 (a thread of its own), which writes them once the name is known or 2 s have passed.
+When the never-block set changes the loop says so (``protect``), and the worker lifts the bans
+on addresses it now holds (``protected``); at start-up those are lifted, not restored.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from portsentinel.respond.backends import Backends, Network, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.first_ban import FirstBan, eligible
 from portsentinel.respond.names import Names
+from portsentinel.respond.protected import Entries, lift_protected
 from portsentinel.store.records import EventRow
 from portsentinel.store.sqlite import Store
 
@@ -65,6 +68,7 @@ class WorkerMessage:
 
 
 _STOP = object()
+_PROTECT = object()  # the never-block set changed
 
 
 class Responder:
@@ -75,11 +79,15 @@ class Responder:
         *,
         protected: Callable[[Network], bool] | None = None,
         on_ban: Callable[[str, Mapping[str, object] | None], None] | None = None,
+        protection: Entries | None = None,
     ) -> None:
         """``protected``: does a network hold a never-block address (for IPv6 prefix bans);
-        ``on_ban(address, ban info or None)`` is called from the worker after each attempt."""
+        ``on_ban(address, ban info or None)`` is called from the worker after each attempt;
+        ``protection``: the never-block set's entries now (asked from the worker's thread),
+        whose addresses' bans are lifted at start-up and after each ``protect``."""
         self.settings = settings
         self._protected = protected
+        self._protection = protection
         self._on_ban = on_ban
         self.bans_added = 0
         self._health: dict[str, bool] = {}
@@ -93,6 +101,7 @@ class Responder:
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="responder", daemon=True)
         self._active: set[str] = set()
+        self._protect_due = False
         self._allowed: tuple[str, ...] = ()
         self._data_version = -1
         # Backlog bounds for what may wait: alerts (BLOCK_x=0 has no ban budget, so a forged
@@ -152,6 +161,10 @@ class Responder:
         """Bans the detection loop sent to the kernel itself, and those it could not."""
         first = self._first
         return {"applied": first.applied, "refused": first.refused} if first else {}
+
+    def protect(self) -> None:
+        """The never-block set changed: the worker lifts the bans on addresses it now holds."""
+        self._jobs.put(_PROTECT)
 
     def alert(self, request: BanRequest) -> None:
         """Write the history/blocked lines of an alert; dropped (counted) while the worker is
@@ -250,7 +263,7 @@ class Responder:
 
     def _startup(self, manager: BanManager, store: Store) -> None:
         now = time.time()
-        restored = manager.restore(now)
+        restored = manager.restore(now, self._protection() if self._protection else ())
         for record in restored:
             self._active.add(record.address)
             self._tell(WorkerMessage("restore", record.address))
@@ -305,6 +318,12 @@ class Responder:
                     self._rows_done += len(job)
             elif isinstance(job, Settings):
                 manager.reconfigure(job)
+            elif job is _PROTECT:
+                self._protect_due = True
+            if self._protect_due:  # until the store takes the lifts
+                self._protect_due = not self._once(
+                    partial(self._lift_protected, manager, now), "lift"
+                )
             mono = time.monotonic()
             # Timed steps: one refused by the store is tried again at its next time.
             if mono >= timers["expire"]:
@@ -385,6 +404,13 @@ class Responder:
             self.bans_added += 1
             self._active.add(record.address)
         self._data_version = manager.store.data_version()
+
+    def _lift_protected(self, manager: BanManager, now: float) -> None:
+        if self._protection is None:
+            return
+        entries = self._protection()
+        for record in lift_protected(manager, manager.store.active_bans(now), entries, now):
+            self._release(record.address)
 
     def _release(self, address: str) -> None:
         self._active.discard(address)

@@ -79,6 +79,7 @@ SHIPPED_HOST_DEFAULTS = {
     "DEFAULTS_FILE": "/etc/default/portsentry",
     "HOSTS_DENY_FILE": "/etc/hosts.deny",
     "RESOLV_CONF": "/etc/resolv.conf",
+    "RESOLVED_CONF": "/run/systemd/resolve/resolv.conf",
     "MAIL_COMMAND": "/usr/sbin/sendmail -t -oi",
 }
 
@@ -88,6 +89,7 @@ def test_host_defaults_follow_paths_and_document_the_shipped_path() -> None:
     assert s.defaults_file == paths.DEFAULTS_FILE  # the test's own, see tests/conftest.py
     assert s.hosts_deny_file == paths.HOSTS_DENY
     assert s.resolv_conf == paths.RESOLV_CONF
+    assert s.resolved_conf == paths.RESOLVED_CONF
     assert s.mail_command == (paths.SENDMAIL, "-t", "-oi")
     followers = {spec.key: spec.default for spec in SETTINGS if spec.host_default is not None}
     assert followers == SHIPPED_HOST_DEFAULTS

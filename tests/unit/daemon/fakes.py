@@ -34,7 +34,7 @@ from portsentinel.detect.detector import Detector
 from portsentinel.host.addresses import AddrInfo
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.resolvconf import Resolvers, parse_resolv_conf
-from portsentinel.host.routes import NextHops
+from portsentinel.host.routes import NextHops, RouteWatcher
 from portsentinel.host.view import HostView
 from portsentinel.model import Proto
 from portsentinel.respond.bans import BanRequest
@@ -221,22 +221,48 @@ class FakeSources:
     def __init__(self) -> None:
         self.reads = 0
         self.closed = False
+        self.hops = NextHops(routes=(), routers=(), objects=())
+        self.peers: frozenset[bytes] = frozenset()
 
     def addresses(self) -> Sequence[AddrInfo]:
         self.reads += 1
         return [AddrInfo(2, DST4, 24, 0)]
 
     def next_hops(self) -> NextHops:
-        return NextHops(routes=(), routers=(), objects=())
+        return self.hops
 
     def resolvers(self) -> Resolvers:
         return parse_resolv_conf("", "/test/resolv.conf")
 
     def ssh_peers(self) -> Collection[bytes]:
-        return frozenset()
+        return self.peers
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeRouteWatcher:
+    """The never-block set's route watcher: readable when the test pokes ``theirs``."""
+
+    def __init__(self) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.setblocking(False)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.ours.fileno()
+
+    def poll(self) -> bool:
+        changed = False
+        with contextlib.suppress(BlockingIOError):
+            while self.ours.recv(64):
+                changed = True
+        return changed
+
+    def close(self) -> None:
+        self.closed = True
+        self.ours.close()
+        self.theirs.close()
 
 
 class FakeResponder:
@@ -254,6 +280,7 @@ class FakeResponder:
         self.alerts_dropped = self.rows_dropped = 0
         self.names_missed = (0, 0)
         self.turns_ended = 0
+        self.protected = 0  # times the loop said the never-block set changed
         self.store_outage: tuple[float, str] | None = None
         self.first_bans: dict[str, int] = {}
 
@@ -273,6 +300,9 @@ class FakeResponder:
 
     def ban(self, request: BanRequest) -> None:
         self.bans.append(request)
+
+    def protect(self) -> None:
+        self.protected += 1
 
     def alert(self, request: BanRequest) -> None:
         self.alerts.append(request)
@@ -347,6 +377,7 @@ def build(
     events: str | EventSink | None = None,
     host: FakeHost | None = None,
     log: LogSink | None = None,
+    routes: FakeRouteWatcher | None = None,
 ) -> Parts:
     """A pipeline as ``Pipeline.start`` wires it, on fakes (``log``: else one to a string)."""
     clock = Clock()
@@ -363,7 +394,9 @@ def build(
         in_use_udp=fake_host.in_use[Proto.UDP].cached,
     )
     sources = FakeSources()
-    never_block = NeverBlock(sources, ignore=the_setup.ignore)
+    never_block = NeverBlock(
+        sources, ignore=the_setup.ignore, watcher=cast(RouteWatcher | None, routes)
+    )
     never_block.refresh()
     fake_ring = FakeRing() if ring else None
     pipeline = Pipeline(

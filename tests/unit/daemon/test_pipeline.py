@@ -34,6 +34,7 @@ from portsentinel.daemon.pipeline import (
 from portsentinel.daemon.sources import StartupError, kernel_filter, ring_config
 from portsentinel.decode import decode_ip
 from portsentinel.host.neverblock import NeverBlock
+from portsentinel.host.routes import NextHops, Route
 from portsentinel.model import Mode, Proto
 from portsentinel.ratelimit import SUMMARY_EVERY
 from portsentinel.respond.worker import Responder, WorkerMessage
@@ -44,6 +45,7 @@ from unit.daemon.fakes import (
     FakeListeners,
     FakeResponder,
     FakeRing,
+    FakeRouteWatcher,
     FakeSources,
     InUse,
     Parts,
@@ -201,6 +203,47 @@ def test_with_an_address_watcher_addresses_follow_its_events(tmp_path: Path) -> 
     assert parts.sources.reads - reads == 1 + 12 // NEVER_BLOCK_EVERY
 
 
+def test_a_route_changed_before_a_probe_protects_its_gateway_in_the_same_turn(
+    tmp_path: Path,
+) -> None:
+    routes = FakeRouteWatcher()
+    parts = build(setup(tmp_path), routes=routes)
+    responder = attach(parts, tmp_path / "state")
+    ring, sources = parts.ring, parts.sources
+    assert ring is not None
+    gateway = Route(2, bytes(4), 0, 254, (OTHER,))
+
+    def route_then_probe() -> None:
+        sources.hops = NextHops(routes=(gateway,))
+        # A forged SYN from the new gateway and the kernel's notification, ready in one turn
+        # (in this order, so that the selector would hand the ring over first).
+        ring.send(syn(1, src=OTHER))
+        routes.theirs.send(b"!")
+
+    Driver(parts).run([route_then_probe, nothing])
+    assert responder.bans == []
+    other = ipaddress.ip_address(OTHER).compressed
+    assert (
+        f"attackalert: Host {other} not blocked: never-block set (gateway of the default route)"
+        in parts.lines()
+    )
+    assert responder.protected == 1  # the worker is told: bans on it are lifted
+    parts.pipeline.close()
+    assert routes.closed
+
+
+def test_an_ssh_peer_of_a_moment_ago_is_asked_for_before_the_ban(
+    tmp_path: Path, parts: Parts
+) -> None:
+    responder = attach(parts, tmp_path / "state")
+    assert parts.ring is not None
+    parts.sources.peers = frozenset({OTHER})  # the session opened since the last refresh
+    Driver(parts).run([lambda: parts.ring.send(syn(1, src=OTHER)) if parts.ring else None])
+    assert responder.bans == []
+    assert any("not blocked: never-block set (SSH peer)" in line for line in parts.lines())
+    assert responder.protected == 1
+
+
 def test_held_records_are_summarised_every_ten_seconds(tmp_path: Path, parts: Parts) -> None:
     attach(parts, tmp_path / "state")
     assert parts.ring is not None
@@ -260,9 +303,9 @@ def test_the_workers_messages_reach_the_log_the_detector_and_the_never_block_set
         "attackalert: Host 198.18.0.1 not blocked: never-block set (allowed by operator)"
         in parts.lines()
     )
-    assert parts.pipeline.protects(ipaddress.ip_network("198.18.0.0/24"))
-    assert not parts.pipeline.protects(ipaddress.ip_network("198.18.9.0/24"))
-    assert not parts.pipeline.protects(ipaddress.ip_network("fd00::/64"))
+    assert parts.pipeline.protection.protects(ipaddress.ip_network("198.18.0.0/24"))
+    assert not parts.pipeline.protection.protects(ipaddress.ip_network("198.18.9.0/24"))
+    assert not parts.pipeline.protection.protects(ipaddress.ip_network("fd00::/64"))
 
 
 def test_attach_applies_what_the_worker_restored_before_the_first_packet(

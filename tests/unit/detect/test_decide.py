@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from portsentinel.detect.budget import BanBudget, BudgetConfig
 from portsentinel.detect.decide import BLOCK_ACTIONS, Policy, Responses
 from portsentinel.detect.track import SourceState, evidence_key
 from portsentinel.model import Action, Proto, Reason
@@ -115,3 +116,23 @@ def test_responses_refuse_ignored_and_bad_sizes() -> None:
         Responses(1).remember(SRC, Proto.TCP, Action.IGNORED)
     with pytest.raises(ValueError, match="positive"):
         Responses(0)
+
+
+def test_the_hosts_last_word_is_asked_only_before_acting_and_gives_back_the_slot() -> None:
+    budget = BanBudget(BudgetConfig(strong_ports=1, burst=10, rate=1.0))
+    p = Policy(block_levels={Proto.TCP: 1, Proto.UDP: 0}, max_responded=100, budget=budget)
+    asked: list[bytes] = []
+
+    def confirm(src: bytes) -> bool:
+        asked.append(src)
+        return src == SRC  # an SSH session opened a moment ago
+
+    p.confirm = confirm
+    assert p.decide(SRC, Proto.TCP, STATE, 1.0) == (Action.IGNORED, Reason.NEVER_BLOCK)
+    assert SRC not in p.responses
+    assert budget.active == 0  # the slot it took went back
+    assert p.decide(OTHER, Proto.TCP, STATE, 1.0) == (Action.BLOCK, Reason.TRIGGERED)
+    assert p.decide(SRC, Proto.UDP, STATE, 1.0) == (Action.ALERT, Reason.TRIGGERED)
+    assert asked == [SRC, OTHER]  # an alert acts against nobody: not asked
+    assert p.decide(OTHER, Proto.TCP, STATE, 2.0) == (Action.IGNORED, Reason.ALREADY_BLOCKED)
+    assert asked == [SRC, OTHER]

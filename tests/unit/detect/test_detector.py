@@ -253,6 +253,17 @@ def test_reply_check_is_asked_last_and_excuses_replies() -> None:
     assert one(det.feed(reply, 0.0)).kind is ScanKind.UDP
 
 
+def test_the_protect_check_refuses_as_the_never_block_set() -> None:
+    det = detector()
+    det.set_protect_check(lambda src: src == SCANNER)
+    decision = one(det.feed(tcp(79), 0.0))
+    assert decision.action is Action.IGNORED
+    assert decision.reason is Reason.NEVER_BLOCK
+    assert one(det.feed(tcp(79, src=addr(7)), 0.0)).action is Action.BLOCK
+    det.set_protect_check(None)
+    assert one(det.feed(tcp(79), 1.0)).action is Action.BLOCK
+
+
 def test_connects_skip_the_destination_check() -> None:
     det = Detector(replace(BASE, tcp_mode=Mode.TCP), local={HOST})
     assert det.feed_connect(Proto.TCP, SCANNER, OTHER_HOST, 79, 0.0)

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from portsentinel import paths
 from portsentinel.errors import CaptureError
+from portsentinel.host import neverblock
 from portsentinel.host.addresses import AddrInfo
 from portsentinel.host.neverblock import (
     SPECIAL_RANGES,
     NeverBlock,
     Source,
     SystemSources,
+    covering,
     route_reason,
 )
 from portsentinel.host.resolvconf import Resolvers, parse_resolv_conf
@@ -308,3 +311,138 @@ def test_system_sources_default_to_paths_resolv_conf_read_when_made(
     assert system.resolv_conf == str(path)
     assert system.resolvers().packed == (p("198.18.0.54"),)
     system.close()
+
+
+# --- systemd-resolved's upstream resolvers ---------------------------------------------------
+
+
+def test_a_stubs_upstream_resolvers_are_in_with_their_own_file(sources: FakeSources) -> None:
+    stub = parse_resolv_conf("nameserver 127.0.0.53\n", "/test/resolv.conf")
+    upstream = parse_resolv_conf("nameserver 198.18.0.60\n", "/test/resolved.conf")
+    sources.resolv = replace(stub, upstream=upstream)
+    nb = NeverBlock(sources)
+    assert nb.why(p("198.18.0.60")) == "DNS resolver in /test/resolved.conf"
+    assert nb.why(p("127.0.0.53")) == "DNS resolver in /test/resolv.conf"
+
+
+def test_system_sources_read_systemd_resolveds_file_behind_the_stub(tmp_path: Path) -> None:
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.53\n")
+    (tmp_path / "resolved.conf").write_text("nameserver 198.18.0.61\n")
+    system = SystemSources(str(tmp_path / "resolv.conf"), (), str(tmp_path / "resolved.conf"))
+    found = system.resolvers()
+    assert [r.packed for r in found.files()] == [(p("127.0.0.53"),), (p("198.18.0.61"),)]
+    system.close()
+
+
+def test_system_sources_default_to_paths_resolved_conf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(paths, "RESOLVED_CONF", str(tmp_path / "resolved.conf"))
+    assert SystemSources().resolved_conf == str(tmp_path / "resolved.conf")
+
+
+# --- SSH peers asked at the moment of acting ---------------------------------------------------
+
+
+def test_confirm_asks_the_kernel_and_the_new_peer_joins_the_set(
+    sources: FakeSources, nb: NeverBlock
+) -> None:
+    version = nb.version
+    sources.peers = frozenset({p("198.18.0.2"), p("198.18.0.33")})
+    assert p("198.18.0.33") not in nb
+    assert nb.confirm(p("198.18.0.33"))
+    assert p("198.18.0.33") in nb
+    assert nb.why(p("198.18.0.33")) == "SSH peer"
+    assert nb.version == version + 1
+
+
+def test_confirm_refuses_an_ordinary_source_and_changes_nothing(
+    sources: FakeSources, nb: NeverBlock
+) -> None:
+    version = nb.version
+    assert not nb.confirm(p("198.18.0.34"))
+    assert nb.version == version
+    sources.peers = CaptureError("sock_diag: timed out")
+    assert not nb.confirm(p("198.18.0.34"))  # a failed read protects nothing new
+    assert nb.failures == 1
+
+
+def test_confirm_of_a_member_reads_nothing(sources: FakeSources, nb: NeverBlock) -> None:
+    sources.peers = CaptureError("must not be read")
+    assert nb.confirm(p("198.18.0.254"))
+
+
+# --- routes followed by events -------------------------------------------------------------
+
+
+class FakeWatcher:
+    def __init__(self) -> None:
+        self.changed = False
+        self.closed = False
+
+    def fileno(self) -> int:
+        return 42
+
+    def poll(self) -> bool:
+        return self.changed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_route_event_refreshes_the_set(sources: FakeSources) -> None:
+    watcher = FakeWatcher()
+    nb = NeverBlock(sources, watcher=watcher)  # type: ignore[arg-type]
+    assert nb.fileno() == 42
+    assert not nb.on_event()  # nothing changed
+    sources.hops = NextHops(routes=(route("198.18.4.0/24", "198.18.0.7"),))
+    assert not nb.on_event()  # the watcher said nothing: not read
+    watcher.changed = True
+    assert nb.on_event()
+    assert nb.why(p("198.18.0.7")) == "gateway of route 198.18.4.0/24"
+    nb.close()
+    assert watcher.closed
+
+
+def test_without_a_watcher_there_is_nothing_to_select(nb: NeverBlock) -> None:
+    assert nb.fileno() is None
+    assert not nb.on_event()
+
+
+def test_for_host_watches_routes_when_asked_and_warns_when_it_cannot(
+    monkeypatch: pytest.MonkeyPatch, sources: FakeSources
+) -> None:
+    monkeypatch.setattr(neverblock, "SystemSources", lambda *args: sources)
+    monkeypatch.setattr(neverblock, "RouteWatcher", FakeWatcher)
+    assert NeverBlock.for_host(watch=True).fileno() == 42
+    assert NeverBlock.for_host().fileno() is None
+
+    def refused() -> FakeWatcher:
+        raise CaptureError("rtnetlink: no groups")
+
+    monkeypatch.setattr(neverblock, "RouteWatcher", refused)
+    said: list[str] = []
+    assert NeverBlock.for_host(watch=True, warn=said.append).fileno() is None
+    assert said == [
+        "cannot follow route changes (rtnetlink: no groups); re-reading them periodically"
+    ]
+
+
+# --- which bans hold a protected address ---------------------------------------------------
+
+
+def test_covering_finds_address_and_prefix_bans_with_the_reason(nb: NeverBlock) -> None:
+    targets = [
+        ("gateway", net("198.18.0.254/32")),
+        ("ordinary", net("198.18.0.77/32")),
+        ("prefix holding a gateway", net("fd00:5e::/64")),
+        ("prefix elsewhere", net("fd00:77::/64")),
+        ("ignored", net("198.18.100.5/32")),
+    ]
+    found = dict(covering(nb.entries, targets))
+    assert found == {
+        "gateway": "gateway of the default route",
+        "prefix holding a gateway": "host address",
+        "ignored": "ignore list",
+    }
+    assert list(covering((), targets)) == []

@@ -4,7 +4,10 @@ tool flushed put back. Backends are the in-memory ones of test_bans."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from portsentinel.config.types import Backend as BackendName
+from portsentinel.host.neverblock import Source
 from portsentinel.store.sqlite import Store
 from unit.respond.test_bans import HOUR, manager, request, settings
 
@@ -47,3 +50,23 @@ def test_strays_of_a_backend_the_loop_never_writes_first_are_removed(store: Stor
     assert backends.kernel.bans == {}
     assert any("removed stray iptables ban of 198.18.0.99" in line for line in lines)
     assert bans.ban(request("198.18.0.2"), 20.0) is not None
+
+
+def test_restore_lifts_a_ban_on_an_address_protected_since_and_never_reapplies_it(
+    store: Store,
+) -> None:
+    bans, backends, lines = manager(store, settings(ban_duration=HOUR))
+    assert bans.ban(request("198.18.0.7"), 0.0) is not None
+    assert bans.ban(request("198.18.0.8"), 0.0) is not None
+    backends.kernel.bans.clear()  # a reboot: the kernel forgot, the store did not
+    backends.kernel.bans["198.18.0.9"] = 100.0  # a first ban the store never recorded
+    protected = (
+        (ipaddress.ip_network("198.18.0.7/32"), "gateway of route 198.18.4.0/24", Source.GATEWAY),
+        (ipaddress.ip_network("198.18.0.9/32"), "SSH peer", Source.SSH),
+    )
+    live = bans.restore(10.0, protected)
+    assert [r.address for r in live] == ["198.18.0.8"]
+    assert set(backends.kernel.bans) == {"198.18.0.8"}  # neither re-applied nor adopted
+    assert [r.address for r in store.active_bans(10.0)] == ["198.18.0.8"]
+    said = [line for line in lines if "now in the never-block set" in line]
+    assert len(said) == 2

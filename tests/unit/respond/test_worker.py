@@ -5,6 +5,7 @@ records and tells the detection loop what changed (WorkerMessage)."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import select
 import threading
 import time
@@ -18,6 +19,7 @@ from portsentinel.config import load_config
 from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
 from portsentinel.errors import PortSentinelError, StoreError
+from portsentinel.host.neverblock import Entry, Source
 from portsentinel.host.resolver import Resolver
 from portsentinel.model import Proto
 from portsentinel.respond import bans as bans_module
@@ -180,6 +182,40 @@ def test_a_restart_restores_the_bans_in_force(tmp_path: Path, state: Path) -> No
         m.text for m in seen if m.kind == "log"
     ]
     assert second.bans_active == 1
+
+
+def test_a_ban_on_an_address_that_becomes_protected_is_lifted_and_not_restored(
+    tmp_path: Path, state: Path
+) -> None:
+    entries: list[Entry] = []
+    worker = Responder(quiet_settings(tmp_path), str(state), protection=lambda: tuple(entries))
+    worker.start()
+    try:
+        worker.ban(request(5))
+        worker.ban(request(6))
+        wait_for_messages(worker, lambda seen: worker.bans_active == 2)
+        worker.protect()  # nothing protected yet: nothing lifted
+        entries.append((ipaddress.ip_network("198.19.0.5/32"), "SSH peer", Source.SSH))
+        worker.protect()
+        seen = wait_for_messages(worker, lambda seen: "release" in kinds(seen))
+    finally:
+        worker.close()
+    assert [m.text for m in seen if m.kind == "release"] == ["198.19.0.5"]
+    assert "attackalert: Host 198.19.0.5 unblocked: now in the never-block set (SSH peer)" in [
+        m.text for m in seen if m.kind == "log"
+    ]
+    assert worker.bans_active == 1
+    entries.append((ipaddress.ip_network("198.19.0.6/32"), "allowed by operator", Source.ALLOW))
+    again = Responder(quiet_settings(tmp_path), str(state), protection=lambda: tuple(entries))
+    again.start()
+    try:
+        told = again.messages()
+    finally:
+        again.close()
+    assert [m.text for m in told if m.kind == "restore"] == []
+    assert again.bans_active == 0
+    with Store.open(str(state)) as store:
+        assert store.active_bans(time.time()) == []
 
 
 def test_a_state_directory_it_cannot_open_stops_the_start(tmp_path: Path) -> None:
