@@ -1,17 +1,21 @@
 """The ban lifecycle after a restart and while it runs: finish what a previous run left (expire,
 undo, re-apply, and the bans of ours the store does not know), and put back what another
 tool removed. Mixed into ``bans.BanManager``, whose steps it uses.
+
+What cannot be read is said, not guessed: a row of the store that cannot be read is named
+and skipped (``settle_damaged``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from portsentinel.block import BanSpec
 from portsentinel.block.base import ban_fields
 from portsentinel.block.nftables import ban_detail
 from portsentinel.config.schema import Settings
-from portsentinel.errors import BackendError, PortSentinelError
+from portsentinel.errors import BackendError, PortSentinelError, StoreError
 from portsentinel.respond.backends import (
     Backends,
     prefix_of_key,
@@ -26,6 +30,7 @@ from portsentinel.store.sqlite import Store
 # commands are not re-run (they are not known to be idempotent).
 REAPPLY = frozenset({"nftables", "iptables", "route", "hosts_deny"})
 NATIVE = ("nftables", "iptables", "route")
+NAMED_DAMAGED = 20  # damaged rows named one by one at a time; the rest are counted
 
 
 class Restart:
@@ -54,9 +59,11 @@ class Restart:
         for record in self.store.bans_to_undo():
             self._undo(record, now)
         live = self.store.active_bans(now)
+        self.settle_damaged(now)  # before the strays: a damaged live ban frees its network
         for record in live:
             self._reapply(record, now)
         self._settle_strays(live, now)
+        self.settle_damaged(now)  # rows found while re-applying (their actions)
         return [r for r in self.store.active_bans(now) if r.state is BanState.ACTIVE]
 
     def _reapply(self, record: BanRecord, now: float) -> None:
@@ -76,6 +83,35 @@ class Restart:
                 self.store.activate(record.id)
             else:
                 self.store.fail(record.id, now)
+
+    def settle_damaged(self, now: float) -> int:
+        """Say each row the store's readers skipped since the last call (``Store.damaged``),
+        once. A live ban's row is also ended in the store (``Store.set_aside``): it could
+        never be applied, expired or lifted, and would keep its network from a new ban; what
+        the firewall holds of it is then settled at start like any ban the store does not
+        know. Returns how many rows were said."""
+        rows = self.store.damaged()
+        unended = 0  # live bans of the rows counted, not named, that could not be ended
+        for index, row in enumerate(rows):
+            done = ""
+            if row.live and row.table == "bans" and isinstance(row.row_id, int):
+                try:
+                    if self.store.set_aside(row.row_id, now):
+                        done = "; its live ban is ended in the store (lifted by 'damaged')"
+                except StoreError as exc:
+                    done = f"; its live ban cannot be ended in the store: {exc}"
+                    unended += index >= NAMED_DAMAGED
+            if index < NAMED_DAMAGED:
+                self.log(f"adminalert: WARNING: state store: skipped a damaged row: {row}{done}")
+        if len(rows) > NAMED_DAMAGED:
+            tables = Counter(row.table for row in rows[NAMED_DAMAGED:])
+            counts = ", ".join(f"{n} of {table}" for table, n in sorted(tables.items()))
+            self.log(
+                f"adminalert: WARNING: state store: {len(rows) - NAMED_DAMAGED} more damaged "
+                f"rows skipped ({counts}); their live bans are ended in the store"
+                + (f", but for {unended} that it refused" if unended else "")
+            )
+        return len(rows)
 
     def _settle_strays(self, live: list[BanRecord], now: float) -> None:
         """Bans of ours in the configured native backend that the store does not know.

@@ -26,7 +26,7 @@ from portsentinel.host.resolver import Resolver
 from portsentinel.respond.backends import Backends, Network, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.first_ban import FirstBan, eligible
-from portsentinel.store.records import EventRow
+from portsentinel.store.records import DamagedRowError, EventRow
 from portsentinel.store.sqlite import Store
 
 EXPIRE_EVERY = 1.0
@@ -311,6 +311,7 @@ class Responder:
             if mono >= timers["purge"]:
                 timers["purge"] = mono + PURGE_EVERY
                 self._once(partial(store.purge_events, now - s.event_retention), "purge")
+            manager.settle_damaged(now)  # rows any step above found damaged: said once
 
     # --- the store refusing: retried, reported, fatal only when it is damaged ---------------
 
@@ -363,7 +364,12 @@ class Responder:
         return dict(self._health)
 
     def _ban(self, manager: BanManager, requests: list[BanRequest]) -> None:
-        records = manager.ban_many(requests, time.time(), resume=True)
+        try:
+            records = manager.ban_many(requests, time.time(), resume=True)
+        except DamagedRowError as exc:  # a live ban's row damaged since start: set aside
+            manager.store.note(exc)
+            manager.settle_damaged(time.time())
+            records = manager.ban_many(requests, time.time(), resume=True)
         self._health = {
             name: backend.degraded is None for name, backend in manager.backends.built().items()
         }

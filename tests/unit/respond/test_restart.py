@@ -1,10 +1,14 @@
 """The ban lifecycle after a restart and while it runs: a pending ban finished, a ban only the
 kernel knows adopted with its remaining time, stray iptables rules removed, and what another
-tool flushed put back. Backends are the in-memory ones of test_bans."""
+tool flushed put back. What cannot be read is said: a damaged row is named and set aside.
+Backends are the in-memory ones of test_bans."""
 
 from __future__ import annotations
 
+import pytest
+
 from portsentinel.config.types import Backend as BackendName
+from portsentinel.respond import restart
 from portsentinel.store.sqlite import Store
 from unit.respond.test_bans import HOUR, manager, request, settings
 
@@ -47,3 +51,46 @@ def test_strays_of_a_backend_the_loop_never_writes_first_are_removed(store: Stor
     assert backends.kernel.bans == {}
     assert any("removed stray iptables ban of 198.18.0.99" in line for line in lines)
     assert bans.ban(request("198.18.0.2"), 20.0) is not None
+
+
+# --- what cannot be known is said, not guessed -----------------------------------------------
+
+
+def test_a_damaged_live_ban_is_named_set_aside_and_its_kernel_ban_adopted(store: Store) -> None:
+    bans, backends, lines = manager(store, settings(ban_duration=HOUR))
+    assert bans.ban(request("198.18.0.2"), 0.0) is not None
+    damaged = bans.ban(request("198.18.0.3"), 0.0)
+    assert damaged is not None
+    store._conn.execute("UPDATE bans SET evidence = '{broken' WHERE id = ?", (damaged.id,))
+    lines.clear()
+    live = bans.restore(10.0)
+    assert [r.address for r in live] == ["198.18.0.2", "198.18.0.3"]
+    assert live[1].reason == "adopted from the kernel"  # the kernel's ban, a new record
+    assert set(backends.kernel.bans) == {"198.18.0.2", "198.18.0.3"}
+    [said] = [line for line in lines if "damaged row" in line]
+    assert said.startswith(
+        f"adminalert: WARNING: state store: skipped a damaged row: bans row {damaged.id} "
+        "(198.18.0.3): evidence is not JSON"
+    )
+    assert said.endswith("its live ban is ended in the store (lifted by 'damaged')")
+    assert bans.settle_damaged(20.0) == 0  # said once
+
+
+def test_many_damaged_rows_are_counted_after_the_first_few(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restart, "NAMED_DAMAGED", 2)
+    bans, _backends, lines = manager(store, settings())
+    for i in range(5):
+        assert bans.ban(request(f"198.18.0.{10 + i}"), 0.0) is not None
+    store._conn.execute("UPDATE bans SET evidence = 'x'")
+    lines.clear()
+    assert store.active_bans(1.0) == []
+    assert bans.settle_damaged(1.0) == 5
+    assert len([line for line in lines if "skipped a damaged row" in line]) == 2
+    assert lines[-1] == (
+        "adminalert: WARNING: state store: 3 more damaged rows skipped (3 of bans); their live "
+        "bans are ended in the store"
+    )
+    store._conn.execute("UPDATE bans SET evidence = '{}'")  # mended: every one was set aside
+    assert store.active_bans(1.0) == []

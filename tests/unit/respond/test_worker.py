@@ -259,3 +259,41 @@ def test_a_damaged_store_stops_the_daemon_instead_of_failing_open(
     (fatal,) = [m for m in seen if m.kind == "fatal"]
     assert "malformed" in fatal.text
     assert "the response worker stopped" in fatal.text
+
+
+# --- damaged rows and the conntrack chain --------------------------------------------------------
+
+
+def log_lines(messages: list[WorkerMessage]) -> list[str]:
+    return [m.text for m in messages if m.kind == "log"]
+
+
+def test_damaged_rows_are_named_at_start_and_while_it_runs(tmp_path: Path, state: Path) -> None:
+    first = Responder(quiet_settings(tmp_path), str(state))
+    first.start()
+    first.ban(request(5))
+    wait_for_messages(first, lambda seen: first.bans_active == 1)
+    first.close()
+    cli = Store.open(str(state))
+    try:
+        cli._conn.execute("UPDATE bans SET evidence = 'x' WHERE address = '198.19.0.5'")
+        worker = Responder(quiet_settings(tmp_path), str(state))
+        worker.start()  # a damaged row does not stop the start
+        seen = worker.messages()
+        assert any("skipped a damaged row: bans row 1 (198.19.0.5)" in x for x in log_lines(seen))
+        worker.ban(request(6))
+        wait_for_messages(worker, lambda seen: worker.bans_active == 1)
+        # Damaged while the worker runs: a new ban of the network reads it (a bulk query).
+        cli._conn.execute("UPDATE bans SET evidence = 'y' WHERE address = '198.19.0.6'")
+        worker.ban(request(6))
+        seen = wait_for_messages(worker, lambda seen: "bans row 2" in "".join(log_lines(seen)))
+        seen += worker.close()
+    finally:
+        cli.close()
+    assert "fatal" not in kinds(seen)
+    assert cli_view(state) == {"198.19.0.6"}  # banned again, on a new row
+
+
+def cli_view(state: Path) -> set[str]:
+    with Store.open(str(state)) as store:
+        return {r.address for r in store.active_bans(time.time())}
