@@ -2,8 +2,9 @@
 undo, re-apply, and the bans of ours the store does not know), and put back what another
 tool removed. Mixed into ``bans.BanManager``, whose steps it uses.
 
-What cannot be read is said, not guessed: a row of the store that cannot be read is named
-and skipped (``settle_damaged``).
+What cannot be known is said, not guessed: a row of the store that cannot be read is named
+and skipped (``settle_damaged``); a command the process may have died running is neither run
+again nor dropped, but recorded ``uncertain`` and reported with what the admin can do.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ from portsentinel.store.sqlite import Store
 # commands are not re-run (they are not known to be idempotent).
 REAPPLY = frozenset({"nftables", "iptables", "route", "hosts_deny"})
 NATIVE = ("nftables", "iptables", "route")
+COMMAND_SETTINGS = {"run_cmd": "KILL_RUN_CMD", "legacy": "KILL_ROUTE"}
 NAMED_DAMAGED = 20  # damaged rows named one by one at a time; the rest are counted
+UNCERTAIN_WHY = (
+    "the daemon stopped before its outcome was recorded: it may or may not have run; not run again"
+)
 
 
 class Restart:
@@ -73,16 +78,35 @@ class Restart:
             return
         recorded = {a.backend: a for a in self.store.actions(record.id)}
         planned = [str(n) for n in record.evidence.get("plan", [])] or list(recorded)
-        if record.state is BanState.PENDING:
-            todo = [n for n in planned if n in REAPPLY or n not in recorded]
-        else:
-            todo = [n for n in planned if n in REAPPLY]
+        unknown = []
+        if record.state is BanState.PENDING:  # the process died while applying it
+            unknown = [n for n in planned if n not in REAPPLY and n not in recorded]
+            self._uncertain(record, spec, unknown, now)
+        todo = [n for n in planned if n in REAPPLY]
         applied = self._apply(record, spec, todo, now) if todo else 0
         if record.state is BanState.PENDING:
-            if applied or any(a.state is ActionState.APPLIED for a in recorded.values()):
+            held = (ActionState.APPLIED, ActionState.UNCERTAIN)
+            if applied or unknown or any(a.state in held for a in recorded.values()):
                 self.store.activate(record.id)
             else:
                 self.store.fail(record.id, now)
+
+    def _uncertain(
+        self, record: BanRecord, spec: BanSpec, names: Iterable[str], now: float
+    ) -> None:
+        """Commands of a pending ban with no recorded outcome: the process died while one ran,
+        or before it started. Not idempotent (an ``iptables -I`` twice is two rules), so not
+        run again; recorded ``uncertain`` and said, with what the admin can do."""
+        target, address = record.target, record.address
+        for name in names:
+            self.store.record_action(record.id, name, ban_fields(spec, name),
+                                     ActionState.UNCERTAIN, UNCERTAIN_WHY, at=now)  # fmt: skip
+            self.log(
+                f"adminalert: WARNING: {COMMAND_SETTINGS.get(name, name)} for {target} may or "
+                "may not have run: the daemon stopped before its outcome was recorded. It is "
+                f"not run again; check what it does for {target}, and to run it again: "
+                f"portsentinel unblock {address}, then portsentinel block {address}"
+            )
 
     def settle_damaged(self, now: float) -> int:
         """Say each row the store's readers skipped since the last call (``Store.damaged``),

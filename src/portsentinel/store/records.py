@@ -42,6 +42,9 @@ class ActionState(StrEnum):
     FAILED = "failed"
     UNDONE = "undone"
     UNDO_FAILED = "undo_failed"
+    # A command (KILL_RUN_CMD, KILL_ROUTE) the process was running, or about to run, when it
+    # died: it may or may not have run, and is not run again (schema version 3).
+    UNCERTAIN = "uncertain"
 
 
 class LiftedBy(StrEnum):

@@ -112,6 +112,10 @@ SQL_EVENTS_FROM: Final = (
 SQL_LIVE_PREFIXES: Final = f"SELECT DISTINCT prefix FROM bans WHERE {LIVE_SQL}"
 SQL_BAN_FOR: Final = f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND address IN ({{marks}})"
 SQL_ACTIONS: Final = f"SELECT {ACTION_COLS}, id FROM ban_actions WHERE ban_id = ? ORDER BY id"
+SQL_UNCERTAIN: Final = (
+    "SELECT address, prefix, backend FROM ban_actions JOIN bans ON bans.id = ban_id "
+    f"WHERE ban_actions.state = 'uncertain' AND bans.{LIVE_SQL} ORDER BY bans.id, backend"
+)
 SQL_PURGE_EVENTS: Final = (
     "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? LIMIT ?)"
 )
@@ -360,6 +364,16 @@ class Store(BulkBans, RowReader):
         with self._guard():
             rows = self._conn.execute(SQL_ACTIONS, (ban_id,)).fetchall()
         return self.records(rows, lambda row: action_from_row(row[:-1], row_id=row[-1]))
+
+    def uncertain(self) -> list[tuple[str, str]]:
+        """(ban target, backend) of each command of a live ban that may or may not have run
+        (``ActionState.UNCERTAIN``): what ``status`` warns about."""
+        with self._guard():
+            rows = self._conn.execute(SQL_UNCERTAIN).fetchall()
+        return [
+            (f"{a}" if p == (32 if "." in f"{a}" else 128) else f"{a}/{p}", backend)
+            for a, p, backend in rows
+        ]
 
     def offences(self, address: str, since: float) -> int:
         """Bans of this exact host or network created at or after ``since``.

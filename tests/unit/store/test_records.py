@@ -171,3 +171,8 @@ def test_a_damaged_action_row_names_its_row_and_ban(row: tuple[object, ...], pro
     assert str(caught.value).startswith(f"ban_actions row 12 (ban 7, {row[1]}): ")
     assert problem in caught.value.problem
     assert not caught.value.live
+
+
+def test_an_uncertain_action_is_a_state_of_its_own() -> None:
+    action = action_from_row((7, "run_cmd", "{}", "uncertain", 1, "may have run", T0))
+    assert action.state is ActionState.UNCERTAIN
