@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from portsentinel.block import BanSpec
 from portsentinel.block.base import ban_fields
 from portsentinel.block.nftables import ban_detail
+from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError, PortSentinelError, StoreError
 from portsentinel.respond.backends import (
@@ -45,6 +46,7 @@ class Restart:
     store: Store
     backends: Backends
     log: Callable[[str], None]
+    _conntrack_said: str | None = None  # the last failure to repair the chain, said once
 
     def expire(self, now: float) -> list[BanRecord]:
         raise NotImplementedError
@@ -198,6 +200,29 @@ class Restart:
                 f"in the state store ({shown}): adopted with the time they have left (the "
                 "process ended before it recorded them, or the store was lost)"
             )
+
+    def repair_conntrack(self, chain: ConntrackChain) -> bool:
+        """The table's conntrack chain (``block/table.py``), installed at start: put back
+        when another tool removed it (``nft flush ruleset``); True when it was."""
+        problem = chain.problem()
+        if problem is None:
+            self._conntrack_said = None
+            return False
+        failure = chain.install()
+        if failure is None:
+            self._conntrack_said = None
+            self.log(
+                f"adminalert: conntrack chain repaired ({problem}): the kernel tracks "
+                "connections again, so late UDP replies are not taken for probes"
+            )
+            return True
+        if failure != self._conntrack_said:
+            self._conntrack_said = failure
+            self.log(
+                f"adminalert: ERROR: cannot repair the conntrack chain ({problem}): {failure}; "
+                "late UDP replies may be taken for probes"
+            )
+        return False
 
     def repair(self, now: float) -> int:
         """Re-apply live bans missing from the configured native backend (another tool may

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from portsentinel.alert.notify import ban_info
+from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import PortSentinelError, StoreError
 from portsentinel.host.resolver import Resolver
@@ -72,10 +73,15 @@ class Responder:
         *,
         protected: Callable[[Network], bool] | None = None,
         on_ban: Callable[[str, Mapping[str, object] | None], None] | None = None,
+        conntrack: bool = False,
     ) -> None:
         """``protected``: does a network hold a never-block address (for IPv6 prefix bans);
-        ``on_ban(address, ban info or None)`` is called from the worker after each attempt."""
+        ``on_ban(address, ban info or None)`` is called from the worker after each attempt;
+        ``conntrack``: the detector asks conntrack about replies, so the worker installs the
+        table's tracking chain at start and repairs it with the bans (``block/table.py``)."""
         self.settings = settings
+        self._conntrack = conntrack
+        self._chain: ConntrackChain | None = None
         self._protected = protected
         self._on_ban = on_ban
         self.bans_added = 0
@@ -235,12 +241,16 @@ class Responder:
             self._tell(WorkerMessage("fatal", f"the response worker stopped: {exc}"))
             self._ready.set()
         finally:
+            if self._chain is not None:
+                self._chain.close()
             backends.stop()
             if resolver is not None:
                 resolver.close()
             store.close()
 
     def _startup(self, manager: BanManager, store: Store) -> None:
+        if self._conntrack:
+            self._track_connections()
         now = time.time()
         restored = manager.restore(now)
         for record in restored:
@@ -250,6 +260,23 @@ class Responder:
             self._log(f"adminalert: {len(restored)} bans restored from the state store")
         self._sync_allowed(store)
         self._data_version = store.data_version()
+
+    def _track_connections(self) -> None:
+        chain = ConntrackChain()
+        failure = chain.install()
+        if failure is None:
+            self._chain = chain  # repaired from now on, with the bans
+            return
+        chain.close()
+        self._log(
+            f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
+            "late UDP replies are recognised only if the firewall tracks them"
+        )
+
+    def _repair(self, manager: BanManager, now: float) -> None:
+        manager.repair(now)
+        if self._chain is not None:
+            manager.repair_conntrack(self._chain)
 
     def _serve(self, manager: BanManager, store: Store) -> None:
         s = self.settings
@@ -307,7 +334,7 @@ class Responder:
                 self._once(partial(self._poll, store, now), "poll")
             if mono >= timers["repair"]:
                 timers["repair"] = mono + REPAIR_EVERY
-                self._once(partial(manager.repair, now), "repair")
+                self._once(partial(self._repair, manager, now), "repair")
             if mono >= timers["purge"]:
                 timers["purge"] = mono + PURGE_EVERY
                 self._once(partial(store.purge_events, now - s.event_retention), "purge")

@@ -1,6 +1,6 @@
 """The ban lifecycle after a restart and while it runs: a pending ban finished, a ban only the
 kernel knows adopted with its remaining time, stray iptables rules removed, and what another
-tool flushed put back. What cannot be known is said: a command the
+tool flushed put back (the conntrack chain too). What cannot be known is said: a command the
 process died running is recorded uncertain, not run again; a damaged row is named and set
 aside. Backends are the in-memory ones of test_bans."""
 
@@ -124,6 +124,44 @@ def test_a_damaged_live_ban_is_named_set_aside_and_its_kernel_ban_adopted(store:
     )
     assert said.endswith("its live ban is ended in the store (lifted by 'damaged')")
     assert bans.settle_damaged(20.0) == 0  # said once
+
+
+class FakeChain:
+    def __init__(self, problems: list[str | None], failures: list[str | None]) -> None:
+        self.problems = problems
+        self.failures = failures
+        self.installs = 0
+
+    def problem(self) -> str | None:
+        return self.problems.pop(0)
+
+    def install(self) -> str | None:
+        self.installs += 1
+        return self.failures.pop(0)
+
+
+def test_the_conntrack_chain_is_part_of_the_repaired_state(store: Store) -> None:
+    bans, _backends, lines = manager(store, settings())
+    gone = "chain conntrack is missing"
+    chain = FakeChain(
+        [None, gone, gone, gone, gone], [None, "nft exited with 1", "nft exited with 1", None]
+    )
+    assert not bans.repair_conntrack(chain)  # type: ignore[arg-type]
+    assert (chain.installs, lines) == (0, [])
+    assert bans.repair_conntrack(chain)  # type: ignore[arg-type]
+    assert lines == [
+        f"adminalert: conntrack chain repaired ({gone}): the kernel tracks connections again, "
+        "so late UDP replies are not taken for probes"
+    ]
+    lines.clear()
+    assert not bans.repair_conntrack(chain)  # type: ignore[arg-type]
+    assert not bans.repair_conntrack(chain)  # type: ignore[arg-type]
+    assert lines == [
+        f"adminalert: ERROR: cannot repair the conntrack chain ({gone}): nft exited with 1; "
+        "late UDP replies may be taken for probes"
+    ]  # said once while it lasts
+    assert bans.repair_conntrack(chain)  # type: ignore[arg-type]
+    assert chain.installs == 4
 
 
 def test_many_damaged_rows_are_counted_after_the_first_few(

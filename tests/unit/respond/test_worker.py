@@ -9,6 +9,7 @@ import select
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -297,3 +298,50 @@ def test_damaged_rows_are_named_at_start_and_while_it_runs(tmp_path: Path, state
 def cli_view(state: Path) -> set[str]:
     with Store.open(str(state)) as store:
         return {r.address for r in store.active_bans(time.time())}
+
+
+class FakeChain:
+    made: ClassVar[list[FakeChain]] = []
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.problems: list[str | None] = ["chain conntrack is missing"]
+        FakeChain.made.append(self)
+
+    def install(self) -> str | None:
+        return "the nft command is not installed" if len(FakeChain.made) > 1 else None
+
+    def problem(self) -> str | None:
+        return self.problems.pop() if self.problems else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_conntrack_chain_is_installed_at_start_and_repaired_with_the_bans(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(responder_module, "ConntrackChain", FakeChain)
+    monkeypatch.setattr(responder_module, "REPAIR_EVERY", 0.05)
+    FakeChain.made = []
+    worker = Responder(quiet_settings(tmp_path), str(state), conntrack=True)
+    worker.start()
+    try:
+        seen = wait_for_messages(
+            worker, lambda seen: any("conntrack chain repaired" in x for x in log_lines(seen))
+        )
+    finally:
+        worker.close()
+    [chain] = FakeChain.made
+    assert chain.closed
+    assert not any("cannot turn connection tracking on" in x for x in log_lines(seen))
+    # A second worker whose install fails says so once and repairs nothing.
+    failing = Responder(quiet_settings(tmp_path), str(state), conntrack=True)
+    failing.start()
+    try:
+        seen = failing.messages()
+    finally:
+        seen += failing.close()
+    assert any("cannot turn connection tracking on (the nft command" in x for x in log_lines(seen))
+    assert FakeChain.made[1].closed
+    assert FakeChain.made[1].problems  # never asked
