@@ -5,13 +5,19 @@ probe. The kernel only tracks connections in a namespace where some netfilter ru
 so the daemon keeps one harmless rule that does: a counter on established flows in its own
 chain of the table the nftables ban sets live in (``nftables.TABLE_REF``). Without ``nft``,
 or with ``--dry-run``, the daemon relies on whatever the host's own firewall already tracks.
+
+The chain is part of the state the daemon repairs (``ConntrackChain``): another tool may
+flush the ruleset, and late replies would then count as probes again.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+from typing import Any
 
-from portsentinel.block.nftables import TABLE_REF
+from portsentinel.block.libnft import LibnftRunner, select_runner
+from portsentinel.block.nftables import FAMILY, TABLE, TABLE_REF
 from portsentinel.block.runner import CommandRunner, Runner
 
 CHAIN = "conntrack"
@@ -40,3 +46,57 @@ def ensure_conntrack(runner: CommandRunner | None = None) -> str | None:
     if done.returncode is None:  # it could not start, or timed out (and was killed)
         return f"nft failed: {done.error}"
     return f"nft exited with {done.returncode}: {done.stderr.strip()}"
+
+
+def conntrack_problem(runner: CommandRunner) -> str | None:
+    """What is wrong with the tracking chain (gone, hooked elsewhere, without its rule), or
+    None when it is in place or nft cannot be run at all (start-up said so)."""
+    done = runner.run(["nft", "-j", "list", "chain", FAMILY, TABLE, CHAIN], timeout=TIMEOUT)
+    if done.returncode is None:
+        return None
+    if not done.ok:
+        if "No such file or directory" in done.stderr:
+            return f"chain {CHAIN} is missing"
+        return f"cannot list chain {CHAIN}: {done.describe()}"
+    try:
+        items = [i for i in json.loads(done.stdout)["nftables"] if isinstance(i, dict)]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable nft output: {exc}"
+    chains = [i["chain"] for i in items if isinstance(i.get("chain"), dict)]
+    if not any(c.get("hook") == "prerouting" and c.get("type") == "filter" for c in chains):
+        return f"chain {CHAIN} is not a filter chain on the prerouting hook"
+    rules = [i["rule"].get("expr", []) for i in items if isinstance(i.get("rule"), dict)]
+    if not any(_tracks(expr) for expr in rules):
+        return f"chain {CHAIN} has no 'ct state' rule"
+    return None
+
+
+def _tracks(expr: Any) -> bool:
+    """Does a rule's expression match on the connection's state (so the kernel tracks)?"""
+    return isinstance(expr, list) and any(
+        isinstance(e, dict)
+        and isinstance(e.get("match"), dict)
+        and e["match"].get("left") == {"ct": {"key": "state"}}
+        for e in expr
+    )
+
+
+class ConntrackChain:
+    """The tracking chain kept in place: ``install`` at start, then ``problem`` and
+    ``install`` again while the daemon runs. The check goes in-process through libnftables
+    when it loads (``libnft.select_runner``); ``close`` frees its context."""
+
+    def __init__(self, runner: CommandRunner | None = None) -> None:
+        self._runner = runner if runner is not None else select_runner(Runner())
+
+    def install(self) -> str | None:
+        """``ensure_conntrack``: None on success, else why it could not be done."""
+        return ensure_conntrack(self._runner)
+
+    def problem(self) -> str | None:
+        """``conntrack_problem``: None while the chain is in place."""
+        return conntrack_problem(self._runner)
+
+    def close(self) -> None:
+        if isinstance(self._runner, LibnftRunner):
+            self._runner.close()

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from portsentinel import paths
 from portsentinel.alert.events import iso_time
-from portsentinel.cli.history_views import reference_time
+from portsentinel.cli.history_views import reference_time, say_damaged
 from portsentinel.cli.tables import Column, write_rows
 from portsentinel.config.setup import Setup
 from portsentinel.config.types import ban_duration
@@ -155,7 +155,7 @@ def store_exists(state_dir: str) -> bool:
     return os.path.exists(os.path.join(state_dir, paths.STORE_NAME))
 
 
-def list_bans(state_dir: str, as_json: bool, out: TextIO) -> int:
+def list_bans(state_dir: str, as_json: bool, out: TextIO, err: TextIO | None = None) -> int:
     now = time.time()
     if not store_exists(state_dir):
         if not as_json:
@@ -165,6 +165,8 @@ def list_bans(state_dir: str, as_json: bool, out: TextIO) -> int:
     try:
         # A replay's store answers as of the end of its capture, not as of today.
         records = store.active_bans(reference_time(store, now))
+        if err is not None:
+            say_damaged(store, err)
     finally:
         store.close()
     rows = [_ban_dict(r) for r in records]

@@ -62,7 +62,7 @@ def add_parsers(verbs: Verbs) -> None:
 def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from portsentinel.cli import ban_operations  # noqa: PLC0415 - not on the daemon's path
 
-    return ban_operations.list_bans(args.state_dir, args.json, out)
+    return ban_operations.list_bans(args.state_dir, args.json, out, err)
 
 
 def cmd_block(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

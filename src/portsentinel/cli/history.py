@@ -56,7 +56,7 @@ def cmd_why(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    return history(args.state_dir, args.since, as_json=args.json, now=time.time(), out=out)
+    return history(args.state_dir, args.since, as_json=args.json, now=time.time(), out=out, err=err)
 
 
 def why(
@@ -69,7 +69,7 @@ def why(
     from portsentinel.cli.tables import json_line  # noqa: PLC0415
 
     target = views.parse_target(address)
-    with views.reading(state_dir) as store:
+    with views.reading(state_dir, err) as store:
         view = (
             None
             if store is None
@@ -82,14 +82,16 @@ def why(
     return paths.EXIT_OK
 
 
-def history(state_dir: str, since: str, *, as_json: bool, now: float, out: TextIO) -> int:
+def history(
+    state_dir: str, since: str, *, as_json: bool, now: float, out: TextIO, err: TextIO | None = None
+) -> int:
     """The bans and alerts since ``since`` (a duration back, or a time), oldest first."""
     from portsentinel.cli import history_views as views  # noqa: PLC0415 - see the docstring
     from portsentinel.cli.history_text import HISTORY_COLUMNS  # noqa: PLC0415
     from portsentinel.cli.tables import write_rows  # noqa: PLC0415
 
     value, relative = views.parse_since(since)  # a bad --since is an error even without a store
-    with views.reading(state_dir) as store:
+    with views.reading(state_dir, err) as store:
         anchor = now if store is None else views.reference_time(store, now)
         start = anchor - value if relative else value
         rows = [] if store is None else views.history_rows(store, start)

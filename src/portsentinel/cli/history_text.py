@@ -67,6 +67,13 @@ def _ban_lines(ban: Mapping[str, Any]) -> Iterator[str]:
         if action["error"]:
             text += f": {action['error']}"
         yield _field("actions" if i == 0 else "", text)
+    if any(action["state"] == "uncertain" for action in actions):
+        address = ban["address"].split("/")[0]
+        yield _field(
+            "to do",
+            f"uncertain: check what the command did for {ban['address']}; to run it again: "
+            f"portsentinel unblock {address}, then portsentinel block {address}",
+        )
 
 
 def _evidence_text(evidence: Mapping[str, Any]) -> str:

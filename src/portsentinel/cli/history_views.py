@@ -15,10 +15,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from portsentinel import paths
 from portsentinel.alert.events import iso_time
+from portsentinel.cli.options import PROG
 from portsentinel.config.types import InvalidValueError, ports_text, positive_duration
 from portsentinel.errors import ConfigError
 from portsentinel.model import Action
@@ -39,16 +40,25 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @contextmanager
-def reading(state_dir: str) -> Iterator[Store | None]:
-    """The store for reading, or None when the directory has none (a read creates nothing)."""
+def reading(state_dir: str, err: TextIO | None = None) -> Iterator[Store | None]:
+    """The store for reading, or None when the directory has none (a read creates nothing);
+    rows the reads skipped as damaged are said on ``err``."""
     if not os.path.exists(os.path.join(state_dir, paths.STORE_NAME)):
         yield None
         return
     store = Store.open(state_dir, offline=None)
     try:
         yield store
+        if err is not None:
+            say_damaged(store, err)
     finally:
         store.close()
+
+
+def say_damaged(store: Store, err: TextIO) -> None:
+    """One warning per row the store's readers skipped (``store/rows.py``)."""
+    for row in store.damaged():
+        err.write(f"{PROG}: warning: skipped a damaged row of the state store: {row}\n")
 
 
 def reference_time(store: Store, now: float) -> float:

@@ -26,6 +26,7 @@ from portsentinel.config.setup import load_setup
 from portsentinel.daemon.client import DaemonNotRunning, request, socket_path
 from portsentinel.daemon.service import Daemon, RunOptions, default_log
 from portsentinel.errors import CaptureError, ConfigError, PortSentinelError
+from portsentinel.respond.restart import COMMAND_SETTINGS
 from portsentinel.store.lock import AlreadyRunningError, running_pid
 from portsentinel.store.sqlite import Store
 
@@ -148,6 +149,11 @@ def status_report(state_dir: str, daemon: object | None) -> dict[str, object]:
         return report
     try:
         report["active_bans"] = len(store.active_bans(time.time()))
+        # Commands the daemon may have died running (respond/restart.py): said until the
+        # admin settles them (unblock, then block to run them again).
+        uncertain = store.uncertain()
+        report["uncertain_actions"] = len(uncertain)
+        report["uncertain"] = [{"address": target, "backend": name} for target, name in uncertain]
     finally:
         store.close()
     return report
@@ -192,4 +198,19 @@ def status_text(report: dict[str, object]) -> str:
         lines.append(f"active bans: {report['active_bans']}")
     elif "store" in report:
         lines.append(f"store: {report['store']}")
+    lines += _uncertain_lines(report.get("uncertain"))
     return "\n".join(lines) + "\n"
+
+
+def _uncertain_lines(uncertain: object) -> list[str]:
+    if not isinstance(uncertain, list) or not uncertain:
+        return []
+    shown = ", ".join(
+        f"{item['address']} ({COMMAND_SETTINGS.get(item['backend'], item['backend'])})"
+        for item in uncertain[:5]
+    ) + (" ..." if len(uncertain) > 5 else "")
+    commands = "ban command" if len(uncertain) == 1 else "ban commands"
+    return [
+        f"WARNING: {len(uncertain)} {commands} may or may not have run (uncertain: the daemon "
+        f"stopped before their outcome was recorded): {shown}; see portsentinel why ADDRESS"
+    ]

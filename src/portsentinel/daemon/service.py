@@ -16,7 +16,6 @@ from portsentinel.alert.notify import Notifier, NotifyConfig
 from portsentinel.alert.portsentry_log import ACTIVE, SHUTDOWN, starting_line
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.block.plan import kill_route_replaced
-from portsentinel.block.table import ensure_conntrack
 from portsentinel.config.setup import Setup, load_setup
 from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.metrics import MetricsServer
@@ -78,6 +77,7 @@ class Daemon:
                         protected=pipeline.protection.protects,
                         protection=pipeline.protection.entries,
                         on_ban=notifier.ban_result if notifier is not None else None,
+                        conntrack=pipeline.host.tracks_replies,
                     )
                 )
             metrics = MetricsServer.from_settings(
@@ -103,13 +103,6 @@ class Daemon:
                     f"adminalert: KILL_ROUTE is not run: BLOCK_BACKEND={backend} blocks "
                     "instead (set BLOCK_BACKEND=legacy to run it as written)"
                 )
-            if not self.options.dry_run and pipeline.host.tracks_replies:
-                failure = ensure_conntrack()
-                if failure is not None:
-                    self.log.line(
-                        f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
-                        "late UDP replies are recognised only if the firewall tracks them"
-                    )
             self._install_signals(wake_w)
             control = self._control(pipeline)
             settle_gc()

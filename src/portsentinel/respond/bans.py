@@ -369,6 +369,8 @@ class BanManager(Restart):
 
     def _undo(self, record: BanRecord, now: float) -> None:
         for action in reversed(self.store.actions(record.id)):
+            if action.state is ActionState.UNCERTAIN:
+                self._uncertain_undo(record, action.backend)
             if action.state not in (ActionState.APPLIED, ActionState.UNDO_FAILED):
                 continue
             try:
@@ -391,6 +393,15 @@ class BanManager(Restart):
             self.files.remove_blocked(record.address)
         except OSError as exc:
             self.log(f"adminalert: ERROR: cannot update the blocked file: {exc}")
+
+    def _uncertain_undo(self, record: BanRecord, backend: str) -> None:
+        """An uncertain command (``restart``) is not undone either: its undo, if it has one,
+        is left to the admin, who knows whether the command had run."""
+        if backend == "run_cmd" and self.settings.unblock_run_cmd:
+            self.log(
+                f"adminalert: WARNING: KILL_RUN_CMD for {record.target} may or may not have "
+                "run (uncertain): UNBLOCK_RUN_CMD is not run for it; run it by hand if it had"
+            )
 
     def expire(self, now: float) -> list[BanRecord]:
         """Lift every ban whose time is up; returns them."""

@@ -1,17 +1,23 @@
 """The ban lifecycle after a restart and while it runs: finish what a previous run left (expire,
 undo, re-apply, and the bans of ours the store does not know), and put back what another
 tool removed. Mixed into ``bans.BanManager``, whose steps it uses.
+
+What cannot be known is said, not guessed: a row of the store that cannot be read is named
+and skipped (``settle_damaged``); a command the process may have died running is neither run
+again nor dropped, but recorded ``uncertain`` and reported with what the admin can do.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from portsentinel.block import BanSpec
 from portsentinel.block.base import ban_fields
 from portsentinel.block.nftables import ban_detail
+from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
-from portsentinel.errors import BackendError, PortSentinelError
+from portsentinel.errors import BackendError, PortSentinelError, StoreError
 from portsentinel.host.neverblock import Entry
 from portsentinel.respond.backends import (
     Backends,
@@ -28,6 +34,11 @@ from portsentinel.store.sqlite import Store
 # commands are not re-run (they are not known to be idempotent).
 REAPPLY = frozenset({"nftables", "iptables", "route", "hosts_deny"})
 NATIVE = ("nftables", "iptables", "route")
+COMMAND_SETTINGS = {"run_cmd": "KILL_RUN_CMD", "legacy": "KILL_ROUTE"}
+NAMED_DAMAGED = 20  # damaged rows named one by one at a time; the rest are counted
+UNCERTAIN_WHY = (
+    "the daemon stopped before its outcome was recorded: it may or may not have run; not run again"
+)
 
 
 class Restart:
@@ -37,6 +48,7 @@ class Restart:
     store: Store
     backends: Backends
     log: Callable[[str], None]
+    _conntrack_said: str | None = None  # the last failure to repair the chain, said once
 
     def expire(self, now: float) -> list[BanRecord]:
         raise NotImplementedError
@@ -57,9 +69,11 @@ class Restart:
         for record in self.store.bans_to_undo():
             self._undo(record, now)
         live = self._unprotected(self.store.active_bans(now), protected, now)
+        self.settle_damaged(now)  # before the strays: a damaged live ban frees its network
         for record in live:
             self._reapply(record, now)
         self._settle_strays(live, now)
+        self.settle_damaged(now)  # rows found while re-applying (their actions)
         kept = self._unprotected(self.store.active_bans(now), protected, now)  # adopted ones
         return [r for r in kept if r.state is BanState.ACTIVE]
 
@@ -77,16 +91,64 @@ class Restart:
             return
         recorded = {a.backend: a for a in self.store.actions(record.id)}
         planned = [str(n) for n in record.evidence.get("plan", [])] or list(recorded)
-        if record.state is BanState.PENDING:
-            todo = [n for n in planned if n in REAPPLY or n not in recorded]
-        else:
-            todo = [n for n in planned if n in REAPPLY]
+        unknown = []
+        if record.state is BanState.PENDING:  # the process died while applying it
+            unknown = [n for n in planned if n not in REAPPLY and n not in recorded]
+            self._uncertain(record, spec, unknown, now)
+        todo = [n for n in planned if n in REAPPLY]
         applied = self._apply(record, spec, todo, now) if todo else 0
         if record.state is BanState.PENDING:
-            if applied or any(a.state is ActionState.APPLIED for a in recorded.values()):
+            held = (ActionState.APPLIED, ActionState.UNCERTAIN)
+            if applied or unknown or any(a.state in held for a in recorded.values()):
                 self.store.activate(record.id)
             else:
                 self.store.fail(record.id, now)
+
+    def _uncertain(
+        self, record: BanRecord, spec: BanSpec, names: Iterable[str], now: float
+    ) -> None:
+        """Commands of a pending ban with no recorded outcome: the process died while one ran,
+        or before it started. Not idempotent (an ``iptables -I`` twice is two rules), so not
+        run again; recorded ``uncertain`` and said, with what the admin can do."""
+        target, address = record.target, record.address
+        for name in names:
+            self.store.record_action(record.id, name, ban_fields(spec, name),
+                                     ActionState.UNCERTAIN, UNCERTAIN_WHY, at=now)  # fmt: skip
+            self.log(
+                f"adminalert: WARNING: {COMMAND_SETTINGS.get(name, name)} for {target} may or "
+                "may not have run: the daemon stopped before its outcome was recorded. It is "
+                f"not run again; check what it does for {target}, and to run it again: "
+                f"portsentinel unblock {address}, then portsentinel block {address}"
+            )
+
+    def settle_damaged(self, now: float) -> int:
+        """Say each row the store's readers skipped since the last call (``Store.damaged``),
+        once. A live ban's row is also ended in the store (``Store.set_aside``): it could
+        never be applied, expired or lifted, and would keep its network from a new ban; what
+        the firewall holds of it is then settled at start like any ban the store does not
+        know. Returns how many rows were said."""
+        rows = self.store.damaged()
+        unended = 0  # live bans of the rows counted, not named, that could not be ended
+        for index, row in enumerate(rows):
+            done = ""
+            if row.live and row.table == "bans" and isinstance(row.row_id, int):
+                try:
+                    if self.store.set_aside(row.row_id, now):
+                        done = "; its live ban is ended in the store (lifted by 'damaged')"
+                except StoreError as exc:
+                    done = f"; its live ban cannot be ended in the store: {exc}"
+                    unended += index >= NAMED_DAMAGED
+            if index < NAMED_DAMAGED:
+                self.log(f"adminalert: WARNING: state store: skipped a damaged row: {row}{done}")
+        if len(rows) > NAMED_DAMAGED:
+            tables = Counter(row.table for row in rows[NAMED_DAMAGED:])
+            counts = ", ".join(f"{n} of {table}" for table, n in sorted(tables.items()))
+            self.log(
+                f"adminalert: WARNING: state store: {len(rows) - NAMED_DAMAGED} more damaged "
+                f"rows skipped ({counts}); their live bans are ended in the store"
+                + (f", but for {unended} that it refused" if unended else "")
+            )
+        return len(rows)
 
     def _settle_strays(self, live: list[BanRecord], now: float) -> None:
         """Bans of ours in the configured native backend that the store does not know.
@@ -149,6 +211,29 @@ class Restart:
                 f"in the state store ({shown}): adopted with the time they have left (the "
                 "process ended before it recorded them, or the store was lost)"
             )
+
+    def repair_conntrack(self, chain: ConntrackChain) -> bool:
+        """The table's conntrack chain (``block/table.py``), installed at start: put back
+        when another tool removed it (``nft flush ruleset``); True when it was."""
+        problem = chain.problem()
+        if problem is None:
+            self._conntrack_said = None
+            return False
+        failure = chain.install()
+        if failure is None:
+            self._conntrack_said = None
+            self.log(
+                f"adminalert: conntrack chain repaired ({problem}): the kernel tracks "
+                "connections again, so late UDP replies are not taken for probes"
+            )
+            return True
+        if failure != self._conntrack_said:
+            self._conntrack_said = failure
+            self.log(
+                f"adminalert: ERROR: cannot repair the conntrack chain ({problem}): {failure}; "
+                "late UDP replies may be taken for probes"
+            )
+        return False
 
     def repair(self, now: float) -> int:
         """Re-apply live bans missing from the configured native backend (another tool may

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from portsentinel.alert.notify import ban_info
+from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import PortSentinelError, StoreError
 from portsentinel.host.resolver import Resolver
@@ -32,7 +33,7 @@ from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.first_ban import FirstBan, eligible
 from portsentinel.respond.names import Names
 from portsentinel.respond.protected import Entries, lift_protected
-from portsentinel.store.records import EventRow
+from portsentinel.store.records import DamagedRowError, EventRow
 from portsentinel.store.sqlite import Store
 
 EXPIRE_EVERY = 1.0
@@ -80,12 +81,17 @@ class Responder:
         protected: Callable[[Network], bool] | None = None,
         on_ban: Callable[[str, Mapping[str, object] | None], None] | None = None,
         protection: Entries | None = None,
+        conntrack: bool = False,
     ) -> None:
         """``protected``: does a network hold a never-block address (for IPv6 prefix bans);
         ``on_ban(address, ban info or None)`` is called from the worker after each attempt;
         ``protection``: the never-block set's entries now (asked from the worker's thread),
-        whose addresses' bans are lifted at start-up and after each ``protect``."""
+        whose addresses' bans are lifted at start-up and after each ``protect``;
+        ``conntrack``: the detector asks conntrack about replies, so the worker installs the
+        table's tracking chain at start and repairs it with the bans (``block/table.py``)."""
         self.settings = settings
+        self._conntrack = conntrack
+        self._chain: ConntrackChain | None = None
         self._protected = protected
         self._protection = protection
         self._on_ban = on_ban
@@ -254,6 +260,8 @@ class Responder:
             self._tell(WorkerMessage("fatal", f"the response worker stopped: {exc}"))
             self._ready.set()
         finally:
+            if self._chain is not None:
+                self._chain.close()
             backends.stop()
             if names is not None:
                 names.close()  # what waits for a name is written now, with the address
@@ -262,6 +270,8 @@ class Responder:
             store.close()
 
     def _startup(self, manager: BanManager, store: Store) -> None:
+        if self._conntrack:
+            self._track_connections()
         now = time.time()
         restored = manager.restore(now, self._protection() if self._protection else ())
         for record in restored:
@@ -271,6 +281,23 @@ class Responder:
             self._log(f"adminalert: {len(restored)} bans restored from the state store")
         self._sync_allowed(store)
         self._data_version = store.data_version()
+
+    def _track_connections(self) -> None:
+        chain = ConntrackChain()
+        failure = chain.install()
+        if failure is None:
+            self._chain = chain  # repaired from now on, with the bans
+            return
+        chain.close()
+        self._log(
+            f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
+            "late UDP replies are recognised only if the firewall tracks them"
+        )
+
+    def _repair(self, manager: BanManager, now: float) -> None:
+        manager.repair(now)
+        if self._chain is not None:
+            manager.repair_conntrack(self._chain)
 
     def _serve(self, manager: BanManager, store: Store) -> None:
         s = self.settings
@@ -334,10 +361,11 @@ class Responder:
                 self._once(partial(self._poll, store, now), "poll")
             if mono >= timers["repair"]:
                 timers["repair"] = mono + REPAIR_EVERY
-                self._once(partial(manager.repair, now), "repair")
+                self._once(partial(self._repair, manager, now), "repair")
             if mono >= timers["purge"]:
                 timers["purge"] = mono + PURGE_EVERY
                 self._once(partial(store.purge_events, now - s.event_retention), "purge")
+            manager.settle_damaged(now)  # rows any step above found damaged: said once
 
     # --- the store refusing: retried, reported, fatal only when it is damaged ---------------
 
@@ -390,7 +418,12 @@ class Responder:
         return dict(self._health)
 
     def _ban(self, manager: BanManager, requests: list[BanRequest]) -> None:
-        records = manager.ban_many(requests, time.time(), resume=True)
+        try:
+            records = manager.ban_many(requests, time.time(), resume=True)
+        except DamagedRowError as exc:  # a live ban's row damaged since start: set aside
+            manager.store.note(exc)
+            manager.settle_damaged(time.time())
+            records = manager.ban_many(requests, time.time(), resume=True)
         self._health = {
             name: backend.degraded is None for name, backend in manager.backends.built().items()
         }

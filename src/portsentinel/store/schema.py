@@ -9,7 +9,8 @@ of schema is a new step at the end.
 Version 1 holds what the ban lifecycle needs (issue 4): events, bans, the actions that applied
 each ban, the never-block set. Version 2 adds what reports and prefix bans need (issue 5): a
 sortable binary source key so that "events from this /64" is one index range, the event keys
-``flags`` and ``ip_options``, and indexes for the ban timeline.
+``flags`` and ``ip_options``, and indexes for the ban timeline. Version 3 lets an action be
+``uncertain`` (issue 15: a command the process died running may or may not have run).
 
 Addresses are stored as normalised text (``ipaddress``'s ``str``; an IPv4-mapped IPv6 host is
 kept as its IPv4 address, as events print it). Events also keep ``src_key``: the source as
@@ -209,9 +210,49 @@ def _v2(conn: sqlite3.Connection) -> None:
     _run_all(_V2_INDEXES)(conn)
 
 
+# SQLite cannot change a CHECK constraint: the table is rebuilt under its name, rows and ids
+# kept. A row that broke the old constraints (a file edited by hand) is carried as it is, for
+# the readers to name and skip (``store/rows.py``), rather than failing the upgrade or being
+# dropped unsaid; only rows of bans that no longer exist (deleted by hand with foreign keys
+# off), which nothing could ever read, are left behind.
+_V3_TABLE: Final = """CREATE TABLE ban_actions (
+        id INTEGER PRIMARY KEY,
+        ban_id INTEGER NOT NULL REFERENCES bans (id) ON DELETE CASCADE,
+        backend TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}',
+        state TEXT NOT NULL
+            CHECK (state IN ('applied', 'failed', 'undone', 'undo_failed', 'uncertain')),
+        attempts INTEGER NOT NULL DEFAULT 1,
+        last_error TEXT,
+        updated REAL NOT NULL,
+        UNIQUE (ban_id, backend)
+    )"""
+_ACTION_COLUMNS: Final = "id, ban_id, backend, detail, state, attempts, last_error, updated"
+_V3_INDEXES: Final[tuple[str, ...]] = (
+    f"CREATE INDEX ban_actions_open ON ban_actions (ban_id) WHERE {OPEN_ACTION_SQL}",
+    "CREATE INDEX ban_actions_uncertain ON ban_actions (ban_id) WHERE state = 'uncertain'",
+)
+
+
+def _v3(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE ban_actions RENAME TO ban_actions_v2")
+    conn.execute(_V3_TABLE)
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    try:
+        conn.execute(
+            f"INSERT INTO ban_actions ({_ACTION_COLUMNS}) SELECT {_ACTION_COLUMNS} "
+            "FROM ban_actions_v2 WHERE ban_id IN (SELECT id FROM bans)"
+        )
+    finally:
+        conn.execute("PRAGMA ignore_check_constraints = OFF")
+    conn.execute("DROP TABLE ban_actions_v2")
+    _run_all(_V3_INDEXES)(conn)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "events, bans, ban actions, never-block set", _run_all(V1)),
     Migration(2, "source keys for prefix queries, event flags, ban timeline indexes", _v2),
+    Migration(3, "an action may be uncertain (a command the process died running)", _v3),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

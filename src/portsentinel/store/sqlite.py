@@ -48,6 +48,7 @@ from portsentinel.store.records import (
     AllowRecord,
     BanRecord,
     BanState,
+    DamagedRowError,
     EventRow,
     LiftedBy,
     action_from_row,
@@ -55,6 +56,7 @@ from portsentinel.store.records import (
     event_from_row,
     to_json,
 )
+from portsentinel.store.rows import RowReader
 from portsentinel.store.schema import LIVE_SQL, OPEN_ACTION_SQL, host_text_key, parse_network
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "AllowRecord",
     "BanRecord",
     "BanState",
+    "DamagedRowError",
     "DuplicateBanError",
     "EventRow",
     "LiftedBy",
@@ -108,20 +111,26 @@ SQL_EVENTS_FROM: Final = (
 )
 SQL_LIVE_PREFIXES: Final = f"SELECT DISTINCT prefix FROM bans WHERE {LIVE_SQL}"
 SQL_BAN_FOR: Final = f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND address IN ({{marks}})"
-SQL_ACTIONS: Final = f"SELECT {ACTION_COLS} FROM ban_actions WHERE ban_id = ? ORDER BY id"
+SQL_ACTIONS: Final = f"SELECT {ACTION_COLS}, id FROM ban_actions WHERE ban_id = ? ORDER BY id"
+SQL_UNCERTAIN: Final = (
+    "SELECT address, prefix, backend FROM ban_actions JOIN bans ON bans.id = ban_id "
+    f"WHERE ban_actions.state = 'uncertain' AND bans.{LIVE_SQL} ORDER BY bans.id, backend"
+)
 SQL_PURGE_EVENTS: Final = (
     "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? LIMIT ?)"
 )
 
 
-class Store(BulkBans):
-    """One connection to the store. Build it with ``Store.open``; close it (or use ``with``)."""
+class Store(BulkBans, RowReader):
+    """One connection to the store. Build it with ``Store.open``; close it (or use ``with``).
+    Its readers skip a row that is no record and keep it for ``damaged`` (``store/rows.py``)."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, offline: bool) -> None:
         self._conn = conn
         self.path = path
         self.offline = offline
         self._batched = 0  # inside ``batch``: writes and reads join its transaction
+        self._seen, self._damaged = set(), []  # rows that are no record (``store/rows.py``)
 
     # --- Opening ---------------------------------------------------------------------------
 
@@ -317,7 +326,7 @@ class Store(BulkBans):
             row = self._conn.execute(
                 f"SELECT {BAN_COLS} FROM bans WHERE id = ?", (ban_id,)
             ).fetchone()
-        return None if row is None else ban_from_row(row)
+        return next(iter(self.records([row], ban_from_row)), None) if row else None
 
     def active_bans(self, now: float) -> list[BanRecord]:
         """Live bans (pending or active) not yet expired at ``now``: what start-up re-applies."""
@@ -346,7 +355,7 @@ class Store(BulkBans):
             }
             texts = sorted({text for text, _ in covering})
             sql = SQL_BAN_FOR.format(marks=", ".join("?" * len(texts)))
-            rows = [ban_from_row(row) for row in self._conn.execute(sql, texts)] if texts else []
+            rows = self.records(self._conn.execute(sql, texts), ban_from_row) if texts else []
         found = [ban for ban in rows if (ban.address, ban.prefix) in covering]
         return max(found, key=lambda ban: ban.prefix, default=None)
 
@@ -354,7 +363,17 @@ class Store(BulkBans):
         """A ban's actions in the order they were first applied (undo in reverse)."""
         with self._guard():
             rows = self._conn.execute(SQL_ACTIONS, (ban_id,)).fetchall()
-        return [action_from_row(row) for row in rows]
+        return self.records(rows, lambda row: action_from_row(row[:-1], row_id=row[-1]))
+
+    def uncertain(self) -> list[tuple[str, str]]:
+        """(ban target, backend) of each command of a live ban that may or may not have run
+        (``ActionState.UNCERTAIN``): what ``status`` warns about."""
+        with self._guard():
+            rows = self._conn.execute(SQL_UNCERTAIN).fetchall()
+        return [
+            (f"{a}" if p == (32 if "." in f"{a}" else 128) else f"{a}/{p}", backend)
+            for a, p, backend in rows
+        ]
 
     def offences(self, address: str, since: float) -> int:
         """Bans of this exact host or network created at or after ``since``.
@@ -426,7 +445,7 @@ class Store(BulkBans):
 
     def _bans(self, sql: str, params: Any) -> list[BanRecord]:
         with self._guard():
-            return [ban_from_row(row) for row in self._conn.execute(sql, params)]
+            return self.records(self._conn.execute(sql, params), ban_from_row)
 
     def _update_ban(self, sql: str, params: tuple[Any, ...]) -> bool:
         with self._write() as conn:

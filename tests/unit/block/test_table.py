@@ -1,13 +1,18 @@
-"""The conntrack rule goes through block's runner, into the ban sets' own table, idempotently."""
+"""The conntrack rule goes through block's runner, into the ban sets' own table, idempotently;
+while the daemon runs, the chain is checked (gone after a flush, hooked elsewhere, without its
+rule) so that it can be put back."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from portsentinel.block import nftables, table
+from portsentinel.block.libnft import LibnftRunner
 from portsentinel.block.runner import RunResult
 
 from .block_fakes import FakeRunner
@@ -57,3 +62,81 @@ def test_without_nft_nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     runner = FakeRunner()
     assert table.ensure_conntrack(runner) == "the nft command is not installed"
     assert runner.calls == []
+
+
+# --- the chain checked while the daemon runs (nft 1.0.6's JSON, as listed in a namespace) ------
+
+LISTING = json.dumps({"nftables": [
+    {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+    {"chain": {"family": "inet", "table": "portsentinel", "name": "conntrack", "handle": 1,
+               "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}},
+    {"rule": {"family": "inet", "table": "portsentinel", "chain": "conntrack", "handle": 2,
+              "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                                  "right": ["established", "related"]}},
+                       {"counter": {"packets": 0, "bytes": 0}}]}},
+]})  # fmt: skip
+LIST_ARGV = ("nft", "-j", "list", "chain", "inet", "portsentinel", "conntrack")
+
+
+def listing_without(kind: str) -> str:
+    items = json.loads(LISTING)["nftables"]
+    if kind == "rule":
+        items = items[:2]
+    else:
+        items[1]["chain"]["hook"] = "input"
+    return json.dumps({"nftables": items})
+
+
+def test_a_chain_in_place_has_no_problem() -> None:
+    runner = FakeRunner()
+    runner.on(LIST_ARGV, stdout=LISTING)
+    assert table.conntrack_problem(runner) is None
+    [call] = runner.calls
+    assert call.argv == LIST_ARGV  # the program name: libnftables runs it in-process
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"rc": 1, "stderr": "Error: No such file or directory\n"}, "chain conntrack is missing"),
+        ({"rc": 1, "stderr": "Error: Operation not permitted\n"},
+         "cannot list chain conntrack: exit 1; stderr: Error: Operation not permitted"),
+        ({"stdout": "{"}, "unreadable nft output"),
+        ({"stdout": listing_without("rule")}, "chain conntrack has no 'ct state' rule"),
+        ({"stdout": listing_without("hook")},
+         "chain conntrack is not a filter chain on the prerouting hook"),
+    ],
+)  # fmt: skip
+def test_what_is_wrong_with_the_chain_is_said(answer: dict[str, Any], problem: str) -> None:
+    runner = FakeRunner()
+    runner.on(LIST_ARGV, **answer)
+    found = table.conntrack_problem(runner)
+    assert found is not None
+    assert found.startswith(problem)
+
+
+def test_nft_that_cannot_run_is_no_problem_to_repair() -> None:
+    class Missing(FakeRunner):
+        def run(
+            self, argv: Sequence[str], *, input: str | None = None, timeout: float | None = None
+        ) -> RunResult:
+            return RunResult(tuple(argv), None, "", "", 0.0, "cannot run: no nft")
+
+    assert table.conntrack_problem(Missing()) is None
+
+
+@pytest.mark.usefixtures("nft_installed")
+def test_the_chain_keeper_installs_checks_and_closes() -> None:
+    runner = FakeRunner()
+    runner.on(LIST_ARGV, rc=1, stderr="Error: No such file or directory\n")
+    chain = table.ConntrackChain(runner)
+    assert chain.problem() == "chain conntrack is missing"
+    assert chain.install() is None
+    assert runner.argvs()[-1] == ("/usr/sbin/nft", "-f", "-")
+    chain.close()  # a scripted runner has no context to free
+
+
+def test_the_chain_keeper_goes_in_process_when_it_can() -> None:
+    chain = table.ConntrackChain()
+    assert isinstance(chain._runner, LibnftRunner)
+    chain.close()

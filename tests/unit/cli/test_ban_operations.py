@@ -31,6 +31,22 @@ def test_list_uses_the_shared_table(tmp_path: Path) -> None:
     )
 
 
+def test_list_says_which_rows_it_skipped_as_damaged(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path)) as store:
+        for address in ("192.0.2.77", "192.0.2.78"):
+            ban = store.begin_ban(address, None, created=T0, expires=None, reason="manual block",
+                                  rule=None, evidence={}, offence=1)  # fmt: skip
+            store.activate(ban.id)
+        store._conn.execute("UPDATE bans SET evidence = 'x' WHERE address = '192.0.2.78'")
+    out, err = io.StringIO(), io.StringIO()
+    assert ban_operations.list_bans(str(tmp_path), True, out, err) == 0
+    assert [line[:24] for line in out.getvalue().splitlines()] == ['{"address":"192.0.2.77",']
+    assert err.getvalue().startswith(
+        "portsentinel: warning: skipped a damaged row of the state store: bans row 2 "
+        "(192.0.2.78): evidence is not JSON"
+    )
+
+
 def test_list_without_a_store_creates_none(tmp_path: Path) -> None:
     out = io.StringIO()
     assert ban_operations.list_bans(str(tmp_path / "none"), False, out) == 0

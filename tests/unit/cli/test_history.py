@@ -77,6 +77,24 @@ def test_why_of_an_unknown_address_exits_1(tmp_path: Path, make_store: bool) -> 
     assert state.exists() == make_store  # a read never creates a store
 
 
+def test_why_and_history_say_which_rows_they_skipped_as_damaged(tmp_path: Path) -> None:
+    small_store(tmp_path)
+    with Store.open(str(tmp_path)) as store:
+        store._conn.execute("UPDATE ban_actions SET detail = 'x' WHERE backend = 'hosts_deny'")
+    status, out, err = run(["why", "203.0.113.7", "--state-dir", str(tmp_path)])
+    assert status == 0
+    assert "actions   nftables applied\n  probes" in out  # the damaged one left out
+    assert err.startswith("portsentinel: warning: skipped a damaged row of the state store: ")
+    assert "(ban 1, hosts_deny): detail is not JSON" in err
+    with Store.open(str(tmp_path)) as store:
+        store._conn.execute("PRAGMA ignore_check_constraints = ON")
+        store._conn.execute("UPDATE bans SET state = 'gone' WHERE id = 1")
+    status, out, err = run(
+        ["history", "--since", "2023-11-01T00:00:00", "--state-dir", str(tmp_path)]
+    )
+    assert "bans row 1 (203.0.113.7): state 'gone' is not one of" in err
+
+
 def test_why_of_a_bad_address_is_a_usage_error(tmp_path: Path) -> None:
     status, _, err = run(["why", "not-an-ip", "--state-dir", str(tmp_path)])
     assert status == 2

@@ -49,6 +49,19 @@ def test_why_lines_of_an_ended_prefix_ban_from_a_replay() -> None:
     )
 
 
+def test_why_lines_say_what_to_do_about_an_uncertain_command() -> None:
+    action = {"backend": "run_cmd", "state": "uncertain", "attempts": 1, "time": "t1",
+              "error": "the daemon stopped before its outcome was recorded"}  # fmt: skip
+    ban = {**BAN, "address": "192.0.2.7", "state": "active", "offline": False,
+           "actions": [action]}  # fmt: skip
+    lines = list(text.why_lines({"src": "192.0.2.7", "rule": None, "ban": ban, "probes": None}))
+    assert lines[-2:] == [
+        "  actions   run_cmd uncertain: the daemon stopped before its outcome was recorded\n",
+        "  to do     uncertain: check what the command did for 192.0.2.7; to run it again: "
+        "portsentinel unblock 192.0.2.7, then portsentinel block 192.0.2.7\n",
+    ]
+
+
 def test_why_lines_without_a_ban_say_what_was_seen() -> None:
     probes = {
         "count": 1, "complete": True, "first": "t0", "last": "t0", "kinds": {"UDP": 1},

@@ -62,6 +62,30 @@ def test_status_text_of_a_running_daemon() -> None:
     )
 
 
+def test_status_warns_of_commands_that_may_or_may_not_have_run(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path)) as store:
+        for address in ("192.0.2.7", "192.0.2.8"):
+            ban = store.begin_ban(address, None, created=T0, expires=None, reason="scan",
+                                  rule=None, evidence={}, offence=1)  # fmt: skip
+            store.record_action(ban.id, "run_cmd", None, "uncertain", "?", at=T0)
+            store.activate(ban.id)
+    report = verbs.status_report(str(tmp_path), None)
+    assert report["uncertain_actions"] == 2
+    assert report["uncertain"] == [
+        {"address": "192.0.2.7", "backend": "run_cmd"},
+        {"address": "192.0.2.8", "backend": "run_cmd"},
+    ]
+    assert verbs.status_text(report).endswith(
+        "active bans: 2\n"
+        "WARNING: 2 ban commands may or may not have run (uncertain: the daemon stopped before "
+        "their outcome was recorded): 192.0.2.7 (KILL_RUN_CMD), 192.0.2.8 (KILL_RUN_CMD); "
+        "see portsentinel why ADDRESS\n"
+    )
+    one = {**report, "uncertain": [{"address": "192.0.2.9", "backend": "legacy"}]}
+    assert "1 ban command may or may not have run" in verbs.status_text(one)
+    assert "192.0.2.9 (KILL_ROUTE)" in verbs.status_text(one)
+
+
 def test_reload_without_a_daemon_is_a_failure(tmp_path: Path) -> None:
     status, out, err = run(["reload", "--state-dir", str(tmp_path)])
     assert (status, out) == (1, "")

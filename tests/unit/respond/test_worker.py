@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -334,3 +335,88 @@ def test_bans_never_wait_for_a_name_and_the_lines_follow(
     finally:
         worker.close()
         answer.set()
+
+
+# --- damaged rows and the conntrack chain --------------------------------------------------------
+
+
+def log_lines(messages: list[WorkerMessage]) -> list[str]:
+    return [m.text for m in messages if m.kind == "log"]
+
+
+def test_damaged_rows_are_named_at_start_and_while_it_runs(tmp_path: Path, state: Path) -> None:
+    first = Responder(quiet_settings(tmp_path), str(state))
+    first.start()
+    first.ban(request(5))
+    wait_for_messages(first, lambda seen: first.bans_active == 1)
+    first.close()
+    cli = Store.open(str(state))
+    try:
+        cli._conn.execute("UPDATE bans SET evidence = 'x' WHERE address = '198.19.0.5'")
+        worker = Responder(quiet_settings(tmp_path), str(state))
+        worker.start()  # a damaged row does not stop the start
+        seen = worker.messages()
+        assert any("skipped a damaged row: bans row 1 (198.19.0.5)" in x for x in log_lines(seen))
+        worker.ban(request(6))
+        wait_for_messages(worker, lambda seen: worker.bans_active == 1)
+        # Damaged while the worker runs: a new ban of the network reads it (a bulk query).
+        cli._conn.execute("UPDATE bans SET evidence = 'y' WHERE address = '198.19.0.6'")
+        worker.ban(request(6))
+        seen = wait_for_messages(worker, lambda seen: "bans row 2" in "".join(log_lines(seen)))
+        seen += worker.close()
+    finally:
+        cli.close()
+    assert "fatal" not in kinds(seen)
+    assert cli_view(state) == {"198.19.0.6"}  # banned again, on a new row
+
+
+def cli_view(state: Path) -> set[str]:
+    with Store.open(str(state)) as store:
+        return {r.address for r in store.active_bans(time.time())}
+
+
+class FakeChain:
+    made: ClassVar[list[FakeChain]] = []
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.problems: list[str | None] = ["chain conntrack is missing"]
+        FakeChain.made.append(self)
+
+    def install(self) -> str | None:
+        return "the nft command is not installed" if len(FakeChain.made) > 1 else None
+
+    def problem(self) -> str | None:
+        return self.problems.pop() if self.problems else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_conntrack_chain_is_installed_at_start_and_repaired_with_the_bans(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(responder_module, "ConntrackChain", FakeChain)
+    monkeypatch.setattr(responder_module, "REPAIR_EVERY", 0.05)
+    FakeChain.made = []
+    worker = Responder(quiet_settings(tmp_path), str(state), conntrack=True)
+    worker.start()
+    try:
+        seen = wait_for_messages(
+            worker, lambda seen: any("conntrack chain repaired" in x for x in log_lines(seen))
+        )
+    finally:
+        worker.close()
+    [chain] = FakeChain.made
+    assert chain.closed
+    assert not any("cannot turn connection tracking on" in x for x in log_lines(seen))
+    # A second worker whose install fails says so once and repairs nothing.
+    failing = Responder(quiet_settings(tmp_path), str(state), conntrack=True)
+    failing.start()
+    try:
+        seen = failing.messages()
+    finally:
+        seen += failing.close()
+    assert any("cannot turn connection tracking on (the nft command" in x for x in log_lines(seen))
+    assert FakeChain.made[1].closed
+    assert FakeChain.made[1].problems  # never asked

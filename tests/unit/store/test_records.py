@@ -14,6 +14,7 @@ from portsentinel.store.records import (
     ActionState,
     BanRecord,
     BanState,
+    DamagedRowError,
     EventRow,
     action_from_row,
     ban_from_row,
@@ -100,3 +101,78 @@ def test_a_ban_targets_a_host_or_its_prefix(address: str, prefix: int, target: s
 def test_only_pending_and_active_bans_are_live(state: BanState, live: bool) -> None:
     ban = BanRecord(1, "198.18.0.7", 32, T0, None, state, "scan", None, {}, 1, None, None, False)
     assert ban.live is live
+
+
+# --- rows no record can be made of: named, for the readers to skip ----------------------------
+
+GOOD_BAN = (7, "198.18.0.7", 32, T0, T0 + 60, "active", "scan", None, "{}", 1, None, None, 0)
+
+
+def _with(row: tuple[object, ...], **changes: object) -> tuple[object, ...]:
+    names = BAN_COLS.split(", ")
+    return tuple(changes.get(name, value) for name, value in zip(names, row, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"evidence": "{broken"}, "evidence is not JSON (Expecting property name"),
+        ({"evidence": "[1, 2]"}, "evidence is '[1, 2]', not a JSON object"),
+        ({"evidence": None}, "evidence is NULL, not JSON text"),
+        ({"state": "activ"}, "state 'activ' is not one of pending, active, lifted"),
+        ({"created": None}, "created is NULL, not a time"),
+        ({"expires": "tomorrow"}, "expires is 'tomorrow', not a time"),
+        ({"address": "198.18.0.x"}, "address '198.18.0.x' is not an IP address"),
+        ({"address": "198.18.0.7", "prefix": 24}, "has host bits set"),
+        ({"address": "198.18.0.7", "prefix": 64}, "address 198.18.0.7 with prefix 64:"),
+        ({"prefix": "wide"}, "prefix is 'wide', not a whole number"),
+        ({"offence": 0}, "offence is 0, not at least 1"),
+        ({"reason": None}, "reason is NULL, not text"),
+        ({"offline": 2}, "offline is 2, not 0 or 1"),
+    ],
+)  # fmt: skip
+def test_a_damaged_ban_row_names_its_table_row_and_fault(
+    changes: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(DamagedRowError) as caught:
+        ban_from_row(_with(GOOD_BAN, **changes))
+    damaged = caught.value
+    assert (damaged.table, damaged.row_id, damaged.key) == ("bans", 7, ("bans", 7))
+    assert problem in damaged.problem
+    assert str(damaged).startswith("bans row 7")
+    assert damaged.live == (changes.get("state", "active") == "active")
+    assert ban_from_row(GOOD_BAN).state is BanState.ACTIVE  # the same row, undamaged
+
+
+def test_an_ipv6_ban_row_is_checked_too() -> None:
+    row = _with(GOOD_BAN, address="2001:db8::", prefix=64)
+    assert ban_from_row(row).target == "2001:db8::/64"
+    with pytest.raises(DamagedRowError, match="has host bits set"):
+        ban_from_row(_with(row, address="2001:db8::5"))
+    assert ban_from_row(_with(row, address="2001:db8::5", prefix=128)).target == "2001:db8::5"
+    with pytest.raises(DamagedRowError, match="'2001:db8::zz' is not an IP address"):
+        ban_from_row(_with(row, address="2001:db8::zz", prefix=128))
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ((7, "run_cmd", "nope", "applied", 1, None, T0), "detail is not JSON"),
+        ((7, "run_cmd", "{}", "maybe", 1, None, T0), "state 'maybe' is not one of applied"),
+        ((7, None, "{}", "applied", 1, None, T0), "backend is NULL, not a name"),
+        ((7, "run_cmd", "{}", "applied", "x", None, T0), "attempts is 'x', not a whole number"),
+        ((7, "run_cmd", "{}", "applied", 1, 5, T0), "last_error is 5, not text"),
+        ((7, "run_cmd", "{}", "applied", 1, None, None), "updated is NULL, not a time"),
+    ],
+)  # fmt: skip
+def test_a_damaged_action_row_names_its_row_and_ban(row: tuple[object, ...], problem: str) -> None:
+    with pytest.raises(DamagedRowError) as caught:
+        action_from_row(row, row_id=12)
+    assert str(caught.value).startswith(f"ban_actions row 12 (ban 7, {row[1]}): ")
+    assert problem in caught.value.problem
+    assert not caught.value.live
+
+
+def test_an_uncertain_action_is_a_state_of_its_own() -> None:
+    action = action_from_row((7, "run_cmd", "{}", "uncertain", 1, "may have run", T0))
+    assert action.state is ActionState.UNCERTAIN

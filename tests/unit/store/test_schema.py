@@ -211,3 +211,42 @@ def test_a_migration_done_meanwhile_by_the_other_side_is_skipped(state_dir: str)
     assert not schema.migrate(late, "late", 0)  # ...after we read version 0: nothing to do
     assert late.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     late.close()
+
+
+def test_a_version_2_file_gets_uncertain_actions_with_its_rows_kept(state_dir: str) -> None:
+    os.makedirs(state_dir)
+    raw = sqlite3.connect(os.path.join(state_dir, "portsentinel.db"), isolation_level=None)
+    for step in schema.MIGRATIONS[:2]:
+        step.apply(raw)
+    raw.executescript(f"""
+        PRAGMA user_version = 2;
+        INSERT INTO meta VALUES ('created_at', '100.0'), ('offline', '0');
+        INSERT INTO bans (id, address, prefix, created, expires, state, reason, evidence)
+            VALUES (3, '198.18.0.7', 32, {T0}, NULL, 'active', 'scan', '{{}}');
+        INSERT INTO ban_actions (id, ban_id, backend, detail, state, updated)
+            VALUES (5, 3, 'nftables', '{{"element":"198.18.0.7"}}', 'applied', {T0}),
+                   (6, 3, 'run_cmd', '{{}}', 'failed', {T0}),
+                   (7, 99, 'nftables', '{{}}', 'applied', {T0});  -- its ban deleted by hand
+        PRAGMA ignore_check_constraints = ON;
+        INSERT INTO ban_actions (id, ban_id, backend, detail, state, updated)
+            VALUES (8, 3, 'hosts_deny', '{{}}', 'half-done', {T0});
+    """)
+    raw.close()
+
+    with Store.open(state_dir) as store:
+        assert store.schema_version() == schema.SCHEMA_VERSION == 3
+        ids = [row[0] for row in store._conn.execute("SELECT id FROM ban_actions ORDER BY id")]
+        assert ids == [5, 6, 8]  # ids kept; the orphan, which nothing could read, left behind
+        assert [(a.backend, a.state.value) for a in store.actions(3)] == [
+            ("nftables", "applied"), ("run_cmd", "failed"),
+        ]  # fmt: skip
+        [damaged] = store.damaged()  # carried as it was, named when read
+        assert str(damaged).startswith("ban_actions row 8 (ban 3, hosts_deny): state 'half-done'")
+        store.record_action(3, "run_cmd", None, "uncertain", "may have run", at=T0 + 1)
+        assert store.uncertain() == [("198.18.0.7", "run_cmd")]
+        indexes = {name for (name,) in store._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ban_actions'"
+        )}  # fmt: skip
+        assert {"ban_actions_open", "ban_actions_uncertain"} <= indexes
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            store._conn.execute("UPDATE ban_actions SET state = 'half-done' WHERE id = 5")

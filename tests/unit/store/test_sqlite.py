@@ -246,6 +246,17 @@ def test_bad_addresses_are_value_errors(store: Store, bad: str) -> None:
     assert store.allowed() == []
 
 
+def test_uncertain_commands_of_live_bans_are_listed_until_their_ban_ends(store: Store) -> None:
+    host = ban(store, "198.18.0.7")
+    prefix = ban(store, "2001:db8::5", prefix=64)
+    ended = ban(store, "198.18.0.8")
+    for record in (host, prefix, ended):
+        store.record_action(record.id, "run_cmd", None, ActionState.UNCERTAIN, "?", at=T0)
+    store.record_action(host.id, "nftables", None, ActionState.APPLIED, at=T0)
+    store.lift(ended.id, T0 + 1, LiftedBy.UNBLOCK)
+    assert store.uncertain() == [("198.18.0.7", "run_cmd"), ("2001:db8::/64", "run_cmd")]
+
+
 # --- Indexed queries -----------------------------------------------------------------------
 
 # Each query with every step of its plan, in order: (table, index it must go through). Issue 5's
@@ -265,6 +276,9 @@ PLANS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "ban_for": (sqlite.SQL_BAN_FOR.format(marks="?, ?"), [("bans", "bans_live")]),
     "ban_for, lengths": (sqlite.SQL_LIVE_PREFIXES, [("bans", "bans_live_expires")]),
     "actions": (sqlite.SQL_ACTIONS, [("ban_actions", "sqlite_autoindex_ban_actions_1")]),
+    "uncertain": (
+        sqlite.SQL_UNCERTAIN, [("ban_actions", "ban_actions_uncertain"), ("bans", "PRIMARY KEY")],
+    ),
     "events_between": (sqlite.SQL_EVENTS_BETWEEN, [("events", "events_time")]),
     "events_for": (sqlite.SQL_EVENTS_FROM, [("events", "events_src_key_time")]),
     "purge_events": (
