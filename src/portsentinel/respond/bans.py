@@ -35,7 +35,7 @@ from portsentinel.respond.backends import (
     terms_of,
 )
 from portsentinel.respond.names import Names
-from portsentinel.respond.restart import Restart
+from portsentinel.respond.restart import REAPPLY, Restart
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
 from portsentinel.store.sqlite import NewBan, Store
@@ -229,9 +229,7 @@ class BanManager(Restart):
                 spec = spec_of(banned, now)
                 if spec is not None and req.address not in taken:
                     taken.add(req.address)
-                    names = [str(n) for n in banned.evidence.get("plan", [])] or self.plan(1)
-                    todo.append(_Pending(index, req, names, spec.timeout, banned.offence,
-                                         None, spec, banned))  # fmt: skip
+                    todo.append(self._resumed(index, req, banned, spec, now))
                 continue
             if req.address in taken or banned is not None:
                 continue
@@ -251,6 +249,21 @@ class BanManager(Restart):
         if resent:  # a newer kernel took the loop's timeout: give back the ban's own
             self._renew(self.backends.get("nftables"), resent)
         return todo
+
+    def _resumed(
+        self, index: int, req: BanRequest, banned: BanRecord, spec: BanSpec, now: float
+    ) -> _Pending:
+        """An earlier try of ``req`` that the store refused half-way: the idempotent backends
+        run again; a command with no recorded outcome may have run, so it is not run again
+        but recorded ``uncertain`` and said (as at a restart)."""
+        planned = [str(n) for n in banned.evidence.get("plan", [])] or self.plan(req.level)
+        recorded = {a.backend for a in self.store.actions(banned.id)}
+        commands = [n for n in planned if n not in REAPPLY and n not in recorded]
+        self._uncertain(banned, spec, commands, now)
+        names = [n for n in planned if n in REAPPLY]
+        pending = _Pending(index, req, names, spec.timeout, banned.offence, None, spec, banned)
+        pending.applied = len(commands)  # held: the ban stays in force
+        return pending
 
     def _renew(self, backend: Backend, specs: Sequence[BanSpec]) -> None:
         renew = getattr(backend, "renew", None)  # NftablesBackend.renew

@@ -318,3 +318,22 @@ def test_with_names_the_lines_go_beside_the_ban_and_a_lift_follows_them(
     answer.set()
     assert "Host: 198.18.0.2/198.18.0.2 Port: 79" in (tmp_path / "history").read_text()
     assert (tmp_path / "blocked.atcp").read_text() == ""  # lifted: its line removed after
+
+
+def test_a_retried_batch_runs_no_command_again_that_may_have_run(store: Store) -> None:
+    """The store refused a step half-way (its outcome of KILL_RUN_CMD was not recorded): the
+    retry finishes the ban without running the command a second time."""
+    s = settings(ban_duration=HOUR, kill_run_cmd="/usr/local/bin/block $TARGET$")
+    bans, backends, lines = manager(store, s)
+    req = request("198.18.0.7")
+    store.begin_ban("198.18.0.7", None, created=0.0, expires=HOUR, reason="SYN scan", rule=None,
+                    evidence={"plan": ["nftables", "run_cmd"], "port": 79, "proto": "tcp",
+                              "mode": "atcp"}, offence=1)  # fmt: skip
+    [record] = bans.ban_many([req], 1.0, resume=True)
+    assert record is not None
+    assert record.state is BanState.ACTIVE
+    assert [c for c in backends.kernel.calls if c[0] == "run_cmd"] == []
+    assert "198.18.0.7" in backends.kernel.bans  # the idempotent one ran again
+    states = {a.backend: a.state for a in store.actions(record.id)}
+    assert states == {"nftables": ActionState.APPLIED, "run_cmd": ActionState.UNCERTAIN}
+    assert any("may or may not have run" in line for line in lines)
