@@ -193,8 +193,9 @@ class Settings:
     )  # fmt: skip
     ban_strong_ports: int = setting(
         key="BAN_STRONG_PORTS", parse=t.int_range(1, 65535), default="5", unit="ports",
-        help="distinct ports that make a source's evidence strong (a completed handshake "
-        "always is); weak sources may fill only half of MAX_ACTIVE_BANS", origin=_NEW,
+        help="distinct ports that make a source's evidence strong; four times as many (or a "
+        "completed handshake) make it broad, with BAN_RATE and BAN_BURST of its own; weak "
+        "sources may fill only half of MAX_ACTIVE_BANS", origin=_NEW,
     )  # fmt: skip
     block_min_ports: int = setting(
         key="BLOCK_MIN_PORTS", parse=t.int_range(1, 65535), default="1", unit="ports",

@@ -69,3 +69,24 @@ def test_release_frees_the_slot_and_restore_takes_one() -> None:
 def test_config_is_validated(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         BudgetConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_sources_with_five_forged_ports_cannot_spend_a_broad_scanners_tokens() -> None:
+    """A flood whose forged sources each show five ports drains the strong tier; a source
+    with four times that many ports (a real scan's first fraction of a second) or a completed
+    handshake still gets its ban."""
+    budget = BanBudget(BudgetConfig(rate=2, burst=3, strong_ports=5))
+    forged = state_with(5)
+    assert [budget.admit(src(i), forged, 0.0) for i in range(4)] == [True, True, True, False]
+    assert not budget.broad(forged)
+    scanner = state_with(20)
+    assert budget.broad(scanner)
+    assert budget.broad(state_with(1, ScanKind.CONNECT))
+    assert not budget.broad(state_with(19))
+    assert budget.admit(src(100), scanner, 0.0)  # its own tier's token
+    assert not budget.admit(src(101), state_with(19), 0.0)  # strong, but the tier is spent
+    # A broad source whose own tier is spent may still take a strong token when one is left.
+    drained = BanBudget(BudgetConfig(rate=2, burst=1, strong_ports=5))
+    assert drained.admit(src(1), scanner, 0.0)
+    assert drained.admit(src(2), scanner, 0.0)  # the strong tier's one token
+    assert not drained.admit(src(3), scanner, 0.0)
