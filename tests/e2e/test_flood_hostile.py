@@ -82,10 +82,10 @@ def test_a_real_scan_is_banned_in_a_spoofed_flood(
         try:
             wait_until(scanner_banned, "the real scanner in the ban set", BAN_DEADLINE)
         except AssertionError:  # say what the daemon saw of the scanner, for the next look
-            about = [line for line in daemon.stderr().splitlines() if SCANNER4 in line]
+            said = [line for line in daemon.stderr().splitlines() if SCANNER4 in line]
             raise AssertionError(
                 f"the real scanner is not in the ban set after {BAN_DEADLINE}s; the daemon "
-                f"wrote {len(about)} lines about it, the last: {about[-3:]}"
+                f"wrote {len(said)} lines about it, the last: {said[-3:]}"
             ) from None
         assert sender.poll() is None, "banned while the flood went on"
         sent = floodlab.result(sender, FLOOD_SECONDS + floodlab.SLACK)  # the flood runs its course
