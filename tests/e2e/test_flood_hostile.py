@@ -83,6 +83,9 @@ def test_a_real_scan_is_banned_in_a_spoofed_flood(
             wait_until(scanner_banned, "the real scanner in the ban set", BAN_DEADLINE)
         except AssertionError:  # say what the daemon saw of the scanner, for the next look
             said = [line for line in daemon.stderr().splitlines() if SCANNER4 in line]
+            if events:
+                seen = events_from(daemon, SCANNER4)
+                said += sorted({f"{e['action']}/{e['reason']}/{e['ports_seen']}" for e in seen})
             raise AssertionError(
                 f"the real scanner is not in the ban set after {BAN_DEADLINE}s; the daemon "
                 f"wrote {len(said)} lines about it, the last: {said[-3:]}"
