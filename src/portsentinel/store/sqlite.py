@@ -278,21 +278,7 @@ class Store(BulkBans, RowReader):
 
         ``detail`` None keeps the stored one (recording an undo keeps what was applied).
         """
-        params = {
-            "ban_id": ban_id, "backend": backend, "state": ActionState(state).value,
-            "detail": None if detail is None else to_json(detail), "error": error, "at": at,
-        }  # fmt: skip
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, updated) "
-                "VALUES (:ban_id, :backend, coalesce(:detail, '{}'), :state, :error, :at) "
-                "ON CONFLICT (ban_id, backend) DO UPDATE SET "
-                "detail = coalesce(:detail, detail), "
-                "attempts = CASE WHEN state = excluded.state THEN attempts + 1 ELSE 1 END, "
-                "state = excluded.state, last_error = excluded.last_error, "
-                "updated = excluded.updated",
-                params,
-            )
+        self.record_actions([(ban_id, backend, detail, ActionState(state), error)], at=at)
 
     def activate(self, ban_id: int) -> bool:
         """Mark a ban applied. False if it ended meanwhile: undo what was just applied."""
