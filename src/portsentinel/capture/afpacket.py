@@ -279,19 +279,20 @@ class PacketRing:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def read_batch(self, handler: Handler, timeout: float) -> int:
+    def read_batch(self, handler: Handler, timeout: float, limit: int = 0) -> int:
         """Wait up to ``timeout`` seconds for a ready block, then hand on every ready block.
 
         Returns how many packets went to the handler. At most one lap of the ring is read per
-        call, so the caller regains control under a flood. If the handler raises, its block
-        still goes back to the kernel (the rest of that block is lost) and the error
-        propagates.
+        call, and with a positive ``limit`` about that many packets (V2: exactly; V3: whole
+        blocks until the limit is reached), so the caller regains control under a flood. If
+        the handler raises, its block still goes back to the kernel (the rest of that block
+        is lost) and the error propagates.
         """
         view = self._view
         if view is None:
             raise CaptureError("the capture ring is closed")
         if self._frames:
-            return self._read_frames(view, handler, timeout)
+            return self._read_frames(view, handler, timeout, limit)
         if not self._ready(view, self._block) and not self._wait(view, timeout):
             return 0
         status_at = _BLOCK_STATUS.unpack_from
@@ -300,6 +301,8 @@ class PacketRing:
         block, handled = self._block, 0
         try:
             for _ in range(block_count):
+                if 0 < limit <= handled:
+                    break
                 base = block * block_size
                 if not status_at(view, base + _BLOCK_STATUS_AT)[0] & TP_STATUS_USER:
                     break
@@ -318,16 +321,17 @@ class PacketRing:
             self._handled += handled
         return handled
 
-    def _read_frames(self, view: memoryview, handler: Handler, timeout: float) -> int:
-        """``read_batch`` on a V2 ring: every ready frame, one lap at most."""
+    def _read_frames(self, view: memoryview, handler: Handler, timeout: float, limit: int) -> int:
+        """``read_batch`` on a V2 ring: every ready frame, one lap or ``limit`` at most."""
         frames, position = self._frames, self._position
         if not frame_ready(view, frames[position[0]]) and not self._wait(view, timeout):
             return 0
         handled = 0
         try:
             handled, not_host, not_counted = walk_frames(
-                view, frames, position, handler, counted=self._counted, uncounted=self._uncounted
-            )
+                view, frames, position, handler,
+                counted=self._counted, uncounted=self._uncounted, limit=limit,
+            )  # fmt: skip
             self._not_host += not_host
             self._not_counted += not_counted
         finally:

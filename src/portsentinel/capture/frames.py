@@ -60,9 +60,11 @@ def walk_frames(
     *,
     counted: set[int] | frozenset[int],
     uncounted: Callable[[int], bool],
+    limit: int = 0,
 ) -> tuple[int, int, int]:
-    """Hand every ready frame from index ``position[0]`` on (one lap at most) to ``handler``,
-    each given back to the kernel right after; stops at the first frame the kernel still owns.
+    """Hand every ready frame from index ``position[0]`` on (one lap at most, or ``limit``
+    frames when it is positive) to ``handler``, each given back to the kernel right after;
+    stops at the first frame the kernel still owns.
 
     ``position[0]`` is moved past every frame given back, also when the handler raises (its
     frame is given back and the error propagates). Returns (handled, not host, not counted).
@@ -73,7 +75,7 @@ def walk_frames(
     index = position[0]
     handled = not_host = not_counted = 0
     try:
-        for _ in range(count):
+        for _ in range(count if limit <= 0 else min(limit, count)):
             at = offsets[index]
             if not words[at >> 2] & TP_STATUS_USER:
                 break

@@ -57,6 +57,11 @@ NEVER_BLOCK_EVERY = 5.0  # the safety net: routes and addresses follow their wat
 # per 10 ms, not per ms (shared/reference/capture-perf.md: retire timeout <= 10 ms). A new
 # source's first probe arriving meanwhile waits up to this long more.
 RING_LINGER = 0.010
+RING_TURN = 256
+"""Frames read from the ring per loop turn. A turn ends with the bans held in it sent to the
+kernel (``first_ban``), timers and the control socket: under a flood the daemon handles a few
+tens of thousands of frames a second, and a whole lap of a 16 MiB ring (43,690 frames) kept a
+real scanner's ban waiting ~2 s behind it."""
 
 Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
 
@@ -359,7 +364,7 @@ class Pipeline:
             return False
         fresh = self.detector.fresh_probes
         before = fresh()
-        return bool(ring.read_batch(self._on_packet, 0.0)) and fresh() == before
+        return bool(ring.read_batch(self._on_packet, 0.0, RING_TURN)) and fresh() == before
 
     def _on_packet(self, ring: memoryview, start: int, length: int, _ifindex: int) -> None:
         """Per packet, decoded in place: keep it lean (the kernel filter already dropped

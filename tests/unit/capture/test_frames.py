@@ -59,6 +59,24 @@ def test_ready_frames_are_handed_on_in_order_and_given_back() -> None:
                        uncounted=lambda _i: False) == (0, 0, 0)  # fmt: skip
 
 
+def test_a_limit_ends_the_walk_early_and_the_next_walk_goes_on_from_there() -> None:
+    """Under a flood the daemon reads a few hundred frames per loop turn, not a lap: its
+    held bans, timers and control socket wait for the turn to end."""
+    view, offsets = ring()
+    for index in range(10):
+        put(view, offsets[index], bytes([index]) * 20)
+    seen, handler = collect()
+    position = [0]
+    walk = lambda: walk_frames(view, offsets, position, handler, counted={2},  # noqa: E731
+                               uncounted=lambda _i: False, limit=4)  # fmt: skip
+    assert walk() == (4, 0, 0)
+    assert position == [4]
+    assert [frame_ready(view, offsets[i]) for i in (3, 4)] == [False, True]
+    assert walk() == (4, 0, 0)
+    assert walk() == (2, 0, 0)  # what is left, then the first frame the kernel owns
+    assert seen == [bytes([i]) * 20 for i in range(10)]
+
+
 def test_the_walk_wraps_and_sorts_out_what_is_not_for_us() -> None:
     view, offsets = ring()
     last = len(offsets) - 1

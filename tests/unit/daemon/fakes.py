@@ -87,11 +87,11 @@ class FakeRing:
         return self._reader.fileno()
 
     def read_batch(
-        self, handler: Callable[[memoryview, int, int, int], None], timeout: float
+        self, handler: Callable[[memoryview, int, int, int], None], timeout: float, limit: int = 0
     ) -> int:
         assert timeout == 0.0  # the loop only reads what is there
         count = 0
-        while True:
+        while limit <= 0 or count < limit:
             try:
                 packet = self._reader.recv(65536)
             except BlockingIOError:

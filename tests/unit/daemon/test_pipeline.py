@@ -28,6 +28,7 @@ from portsentinel.daemon.pipeline import (
     NAT_EVERY,
     NEVER_BLOCK_EVERY,
     RING_LINGER,
+    RING_TURN,
     TICK_EVERY,
     Pipeline,
 )
@@ -162,6 +163,22 @@ def test_the_ring_lingers_while_it_brings_only_repeats(tmp_path: Path, parts: Pa
         ]
     )
     assert ring.reads == 5
+
+
+def test_a_turn_reads_at_most_ring_turn_packets_and_writes_what_it_decided(parts: Parts) -> None:
+    """Under a flood the ring always holds more: a turn still ends after RING_TURN packets,
+    with its lines written (and its held bans sent to the kernel) before the next is read."""
+    assert parts.ring is not None
+    ring = parts.ring
+    flood = [syn(i, src=bytes([198, 19, i >> 8, i & 255])) for i in range(1, RING_TURN + 1)]
+    first = "attackalert: TCP SYN/Normal scan from host: 198.19.0.1/198.19.0.1 to TCP port: 1"
+    Driver(parts).run(
+        [
+            lambda: ring.send(*flood, syn(7)),
+            check(lambda: ring.handled == RING_TURN and first in parts.lines()),
+            check(lambda: ring.handled == RING_TURN + 1 and SYN_LINE.format(7) in parts.lines()),
+        ]
+    )
 
 
 # --- the timers ---------------------------------------------------------------------------------
