@@ -67,8 +67,11 @@ def test_a_limit_ends_the_walk_early_and_the_next_walk_goes_on_from_there() -> N
         put(view, offsets[index], bytes([index]) * 20)
     seen, handler = collect()
     position = [0]
-    walk = lambda: walk_frames(view, offsets, position, handler, counted={2},  # noqa: E731
-                               uncounted=lambda _i: False, limit=4)  # fmt: skip
+
+    def walk() -> tuple[int, int, int]:
+        return walk_frames(view, offsets, position, handler, counted={2},
+                           uncounted=lambda _i: False, limit=4)  # fmt: skip
+
     assert walk() == (4, 0, 0)
     assert position == [4]
     assert [frame_ready(view, offsets[i]) for i in (3, 4)] == [False, True]
