@@ -63,6 +63,7 @@ class Flood:
     count: int = 1_000_000
     seconds: float = 10.0
     ports: tuple[int, int] = (1, 1000)
+    per_source: int = 1  # distinct ports each forged source sends to
     rate: int = 0
     shuffle: bool = True
     udp: bool = False
@@ -80,7 +81,8 @@ class Flood:
             "-t", lab.TARGET6 if six else lab.TARGET4,
             "-f", self.first, "-n", str(self.sources),
             "-c", str(self.count), "-T", str(self.seconds),
-            "-p", f"{self.ports[0]}-{self.ports[1]}", "-r", str(self.rate),
+            "-p", f"{self.ports[0]}-{self.ports[1]}", "-k", str(self.per_source),
+            "-r", str(self.rate),
             "-x", str(self.seed), *(["-S"] if self.shuffle else []), *(["-u"] if self.udp else []),
         ]  # fmt: skip
 

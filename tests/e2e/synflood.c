@@ -16,8 +16,10 @@
  * frames refused (send errors), seconds and the achieved rate.
  *
  * usage: synflood -i IF -s SRCMAC -d DSTMAC -t DST -f FIRST -n N -c COUNT -T SECONDS
- *                 [-p LO-HI] [-r RATE] [-x SEED] [-S] [-u]
+ *                 [-p LO-HI] [-k PORTS] [-r RATE] [-x SEED] [-S] [-u]
  *   -S  shuffle the pool (sources in random order)     -u  UDP instead of TCP SYN
+ *   -k  distinct destination ports per source (default 1): the pool then holds N x PORTS
+ *       frames, a source's ports next to each other unless shuffled
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -43,6 +45,7 @@ struct options {
     unsigned long pool, count, rate;
     double seconds;
     unsigned lo_port, hi_port;
+    unsigned long per_source; /* distinct ports per source; the pool holds pool x per_source */
     unsigned long long seed;
     int shuffle, udp;
 };
@@ -187,9 +190,11 @@ static uint8_t *build_pool(const struct options *o, uint16_t *lengths) {
         memcpy(frame, dmac, 6);
         memcpy(frame + 6, smac, 6);
         frame[12] = six ? 0x86 : 0x08, frame[13] = six ? 0xDD : 0x00;
-        nth_source(first, six, order[k], src);
+        /* slot j: source j / per_source, its (j % per_source)-th port, all of them distinct */
+        uint32_t j = order[k], source = j / (uint32_t)o->per_source;
+        nth_source(first, six, source, src);
         uint16_t sport = (uint16_t)(1024 + next_random(&rng) % 64512);
-        uint16_t dport = (uint16_t)(o->lo_port + k % span);
+        uint16_t dport = (uint16_t)(o->lo_port + (source + j % o->per_source) % span);
         size_t len = six ? build_ipv6(frame + 14, o, src, dst, sport, dport, &rng)
                          : build_ipv4(frame + 14, o, src, dst, sport, dport, &rng);
         lengths[k] = (uint16_t)(14 + len);
@@ -219,9 +224,9 @@ static int open_socket(const char *ifname) {
 }
 
 static void parse(int argc, char **argv, struct options *o) {
-    *o = (struct options){.lo_port = 80, .hi_port = 80, .seed = 1};
+    *o = (struct options){.lo_port = 80, .hi_port = 80, .per_source = 1, .seed = 1};
     int c;
-    while ((c = getopt(argc, argv, "i:s:d:t:f:n:c:T:p:r:x:Su")) != -1) {
+    while ((c = getopt(argc, argv, "i:s:d:t:f:n:c:T:p:k:r:x:Su")) != -1) {
         switch (c) {
         case 'i': o->ifname = optarg; break;
         case 's': o->srcmac = optarg; break;
@@ -232,6 +237,7 @@ static void parse(int argc, char **argv, struct options *o) {
         case 'c': o->count = strtoul(optarg, NULL, 10); break;
         case 'T': o->seconds = strtod(optarg, NULL); break;
         case 'r': o->rate = strtoul(optarg, NULL, 10); break;
+        case 'k': o->per_source = strtoul(optarg, NULL, 10); break;
         case 'x': o->seed = strtoull(optarg, NULL, 10); break;
         case 'S': o->shuffle = 1; break;
         case 'u': o->udp = 1; break;
@@ -250,6 +256,11 @@ static void parse(int argc, char **argv, struct options *o) {
         usage("-c must be positive and -T between 0 and 600 seconds");
     if (o->lo_port < 1 || o->hi_port > 65535 || o->lo_port > o->hi_port)
         usage("-p: LO-HI within 1-65535");
+    if (o->per_source < 1 || o->per_source > o->hi_port - o->lo_port + 1)
+        usage("-k: 1 to as many ports as -p gives");
+    if (o->pool > MAX_POOL / o->per_source)
+        usage("-n x -k: at most 16777216 frames");
+    o->pool *= o->per_source; /* from here on, the pool counts frames */
 }
 
 int main(int argc, char **argv) {

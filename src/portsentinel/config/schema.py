@@ -184,7 +184,7 @@ class Settings:
     )  # fmt: skip
     ban_rate: float = setting(
         key="BAN_RATE", parse=t.number_range(0.001, 100000), default="20", unit="bans/second",
-        help="new bans per second for sources with strong evidence (sustained); weak, "
+        help="new bans per second in each tier of strong evidence (sustained); weak, "
         "single-probe sources get half, from a bucket of their own", origin=_NEW,
     )  # fmt: skip
     ban_burst: int = setting(
@@ -193,9 +193,10 @@ class Settings:
     )  # fmt: skip
     ban_strong_ports: int = setting(
         key="BAN_STRONG_PORTS", parse=t.int_range(1, 65535), default="5", unit="ports",
-        help="distinct ports that make a source's evidence strong; four times as many (or a "
-        "completed handshake) make it broad, with BAN_RATE and BAN_BURST of its own; weak "
-        "sources may fill only half of MAX_ACTIVE_BANS", origin=_NEW,
+        help="distinct ports that make a source's evidence strong; twice, four and eight times "
+        "as many, and a completed handshake, are higher tiers, each with BAN_RATE and "
+        "BAN_BURST of its own (a source may spend a lower tier's tokens, never a higher "
+        "one's); weak sources may fill only half of MAX_ACTIVE_BANS", origin=_NEW,
     )  # fmt: skip
     block_min_ports: int = setting(
         key="BLOCK_MIN_PORTS", parse=t.int_range(1, 65535), default="1", unit="ports",

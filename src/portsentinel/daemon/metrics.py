@@ -295,6 +295,11 @@ class MetricsServer:
 
         self._server, self._thread = serve(self.host, self.port, self.registry)
 
+    def alive(self) -> bool:
+        """False once the serving thread ended although ``close`` was not called."""
+        thread = self._thread
+        return thread is None or thread.is_alive()
+
     @property
     def address(self) -> tuple[str, int]:
         """Where it listens (the real port when 0 was asked for)."""

@@ -101,6 +101,10 @@ class Pipeline:
         self._wall_clock = wall_clock
         self._ring_back_at: float | None = None  # the ring lingers out of the selector
         self.fatal: str | None = None  # why the loop must end although no stop was asked
+        # Threads beside the loop (notifier, metrics), asked on every tick whether they still
+        # run: one that ended unasked ends the daemon (exit 1: the service manager restarts
+        # it). The response worker says so itself (its "fatal" message).
+        self.watched: dict[str, Callable[[], bool]] = {}
         self.outputs = Outputs(log, events, detector, never_block)
         self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
@@ -418,6 +422,9 @@ class Pipeline:
         return snapshot
 
     def _on_tick(self) -> None:
+        for name, alive in self.watched.items():
+            if self.fatal is None and not alive():
+                self.fatal = f"the {name} thread stopped"
         self.outputs.emit(self.detector.tick(self._now))
         notifier = self.outputs.notifier
         if notifier is not None:

@@ -69,6 +69,8 @@ class Daemon:
                 self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
             notifier = _notifier(self.setup, dry_run=self.options.dry_run)
             pipeline.outputs.notifier = notifier
+            if notifier is not None:
+                pipeline.watched["notifier"] = notifier.alive
             if not self.options.dry_run:
                 pipeline.attach(
                     Responder(
@@ -96,6 +98,7 @@ class Daemon:
                     return 1
                 host, port = metrics.address
                 self.log.line(f"adminalert: metrics on http://{host}:{port}/metrics")
+                pipeline.watched["metrics"] = metrics.alive
             settings = self.setup.settings
             backend = settings.block_backend.value
             if kill_route_replaced(backend, settings.kill_route):

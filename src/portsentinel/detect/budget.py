@@ -1,28 +1,29 @@
 """The ban budget: how many bans may start, and be in force, at once — ranked by evidence.
 
-A flood of forged single-probe sources must neither fill the firewall nor use up the room a
-real scanner needs. So bans come in three tiers:
+A flood of forged sources must neither fill the firewall nor use up the room a real scanner
+needs. So bans are ranked in tiers of evidence, each with its own token bucket
+(``ratelimit.TokenBucket``, the project's one limiter):
 
-- **broad**: the source probed at least ``BROAD_FACTOR`` x ``strong_ports`` distinct ports
-  (20 by default), or completed a handshake with a bound port (a CONNECT: a forged source
-  cannot complete one);
-- **strong**: at least ``strong_ports`` distinct ports;
-- **weak**: everything else (typically one forged SYN or UDP datagram).
+- **proof**: the source completed a handshake with a bound port (a CONNECT): a forged source
+  cannot, so no flood of forged packets can spend this tier's tokens;
+- **ports**, ``PORT_TIERS`` of them: at least ``strong_ports`` distinct ports (5 by default),
+  then twice that, four times, eight times and more (5-9, 10-19, 20-39, 40+): a source shows
+  a tier's ports or more;
+- **weak**: everything else (typically one forged SYN or UDP datagram), with half the rate and
+  burst, and only up to a share of the active-ban cap: the rest stays for stronger bans.
 
-Each tier has its own token bucket (``ratelimit.TokenBucket``, the project's one limiter),
-so a lower tier can never spend a higher tier's tokens (a broad source may also take a strong
-token when its own are spent); and weak bans may fill the active-ban cap only up to a reserve
-that stays for strong ones. A source refused is judged again on its next probe, when its
-evidence may be stronger.
+A source spends a token of its own tier or, when that is spent, of any tier below it: never
+of one above. A source refused is judged again on its next probe, when its evidence may be
+stronger, and the first probe after a token comes back takes it; so within a tier tokens go
+to sources in proportion to how often they probe.
 
-Why three: forged SYNs can give a forged source five distinct ports cheaply. Measured in
-``tests/e2e/test_flood_hostile.py`` (130,816 forged sources at the sender's maximum, each seen
-about four times): once the daemon read more of the flood, enough forged sources reached five
-ports to spend every strong token, and a real ``nmap -p 1-200`` scan in the flood was refused
-until the flood ended. A forged source needs four times the packets to reach the broad tier,
-and a real scan gets there within its first fraction of a second. A flood shaped to give its
-sources twenty ports each still reaches it; that is issue 15's open question of a budget
-forged packets cannot drain.
+What a forged flood can do, measured in ``tests/e2e/test_flood_shapes.py``: to keep a real
+scan that shows P ports from its ban, the flood's forged sources must each show about P/2
+distinct ports or more, and probe as often as the scanner does, for as long as the scanner
+goes on; every token they win bans an address they chose (at most ``rate`` per second in each
+tier they reach, within MAX_ACTIVE_BANS, never one in the never-block set). A flood shaped
+exactly like nmap from many addresses cannot be told from many real scans: the daemon then
+bans them at the budget's rate, and a real scan among them waits its share of the tokens.
 Pure: time is an argument.
 """
 
@@ -36,7 +37,9 @@ from portsentinel.model import ScanKind
 from portsentinel.ratelimit import TokenBucket
 
 _CONNECT_BIT: Final = KIND_BIT[ScanKind.CONNECT]
-BROAD_FACTOR: Final = 4  # distinct ports for the broad tier, in units of strong_ports
+PORT_TIERS: Final = 4  # strong_ports x 1, 2, 4, 8 and more
+WEAK: Final = -1  # tier of a source with too few ports and no handshake
+PROOF: Final = PORT_TIERS  # tier of a completed handshake
 
 
 @dataclass(frozen=True)
@@ -57,62 +60,62 @@ class BudgetConfig:
 class BanBudget:
     """Admits or refuses a new ban; knows which bans are in force and in which tier."""
 
-    __slots__ = (
-        "_active", "_broad", "_strong", "_weak", "_weak_active", "config", "refused", "weak_cap",
-    )  # fmt: skip
+    __slots__ = ("_active", "_tiers", "_weak", "_weak_active", "config", "refused", "weak_cap")
 
     def __init__(self, config: BudgetConfig) -> None:
-        self.config = config
-        self._broad = TokenBucket(config.rate, float(config.burst))
-        self._strong = TokenBucket(config.rate, float(config.burst))
-        self._weak = TokenBucket(
-            config.rate * config.weak_share, max(1.0, config.burst * config.weak_share)
-        )
-        self.weak_cap = max(1, int(config.max_active * config.weak_share))
         self._active: dict[bytes, bool] = {}  # source -> strong?
         self._weak_active = 0
         self.refused = 0
+        self.reconfigure(config)
 
     def reconfigure(self, config: BudgetConfig) -> None:
         """New limits; the bans in force keep their slots (they may exceed a lowered cap until
         they end)."""
         self.config = config
-        self._broad = TokenBucket(config.rate, float(config.burst))
-        self._strong = TokenBucket(config.rate, float(config.burst))
+        # One bucket per port tier, then the proof tier's.
+        self._tiers = [TokenBucket(config.rate, float(config.burst)) for _ in range(PROOF + 1)]
         self._weak = TokenBucket(
             config.rate * config.weak_share, max(1.0, config.burst * config.weak_share)
         )
         self.weak_cap = max(1, int(config.max_active * config.weak_share))
 
-    def broad(self, state: SourceState) -> bool:
-        """The strongest evidence: ports far beyond a cheap forgery, or a handshake."""
-        ports = self.config.strong_ports * BROAD_FACTOR
-        return state.ports_seen >= ports or bool(state.kinds & _CONNECT_BIT)
+    def tier(self, state: SourceState) -> int:
+        """``PROOF`` for a handshake, else the port tier (0 .. PORT_TIERS - 1), or ``WEAK``."""
+        if state.kinds & _CONNECT_BIT:
+            return PROOF
+        ports, need = state.ports_seen, self.config.strong_ports
+        if ports < need:
+            return WEAK
+        tier = 0
+        while tier < PORT_TIERS - 1 and ports >= need << (tier + 1):
+            tier += 1
+        return tier
 
     def strong(self, state: SourceState) -> bool:
         """Strong evidence: many distinct ports, or a completed handshake."""
-        return state.ports_seen >= self.config.strong_ports or bool(state.kinds & _CONNECT_BIT)
+        return self.tier(state) != WEAK
 
     def admit(self, src: bytes, state: SourceState, now: float) -> bool:
         """Take a ban slot for ``src`` if its tier allows; False refuses (counted)."""
         if src in self._active:
             return True
-        strong = self.strong(state)
+        tier = self.tier(state)
+        strong = tier != WEAK
         full = len(self._active) >= self.config.max_active or (
             not strong and self._weak_active >= self.weak_cap
         )
-        if full or not self._token(state, strong, now):
+        if full or not self._token(tier, now):
             self.refused += 1
             return False
         self._occupy(src, strong)
         return True
 
-    def _token(self, state: SourceState, strong: bool, now: float) -> bool:
-        if not strong:
+    def _token(self, tier: int, now: float) -> bool:
+        """A token of ``tier`` or, that being spent, of the nearest tier below that has one."""
+        if tier == WEAK:
             return self._weak.take(now)
-        if self.broad(state) and self._broad.take(now):
-            return True
-        return self._strong.take(now)
+        tiers = self._tiers
+        return any(tiers[t].take(now) for t in range(tier, -1, -1))
 
     def restore(self, src: bytes, strong: bool) -> None:
         """A ban already in force (restored at start-up) occupies its slot."""

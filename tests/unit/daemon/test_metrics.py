@@ -144,6 +144,21 @@ def test_the_endpoint_stops_listening_on_close() -> None:
         pass
 
 
+def test_a_serving_thread_that_ended_unasked_is_not_alive() -> None:
+    """The daemon asks every tick (``Pipeline.watched``) and exits when it is not."""
+    _calls, server = snapshot_of({})
+    assert server.alive()  # not started: nothing died
+    server.start()
+    try:
+        assert server.alive()
+        assert server._server is not None
+        server._server.shutdown()  # the serving loop ends, as if it had failed
+        assert not server.alive()
+    finally:
+        server.close()
+    assert server.alive()  # closed on purpose
+
+
 def test_ipv6_loopback_is_served() -> None:
     try:
         with socket.socket(socket.AF_INET6) as probe:

@@ -184,6 +184,23 @@ def test_a_turn_reads_at_most_ring_turn_packets_and_writes_what_it_decided(parts
 # --- the timers ---------------------------------------------------------------------------------
 
 
+def test_a_watched_thread_that_stopped_ends_the_loop_at_the_next_tick(parts: Parts) -> None:
+    """No thread dies silently: the notifier's and the metrics endpoint's threads are asked
+    every tick; one that ended unasked ends the daemon (exit 1, restarted by its manager)."""
+    alive = {"metrics": True}
+    parts.pipeline.watched["metrics"] = lambda: alive["metrics"]
+    steps = [
+        nothing,
+        lambda: parts.clock.advance(TICK_EVERY),
+        check(lambda: not parts.pipeline.fatal),
+    ]
+    steps += [lambda: alive.update(metrics=False), nothing]  # dead, but no tick yet
+    steps += [check(lambda: not parts.pipeline.fatal), lambda: parts.clock.advance(TICK_EVERY)]
+    steps += [nothing, check(lambda: False)]  # the loop ends before the next turn's step
+    Driver(parts).run(steps)
+    assert parts.pipeline.fatal == "the metrics thread stopped"
+
+
 def test_each_timer_fires_at_its_period(parts: Parts) -> None:
     host, clock, sources = parts.host, parts.clock, parts.sources
     reads = sources.reads

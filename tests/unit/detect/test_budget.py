@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from portsentinel.detect.budget import BanBudget, BudgetConfig
+from portsentinel.detect.budget import PORT_TIERS, PROOF, WEAK, BanBudget, BudgetConfig
 from portsentinel.detect.track import SourceState, Tracker
 from portsentinel.model import ScanKind
 
@@ -71,22 +71,35 @@ def test_config_is_validated(kw: dict[str, float]) -> None:
         BudgetConfig(**kw)  # type: ignore[arg-type]
 
 
-def test_sources_with_five_forged_ports_cannot_spend_a_broad_scanners_tokens() -> None:
-    """A flood whose forged sources each show five ports drains the strong tier; a source
-    with four times that many ports (a real scan's first fraction of a second) or a completed
-    handshake still gets its ban."""
+def test_tiers_rank_ports_by_doubling_and_a_handshake_above_them() -> None:
+    budget = BanBudget(BudgetConfig(strong_ports=5))
+    tiers = {n: budget.tier(state_with(n)) for n in (1, 4, 5, 9, 10, 19, 20, 39, 40, 64)}
+    assert tiers == {1: WEAK, 4: WEAK, 5: 0, 9: 0, 10: 1, 19: 1, 20: 2, 39: 2, 40: 3, 64: 3}
+    assert budget.tier(state_with(1, ScanKind.CONNECT)) == PROOF == PORT_TIERS
+
+
+def test_forged_sources_cannot_spend_the_tokens_of_a_source_with_more_ports() -> None:
+    """A flood whose forged sources each show five ports drains the lowest port tier; then
+    twenty (a flood shaped against a fixed 20-port rule): a source with more ports than the
+    flood's (a real scan's first fraction of a second), or a handshake, still gets its ban."""
     budget = BanBudget(BudgetConfig(rate=2, burst=3, strong_ports=5))
-    forged = state_with(5)
-    assert [budget.admit(src(i), forged, 0.0) for i in range(4)] == [True, True, True, False]
-    assert not budget.broad(forged)
-    scanner = state_with(20)
-    assert budget.broad(scanner)
-    assert budget.broad(state_with(1, ScanKind.CONNECT))
-    assert not budget.broad(state_with(19))
-    assert budget.admit(src(100), scanner, 0.0)  # its own tier's token
-    assert not budget.admit(src(101), state_with(19), 0.0)  # strong, but the tier is spent
-    # A broad source whose own tier is spent may still take a strong token when one is left.
-    drained = BanBudget(BudgetConfig(rate=2, burst=1, strong_ports=5))
-    assert drained.admit(src(1), scanner, 0.0)
-    assert drained.admit(src(2), scanner, 0.0)  # the strong tier's one token
-    assert not drained.admit(src(3), scanner, 0.0)
+    five, twenty = state_with(5), state_with(20)
+    assert [budget.admit(src(i), five, 0.0) for i in range(4)] == [True, True, True, False]
+    assert [budget.admit(src(10 + i), twenty, 0.0) for i in range(7)] == [True] * 6 + [False]
+    assert not budget.admit(src(20), state_with(39), 0.0)  # tiers 2, 1 and 0 are spent
+    assert budget.admit(src(100), state_with(40), 0.0)  # its own tier
+    assert budget.admit(src(101), state_with(1, ScanKind.CONNECT), 0.0)  # proof
+    assert not budget.admit(src(102), five, 0.4)  # 0.4 s at 2/s: not yet a whole token
+    assert budget.admit(src(102), five, 0.5)
+
+
+def test_a_higher_tier_spends_lower_tokens_but_never_the_reverse() -> None:
+    budget = BanBudget(BudgetConfig(rate=1, burst=1, strong_ports=5))
+    proof = state_with(1, ScanKind.CONNECT)
+    granted = [budget.admit(src(i), proof, 0.0) for i in range(6)]
+    assert granted == [True] * 5 + [False]  # its own token, then one of each port tier
+    assert not budget.admit(src(10), state_with(64), 0.0)  # nothing left below proof
+    fresh = BanBudget(BudgetConfig(rate=1, burst=1, strong_ports=5))
+    assert fresh.admit(src(1), state_with(5), 0.0)
+    assert not fresh.admit(src(2), state_with(5), 0.0)  # tier 0 spent; higher ones untouched
+    assert fresh.admit(src(3), state_with(10), 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import queue
 import threading
 import time
@@ -23,6 +24,7 @@ _wall = time.time  # noqa: TID251 - summaries carry the time they were written
 
 MAX_WAITING = 256  # block notifications waiting for their ban's outcome
 LOG_LINES = 256  # log lines kept for the detection loop to print
+ERROR_EVERY = 60.0  # seconds between two lines about failed notifications (all are counted)
 
 
 class Notifier:
@@ -49,7 +51,7 @@ class Notifier:
         self._dropped_seen = 0
         self._counts: dict[str, int] = dict.fromkeys(
             ("webhook_sent", "webhook_failed", "webhook_retries", "mail_sent", "mail_failed",
-             "limited", "summaries", "unsent_at_stop"), 0,
+             "limited", "summaries", "unsent_at_stop", "errors"), 0,
         )  # fmt: skip
         self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self._throttle = Throttle(config.rate, config.window)
@@ -57,6 +59,7 @@ class Notifier:
         self._waiting = collections.OrderedDict()
         self._early: collections.OrderedDict[str, tuple[float, dict[str, object] | None]]
         self._early = collections.OrderedDict()
+        self._error_said = -math.inf
         self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
 
     # --- other threads' side ------------------------------------------------------------------
@@ -117,8 +120,8 @@ class Notifier:
         self._counts[key] += 1
 
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
+        while not self._stop.is_set():
+            try:
                 now = _clock()
                 try:
                     item = self._queue.get(timeout=self._wait(now))
@@ -127,9 +130,23 @@ class Notifier:
                 if item is not None:
                     self._handle(item, _clock())
                 self._due(_clock())
+            except Exception as exc:  # one notification lost, said; the worker goes on
+                self._failed(exc)
+        try:
             self._finish()
-        except Exception as exc:  # the worker must report, never die silently
-            self._log(f"adminalert: ERROR: notifications stopped: {exc!r}")
+        except Exception as exc:
+            self._failed(exc)
+
+    def alive(self) -> bool:
+        """False once the worker ended although no stop was asked (the daemon then exits)."""
+        return self._thread.is_alive() or self._stop.is_set() or self._thread.ident is None
+
+    def _failed(self, exc: Exception) -> None:
+        self._counts["errors"] += 1
+        now = _clock()
+        if now - self._error_said >= ERROR_EVERY:
+            self._error_said = now
+            self._log(f"adminalert: ERROR: a notification failed and was dropped: {exc!r}")
 
     def _wait(self, now: float) -> float:
         deadlines = [next(iter(self._waiting.values()))[0]] if self._waiting else []

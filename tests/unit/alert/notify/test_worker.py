@@ -7,10 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from portsentinel.alert.notify import Notifier, NotifyConfig, ban_info
+from portsentinel.alert.notify import Notifier, NotifyConfig, ban_info, message
+from portsentinel.alert.notify import worker as worker_module
 from portsentinel.config.endpoints import NotifyOn
 from portsentinel.model import Action
 
@@ -303,3 +305,55 @@ def test_mail_failures_are_counted_and_logged(tmp_path: Path) -> None:
 def test_the_notifier_refuses_other_schemes() -> None:
     with pytest.raises(ValueError, match="http or https"):
         Notifier(NotifyConfig(webhook_url="file:///etc/passwd"))
+
+
+# --- a worker that fails ------------------------------------------------------------------------
+
+
+def test_a_notification_that_fails_is_dropped_said_and_the_worker_goes_on(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = message.event_payload
+    calls = []
+
+    def flaky(*args: Any, **kwargs: Any) -> dict[str, object]:
+        calls.append(args)
+        if len(calls) == 1:
+            raise ValueError("a bug met by the first event")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "event_payload", flaky)
+    notifier = running(NotifyConfig(webhook_url=receiver.url))
+    try:
+        notifier.submit(decision("198.18.0.3"), WALL)
+        notifier.submit(decision("198.18.0.4"), WALL)
+        wait_for(lambda: len(receiver.requests) == 1)
+        assert notifier.alive()
+    finally:
+        notifier.close()
+    assert [b["src"] for b in receiver.bodies()] == ["198.18.0.4"]
+    assert notifier.stats()["errors"] == 1
+    lines = notifier.lines()
+    assert any("a notification failed and was dropped" in line and "a bug met" in line
+               for line in lines), lines  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_thread_that_ends_unasked_is_not_alive(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What no ``except Exception`` catches ends the thread: ``alive`` says so, and the
+    daemon's loop, which asks it every tick, exits (tests/unit/daemon/test_pipeline.py)."""
+
+    def killed(*_args: Any, **_kwargs: Any) -> dict[str, object]:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(worker_module, "event_payload", killed)
+    notifier = Notifier(NotifyConfig(webhook_url=receiver.url))
+    assert notifier.alive()  # not started yet: nothing has died
+    notifier.start()
+    assert notifier.alive()
+    notifier.submit(decision("198.18.0.3"), WALL)
+    wait_for(lambda: not notifier.alive())
+    notifier.close()
+    assert notifier.alive()  # asked to stop: no longer a failure
