@@ -11,6 +11,8 @@ Root, iproute2, nft (see ``banlab.py``); the forged SYNs stay inside the lab.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -87,3 +89,52 @@ def test_a_locked_store_delays_the_record_never_the_ban(lab: netns.Lab, tmp_path
         code, stderr = daemon.stop()
     assert code == 0, stderr
     assert "response worker stopped" not in stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for the daemon's state, unmounted at the end."""
+    mount = tmp_path / "state"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of the file system: a file written until ENOSPC."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):  # large writes first, then what is left
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_delays_the_record_never_the_ban(lab: netns.Lab, small_disk: Path) -> None:
+    daemon = Daemon.start(lab, small_disk, settings=SETTINGS)
+    filler = fill(small_disk)
+    try:
+        send(lab, FIRST)
+        wait_until(lambda: FIRST in (nft_elements(lab, 4) or {}) or None, "the ban in the kernel")
+        daemon.wait_for_line("the state store refuses writes", deadline=60)
+        assert "disk is full" in status(lab, daemon)
+        daemon.wait_for_line("events could not be written (No space left on device)")
+        assert daemon.proc.poll() is None
+    finally:
+        filler.unlink()
+    try:
+        daemon.wait_for_line("the state store takes writes again", deadline=60)
+        wait_until(lambda: FIRST in banned(lab, daemon) or None, "the ban in the store")
+        send(lab, SECOND)
+        wait_until(lambda: SECOND in banned(lab, daemon) or None, "the next ban in the store")
+    finally:
+        code, stderr = daemon.stop()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr

@@ -4,6 +4,7 @@ file or standard output. Both are written as they happen, so a script can follow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import syslog
@@ -62,30 +63,60 @@ class LogSink:
 
 
 class EventSink:
-    """JSON event lines to a path (appended, created 0640) or to standard output (``-``)."""
+    """JSON event lines to a path (appended, created 0640) or to standard output (``-``).
+
+    Lines wait for ``flush`` (once a loop turn), then go out by plain writes of the file
+    descriptor (no buffer of Python's to hold what failed). A write that fails (a full disk,
+    a reader gone from the pipe) never stops the daemon: what it held is dropped and counted
+    in ``lost``, ``error`` says why, and the next flush goes on with what came since.
+    """
 
     def __init__(self, target: str) -> None:
         self._target = target
         self._own = target != "-"
-        self._stream: TextIO = self._open() if self._own else sys.stdout
+        self._fd = self._open() if self._own else -1
+        self._pending: list[str] = []
+        self.lost = 0
+        self.error: str | None = None  # why the last write failed (None: it did not)
 
-    def _open(self) -> TextIO:
-        fd = os.open(self._target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        return os.fdopen(fd, "a", encoding="utf-8")
+    def _open(self) -> int:
+        return os.open(self._target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def reopen(self) -> None:
         """After logrotate moved the file (SIGHUP): continue in a new file at the path."""
         if self._own:
-            self._stream.close()
-            self._stream = self._open()
+            self.flush()
+            os.close(self._fd)
+            self._fd = self._open()
 
     def event(self, decision: Decision, wall: float) -> None:
-        self._stream.write(event_line(decision, wall) + "\n")
+        self._pending.append(event_line(decision, wall) + "\n")
 
     def flush(self) -> None:
-        self._stream.flush()
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        blob = "".join(pending).encode()
+        data = memoryview(blob)
+        fd = self._fd if self._own else sys.stdout.fileno()
+        try:
+            if not self._own:
+                sys.stdout.flush()  # whatever else went to standard output comes first
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError as exc:
+            # Every line not written whole is lost (each ends in a newline); a line cut in
+            # the middle is ended, so that the next one starts on a line of its own.
+            self.lost += bytes(data).count(b"\n")
+            self.error = exc.strerror or str(exc)
+            written = len(blob) - data.nbytes
+            if written and blob[written - 1] != ord("\n"):
+                with contextlib.suppress(OSError):
+                    os.write(fd, b"\n")
+        else:
+            self.error = None
 
     def close(self) -> None:
         self.flush()
         if self._own:
-            self._stream.close()
+            os.close(self._fd)

@@ -8,7 +8,7 @@ not a transaction, which is all a scrape needs.
 The snapshot is a flat mapping (``Pipeline.statistics()`` as it is) plus a few nested ones:
 
     packets, connects, not_probe, in_use, not_local, replies, decode_errors,
-    sources_evicted, kernel_packets, kernel_drops, kernel_freezes, reply_checks,
+    sources_evicted, kernel_packets, kernel_drops, kernel_freezes, events_lost, reply_checks,
     reply_checks_skipped, bans_added, first_bans_*      -> counters (scalars, see _COUNTERS)
     tracked_sources, bans_active, store_outage          -> gauges
     probes_<kind> (probes_syn ...)                      -> probes_total{kind="SYN"}
@@ -64,6 +64,7 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("kernel_packets", "kernel_packets", "Packets the capture ring delivered"),
     ("kernel_drops", "kernel_drops", "Packets the kernel dropped: the capture ring was full"),
     ("kernel_freezes", "kernel_freezes", "Times the capture ring froze for lack of room"),
+    ("events_lost", "events_lost", "Event lines the events stream refused (full disk, no reader)"),
     ("reply_checks", "reply_checks", "Connection-tracking look-ups for possible replies"),
     ("reply_checks_skipped", "reply_checks_skipped", "Reply look-ups skipped (rate bound)"),
     ("bans_added", "bans_added", "Bans applied since start"),

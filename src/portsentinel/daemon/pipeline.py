@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import math
 import os
 import selectors
 import socket
@@ -105,6 +106,8 @@ class Pipeline:
         # run: one that ended unasked ends the daemon (exit 1: the service manager restarts
         # it). The response worker says so itself (its "fatal" message).
         self.watched: dict[str, Callable[[], bool]] = {}
+        self._events_lost_said = 0  # events lost (unwritable stream) when last said
+        self._events_said_at = -math.inf
         self.outputs = Outputs(log, events, detector, never_block)
         self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
@@ -425,6 +428,7 @@ class Pipeline:
         for name, alive in self.watched.items():
             if self.fatal is None and not alive():
                 self.fatal = f"the {name} thread stopped"
+        self._say_lost_events()
         self.outputs.emit(self.detector.tick(self._now))
         notifier = self.outputs.notifier
         if notifier is not None:
@@ -437,6 +441,22 @@ class Pipeline:
             self.listeners.expire(self._now)
             for port in self.listeners.take_aborted():
                 self.log.line(accept_failed_line(port))
+
+    def _say_lost_events(self) -> None:
+        """Events the stream refused (a full disk, a reader gone): said every SUMMARY_EVERY at most;
+        the daemon goes on, the lines are counted in ``events_lost``."""
+        events = self.outputs.events
+        if events is None or events.lost == self._events_lost_said:
+            return
+        if self._now - self._events_said_at < SUMMARY_EVERY:
+            return
+        self._events_said_at = self._now
+        new, self._events_lost_said = events.lost - self._events_lost_said, events.lost
+        why = events.error or "written again since"
+        self.log.line(
+            f"adminalert: ERROR: {new} events could not be written ({why}); "
+            f"{events.lost} lost since start"
+        )
 
     # --- statistics ---------------------------------------------------------------------------
 
@@ -457,6 +477,8 @@ class Pipeline:
         out.update({f"probes_{k.value.lower()}": n for k, n in d.probes_by_kind.items()})
         out.update({f"decisions_{a.value}": n for a, n in d.decisions_by_action.items()})
         out["records_held"] = self.outputs.held
+        if self.outputs.events is not None:
+            out["events_lost"] = self.outputs.events.lost
         if self.responder is not None:
             out["alerts_dropped"] = self.responder.alerts_dropped
             out["records_dropped"] = self.responder.rows_dropped

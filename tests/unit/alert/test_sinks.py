@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from pathlib import Path
+
+import pytest
 
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.model import Action, Decision, Proto, Reason, ScanKind
@@ -81,3 +84,28 @@ def test_event_sink_creates_private_files(tmp_path: Path) -> None:
     sink = EventSink(str(path))
     sink.close()
     assert os.stat(path).st_mode & 0o007 == 0  # no access for others
+
+
+def test_an_event_sink_that_cannot_write_counts_what_it_lost_and_goes_on() -> None:
+    """/dev/full refuses every write with ENOSPC, as a full disk does."""
+    sink = EventSink("/dev/full")
+    sink.event(decision(1), 1764106000.0)
+    sink.event(decision(2), 1764106001.0)
+    sink.flush()
+    assert (sink.lost, sink.error) == (2, "No space left on device")
+    sink.event(decision(3), 1764106002.0)
+    sink.close()  # the last flush fails the same way, and closing does not raise
+    assert sink.lost == 3
+
+
+def test_an_event_sink_whose_reader_went_away_counts_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader, writer = os.pipe()
+    os.close(reader)
+    monkeypatch.setattr(sys, "stdout", os.fdopen(writer, "w"))
+    sink = EventSink("-")
+    sink.event(decision(1), 1764106000.0)
+    sink.flush()  # EPIPE (SIGPIPE is ignored by Python), not an exception
+    assert sink.lost == 1
+    assert sink.error == "Broken pipe"
