@@ -351,27 +351,34 @@ class Pipeline:
 
     def _on_ring(self) -> None:
         selector = self._selector
-        if self._read_ring() and selector is not None and self.ring is not None:
+        lingers = self._read_ring()
+        if lingers is not None and selector is not None and self.ring is not None:
             selector.unregister(self.ring.fileno())  # only repeats: linger (see RING_LINGER)
-            self._ring_back_at = self._now + RING_LINGER
+            self._ring_back_at = self._now + lingers
 
     def _ring_back(self) -> None:
         """The linger is over: read what came meanwhile; while it is still only repeats,
         linger on without asking the selector, else watch the ring again."""
         self._ring_back_at = None
-        if self._read_ring():
-            self._ring_back_at = self._now + RING_LINGER
+        lingers = self._read_ring()
+        if lingers is not None:
+            self._ring_back_at = self._now + lingers
         elif self.ring is not None and self._selector is not None:
             self._selector.register(self.ring.fileno(), selectors.EVENT_READ, self._on_ring)
 
-    def _read_ring(self) -> bool:
-        """Hand on what the ring holds; True when it brought packets and all were repeats."""
+    def _read_ring(self) -> float | None:
+        """Hand on what the ring holds (one turn's worth). When it brought packets and all
+        were repeats: how long to linger before the next read (none when the turn ended with
+        frames still waiting: a flood of repeats is read at full speed); else None."""
         ring = self.ring
         if ring is None:
-            return False
+            return None
         fresh = self.detector.fresh_probes
         before = fresh()
-        return bool(ring.read_batch(self._on_packet, 0.0, RING_TURN)) and fresh() == before
+        handled = ring.read_batch(self._on_packet, 0.0, RING_TURN)
+        if not handled or fresh() != before:
+            return None
+        return 0.0 if handled >= RING_TURN else RING_LINGER
 
     def _on_packet(self, ring: memoryview, start: int, length: int, _ifindex: int) -> None:
         """Per packet, decoded in place: keep it lean (the kernel filter already dropped

@@ -165,6 +165,28 @@ def test_the_ring_lingers_while_it_brings_only_repeats(tmp_path: Path, parts: Pa
     assert ring.reads == 5
 
 
+def test_a_flood_of_repeats_is_read_turn_after_turn_without_lingering(
+    tmp_path: Path, parts: Parts
+) -> None:
+    """The linger lets repeats gather while the ring is drained; a turn that ended with
+    frames still waiting is followed by the next at once (a banned scanner going on at full
+    speed would otherwise be read RING_TURN frames per RING_LINGER)."""
+    attach(parts, tmp_path / "state")
+    assert parts.ring is not None
+    ring = parts.ring
+    repeats = [syn(2 + i % 900) for i in range(RING_TURN + 5)]
+    Driver(parts).run(
+        [
+            lambda: ring.send(syn(1)),  # banned
+            lambda: ring.send(*repeats),
+            check(lambda: ring.handled == 1 + RING_TURN),
+            check(lambda: ring.handled == 1 + RING_TURN + 5),  # no clock moved: no linger
+            lambda: ring.send(syn(999)),
+            check(lambda: ring.handled == 1 + RING_TURN + 5),  # drained: it lingers now
+        ]
+    )
+
+
 def test_a_turn_reads_at_most_ring_turn_packets_and_writes_what_it_decided(parts: Parts) -> None:
     """Under a flood the ring always holds more: a turn still ends after RING_TURN packets,
     with its lines written (and its held bans sent to the kernel) before the next is read."""
