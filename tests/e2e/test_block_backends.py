@@ -169,7 +169,7 @@ def nft(runner: Runner, *args: str) -> str:
 # --- nftables -------------------------------------------------------------------------------
 @needs_nft
 def test_nftables_drops_the_banned_source_only(lab: netns.Lab, runner: Runner) -> None:
-    assert runner.run(["nft", "-f", "-"], input=tracking._SCRIPT).ok  # the daemon's chain
+    assert runner.run(["nft", "-f", "-"], input=tracking.script((22,))).ok  # the daemon's chain
     backend = NftablesBackend(runner)
     backend.start()
     expect(lab, dropped=[], passing=[BANNED4, OTHER4, BANNED6, OTHER6])

@@ -125,7 +125,7 @@ def test_a_full_disk_delays_the_record_never_the_ban(lab: netns.Lab, small_disk:
         wait_until(lambda: FIRST in (nft_elements(lab, 4) or {}) or None, "the ban in the kernel")
         daemon.wait_for_line("the state store refuses writes", deadline=60)
         assert "disk is full" in status(lab, daemon)
-        daemon.wait_for_line("events could not be written (No space left on device)")
+        daemon.wait_for_line("events could not be written (No space left on device)", 30)
         assert daemon.proc.poll() is None
     finally:
         filler.unlink()

@@ -19,6 +19,10 @@ Wire format (``linux/netfilter/nf_tables.h``, ``nfnetlink.h``)::
         addr }, NFTA_SET_ELEM_TIMEOUT be64 ms } ... }
     NFNL_MSG_BATCH_END
 
+``SetReader`` asks whether one key is in a set (``NFT_MSG_GETSETELEM``, no dump: a hash
+lookup in the kernel, ~20 us) and, when the kernel says "no such element", whether the set is
+there at all (``NFT_MSG_GETSET``): both answers are ENOENT.
+
 The socket belongs to the network namespace the process is in when it is opened.
 """
 
@@ -37,7 +41,11 @@ NETLINK_NETFILTER: Final = 12
 NFNL_SUBSYS_NFTABLES: Final = 10
 NFNL_MSG_BATCH_BEGIN: Final = 0x10
 NFNL_MSG_BATCH_END: Final = 0x11
+NFT_MSG_GETSET: Final = 10
 NFT_MSG_NEWSETELEM: Final = 12
+NFT_MSG_GETSETELEM: Final = 13
+NFTA_SET_TABLE: Final = 1
+NFTA_SET_NAME: Final = 2
 NFPROTO_INET: Final = 1
 NLMSG_ERROR: Final = 2
 NLM_F_REQUEST: Final = 0x1
@@ -94,6 +102,28 @@ def element_message(table: str, set_name: str, elements: Sequence[Element], seq:
     kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM
     flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK
     return _message(kind, flags, seq, body, family=NFPROTO_INET)
+
+
+def get_element_message(table: str, set_name: str, key: bytes, seq: int) -> bytes:
+    """One NFT_MSG_GETSETELEM message asking for ``key`` in ``table``'s ``set_name`` (pure)."""
+    item = _attr(NFTA_LIST_ELEM | NLA_F_NESTED,
+                 _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, key)))  # fmt: skip
+    body = (
+        _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+        + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+        + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, item)
+    )
+    kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM
+    return _message(kind, NLM_F_REQUEST | NLM_F_ACK, seq, body, family=NFPROTO_INET)
+
+
+def get_set_message(table: str, set_name: str, seq: int) -> bytes:
+    """One NFT_MSG_GETSET message asking for ``table``'s ``set_name`` (pure)."""
+    body = _attr(NFTA_SET_TABLE, table.encode() + b"\0") + _attr(
+        NFTA_SET_NAME, set_name.encode() + b"\0"
+    )
+    kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET
+    return _message(kind, NLM_F_REQUEST | NLM_F_ACK, seq, body, family=NFPROTO_INET)
 
 
 def batch(messages: Sequence[bytes], first_seq: int) -> bytes:
@@ -176,6 +206,56 @@ class ElementWriter:
                 f"nfnetlink: cannot add to {self.table} {set_name}: {os.strerror(failure)}"
                 + (" (no such table or set)" if failure == errno.ENOENT else "")
             )
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class SetReader:
+    """Asks one table's sets (``inet`` family) for single keys; see the module. Used from one
+    thread."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def contains(self, set_name: str, key: bytes) -> bool | None:
+        """Is ``key`` in the set? None when the kernel cannot tell (no such set or table, the
+        socket failed)."""
+        try:
+            if self._ask(get_element_message(self.table, set_name, key, self._next())) == 0:
+                return True
+            if self._ask(get_set_message(self.table, set_name, self._next())) == 0:
+                return False  # the set is there: the element is not
+        except OSError:
+            self.close()
+        return None
+
+    def _next(self) -> int:
+        self._seq = (self._seq + 1) & 0x7FFFFFFF
+        return self._seq
+
+    def _ask(self, message: bytes) -> int:
+        """Send one request; its errno (0: the kernel answered with the object and an ack)."""
+        sock = self._sock
+        if sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            try:
+                sock.bind((0, 0))
+                sock.settimeout(ACK_TIMEOUT)
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+        (seq,) = struct.unpack_from("=I", message, 8)
+        sock.send(message)
+        while True:
+            for got, code in acks(sock.recv(65536)):
+                if got == seq:
+                    return code
 
     def close(self) -> None:
         if self._sock is not None:

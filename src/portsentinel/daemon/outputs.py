@@ -60,6 +60,7 @@ class Outputs:
         self._rows: list[EventRow] = []
         self._rows_since = 0.0  # when the oldest record of ``_rows`` was made
         self._dropped = (0, 0)  # the responder's drop counts at the last summary
+        self._events_lost = 0  # the events stream's lost lines at the last summary
         # Without an events stream every ignored probe's record would be rate-limited anyway:
         # the detector asks the limiter first and builds nothing for a held record. With
         # --events the operator asked for every decision, so all are built.
@@ -133,6 +134,13 @@ class Outputs:
                     f"not written to the history file and {rows} probe records not stored "
                     f"in the last {SUMMARY_EVERY:.0f}s"
                 )
+        events = self.events
+        if events is not None and events.lost != self._events_lost:
+            lost, self._events_lost = events.lost - self._events_lost, events.lost
+            self.log.line(
+                f"adminalert: ERROR: {lost} events could not be written "
+                f"({events.error or 'written again since'}) in the last {SUMMARY_EVERY:.0f}s"
+            )
 
     def _respond(self, decision: Decision, wall: float) -> None:
         responder = self.responder

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-import math
 import os
 import selectors
 import socket
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from portsentinel import __version__
-from portsentinel.alert.portsentry_log import accept_failed_line, stealth_startup_lines
+from portsentinel.alert.portsentry_log import accept_failed_line
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.capture.afpacket import PacketRing
 from portsentinel.capture.listeners import Listeners
@@ -30,14 +29,7 @@ from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.metrics import refused_counts
 from portsentinel.daemon.outputs import Outputs
 from portsentinel.daemon.protection import Protection
-from portsentinel.daemon.sources import (
-    StartupError,
-    excluded_ports,
-    kernel_filter,
-    open_listeners,
-    port_limit,
-    ring_config,
-)
+from portsentinel.daemon.sources import StartupError, kernel_filter, open_listeners, open_parts
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import DecodeError
@@ -58,11 +50,7 @@ NEVER_BLOCK_EVERY = 5.0  # the safety net: routes and addresses follow their wat
 # per 10 ms, not per ms (shared/reference/capture-perf.md: retire timeout <= 10 ms). A new
 # source's first probe arriving meanwhile waits up to this long more.
 RING_LINGER = 0.010
-RING_TURN = 256
-"""Frames read from the ring per loop turn. A turn ends with the bans held in it sent to the
-kernel (``first_ban``), timers and the control socket: under a flood the daemon handles a few
-tens of thousands of frames a second, and a whole lap of a 16 MiB ring (43,690 frames) kept a
-real scanner's ban waiting ~2 s behind it."""
+RING_TURN = 256  # frames a turn reads: then held bans go out (a 16 MiB ring's lap took ~2 s)
 
 Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
 
@@ -102,12 +90,9 @@ class Pipeline:
         self._wall_clock = wall_clock
         self._ring_back_at: float | None = None  # the ring lingers out of the selector
         self.fatal: str | None = None  # why the loop must end although no stop was asked
-        # Threads beside the loop (notifier, metrics), asked on every tick whether they still
-        # run: one that ended unasked ends the daemon (exit 1: the service manager restarts
-        # it). The response worker says so itself (its "fatal" message).
+        # Threads beside the loop (notifier, metrics), asked every tick: one that ended unasked
+        # ends the daemon (exit 1). The response worker says so itself ("fatal").
         self.watched: dict[str, Callable[[], bool]] = {}
-        self._events_lost_said = 0  # events lost (unwritable stream) when last said
-        self._events_said_at = -math.inf
         self.outputs = Outputs(log, events, detector, never_block)
         self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
@@ -117,41 +102,7 @@ class Pipeline:
     @classmethod
     def start(cls, setup: Setup, log: LogSink, events: EventSink | None) -> Pipeline:
         """Open every source, log PortSentry's start-up lines; StartupError if nothing works."""
-        modes = [m for m in (setup.tcp_mode, setup.udp_mode) if m is not None]
-        stealth = [m for m in modes if m.stealth]
-        host = HostView(log.line, use_conntrack=bool(stealth))
-        try:
-            host.refresh_in_use()
-            if stealth:
-                host.refresh_nat()
-            detector = Detector(
-                detector_config(setup),
-                ignore=setup.ignore,
-                local=host.local,
-                in_use_tcp=host.in_use[Proto.TCP].cached,
-                in_use_udp=host.in_use[Proto.UDP].cached,
-            )
-            for proto in (Proto.TCP, Proto.UDP):
-                detector.set_in_use_recheck(proto, host.in_use[proto].recheck)
-            if host.tracks_replies:
-                detector.set_reply_check(host.is_reply)
-            ring = None
-            if stealth:
-                for mode in stealth:
-                    lines = stealth_startup_lines(
-                        mode,
-                        detector.watched_ports(mode.proto),
-                        excluded_ports(setup, mode),
-                        host.in_use[mode.proto].ports,
-                        port_limit(setup, mode),
-                    )
-                    for line in lines:
-                        log.line(line)
-                ring = PacketRing(ring_config(setup), kernel_filter(setup))
-            listeners = open_listeners(setup, log, [m for m in modes if m.bound])
-        except BaseException:
-            host.close()
-            raise
+        host, detector, ring, listeners = open_parts(setup, log)
         s = setup.settings
         never_block = NeverBlock.for_host(
             resolv_conf=s.resolv_conf,
@@ -177,6 +128,8 @@ class Pipeline:
         """Responses on: restore the previous run's bans before the first packet is read."""
         responder.start()
         self.responder = self.outputs.responder = self.protection.responder = responder
+        if responder.notes_ssh_peers:  # a refresh begun after the chain: its set is usable
+            self.protection.refresh()
         self._on_messages()
 
     def _on_messages(self) -> None:
@@ -435,7 +388,6 @@ class Pipeline:
         for name, alive in self.watched.items():
             if self.fatal is None and not alive():
                 self.fatal = f"the {name} thread stopped"
-        self._say_lost_events()
         self.outputs.emit(self.detector.tick(self._now))
         notifier = self.outputs.notifier
         if notifier is not None:
@@ -448,22 +400,6 @@ class Pipeline:
             self.listeners.expire(self._now)
             for port in self.listeners.take_aborted():
                 self.log.line(accept_failed_line(port))
-
-    def _say_lost_events(self) -> None:
-        """Events the stream refused (a full disk, a reader gone): said every SUMMARY_EVERY at most;
-        the daemon goes on, the lines are counted in ``events_lost``."""
-        events = self.outputs.events
-        if events is None or events.lost == self._events_lost_said:
-            return
-        if self._now - self._events_said_at < SUMMARY_EVERY:
-            return
-        self._events_said_at = self._now
-        new, self._events_lost_said = events.lost - self._events_lost_said, events.lost
-        why = events.error or "written again since"
-        self.log.line(
-            f"adminalert: ERROR: {new} events could not be written ({why}); "
-            f"{events.lost} lost since start"
-        )
 
     # --- statistics ---------------------------------------------------------------------------
 
@@ -512,7 +448,7 @@ class Pipeline:
             for message in self.responder.close():
                 if message.kind == "log":
                     self.log.line(message.text)
-        for part in (self.ring, self.listeners, self.host, self.never_block):
+        for part in (self.ring, self.listeners, self.host, self.never_block, self.protection):
             if part is not None:
                 with contextlib.suppress(OSError):
                     part.close()

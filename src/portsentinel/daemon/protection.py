@@ -12,10 +12,16 @@ opened 0.2 s before, must not ban it; a periodic re-read alone leaves such a gap
 - SSH peers: not by events. conntrack's NEW/UPDATE groups report every flow of the host (a
   forged flood too) and cannot be narrowed to the SSH ports without a socket filter, and an
   event read after the ring in the same turn would still come too late. Instead the detector
-  asks ``confirm`` just before it acts against a source: one sock_diag dump of the
-  established connections to the SSH ports, which holds a session from the moment its
-  handshake completed. It is asked only for what the ban budget already admitted, so a flood
-  of forged probes cannot turn into a flood of kernel queries.
+  asks ``confirm`` just before it acts against a source. Where the response worker installed
+  the table's observation chain (``block/table.py``), the kernel notes each SSH session's peer
+  in a set from its first established packet, and one lookup answers (~20 us); until then,
+  and whenever the set cannot answer (flushed), one sock_diag dump of the established
+  connections to the SSH ports (~5 ms on a host with a large socket table: a daemon under a
+  forged flood spent a fifth of its time there, and every first ban waited for it). Either
+  holds a session from the moment its handshake completed. It is asked only for what the ban
+  budget already admitted, so a flood of forged probes cannot turn into a flood of kernel
+  queries. The set is used only after a periodic refresh that began once the chain was in
+  place: a session that went idle before the chain existed is in that refresh.
 - Whenever the set changes (a refresh, a reloaded ignore list, the allow list, a new SSH peer)
   the response worker is told (``Responder.protect``): it lifts every live ban that holds a
   protected address. At start-up the worker does the same before it re-applies anything.
@@ -26,6 +32,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from portsentinel.block.nfnetlink import SetReader
+from portsentinel.block.nftables import TABLE
+from portsentinel.block.table import SSH4, SSH6
 from portsentinel.detect.detector import Detector
 from portsentinel.host.neverblock import Entry, NeverBlock
 from portsentinel.networks import AddressSet, Network
@@ -40,6 +49,7 @@ class Protection:
         self.never_block = never_block
         self.responder: Responder | None = None
         self._version = never_block.version
+        self._peers: SetReader | None = None  # the kernel's set of SSH peers, once usable
         detector.set_never_block(never_block)
         detector.set_protect_check(self.confirm)
 
@@ -54,8 +64,21 @@ class Protection:
 
     def refresh(self) -> None:
         """Read every live source again (the timer, an address change)."""
+        notes = self.responder is not None and self.responder.notes_ssh_peers
         self.never_block.refresh()
+        if notes and self._peers is None:
+            self._peers = SetReader(TABLE)  # the chain was there before this refresh began
         self._changed()
+
+    def _peer(self, packed: bytes) -> bool | None:
+        peers = self._peers
+        if peers is None:
+            return None
+        return peers.contains(SSH4 if len(packed) == 4 else SSH6, packed)
+
+    def close(self) -> None:
+        if self._peers is not None:
+            self._peers.close()
 
     def set_ignore(self, ignore: AddressSet) -> None:
         self.never_block.set_ignore(ignore)
@@ -67,7 +90,7 @@ class Protection:
 
     def confirm(self, packed: bytes) -> bool:
         """The detector's last check before acting against ``packed`` (``NeverBlock.confirm``)."""
-        protected = self.never_block.confirm(packed)
+        protected = self.never_block.confirm(packed, self._peer if self._peers else None)
         self._changed()
         return protected
 

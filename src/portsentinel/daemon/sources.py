@@ -7,13 +7,19 @@ configuration (the rooms' layering): this module turns one into the other.
 
 from __future__ import annotations
 
-from portsentinel.alert.portsentry_log import bound_startup_lines, nothing_bound_line
+from portsentinel.alert.portsentry_log import (
+    bound_startup_lines,
+    nothing_bound_line,
+    stealth_startup_lines,
+)
 from portsentinel.alert.sinks import LogSink
-from portsentinel.capture.afpacket import RingConfig
+from portsentinel.capture.afpacket import PacketRing, RingConfig
 from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
 from portsentinel.capture.listeners import Listeners
-from portsentinel.config.setup import Setup
+from portsentinel.config.setup import Setup, detector_config
+from portsentinel.detect.detector import Detector
 from portsentinel.errors import PortSentinelError
+from portsentinel.host.view import HostView
 from portsentinel.model import Mode, Proto
 
 # The ring is read frame by frame (TPACKET_V2, ``capture/frames.py``): the kernel wakes the
@@ -92,3 +98,46 @@ def _port_filter(setup: Setup, mode: Mode | None) -> PortFilter:
         return PortFilter.under(port_limit(setup, mode), excluded_ports(setup, mode))
     s = setup.settings
     return PortFilter.of(s.tcp_ports if mode.proto is Proto.TCP else s.udp_ports)
+
+
+def open_parts(
+    setup: Setup, log: LogSink
+) -> tuple[HostView, Detector, PacketRing | None, Listeners | None]:
+    """The host view, the detector, the capture ring (stealth modes) and the bound sockets
+    (classic modes), with PortSentry's start-up lines; StartupError if nothing works."""
+    modes = [m for m in (setup.tcp_mode, setup.udp_mode) if m is not None]
+    stealth = [m for m in modes if m.stealth]
+    host = HostView(log.line, use_conntrack=bool(stealth))
+    try:
+        host.refresh_in_use()
+        if stealth:
+            host.refresh_nat()
+        detector = Detector(
+            detector_config(setup),
+            ignore=setup.ignore,
+            local=host.local,
+            in_use_tcp=host.in_use[Proto.TCP].cached,
+            in_use_udp=host.in_use[Proto.UDP].cached,
+        )
+        for proto in (Proto.TCP, Proto.UDP):
+            detector.set_in_use_recheck(proto, host.in_use[proto].recheck)
+        if host.tracks_replies:
+            detector.set_reply_check(host.is_reply)
+        ring = None
+        if stealth:
+            for mode in stealth:
+                lines = stealth_startup_lines(
+                    mode,
+                    detector.watched_ports(mode.proto),
+                    excluded_ports(setup, mode),
+                    host.in_use[mode.proto].ports,
+                    port_limit(setup, mode),
+                )
+                for line in lines:
+                    log.line(line)
+            ring = PacketRing(ring_config(setup), kernel_filter(setup))
+        listeners = open_listeners(setup, log, [m for m in modes if m.bound])
+    except BaseException:
+        host.close()
+        raise
+    return host, detector, ring, listeners

@@ -124,6 +124,9 @@ class Responder:
         self._names: Names | None = None  # RESOLVE_HOST: the history lines' own writer
         # The detection loop's own way to the kernel for a first ban (used from its thread).
         self._first: FirstBan | None = FirstBan(settings, self._log) if eligible(settings) else None
+        # The table's chain notes SSH peers in its sets (``block/table.py``): set once by the
+        # worker, read by the loop's never-block check.
+        self.notes_ssh_peers = False
 
     # --- detection-loop side ----------------------------------------------------------------
 
@@ -283,10 +286,12 @@ class Responder:
         self._data_version = store.data_version()
 
     def _track_connections(self) -> None:
-        chain = ConntrackChain()
+        s = self.settings
+        chain = ConntrackChain(ssh_ports=s.ssh_ports if s.never_block_ssh_peers else ())
         failure = chain.install()
         if failure is None:
             self._chain = chain  # repaired from now on, with the bans
+            self.notes_ssh_peers = bool(chain.ssh_ports)
             return
         chain.close()
         self._log(

@@ -278,6 +278,7 @@ class FakeResponder:
         self.started = self.closed = False
         self.bans_active = self.bans_added = 0
         self.alerts_dropped = self.rows_dropped = 0
+        self.notes_ssh_peers = False
         self.names_missed = (0, 0)
         self.turns_ended = 0
         self.protected = 0  # times the loop said the never-block set changed

@@ -21,6 +21,7 @@ from portsentinel.capture.bpf import Instruction
 from portsentinel.capture.listeners import Listeners
 from portsentinel.config.setup import Setup
 from portsentinel.daemon import pipeline as pipeline_module
+from portsentinel.daemon import sources as sources_module
 from portsentinel.daemon.outputs import ROWS_EVERY
 from portsentinel.daemon.pipeline import (
     ADDRESSES_EVERY,
@@ -586,8 +587,8 @@ class Opened:
                 opened.never_block.append(kwargs)
                 return NeverBlock(opened.sources)
 
-        monkeypatch.setattr(pipeline_module, "HostView", host_view)
-        monkeypatch.setattr(pipeline_module, "PacketRing", packet_ring)
+        monkeypatch.setattr(sources_module, "HostView", host_view)
+        monkeypatch.setattr(sources_module, "PacketRing", packet_ring)
         monkeypatch.setattr(pipeline_module, "NeverBlock", ForHost)
 
 
@@ -630,7 +631,7 @@ def test_start_binds_the_bound_modes_without_a_ring(
     opened = Opened(monkeypatch)
     listeners = FakeListeners([(Proto.TCP, 23)])
     monkeypatch.setattr(
-        pipeline_module, "open_listeners", lambda _s, _l, modes: cast(Listeners, listeners)
+        sources_module, "open_listeners", lambda _s, _l, modes: cast(Listeners, listeners)
     )
     started = Pipeline.start(
         setup(tmp_path, 'TCP_PORTS="23"\n', "tcp"), LogSink(io.StringIO()), None
@@ -650,7 +651,7 @@ def test_start_lets_the_host_view_go_when_nothing_can_be_watched(
     def refuse(_setup: Setup, _log: object, _modes: list[Mode]) -> Listeners:
         raise StartupError("adminalert: ERROR: could not bind any TCP sockets.")
 
-    monkeypatch.setattr(pipeline_module, "open_listeners", refuse)
+    monkeypatch.setattr(sources_module, "open_listeners", refuse)
     with pytest.raises(StartupError):
         Pipeline.start(setup(tmp_path, modes="tcp"), LogSink(io.StringIO()), None)
     assert opened.host.closed

@@ -21,6 +21,7 @@ GATEWAY = bytes([198, 18, 0, 7])
 class Told:
     def __init__(self) -> None:
         self.protected = 0
+        self.notes_ssh_peers = False
 
     def protect(self) -> None:
         self.protected += 1

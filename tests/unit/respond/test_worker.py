@@ -378,8 +378,9 @@ def cli_view(state: Path) -> set[str]:
 class FakeChain:
     made: ClassVar[list[FakeChain]] = []
 
-    def __init__(self) -> None:
+    def __init__(self, ssh_ports: tuple[int, ...] = ()) -> None:
         self.closed = False
+        self.ssh_ports = ssh_ports
         self.problems: list[str | None] = ["chain conntrack is missing"]
         FakeChain.made.append(self)
 
@@ -409,6 +410,8 @@ def test_the_conntrack_chain_is_installed_at_start_and_repaired_with_the_bans(
         worker.close()
     [chain] = FakeChain.made
     assert chain.closed
+    assert chain.ssh_ports  # SSH peers are protected by default: the chain notes them
+    assert worker.notes_ssh_peers
     assert not any("cannot turn connection tracking on" in x for x in log_lines(seen))
     # A second worker whose install fails says so once and repairs nothing.
     failing = Responder(quiet_settings(tmp_path), str(state), conntrack=True)
@@ -420,3 +423,4 @@ def test_the_conntrack_chain_is_installed_at_start_and_repaired_with_the_bans(
     assert any("cannot turn connection tracking on (the nft command" in x for x in log_lines(seen))
     assert FakeChain.made[1].closed
     assert FakeChain.made[1].problems  # never asked
+    assert not failing.notes_ssh_peers
