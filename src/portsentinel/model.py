@@ -172,3 +172,6 @@ class Decision:
     # True on the decision that first crossed the trigger for this source and protocol:
     # the one that writes PortSentry's history line and runs the response.
     first: bool = False
+    # A ban admitted while the ban budget was pressed, without a handshake: it is short
+    # (``detect.budget.SHORT_BAN``), so a forged flood's chosen addresses get no long bans.
+    provisional: bool = False

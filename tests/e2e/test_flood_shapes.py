@@ -15,7 +15,8 @@ flood here gives its forged sources a shape chosen to spend those tokens:
 
 In each, ``nmap -sS -p 1-1000`` from 198.18.0.2 (again while not banned: a full capture ring
 may take none of one scan's probes) must be banned while the flood goes on, and the flood's
-chosen addresses may be banned no faster than the tiers it reaches allow. The daemon runs as
+chosen addresses may be banned no faster than the tiers it reaches allow, and once the budget
+is pressed, for at most SHORT_BAN (10 minutes) each. The daemon runs as
 the packaged service does (atcp, nftables, defaults, no events stream).
 
 Root, iproute2, nmap, nft and a C compiler; every packet stays inside the lab.
@@ -35,7 +36,7 @@ import pytest
 from banlab import finish, nft_elements, start_scan, unavailable, wait_until
 from daemon import Daemon
 
-from portsentinel.detect.budget import PORT_TIERS, BudgetConfig
+from portsentinel.detect.budget import PORT_TIERS, PRESSURE_LEVEL, SHORT_BAN, BudgetConfig
 
 pytestmark = [pytest.mark.e2e]
 _REASON = unavailable(("nmap", "nft")) or floodlab.unavailable()
@@ -107,6 +108,7 @@ def test_a_real_scan_is_banned_in_a_flood_shaped_against_the_budget(
         assert sender.poll() is None, "banned while the flood went on"
         elements = nft_elements(lab, 4) or {}
         forged = len(elements) - 1
+        long_bans = [a for a, left in elements.items() if left is None or left > SHORT_BAN]
         elapsed = time.monotonic() - flood_began + 2.0  # the flood began before its first line
     finally:
         netns.Lab.stop(sender)
@@ -119,7 +121,13 @@ def test_a_real_scan_is_banned_in_a_flood_shaped_against_the_budget(
     per_tier = budget.burst + budget.rate * elapsed
     weak = budget.burst * budget.weak_share + budget.rate * budget.weak_share * elapsed
     assert forged <= (shape.tier + 1) * per_tier + weak, forged
+    # Once the budget is pressed, no ban without a handshake is long: only those admitted
+    # before (a tenth of a burst per bucket the flood reaches) may be.
+    pressed_after = (shape.tier + 2) * budget.burst * (1 - PRESSURE_LEVEL) + 2
+    assert len(long_bans) <= pressed_after, (len(long_bans), forged)
+    assert "bans without a completed handshake last at most 10 minutes" in stderr
     print(
         f"{name}: scanner banned {took:.2f} s after its first scan began ({scans} scan(s) of "
-        f"{SCAN_PORTS}); {forged} forged addresses banned in {elapsed:.0f} s"
+        f"{SCAN_PORTS}); {forged} forged addresses banned in {elapsed:.0f} s, "
+        f"{len(long_bans)} for longer than {SHORT_BAN:.0f} s"
     )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from portsentinel.alert.portsentry_log import detection_lines, held_back_line
 from portsentinel.daemon.metrics import DecisionCounts
+from portsentinel.detect.budget import SHORT_BAN
 from portsentinel.detect.track import kinds_of
 from portsentinel.model import Action, Decision, Proto, Reason, addr_text
 from portsentinel.ratelimit import SUMMARY_EVERY, RepeatLimiter
@@ -60,6 +61,7 @@ class Outputs:
         self._rows: list[EventRow] = []
         self._rows_since = 0.0  # when the oldest record of ``_rows`` was made
         self._dropped = (0, 0)  # the responder's drop counts at the last summary
+        self._pressed_said_until = 0.0  # when the budget's pressure may be said again
         self._events_lost = 0  # the events stream's lost lines at the last summary
         # Without an events stream every ignored probe's record would be rate-limited anyway:
         # the detector asks the limiter first and builds nothing for a held record. With
@@ -157,7 +159,15 @@ class Outputs:
             reason=f"{decision.kind.value} scan: {decision.reason.value}",
             rule=decision.rule,
             evidence=self._evidence(decision),
+            provisional=decision.provisional,
         )
+        if decision.provisional and self.now >= self._pressed_said_until:
+            self._pressed_said_until = self.now + SUMMARY_EVERY * 6
+            self.log.line(
+                "adminalert: WARNING: many new bans at once (a flood of sources?): bans "
+                f"without a completed handshake last at most {SHORT_BAN / 60:.0f} minutes "
+                "while it goes on"
+            )
         if decision.action is Action.ALERT:
             responder.alert(request)
         else:

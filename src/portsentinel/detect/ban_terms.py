@@ -12,6 +12,8 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from portsentinel.detect.budget import SHORT_BAN
+
 
 @dataclass(frozen=True, slots=True)
 class BanTerms:
@@ -28,6 +30,12 @@ class BanTerms:
     def repeat_since(self, now: float) -> float:
         """Bans that began after this time make a source a repeat offender."""
         return now - self.repeat_window
+
+    def short(self) -> float:
+        """A provisional ban's length (admitted while the ban budget was pressed, without a
+        handshake): a first offence's, at most ``budget.SHORT_BAN`` (a permanent one too)."""
+        first = self.duration
+        return SHORT_BAN if first is None else min(first, SHORT_BAN)
 
     def length(self, earlier: int) -> tuple[float | None, int]:
         """(seconds, or None for permanent; this offence's number) for a source with

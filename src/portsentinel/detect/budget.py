@@ -17,6 +17,14 @@ of one above. A source refused is judged again on its next probe, when its evide
 stronger, and the first probe after a token comes back takes it; so within a tier tokens go
 to sources in proportion to how often they probe.
 
+While the budget is pressed (a bucket fell below ``PRESSURE_LEVEL`` of its burst, or
+refused, in the last ``PRESSURE_HOLD`` seconds: with the defaults, ten new bans in a tier in
+half a second, which is what a forged flood looks like; one scanner takes one token),
+a ban admitted without a handshake is *provisional*: it lasts at most ``SHORT_BAN``, whatever
+BAN_DURATION and the source's earlier bans say. The flood's chosen addresses then get short
+bans; a real scanner among them is banned as fast, for less long, and banned again if it
+comes back.
+
 What a forged flood can do, measured in ``tests/e2e/test_flood_shapes.py``: to keep a real
 scan that shows P ports from its ban, the flood's forged sources must each show about P/2
 distinct ports or more, and probe as often as the scanner does, for as long as the scanner
@@ -40,6 +48,9 @@ _CONNECT_BIT: Final = KIND_BIT[ScanKind.CONNECT]
 PORT_TIERS: Final = 4  # strong_ports x 1, 2, 4, 8 and more
 WEAK: Final = -1  # tier of a source with too few ports and no handshake
 PROOF: Final = PORT_TIERS  # tier of a completed handshake
+PRESSURE_HOLD: Final = 60.0  # seconds the budget stays "pressed" after a bucket ran low
+PRESSURE_LEVEL: Final = 0.9  # a bucket below this share of its burst presses the budget
+SHORT_BAN: Final = 600.0  # the longest a ban without a handshake lasts while pressed
 
 
 @dataclass(frozen=True)
@@ -60,11 +71,15 @@ class BudgetConfig:
 class BanBudget:
     """Admits or refuses a new ban; knows which bans are in force and in which tier."""
 
-    __slots__ = ("_active", "_tiers", "_weak", "_weak_active", "config", "refused", "weak_cap")
+    __slots__ = (
+        "_active", "_pressed_until", "_tiers", "_weak", "_weak_active", "config", "refused",
+        "weak_cap",
+    )  # fmt: skip
 
     def __init__(self, config: BudgetConfig) -> None:
         self._active: dict[bytes, bool] = {}  # source -> strong?
         self._weak_active = 0
+        self._pressed_until = float("-inf")
         self.refused = 0
         self.reconfigure(config)
 
@@ -106,16 +121,25 @@ class BanBudget:
         )
         if full or not self._token(tier, now):
             self.refused += 1
+            self._pressed_until = now + PRESSURE_HOLD
             return False
         self._occupy(src, strong)
         return True
 
+    def provisional(self, state: SourceState, now: float) -> bool:
+        """Is a ban admitted now for ``state`` provisional (short: see the module)?"""
+        return now < self._pressed_until and self.tier(state) != PROOF
+
     def _token(self, tier: int, now: float) -> bool:
-        """A token of ``tier`` or, that being spent, of the nearest tier below that has one."""
-        if tier == WEAK:
-            return self._weak.take(now)
-        tiers = self._tiers
-        return any(tiers[t].take(now) for t in range(tier, -1, -1))
+        """A token of ``tier`` or, that being spent, of the nearest tier below that has one;
+        a bucket left below ``PRESSURE_LEVEL`` of its burst presses the budget."""
+        buckets = [self._weak] if tier == WEAK else self._tiers[tier::-1]
+        for bucket in buckets:
+            if bucket.take(now):
+                if bucket.tokens < bucket.burst * PRESSURE_LEVEL:
+                    self._pressed_until = now + PRESSURE_HOLD
+                return True
+        return False
 
     def restore(self, src: bytes, strong: bool) -> None:
         """A ban already in force (restored at start-up) occupies its slot."""

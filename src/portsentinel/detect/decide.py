@@ -97,6 +97,7 @@ class Policy:
         "local",
         "min_ports",
         "never_block",
+        "provisional",
         "responses",
     )
 
@@ -129,6 +130,9 @@ class Policy:
         self.budget = budget
         self.min_ports = min_ports
         self.responses = Responses(max_responded)
+        self.provisional = False
+        """Of the last acting decision: admitted while the budget was pressed, without a
+        handshake, so its ban is short (``budget.SHORT_BAN``)."""
         self.confirm: Callable[[bytes], bool] | None = None
         """Asked last before acting: True refuses as the never-block set (the host protects
         ``src``, though the set did not hold it yet)."""
@@ -195,6 +199,7 @@ class Policy:
             if reason is not None:
                 return Action.IGNORED, reason
         action = self._actions[proto]
+        self.provisional = False
         if action in _ACTING:
             refused = self._afford(src, state, now)
             if refused is not None:
@@ -204,6 +209,8 @@ class Policy:
                 if self.budget is not None:
                     self.budget.release(src)  # the slot it took goes back
                 return Action.IGNORED, Reason.NEVER_BLOCK
+            budget = self.budget
+            self.provisional = budget is not None and budget.provisional(state, now)
         self.responses.remember(src, proto, action)
         return action, Reason.TRIGGERED
 

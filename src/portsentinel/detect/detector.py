@@ -383,6 +383,7 @@ class Detector:
             hits=state.hits if state is not None else 0,
             ports_seen=state.ports_seen if state is not None else 0,
             first=reason is Reason.TRIGGERED,
+            provisional=action is not Action.IGNORED and self.policy.provisional,
         )
 
     def _text(self, packed: bytes) -> str:

@@ -62,6 +62,9 @@ class BanRequest:
     # timeout in seconds (None: permanent).
     in_kernel: bool = False
     kernel_timeout: int | None = None
+    # Admitted while the ban budget was pressed, without a handshake: a first offence's
+    # length at most, and never more than ``budget.SHORT_BAN``.
+    provisional: bool = False
 
 
 @dataclass(eq=False)
@@ -237,9 +240,12 @@ class BanManager(Restart):
             if not names:
                 self.log(f"attackalert: Ignoring {req.proto.label} response: no action configured")
                 continue
-            seconds, offence = (
-                (req.duration, 1) if req.manual else terms.length(earlier.get(req.address, 0))
-            )
+            if req.manual:
+                seconds, offence = req.duration, 1
+            elif req.provisional:
+                seconds, offence = terms.short(), 1
+            else:
+                seconds, offence = terms.length(earlier.get(req.address, 0))
             prefix = self._widen(req.address, now)
             spec = BanSpec.create(req.address, port=req.port, proto=req.proto, mode=req.mode,
                                   timeout=seconds, prefix=prefix)  # fmt: skip

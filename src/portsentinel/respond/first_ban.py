@@ -77,7 +77,9 @@ class FirstBan:
 
     def reconfigure(self, settings: Settings) -> None:
         self.enabled = eligible(settings)
-        self._seconds = terms_of(settings).length(0)[0]
+        terms = terms_of(settings)
+        self._seconds = terms.length(0)[0]
+        self._short = terms.short()
         self._ipv6 = settings.ipv6_prefix_after == 0
 
     def take(self, request: BanRequest, send: Callable[[BanRequest], None]) -> None:
@@ -103,8 +105,9 @@ class FirstBan:
         if not self.enabled or request.level != 1 or request.manual or request.in_kernel:
             return None
         try:
+            seconds = self._short if request.provisional else self._seconds
             spec = BanSpec.create(request.address, port=request.port, proto=request.proto,
-                                  mode=request.mode, timeout=self._seconds)  # fmt: skip
+                                  mode=request.mode, timeout=seconds)  # fmt: skip
         except ValueError:
             return None
         if spec.version == 6 and not self._ipv6:

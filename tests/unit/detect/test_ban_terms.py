@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from portsentinel.detect.ban_terms import BanTerms
+from portsentinel.detect.budget import SHORT_BAN
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -106,3 +107,11 @@ def test_the_never_block_set_is_asked_only_once_the_count_is_reached() -> None:
     assert asked == []
     assert TERMS.widen(2, protected=protected) == 64
     assert asked == [True]
+
+
+def test_a_provisional_ban_is_a_first_offences_length_at_most_short_ban() -> None:
+    base = {"repeat_factor": 2.0, "max_duration": None, "repeat_window": 86400.0,
+            "prefix_after": 0, "prefix_len": 64}  # fmt: skip
+    assert BanTerms(duration=3600.0, **base).short() == SHORT_BAN  # type: ignore[arg-type]
+    assert BanTerms(duration=60.0, **base).short() == 60.0  # type: ignore[arg-type]
+    assert BanTerms(duration=None, **base).short() == SHORT_BAN  # type: ignore[arg-type]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from portsentinel.detect.budget import PORT_TIERS, PROOF, WEAK, BanBudget, BudgetConfig
+from portsentinel.detect.budget import (
+    PORT_TIERS,
+    PRESSURE_HOLD,
+    PROOF,
+    WEAK,
+    BanBudget,
+    BudgetConfig,
+)
 from portsentinel.detect.track import SourceState, Tracker
 from portsentinel.model import ScanKind
 
@@ -103,3 +110,25 @@ def test_a_higher_tier_spends_lower_tokens_but_never_the_reverse() -> None:
     assert fresh.admit(src(1), state_with(5), 0.0)
     assert not fresh.admit(src(2), state_with(5), 0.0)  # tier 0 spent; higher ones untouched
     assert fresh.admit(src(3), state_with(10), 0.0)
+
+
+def test_many_bans_at_once_press_the_budget_and_make_bans_without_a_handshake_provisional() -> None:
+    budget = BanBudget(BudgetConfig(rate=1, burst=20, strong_ports=5))
+    five, proof = state_with(5), state_with(1, ScanKind.CONNECT)
+    assert budget.admit(src(1), five, 0.0)
+    assert not budget.provisional(five, 0.0)  # one ban of twenty: an ordinary scan
+    for i in range(2, 4):
+        assert budget.admit(src(i), five, 0.0)
+    assert budget.provisional(five, 0.0)  # the tier's bucket fell below 90 %
+    assert not budget.provisional(proof, 0.0)  # a handshake cannot be forged: never short
+    assert budget.provisional(five, PRESSURE_HOLD - 1)
+    assert not budget.provisional(five, PRESSURE_HOLD + 1)  # eased
+
+
+def test_a_refusal_presses_the_budget_too() -> None:
+    budget = BanBudget(BudgetConfig(max_active=2, rate=1, burst=40, strong_ports=5))
+    weak = state_with(1)
+    assert budget.admit(src(1), weak, 0.0)
+    assert not budget.provisional(weak, 0.0)  # 19 of 20 weak tokens left
+    assert not budget.admit(src(2), weak, 1.0)  # the weak share of the cap is full
+    assert budget.provisional(weak, 1.0)

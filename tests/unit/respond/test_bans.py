@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from portsentinel.block import BanSpec, CheckResult
@@ -14,6 +15,7 @@ from portsentinel.block.base import ActionDetail, ban_fields
 from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
 from portsentinel.detect.ban_terms import BanTerms
+from portsentinel.detect.budget import SHORT_BAN
 from portsentinel.errors import BackendError
 from portsentinel.host.resolver import Resolver
 from portsentinel.model import Mode, Proto
@@ -146,6 +148,21 @@ def test_repeat_offenders_get_doubled_bans_up_to_the_cap(store: Store) -> None:
         now += 10 * HOUR
         bans.expire(now)
     assert lengths == [HOUR, 2 * HOUR, 3 * HOUR, 3 * HOUR]
+
+
+def test_a_provisional_ban_is_short_and_never_doubled(store: Store) -> None:
+    """Admitted while the ban budget was pressed (a flood of sources), without a handshake:
+    the flood's chosen addresses get no long bans, whatever their history."""
+    s = settings(ban_duration=HOUR, ban_repeat_factor=2.0)
+    bans, backends, lines = manager(store, s)
+    first = bans.ban(request(), 0.0)  # an ordinary ban: the address has a history now
+    assert first is not None
+    bans.expire(2 * HOUR)
+    record = bans.ban(replace(request(), provisional=True), 2 * HOUR)
+    assert record is not None
+    assert record.expires == 2 * HOUR + SHORT_BAN  # not 2 h for a repeat offender
+    assert backends.kernel.bans == {"198.18.0.2": int(SHORT_BAN)}
+    assert lines[-1] == "attackalert: Host 198.18.0.2 has been blocked via nftables for 10m"
 
 
 def test_permanent_bans(store: Store) -> None:
