@@ -29,6 +29,11 @@ element for PortSentinel, ``nft monitor rules`` for 1.2's iptables-nft rule; eac
 on receipt with ``time.time()``) give
 - first probe -> ban: the first probe's kernel timestamp on the target's veth to the ban's
   monitor line;
+- first probe -> last answer: to the target's last reply in the capture, both by the kernel's
+  clock. Once the ban is in the kernel the scanner gets no answer, so this is when the ban
+  took effect, within the gap between two probes; unlike the monitor line it does not wait
+  for ``nft monitor`` to be scheduled and its line read (measured: the monitor line came
+  ~3 ms after the element on the loaded CPUs of a scan);
 - detect -> ban: the daemon's own record of its first decision to the ban. Sources: 1.2, its
   syslog line's receipt (the log receiver of portsentry12.py); PortSentinel with --events, the
   first event's ``time`` (the loop turn that read the probe); without, the receipt of its
@@ -143,6 +148,7 @@ class Result:
     answered_before: int = 0
     answered: int = 0
     replies: int = 0
+    last_answer: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_ban(self, start: float | None) -> float | None:
@@ -150,6 +156,12 @@ class Result:
         if start is None or self.banned is None:
             return None
         return (self.banned - start) * 1000
+
+    def to_last_answer(self) -> float | None:
+        """Milliseconds from the first probe to the target's last answer (kernel clock)."""
+        if self.first_probe is None or self.last_answer is None or self.banned is None:
+            return None
+        return (self.last_answer - self.first_probe) * 1000
 
     def probe_to_detect(self) -> float | None:
         if self.first_probe is None or self.detected is None:
@@ -163,6 +175,7 @@ class Result:
         return (
             f"{self.row.name:<22} {self.scan.name:<7} load {self.load:.2f}: "
             f"first probe -> ban {ms(self.to_ban(self.first_probe))}"
+            f" (-> last answer {ms(self.to_last_answer())})"
             f", detect -> ban {ms(self.to_ban(self.detected))} ({self.row.detect_source})"
             f", probe -> detect {ms(self.probe_to_detect())}; probes before ban "
             f"{self.probes_before}, ports answered before ban {self.answered_before} "
@@ -240,6 +253,7 @@ def scan_once(row: Row, scan: Scan, number: int, setup: Setup, cmd: Commands) ->
     result.answered_before = counted.answered_before
     result.answered = counted.answered
     result.replies = counted.replies
+    result.last_answer = counted.last_answer
     if result.banned is None:
         result.notes.append("no ban")
     return result
@@ -279,21 +293,25 @@ def spread(values: Sequence[float]) -> str:
 
 def report(results: Sequence[Result], rows: Sequence[Row], scans: Sequence[Scan]) -> None:
     print("\nmedian / p95 in ms (p95: nearest rank); ports: median of the distinct target ports "
-          "that answered the scanner before the ban (median of all in the capture)")  # fmt: skip
+          "that answered the scanner before the ban (median of all in the capture); last "
+          "answer: the target's last reply in the capture, by the kernel's clock (a banned "
+          "scanner gets none)")  # fmt: skip
     header = (
-        "| row | scans banned | first probe -> ban | detect -> ban (source) | "
-        "probe -> detect | probes before ban | ports answered before ban (all) |"
+        "| row | scans banned | first probe -> ban | first probe -> last answer | "
+        "detect -> ban (source) | probe -> detect | probes before ban | "
+        "ports answered before ban (all) |"
     )
     for scan in scans:
         print(f"\nnmap {scan.name}")
         print(header)
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for row in rows:
             mine = [r for r in results if r.row == row and r.scan == scan]
             if not mine:
                 continue
             banned = [r for r in mine if r.banned is not None]
             first = [d for r in banned if (d := r.to_ban(r.first_probe)) is not None]
+            answers = [d for r in banned if (d := r.to_last_answer()) is not None]
             detect = [d for r in banned if (d := r.to_ban(r.detected)) is not None]
             probe_detect = [d for r in mine if (d := r.probe_to_detect()) is not None]
             before = [r.answered_before for r in mine]
@@ -301,6 +319,7 @@ def report(results: Sequence[Result], rows: Sequence[Row], scans: Sequence[Scan]
             probes = [r.probes_before for r in banned]
             print(
                 f"| {row.name} | {len(banned)} of {len(mine)} | {spread(first)} | "
+                f"{spread(answers)} | "
                 f"{spread(detect)} ({row.detect_source}) | {spread(probe_detect)} | "
                 f"{statistics.median(probes) if probes else '-'} | "
                 f"{statistics.median(before):g} ({statistics.median(total):g}) |"

@@ -119,6 +119,10 @@ class Tally:
     answered_before: int  # distinct target ports that answered before the ban
     answered: int  # distinct target ports that answered in the whole capture
     replies: int  # reply packets in the whole capture
+    # Kernel timestamp of the last answer in the capture: once the ban is in the kernel the
+    # target answers no more, so this is the ban's moment by the kernel's own clock, within
+    # the gap between two probes (no monitor process to be scheduled).
+    last_answer: float | None = None
 
 
 def tally(data: bytes, scanner: str, target: str, proto: int, ban: float | None) -> Tally:
@@ -142,4 +146,5 @@ def tally(data: bytes, scanner: str, target: str, proto: int, ban: float | None)
         answered_before=len({port for t, port in replies if t < limit}),
         answered=len({port for _t, port in replies}),
         replies=len(replies),
+        last_answer=max(t for t, _port in replies) if replies else None,
     )

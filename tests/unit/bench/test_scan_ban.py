@@ -74,6 +74,7 @@ def test_a_tcp_scan_counts_probes_and_answering_ports_before_the_ban() -> None:
     assert counted.first_probe == pytest.approx(100.0, abs=1e-6)
     assert (counted.probes_before, counted.answered_before) == (3, 2)
     assert (counted.answered, counted.replies) == (3, 3)
+    assert counted.last_answer == pytest.approx(100.006, abs=1e-6)
 
 
 def test_udp_answers_are_port_unreachables_or_datagrams_on_both_families() -> None:
