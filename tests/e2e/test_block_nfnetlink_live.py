@@ -75,3 +75,34 @@ def test_elements_sent_by_netlink_are_in_the_sets_and_drop_the_banned(lab: netns
     assert six == {BANNED6: None}  # permanent
     assert sum(1 for key in four if key.startswith("198.19.")) == 10_000
     expect(lab, dropped=[BANNED4, BANNED6], passing=[OTHER4, OTHER6])
+
+
+# In the target namespace: a set like the daemon's ssh4, asked through SetReader; prints the
+# answers as one JSON line.
+READER = r"""
+import ipaddress, json, subprocess, sys
+from portsentinel.block.nfnetlink import SetReader
+
+subprocess.run(["nft", "-f", "-"], check=True, text=True, input=(
+    "add table inet portsentinel\n"
+    "add set inet portsentinel ssh4 { type ipv4_addr; flags timeout; timeout 15m; }\n"
+    "add element inet portsentinel ssh4 { 198.18.0.5 }\n"))
+key = lambda text: ipaddress.ip_address(text).packed
+now = [0.0]
+reader = SetReader("portsentinel", clock=lambda: now[0])
+answers = [reader.contains("ssh4", key("198.18.0.5")), reader.contains("ssh4", key("198.18.0.6")),
+           reader.contains("nope", key("198.18.0.5"))]
+subprocess.run(["nft", "delete", "table", "inet", "portsentinel"], check=True)
+answers.append(reader.contains("ssh4", key("198.18.0.6")))  # seen a moment ago: still there
+now[0] = 5.0
+answers.append(reader.contains("ssh4", key("198.18.0.6")))  # asked again: gone
+reader.close()
+print(json.dumps(answers))
+"""
+
+
+def test_a_set_is_asked_for_one_key_and_a_missing_set_is_not_taken_for_a_no(
+    lab: netns.Lab,
+) -> None:
+    done = lab.run(lab.target, [sys.executable, "-c", READER], timeout=60)
+    assert json.loads(done.stdout) == [True, False, None, False, None]

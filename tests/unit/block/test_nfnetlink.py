@@ -105,3 +105,24 @@ def test_an_empty_add_sends_nothing() -> None:
     writer = nl.ElementWriter("portsentinel")
     writer.add("ban4", [])
     assert writer._sock is None  # no socket was even opened
+
+
+def test_the_questions_name_table_set_and_key_and_ask_for_an_ack() -> None:
+    data = nl.get_element_message("portsentinel", "ssh4", bytes([198, 18, 0, 9]), seq=3)
+    ((kind, flags, seq, gen, body),) = messages(data)
+    assert kind == (nl.NFNL_SUBSYS_NFTABLES << 8) | nl.NFT_MSG_GETSETELEM
+    assert flags == nl.NLM_F_REQUEST | nl.NLM_F_ACK  # no dump: one lookup in the kernel
+    assert (seq, gen) == (3, struct.pack("=BBH", nl.NFPROTO_INET, 0, 0))
+    top = attrs(body)
+    assert top[:2] == [(nl.NFTA_SET_ELEM_LIST_TABLE, b"portsentinel\0"),
+                       (nl.NFTA_SET_ELEM_LIST_SET, b"ssh4\0")]  # fmt: skip
+    ((_, item),) = attrs(top[2][1])
+    key = dict(attrs(item))[nl.NFTA_SET_ELEM_KEY]
+    assert attrs(key) == [(nl.NFTA_DATA_VALUE, bytes([198, 18, 0, 9]))]
+    ((kind, flags, seq, _gen, body),) = messages(nl.get_set_message("portsentinel", "ssh4", 4))
+    assert (kind, flags, seq) == (
+        (nl.NFNL_SUBSYS_NFTABLES << 8) | nl.NFT_MSG_GETSET,
+        nl.NLM_F_REQUEST | nl.NLM_F_ACK,
+        4,
+    )
+    assert attrs(body) == [(nl.NFTA_SET_TABLE, b"portsentinel\0"), (nl.NFTA_SET_NAME, b"ssh4\0")]
