@@ -22,8 +22,8 @@ Wire format (``linux/netfilter/nf_tables.h``, ``nfnetlink.h``)::
 ``SetReader`` asks whether one key is in a set (``NFT_MSG_GETSETELEM``, no dump: a hash
 lookup in the kernel, ~15 us) and, when the kernel says "no such element", whether the set is
 there at all (``NFT_MSG_GETSET``): both answers are ENOENT. A set seen in the last
-``SET_SEEN_FOR`` seconds is taken to be there still, which saves that second question on the
-path of a first ban.
+``SET_SEEN_FOR`` seconds (``touch`` asks, off the ban path) is taken to be there still, which
+saves that second question on the path of a first ban.
 
 The socket belongs to the network namespace the process is in when it is opened.
 """
@@ -70,7 +70,7 @@ NFTA_DATA_VALUE: Final = 1
 CHUNK: Final = 1024
 BATCH: Final = 4096
 ACK_TIMEOUT: Final = 1.0  # the kernel answers a batch at once; this only bounds a wedged socket
-SET_SEEN_FOR: Final = 1.0
+SET_SEEN_FOR: Final = 12.0  # a little over two of the never-block set's refreshes (5 s)
 
 _HDR: Final = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _NFGEN: Final = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big-endian)
@@ -247,6 +247,20 @@ class SetReader:
             self.close()
         self._seen.pop(set_name, None)
         return None
+
+    def touch(self, *set_names: str) -> None:
+        """Ask whether the sets are there (off the ban path: a timer), so that ``contains``
+        need not ask it."""
+        for name in set_names:
+            try:
+                there = self._ask(get_set_message(self.table, name, self._next())) == 0
+            except OSError:
+                self.close()
+                there = False
+            if there:
+                self._seen[name] = self._clock()
+            else:
+                self._seen.pop(name, None)
 
     def _next(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFFFFFF

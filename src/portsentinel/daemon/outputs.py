@@ -88,13 +88,14 @@ class Outputs:
         gated = self.gated
         for decision in decisions:
             wall = decision.time + offset
+            if decision.first:  # the response first: a first ban goes to the kernel from here
+                self._respond(decision, wall)
             count(decision)
             if events is not None:
                 events.event(decision, wall)
             if decision.first:
                 if notifier is not None:
                     notifier.submit(decision, wall)
-                self._respond(decision, wall)
             elif (
                 decision.action is Action.IGNORED
                 and not gated

@@ -68,6 +68,8 @@ class Protection:
         self.never_block.refresh()
         if notes and self._peers is None:
             self._peers = SetReader(TABLE)  # the chain was there before this refresh began
+        if self._peers is not None:
+            self._peers.touch(SSH4, SSH6)
         self._changed()
 
     def _peer(self, packed: bytes) -> bool | None:
