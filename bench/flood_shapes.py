@@ -5,7 +5,8 @@ Each run gets a fresh lab (``tests/e2e/netns.py``: two namespaces joined by veth
 only, no default route) and a fresh daemon (``portsentinel run --mode atcp``, embedded defaults,
 no events stream: as the packaged service runs). The C sender (``tests/e2e/synflood.c``) floods
 the target from forged sources as fast as it goes; once the daemon writes about them,
-``nmap -sS -T4 -p 1-1000`` scans from 198.18.0.2, again every 2.5 s while it is not banned.
+``nmap -sS -T4 -p 1-1000`` scans from 198.18.0.2, again every 2.5 s while it is not banned
+(``banlab.scan_until_banned``; scans "-1": not banned within 15 s).
 Printed per shape and run: seconds from the first scan's start to the scanner's element in the
 ban set (polled every 20 ms), scans needed, and the ban set's elements, with how many last
 longer than 10 minutes (``detect.budget.SHORT_BAN``).
@@ -25,10 +26,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,7 +35,7 @@ sys.path[:0] = [str(HERE.parent / "tests" / "e2e"), str(HERE.parent / "tests")]
 
 import floodlab  # noqa: E402
 import netns  # noqa: E402
-from banlab import nft_elements, nmap_argv  # noqa: E402
+from banlab import nft_elements, scan_until_banned  # noqa: E402
 from daemon import Daemon  # noqa: E402
 
 SCANNER = "198.18.0.2"
@@ -58,18 +57,11 @@ def one_run(shape: str, binary: Path) -> tuple[float | None, int, int, int]:
         sender = floodlab.start(lab, binary, flood)
         try:
             daemon.wait_for_line("attackalert:", 30)
-            start, scans, banned = time.monotonic(), 0, None
-            while banned is None and time.monotonic() - start < 15:
-                scan = lab.start(lab.scanner, nmap_argv(lab, SCANNER, "1-1000"),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-                scans += 1
-                until = time.monotonic() + 2.5
-                while time.monotonic() < until:
-                    if SCANNER in (nft_elements(lab, 4) or {}):
-                        banned = time.monotonic() - start
-                        break
-                    time.sleep(0.02)
-                scan.wait(120)
+            try:
+                scans, seconds = scan_until_banned(lab, SCANNER, "1-1000", each=2.5, deadline=15)
+                banned: float | None = seconds
+            except AssertionError:
+                scans, banned = -1, None
             elements = nft_elements(lab, 4) or {}
             long_bans = sum(1 for left in elements.values() if left is None or left > SHORT)
             return banned, scans, len(elements), long_bans

@@ -234,6 +234,29 @@ def scan_until(
     raise AssertionError(f"{what}: not within {deadline}s of scanning")
 
 
+def scan_until_banned(
+    lab: netns.Lab, source: str, ports: str, *, each: float, deadline: float
+) -> tuple[int, float]:
+    """Scan ``ports`` from ``source`` again and again, each scan given ``each`` seconds from
+    its start, until ``source`` is in the IPv4 ban set: a real scanner that goes on (a flood's
+    full capture ring may take none of one scan's probes). Returns (scans, seconds from the
+    first scan's start to the ban seen, polled every 20 ms); AssertionError after
+    ``deadline`` seconds."""
+    started, scans = time.monotonic(), 0
+    while time.monotonic() - started < deadline:
+        scan = start_scan(lab, source, ports)
+        scans += 1
+        until = time.monotonic() + each
+        try:
+            while time.monotonic() < until:
+                if source in (nft_elements(lab, 4) or {}):
+                    return scans, time.monotonic() - started
+                time.sleep(0.02)
+        finally:
+            finish(scan)
+    raise AssertionError(f"{source} is not in the ban set after {scans} scans of {ports}")
+
+
 # --- forged SYNs ------------------------------------------------------------------------------
 
 # Runs in the scanner namespace: one TCP SYN per (source, port), IPv4 with IP_HDRINCL, from

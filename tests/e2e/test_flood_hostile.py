@@ -18,17 +18,15 @@ Root, iproute2, nmap, nft and a C compiler; every packet stays inside the lab.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import floodlab
 import netns
 import pytest
-from banlab import every_ban, finish, nft_elements, start_scan, unavailable, wait_until
+from banlab import every_ban, scan_until_banned, unavailable, wait_until
 from daemon import Daemon, Event, statistics
 
 pytestmark = [pytest.mark.e2e]
@@ -42,7 +40,7 @@ FLOOD_FRAMES = 2_000_000
 RSS_BOUND_MIB = 400
 BAN_DEADLINE = 30.0
 SCAN_PORTS = "1-1000"
-AFTER_SCAN = 3.0  # how long a scan's ban may take to show before the scanner goes on
+AFTER_SCAN = 3.0  # seconds from a scan's start for its ban to show before the next scan
 NMAP_FRAMES = 10_000  # more than nmap sends in the scans the deadline allows
 
 
@@ -82,26 +80,18 @@ def test_a_real_scan_is_banned_in_a_spoofed_flood(
         else:
             daemon.wait_for_line("attackalert:", BAN_DEADLINE)
 
-        def scanner_banned() -> bool:
-            return SCANNER4 in (nft_elements(lab, 4) or {})
-
-        started, scans = time.monotonic(), 0
+        scans = 0
         try:
-            while True:
-                finish(start_scan(lab, SCANNER4, SCAN_PORTS))
-                scans += 1
-                with contextlib.suppress(AssertionError):
-                    wait_until(scanner_banned, "the real scanner in the ban set", AFTER_SCAN)
-                    break
-                if time.monotonic() - started > BAN_DEADLINE:
-                    raise AssertionError
+            scans, _seconds = scan_until_banned(
+                lab, SCANNER4, SCAN_PORTS, each=AFTER_SCAN, deadline=BAN_DEADLINE
+            )
         except AssertionError:  # say what the daemon saw of the scanner, for the next look
             said = [line for line in daemon.stderr().splitlines() if SCANNER4 in line]
             if events:
                 seen = events_from(daemon, SCANNER4)
                 said += sorted({f"{e['action']}/{e['reason']}/{e['ports_seen']}" for e in seen})
             raise AssertionError(
-                f"the real scanner is not in the ban set after {scans} scans; the daemon "
+                f"the real scanner is not in the ban set after {BAN_DEADLINE}s; the daemon "
                 f"wrote {len(said)} lines about it, the last: {said[-3:]}"
             ) from None
         assert sender.poll() is None, "banned while the flood went on"

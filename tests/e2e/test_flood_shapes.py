@@ -24,7 +24,6 @@ Root, iproute2, nmap, nft and a C compiler; every packet stays inside the lab.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 import floodlab
 import netns
 import pytest
-from banlab import finish, nft_elements, start_scan, unavailable, wait_until
+from banlab import nft_elements, scan_until_banned, unavailable
 from daemon import Daemon
 
 from portsentinel.detect.budget import PORT_TIERS, PRESSURE_LEVEL, SHORT_BAN, BudgetConfig
@@ -86,25 +85,12 @@ def test_a_real_scan_is_banned_in_a_flood_shaped_against_the_budget(
         seconds=FLOOD_SECONDS,
     )
     sender = floodlab.start(lab, binary, flood)
-    scans, took = 0, 0.0
     try:
         daemon.wait_for_line("attackalert:", BAN_DEADLINE)  # the flood reached the daemon
         flood_began = time.monotonic()
-
-        def scanner_banned() -> bool:
-            return SCANNER4 in (nft_elements(lab, 4) or {})
-
-        started = time.monotonic()
-        while True:
-            finish(start_scan(lab, SCANNER4, SCAN_PORTS))
-            scans += 1
-            with contextlib.suppress(AssertionError):
-                wait_until(scanner_banned, "the real scanner in the ban set", AFTER_SCAN)
-                break
-            assert time.monotonic() - started < BAN_DEADLINE, (
-                f"{name}: the real scanner is not banned after {scans} scans"
-            )
-        took = time.monotonic() - started
+        scans, took = scan_until_banned(
+            lab, SCANNER4, SCAN_PORTS, each=AFTER_SCAN, deadline=BAN_DEADLINE
+        )
         assert sender.poll() is None, "banned while the flood went on"
         elements = nft_elements(lab, 4) or {}
         forged = len(elements) - 1
