@@ -33,7 +33,8 @@ on receipt with ``time.time()``) give
   clock. Once the ban is in the kernel the scanner gets no answer, so this is when the ban
   took effect, within the gap between two probes; unlike the monitor line it does not wait
   for ``nft monitor`` to be scheduled and its line read (measured: the monitor line came
-  ~3 ms after the element on the loaded CPUs of a scan);
+  0.6-5.8 ms after the last answer for PortSentinel, 0.2-0.7 ms for 1.2, medians of the runs
+  of 2026-12-07 in bench/README.md);
 - detect -> ban: the daemon's own record of its first decision to the ban. Sources: 1.2, its
   syslog line's receipt (the log receiver of portsentry12.py); PortSentinel with --events, the
   first event's ``time`` (the loop turn that read the probe); without, the receipt of its

@@ -283,8 +283,8 @@ class PacketRing:
         """Wait up to ``timeout`` seconds for a ready block, then hand on every ready block.
 
         Returns how many packets went to the handler. At most one lap of the ring is read per
-        call, and with a positive ``limit`` about that many packets (V2: exactly; V3: whole
-        blocks until the limit is reached), so the caller regains control under a flood. If
+        call, and on a V2 ring at most ``limit`` packets when it is positive (a V3 ring reads
+        its ready blocks), so the caller regains control under a flood. If
         the handler raises, its block still goes back to the kernel (the rest of that block
         is lost) and the error propagates.
         """
@@ -301,8 +301,6 @@ class PacketRing:
         block, handled = self._block, 0
         try:
             for _ in range(block_count):
-                if 0 < limit <= handled:
-                    break
                 base = block * block_size
                 if not status_at(view, base + _BLOCK_STATUS_AT)[0] & TP_STATUS_USER:
                     break
