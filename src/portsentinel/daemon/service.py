@@ -208,8 +208,9 @@ SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the interpreter lock while another waits (CPython's default is
 0.005). The detection loop makes a system call (a netlink question, a ban's element, a write)
 and then waits for the lock while the response worker runs Python: with the default, up to
-5 ms a call. Measured under a forged flood (``tests/e2e/test_flood_shapes.py``'s twenty-port
-shape, py-spy): a third of the loop's time went to waiting after its sock_diag questions."""
+5 ms a call. Not measured on its own: the third of the loop's time that py-spy showed in its
+sock_diag questions under a forged flood was mostly the kernel's walk of its socket table
+(4.7 ms in an idle namespace), which the SSH-peer set removed."""
 
 
 def settle_gc() -> None:
