@@ -25,6 +25,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Sequence
 
 from portsentinel.block.base import (
     ActionDetail,
@@ -73,17 +74,32 @@ class HostsDenyBackend(BackendBase):
         self._ok()
 
     def block(self, ban: BanSpec) -> ActionDetail:
-        line = self.render(ban)
+        outcome = self.block_many([ban])[0]
+        if isinstance(outcome, BackendError):
+            raise outcome
+        return outcome
+
+    def block_many(self, bans: Sequence[BanSpec]) -> list[ActionDetail | BackendError]:
+        """Every ban's line in one rewrite of the file (one read, one fsync): a rewrite per
+        ban made a burst of thousands quadratic (220 bans/s at 20,000)."""
+        wanted = [self.render(ban) for ban in bans]
         try:
             lines, info = self._read()
-            if line not in (existing.strip() for existing in lines):
-                self._write([*lines, line], info)
+            present = {existing.strip() for existing in lines}
+            new = list(dict.fromkeys(line for line in wanted if line not in present))
+            if new:
+                self._write([*lines, *new], info)
         except (BackendError, OSError) as exc:
-            raise self._fail(f"cannot add {line!r} to {self.path}: {exc}") from None
+            what = repr(wanted[0]) if len(wanted) == 1 else f"{len(wanted)} lines"
+            error = self._fail(f"cannot add {what} to {self.path}: {exc}")
+            return [error for _ in bans]
         self._ok()
-        detail = ban_fields(ban, self.name)
-        detail.update(path=self.path, line=line)
-        return detail
+        results: list[ActionDetail | BackendError] = []
+        for ban, line in zip(bans, wanted, strict=True):
+            detail = ban_fields(ban, self.name)
+            detail.update(path=self.path, line=line)
+            results.append(detail)
+        return results
 
     def unblock(self, detail: ActionDetail) -> None:
         """Remove the line this ban put there (rendered again from the validated ban)."""

@@ -162,3 +162,36 @@ def test_missing_directory_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="cannot add"):
         backend.block(BanSpec.create("198.18.0.2"))
     assert backend.degraded is not None
+
+
+def test_many_bans_in_one_rewrite(deny: Path) -> None:
+    """A burst's lines go in with one rewrite (one new inode), each once, in order; a line
+    already in the file or twice in the burst is not added again."""
+    deny.write_text("ALL: 198.18.0.3 : DENY\n")
+    before = deny.stat().st_ino
+    backend = HostsDenyBackend(str(deny))
+    bans = [BanSpec.create(a) for a in ("198.18.0.2", "198.18.0.3", "fd00:5e::2", "198.18.0.2")]
+    details = backend.block_many(bans)
+    assert lines(deny) == [
+        "ALL: 198.18.0.3 : DENY",
+        "ALL: 198.18.0.2 : DENY",
+        "ALL: [fd00:5e::2] : DENY",
+    ]
+    assert deny.stat().st_ino != before  # rewritten, then renamed over it
+    assert [d["line"] for d in details if not isinstance(d, BackendError)] == [
+        "ALL: 198.18.0.2 : DENY", "ALL: 198.18.0.3 : DENY", "ALL: [fd00:5e::2] : DENY",
+        "ALL: 198.18.0.2 : DENY",
+    ]  # fmt: skip
+    renamed = deny.stat().st_ino
+    backend.block_many(bans)  # nothing new: the file is left alone
+    assert deny.stat().st_ino == renamed
+
+
+def test_many_bans_refused_together_by_an_unsafe_file(deny: Path) -> None:
+    deny.chmod(0o646)
+    backend = HostsDenyBackend(str(deny))
+    outcomes = backend.block_many([BanSpec.create("198.18.0.2"), BanSpec.create("198.18.0.4")])
+    assert all(isinstance(o, BackendError) for o in outcomes)
+    assert "cannot add 2 lines" in str(outcomes[0])
+    assert "world-writable" in str(outcomes[0])
+    assert lines(deny) == ["# /etc/hosts.deny", "sshd: 203.0.113.7"]

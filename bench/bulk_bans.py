@@ -1,0 +1,183 @@
+"""Bulk bans: decisions in their thousands, from decision to the kernel and to the store.
+
+A distributed scan or a fleet's decisions bring thousands of bans at once. This times the
+response side alone, with the real parts: the nftables table in a fresh network namespace
+(nothing is sent, no interface is needed), the daemon's SQLite file, its history and blocked
+files. Per configuration (the embedded defaults and Debian's portsentry.conf with
+BLOCK_TCP/UDP=1, every path in the run directory) and per path, N ban requests for distinct
+addresses in 198.19.0.0/16 and fd00:b::/64:
+
+- ``responder``: the daemon's own path. The detection loop's calls, as it makes them for N new
+  sources (``Responder.ban`` per decision, ``end_turn`` every 256, the loop's turn): the
+  nftables elements go to the kernel from the loop (``first_ban``), the worker thread records
+  them, writes the other backends, the files and the log lines, which the loop drains and
+  writes to a file as it does to its log. Timed from the first call to the last element in
+  the kernel (the loop's calls return once the kernel acknowledged) and to the worker's last
+  ban recorded active.
+- ``ban_many``: the worker's step alone (``BanManager.ban_many`` in batches of
+  ``BAN_BATCH``), as the CLI and a fleet's decisions use it: store, backends (nftables by
+  libnftables), store again.
+
+Each run gets a fresh state directory and an empty table; the counts are checked afterwards
+against ``nft`` and the SQLite file. Prints figures and the commands; asserts nothing.
+Needs root, iproute2 and nft. Usage: python3 bench/bulk_bans.py [--count N] [--runs R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scan_subjects import PortSentinel  # the scan benchmark's two configurations
+
+from portsentinel.config import load_config
+from portsentinel.model import Mode, Proto
+from portsentinel.respond.backends import Backends, files_for
+from portsentinel.respond.bans import BanManager, BanRequest
+from portsentinel.respond.worker import BAN_BATCH, Responder
+from portsentinel.store.sqlite import Store
+
+TURN = 256  # decisions per loop turn (``pipeline.RING_TURN``)
+
+
+def _requests(count: int) -> list[BanRequest]:
+    reqs = []
+    for i in range(count):
+        v6 = i % 4 == 3  # a quarter IPv6
+        address = f"fd00:b::{i:x}" if v6 else f"198.19.{(i >> 8) & 255}.{i & 255}"
+        port = 1 + i % 1000
+        evidence = {"hits": 1, "ports": [f"tcp/{port}"], "kinds": ["syn"],
+                    "first_seen": 1.0e9, "last_seen": 1.0e9}  # fmt: skip
+        reqs.append(BanRequest(address, port, Proto.TCP, Mode.ATCP, 1,
+                               "syn scan: trigger", "atcp", evidence))  # fmt: skip
+    return reqs
+
+
+def _active(state: Path) -> int:
+    with sqlite3.connect(f"file:{state / 'portsentinel.db'}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM bans WHERE state = 'active'").fetchone()[0])
+
+
+def _elements() -> int:
+    out = subprocess.run(["nft", "-j", "list", "table", "inet", "portsentinel"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    count = 0
+    for item in json.loads(out)["nftables"]:
+        found = item.get("set")
+        if found and found["name"] in ("ban4", "ban6"):
+            count += len(found.get("elem", []))
+    return count
+
+
+def inside(config: str, state: Path, count: int, path: str) -> dict[str, float]:
+    """One run, in the namespace: the figures as a dict."""
+    settings = load_config(config).settings
+    reqs = _requests(count)
+    out: dict[str, float] = {}
+    if path == "responder":
+        responder = Responder(settings, str(state))
+        responder.start()
+        with open(state / "daemon.log", "w") as log:
+            started = time.perf_counter()
+            for i, req in enumerate(reqs, 1):
+                responder.ban(req)
+                if i % TURN == 0:
+                    responder.end_turn()
+                    log.writelines(m.text + "\n" for m in responder.messages())
+            responder.end_turn()
+            out["kernel"] = time.perf_counter() - started
+            while responder.bans_added < count:
+                log.writelines(m.text + "\n" for m in responder.messages())
+                time.sleep(0.001)
+            out["store"] = time.perf_counter() - started
+            for message in responder.close():
+                log.write(message.text + "\n")
+    else:
+        store = Store.open(str(state))
+        backends = Backends(settings)
+        lines: list[str] = []
+        manager = BanManager(settings, store, backends, log=lines.append, files=files_for(settings))
+        started = time.perf_counter()
+        for start in range(0, count, BAN_BATCH):
+            manager.ban_many(reqs[start : start + BAN_BATCH], time.time())
+        out["kernel"] = out["store"] = time.perf_counter() - started
+        backends.stop()
+        store.close()
+    out["in_kernel"] = _elements()
+    out["in_store"] = _active(state)
+    return out
+
+
+def _config(run: Path, which: str) -> Path:
+    return PortSentinel._config(run, which)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=20000, help="bans per run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--configs", default="default,debian")
+    parser.add_argument("--paths", default="responder,ban_many")
+    parser.add_argument("--inside", nargs=3, metavar=("CONFIG", "STATE", "PATH"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    args = parser.parse_args()
+    if args.inside:
+        config, state, path = args.inside
+        print(json.dumps(inside(config, Path(state), args.count, path)))
+        return 0
+    if os.geteuid() != 0:
+        print("needs root (a network namespace and nft)", file=sys.stderr)
+        return 2
+    namespace = f"psbulk-{os.getpid()}"
+    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    print(f"{args.count} bans per run, a quarter IPv6; namespace {namespace}")
+    figures: dict[tuple[str, str], list[dict[str, float]]] = {}
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        for run in range(args.runs):
+            for which in args.configs.split(","):
+                for path in args.paths.split(","):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        config = _config(Path(tmp), which)
+                        state = Path(tmp) / "state"
+                        state.mkdir()
+                        subprocess.run(["ip", "netns", "exec", namespace, "nft", "delete",
+                                        "table", "inet", "portsentinel"],
+                                       check=False, capture_output=True)  # fmt: skip
+                        command = ["ip", "netns", "exec", namespace, sys.executable, __file__,
+                                   "--count", str(args.count), "--inside", str(config),
+                                   str(state), path]  # fmt: skip
+                        if run == 0 and not figures.get((which, path)):
+                            print("  $ " + " ".join([*command[:6], "..."]))
+                        done = subprocess.run(command, check=False, capture_output=True, text=True)
+                        if done.returncode != 0:
+                            print(done.stderr, file=sys.stderr)
+                            return 1
+                        got = json.loads(done.stdout.strip().splitlines()[-1])
+                        figures.setdefault((which, path), []).append(got)
+                        print(f"  run {run + 1} {which:7} {path:9}: kernel {got['kernel']:.3f} s, "
+                              f"store {got['store']:.3f} s; in the kernel {got['in_kernel']:.0f}, "
+                              f"active in the store {got['in_store']:.0f}")  # fmt: skip
+    finally:
+        subprocess.run(["ip", "netns", "delete", namespace], check=False)
+    print(f"\n| config | path | to the kernel, bans/s (median of {args.runs}) | to the store |")
+    print("|---|---|---|---|")
+    for (which, path), runs in figures.items():
+        kernel = statistics.median(args.count / r["kernel"] for r in runs)
+        store = statistics.median(args.count / r["store"] for r in runs)
+        print(f"| {which} | {path} | {kernel:,.0f} | {store:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
