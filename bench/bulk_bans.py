@@ -5,7 +5,7 @@ response side alone, with the real parts: the nftables table in a fresh network 
 (nothing is sent, no interface is needed), the daemon's SQLite file, its history and blocked
 files. Per configuration (the embedded defaults and Debian's portsentry.conf with
 BLOCK_TCP/UDP=1, every path in the run directory) and per path, N ban requests for distinct
-addresses in 198.19.0.0/16 and fd00:b::/64:
+addresses in 198.19.0.0/16 and fd00:b::/48 (one per /64):
 
 - ``responder``: the daemon's own path. The detection loop's calls, as it makes them for N new
   sources (``Responder.ban`` per decision, ``end_turn`` every 256, the loop's turn): the
@@ -54,7 +54,8 @@ def _requests(count: int) -> list[BanRequest]:
     reqs = []
     for i in range(count):
         v6 = i % 4 == 3  # a quarter IPv6
-        address = f"fd00:b::{i:x}" if v6 else f"198.19.{(i >> 8) & 255}.{i & 255}"
+        # Distinct hosts, as a fleet's decisions are (IPv6 ones in /64s of their own).
+        address = f"fd00:b:0:{i:x}::1" if v6 else f"198.19.{(i >> 8) & 255}.{i & 255}"
         port = 1 + i % 1000
         evidence = {"hits": 1, "ports": [f"tcp/{port}"], "kinds": ["syn"],
                     "first_seen": 1.0e9, "last_seen": 1.0e9}  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from socket import AF_INET6, inet_ntop, inet_pton  # noqa: TID251 - text<->bytes only, no socket
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -86,6 +87,21 @@ def canonical_ipv4(text: str) -> bool:
     decimal octets, no leading zeros)? A check many times cheaper than parsing, for the paths
     that handle thousands of addresses at once; anything else goes the slow, general way."""
     return _CANONICAL_IPV4.fullmatch(text) is not None
+
+
+def canonical_ipv6(text: str) -> bool:
+    """Is ``text`` an IPv6 address exactly as ``ipaddress`` writes it (``fd00:b::2``)? Only
+    True when it is; False for every other text and for some addresses in ::/80. The C
+    library's writing agrees with ``ipaddress``'s (RFC 5952: lower case, no leading zeros, the
+    leftmost longest run of two or more zero groups as ``::``) except where it writes an IPv4
+    tail (mapped and compatible addresses), which this refuses. A fraction of a parse's cost,
+    for the paths that handle thousands of addresses; anything refused goes the general way."""
+    if "." in text:
+        return False
+    try:
+        return inet_ntop(AF_INET6, inet_pton(AF_INET6, text)) == text
+    except (OSError, ValueError):
+        return False
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"

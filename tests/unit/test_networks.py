@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from portsentinel.networks import AddressSet, canonical_ipv4
+from portsentinel.networks import AddressSet, canonical_ipv4, canonical_ipv6
 
 
 def packed(text: str) -> bytes:
@@ -79,3 +79,45 @@ def _ipaddress_writes_it(text: str) -> bool:
 ))  # fmt: skip
 def test_canonical_ipv4_says_exactly_what_ipaddress_would_write(text: str) -> None:
     assert canonical_ipv4(text) == _ipaddress_writes_it(text)
+
+
+def _ipaddress_writes_it_v6(text: str) -> bool:
+    try:
+        address = ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return str(address) == text and address.ipv4_mapped is None
+
+
+def _respelt(address: ipaddress.IPv6Address) -> list[str]:
+    """Other spellings of one address: upper case, every group written out, a dotted tail."""
+    return [str(address).upper(), address.exploded, f"::ffff:{address.packed[-4:].hex()}"]
+
+
+_GROUPS = st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x5E, 0xFD00])  # runs of zeros, ties included
+
+
+@given(st.one_of(
+    st.ip_addresses(v=6).map(str),
+    st.lists(_GROUPS, min_size=8, max_size=8).map(
+        lambda groups: str(ipaddress.IPv6Address(int("".join(f"{g:04x}" for g in groups), 16)))
+    ),
+    st.ip_addresses(v=6).flatmap(lambda a: st.sampled_from(_respelt(a))),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.ip_addresses(network="::/80").map(str),
+    st.text("0123456789abcdefABCDEF:.%", max_size=24),
+))  # fmt: skip
+@example("::1:1")  # the C library writes ::0.1.0.1
+@example("::102:304")
+@example("::ffff:0:0")
+@example("::5e:0:0")
+@example("::1")
+@example("::")
+def test_canonical_ipv6_never_says_what_ipaddress_would_not_write(text: str) -> None:
+    """The C library's writing stands in for ``ipaddress``'s: never a text ``ipaddress`` would
+    write otherwise, and every one it writes outside ::/80, where the C library may write an
+    IPv4 tail (mapped and compatible addresses: those go the general way)."""
+    writes_it = _ipaddress_writes_it_v6(text)
+    assert not canonical_ipv6(text) or writes_it
+    if writes_it and ipaddress.IPv6Address(text) not in ipaddress.ip_network("::/80"):
+        assert canonical_ipv6(text)

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
-from portsentinel.networks import canonical_ipv4
+from portsentinel.networks import canonical_ipv4, canonical_ipv6
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class BanSpec:
     timeout: float | None = None
 
     def __post_init__(self) -> None:
-        if not (self.prefix == 32 and canonical_ipv4(self.address)):  # else: no need to parse
+        if not _canonical_host(self.address, self.prefix):  # else: no need to parse
             self._check_network()
         if not 0 <= self.port <= 65535:
             raise ValueError(f"ban port {self.port} is out of range")
@@ -78,6 +78,8 @@ class BanSpec:
         """A ban from any valid address text; ``prefix`` None means the whole address."""
         if prefix in (None, 32) and canonical_ipv4(address):
             return cls(address, 32, port, proto, mode, timeout)
+        if prefix in (None, 128) and canonical_ipv6(address):
+            return cls(address, 128, port, proto, mode, timeout)
         parsed: Address = ipaddress.ip_address(address.strip())
         if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
             parsed = parsed.ipv4_mapped
@@ -103,6 +105,13 @@ class BanSpec:
     def key(self) -> str:
         """How ``check`` names the ban: the address, or ``net/len`` for a prefix ban."""
         return self.address if self.is_host else f"{self.address}/{self.prefix}"
+
+
+def _canonical_host(address: str, prefix: int) -> bool:
+    """A host address in its normalised text, told without parsing it."""
+    if prefix == 32:
+        return canonical_ipv4(address)
+    return prefix == 128 and canonical_ipv6(address)
 
 
 def _mapped(address: Address) -> bool:

@@ -103,6 +103,10 @@ class Responder:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # A wake-up byte is on its way and the loop has not read the messages since: a burst's
+        # thousands of log lines cost one byte, not a system call each. (Set by the worker,
+        # cleared by the loop before it reads; each step is atomic under the GIL.)
+        self._woken = False
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="responder", daemon=True)
@@ -205,6 +209,7 @@ class Responder:
 
     def messages(self) -> list[WorkerMessage]:
         """Everything the worker told since the last call (never blocks)."""
+        self._woken = False  # before the queue is read: a message put later wakes again
         with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
@@ -233,6 +238,9 @@ class Responder:
 
     def _tell(self, message: WorkerMessage) -> None:
         self._messages.put(message)
+        if self._woken:
+            return
+        self._woken = True
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"!")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-from portsentinel.networks import canonical_ipv4
+from portsentinel.networks import canonical_ipv4, canonical_ipv6
 from portsentinel.store.records import (
     BAN_COLS,
     ActionState,
@@ -26,7 +26,7 @@ from portsentinel.store.records import (
     ban_from_row,
     to_json,
 )
-from portsentinel.store.schema import LIVE_SQL, host_text_key, parse_network
+from portsentinel.store.schema import LIVE_SQL, covering_network, host_text_key, parse_network
 
 CHUNK: Final = 500  # addresses per ``IN (...)``: far below SQLite's variable limit
 
@@ -80,10 +80,8 @@ class BulkBans:
                 width = 128 if ":" in host else 32
                 pairs = [(host, width)] if width in lengths else []
                 shorter = [p for p in lengths if p < width]
-                if shorter:  # prefix bans live: the networks that would cover this host
-                    network = parse_network(host)
-                    pairs += [(str(network.supernet(new_prefix=p).network_address), p)
-                              for p in shorter]  # fmt: skip
+                # prefix bans live: the networks that would cover this host
+                pairs += [(covering_network(host, p), p) for p in shorter]
                 covering[text] = pairs
             texts = sorted({t for pairs in covering.values() for t, _ in pairs})
             found: dict[tuple[str, int], BanRecord] = {}
@@ -125,6 +123,8 @@ class BulkBans:
         for ban in bans:
             if ban.prefix in (None, 32) and canonical_ipv4(ban.address):
                 address, prefix = ban.address, 32
+            elif ban.prefix in (None, 128) and canonical_ipv6(ban.address):
+                address, prefix = ban.address, 128
             else:
                 network = parse_network(ban.address, ban.prefix)
                 address, prefix = str(network.network_address), network.prefixlen

@@ -329,5 +329,8 @@ def _address(address: Any, prefix: int) -> None:
         raise ValueError(f"address {address} with prefix {prefix}: {exc}") from None
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)  # made once: a ban has two
+
+
 def to_json(value: Mapping[str, Any]) -> str:
-    return json.dumps(dict(value), separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(dict(value))

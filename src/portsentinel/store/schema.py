@@ -31,7 +31,7 @@ from typing import Final
 
 from portsentinel import __version__
 from portsentinel.errors import StoreError
-from portsentinel.networks import canonical_ipv4
+from portsentinel.networks import canonical_ipv4, canonical_ipv6
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -71,6 +71,20 @@ def parse_network(text: str, prefix: int | None = None) -> Network:
     return ipaddress.ip_network((address, length), strict=False)
 
 
+def covering_network(host: str, prefix: int) -> str:
+    """The network address text of ``host``'s network of length ``prefix`` (a shorter one
+    than the host's width), as ``parse_network(host).supernet(new_prefix=prefix)`` writes it,
+    at a fraction of its cost: a burst's every host is asked about every live prefix length."""
+    v6 = ":" in host
+    width = 128 if v6 else 32
+    packed = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, host)
+    value = int.from_bytes(packed, "big") >> (width - prefix) << (width - prefix)
+    if not v6:
+        return socket.inet_ntoa(value.to_bytes(4, "big"))
+    text = socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+    return text if "." not in text else str(ipaddress.IPv6Address(value))  # an IPv4 tail
+
+
 def address_key(address: Address) -> bytes:
     """The 16-byte sort key of an address: IPv4 as IPv4-mapped IPv6."""
     if isinstance(address, ipaddress.IPv4Address):
@@ -88,6 +102,8 @@ def host_text_key(text: str) -> tuple[str, bytes]:
     """The normalised text and sort key of one host address; ValueError if it is not one."""
     if canonical_ipv4(text):
         return text, _V4_MAPPED + socket.inet_aton(text)
+    if canonical_ipv6(text):
+        return text, socket.inet_pton(socket.AF_INET6, text)
     network = parse_network(text)
     if network.prefixlen != network.max_prefixlen:  # pragma: no cover - parse_network(host)
         raise ValueError(f"{text!r} is not a host address")

@@ -4,6 +4,7 @@ records and tells the detection loop what changed (WorkerMessage)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import select
@@ -424,3 +425,40 @@ def test_the_conntrack_chain_is_installed_at_start_and_repaired_with_the_bans(
     assert FakeChain.made[1].closed
     assert FakeChain.made[1].problems  # never asked
     assert not failing.notes_ssh_peers
+
+
+def _wake_bytes(worker: Responder) -> int:
+    """The wake-up bytes waiting on the loop's side (read and so taken)."""
+    taken = 0
+    with contextlib.suppress(BlockingIOError):
+        while chunk := worker._wake_r.recv(4096):
+            taken += len(chunk)
+    return taken
+
+
+def _wait_bans(worker: Responder, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while worker.bans_added < count:
+        assert time.monotonic() < deadline, "the bans were not applied in time"
+        time.sleep(0.01)
+
+
+def test_a_burst_of_bans_wakes_the_loop_once_until_it_reads(tmp_path: Path, state: Path) -> None:
+    """Each ban's log line is a message; a burst of them costs one wake-up byte, and a message
+    told after the loop read the others wakes it again."""
+    worker = Responder(quiet_settings(tmp_path), str(state))
+    worker.start()
+    try:
+        worker.messages()
+        for i in range(1, 51):
+            worker.ban(request(i))
+        _wait_bans(worker, 50)
+        assert _wake_bytes(worker) == 1
+        told = worker.messages()
+        assert len([m for m in told if "has been blocked" in m.text]) == 50
+        worker.ban(request(51))
+        _wait_bans(worker, 51)
+        assert select.select([worker.fileno()], [], [], 10)[0]  # woken again
+        assert any("198.19.0.51 " in m.text for m in worker.messages())
+    finally:
+        worker.close()

@@ -10,6 +10,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from portsentinel import __version__
 from portsentinel.errors import StoreError
@@ -62,6 +64,30 @@ def test_host_text_key_normalises_and_refuses_networks() -> None:
     assert schema.host_text_key("FD00::0001") == ("fd00::1", ipaddress.ip_address("fd00::1").packed)
     with pytest.raises(ValueError):  # noqa: PT011
         schema.host_text_key("198.18.0.0/24")
+
+
+@given(st.ip_addresses(), st.data())
+@example(ipaddress.ip_address("::ffff:198.18.0.2"), None)  # an IPv4 tail in the C library's text
+@example(ipaddress.ip_address("::1:2:3"), None)
+def test_covering_network_is_the_supernet_ipaddress_writes(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject | None
+) -> None:
+    host, _ = schema.host_text_key(str(address))  # a mapped address: its IPv4 one
+    normal = ipaddress.ip_address(host)
+    width = normal.max_prefixlen
+    edges = [0, 8, 24, 31] if width == 32 else [0, 8, 24, 31, 64, 96, 127]
+    prefixes = [data.draw(st.integers(0, width - 1))] if data else edges
+    for prefix in prefixes:
+        expected = ipaddress.ip_network((normal, width)).supernet(new_prefix=prefix)
+        assert schema.covering_network(host, prefix) == str(expected.network_address)
+
+
+def test_host_text_key_takes_both_families_written_as_ipaddress_writes_them() -> None:
+    for text in ("198.18.0.2", "fd00:b::2", "::ffff:198.18.0.2", "::1:2:3"):
+        address = ipaddress.ip_address(text)
+        mapped = getattr(address, "ipv4_mapped", None)
+        expected = mapped if mapped is not None else address
+        assert schema.host_text_key(text) == (str(expected), schema.address_key(expected))
 
 
 def test_a_transaction_rolls_back_on_error_and_commits_otherwise() -> None:
