@@ -89,8 +89,9 @@ def _ipaddress_writes_it_v6(text: str) -> bool:
     return str(address) == text and address.ipv4_mapped is None
 
 
-def _respelt(address: ipaddress.IPv6Address) -> list[str]:
+def _respelt(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
     """Other spellings of one address: upper case, every group written out, a dotted tail."""
+    assert isinstance(address, ipaddress.IPv6Address)
     return [str(address).upper(), address.exploded, f"::ffff:{address.packed[-4:].hex()}"]
 
 
