@@ -235,6 +235,19 @@ class Settings:
         "the kernel is asked before each ban, so a session opened a moment ago counts",
         origin=_NEW,
     )  # fmt: skip
+    kernel_hold: bool = setting(
+        key="KERNEL_HOLD", parse=t.flag, default="0", unit="0/1",
+        help="the kernel itself drops a new connection's first packet to a watched port no "
+        "socket uses and holds its source (new connections only) for KERNEL_HOLD_TIME, until "
+        "the daemon bans or releases it: a scanner learns nothing. A forged probe delays a "
+        "real client's new connections by up to the hold time; needs the nftables backend",
+        origin=_NEW,
+    )  # fmt: skip
+    kernel_hold_time: float = setting(
+        key="KERNEL_HOLD_TIME", parse=t.duration_range(1.0, 300.0), default="10s", unit="seconds",
+        help="how long the kernel holds a source the daemon neither banned nor released",
+        origin=_NEW,
+    )  # fmt: skip
     ssh_ports: frozenset[int] = setting(
         key="SSH_PORTS", parse=t.port_list, default="22", unit="ports",
         help="local ports whose established peers count as SSH sessions", origin=_NEW,

@@ -280,6 +280,21 @@ positive_duration: ValueType[float] = ValueType(
 )
 
 
+def duration_range(low: float, high: float) -> ValueType[float]:
+    """A duration from ``low`` to ``high`` seconds, both included."""
+
+    def parse(raw: str) -> float:
+        seconds = _seconds(raw, positive=False)
+        if not low <= seconds <= high:
+            raise InvalidValueError(
+                f"{raw.strip()} is outside {duration_text(low)}-{duration_text(high)}"
+            )
+        return seconds
+
+    words = f"{_DURATION_WORDS}, from {duration_text(low)} to {duration_text(high)}"
+    return ValueType(name="duration", expected=words, parse=parse, render=duration_text)
+
+
 def _ban_length(raw: str) -> float | None:
     if raw.strip().lower() == PERMANENT:
         return None

@@ -26,13 +26,14 @@ from functools import partial
 from portsentinel.alert.notify import ban_info
 from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
-from portsentinel.errors import PortSentinelError, StoreError
+from portsentinel.errors import PortSentinelError
 from portsentinel.host.resolver import Resolver
 from portsentinel.respond.backends import Backends, Network, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.first_ban import FirstBan, eligible
 from portsentinel.respond.names import Names
 from portsentinel.respond.protected import Entries, lift_protected
+from portsentinel.respond.retry import StoreRetry
 from portsentinel.store.records import DamagedRowError, EventRow
 from portsentinel.store.sqlite import Store
 
@@ -44,12 +45,6 @@ START_TIMEOUT = 120.0
 MAX_PENDING_ALERTS = 2_000  # alerts waiting for the worker before new ones are dropped
 MAX_PENDING_ROWS = 20_000  # probe records waiting for the store before new ones are dropped
 BAN_BATCH = 4096  # bans waiting in the queue that the worker applies in one go
-RETRY_FIRST = 0.1  # seconds before a step the store refused is tried again, doubling ...
-RETRY_MAX = 5.0  # ... up to this
-OUTAGE_NOTICE_EVERY = 60.0  # an outage that goes on is said again this often
-# What SQLite says when the store is damaged: retrying cannot help, a restart may (start-up
-# sets a damaged file aside). Anything else (locked, busy, disk full, I/O) may pass.
-_DAMAGED = ("malformed", "not a database", "not a usable")
 
 
 @dataclass(frozen=True)
@@ -121,10 +116,7 @@ class Responder:
         self._rows_queued = self._rows_done = 0
         self.alerts_dropped = 0
         self.rows_dropped = 0
-        # Since when, and why, the store refuses writes (None: it does not); read by status.
-        self.store_outage: tuple[float, str] | None = None
-        self._outage_said = 0.0
-        self._closing = threading.Event()
+        self._retry = StoreRetry(self._log, lambda: self._first is not None)
         self._names: Names | None = None  # RESOLVE_HOST: the history lines' own writer
         # The detection loop's own way to the kernel for a first ban (used from its thread).
         self._first: FirstBan | None = FirstBan(settings, self._log) if eligible(settings) else None
@@ -225,7 +217,7 @@ class Responder:
         self.end_turn()
         if self._first is not None:
             self._first.close()
-        self._closing.set()
+        self._retry.closing.set()
         if self._thread.is_alive():
             self._jobs.put(_STOP)
             self._thread.join(timeout)
@@ -345,15 +337,16 @@ class Responder:
                         break
                     batch.append(more)
                 # Retried until the store takes it (a retry resumes what a refusal left).
-                self._until_stored(partial(self._ban, manager, batch), "bans")
+                self._retry.until_stored(partial(self._ban, manager, batch), "bans")
             elif isinstance(job, Alert):
                 try:
-                    self._until_stored(partial(manager.record_alert, job.request, now), "alert")
+                    alert = partial(manager.record_alert, job.request, now)
+                    self._retry.until_stored(alert, "alert")
                 finally:
                     self._alerts_done += 1
             elif isinstance(job, tuple):
                 try:
-                    self._until_stored(partial(store.add_events, job), "records")
+                    self._retry.until_stored(partial(store.add_events, job), "records")
                 finally:
                     self._rows_done += len(job)
             elif isinstance(job, Settings):
@@ -361,23 +354,23 @@ class Responder:
             elif job is _PROTECT:
                 self._protect_due = True
             if self._protect_due:  # until the store takes the lifts
-                self._protect_due = not self._once(
+                self._protect_due = not self._retry.once(
                     partial(self._lift_protected, manager, now), "lift"
                 )
             mono = time.monotonic()
             # Timed steps: one refused by the store is tried again at its next time.
             if mono >= timers["expire"]:
                 timers["expire"] = mono + EXPIRE_EVERY
-                self._once(partial(self._expire, manager, now), "expiry")
+                self._retry.once(partial(self._expire, manager, now), "expiry")
             if mono >= timers["poll"]:
                 timers["poll"] = mono + POLL_EVERY
-                self._once(partial(self._poll, store, now), "poll")
+                self._retry.once(partial(self._poll, store, now), "poll")
             if mono >= timers["repair"]:
                 timers["repair"] = mono + REPAIR_EVERY
-                self._once(partial(self._repair, manager, now), "repair")
+                self._retry.once(partial(self._repair, manager, now), "repair")
             if mono >= timers["purge"]:
                 timers["purge"] = mono + PURGE_EVERY
-                self._once(partial(store.purge_events, now - s.event_retention), "purge")
+                self._retry.once(partial(store.purge_events, now - s.event_retention), "purge")
             manager.settle_damaged(now)  # rows any step above found damaged: said once
 
     # --- the store refusing: retried, reported, fatal only when it is damaged ---------------
@@ -386,45 +379,10 @@ class Responder:
         for record in manager.expire(now):
             self._release(record.address)
 
-    def _until_stored(self, step: Callable[[], object], what: str) -> None:
-        """Run ``step`` until the store takes it, backing off; given up only at close (what
-        did not reach the store then is in the kernel, and start-up adopts it)."""
-        delay = RETRY_FIRST
-        while not self._once(step, what):
-            if self._closing.wait(delay):
-                self._log(f"adminalert: ERROR: {what} not stored before the stop")
-                return
-            delay = min(delay * 2, RETRY_MAX)
-
-    def _once(self, step: Callable[[], object], what: str) -> bool:
-        """Run ``step``; False when the store refused it for a reason that may pass."""
-        try:
-            step()
-        except StoreError as exc:
-            if any(word in str(exc) for word in _DAMAGED):
-                raise
-            self._outage(str(exc), what)
-            return False
-        if self.store_outage is not None:
-            since = self.store_outage[0]
-            self.store_outage = None
-            self._log(
-                f"adminalert: the state store takes writes again after {time.time() - since:.1f}s"
-            )
-        return True
-
-    def _outage(self, why: str, what: str) -> None:
-        now = time.time()
-        outage = self.store_outage
-        if outage is None or now - self._outage_said >= OUTAGE_NOTICE_EVERY:
-            self._outage_said = now
-            nft = "their nftables elements are in the kernel; " if self._first else ""
-            self._log(
-                f"adminalert: ERROR: the state store refuses writes ({why}); {what} wait and are "
-                f"retried; {nft}bans in force stay in force"
-            )
-        if outage is None:
-            self.store_outage = (now, why)
+    @property
+    def store_outage(self) -> tuple[float, str] | None:
+        """Since when, and why, the store refuses writes (None: it does not); for status."""
+        return self._retry.outage
 
     def health(self) -> dict[str, bool]:
         """Each backend built so far: True unless marked degraded (for the metrics)."""

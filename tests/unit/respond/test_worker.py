@@ -25,6 +25,7 @@ from portsentinel.host.neverblock import Entry, Source
 from portsentinel.host.resolver import Resolver
 from portsentinel.model import Proto
 from portsentinel.respond import bans as bans_module
+from portsentinel.respond import retry as retry_module
 from portsentinel.respond import worker as responder_module
 from portsentinel.respond.bans import BanRequest
 from portsentinel.respond.names import Names
@@ -245,7 +246,7 @@ def refusing(monkeypatch: pytest.MonkeyPatch, message: str, times: int) -> list[
         return real(self, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(bans_module.BanManager, "ban_many", flaky)
-    monkeypatch.setattr(responder_module, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(retry_module, "RETRY_FIRST", 0.01)
     return calls
 
 
