@@ -26,7 +26,8 @@ source is dropped and counted there first)::
     (and the ipv6 sets)
     chain hold { type filter hook input priority filter - 5; policy accept;
         ct state established,related return; iif lo return
-        ip saddr @keep4 return; ip saddr @ssh4 return; ip saddr @free4 return
+        ip saddr @keep4 return; ip saddr @ssh4 return (when that set exists)
+        ip saddr @free4 return
         ip saddr @hold4 ct state { new, invalid } drop
         <not a probe's flags> return
         tcp dport @hold_tcp socket transparent 0 return  (a socket uses it; 1 likewise)
@@ -45,9 +46,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from portsentinel.block.libnft import LibnftRunner
 from portsentinel.block.nftables import CHAINS, PRIORITY, TABLE_REF
 from portsentinel.block.runner import CommandRunner, RunResult
-from portsentinel.block.table import SSH4, SSH6, SSH_IDLE
+from portsentinel.block.table import SSH4, SSH6
 
 CHAIN = "hold"
 PRIORITY_TEXT = f"filter - {-PRIORITY - 5}"  # after the ban chains (filter - 10)
@@ -104,23 +106,23 @@ OWN_SETS = (HOLD4, FREE4, KEEP4, HOLD6, FREE6, KEEP6, PORTS_TCP, PORTS_UDP)
 def install_script(plan: HoldPlan, present: Iterable[str] = ()) -> str:
     """One transaction that builds the chain and its sets anew (``present``: the names of the
     chain and sets of ours already in the table, which go first: nft cannot change a set's
-    timeout in place). The keep sets start empty: the caller fills them (pure)."""
+    timeout in place). The keep sets start empty: the caller fills them. SSH peers are spared
+    when ``plan.ssh`` and the conntrack chain's sets are ``present`` (pure)."""
     t = TABLE_REF
     hold = seconds_text(plan.seconds)
     lines = [f"add table {t}"]
     there = set(present)
+    ssh = plan.ssh and {SSH4, SSH6} <= there
     if CHAIN in there:
         lines.append(f"delete chain {t} {CHAIN}")
     lines += [f"delete set {t} {name}" for name in OWN_SETS if name in there]
-    for held, free, keep, ssh, kind, _ in _FAMILIES:
+    for held, free, keep, _, kind, _ in _FAMILIES:
         lines += [
             f"add set {t} {held} {{ type {kind}; flags dynamic,timeout; timeout {hold}; "
             f"size {SIZE}; }}",
             f"add set {t} {free} {{ type {kind}; flags timeout; size {SIZE}; }}",
             f"add set {t} {keep} {{ type {kind}; flags interval; auto-merge; }}",
         ]
-        if plan.ssh:  # as the conntrack chain makes them (``table.script``): kept if there
-            lines.append(f"add set {t} {ssh} {{ type {kind}; flags timeout; timeout {SSH_IDLE}; }}")
     for name, ports in ((PORTS_TCP, plan.tcp), (PORTS_UDP, plan.udp)):
         lines.append(f"add set {t} {name} {{ type inet_service; flags interval; }}")
         if ports:
@@ -129,10 +131,10 @@ def install_script(plan: HoldPlan, present: Iterable[str] = ()) -> str:
                  "policy accept; }")  # fmt: skip
     rule = f"add rule {t} {CHAIN}"
     lines += [f"{rule} ct state established,related return", f"{rule} iif lo return"]
-    for held, free, keep, ssh, _, proto in _FAMILIES:
+    for held, free, keep, peers, _, proto in _FAMILIES:
         lines.append(f"{rule} {proto} saddr @{keep} return")
-        if plan.ssh:
-            lines.append(f"{rule} {proto} saddr @{ssh} return")
+        if ssh:
+            lines.append(f"{rule} {proto} saddr @{peers} return")
         lines.append(f"{rule} {proto} saddr @{free} return")
         lines.append(f"{rule} {proto} saddr @{held} ct state {{ new, invalid }} counter drop")
     # Only a probe's flags: a SYN, or none of SYN, ACK and RST (FIN, NULL, XMAS).
@@ -227,12 +229,17 @@ class HoldTable:
             return f"chain {CHAIN} lacks its rules"
         return None
 
+    def close(self) -> None:
+        if isinstance(self._runner, LibnftRunner):
+            self._runner.close()
+
     def _run(self, script: str) -> RunResult:
         return self._runner.run(["nft", "-f", "-"], input=script, timeout=TIMEOUT)
 
 
 def present_in(listing: str) -> set[str]:
-    """Our chain and sets named in ``nft -j list table``'s output (pure)."""
+    """Our chain and sets (and the SSH peers' sets) named in ``nft -j list table``'s output
+    (pure)."""
     try:
         items = json.loads(listing)["nftables"]
     except (ValueError, KeyError, TypeError):
@@ -241,7 +248,7 @@ def present_in(listing: str) -> set[str]:
     for item in items if isinstance(items, list) else []:
         for kind in ("chain", "set"):
             found = item.get(kind) if isinstance(item, dict) else None
-            if isinstance(found, dict) and found.get("name") in (CHAIN, *OWN_SETS):
+            if isinstance(found, dict) and found.get("name") in (CHAIN, SSH4, SSH6, *OWN_SETS):
                 names.add(str(found["name"]))
     return names
 

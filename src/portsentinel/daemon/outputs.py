@@ -20,6 +20,7 @@ from portsentinel.detect.track import kinds_of
 from portsentinel.model import Action, Decision, Proto, Reason, addr_text
 from portsentinel.ratelimit import SUMMARY_EVERY, RepeatLimiter
 from portsentinel.respond.bans import BanRequest
+from portsentinel.respond.hold import releases
 from portsentinel.store.records import EventRow
 
 if TYPE_CHECKING:
@@ -86,10 +87,14 @@ class Outputs:
         store = self.responder is not None
         allow, count, notifier = self.repeats.allow, self.counts.add, self.notifier
         gated = self.gated
+        responder = self.responder
+        holder = responder if responder is not None and responder.holds else None
         for decision in decisions:
             wall = decision.time + offset
             if decision.first:  # the response first: a first ban goes to the kernel from here
                 self._respond(decision, wall)
+            if holder is not None and releases(decision):  # KERNEL_HOLD: not banned: let go
+                holder.release(decision.src)
             count(decision)
             if events is not None:
                 events.event(decision, wall)

@@ -37,6 +37,7 @@ from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
 from portsentinel.model import Action, Proto
 from portsentinel.ratelimit import SUMMARY_EVERY
+from portsentinel.respond.hold import hold_plan
 from portsentinel.respond.worker import Responder, WorkerMessage
 
 # Timer periods, in seconds.
@@ -225,7 +226,7 @@ class Pipeline:
         self._banner = setup.settings.port_banner or None
         self._reopen_listeners(old, setup)
         if self.responder is not None:
-            self.responder.reload(setup.settings)
+            self.responder.reload(setup.settings, hold_plan(setup))
         if self.events is not None:
             self.events.reopen()
         source = setup.config.path or "embedded defaults"

@@ -23,6 +23,7 @@ from portsentinel.daemon.metrics import MetricsServer
 from portsentinel.daemon.pipeline import Pipeline
 from portsentinel.daemon.sources import StartupError
 from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError
+from portsentinel.respond.hold import hold_plan, hold_refusal
 from portsentinel.respond.worker import Responder
 from portsentinel.store.lock import StateLock
 
@@ -81,6 +82,7 @@ class Daemon:
                         protection=pipeline.protection.entries,
                         on_ban=notifier.ban_result if notifier is not None else None,
                         conntrack=pipeline.host.tracks_replies,
+                        hold=hold_plan(self.setup),
                     )
                 )
             metrics = MetricsServer.from_settings(
@@ -101,6 +103,10 @@ class Daemon:
                 self.log.line(f"adminalert: metrics on http://{host}:{port}/metrics")
                 pipeline.watched["metrics"] = metrics.alive
             settings = self.setup.settings
+            refusal = hold_refusal(self.setup)
+            if settings.kernel_hold and (refusal is not None or self.options.dry_run):
+                why = "a dry run touches no firewall" if self.options.dry_run else refusal
+                self.log.line(f"adminalert: WARNING: KERNEL_HOLD=1 is not used: {why}")
             backend = settings.block_backend.value
             if kill_route_replaced(backend, settings.kill_route):
                 self.log.line(

@@ -182,8 +182,10 @@ class HoldKeeper:
             self.keep(entries)
 
     def stop(self) -> None:
+        """The chain removed (when installed), the table's nft context freed."""
         if self.installed:
             why = self.table.remove()
             if why is not None:
                 self._log(f"adminalert: ERROR: KERNEL_HOLD: cannot remove the hold chain: {why}")
             self.installed = False
+        self.table.close()

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from functools import partial
 
 from portsentinel.alert.notify import ban_info
+from portsentinel.block.hold import HoldPlan, HoldTable
+from portsentinel.block.libnft import select_runner
+from portsentinel.block.runner import Runner
 from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import PortSentinelError
@@ -31,6 +34,7 @@ from portsentinel.host.resolver import Resolver
 from portsentinel.respond.backends import Backends, Network, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.first_ban import FirstBan, eligible
+from portsentinel.respond.hold import HoldKeeper, Releases
 from portsentinel.respond.names import Names
 from portsentinel.respond.protected import Entries, lift_protected
 from portsentinel.respond.retry import StoreRetry
@@ -67,6 +71,13 @@ _STOP = object()
 _PROTECT = object()  # the never-block set changed
 
 
+@dataclass(frozen=True)
+class _HoldChange:
+    """KERNEL_HOLD's plan changed with a reload."""
+
+    plan: HoldPlan | None
+
+
 class Responder:
     def __init__(
         self,
@@ -77,16 +88,20 @@ class Responder:
         on_ban: Callable[[str, Mapping[str, object] | None], None] | None = None,
         protection: Entries | None = None,
         conntrack: bool = False,
+        hold: HoldPlan | None = None,
     ) -> None:
         """``protected``: does a network hold a never-block address (for IPv6 prefix bans);
         ``on_ban(address, ban info or None)`` is called from the worker after each attempt;
         ``protection``: the never-block set's entries now (asked from the worker's thread),
         whose addresses' bans are lifted at start-up and after each ``protect``;
         ``conntrack``: the detector asks conntrack about replies, so the worker installs the
-        table's tracking chain at start and repairs it with the bans (``block/table.py``)."""
+        table's tracking chain at start and repairs it with the bans (``block/table.py``);
+        ``hold``: KERNEL_HOLD's plan (``respond/hold.py``): the worker keeps the hold chain,
+        the loop releases the sources it does not ban."""
         self.settings = settings
         self._conntrack = conntrack
         self._chain: ConntrackChain | None = None
+        self._keeper: HoldKeeper | None = None  # KERNEL_HOLD's chain (worker thread only)
         self._protected = protected
         self._protection = protection
         self._on_ban = on_ban
@@ -120,6 +135,8 @@ class Responder:
         self._names: Names | None = None  # RESOLVE_HOST: the history lines' own writer
         # The detection loop's own way to the kernel for a first ban (used from its thread).
         self._first: FirstBan | None = FirstBan(settings, self._log) if eligible(settings) else None
+        self._hold = hold  # the plan the worker applies (replaced by ``reload``)
+        self._releases = Releases(hold.seconds, self._log) if hold is not None else None
         # The table's chain notes SSH peers in its sets (``block/table.py``): set once by the
         # worker, read by the loop's never-block check.
         self.notes_ssh_peers = False
@@ -150,9 +167,22 @@ class Responder:
             self._jobs.put(request)
 
     def end_turn(self) -> None:
-        """Once a detection-loop turn: first bans held during the turn go to the kernel."""
+        """Once a detection-loop turn: first bans held during the turn go to the kernel, and
+        the turn's releases from KERNEL_HOLD."""
         if self._first is not None:
             self._first.end_turn(self._jobs.put)
+        if self._releases is not None:
+            self._releases.end_turn()
+
+    @property
+    def holds(self) -> bool:
+        """Does KERNEL_HOLD hold sources the loop must release when it does not ban them?"""
+        return self._releases is not None
+
+    def release(self, address: str) -> None:
+        """KERNEL_HOLD: the loop decided not to ban ``address``; the kernel lets it go."""
+        if self._releases is not None:
+            self._releases.add(address)
 
     @property
     def names_missed(self) -> tuple[int, int]:
@@ -180,13 +210,20 @@ class Responder:
         self._alerts_queued += 1
         self._jobs.put(Alert(request))
 
-    def reload(self, settings: Settings) -> None:
-        """New response settings (durations, backends, commands) for the next bans."""
+    def reload(self, settings: Settings, hold: HoldPlan | None = None) -> None:
+        """New response settings (durations, backends, commands) for the next bans, and
+        KERNEL_HOLD's new plan (the chain is built anew when it changed)."""
         self.end_turn()
         if self._first is not None:
             self._first.reconfigure(settings)
         elif eligible(settings):
             self._first = FirstBan(settings, self._log)
+        if hold != self._hold:
+            if self._releases is not None:
+                self._releases.close()
+            self._releases = Releases(hold.seconds, self._log) if hold is not None else None
+            self._jobs.put(_HoldChange(hold))
+        self._hold = hold
         self._jobs.put(settings)
 
     def events(self, rows: Sequence[EventRow]) -> None:
@@ -217,6 +254,8 @@ class Responder:
         self.end_turn()
         if self._first is not None:
             self._first.close()
+        if self._releases is not None:
+            self._releases.close()
         self._retry.closing.set()
         if self._thread.is_alive():
             self._jobs.put(_STOP)
@@ -263,6 +302,8 @@ class Responder:
             self._tell(WorkerMessage("fatal", f"the response worker stopped: {exc}"))
             self._ready.set()
         finally:
+            if self._keeper is not None:
+                self._keeper.stop()
             if self._chain is not None:
                 self._chain.close()
             backends.stop()
@@ -284,6 +325,16 @@ class Responder:
             self._log(f"adminalert: {len(restored)} bans restored from the state store")
         self._sync_allowed(store)
         self._data_version = store.data_version()
+        self._hold_with(self._hold)
+
+    def _hold_with(self, plan: HoldPlan | None) -> None:
+        """KERNEL_HOLD's chain as ``plan`` says: built, rebuilt or removed."""
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
+        if plan is not None:
+            self._keeper = HoldKeeper(HoldTable(select_runner(Runner()), plan), self._log)
+            self._keeper.start(self._protection() if self._protection else ())
 
     def _track_connections(self) -> None:
         s = self.settings
@@ -303,6 +354,8 @@ class Responder:
         manager.repair(now)
         if self._chain is not None:
             manager.repair_conntrack(self._chain)
+        if self._keeper is not None:
+            self._keeper.repair(self._protection() if self._protection else ())
 
     def _serve(self, manager: BanManager, store: Store) -> None:
         s = self.settings
@@ -351,8 +404,12 @@ class Responder:
                     self._rows_done += len(job)
             elif isinstance(job, Settings):
                 manager.reconfigure(job)
+            elif isinstance(job, _HoldChange):
+                self._hold_with(job.plan)
             elif job is _PROTECT:
                 self._protect_due = True
+                if self._keeper is not None:
+                    self._keeper.keep(self._protection() if self._protection else ())
             if self._protect_due:  # until the store takes the lifts
                 self._protect_due = not self._retry.once(
                     partial(self._lift_protected, manager, now), "lift"

@@ -284,6 +284,9 @@ class FakeResponder:
         self.protected = 0  # times the loop said the never-block set changed
         self.store_outage: tuple[float, str] | None = None
         self.first_bans: dict[str, int] = {}
+        self.holds = False  # KERNEL_HOLD: the loop releases what it does not ban
+        self.released: list[str] = []
+        self.holding: list[object] = []  # the hold plans given with each reload
 
     def tell(self, *messages: WorkerMessage, last: bool = False) -> None:
         """What the worker tells the loop (``last``: only when it is closed)."""
@@ -314,8 +317,12 @@ class FakeResponder:
     def events(self, rows: Sequence[EventRow]) -> None:
         self.store.add_events(rows)
 
-    def reload(self, settings: Settings) -> None:
+    def release(self, address: str) -> None:
+        self.released.append(address)
+
+    def reload(self, settings: Settings, hold: object = None) -> None:
         self.reloaded.append(settings)
+        self.holding.append(hold)
 
     def messages(self) -> list[WorkerMessage]:
         with contextlib.suppress(BlockingIOError):

@@ -290,3 +290,19 @@ def test_the_counts_follow_each_first_decision(tmp_path: Path) -> None:
 )
 def test_summary_keys_read_as_text(key: object, text: str) -> None:
     assert _key_text(key) == text
+
+
+def test_with_kernel_hold_the_sources_not_banned_are_released(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    assert made.responder is not None
+    batch = [
+        decision(Action.IGNORED, reason=Reason.WEAK_EVIDENCE, src="198.18.0.5"),
+        decision(Action.IGNORED, reason=Reason.BELOW_TRIGGER, src="198.18.0.6"),
+        decision(Action.BLOCK, first=True, src="198.18.0.7"),
+        decision(Action.ALERT, first=True, src="198.18.0.8"),
+    ]
+    made.outputs.emit(batch)
+    assert made.responder.released == []  # the hold is off
+    made.responder.holds = True
+    made.outputs.emit(batch)
+    assert made.responder.released == ["198.18.0.5", "198.18.0.8"]
