@@ -18,7 +18,8 @@ its KILL_HOSTS_DENY as shipped (1.2 writes hosts.deny before it runs KILL_ROUTE)
 (BLOCK on, nftables backend; only the path settings point into a temporary directory).
 ``debian``: the same with Debian's portsentry.conf (``tests/fixtures/config/debian``; its ignore
 file from portsentry.ignore.static, BLOCK_TCP=1, BLOCK_UDP=1; hosts.deny into the temporary
-directory). Each PortSentinel row with and without ``--events FILE``. Daemons are pinned to
+directory). ``hold`` (not run unless named in ``--only``): the embedded defaults with
+KERNEL_HOLD=1. Each PortSentinel row with and without ``--events FILE``. Daemons are pinned to
 ``--cpu`` (default 1), nmap and tcpdump to the other CPU.
 
 Per scan (``nmap -n -Pn -T4 --max-retries 1 --host-timeout 60s KIND -p PORTS TARGET``, -Pn so
@@ -363,12 +364,12 @@ def use_tree(src: str | None) -> None:
 
 def plan(args: argparse.Namespace) -> tuple[list[Row], list[Scan]]:
     only = {name.strip() for name in args.only.split(",")}
-    unknown = only - {"portsentry12", "default", "debian"}
+    unknown = only - {"portsentry12", "default", "debian", "hold"}
     if unknown:
         raise SystemExit(f"--only: unknown rows {sorted(unknown)}")
     events = {"both": (False, True), "on": (True,), "off": (False,)}[args.events]
     rows = [Row("portsentry12")] if "portsentry12" in only else []
-    rows += [Row(c, e) for c in ("default", "debian") if c in only for e in events]
+    rows += [Row(c, e) for c in ("default", "debian", "hold") if c in only for e in events]
     kinds = [k.strip().lstrip("-") for k in args.kinds.split(",")]
     if set(kinds) - set(KINDS):
         raise SystemExit(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}")

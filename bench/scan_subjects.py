@@ -229,6 +229,8 @@ class PortSentinel(Subject):
         if config == "debian":
             return ("tests/fixtures/config/debian/portsentry.conf + its ignore.static, "
                     "BLOCK_TCP=1 BLOCK_UDP=1, every path in the run directory")  # fmt: skip
+        if config == "hold":
+            return "embedded defaults with KERNEL_HOLD=1, every path in the run directory"
         return "embedded defaults, every path in the run directory"
 
     @staticmethod
@@ -237,6 +239,8 @@ class PortSentinel(Subject):
         same paths, its static ignore list and BLOCK_TCP/UDP=1."""
         if config == "default":
             return write_config(run, {})
+        if config == "hold":
+            return write_config(run, {"KERNEL_HOLD": "1"})
         values = {}
         for spec in SETTINGS:  # as write_config does: every path setting, an empty file
             if spec.parse is config_types.path:
