@@ -13,6 +13,8 @@ Root, iproute2, nmap, nft and hping3 (see ``banlab.py``); every packet stays ins
 
 from __future__ import annotations
 
+import errno
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -145,6 +147,42 @@ def test_a_scan_gets_the_scanner_blocked_and_no_one_else(
         assert not in_kernel(lab, INNOCENT4)
     finally:
         stopped_cleanly(daemon)
+
+
+OUTGOING = """
+import json, socket, sys
+out = {}
+for dst in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", (dst, 9))
+        out[dst] = "sent"
+    except OSError as exc:
+        out[dst] = f"error {exc.errno}"
+    s.close()
+print(json.dumps(out))
+"""
+
+
+def test_after_a_ban_nothing_leaves_the_host_for_the_banned_address(
+    lab: netns.Lab, tmp_path: Path
+) -> None:
+    """nftables: the ban set is matched on the way out too (the output chain's ``daddr``), as
+    PortSentry's KILL_ROUTE reject route did: a datagram from the target to the scanner is
+    refused at the send (EPERM), one to an innocent neighbour goes."""
+    daemon = run_daemon(lab, tmp_path)
+    argv = ["python3", "-c", OUTGOING, SCANNER4, INNOCENT4, SCANNER6]
+    try:
+        before = json.loads(lab.run(lab.target, argv).stdout)
+        nmap_scan(lab, SCANNER4)
+        nmap_scan(lab, SCANNER6)
+        wait_until(lambda: in_nft_set(lab, SCANNER4) and in_nft_set(lab, SCANNER6), "the bans")
+        after = json.loads(lab.run(lab.target, argv).stdout)
+    finally:
+        stopped_cleanly(daemon)
+    assert set(before.values()) == {"sent"}
+    eperm = f"error {errno.EPERM}"
+    assert after == {SCANNER4: eperm, INNOCENT4: "sent", SCANNER6: eperm}
 
 
 def test_an_ipv6_scan_gets_the_scanner_blocked_and_no_one_else(

@@ -8,6 +8,7 @@ chain is none of this module's business, and the table is never flushed or delet
     chain input   { type filter hook input priority filter - 10; policy accept;
                     ip saddr @ban4 counter drop; ip6 saddr @ban6 counter drop }
     chain forward { the same, hook forward }
+    chain output  { type filter hook output ...; ip daddr @ban4 counter drop; ... }
 
 A ban is ``add element inet portsentinel ban4 { 198.18.0.2 timeout 3600s }`` (no timeout:
 permanent), so it ends in the kernel even when the daemon is down. Several bans go in one
@@ -46,7 +47,10 @@ TABLE = "portsentinel"
 TABLE_REF = f"{FAMILY} {TABLE}"
 SET4 = "ban4"
 SET6 = "ban6"
-CHAINS = ("input", "forward")  # each named after its hook
+CHAINS = ("input", "forward", "output")  # each named after its hook
+# The address a chain's rule matches: the source coming in, the destination going out (after a
+# ban nothing leaves the host for the banned address either).
+_FIELD = {"input": "saddr", "forward": "saddr", "output": "daddr"}
 # Before the usual filter chains (priority 0), so an accept there cannot let a banned source in.
 PRIORITY = -10
 PRIORITY_TEXT = "filter - 10"
@@ -278,7 +282,9 @@ def structure_script(state: TableState, prefix_bans: bool) -> str:
             f"{{ type filter hook {chain} priority {PRIORITY_TEXT}; policy accept; }}"
         )
         for name, proto in _RULE_MATCH:
-            lines.append(f"add rule {TABLE_REF} {chain} {proto} saddr @{name} counter drop")
+            lines.append(
+                f"add rule {TABLE_REF} {chain} {proto} {_FIELD[chain]} @{name} counter drop"
+            )
     return "".join(f"{line}\n" for line in lines)
 
 
@@ -318,9 +324,10 @@ def structure_problems(state: TableState, prefix_bans: bool) -> list[str]:
         if problem := _chain_problem(chain, spec):
             problems.append(problem)
         rules = state.rules.get(chain, [])
+        field = _FIELD[chain]
         for name, proto in _RULE_MATCH:
-            if not any(_is_drop_rule(expr, proto, name) for expr in rules):
-                problems.append(f"chain {chain} has no '{proto} saddr @{name} drop' rule")
+            if not any(_is_drop_rule(expr, proto, name, field) for expr in rules):
+                problems.append(f"chain {chain} has no '{proto} {field} @{name} drop' rule")
     return problems
 
 
@@ -343,10 +350,10 @@ def _chain_problem(chain: str, spec: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _is_drop_rule(expr: Sequence[Any], proto: str, set_ref: str) -> bool:
+def _is_drop_rule(expr: Sequence[Any], proto: str, set_ref: str, field: str = "saddr") -> bool:
     wanted = {
         "op": "==",
-        "left": {"payload": {"protocol": proto, "field": "saddr"}},
+        "left": {"payload": {"protocol": proto, "field": field}},
         "right": f"@{set_ref}",
     }
     matches = [e["match"] for e in expr if isinstance(e, dict) and "match" in e]

@@ -26,7 +26,9 @@ from portsentinel.model import Mode, Proto
 from unit.block.block_fakes import FakeRunner
 
 # ``nft -j list table inet portsentinel`` after start() with prefix bans on and three bans.
-LISTED = """{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "portsentinel", "handle": 1}}, {"set": {"family": "inet", "name": "ban4", "table": "portsentinel", "type": "ipv4_addr", "handle": 3, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": "198.18.0.3", "timeout": 3600, "expires": 3600}}, "198.18.0.9"]}}, {"set": {"family": "inet", "name": "ban6", "table": "portsentinel", "type": "ipv6_addr", "handle": 4, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "fd00:5e::", "len": 64}}, "timeout": 60, "expires": 59}}]}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "conntrack", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "input", "handle": 5, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "forward", "handle": 8, "type": "filter", "hook": "forward", "prio": -10, "policy": "accept"}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "conntrack", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"counter": {"packets": 0, "bytes": 0}}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "input", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "input", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}]}"""  # noqa: E501 - verbatim
+LISTED = """{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "portsentinel", "handle": 1}}, {"set": {"family": "inet", "name": "ban4", "table": "portsentinel", "type": "ipv4_addr", "handle": 3, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": "198.18.0.3", "timeout": 3600, "expires": 3599}}, "198.18.0.9"]}}, {"set": {"family": "inet", "name": "ban6", "table": "portsentinel", "type": "ipv6_addr", "handle": 4, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "fd00:5e::", "len": 64}}, "timeout": 60, "expires": 59}}]}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "conntrack", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "input", "handle": 5, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "forward", "handle": 8, "type": "filter", "hook": "forward", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "output", "handle": 11, "type": "filter", "hook": "output", "prio": -10, "policy": "accept"}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "conntrack", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"counter": {"packets": 0, "bytes": 0}}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "input", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "input", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "output", "handle": 12, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "output", "handle": 13, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}]}"""  # noqa: E501 - verbatim
+# The same table as an earlier version made it: no output chain.
+LISTED_NO_OUTPUT = """{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "portsentinel", "handle": 1}}, {"set": {"family": "inet", "name": "ban4", "table": "portsentinel", "type": "ipv4_addr", "handle": 3, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": "198.18.0.3", "timeout": 3600, "expires": 3600}}, "198.18.0.9"]}}, {"set": {"family": "inet", "name": "ban6", "table": "portsentinel", "type": "ipv6_addr", "handle": 4, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "fd00:5e::", "len": 64}}, "timeout": 60, "expires": 59}}]}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "conntrack", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "input", "handle": 5, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "portsentinel", "name": "forward", "handle": 8, "type": "filter", "hook": "forward", "prio": -10, "policy": "accept"}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "conntrack", "handle": 2, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"counter": {"packets": 0, "bytes": 0}}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "input", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "input", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "portsentinel", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ban6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": null}]}}]}"""  # noqa: E501 - verbatim
 NO_TABLES = '{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]}'
 LIST_TABLE = ("nft", "-j", "list", "table", "inet", "portsentinel")
 LIST_TABLES = ("nft", "-j", "list", "tables", "inet")
@@ -87,7 +89,21 @@ def test_structure_script_on_an_empty_ruleset() -> None:
         "policy accept; }\n"
         "add rule inet portsentinel forward ip saddr @ban4 counter drop\n"
         "add rule inet portsentinel forward ip6 saddr @ban6 counter drop\n"
+        "add chain inet portsentinel output { type filter hook output priority filter - 10; "
+        "policy accept; }\n"
+        "add rule inet portsentinel output ip daddr @ban4 counter drop\n"
+        "add rule inet portsentinel output ip6 daddr @ban6 counter drop\n"
     )
+
+
+def test_a_table_made_before_the_output_chain_gets_it() -> None:
+    """After a ban nothing leaves the host for the banned address: an older table lacks the
+    output chain, which check names and start adds, its bans kept."""
+    state = parse_table(LISTED_NO_OUTPUT)
+    assert structure_problems(state, prefix_bans=True) == ["chain output is missing"]
+    lines = structure_script(state, prefix_bans=True).splitlines()
+    assert "add rule inet portsentinel output ip daddr @ban4 counter drop" in lines
+    assert not any(line.startswith(("delete", "flush set")) for line in lines)
 
 
 def test_structure_script_keeps_sets_and_refills_own_chains_only() -> None:
@@ -135,9 +151,9 @@ def test_parse_real_listing() -> None:
     state = parse_table(LISTED)
     assert state.exists
     assert set(state.sets) == {"ban4", "ban6"}
-    assert set(state.chains) == {"input", "forward"}  # conntrack is the daemon's, not ours
+    assert set(state.chains) == {"input", "forward", "output"}  # conntrack: not this backend's
     assert structure_problems(state, prefix_bans=True) == []
-    assert set_elements(state.sets["ban4"]) == {"198.18.0.3": 3600.0, "198.18.0.9": None}
+    assert set_elements(state.sets["ban4"]) == {"198.18.0.3": 3599.0, "198.18.0.9": None}
     assert set_elements(state.sets["ban6"]) == {"fd00:5e::/64": 59.0}
 
 
@@ -163,7 +179,7 @@ def test_problems_are_named() -> None:
 def test_a_rule_that_accepts_does_not_count() -> None:
     text = LISTED.replace('{"drop": null}', '{"accept": null}')
     problems = structure_problems(parse_table(text), prefix_bans=True)
-    assert len(problems) == 4
+    assert len(problems) == 6  # two rules in each of the three chains
 
 
 def test_set_type_and_flag_problems() -> None:
@@ -330,7 +346,7 @@ def test_check_reports_structure_and_elements() -> None:
     assert result.intact
     assert result.problems == ()
     assert dict(result.present) == {
-        "198.18.0.3": 3600.0,
+        "198.18.0.3": 3599.0,
         "198.18.0.9": None,
         "fd00:5e::/64": 59.0,
     }
