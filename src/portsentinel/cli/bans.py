@@ -17,7 +17,11 @@ from portsentinel.errors import ConfigError
 def add_parsers(verbs: Verbs) -> None:
     """Register ``list``, ``block``, ``unblock`` and ``allow``."""
     listing = verbs.add_parser(
-        "list", help="the bans in force: address, since, until, reason, ports seen"
+        "list",
+        help="the bans in force: address, since, until, reason, ports seen",
+        description="The bans in force, from the state store, whether or not the daemon runs: "
+        "address (or prefix), since, until (or permanent), reason and the ports seen. "
+        "With none in force it says 'no active bans'; the exit status is 0 either way.",
     )
     add_state_dir_option(listing)
     listing.add_argument("--json", action="store_true", help="JSON Lines, one ban per line")
@@ -26,8 +30,13 @@ def add_parsers(verbs: Verbs) -> None:
     block = verbs.add_parser(
         "block",
         help="ban an address now (refused for this host's own, gateways, resolvers ...)",
+        description="Ban ADDR now with the configured backends (nftables by default), for "
+        "BAN_DURATION or --for, whether or not the daemon runs (it follows within a second). "
+        "An address of the never-block set (this host's own, its gateways and resolvers, the "
+        "ignore and allow lists, SSH peers) is refused: exit 1. Run it where the firewall is "
+        "(in a network namespace: ip netns exec NS portsentinel block ...).",
     )
-    block.add_argument("address", metavar="ADDR")
+    block.add_argument("address", metavar="ADDR", help="an IPv4 or IPv6 address")
     block.add_argument(
         "--for",
         dest="duration",
@@ -43,16 +52,23 @@ def add_parsers(verbs: Verbs) -> None:
         help="lift a ban: firewall, route, hosts.deny line and blocked-file line",
         description="Lift bans, whether or not the daemon runs (it follows within a second).",
     )
-    unblock.add_argument("address", metavar="ADDR", nargs="*")
+    unblock.add_argument(
+        "address", metavar="ADDR", nargs="*", help="the addresses (or banned prefixes) to lift"
+    )
     unblock.add_argument("--all", action="store_true", help="lift every ban in force")
     add_config_option(unblock)
     add_state_dir_option(unblock)
     unblock.set_defaults(handler=cmd_unblock)
 
     allow = verbs.add_parser(
-        "allow", help="lift any ban of ADDR (or CIDR) and never block it again"
+        "allow",
+        help="lift any ban of ADDR (or CIDR) and never block it again",
+        description="Lift every ban that covers ADDR (an address or a CIDR network) and add it "
+        "to the allow list in the state store: the detector never acts against it again and a "
+        "running daemon follows within a second. The entry is kept in the state store (no verb "
+        "removes it yet).",
     )
-    allow.add_argument("address", metavar="ADDR")
+    allow.add_argument("address", metavar="ADDR", help="an IPv4 or IPv6 address or CIDR network")
     allow.add_argument("--comment", default="", help="why (kept in the store)")
     add_config_option(allow)
     add_state_dir_option(allow)

@@ -14,8 +14,15 @@ from portsentinel.config.setup import choose_config_file
 
 def add_parsers(verbs: Verbs) -> None:
     """Register ``config`` with its actions ``check`` and ``defaults``."""
-    config = verbs.add_parser("config", help="check a configuration or print the defaults")
-    actions = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
+    config = verbs.add_parser(
+        "config",
+        help="check a configuration or print the defaults",
+        description="config check: validate a configuration as run would load it; config "
+        "defaults: print every setting with its default, as a commented configuration file.",
+    )
+    actions = config.add_subparsers(
+        dest="config_verb", metavar="ACTION", required=True, help="check or defaults"
+    )
     check = actions.add_parser(
         "check",
         help="validate a configuration and print the effective settings",
@@ -27,7 +34,11 @@ def add_parsers(verbs: Verbs) -> None:
     add_config_option(check)
     check.set_defaults(handler=cmd_check)
     defaults = actions.add_parser(
-        "defaults", help="print every setting with its default as a commented config file"
+        "defaults",
+        help="print every setting with its default as a commented config file",
+        description="Print every setting (PortSentry 1.2's, 2.0's and PortSentinel's own) with "
+        "its default, unit and help, as a configuration file whose lines are all comments: a "
+        "starting point to edit.",
     )
     defaults.set_defaults(handler=cmd_defaults)
 

@@ -35,12 +35,17 @@ def add_parsers(verbs: Verbs) -> None:
     history_parser = verbs.add_parser(
         "history",
         help="past bans (all states) and alert decisions, newest last",
+        description="The bans (active, expired, lifted, failed) and the alert decisions "
+        "recorded since WHEN, oldest first, from the state store, whether or not the daemon "
+        "runs. A relative WHEN counts back from now (from the last record for a replay's "
+        "store).",
     )
     history_parser.add_argument(
         "--since",
         default=DEFAULT_SINCE,
         metavar="WHEN",
-        help=f"a duration back (30s, 15m, 1h, 7d) or an ISO 8601 time (default {DEFAULT_SINCE})",
+        help="a duration back (30s, 15m, 1h, 7d), an ISO 8601 time, or all "
+        f"(default {DEFAULT_SINCE})",
     )
     _add_common(history_parser, "JSON Lines, one ban or alert per line")
     history_parser.set_defaults(handler=cmd_history)
@@ -95,7 +100,7 @@ def history(
         anchor = now if store is None else views.reference_time(store, now)
         start = anchor - value if relative else value
         rows = [] if store is None else views.history_rows(store, start)
-    empty = f"nothing recorded since {_short(start)}"
+    empty = f"nothing recorded since {_short(start)}" if start > 0 else "nothing recorded"
     write_rows(rows, HISTORY_COLUMNS, out, as_json=as_json, empty=empty)
     return paths.EXIT_OK
 

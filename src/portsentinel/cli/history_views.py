@@ -33,7 +33,8 @@ EVENT_LIMIT: Final = 100_000  # newest events of one address that ``why`` summar
 # is found by reading only recent rows; the last window is the rest of the store.
 BAN_LOOKBACK: Final = (86400.0, 30 * 86400.0, 365 * 86400.0)
 SINCE_EXPECTED: Final = (
-    "a duration such as 30s, 15m, 1h, 7d, or an ISO 8601 time such as 2026-11-25T21:00:00+00:00"
+    "a duration such as 30s, 15m, 1h, 7d, an ISO 8601 time such as 2026-11-25T21:00:00+00:00, "
+    "or all"
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -73,7 +74,10 @@ def parse_since(text: str) -> tuple[float, bool]:
     """``--since``: (seconds, True) for a duration back from now, (epoch, False) for a time.
 
     An ISO time without an offset is UTC, the zone every time PortSentinel prints is in.
+    ``all`` (as ``report`` takes it) is everything: the epoch.
     """
+    if text.strip().lower() == "all":
+        return 0.0, False
     try:
         return positive_duration(text), True
     except InvalidValueError:

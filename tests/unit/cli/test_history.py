@@ -202,6 +202,9 @@ def test_history_json_lines_keys_and_since(tmp_path: Path) -> None:
     # A relative --since counts back from now: the last hour holds only the live ban.
     recent = history(tmp_path, "1h", T0 + DAY + 2 * HOUR, as_json=True).splitlines()
     assert [json.loads(line)["src"] for line in recent] == ["192.0.2.3"]
+    # ``all``, as report takes it: the old one too.
+    every = history(tmp_path, "all", T0 + 2 * DAY, as_json=True).splitlines()
+    assert len(every) == len(rows) + 1
 
 
 def test_history_with_nothing_in_the_window(tmp_path: Path) -> None:
@@ -221,6 +224,7 @@ def test_history_with_nothing_in_the_window(tmp_path: Path) -> None:
     assert history(tmp_path / "none", "1h", T0, as_json=False) == (
         "nothing recorded since 2023-11-14T21:13:20+00:00\n"
     )
+    assert history(tmp_path / "none", "all", T0, as_json=False) == "nothing recorded\n"
     assert not (tmp_path / "none").exists()
 
 

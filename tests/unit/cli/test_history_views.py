@@ -23,6 +23,8 @@ from unit.cli.stores import DAY, HOUR, T0, event, history_store, small_store
         ("2023-11-14T23:13:20+01:00", (T0, False)),
         ("2023-11-14T22:13:20", (T0, False)),  # no offset: UTC
         ("2023-11-14T22:13:20Z", (T0, False)),
+        ("all", (0.0, False)),  # as report takes it
+        (" ALL ", (0.0, False)),
     ],
 )
 def test_parse_since(text: str, expected: tuple[float, bool]) -> None:

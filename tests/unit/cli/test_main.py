@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -83,3 +84,26 @@ def test_console_script_runs_as_a_module() -> None:
     )
     assert done.returncode == 0
     assert "replay" in done.stdout
+
+
+def _verbs(
+    parser: argparse.ArgumentParser, prefix: str = ""
+) -> Iterator[tuple[str, argparse.ArgumentParser, str | None]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield f"{prefix}{name}", sub, helps.get(name)
+                yield from _verbs(sub, f"{prefix}{name} ")
+
+
+def test_every_verb_says_what_it_does_and_what_its_arguments_are() -> None:
+    """Every verb has a line in the verb list and a description in its own --help, and every
+    argument of it has a help text."""
+    found = list(_verbs(cli.build_parser()))
+    assert len(found) >= 17
+    for name, sub, line in found:
+        assert line, f"{name}: no line in the verb list"
+        assert sub.description, f"{name}: no description in its --help"
+        bare = [a.dest for a in sub._actions if not a.help and a.dest != "help"]
+        assert not bare, f"{name}: arguments without help: {bare}"
