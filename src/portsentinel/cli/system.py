@@ -103,8 +103,12 @@ def cmd_uninstall(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from portsentinel.system import migrate  # noqa: PLC0415 - not on the daemon's path
 
-    output = args.output if args.output.startswith("/") else os.path.abspath(args.output)
-    request = migrate.Request(Path(args.root), args.from_dir, args.defaults, output)
+    # A relative path means what it means everywhere else: from the current directory.
+    from_dir, defaults, output = (
+        p if p.startswith("/") else os.path.abspath(p)
+        for p in (args.from_dir, args.defaults, args.output)
+    )
+    request = migrate.Request(Path(args.root), from_dir, defaults, output)
     try:
         return migrate.migrate(request, out, err)
     except OSError as exc:

@@ -7,6 +7,8 @@ import argparse
 import io
 from pathlib import Path
 
+import pytest
+
 from portsentinel.cli import system as verbs
 
 
@@ -43,3 +45,23 @@ def test_migrate_without_portsentry_is_a_failure(tmp_path: Path) -> None:
     assert args.handler(args, out, err) == 1
     assert err.getvalue().startswith("portsentinel: no PortSentry configuration: ")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_migrate_reads_a_relative_from_directory_from_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``migrate --from etc-portsentry`` reads ./etc-portsentry, not /etc-portsentry."""
+    debian = Path(__file__).parents[2] / "fixtures" / "config" / "debian"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "portsentry.conf").write_text((debian / "portsentry.conf").read_text())
+    (tmp_path / "default-portsentry").write_text('TCP_MODE="atcp"\nUDP_MODE="audp"\n')
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser(prog="portsentinel")
+    verbs.add_parsers(parser.add_subparsers(dest="verb"))
+    args = parser.parse_args(["migrate", "--from", "old", "--defaults", "default-portsentry",
+                              "--output", "new/portsentinel.conf"])  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    assert args.handler(args, out, err) == 0, err.getvalue()
+    written = (tmp_path / "new" / "portsentinel.conf").read_text()
+    assert "portsentry.conf" in out.getvalue()
+    assert written.strip()
