@@ -138,9 +138,15 @@ listen_address = ValueType(
 )  # fmt: skip
 
 
-def loopback_only(raw: str) -> str | None:
-    """METRICS_LISTEN's lint: an address other than loopback exposes the metrics."""
-    value = _listen(raw)
-    if value is not None and not ipaddress.ip_address(value[0]).is_loopback:
-        return f"{value[0]} is not a loopback address: refused unless METRICS_ALLOW_REMOTE=1"
-    return None
+def remote_listen(host: str, *, allow_remote: bool) -> str | None:
+    """Why METRICS_LISTEN's ``host`` is refused (an address other than loopback, without
+    METRICS_ALLOW_REMOTE=1: the metrics would be served to the network), or None. The one rule
+    for the loader (so ``config check`` refuses what ``run`` refuses) and the metrics server."""
+    address = ipaddress.ip_address(host)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    if (mapped or address).is_loopback or allow_remote:
+        return None
+    return f"{host} is not a loopback address: metrics would be served to the network"
+
+
+REMOTE_LISTEN_EXPECTED = "127.0.0.1:PORT or [::1]:PORT, or METRICS_ALLOW_REMOTE=1"

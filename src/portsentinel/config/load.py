@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from portsentinel.config.declaration import SettingSpec
+from portsentinel.config.endpoints import REMOTE_LISTEN_EXPECTED, remote_listen
 from portsentinel.config.schema import KEYS, SETTINGS, Settings, spec_for
 from portsentinel.config.types import Backend, BlockLevel, InvalidValueError
 from portsentinel.errors import ConfigError, ConfigErrors
@@ -158,6 +159,10 @@ class _Pass:
         if self.errors:
             return Diagnosis(None, tuple(self.warnings), tuple(self.errors))
         settings = dataclasses.replace(Settings(), **self.values)
+        for key, message, expected in consistency_errors(settings):
+            self._error(self.lines.get(key, 0), key, message, expected)
+        if self.errors:
+            return Diagnosis(None, tuple(self.warnings), tuple(self.errors))
         origins = MappingProxyType(self.origins)
         self.warnings.extend(consistency_warnings(settings, origins, self.source))
         notes = tuple(self.warnings)
@@ -235,6 +240,18 @@ def _note(origins: Mapping[str, str], key: str, source: str | None, message: str
 # --- warnings about combinations of settings (pure) -----------------------------------------
 
 
+def consistency_errors(settings: Settings) -> list[tuple[str, str, str]]:
+    """(key, message, expected) for settings that parse alone but not together: what ``run``
+    would refuse, so that loading refuses it (``config check`` included)."""
+    errors = []
+    if settings.metrics_listen is not None:
+        host = settings.metrics_listen[0]
+        why = remote_listen(host, allow_remote=settings.metrics_allow_remote)
+        if why is not None:
+            errors.append(("METRICS_LISTEN", why, REMOTE_LISTEN_EXPECTED))
+    return errors
+
+
 def consistency_warnings(
     settings: Settings, origins: Mapping[str, str], source: str | None
 ) -> list[str]:
@@ -281,6 +298,11 @@ def reference_warnings(
         folder = _missing_folder(settings.hosts_deny_file)
         if folder is not None:
             notes.append(_note(origins, "HOSTS_DENY_FILE", source, f"{folder} does not exist"))
+    explicit = origins.get("DEFAULTS_FILE", DEFAULT_ORIGIN) != DEFAULT_ORIGIN
+    if explicit and settings.defaults_file and absent(settings.defaults_file):
+        message = (f"{settings.defaults_file} does not exist; without --mode the modes are "
+                   "the defaults (atcp,audp)")  # fmt: skip
+        notes.append(_note(origins, "DEFAULTS_FILE", source, message))
     for key in ("KILL_ROUTE", "KILL_RUN_CMD", "UNBLOCK_RUN_CMD"):
         words = str(getattr(settings, key.lower())).split()
         if words and words[0].startswith("/") and not _executable(words[0]):

@@ -302,7 +302,6 @@ class Settings:
         help="serve Prometheus metrics here, e.g. 127.0.0.1:9469; empty: off. At most 8 "
         "connections at once (more are answered 503), each closed 10 s after it opened",
         origin=_NEW,
-        lint=o.loopback_only,
     )  # fmt: skip
     metrics_allow_remote: bool = setting(
         key="METRICS_ALLOW_REMOTE", parse=t.flag, default="0", unit="0/1",

@@ -30,7 +30,6 @@ per connection and never times one out).
 
 from __future__ import annotations
 
-import ipaddress
 import platform
 import threading
 import time
@@ -38,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from portsentinel import __version__
+from portsentinel.config.endpoints import REMOTE_LISTEN_EXPECTED, remote_listen
 from portsentinel.config.schema import Settings
 from portsentinel.errors import ConfigError
 from portsentinel.model import Action, Decision, Reason, ScanKind
@@ -240,16 +240,11 @@ class SnapshotCollector:
 
 
 def check_listen(host: str, *, allow_remote: bool) -> None:
-    """ConfigError unless ``host`` is a loopback address or remote access was allowed."""
-    address = ipaddress.ip_address(host)
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    if (mapped or address).is_loopback or allow_remote:
-        return
-    raise ConfigError(
-        f"{host} is not a loopback address: metrics would be served to the network",
-        key="METRICS_LISTEN",
-        expected="127.0.0.1:PORT or [::1]:PORT, or METRICS_ALLOW_REMOTE=1",
-    )
+    """ConfigError unless ``host`` is a loopback address or remote access was allowed (the
+    loader's rule, ``endpoints.remote_listen``: a configuration it loaded never fails here)."""
+    why = remote_listen(host, allow_remote=allow_remote)
+    if why is not None:
+        raise ConfigError(why, key="METRICS_LISTEN", expected=REMOTE_LISTEN_EXPECTED)
 
 
 class MetricsServer:

@@ -9,9 +9,9 @@ from portsentinel.config.endpoints import (
     NotifyOn,
     argv_command,
     listen_address,
-    loopback_only,
     mail_to,
     notify_on,
+    remote_listen,
     webhook_url,
 )
 from portsentinel.config.types import InvalidValueError, ValueType
@@ -78,15 +78,18 @@ def test_text_types_keep_their_empty_value_and_others_fall_back_to_the_default()
 
 
 @pytest.mark.parametrize(
-    ("raw", "warning"),
+    ("host", "allow", "refusal"),
     [
-        ("", None),
-        ("9469", None),
-        ("[::1]:9469", None),
-        ("198.18.0.1:9469", "198.18.0.1 is not a loopback address: refused unless "
-                            "METRICS_ALLOW_REMOTE=1"),
-        ("[::]:9469", ":: is not a loopback address: refused unless METRICS_ALLOW_REMOTE=1"),
+        ("127.0.0.1", False, None),
+        ("::1", False, None),
+        ("::ffff:127.0.0.1", False, None),
+        ("198.18.0.1", False, "198.18.0.1 is not a loopback address: metrics would be served "
+                              "to the network"),
+        ("::", False, ":: is not a loopback address: metrics would be served to the network"),
+        ("0.0.0.0", True, None),
     ],
 )  # fmt: skip
-def test_loopback_only_warns_about_an_exposed_endpoint(raw: str, warning: str | None) -> None:
-    assert loopback_only(raw) == warning
+def test_a_remote_endpoint_is_refused_unless_allowed(
+    host: str, allow: bool, refusal: str | None
+) -> None:
+    assert remote_listen(host, allow_remote=allow) == refusal

@@ -16,6 +16,7 @@ from portsentinel.config.commands import render_effective
 from portsentinel.config.load import (
     MAX_CONFIG_BYTES,
     LoadedConfig,
+    diagnose_config,
     load_config,
     parse_config,
     reference_warnings,
@@ -402,3 +403,32 @@ def test_an_ignore_file_that_is_a_symlink_loop_is_not_reported_missing(tmp_path:
     assert found.config is not None
     notes = reference_warnings(found.config.settings, found.config.origins, "p.conf")
     assert not [note for note in notes if "does not exist" in note]
+
+
+def test_the_loader_refuses_what_run_refuses_with_file_line_and_key(tmp_path: Path) -> None:
+    """config check and run load the same way: an exposed endpoint is an error of the file."""
+    path = tmp_path / "portsentinel.conf"
+    path.write_text('SCAN_TRIGGER="0"\nMETRICS_LISTEN="0.0.0.0:9469"\n')
+    found = diagnose_config(str(path))
+    assert found.config is None
+    [error] = found.errors
+    assert error.render() == (
+        f"{path}:2: METRICS_LISTEN: 0.0.0.0 is not a loopback address: metrics would be served "
+        "to the network (expected 127.0.0.1:PORT or [::1]:PORT, or METRICS_ALLOW_REMOTE=1)"
+    )
+    path.write_text('METRICS_LISTEN="0.0.0.0:9469"\nMETRICS_ALLOW_REMOTE="1"\n')
+    assert diagnose_config(str(path)).config is not None
+
+
+def test_a_defaults_file_set_in_the_config_but_missing_is_a_warning(tmp_path: Path) -> None:
+    """Set explicitly and missing, the modes silently became atcp,audp; the embedded default
+    path (Debian's /etc/default/portsentry) missing is no warning: most hosts lack it."""
+    path = tmp_path / "portsentinel.conf"
+    path.write_text(f'DEFAULTS_FILE="{tmp_path}/nowhere"\n')
+    found = diagnose_config(str(path))
+    assert (
+        f"{path}:1: DEFAULTS_FILE: {tmp_path}/nowhere does not exist; without --mode the "
+        "modes are the defaults (atcp,audp)" in found.warnings
+    )
+    path.write_text('SCAN_TRIGGER="0"\n')
+    assert not [w for w in diagnose_config(str(path)).warnings if "DEFAULTS_FILE" in w]
