@@ -106,8 +106,9 @@ def file_lines(path: Path) -> list[str]:
 
 def cli(lab: netns.Lab, daemon: Daemon, verb: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``portsentinel VERB ARGS`` in the target namespace, on the daemon's state and config
-    (whether the daemon still runs or not; the verbs that only read take no config)."""
-    readers = ("list", "why", "history", "status")
+    (whether the daemon still runs or not; the verbs that only read take no config, nor does
+    ``reload``: the daemon re-reads its own)."""
+    readers = ("list", "why", "history", "status", "reload")
     config = [] if verb in readers else ["--config", str(daemon.directory / "portsentinel.conf")]
     argv = [*PORTSENTINEL, verb, *args, "--state-dir", str(daemon.directory), *config]
     return lab.run(lab.target, ["timeout", "30", *argv], check=False, timeout=40)

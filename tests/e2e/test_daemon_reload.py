@@ -73,8 +73,13 @@ def test_a_broken_configuration_is_refused_and_the_old_one_stays(
     daemon = Daemon.start(lab, tmp_path, mode="stcp", settings=settings)
     config = tmp_path / "portsentinel.conf"
     config.write_text(config.read_text() + 'TCP_PORTS="13,x"\nBLOCK_TCP="9"\n')
-    daemon.proc.send_signal(signal.SIGHUP)
+    done = cli(lab, daemon, "reload")  # the verb hears the refusal: exit 2 with the errors
+    assert done.returncode == 2, done
+    assert done.stderr.startswith(f"portsentinel: reload refused: {config}:")
+    assert "the running configuration stays in force" in done.stderr
     daemon.wait_for_line("the running configuration stays in force")
+    daemon.proc.send_signal(signal.SIGHUP)  # the signal's way: said in the log only
+    wait_until(lambda: daemon.stderr().count("stays in force") == 2 or None, "the second refusal")
     stderr = daemon.stderr()
     assert f"reload refused: {config}:" in stderr
     assert "TCP_PORTS" in stderr

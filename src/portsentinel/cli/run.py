@@ -23,7 +23,7 @@ from portsentinel.cli.options import (
     add_state_dir_option,
 )
 from portsentinel.config.setup import load_setup
-from portsentinel.daemon.client import DaemonNotRunning, request, socket_path
+from portsentinel.daemon.client import ControlFailure, DaemonNotRunning, request, socket_path
 from portsentinel.daemon.service import Daemon, RunOptions, default_log
 from portsentinel.errors import CaptureError, ConfigError, PortSentinelError
 from portsentinel.respond.restart import COMMAND_SETTINGS
@@ -59,9 +59,10 @@ def add_parsers(verbs: Verbs) -> None:
     reload = verbs.add_parser(
         "reload",
         help="make the running daemon re-read its configuration and ignore files (SIGHUP)",
-        description="A broken new configuration is refused; the old one stays in force.",
+        description="The daemon re-reads the configuration it was started with (and its ignore "
+        "and defaults files). A broken new configuration is refused with its errors (exit 2) "
+        "and the old one stays in force; exit 1 when no daemon runs on the state directory.",
     )
-    add_config_option(reload)  # accepted for symmetry; the daemon re-reads its own
     add_state_dir_option(reload)
     reload.set_defaults(handler=cmd_reload)
 
@@ -107,9 +108,13 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        request(_control_path(args.state_dir), "reload")
-        out.write("asked the daemon to reload its configuration (see its log for the outcome)\n")
+        answer = request(_control_path(args.state_dir), "reload")
+        out.write(f"{answer}\n")
         return paths.EXIT_OK
+    except ControlFailure as exc:  # the daemon refused the new configuration
+        for line in str(exc).splitlines():
+            err.write(f"{PROG}: reload refused: {line}\n")
+        return paths.EXIT_USAGE
     except DaemonNotRunning:
         pass  # no control socket (or none answering): fall back to the signal
     pid = running_pid(args.state_dir)
@@ -117,7 +122,10 @@ def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"{PROG}: no daemon is running on {args.state_dir}\n")
         return paths.EXIT_FAILURE
     os.kill(pid, signal.SIGHUP)
-    out.write(f"asked the daemon (pid {pid}) to reload its configuration (SIGHUP)\n")
+    out.write(
+        f"asked the daemon (pid {pid}) to reload its configuration (SIGHUP, no control "
+        "socket: see its log for the outcome)\n"
+    )
     return paths.EXIT_OK
 
 

@@ -18,7 +18,7 @@ from portsentinel.alert.portsentry_log import ACTIVE, SHUTDOWN, starting_line
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.block.plan import kill_route_replaced
 from portsentinel.config.setup import Setup, load_setup
-from portsentinel.daemon.control import ControlServer
+from portsentinel.daemon.control import ControlError, ControlServer
 from portsentinel.daemon.metrics import MetricsServer
 from portsentinel.daemon.pipeline import Pipeline
 from portsentinel.daemon.sources import StartupError
@@ -54,6 +54,8 @@ class Daemon:
         self.log = log
         self._stopping = False
         self._reload = False
+        self._pending: Setup | None = None  # read by the control socket's reload, to apply
+        self._refusal: list[str] = []  # why the last reload was refused
 
     def run(self) -> int:
         lock = StateLock(self.options.state_dir)
@@ -164,8 +166,16 @@ class Daemon:
             return pipeline.status(started)
 
         def reload(_args: dict[str, object]) -> object:
-            self.request_reload()
-            return "reload requested"
+            """Read the configuration now, so the CLI hears whether it was refused; it is
+            applied at the end of this loop turn."""
+            setup = self._load_new()
+            if setup is None:
+                raise ControlError(
+                    "\n".join(self._refusal) + "\nthe running configuration stays in force"
+                )
+            self._pending = setup
+            source = setup.config.path or "embedded defaults"
+            return f"configuration read from {source}; applied now"
 
         handlers = {
             "status": status,
@@ -184,15 +194,24 @@ class Daemon:
         self._reload = True
 
     def _take_reload(self) -> Setup | None:
-        """A reload was asked for: the configuration read anew, or None (not asked, or the new
-        one is broken — then the old one stays in force and the error is logged)."""
+        """A reload was asked for: the configuration read anew (by the control socket's
+        ``reload`` already, or now for SIGHUP), or None (not asked, or the new one is broken —
+        then the old one stays in force and the error is logged)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            return pending
         if not self._reload:
             return None
         self._reload = False
+        return self._load_new()
+
+    def _load_new(self) -> Setup | None:
+        """The configuration as it is now on disk; None, logged (``_refusal``), when broken."""
         try:
             setup = load_setup(self.options.config, self.options.modes)
         except (ConfigError, ConfigErrors) as exc:
-            for line in str(exc).splitlines():
+            self._refusal = str(exc).splitlines()
+            for line in self._refusal:
                 self.log.line(f"adminalert: ERROR: reload refused: {line}")
             self.log.line("adminalert: the running configuration stays in force")
             return None

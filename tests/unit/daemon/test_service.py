@@ -25,7 +25,7 @@ from portsentinel.alert.portsentry_log import ACTIVE, SHUTDOWN, starting_line
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.config.setup import Setup, load_setup
 from portsentinel.daemon import service
-from portsentinel.daemon.client import request
+from portsentinel.daemon.client import ControlFailure, request
 from portsentinel.daemon.pipeline import Pipeline
 from portsentinel.daemon.service import (
     GC_THRESHOLD,
@@ -182,7 +182,7 @@ def test_a_dry_run_starts_answers_the_cli_reloads_and_stops_on_sigterm(
     assert status["modes"] == ["atcp"]
     assert status["responses"] is False  # a dry run bans nothing
     assert isinstance(answers["stats"], dict)
-    assert answers["reload"] == "reload requested"
+    assert answers["reload"] == f"configuration read from {config}; applied now"
     assert not os.path.exists(control)  # closed with the daemon
     assert started[0].responder is None
     assert_unlocked(options.state_dir)
@@ -238,6 +238,39 @@ def test_responses_metrics_and_a_refused_reload(
     assert [r.started for r in responders] == [True]
     assert responders[0].closed
     assert "alerts_dropped=0" in lines[-1]
+
+
+def test_a_reload_over_the_control_socket_is_refused_with_the_errors(
+    short_dir: Path, handlers: dict[int, Any], started: list[Pipeline]
+) -> None:
+    """The CLI's ``reload`` hears the refusal (``portsentinel reload`` exits 2 with it)."""
+    config = write_config(short_dir, "")
+    control = str(short_dir / "control.sock")
+    options = RunOptions(state_dir=str(short_dir / "state"), dry_run=True, config=config,
+                         modes="atcp", control_path=control)  # fmt: skip
+    out = io.StringIO()
+    daemon = Daemon(load_setup(config, "atcp"), options, LogSink(out))
+    refusals: list[str] = []
+
+    def ask() -> None:
+        wait_for(lambda: os.path.exists(control))
+        Path(config).write_text('SCAN_TRIGGER="many"\n')
+        try:
+            request(control, "reload")
+        except ControlFailure as exc:
+            refusals.append(str(exc))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread, failures = in_thread(handlers, ask)
+    assert daemon.run() == 0
+    thread.join(10)
+    assert failures == []
+    [refusal] = refusals
+    assert refusal.startswith(f"{config}:1: SCAN_TRIGGER: ")
+    assert refusal.endswith("\nthe running configuration stays in force")
+    assert "adminalert: the running configuration stays in force" in out.getvalue()
+    assert started[0].setup.settings.scan_trigger == 0
+    assert "configuration reloaded" not in out.getvalue()
 
 
 def test_a_reload_with_warnings_logs_them(short_dir: Path, started: list[Pipeline]) -> None:
