@@ -52,17 +52,22 @@ _REASON = (
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 
-def in_private_etc(layer: Path, command: str) -> subprocess.CompletedProcess[str]:
+def in_private_etc(
+    layer: Path, command: str, *, config: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``command`` (shell) in a new mount namespace whose /etc is an overlay holding the
-    planted files; the overlay's layers live on a tmpfs mounted at ``layer`` inside it."""
+    planted files (``config``: the planted configuration too, else only Debian's defaults
+    file, as on a host with the portsentry package); the overlay's layers live on a tmpfs
+    mounted at ``layer`` inside it."""
     layers = f"lowerdir=/etc,upperdir={layer}/upper,workdir={layer}/work"
+    plant_config = f"printf %s {shlex.quote(CONFIG_FILE)} >/etc/portsentinel/portsentinel.conf"
     script = f"""set -e
 mount -t tmpfs tmpfs {shlex.quote(str(layer))}
 mkdir {shlex.quote(str(layer / "upper"))} {shlex.quote(str(layer / "work"))}
 mount -t overlay overlay -o {shlex.quote(layers)} /etc
 mkdir -p /etc/default /etc/portsentinel
 printf %s {shlex.quote(DEFAULTS_FILE)} >/etc/default/portsentry
-printf %s {shlex.quote(CONFIG_FILE)} >/etc/portsentinel/portsentinel.conf
+{plant_config if config else ""}
 {command}
 """
     env = dict(os.environ)
@@ -138,3 +143,28 @@ def test_the_unit_tests_pass_on_such_a_host(layer: Path, short_tmp: Path) -> Non
     assert done.stderr.startswith(DEFAULTS_FILE), done.stderr[-3000:]  # the same namespace
     assert done.returncode == 0, done.stdout[-6000:]
     assert " passed" in done.stdout.splitlines()[-1]
+
+
+def readme_first_command() -> str:
+    """The quick start's first command as the README writes it, from its replay on."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    first = next(line for line in block.splitlines() if line and not line.startswith("#"))
+    return first[first.index("portsentinel replay") :]
+
+
+def test_the_readmes_first_command_shows_the_scan_on_a_host_with_debians_portsentry(
+    layer: Path,
+) -> None:
+    """Debian's portsentry package says TCP_MODE="tcp" in /etc/default/portsentry: bound
+    modes, which decide nothing from a capture. The README's first command still shows the
+    sample's scanner blocked, and says which modes it replayed in and why."""
+    command = readme_first_command().replace("portsentinel", f"{sys.executable} -m portsentinel", 1)
+    done = in_private_etc(layer, f"cat /etc/default/portsentry >&2; {command}", config=False)
+    assert done.returncode == 0, done.stderr
+    assert 'TCP_MODE="tcp"' in done.stderr  # the namespace does hold Debian's file
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    blocks = [e for e in events if e.get("action") == "block"]
+    assert [(e["src"], e["mode"]) for e in blocks] == [("198.18.0.2", "stcp")]
+    assert "replay: tcp (from /etc/default/portsentry) binds its ports" in done.stderr
+    assert "modes: stcp,sudp (from /etc/default/portsentry)" in done.stderr

@@ -96,7 +96,7 @@ def split(lines: list[Json]) -> tuple[list[Json], list[Json]]:
 
 
 def decisions(stderr: str) -> str:
-    found = re.search(r"decisions: (.*)", stderr)
+    found = re.search(r"decisions: (.*?); modes: ", stderr)
     assert found, stderr
     return found.group(1)
 

@@ -8,6 +8,7 @@ imported by the handler: the daemon builds this parser too, and never replays.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
@@ -15,9 +16,10 @@ from portsentinel import paths
 from portsentinel.alert.events import event_line, iso_time, summary_line
 from portsentinel.alert.portsentry_log import detection_lines, held_back_line
 from portsentinel.cli.options import PROG, Verbs, add_config_option, add_mode_option
-from portsentinel.config.setup import detector_config, load_setup
+from portsentinel.config.modes import modes_text
+from portsentinel.config.setup import Setup, detector_config, load_setup
 from portsentinel.detect.detector import Detector
-from portsentinel.model import Decision
+from portsentinel.model import Decision, Mode
 
 if TYPE_CHECKING:
     from portsentinel.cli.replay_capture import ReplayStats
@@ -87,9 +89,11 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     from portsentinel.cli.replay_record import record_replay  # noqa: PLC0415
 
-    setup = load_setup(args.config, args.mode)
+    setup, notes = for_capture(load_setup(args.config, args.mode))
     for warning in setup.warnings:
         err.write(f"{PROG}: warning: {warning}\n")
+    for note in notes:
+        err.write(f"{PROG}: {note}\n")
     local = parse_local(args.local) if args.local else None
     in_use = parse_in_use(args.in_use)
     detector = Detector(detector_config(setup), ignore=setup.ignore, local=local)
@@ -110,10 +114,34 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
         stats = recorded.stats
     out.flush()
-    err.write(f"{PROG}: {summary(args.capture, stats)}\n")
+    modes = modes_text(setup.tcp_mode, setup.udp_mode)
+    err.write(f"{PROG}: {summary(args.capture, stats)}; modes: {modes} (from {setup.modes_from})\n")
     if recorded is not None:
         err.write(f"{PROG}: {recorded.summary()}\n")
     return paths.EXIT_OK
+
+
+_STEALTH = {Mode.TCP: Mode.STCP, Mode.UDP: Mode.SUDP}
+
+
+def for_capture(setup: Setup) -> tuple[Setup, list[str]]:
+    """The modes a capture can be judged in, and what was changed: a bound mode (tcp, udp)
+    binds its ports and sees connections through them, which no capture shows, so it would
+    decide nothing (Debian's portsentry ships TCP_MODE="tcp"); its stealth counterpart
+    watches the same ports in the packets, and replaces it, said in one line each."""
+    notes = []
+    chosen: list[Mode | None] = []
+    for mode in (setup.tcp_mode, setup.udp_mode):
+        if mode is None or not mode.bound:
+            chosen.append(mode)
+            continue
+        chosen.append(_STEALTH[mode])
+        notes.append(
+            f"replay: {mode.value} (from {setup.modes_from}) binds its ports, and a capture "
+            f"cannot show connections to bound ports: replaying as {_STEALTH[mode].value}, "
+            "the same ports seen in the packets (--mode stcp,sudp or atcp,audp to choose)"
+        )
+    return dataclasses.replace(setup, tcp_mode=chosen[0], udp_mode=chosen[1]), notes
 
 
 class _EventWriter:

@@ -275,3 +275,27 @@ def test_log_lines_summarise_repeats_as_the_daemon_does(
         [line for line in every.splitlines() if line.endswith("is already blocked Ignoring")]
     )
     assert not any("repetitive records" in line for line in every.splitlines())
+
+
+def test_bound_modes_from_the_defaults_file_are_replayed_as_their_stealth_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Debian's portsentry package ships TCP_MODE="tcp": a bound mode decides nothing from a
+    capture, so replay judges the same ports in the packets (stcp) and says so; the summary
+    names the modes and where they came from."""
+    defaults = write(tmp_path / "default-portsentry", 'TCP_MODE="tcp"\nUDP_MODE="udp"\n')
+    config = write(tmp_path / "c.conf", f'DEFAULTS_FILE="{defaults}"\nTCP_PORTS="1,11,111"\n')
+    sample = Path(__file__).resolve().parents[3] / "examples" / "sample.pcap"
+    status, out, err = run(["replay", "--config", config, str(sample)], capsys)
+    assert status == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert {e["mode"] for e in events if e.get("proto") == "tcp"} == {"stcp"}
+    blocked = [e["port"] for e in events if e.get("action") == "block"]
+    assert blocked
+    assert set(blocked) <= {1, 11, 111}
+    assert f"replay: tcp (from {defaults}) binds its ports" in err
+    assert f"replay: udp (from {defaults}) binds its ports" in err
+    assert err.rstrip().endswith(f"; modes: stcp,sudp (from {defaults})")
+    status, out, err = run(["replay", "--config", config, "--mode", "atcp", str(sample)], capsys)
+    assert "binds its ports" not in err
+    assert err.rstrip().endswith("; modes: atcp (from --mode)")
