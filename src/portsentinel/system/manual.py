@@ -254,13 +254,13 @@ _SIGNALS = (
 )
 
 _METRICS = (
-    "Off by default. METRICS_LISTEN=\"127.0.0.1:9469\" in the configuration (then "
+    'Off by default. METRICS_LISTEN="127.0.0.1:9469" in the configuration (then '
     "portsentinel reload) serves Prometheus metrics at http://127.0.0.1:9469/metrics: every "
     "counter of portsentinel status with the portsentinel_ prefix (packets, probes by kind, "
     "decisions by action, bans added and active, kernel drops, events lost, notifications, "
     "the state store's outage, each backend's health, portsentinel_degraded) and the process's "
     "CPU and memory.",
-    "Only a loopback address is accepted unless METRICS_ALLOW_REMOTE=\"1\"; the configuration "
+    'Only a loopback address is accepted unless METRICS_ALLOW_REMOTE="1"; the configuration '
     "is refused otherwise, by config check too. At most 8 connections are served at once "
     "(more are answered 503) and each is closed 10 s after it opened.",
 )
