@@ -143,6 +143,10 @@ class CorruptCaptureError(CaptureError):
         super().__init__(f"{path}: {problem} at offset {offset} (after {packets} packets)")
 
 
+PROGRESS_EVERY = 1 << 16  # packets between two notes of how far an iteration has read
+_PROGRESS_MASK = PROGRESS_EVERY - 1
+
+
 class CaptureReader:
     """An open capture file. Iterate it for frames; each ``iter()`` starts from the top.
 
@@ -154,14 +158,23 @@ class CaptureReader:
     def __init__(self, info: CaptureInfo, data: _Buffer) -> None:
         self.info = info
         self._data: _Buffer | None = data
+        self.size = len(data)
+        # (bytes, packets) read so far, noted every PROGRESS_EVERY packets: another thread may
+        # show progress from it (an int test per packet, no call).
+        self._seen = [0, 0]
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(bytes, packets) an iteration had read at its last note (every PROGRESS_EVERY)."""
+        return self._seen[0], self._seen[1]
 
     def __iter__(self) -> Iterator[Frame]:
         data = self._data
         if data is None:
             raise CaptureError(f"{self.info.path}: capture is closed")
         if self.info.format == "pcap":
-            return _walk_pcap(self.info.path, data, self.info.linktypes[0])
-        return _walk_pcapng(self.info.path, data)
+            return _walk_pcap(self.info.path, data, self.info.linktypes[0], self._seen)
+        return _walk_pcapng(self.info.path, data, self._seen)
 
     def close(self) -> None:
         """Release the mapping. Frames already yielded stay valid (they are copies)."""
@@ -238,7 +251,7 @@ def _probe_pcap(path: str, data: _Buffer, magic: bytes) -> CaptureInfo:
     return CaptureInfo("pcap", (linktype,), _ORDER_NAMES[order], (major, minor), path, len(data))
 
 
-def _walk_pcap(path: str, data: _Buffer, linktype: int) -> Iterator[Frame]:
+def _walk_pcap(path: str, data: _Buffer, linktype: int, seen: list[int]) -> Iterator[Frame]:
     order, divisor = _PCAP_MAGICS[bytes(data[:4])]
     record = _LAYOUTS[order].pcap_record.unpack_from
     end = len(data)
@@ -256,6 +269,8 @@ def _walk_pcap(path: str, data: _Buffer, linktype: int) -> Iterator[Frame]:
             yield sec + frac / divisor, linktype, data[start:stop]
             off = stop
             count += 1
+            if not count & _PROGRESS_MASK:
+                seen[0], seen[1] = off, count
     except ValueError as exc:  # only a closed mapping raises it here
         raise CaptureError(f"{path}: capture was closed during iteration") from exc
     if off != end:
@@ -299,7 +314,7 @@ def _probe_pcapng(path: str, data: _Buffer) -> CaptureInfo:
     return CaptureInfo("pcapng", linktypes, _ORDER_NAMES[order], version, path, len(data))
 
 
-def _walk_pcapng(path: str, data: _Buffer) -> Iterator[Frame]:
+def _walk_pcapng(path: str, data: _Buffer, seen: list[int]) -> Iterator[Frame]:
     """Walk every section; EPBs take the fast path, every other block the checked one."""
     end = len(data)
     off = 0
@@ -327,6 +342,8 @@ def _walk_pcapng(path: str, data: _Buffer) -> Iterator[Frame]:
                         yield ts, linktype, data[start : start + caplen]
                         off += blen
                         count += 1
+                        if not count & _PROGRESS_MASK:
+                            seen[0], seen[1] = off, count
                         continue
                 btype, blen = _block_head(data, off, layout)
                 if btype == _SHB:  # its length is in the next section's byte order

@@ -87,6 +87,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         run_replay,
         summary,
     )
+    from portsentinel.cli.replay_progress import Progress  # noqa: PLC0415
     from portsentinel.cli.replay_record import record_replay  # noqa: PLC0415
 
     setup, notes = for_capture(load_setup(args.config, args.mode))
@@ -99,11 +100,14 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     detector = Detector(detector_config(setup), ignore=setup.ignore, local=local)
     writer = _LogWriter(out) if args.log else _EventWriter(out)
     summarise = None if args.every_probe else writer.held
+    progress = Progress(err)  # a line on a terminal only
 
     def replay(emit: Callable[[Decision], None]) -> ReplayStats:
-        return run_replay(
-            args.capture, detector, emit, local=local, in_use=in_use, summarise=summarise
-        )
+        try:
+            return run_replay(args.capture, detector, emit, local=local, in_use=in_use,
+                              summarise=summarise, watch=progress.watch)  # fmt: skip
+        finally:
+            progress.close()
 
     if args.state_dir is None:
         stats = replay(writer)

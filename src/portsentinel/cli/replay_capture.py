@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Final
 
-from portsentinel.capture.pcapfile import CorruptCaptureError, open_capture
+from portsentinel.capture.pcapfile import CaptureReader, CorruptCaptureError, open_capture
 from portsentinel.cli.replay_repeats import Held, Repeats
 from portsentinel.decode import decoder_for_linktype
 from portsentinel.detect.detector import Detector
@@ -137,10 +137,15 @@ class _Decoders:
 
 
 def survey(
-    path: str, local: frozenset[bytes] | None, screen: ProbeScreen, limit: int = KEEP_MAX
+    path: str,
+    local: frozenset[bytes] | None,
+    screen: ProbeScreen,
+    limit: int = KEEP_MAX,
+    watch: Callable[[CaptureReader], None] | None = None,
 ) -> Survey:
     """Pass one: count and decode every frame, note the ports the watched hosts (``local``,
-    or any host) answered on, keep the packets ``screen`` passes (``limit`` at most)."""
+    or any host) answered on, keep the packets ``screen`` passes (``limit`` at most).
+    ``watch`` is given the open reader (whose ``progress`` another thread may show)."""
     stats = ReplayStats()
     tcp: set[int] = set()
     udp: set[int] = set()
@@ -156,6 +161,8 @@ def survey(
     tcp_proto, syn_ack = _TCP, _SYN_ACK
     watch_tcp, watch_udp, kinds, fragments = screen.tcp, screen.udp, screen.kinds, screen.fragments
     with open_capture(path) as reader:
+        if watch is not None:
+            watch(reader)
         try:
             for ts, frame_type, frame in reader:
                 frames += 1
@@ -232,12 +239,13 @@ def run_replay(
     in_use: InUse = InUse(),
     summarise: Callable[[Held], None] | None = None,
     limit: int = KEEP_MAX,
+    watch: Callable[[CaptureReader], None] | None = None,
 ) -> ReplayStats:
     """Both passes: the detector's in-use view is what the capture shows plus ``in_use``;
     each decision goes to ``emit``. With ``summarise``, a source's repeats are held back as
     the daemon holds them and ``summarise`` gets what was held (see ``replay_repeats``);
     without it every decision is built and emitted."""
-    found = survey(path, local, detector.screen, limit)
+    found = survey(path, local, detector.screen, limit, watch)
     seen = found.in_use | in_use
     detector.set_in_use(Proto.TCP, seen.tcp)
     detector.set_in_use(Proto.UDP, seen.udp)

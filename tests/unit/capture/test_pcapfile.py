@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portsentinel.capture.pcapfile import CorruptCaptureError, Frame, open_capture
+from portsentinel.capture.pcapfile import PROGRESS_EVERY, CorruptCaptureError, Frame, open_capture
 from portsentinel.errors import CaptureError
 
 T0 = 1_700_000_000
@@ -605,3 +605,18 @@ def test_mutated_captures_only_raise_capture_error(
     for position, value in edits:
         data[position % len(data)] = value
     consume(write(tmp_path, "mutated", bytes(data[: keep % (len(data) + 1)])))
+
+
+def test_a_reader_notes_how_far_it_has_read(tmp_path: Path) -> None:
+    """Every PROGRESS_EVERY packets the walk notes (bytes, packets), pcap and pcapng alike, for
+    replay's progress line; nothing before the first note."""
+    frame = b"\x45" + b"\x00" * 19
+    one = epb("<", 0, T0, frame)
+    head = shb("<") + idb("<", RAW)
+    path = tmp_path / "c.pcapng"
+    path.write_bytes(head + one * (PROGRESS_EVERY + 3))
+    with open_capture(path) as reader:
+        assert reader.progress == (0, 0)
+        assert reader.size == path.stat().st_size
+        assert sum(1 for _ in reader) == PROGRESS_EVERY + 3
+        assert reader.progress == (len(head) + PROGRESS_EVERY * len(one), PROGRESS_EVERY)
