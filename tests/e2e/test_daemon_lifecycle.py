@@ -120,6 +120,36 @@ def test_dry_run_leaves_the_firewall_alone(lab: netns.Lab, tmp_path: Path) -> No
         assert real.stop()[0] == 0
 
 
+def test_ban_verbs_sent_to_a_dry_run_daemon_touch_nothing(lab: netns.Lab, tmp_path: Path) -> None:
+    """block, unblock and allow on the state of a dry-run daemon are refused (exit 1): no
+    table is made, no hosts.deny or history line written; status says it is a dry run."""
+    lab.run(lab.target, ["nft", "delete", "table", "inet", "portsentinel"], check=False)
+    state = tmp_path / "dry"
+    settings = {"KILL_HOSTS_DENY": "ALL: $TARGET$ : DENY"}
+    dry = Daemon.start(lab, state, mode="atcp,audp", dry_run=True, settings=settings)
+    config = str(state / "portsentinel.conf")
+    verbs = [["block", "198.18.0.9"], ["unblock", "198.18.0.9"], ["allow", "198.18.0.9"]]
+    try:
+        done = {
+            verb[0]: lab.run(lab.target, ["python3", "-m", "portsentinel", *verb, "--config",
+                                          config, "--state-dir", str(state)], check=False)
+            for verb in verbs
+        }  # fmt: skip
+        status = lab.run(lab.target, ["python3", "-m", "portsentinel", "status", "--state-dir",
+                                      str(state)], check=False)  # fmt: skip
+    finally:
+        assert dry.stop()[0] == 0
+    for verb, result in done.items():
+        assert result.returncode == 1, (verb, result.stdout, result.stderr)
+        assert f"{verb} refused: the daemon on {state}" in result.stderr
+        assert "runs as a dry run" in result.stderr
+    assert "inet portsentinel" not in tables(lab)
+    for name in ("hosts_deny_file", "history_file", "blocked_file"):
+        assert (state / name).read_text() == "", name
+    assert status.stdout.splitlines()[0].startswith("portsentinel ")
+    assert "is running as a DRY RUN" in status.stdout.splitlines()[0]
+
+
 def test_a_bound_mode_that_binds_nothing_gives_up(
     lab: netns.Lab, service: Peer, tmp_path: Path
 ) -> None:

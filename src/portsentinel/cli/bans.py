@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from portsentinel.cli.options import Verbs, add_config_option, add_state_dir_option
+from portsentinel import paths
+from portsentinel.cli.options import PROG, Verbs, add_config_option, add_state_dir_option
 from portsentinel.config.setup import load_setup
 from portsentinel.errors import ConfigError
 
@@ -81,8 +82,35 @@ def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return ban_operations.list_bans(args.state_dir, args.json, out, err)
 
 
+def dry_run_refusal(state_dir: str, verb: str) -> str | None:
+    """Why ``verb`` must not act on ``state_dir``: a daemon runs there as a dry run, and a dry
+    run bans nothing and writes no file outside its state directory; None otherwise (no
+    daemon, or a real one)."""
+    from portsentinel.daemon.client import ControlChannelError, request, socket_path  # noqa: PLC0415
+
+    try:
+        status = request(socket_path(state_dir, paths.STATE_DIR), "status", retry_for=2.0)
+    except ControlChannelError:  # none runs, or none answers: the verb works on the store
+        return None
+    if isinstance(status, dict) and status.get("dry_run") is True:
+        return (f"the daemon on {state_dir} (pid {status.get('pid')}) runs as a dry run: "
+                f"{verb} would touch the firewall or files outside the state directory; stop "
+                "it, or give another --state-dir")  # fmt: skip
+    return None
+
+
+def _refused(state_dir: str, verb: str, err: TextIO) -> bool:
+    why = dry_run_refusal(state_dir, verb)
+    if why is not None:
+        err.write(f"{PROG}: {verb} refused: {why}\n")
+    return why is not None
+
+
 def cmd_block(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from portsentinel.cli import ban_operations  # noqa: PLC0415 - not on the daemon's path
+
+    if _refused(args.state_dir, "block", err):
+        return paths.EXIT_FAILURE
 
     setup = load_setup(args.config, "atcp,audp")
     duration = (
@@ -100,6 +128,8 @@ def cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if bool(args.address) == args.all:
         raise ConfigError("give addresses or --all", key="unblock", expected="ADDR... or --all")
+    if _refused(args.state_dir, "unblock", err):
+        return paths.EXIT_FAILURE
     setup = load_setup(args.config, "atcp,audp")
     return ban_operations.unblock(
         setup, args.state_dir, args.address, every=args.all, out=out, err=err
@@ -109,6 +139,8 @@ def cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_allow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from portsentinel.cli import ban_operations  # noqa: PLC0415 - not on the daemon's path
 
+    if _refused(args.state_dir, "allow", err):
+        return paths.EXIT_FAILURE
     setup = load_setup(args.config, "atcp,audp")
     return ban_operations.allow(
         setup, args.state_dir, args.address, comment=args.comment, out=out, err=err

@@ -174,8 +174,9 @@ def status_text(report: dict[str, object]) -> str:
     else:
         started = report.get("started")
         since = iso_time(started) if isinstance(started, float) else "?"
+        dry = " as a DRY RUN (decisions only: no ban, no firewall)" if report.get("dry_run") else ""
         lines.append(
-            f"portsentinel {report.get('version')} is running (pid {report.get('pid')}, "
+            f"portsentinel {report.get('version')} is running{dry} (pid {report.get('pid')}, "
             f"since {since})"
         )
         lines.append(f"configuration: {report.get('config') or 'embedded defaults'}")

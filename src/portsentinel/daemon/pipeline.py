@@ -274,6 +274,7 @@ class Pipeline:
             "ports_in_use": {p.key: len(v.ports) for p, v in self.host.in_use.items()},
             "never_block_networks": len(self.never_block.addresses),
             "responses": self.responder is not None,
+            "dry_run": self.responder is None,  # decisions only: no ban, no firewall
             "store_outage": self._store_outage(),
             "counters": self.statistics(),
         }
