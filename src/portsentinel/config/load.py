@@ -267,6 +267,10 @@ def consistency_warnings(
     if settings.kill_route and settings.block_backend is not Backend.LEGACY:
         message = f"not used: BLOCK_BACKEND={settings.block_backend} blocks instead"
         notes.append(_note(origins, "KILL_ROUTE", source, message))
+    if settings.kernel_hold and settings.block_backend is not Backend.NFTABLES:
+        backend = settings.block_backend
+        message = f"is 1 but not used: it needs BLOCK_BACKEND=nftables (not {backend})"
+        notes.append(_note(origins, "KERNEL_HOLD", source, message))
     first, most = settings.ban_duration, settings.ban_max_duration
     if first is not None and most is not None and most < first:
         message = "is shorter than BAN_DURATION, so every ban is cut to it"

@@ -432,3 +432,12 @@ def test_a_defaults_file_set_in_the_config_but_missing_is_a_warning(tmp_path: Pa
     )
     path.write_text('SCAN_TRIGGER="0"\n')
     assert not [w for w in diagnose_config(str(path)).warnings if "DEFAULTS_FILE" in w]
+
+
+def test_kernel_hold_without_the_nftables_backend_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "portsentinel.conf"
+    path.write_text('KERNEL_HOLD="1"\nBLOCK_BACKEND="iptables"\n')
+    assert (f"{path}:1: KERNEL_HOLD: is 1 but not used: it needs BLOCK_BACKEND=nftables (not "
+            "iptables)") in diagnose_config(str(path)).warnings  # fmt: skip
+    path.write_text('KERNEL_HOLD="1"\n')
+    assert not [w for w in diagnose_config(str(path)).warnings if "KERNEL_HOLD" in w]
