@@ -363,6 +363,19 @@ def ban_timeline(
     return svg("bans", height, title, body)
 
 
+def _length(seconds: float) -> str:
+    """A ban's real length, as the hover title says it (a bar may be a sliver of the axis):
+    ``45 s``, ``1 h 30 min``, ``7 d`` (to its expiry when it is still in force)."""
+    whole = max(round(seconds), 0)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
+    if secs and not days and not hours:
+        parts.append(f"{secs} s")
+    return " ".join(parts[:2]) or "0 s"
+
+
 def _ban_mark(bar: BanBar, axis: TimeAxis, y: float, h: float) -> str:
     """A bar from creation to the end of its life; an open end (still in force) is an arrow."""
     x0 = axis.x(bar.created)
@@ -371,9 +384,12 @@ def _ban_mark(bar: BanBar, axis: TimeAxis, y: float, h: float) -> str:
     until = "permanent" if bar.expires is None else iso_minute(bar.expires)
     ended = "" if bar.ended is None else f", ended {iso_minute(bar.ended)}"
     ports = f"; ports {', '.join(bar.ports[:12])}{' …' if len(bar.ports) > 12 else ''}"
+    last = bar.ended if bar.ended is not None else bar.expires
+    length = "" if last is None else f" ({_length(last - bar.created)})"
     tip = (
         f"{bar.target}: {bar.state} (offence {bar.offence}), {bar.reason}; "
-        f"from {iso_minute(bar.created)} until {until}{ended}{ports if bar.ports else ''}"
+        f"from {iso_minute(bar.created)} until {until}{ended}{length}"
+        f"{ports if bar.ports else ''}"
     )
     width = max(x1 - x0, 3.0)
     mark = rect(x0, y, width, h, colour, tip=tip, cls="ban")

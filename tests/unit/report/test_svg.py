@@ -205,9 +205,19 @@ def test_ban_timeline_draws_each_ban_from_start_to_end_coloured_by_state() -> No
     assert len(list(root.iter("polygon"))) == 1  # the arrow: still in force
     tip = rects[0].findtext("title") or ""
     assert EVIL in tip  # the reason, escaped in the markup, intact as text
+    assert "(2 h)" in tip  # its real length, whatever width the bar got
     texts = [t.text for t in root.iter("text")]
     assert "4 older bans not shown" in texts
     assert "fd00:5e::/64" in texts
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(45, "45 s"), (90, "1 min 30 s"), (5400, "1 h 30 min"),
+     (7 * 86400 + 60, "7 d 1 min"), (0.2, "0 s")],
+)  # fmt: skip
+def test_a_bans_length_in_words(seconds: float, said: str) -> None:
+    assert svg._length(seconds) == said
 
 
 def test_chart_text_escapes_markup() -> None:
