@@ -102,6 +102,18 @@ class BanBar:
 
 
 @dataclass(frozen=True, slots=True)
+class PortStats:
+    """One (protocol, port) of the window: probes to it, distinct sources, the decisions that
+    alerted or blocked (a source's first response) among them."""
+
+    proto: str
+    port: int
+    probes: int
+    sources: int
+    responses: int
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     probes: int
     sources: int
@@ -120,6 +132,7 @@ class Report:
     kinds: KindSeries
     sources: tuple[SourceStats, ...]
     heat: HeatMap
+    ports: tuple[PortStats, ...]  # the most probed first
     timeline: tuple[BanBar, ...]  # oldest first
     timeline_hidden: int  # older bans left out of the timeline
     in_force: tuple[BanBar, ...]  # newest first
@@ -200,6 +213,7 @@ def build_report(
         kinds=kind_series(inside, edges),
         sources=tuple(sources),
         heat=heat_map(inside, edges),
+        ports=tuple(top_ports(inside, top)),
         timeline=tuple(timeline),
         timeline_hidden=len(bars) - len(timeline),
         in_force=tuple(in_force),
@@ -272,6 +286,25 @@ def top_sources(
             )
         )
     return result
+
+
+def top_ports(events: Iterable[EventRow], top: int) -> list[PortStats]:
+    """The ``top`` (protocol, port) pairs by probes (then by sources, then in port order)."""
+    probes: dict[tuple[str, int], int] = {}
+    sources: dict[tuple[str, int], set[str]] = {}
+    responses: dict[tuple[str, int], int] = {}
+    for e in events:
+        key = (e.proto, e.port)
+        probes[key] = probes.get(key, 0) + 1
+        sources.setdefault(key, set()).add(e.src)
+        if e.action != Action.IGNORED.value:
+            responses[key] = responses.get(key, 0) + 1
+    ranked = sorted(probes, key=lambda k: (-probes[k], -len(sources[k]), k[1], k[0]))
+    return [
+        PortStats(proto, port, probes[(proto, port)], len(sources[(proto, port)]),
+                  responses.get((proto, port), 0))
+        for proto, port in ranked[:top]
+    ]  # fmt: skip
 
 
 def heat_map(events: Iterable[EventRow], edges: Sequence[float]) -> HeatMap:

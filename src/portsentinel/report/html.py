@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from portsentinel.report import svg
-from portsentinel.report.data import BanBar, Report, SourceStats
+from portsentinel.report.data import BanBar, PortStats, Report, SourceStats
 from portsentinel.report.scale import count_text, duration_words, iso_minute, table_time
 from portsentinel.report.svg import ACTION_COLOURS, STATE_COLOURS, esc
 
@@ -86,6 +86,7 @@ def render_page(report: Report, *, store_path: str, generated: float, version: s
             "the period. The colour is its state then.",
         ),
         _sources_table(report.sources),
+        _ports_table(report.ports),
         _bans_table(report.in_force),
         f"<footer>Made by PortSentinel {esc(version)} on {esc(iso_minute(generated))}. "
         "Self-contained: this page loads nothing.</footer>",
@@ -152,6 +153,21 @@ def _sources_table(sources: Sequence[SourceStats]) -> str:
         rows.append(_row(cells))
     body = "".join(rows) or '<tr><td colspan="9">No probes in this period.</td></tr>'
     return _table_section("Top sources", head, body)
+
+
+def _ports_table(ports: Sequence[PortStats]) -> str:
+    head = (
+        '<tr><th class="num">#</th><th>Port</th><th class="num">Probes</th>'
+        '<th class="num">Sources</th><th class="num">Alerts and blocks</th></tr>'
+    )
+    rows = [
+        _row([("num", str(rank)), ("addr", esc(f"{p.proto}/{p.port}")),
+              ("num", count_text(p.probes)), ("num", count_text(p.sources)),
+              ("num", count_text(p.responses))])
+        for rank, p in enumerate(ports, start=1)
+    ]  # fmt: skip
+    body = "".join(rows) or '<tr><td colspan="5">No probes in this period.</td></tr>'
+    return _table_section("Most probed ports", head, body)
 
 
 def _bans_table(bans: Sequence[BanBar]) -> str:

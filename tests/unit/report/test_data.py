@@ -21,6 +21,7 @@ from portsentinel.report.data import (
     port_band,
     record_span,
     state_at,
+    top_ports,
     top_sources,
 )
 from portsentinel.report.scale import bucket_edges
@@ -266,3 +267,23 @@ def test_an_offline_window_follows_the_capture_times() -> None:
     assert start == T0
     assert end == math.nextafter(T0, math.inf)
     assert choose_window(None, 60.0, now, follow_records=True) == (now - 60, now)
+
+
+def test_the_most_probed_ports_rank_by_probes_then_sources() -> None:
+    events = [
+        ev(T0, "198.18.0.2", port=22, action="block"),
+        ev(T0 + 1, "198.18.0.2", port=22, action="ignored"),
+        ev(T0 + 2, "198.18.0.3", port=22, action="ignored"),
+        ev(T0 + 3, "198.18.0.2", port=80, action="ignored"),
+        ev(T0 + 4, "198.18.0.3", port=80, action="alert"),
+        ev(T0 + 5, "198.18.0.4", port=53, proto="udp", kind="UDP", action="ignored"),
+        ev(T0 + 6, "198.18.0.4", port=53, proto="udp", kind="UDP", action="ignored"),
+        ev(T0 + 7, "198.18.0.5", port=7, action="ignored"),
+    ]
+    ranked = top_ports(events, 3)
+    assert [(p.proto, p.port, p.probes, p.sources, p.responses) for p in ranked] == [
+        ("tcp", 22, 3, 2, 1),
+        ("tcp", 80, 2, 2, 1),  # as many probes as udp/53, from more sources
+        ("udp", 53, 2, 1, 0),
+    ]
+    assert top_ports([], 3) == []

@@ -123,10 +123,12 @@ def test_the_page_shows_the_numbers_the_four_charts_and_both_tables() -> None:
     ]
     assert any(text.startswith("live store") for text in parsed.texts)
     tables = page.split("<table>")[1:]
-    assert len(tables) == 2
+    assert len(tables) == 3
     assert tables[0].count("<tr>") == 1 + 8  # header and every source (fewer than the top 15)
-    assert tables[1].count("<tr>") == 1 + 1
-    assert "tcp/10 and 4 more" in tables[1]  # 14 ports, 10 shown
+    assert tables[1].count("<tr>") == 1 + 15  # the top 15 of the 300 ports
+    assert "Most probed ports" in page
+    assert tables[2].count("<tr>") == 1 + 1
+    assert "tcp/10 and 4 more" in tables[2]  # 14 ports, 10 shown
 
 
 def test_an_empty_report_still_renders_and_says_so() -> None:
@@ -141,5 +143,5 @@ def test_an_empty_report_still_renders_and_says_so() -> None:
 def test_the_bans_table_is_capped() -> None:
     bans = [ban(i, f"198.18.{i // 250}.{i % 250}", T0 + i, "scan") for i in range(1, 231)]
     page = render([], bans)
-    assert page.split("<table>")[2].count("<tr>") == 1 + MAX_BAN_ROWS
+    assert page.split("<table>")[3].count("<tr>") == 1 + MAX_BAN_ROWS
     assert f"{230 - MAX_BAN_ROWS} more not shown." in page
