@@ -32,7 +32,7 @@ from portsentinel.cli.report import add_parsers
 from portsentinel.config.setup import detector_config, load_setup
 from portsentinel.detect.detector import Detector
 from portsentinel.model import Action, Decision
-from portsentinel.report.data import PORT_BANDS
+from portsentinel.report.data import PORT_BANDS, port_band
 from portsentinel.report.svg import HEAT_STEPS, KIND_COLOURS, STATE_COLOURS
 from portsentinel.store.records import BanRecord, EventRow, LiftedBy
 from portsentinel.store.sqlite import Store
@@ -282,9 +282,9 @@ def marks(dom: str) -> ChartMarks:
     return parser
 
 
-def heat_columns(page_text: str) -> int:
-    """Buckets of the time axis: rects of the heat map divided by the port bands."""
-    return marks(page_text).charts["heat"]["rect.cell"] // len(PORT_BANDS)
+def heat_cells(page_text: str) -> int:
+    """The heat map's cells as the page's own markup has them (rows x time buckets)."""
+    return marks(page_text).charts["heat"]["rect.cell"]
 
 
 def no_network_reference(text: str) -> None:
@@ -311,12 +311,16 @@ def test_report_of_real_captures_renders_in_chromium(tmp_path: Path) -> None:
     assert set(found.charts) == {"kinds", "sources", "heat", "bans"}
     assert found.scripts == 0
     assert found.references == []
-    columns = heat_columns(text)
-    assert 5 <= columns <= 60  # 7 s of captures in sub-second buckets
-    assert found.charts["heat"]["rect.cell"] == len(PORT_BANDS) * columns
-    assert found.charts["sources"]["rect.bar"] == 2  # 198.18.0.2 and fd00:5e::2
     with Store.open(str(state), offline=True) as store:
         bans = store.bans_between(-1e300, 1e300)
+        highest = max(e.port for e in store.events_between(-1e300, 1e300))
+    rows = port_band(highest) + 1  # up to the highest band probed
+    assert rows < len(PORT_BANDS)
+    cells = heat_cells(text)
+    assert cells % rows == 0
+    assert 5 <= cells // rows <= 60  # 7 s of captures in sub-second buckets
+    assert found.charts["heat"]["rect.cell"] == cells
+    assert found.charts["sources"]["rect.bar"] == 2  # 198.18.0.2 and fd00:5e::2
     assert len(bans) >= 4  # short bans: each burst after the previous ban expired bans again
     assert found.charts["bans"]["rect.ban"] == len(bans)
     kinds_drawn = found.charts["kinds"]["rect.bar"]
@@ -343,7 +347,7 @@ def test_busy_live_report_renders_in_chromium(tmp_path: Path) -> None:
     assert set(found.charts) == {"kinds", "sources", "heat", "bans"}
     assert found.scripts == 0
     assert found.references == []
-    assert found.charts["heat"]["rect.cell"] == len(PORT_BANDS) * heat_columns(text)
+    assert found.charts["heat"]["rect.cell"] == heat_cells(text)
     assert found.charts["sources"]["rect.bar"] == 15
     assert found.charts["bans"]["rect.ban"] == len(bans)
     assert "<script>alert(1)" not in dom

@@ -308,7 +308,9 @@ def top_ports(events: Iterable[EventRow], top: int) -> list[PortStats]:
 
 
 def heat_map(events: Iterable[EventRow], edges: Sequence[float]) -> HeatMap:
-    """Probes and distinct sources per port band (rows) and time bucket (columns)."""
+    """Probes and distinct sources per port band (rows) and time bucket (columns). Rows stop
+    at the highest band any probe reached: advanced modes watch ports below 1024 and the
+    ephemeral bands above stay empty (an empty window keeps every row)."""
     buckets = len(edges) - 1
     probes = [[0] * buckets for _ in PORT_BANDS]
     sources: list[list[set[str]]] = [[set() for _ in range(buckets)] for _ in PORT_BANDS]
@@ -317,11 +319,13 @@ def heat_map(events: Iterable[EventRow], edges: Sequence[float]) -> HeatMap:
         column = bucket_index(edges, e.time)
         probes[band][column] += 1
         sources[band][column].add(e.src)
+    used = [band for band, row in enumerate(probes) if any(row)]
+    rows = used[-1] + 1 if used else len(PORT_BANDS)
     return HeatMap(
         tuple(edges),
-        PORT_BANDS,
-        tuple(tuple(row) for row in probes),
-        tuple(tuple(len(cell) for cell in row) for row in sources),
+        PORT_BANDS[:rows],
+        tuple(tuple(row) for row in probes[:rows]),
+        tuple(tuple(len(cell) for cell in row) for row in sources[:rows]),
     )
 
 

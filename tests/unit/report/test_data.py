@@ -165,6 +165,10 @@ def test_heat_map_counts_probes_and_distinct_sources_per_cell() -> None:
     assert heat.peak == 3
     assert sum(map(sum, heat.probes)) == len(events)
     assert all(len(row) == len(edges) - 1 for row in heat.probes)
+    # Rows up to the highest band probed (443: 256-511), not the empty ephemeral bands.
+    assert heat.bands == PORT_BANDS[: port_band(443) + 1]
+    assert len(heat.probes) == len(heat.sources) == len(heat.bands)
+    assert heat_map([], edges).bands == PORT_BANDS
 
 
 # --- bans ------------------------------------------------------------------------------------
