@@ -13,6 +13,7 @@ import argparse
 import os
 import tempfile
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TextIO
 
 from portsentinel import __version__, paths
@@ -24,6 +25,7 @@ from portsentinel.store.sqlite import Store
 
 if TYPE_CHECKING:
     from portsentinel.report.data import Report
+    from portsentinel.report.scale import Zone
 
 ALL: Final = "all"
 _EVER: Final = 1e300  # bounds for "every record" (SQLite compares them with any REAL)
@@ -52,8 +54,25 @@ def add_parsers(verbs: Verbs) -> None:
     parser.add_argument(
         "--html", required=True, metavar="FILE", help="the page to write ('-' for standard output)"
     )
+    parser.add_argument(
+        "--tz",
+        choices=("UTC", "local"),
+        default="UTC",
+        help="write times in UTC (the default, as every other output) or in this machine's "
+        "local zone",
+    )
     add_state_dir_option(parser, "state directory holding the store")
     parser.set_defaults(handler=cmd_report)
+
+
+def time_zone(choice: str) -> Zone:
+    """UTC, or this machine's zone now (named as ``date`` names it)."""
+    from portsentinel.report.scale import UTC_ZONE, Zone  # noqa: PLC0415 - see the docstring
+
+    if choice == "UTC":
+        return UTC_ZONE
+    here = datetime.now().astimezone()
+    return Zone(here.tzinfo or UTC, here.strftime("%Z") or here.strftime("%z"))
 
 
 def parse_since(text: str) -> float | None:
@@ -75,7 +94,8 @@ def cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     now = time.time()
     try:
         report, path = load_report(args.state_dir, since, now)
-        page = render_page(report, store_path=path, generated=now, version=__version__)
+        zone = time_zone(args.tz)
+        page = render_page(report, store_path=path, generated=now, version=__version__, zone=zone)
         if args.html == "-":
             out.write(page)
         else:

@@ -13,7 +13,14 @@ from typing import Final
 
 from portsentinel.report import svg
 from portsentinel.report.data import BanBar, PortStats, Report, SourceStats
-from portsentinel.report.scale import count_text, duration_words, iso_minute, table_time
+from portsentinel.report.scale import (
+    UTC_ZONE,
+    Zone,
+    count_text,
+    duration_words,
+    iso_minute,
+    table_time,
+)
 from portsentinel.report.svg import ACTION_COLOURS, STATE_COLOURS, esc
 
 MAX_BAN_ROWS: Final = 200  # rows of the in-force table; the rest are counted
@@ -52,9 +59,12 @@ footer { color: #59636e; font-size: 12px; text-align: center; }
 """
 
 
-def render_page(report: Report, *, store_path: str, generated: float, version: str) -> str:
-    """The whole page as text; ``generated`` is when it was made (epoch seconds)."""
-    span = f"{iso_minute(report.start)} to {iso_minute(report.end)}"
+def render_page(
+    report: Report, *, store_path: str, generated: float, version: str, zone: Zone = UTC_ZONE
+) -> str:
+    """The whole page as text; ``generated`` is when it was made (epoch seconds); every time
+    is written in ``zone`` (``report --tz``)."""
+    span = f"{iso_minute(report.start, zone)} to {iso_minute(report.end, zone)}"
     kind = "offline analysis (replay)" if report.summary.offline else "live store"
     parts = [
         "<!DOCTYPE html>",
@@ -69,7 +79,7 @@ def render_page(report: Report, *, store_path: str, generated: float, version: s
         "</header>",
         _cards(report),
         _figure(
-            svg.kinds_chart(report.kinds),
+            svg.kinds_chart(report.kinds, zone=zone),
             "Probes that reached a decision, per time bucket, stacked by how they looked.",
         ),
         _figure(
@@ -77,18 +87,20 @@ def render_page(report: Report, *, store_path: str, generated: float, version: s
             "The busiest sources; the colour is the strongest response any of their probes got.",
         ),
         _figure(
-            svg.heat_chart(report.heat),
+            svg.heat_chart(report.heat, zone=zone),
             "Probes per port band (bands double in width) and time bucket; hover a cell.",
         ),
         _figure(
-            svg.ban_timeline(report.timeline, report.kinds.edges, report.timeline_hidden),
+            svg.ban_timeline(
+                report.timeline, report.kinds.edges, report.timeline_hidden, zone=zone
+            ),
             "Each ban from its start to its end; an arrow means still in force at the end of "
             "the period. The colour is its state then.",
         ),
-        _sources_table(report.sources),
+        _sources_table(report.sources, zone),
         _ports_table(report.ports),
-        _bans_table(report.in_force),
-        f"<footer>Made by PortSentinel {esc(version)} on {esc(iso_minute(generated))}. "
+        _bans_table(report.in_force, zone),
+        f"<footer>Made by PortSentinel {esc(version)} on {esc(iso_minute(generated, zone))}. "
         "Self-contained: this page loads nothing.</footer>",
         "</main></body></html>",
     ]
@@ -130,11 +142,11 @@ def _row(cells: Sequence[tuple[str, str]]) -> str:
     return f"<tr>{tds}</tr>"
 
 
-def _sources_table(sources: Sequence[SourceStats]) -> str:
+def _sources_table(sources: Sequence[SourceStats], zone: Zone) -> str:
     head = (
         '<tr><th class="num">#</th><th>Source</th><th class="num">Probes</th>'
-        '<th class="num">Ports</th><th>Kinds</th><th>First seen (UTC)</th>'
-        "<th>Last seen (UTC)</th><th>Response</th><th>Ban</th></tr>"
+        f'<th class="num">Ports</th><th>Kinds</th><th>First seen ({esc(zone.name)})</th>'
+        f"<th>Last seen ({esc(zone.name)})</th><th>Response</th><th>Ban</th></tr>"
     )
     rows = []
     for rank, s in enumerate(sources, start=1):
@@ -145,8 +157,8 @@ def _sources_table(sources: Sequence[SourceStats]) -> str:
             ("num", count_text(s.probes)),
             ("num", count_text(s.ports)),
             ("", esc(", ".join(s.kinds))),
-            ("time", table_time(s.first)),
-            ("time", table_time(s.last)),
+            ("time", table_time(s.first, zone)),
+            ("time", table_time(s.last, zone)),
             ("", _pill(s.action, ACTION_COLOURS.get(s.action, "#444"))),
             ("", ban),
         ]
@@ -170,20 +182,21 @@ def _ports_table(ports: Sequence[PortStats]) -> str:
     return _table_section("Most probed ports", head, body)
 
 
-def _bans_table(bans: Sequence[BanBar]) -> str:
+def _bans_table(bans: Sequence[BanBar], zone: Zone) -> str:
+    name = esc(zone.name)
     head = (
-        "<tr><th>Address</th><th>Since (UTC)</th><th>Until (UTC)</th><th>State</th>"
+        f"<tr><th>Address</th><th>Since ({name})</th><th>Until ({name})</th><th>State</th>"
         '<th class="num">Offence</th><th>Reason</th><th>Ports seen</th></tr>'
     )
     rows = []
     for ban in bans[:MAX_BAN_ROWS]:
-        until = "permanent" if ban.expires is None else table_time(ban.expires)
+        until = "permanent" if ban.expires is None else table_time(ban.expires, zone)
         ports = ", ".join(ban.ports[:MAX_PORTS_SHOWN])
         if len(ban.ports) > MAX_PORTS_SHOWN:
             ports += f" and {len(ban.ports) - MAX_PORTS_SHOWN} more"
         cells = [
             ("addr", esc(ban.target)),
-            ("time", table_time(ban.created)),
+            ("time", table_time(ban.created, zone)),
             ("time", until),
             ("", _pill(ban.state, STATE_COLOURS.get(ban.state, "#444"))),
             ("num", str(ban.offence)),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from typing import Final
 
 MINUTE: Final = 60.0
@@ -96,6 +97,17 @@ def _is_nice(period: float) -> bool:
     return any(abs(period - nice) < 1e-6 * nice for nice in NICE_STEPS)
 
 
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """The time zone the page writes its times in (``report --tz``), and its name."""
+
+    tz: tzinfo
+    name: str
+
+
+UTC_ZONE: Final = Zone(UTC, "UTC")
+
+
 def time_format(step: float, span: float) -> str:
     """A strftime format that tells buckets ``step`` apart over ``span`` seconds (UTC)."""
     if step >= DAY:
@@ -107,9 +119,9 @@ def time_format(step: float, span: float) -> str:
     return "%H:%M:%S"
 
 
-def time_label(t: float, step: float, span: float) -> str:
+def time_label(t: float, step: float, span: float, zone: Zone = UTC_ZONE) -> str:
     """``t`` as the axis shows it; tenths or hundredths of seconds when buckets are that small."""
-    moment = datetime.fromtimestamp(t, UTC)
+    moment = datetime.fromtimestamp(t, zone.tz)
     text = moment.strftime(time_format(step, span))
     if step < 1:
         digits = 1 if step >= 0.1 else 2
@@ -118,14 +130,14 @@ def time_label(t: float, step: float, span: float) -> str:
     return text
 
 
-def iso_minute(t: float) -> str:
+def iso_minute(t: float, zone: Zone = UTC_ZONE) -> str:
     """``2026-11-25 21:26:10 UTC``: a moment in summaries and tooltips."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(t, zone.tz).strftime("%Y-%m-%d %H:%M:%S ") + zone.name
 
 
-def table_time(t: float) -> str:
-    """``2026-11-25 21:26:10``: a moment in a table column headed "(UTC)"."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+def table_time(t: float, zone: Zone = UTC_ZONE) -> str:
+    """``2026-11-25 21:26:10``: a moment in a table column headed with the zone."""
+    return datetime.fromtimestamp(t, zone.tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def duration_words(seconds: float) -> str:

@@ -16,6 +16,8 @@ from typing import Final
 
 from portsentinel.report.data import BanBar, HeatMap, KindSeries, SourceStats
 from portsentinel.report.scale import (
+    UTC_ZONE,
+    Zone,
     count_text,
     count_ticks,
     iso_minute,
@@ -156,8 +158,11 @@ def _no_data(x: float, y: float, message: str) -> str:
 class TimeAxis:
     """Maps epoch seconds onto ``[left, right]`` for the window the edges cover."""
 
-    def __init__(self, edges: Sequence[float], left: float, right: float) -> None:
+    def __init__(
+        self, edges: Sequence[float], left: float, right: float, zone: Zone = UTC_ZONE
+    ) -> None:
         self.edges = edges
+        self.zone = zone
         self.left, self.right = left, right
         self.start, self.end = edges[0], edges[-1]
         self.step = snap_step(edges[1] - edges[0])
@@ -167,12 +172,12 @@ class TimeAxis:
         return self.left + (t - self.start) / (self.end - self.start) * (self.right - self.left)
 
     def label(self, t: float) -> str:
-        return time_label(t, self.step, self.end - self.start)
+        return time_label(t, self.step, self.end - self.start, self.zone)
 
     def span_text(self, index: int) -> str:
         """'12:00-12:30 UTC' (an en dash) for bucket ``index``."""
         a, b = self.edges[index], self.edges[index + 1]
-        return f"{self.label(a)}{DASH}{self.label(b)} UTC"
+        return f"{self.label(a)}{DASH}{self.label(b)} {self.zone.name}"
 
     def draw(self, top: float, bottom: float) -> list[str]:
         """Vertical grid lines at the ticks, labels under ``bottom``, and the axis title."""
@@ -185,7 +190,7 @@ class TimeAxis:
             parts.append(line(x, top, x, bottom))
             parts.append(line(x, bottom, x, bottom + 4, MUTED))
             parts.append(text(x, bottom + 18, label, anchor=anchor, fill=MUTED))
-        caption = f"time (UTC), from {iso_minute(self.start)}"
+        caption = f"time ({self.zone.name}), from {iso_minute(self.start, self.zone)}"
         parts.append(text((self.left + self.right) / 2, bottom + 38, caption, anchor="middle"))
         return parts
 
@@ -206,9 +211,11 @@ def _count_axis(
 # --- 1. Probes over time, stacked by kind --------------------------------------------------
 
 
-def kinds_chart(series: KindSeries, title: str = "Probes over time, by scan kind") -> str:
+def kinds_chart(
+    series: KindSeries, title: str = "Probes over time, by scan kind", zone: Zone = UTC_ZONE
+) -> str:
     height, top, bottom = 330.0, 62.0, 270.0
-    axis = TimeAxis(series.edges, TIME_LEFT, WIDTH - RIGHT)
+    axis = TimeAxis(series.edges, TIME_LEFT, WIDTH - RIGHT, zone)
     totals = series.totals()
     scale = nice_axis(max(totals, default=0))
     peak = scale[0]
@@ -309,11 +316,11 @@ def _heat_legend(peak: int, x: float, y: float) -> list[str]:
     return [text(x, y, "probes per cell:", fill=MUTED), *legend(items, x + 110, y)]
 
 
-def heat_chart(heat: HeatMap, title: str = "Probed ports over time") -> str:
+def heat_chart(heat: HeatMap, title: str = "Probed ports over time", zone: Zone = UTC_ZONE) -> str:
     cell_h, top = 20.0, 62.0
     bottom = top + cell_h * len(heat.bands)
     height = bottom + 50
-    axis = TimeAxis(heat.edges, TIME_LEFT, WIDTH - RIGHT)
+    axis = TimeAxis(heat.edges, TIME_LEFT, WIDTH - RIGHT, zone)
     peak = heat.peak
     body = _heat_legend(peak, TIME_LEFT, 42)
     slot = (axis.right - axis.left) / (len(heat.edges) - 1)
@@ -342,13 +349,17 @@ def heat_chart(heat: HeatMap, title: str = "Probed ports over time") -> str:
 
 
 def ban_timeline(
-    bars: Sequence[BanBar], edges: Sequence[float], hidden: int = 0, title: str = "Bans"
+    bars: Sequence[BanBar],
+    edges: Sequence[float],
+    hidden: int = 0,
+    title: str = "Bans",
+    zone: Zone = UTC_ZONE,
 ) -> str:
     row, top = 22.0, 62.0
     rows = max(len(bars), 1)
     bottom = top + rows * row
     height = bottom + 50 + (18 if hidden else 0)
-    axis = TimeAxis(edges, NAME_LEFT, WIDTH - RIGHT)
+    axis = TimeAxis(edges, NAME_LEFT, WIDTH - RIGHT, zone)
     body = legend(list(STATE_COLOURS.items()), NAME_LEFT, 42)
     body += axis.draw(top - 4, bottom)
     for i, bar in enumerate(bars):
@@ -381,14 +392,15 @@ def _ban_mark(bar: BanBar, axis: TimeAxis, y: float, h: float) -> str:
     x0 = axis.x(bar.created)
     x1 = axis.x(bar.ended if bar.ended is not None else axis.end)
     colour = STATE_COLOURS.get(bar.state, OTHER_COLOUR)
-    until = "permanent" if bar.expires is None else iso_minute(bar.expires)
-    ended = "" if bar.ended is None else f", ended {iso_minute(bar.ended)}"
+    zone = axis.zone
+    until = "permanent" if bar.expires is None else iso_minute(bar.expires, zone)
+    ended = "" if bar.ended is None else f", ended {iso_minute(bar.ended, zone)}"
     ports = f"; ports {', '.join(bar.ports[:12])}{' …' if len(bar.ports) > 12 else ''}"
     last = bar.ended if bar.ended is not None else bar.expires
     length = "" if last is None else f" ({_length(last - bar.created)})"
     tip = (
         f"{bar.target}: {bar.state} (offence {bar.offence}), {bar.reason}; "
-        f"from {iso_minute(bar.created)} until {until}{ended}{length}"
+        f"from {iso_minute(bar.created, zone)} until {until}{ended}{length}"
         f"{ports if bar.ports else ''}"
     )
     width = max(x1 - x0, 3.0)

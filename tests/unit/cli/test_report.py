@@ -6,11 +6,13 @@ import argparse
 import io
 import os
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from portsentinel import paths
+from portsentinel.cli import report as report_verb
 from portsentinel.cli.report import add_parsers, load_report, parse_since
 from portsentinel.errors import ConfigError
 from portsentinel.store.records import EventRow
@@ -108,3 +110,24 @@ def test_an_unwritable_target_fails_cleanly(tmp_path: Path) -> None:
     assert status == 1
     assert out == ""
     assert "cannot write the report" in err
+
+
+def test_tz_local_names_this_machines_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        zone = report_verb.time_zone("local")
+        assert zone.name == "IST"
+        assert datetime.fromtimestamp(0, zone.tz).utcoffset() == timedelta(hours=5, minutes=30)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert report_verb.time_zone("UTC").name == "UTC"
+
+
+def test_the_tz_option_reaches_the_page(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path)) as store:
+        store.add_events([ev(time.time() - 5)])
+    status, out, _err = run("--html", "-", "--tz", "UTC", "--state-dir", str(tmp_path))
+    assert status == 0
+    assert "First seen (UTC)" in out

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta, timezone
 from html.parser import HTMLParser
 from types import MappingProxyType
 
 from portsentinel.report.data import build_report
 from portsentinel.report.html import CSP, MAX_BAN_ROWS, render_page
+from portsentinel.report.scale import Zone
 from portsentinel.store.records import BanRecord, BanState, EventRow
 
 T0 = 1_764_000_000.0
@@ -145,3 +147,18 @@ def test_the_bans_table_is_capped() -> None:
     page = render([], bans)
     assert page.split("<table>")[3].count("<tr>") == 1 + MAX_BAN_ROWS
     assert f"{230 - MAX_BAN_ROWS} more not shown." in page
+
+
+def test_every_time_is_written_in_the_chosen_zone() -> None:
+    """report --tz: the header, axes, tooltips and tables in that zone, named; UTC by default."""
+    zone = Zone(timezone(timedelta(hours=9, minutes=30), "ACST"), "ACST")
+    events = [ev(T0 + i * 60, "198.18.0.2", i) for i in range(10)]
+    report = build_report(events, [ban(1, "198.18.0.2", T0 + 10)], T0, T0 + DAY)
+    page = render_page(report, store_path="s", generated=T0 + DAY, version="9", zone=zone)
+    utc = render_page(report, store_path="s", generated=T0 + DAY, version="9")
+    assert "UTC" not in page
+    assert "(ACST)" in page  # table headers and axis captions
+    start = datetime.fromtimestamp(T0, zone.tz).strftime("%Y-%m-%d %H:%M:%S ACST")
+    assert start in page
+    assert datetime.fromtimestamp(T0, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") in utc
+    assert "ACST" not in utc
