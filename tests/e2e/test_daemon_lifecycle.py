@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,49 @@ def test_dry_run_leaves_the_firewall_alone(lab: netns.Lab, tmp_path: Path) -> No
         assert "table inet portsentinel" in tables(lab)
     finally:
         assert real.stop()[0] == 0
+
+
+def test_a_dry_run_records_what_a_real_run_would_have_done(lab: netns.Lab, tmp_path: Path) -> None:
+    """A real scan against a dry run: no table, no hosts.deny or history line, but the
+    would-be ban and the probes are in its (offline) store, for list, why and history."""
+    lab.run(lab.target, ["nft", "delete", "table", "inet", "portsentinel"], check=False)
+    state = tmp_path / "dry"
+    settings = {"KILL_HOSTS_DENY": "ALL: $TARGET$ : DENY"}
+    dry = Daemon.start(lab, state, mode="atcp,audp", dry_run=True, settings=settings)
+    cli = ["python3", "-m", "portsentinel"]
+    try:
+        nmap = ["timeout", "60", "nmap", "-n", "-Pn", "-sS", "-T4", "--max-retries", "1"]
+        lab.run(lab.scanner, [*nmap, "-p", "1-40", netns.Lab.TARGET4], check=False)
+        listed = wait_listed(lab, state)
+        why = lab.run(lab.target, [*cli, "why", netns.Lab.SCANNER4, "--state-dir", str(state)],
+                      check=False)  # fmt: skip
+        history = lab.run(lab.target, [*cli, "history", "--json", "--state-dir", str(state)],
+                          check=False)  # fmt: skip
+        tables_then = tables(lab)
+    finally:
+        assert dry.stop()[0] == 0
+    [ban] = [row for row in listed if row["address"] == netns.Lab.SCANNER4]
+    assert ban["applied"] is False
+    assert why.returncode == 0, why.stderr
+    assert "dry_run" in why.stdout
+    assert any(
+        json.loads(line)["src"] == netns.Lab.SCANNER4 for line in history.stdout.splitlines()
+    )
+    assert "inet portsentinel" not in tables_then
+    for name in ("hosts_deny_file", "history_file", "blocked_file"):
+        assert (state / name).read_text() == "", name
+    assert "would be blocked (dry run: nothing applied)" in dry.stderr()
+
+
+def wait_listed(lab: netns.Lab, state: Path) -> list[dict[str, object]]:
+    argv = ["python3", "-m", "portsentinel", "list", "--json", "--state-dir", str(state)]
+    end = time.monotonic() + 20
+    while True:
+        done = lab.run(lab.target, argv, check=False)
+        rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        if rows or time.monotonic() > end:
+            return rows
+        time.sleep(0.1)
 
 
 def test_ban_verbs_sent_to_a_dry_run_daemon_touch_nothing(lab: netns.Lab, tmp_path: Path) -> None:

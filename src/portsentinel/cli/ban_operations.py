@@ -165,11 +165,18 @@ def list_bans(state_dir: str, as_json: bool, out: TextIO, err: TextIO | None = N
     try:
         # A replay's store answers as of the end of its capture, not as of today.
         records = store.active_bans(reference_time(store, now))
+        offline = store.offline
         if err is not None:
             say_damaged(store, err)
     finally:
         store.close()
     rows = [_ban_dict(r) for r in records]
+    if offline:  # a dry run's or a replay's: what would have been banned
+        for row in rows:
+            row["applied"] = False
+        if not as_json:
+            out.write("would-be bans (an offline store: a dry run's or a replay's), never "
+                      "applied:\n")  # fmt: skip
     write_rows(rows, LIST_COLUMNS, out, as_json=as_json, empty="no active bans")
     return paths.EXIT_OK
 

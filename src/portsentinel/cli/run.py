@@ -52,7 +52,11 @@ def add_parsers(verbs: Verbs) -> None:
         help="also write one JSON event per decision to PATH ('-' for standard output)",
     )
     run.add_argument(
-        "--dry-run", action="store_true", help="decide and log, but never touch a firewall"
+        "--dry-run",
+        action="store_true",
+        help="decide, log and record (would-be bans too) in an offline store, but never touch "
+        f"a firewall or a file outside it (state directory {paths.STATE_DIR}/dry-run unless "
+        "--state-dir says)",
     )
     run.set_defaults(handler=cmd_run)
 
@@ -80,6 +84,13 @@ def _control_path(state_dir: str) -> str:
     return socket_path(state_dir, paths.STATE_DIR)
 
 
+def dry_run_dir() -> str:
+    """Where ``run --dry-run`` keeps its offline store unless ``--state-dir`` says: beside the
+    live store, never in it (a live store holds what was applied; a dry run's holds what
+    would have been)."""
+    return os.path.join(paths.STATE_DIR, "dry-run")
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     setup = load_setup(args.config, args.mode)
     log = default_log(setup)
@@ -87,13 +98,16 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         log.line(f"adminalert: WARNING: {warning}")
     if setup.tcp_mode is None and setup.udp_mode is None:
         raise ConfigError("no mode to run", key="--mode", expected="e.g. atcp,audp")
+    state_dir = args.state_dir
+    if args.dry_run and state_dir == paths.STATE_DIR:  # never the live store's directory
+        state_dir = dry_run_dir()
     options = RunOptions(
-        state_dir=args.state_dir,
+        state_dir=state_dir,
         events=args.events,
         dry_run=args.dry_run,
         config=args.config,
         modes=args.mode,
-        control_path=_control_path(args.state_dir),
+        control_path=_control_path(state_dir),
     )
     try:
         return Daemon(setup, options, log).run()

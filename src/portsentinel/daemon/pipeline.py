@@ -85,6 +85,7 @@ class Pipeline:
         self.decode_errors = 0
         self._selector: selectors.BaseSelector | None = None
         self.responder: Responder | None = None
+        self.dry_run = False  # run --dry-run: the responder records would-be bans only
         self.never_block = never_block
         self.protection = Protection(never_block, detector)
         self._clock = clock
@@ -274,7 +275,7 @@ class Pipeline:
             "ports_in_use": {p.key: len(v.ports) for p, v in self.host.in_use.items()},
             "never_block_networks": len(self.never_block.addresses),
             "responses": self.responder is not None,
-            "dry_run": self.responder is None,  # decisions only: no ban, no firewall
+            "dry_run": self.dry_run,  # would-be bans recorded, no firewall touched
             "store_outage": self._store_outage(),
             "counters": self.statistics(),
         }

@@ -69,24 +69,29 @@ class Daemon:
             except StartupError as exc:
                 self.log.line(str(exc))
                 return 1
-            if self.options.dry_run:
-                self.log.line("adminalert: dry run: decisions are logged, no firewall is touched")
+            dry = self.options.dry_run
+            if dry:
+                self.log.line(
+                    "adminalert: dry run: decisions are logged and recorded (would-be bans too) "
+                    f"in the offline store in {self.options.state_dir}; no firewall is touched"
+                )
             notifier = _notifier(self.setup, dry_run=self.options.dry_run)
             pipeline.outputs.notifier = notifier
             if notifier is not None:
                 pipeline.watched["notifier"] = notifier.alive
-            if not self.options.dry_run:
-                pipeline.attach(
-                    Responder(
-                        self.setup.settings,
-                        self.options.state_dir,
-                        protected=pipeline.protection.protects,
-                        protection=pipeline.protection.entries,
-                        on_ban=notifier.ban_result if notifier is not None else None,
-                        conntrack=pipeline.host.tracks_replies,
-                        hold=hold_plan(self.setup),
-                    )
+            pipeline.dry_run = dry
+            pipeline.attach(
+                Responder(
+                    self.setup.settings,
+                    self.options.state_dir,
+                    protected=pipeline.protection.protects,
+                    protection=pipeline.protection.entries,
+                    on_ban=notifier.ban_result if notifier is not None else None,
+                    conntrack=pipeline.host.tracks_replies and not dry,
+                    hold=None if dry else hold_plan(self.setup),
+                    dry_run=dry,
                 )
+            )
             metrics = MetricsServer.from_settings(
                 self.setup.settings, pipeline.metrics_snapshot, started=time.time()
             )

@@ -20,6 +20,8 @@ from portsentinel.block import (
     RouteBackend,
     Runner,
 )
+from portsentinel.block.dryrun import NAME as DRY_RUN
+from portsentinel.block.dryrun import DryRunBackend
 from portsentinel.config.schema import Settings
 from portsentinel.detect.ban_terms import BanTerms
 from portsentinel.errors import BackendError
@@ -64,6 +66,8 @@ class Backends:
             return RouteBackend(runner)
         if name == "hosts_deny":
             return HostsDenyBackend(s.hosts_deny_file, s.kill_hosts_deny or "ALL: $TARGET$ : DENY")
+        if name == DRY_RUN:
+            return DryRunBackend()
         if name in ("run_cmd", "legacy"):
             return CommandBackend(
                 runner,
@@ -143,6 +147,8 @@ def uses(store: Store, record: BanRecord, backend: str) -> bool:
 def blocked_line(name: str, spec: BanSpec, detail: Mapping[str, object], s: Settings) -> str:
     """PortSentry 1.2's wording for its three actions; a plain line for the native ones."""
     target = spec.key
+    if name == DRY_RUN:
+        return f"attackalert: Host {target} would be blocked (dry run: nothing applied)"
     if name == "hosts_deny":
         line = detail.get("line", "")
         return f'attackalert: Host {target} has been blocked via wrappers with string: "{line}"'

@@ -21,6 +21,7 @@ from typing import Any
 
 from portsentinel.block import Backend, BanSpec, plan_actions
 from portsentinel.block.base import ActionDetail, kernel_timeout
+from portsentinel.block.dryrun import NAME as DRY_RUN
 from portsentinel.block.nftables import MAX_TIMEOUT, ban_detail
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
@@ -115,10 +116,13 @@ class BanManager(Restart):
         files: PortSentryFiles | None = None,
         names: Names | None = None,
         protected: Callable[[Network], bool] | None = None,
+        dry_run: bool = False,
     ) -> None:
         """``protected(net)`` says whether a network holds a never-block address; without it
         IPv6 bans never widen to a prefix. With ``names`` (RESOLVE_HOST at the start), the
-        history/blocked files are written through it, beside the ban path."""
+        history/blocked files are written through it, beside the ban path. ``dry_run``: every
+        ban the settings would apply is recorded with the ``dry_run`` backend instead
+        (nothing applied; ``run --dry-run``)."""
         self.settings = settings
         self.terms = terms_of(settings)
         self.store = store
@@ -127,6 +131,7 @@ class BanManager(Restart):
         self.files = files
         self.names = names
         self.protected = protected
+        self.dry_run = dry_run
 
     def reconfigure(self, settings: Settings) -> None:
         """A reloaded configuration: backends are rebuilt from it on their next use (bans in
@@ -145,6 +150,13 @@ class BanManager(Restart):
         return terms.length(self.store.offences(address, terms.repeat_since(now)))
 
     def plan(self, level: int) -> list[str]:
+        """The backends a ban at BLOCK_x=``level`` runs; in a dry run, ``dry_run`` alone."""
+        if self.dry_run:
+            real = self._plan(level)
+            return [DRY_RUN] if real else []
+        return self._plan(level)
+
+    def _plan(self, level: int) -> list[str]:
         s = self.settings
         return plan_actions(
             level,

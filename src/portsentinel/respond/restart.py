@@ -48,6 +48,7 @@ class Restart:
     store: Store
     backends: Backends
     log: Callable[[str], None]
+    dry_run: bool  # run --dry-run: nothing was applied, so nothing of the kernel is ours
     _conntrack_said: str | None = None  # the last failure to repair the chain, said once
 
     def expire(self, now: float) -> list[BanRecord]:
@@ -160,7 +161,7 @@ class Restart:
         the kernel was unreachable or a crash mid-undo left it; it is removed.
         """
         name = self.settings.block_backend.value
-        if name not in NATIVE:
+        if name not in NATIVE or self.dry_run:  # a dry run reads no firewall (and makes none)
             return
         try:
             backend = self.backends.get(name)

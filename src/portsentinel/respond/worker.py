@@ -5,11 +5,10 @@ timeout), a reverse-DNS lookup or the disk. It hands triggered decisions and eve
 this worker through a queue and goes on; the worker owns the store connection and the
 backends, and tells it back through a second queue and a wake-up socket (log lines to print,
 sources whose response ended, bans the CLI changed). Start-up waits for the worker to have
-restored the previous run's bans, so the kernel is in order before the first packet is read.
-Nor does the worker wait for a name: with RESOLVE_HOST, a ban's history lines go to ``names``
-(a thread of its own), which writes them once the name is known or 2 s have passed.
-When the never-block set changes the loop says so (``protect``), and the worker lifts the bans
-on addresses it now holds (``protected``); at start-up those are lifted, not restored.
+restored the previous run's bans. With RESOLVE_HOST a ban's history lines go to ``names`` (a
+thread that writes them once the name is known or 2 s passed). When the never-block set
+changes (``protect``) the worker lifts the bans on addresses it now holds; at start-up those
+are lifted, not restored. A dry run records would-be bans in an offline store.
 """
 
 from __future__ import annotations
@@ -52,9 +51,7 @@ BAN_BATCH = 4096  # bans waiting in the queue that the worker applies in one go
 
 
 @dataclass(frozen=True)
-class Alert:
-    """A BLOCK_x=0 trigger: only the history line."""
-
+class Alert:  # a BLOCK_x=0 trigger: only the history line
     request: BanRequest
 
 
@@ -72,9 +69,7 @@ _PROTECT = object()  # the never-block set changed
 
 
 @dataclass(frozen=True)
-class _HoldChange:
-    """KERNEL_HOLD's plan changed with a reload."""
-
+class _HoldChange:  # KERNEL_HOLD's plan changed with a reload
     plan: HoldPlan | None
 
 
@@ -89,6 +84,7 @@ class Responder:
         protection: Entries | None = None,
         conntrack: bool = False,
         hold: HoldPlan | None = None,
+        dry_run: bool = False,
     ) -> None:
         """``protected``: does a network hold a never-block address (for IPv6 prefix bans);
         ``on_ban(address, ban info or None)`` is called from the worker after each attempt;
@@ -97,7 +93,9 @@ class Responder:
         ``conntrack``: the detector asks conntrack about replies, so the worker installs the
         table's tracking chain at start and repairs it with the bans (``block/table.py``);
         ``hold``: KERNEL_HOLD's plan (``respond/hold.py``): the worker keeps the hold chain,
-        the loop releases the sources it does not ban."""
+        the loop releases the sources it does not ban; ``dry_run``: an offline store, bans
+        recorded with the ``dry_run`` backend, no kernel write and no file written."""
+        self._dry_run = dry_run
         self.settings = settings
         self._conntrack = conntrack
         self._chain: ConntrackChain | None = None
@@ -134,7 +132,8 @@ class Responder:
         self._retry = StoreRetry(self._log, lambda: self._first is not None)
         self._names: Names | None = None  # RESOLVE_HOST: the history lines' own writer
         # The detection loop's own way to the kernel for a first ban (used from its thread).
-        self._first: FirstBan | None = FirstBan(settings, self._log) if eligible(settings) else None
+        first = eligible(settings) and not dry_run
+        self._first: FirstBan | None = FirstBan(settings, self._log) if first else None
         self._hold = hold  # the plan the worker applies (replaced by ``reload``)
         self._releases = Releases(hold.seconds, self._log) if hold is not None else None
         # The table's chain notes SSH peers in its sets (``block/table.py``): set once by the
@@ -216,7 +215,7 @@ class Responder:
         self.end_turn()
         if self._first is not None:
             self._first.reconfigure(settings)
-        elif eligible(settings):
+        elif eligible(settings) and not self._dry_run:
             self._first = FirstBan(settings, self._log)
         if hold != self._hold:
             if self._releases is not None:
@@ -280,7 +279,7 @@ class Responder:
 
     def _run(self) -> None:
         try:
-            store = Store.open(self.state_dir)
+            store = Store.open(self.state_dir, offline=self._dry_run)
         except PortSentinelError as exc:
             self._failure = exc
             self._ready.set()
@@ -288,11 +287,10 @@ class Responder:
         s = self.settings
         resolver = Resolver() if s.resolve_host else None
         names = self._names = Names(resolver, self._log) if resolver is not None else None
-        files = files_for(s)
+        files = None if self._dry_run else files_for(s)
         backends = Backends(s)
-        manager = BanManager(
-            s, store, backends, log=self._log, files=files, names=names, protected=self._protected
-        )
+        manager = BanManager(s, store, backends, log=self._log, files=files, names=names,
+                             protected=self._protected, dry_run=self._dry_run)  # fmt: skip
         try:
             self._startup(manager, store)
             self._ready.set()
@@ -314,7 +312,7 @@ class Responder:
             store.close()
 
     def _startup(self, manager: BanManager, store: Store) -> None:
-        if self._conntrack:
+        if self._conntrack and not self._dry_run:
             self._track_connections()
         now = time.time()
         restored = manager.restore(now, self._protection() if self._protection else ())
@@ -351,6 +349,8 @@ class Responder:
         )
 
     def _repair(self, manager: BanManager, now: float) -> None:
+        if self._dry_run:  # nothing applied, nothing to repair (a check would make the table)
+            return
         manager.repair(now)
         if self._chain is not None:
             manager.repair_conntrack(self._chain)

@@ -21,6 +21,16 @@ from portsentinel.config.commands import quote, render_defaults
 from portsentinel.config.declaration import SettingSpec
 from portsentinel.config.schema import SETTINGS
 from portsentinel.system import service_files
+from portsentinel.system.manual_text import (
+    COMPATIBILITY,
+    EXIT_STATUS,
+    IGNORE_FILE,
+    MAN8_DESCRIPTION,
+    METRICS,
+    PORTSENTRY_FLAGS,
+    SIGNALS,
+    SYNTAX,
+)
 
 PROG = "portsentinel"
 ORIGIN_TITLES = {
@@ -189,28 +199,6 @@ def _tagged(tag: str, body: str) -> list[str]:
 
 # --- portsentinel(8) ------------------------------------------------------------------------
 
-_MAN8_DESCRIPTION = (
-    "PortSentinel watches every TCP and UDP port of a Linux host, IPv4 and IPv6, notices port "
-    "scans, logs them in PortSentry's words and, when configured to, blocks the scanner "
-    "(nftables by default, with bans that expire) without ever blocking the host's own "
-    "addresses, its gateways, resolvers or the peers of current SSH sessions.",
-    "It is a modern re-creation of PortSentry 1.2: an existing portsentry.conf is a valid "
-    "configuration, the modes tcp, udp, stcp, sudp, atcp and audp keep their meaning, and the "
-    "history and blocked files keep their format, so fail2ban's portsentry filter still works.",
-    "Options follow the verb. The daemon runs in the foreground (systemd style); "
-    "portsentinel install puts a systemd unit in place.",
-)
-
-_EXIT_STATUS = (
-    ("0", "Success. config check also exits 0 when it only has warnings."),
-    (
-        "1",
-        'Runtime failure, including "daemon not running" for verbs that need it and '
-        '"address not found".',
-    ),
-    ("2", "Usage or configuration error; each error reads FILE:LINE: KEY: what (expected ...)."),
-)
-
 
 def _files() -> tuple[tuple[str, str], ...]:
     """The FILES section of portsentinel(8): the paths of ``paths`` (as shipped when
@@ -242,36 +230,6 @@ def _files() -> tuple[tuple[str, str], ...]:
     )
 
 
-_SIGNALS = (
-    ("SIGTERM, SIGINT", "Stop: PortSentry's two shutdown lines, a statistics line, exit 0."),
-    (
-        "SIGHUP",
-        "Reload, as portsentinel reload and systemctl reload portsentinel do: the "
-        "configuration and ignore files are read again, evidence and bans are kept, a "
-        "configuration with errors is refused (logged; the running one stays), and the events "
-        "file is reopened, so logrotate can move it.",
-    ),
-)
-
-_METRICS = (
-    'Off by default. METRICS_LISTEN="127.0.0.1:9469" in the configuration (then '
-    "portsentinel reload) serves Prometheus metrics at http://127.0.0.1:9469/metrics: every "
-    "counter of portsentinel status with the portsentinel_ prefix (packets, probes by kind, "
-    "decisions by action, bans added and active, kernel drops, events lost, notifications, "
-    "the state store's outage, each backend's health, portsentinel_degraded) and the process's "
-    "CPU and memory.",
-    'Only a loopback address is accepted unless METRICS_ALLOW_REMOTE="1"; the configuration '
-    "is refused otherwise, by config check too. At most 8 connections are served at once "
-    "(more are answered 503) and each is closed 10 s after it opened.",
-)
-
-_PORTSENTRY_FLAGS = (
-    "PortSentry's own invocation runs the daemon too: portsentinel -atcp is portsentinel run "
-    "--mode atcp, and portsentinel -atcp -audp runs both modes in one process (1.2 needed one "
-    "process per mode). Any options follow the flags.",
-)
-
-
 def render_man8(parser: argparse.ArgumentParser) -> str:
     """``portsentinel(8)``: every verb with its options, exit status, files and signals."""
     verbs = list(walk_verbs(parser))
@@ -290,23 +248,23 @@ def render_man8(parser: argparse.ArgumentParser) -> str:
         ".RB [ \\-udp | \\-sudp | \\-audp ]",
         ".RI [ options ]",
         ".SH DESCRIPTION",
-        *_paragraphs(_MAN8_DESCRIPTION),
+        *_paragraphs(MAN8_DESCRIPTION),
         ".SH VERBS",
         ".PP",
         "Verbs: " + roff(", ".join(v.name for v in verbs)) + ".",
     ]
     for verb in verbs:
         lines += _man8_verb(verb)
-    lines += ['.SH "PORTSENTRY INVOCATION"', *_paragraphs(_PORTSENTRY_FLAGS)]
-    lines += [".SH METRICS", *_paragraphs(_METRICS)]
+    lines += ['.SH "PORTSENTRY INVOCATION"', *_paragraphs(PORTSENTRY_FLAGS)]
+    lines += [".SH METRICS", *_paragraphs(METRICS)]
     lines += ['.SH "EXIT STATUS"']
-    for code, text in _EXIT_STATUS:
+    for code, text in EXIT_STATUS:
         lines += _tagged(f".B {code}", roff(text))
     lines += [".SH FILES"]
     for path, text in _files():
         lines += _tagged(f".I {roff_code(path)}", roff(text))
     lines += [".SH SIGNALS"]
-    for names, text in _SIGNALS:
+    for names, text in SIGNALS:
         lines += _tagged(f".B {roff(names)}", roff(text))
     lines += [
         '.SH "SEE ALSO"',
@@ -343,44 +301,6 @@ def _styled(option: Option) -> str:
 
 # --- portsentinel.conf(5) and configuration.md share their prose -----------------------------
 
-_SYNTAX = (
-    'One setting per line: KEY="value". Spaces around = are allowed, a # starts a comment '
-    "(also after a value), and single quotes or an unquoted single word work too. This is "
-    "PortSentry's syntax, so an existing portsentry.conf is a valid configuration.",
-    "The default path is /etc/portsentinel/portsentinel.conf; --config FILE names another. "
-    "Without a file the built-in defaults apply. portsentinel config defaults prints every "
-    "setting with its default as a commented file; portsentinel config check --config FILE "
-    "validates a file and prints the effective settings with the line each came from.",
-    'An empty value (KEY="") means the built-in default, except for text, command and path '
-    "settings, where it means none. A repeated key keeps the last value, with a warning "
-    "(PortSentry 1.2 kept the first: portsentinel migrate comments out later copies). An "
-    "unknown key is a warning naming the closest known key. Errors read FILE:LINE: KEY: what "
-    "is wrong (expected ...) and stop the start, all of them reported at once.",
-    "Durations are written 30s, 15m, 1h or 7d (a bare number is seconds); ban lengths also "
-    "accept permanent. Port lists are comma-separated ports or inclusive ranges a-b.",
-)
-
-_IGNORE_FILE = (
-    "IGNORE_FILE: one IPv4 or IPv6 address or CIDR range per line; # starts a comment and "
-    "anything after the first word is ignored. Host bits are masked (192.168.1.5/24 is the "
-    "whole /24), dotted netmasks work, /0 really means every address (with a warning, since "
-    "it switches every response off). An entry that is not an address stops the start.",
-    'DEFAULTS_FILE: shell syntax, TCP_MODE="atcp" and UDP_MODE="audp" (Debian\'s '
-    "/etc/default/portsentry). An empty value runs no mode of that protocol.",
-)
-
-_COMPATIBILITY = (
-    "BLOCK_BACKEND=nftables (the default) replaces KILL_ROUTE; KILL_HOSTS_DENY and "
-    "KILL_RUN_CMD still run when set. BLOCK_BACKEND=legacy runs KILL_ROUTE as PortSentry did "
-    "(as an argument list, without a shell).",
-    "Bans expire after BAN_DURATION (1h, doubled for repeat offenders up to BAN_MAX_DURATION); "
-    'BAN_DURATION="permanent" keeps PortSentry\'s behaviour.',
-    "Values from the network never reach a shell: in KILL_RUN_CMD, $TARGET$, $PORT$ and "
-    "$MODE$ are validated and passed as separate arguments.",
-    "One SCAN_TRIGGER counter per source across TCP and UDP, as PortSentry 2.0.",
-    '"Already blocked" compares exact addresses (1.2 matched substrings).',
-)
-
 
 def _files5() -> tuple[tuple[str, str], ...]:
     """The FILES section of portsentinel.conf(5)."""
@@ -412,7 +332,7 @@ def render_conf5() -> str:
         ".SH SYNOPSIS",
         ".I /etc/portsentinel/portsentinel.conf",
         ".SH DESCRIPTION",
-        *_paragraphs(_SYNTAX),
+        *_paragraphs(SYNTAX),
         ".SH SETTINGS",
         ".ad l",  # long defaults (port lists) cannot be justified
     ]
@@ -420,9 +340,9 @@ def render_conf5() -> str:
         lines.append(f".SS {roff(title)}")
         for spec in specs:
             lines += _conf5_setting(spec)
-    lines += ['.SH "IGNORE AND MODES FILES"', *_paragraphs(_IGNORE_FILE)]
+    lines += ['.SH "IGNORE AND MODES FILES"', *_paragraphs(IGNORE_FILE)]
     lines += ['.SH "DIFFERENCES FROM PORTSENTRY"']
-    for text in _COMPATIBILITY:
+    for text in COMPATIBILITY:
         lines += [".IP \\(bu 2", roff(text)]
     lines += [".SH FILES"]
     for path, text in _files5():
@@ -467,7 +387,7 @@ def render_configuration_md() -> str:
         "",
         "## Syntax",
         "",
-        *_md_paragraphs(_SYNTAX),
+        *_md_paragraphs(SYNTAX),
         "## Settings at a glance",
         "",
         "| Key | Default | Unit | From |",
@@ -485,9 +405,9 @@ def render_configuration_md() -> str:
         out += [f"## {title}", ""]
         for spec in specs:
             out += _md_setting(spec)
-    out += ["## Ignore and modes files", "", *_md_paragraphs(_IGNORE_FILE)]
+    out += ["## Ignore and modes files", "", *_md_paragraphs(IGNORE_FILE)]
     out += ["## Differences from PortSentry", ""]
-    out += [f"- {text}" for text in _COMPATIBILITY]
+    out += [f"- {text}" for text in COMPATIBILITY]
     out.append("")
     return "\n".join(out)
 

@@ -38,6 +38,7 @@ from portsentinel.daemon.service import (
 from portsentinel.daemon.sources import StartupError
 from portsentinel.errors import PortSentinelError
 from portsentinel.store.lock import StateLock
+from portsentinel.store.sqlite import Store
 from unit.daemon.fakes import FakeResponder, build, setup, write_config
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -167,7 +168,8 @@ def test_a_dry_run_starts_answers_the_cli_reloads_and_stops_on_sigterm(
     assert failures == []
     lines = out.getvalue().splitlines()
     assert lines[0] == starting_line(__version__)
-    assert "adminalert: dry run: decisions are logged, no firewall is touched" in lines
+    said = "adminalert: dry run: decisions are logged and recorded"
+    assert any(line.startswith(said) for line in lines)
     assert (
         "adminalert: KILL_ROUTE is not run: BLOCK_BACKEND=nftables blocks instead "
         "(set BLOCK_BACKEND=legacy to run it as written)"
@@ -180,11 +182,13 @@ def test_a_dry_run_starts_answers_the_cli_reloads_and_stops_on_sigterm(
     assert isinstance(status, dict)
     assert status["pid"] == os.getpid()
     assert status["modes"] == ["atcp"]
-    assert status["responses"] is False  # a dry run bans nothing
+    assert status["dry_run"] is True  # would-be bans recorded, nothing applied
     assert isinstance(answers["stats"], dict)
     assert answers["reload"] == f"configuration read from {config}; applied now"
     assert not os.path.exists(control)  # closed with the daemon
-    assert started[0].responder is None
+    assert started[0].dry_run  # its responder records would-be bans in an offline store
+    with Store.open(options.state_dir, offline=None) as store:
+        assert store.offline
     assert_unlocked(options.state_dir)
 
 

@@ -354,3 +354,20 @@ def test_a_retried_batch_runs_no_command_again_that_may_have_run(store: Store) -
     states = {a.backend: a.state for a in store.actions(record.id)}
     assert states == {"nftables": ActionState.APPLIED, "run_cmd": ActionState.UNCERTAIN}
     assert any("may or may not have run" in line for line in lines)
+
+
+def test_a_dry_run_records_the_ban_with_no_backend_but_its_own(store: Store) -> None:
+    """run --dry-run: the ban the settings would apply is recorded, under the dry_run backend
+    alone (hosts.deny, nftables and the command are not run), and said as a would-be ban."""
+    s = settings(
+        kill_hosts_deny="ALL: $TARGET$ : DENY", kill_run_cmd="/bin/true", ban_duration=HOUR
+    )
+    bans, backends, lines = manager(store, s, dry_run=True)
+    record = bans.ban(request(), 1000.0)
+    assert record is not None
+    assert record.state is BanState.ACTIVE
+    assert [a.backend for a in store.actions(record.id)] == ["dry_run"]
+    assert {name for name, _ in backends.kernel.calls} == {"dry_run"}
+    assert lines == ["attackalert: Host 198.18.0.2 would be blocked (dry run: nothing applied)"]
+    assert bans.plan(0) == []  # BLOCK_x=0: not even a would-be ban
+    assert bans.plan(2) == ["dry_run"]
