@@ -32,6 +32,9 @@ def add_parsers(verbs: Verbs) -> None:
         ),
     )
     add_config_option(check)
+    check.add_argument(
+        "--json", action="store_true", help="one JSON document: summary, warnings, errors, settings"
+    )
     check.set_defaults(handler=cmd_check)
     defaults = actions.add_parser(
         "defaults",
@@ -44,7 +47,7 @@ def add_parsers(verbs: Verbs) -> None:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    return commands.check(choose_config_file(args.config), out, err)
+    return commands.check(choose_config_file(args.config), out, err, as_json=args.json)
 
 
 def cmd_defaults(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -8,6 +8,7 @@ effective settings, each with the place it came from, as a config file one could
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -63,8 +64,10 @@ def _describe(spec: SettingSpec) -> str:
     )
 
 
-def check(path: str | None, out: TextIO, err: TextIO) -> int:
-    """Report on the config at ``path`` (None: embedded defaults). 0 if usable, 2 if not."""
+def check(path: str | None, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
+    """Report on the config at ``path`` (None: embedded defaults). 0 if usable, 2 if not.
+    ``as_json``: one JSON document on ``out`` instead (the file, the summary, the warnings,
+    the errors, and each setting's value and origin when it loads); same exit status."""
     found = diagnose_config(path)
     warnings = list(found.warnings)
     errors = list(found.errors)
@@ -73,6 +76,22 @@ def check(path: str | None, out: TextIO, err: TextIO) -> int:
         settings = found.config.settings
         summary.append(_check_ignore(settings, warnings, errors))
         summary.append(_check_modes(settings, warnings, errors))
+    usable = not errors and found.config is not None
+    if as_json:
+        document: dict[str, object] = {
+            "config": path, "ok": usable, "summary": summary, "warnings": warnings,
+            "errors": [error.render() for error in errors],
+        }  # fmt: skip
+        if found.config is not None and usable:
+            document["settings"] = {
+                spec.key: {
+                    "value": spec.render(getattr(found.config.settings, spec.attr)),
+                    "origin": found.config.origins.get(spec.key, DEFAULT_ORIGIN),
+                }
+                for spec in SETTINGS
+            }
+        out.write(json.dumps(document, indent=2) + "\n")
+        return paths.EXIT_OK if usable else paths.EXIT_USAGE
     for warning in warnings:
         print(f"warning: {warning}", file=err)
     for error in errors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -69,3 +70,24 @@ def test_config_check_reads_the_installed_file_without_config(
     status, out, _err = run(["config", "check"], capsys)
     assert status == 0
     assert 'SCAN_TRIGGER="3"' in out
+
+
+def test_config_check_json_says_the_same_in_one_document(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path / "good.conf", 'SCAN_TRIGGER="2"\nIGNORE_FILE="/nowhere/ignore"\n')
+    status, out, err = run(["config", "check", "--json", "--config", good], capsys)
+    assert (status, err) == (0, "")
+    document = json.loads(out)
+    assert document["ok"] is True
+    assert document["config"] == good
+    assert document["settings"]["SCAN_TRIGGER"] == {"value": "2", "origin": f"{good}:1"}
+    assert document["settings"]["BAN_DURATION"]["origin"] == "default"
+    assert any("IGNORE_FILE" in w for w in document["warnings"])
+    bad = write(tmp_path / "bad.conf", 'SCAN_TRIGGER="many"\n')
+    status, out, err = run(["config", "check", "--json", "--config", bad], capsys)
+    assert (status, err) == (2, "")
+    document = json.loads(out)
+    assert document["ok"] is False
+    assert "settings" not in document
+    assert document["errors"][0].startswith(f"{bad}:1: SCAN_TRIGGER: ")
