@@ -122,6 +122,8 @@ class Summary:
     new_bans: int  # created within it
     in_force: int  # in force at its end
     offline: bool
+    blocks: int = 0  # decisions that blocked (a source's first block, or a command)
+    alerts: int = 0  # decisions that only alerted (BLOCK_x=0): logged, never blocked
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,8 @@ def build_report(
         new_bans=sum(1 for b in overlapping if b.created >= start),
         in_force=len(in_force),
         offline=offline,
+        blocks=sum(1 for e in inside if e.action in (Action.BLOCK.value, Action.COMMAND.value)),
+        alerts=sum(1 for e in inside if e.action == Action.ALERT.value),
     )
     return Report(
         start=start,

@@ -112,6 +112,8 @@ def _cards(report: Report) -> str:
     cards = [
         (count_text(s.probes), "probes"),
         (count_text(s.sources), "sources"),
+        (count_text(s.blocks), "block decisions"),
+        (count_text(s.alerts), "alerts (logged, not blocked)"),
         (count_text(s.ports), "distinct ports"),
         (count_text(s.new_bans), _bans_label(s.bans - s.new_bans)),
         (count_text(s.in_force), "bans in force at the end"),

@@ -291,3 +291,15 @@ def test_the_most_probed_ports_rank_by_probes_then_sources() -> None:
         ("udp", 53, 2, 1, 0),
     ]
     assert top_ports([], 3) == []
+
+
+def test_the_summary_tells_blocks_from_alerts() -> None:
+    events = [
+        ev(T0 + 1, "198.18.0.2", action="block"),
+        ev(T0 + 2, "198.18.0.2", action="ignored"),
+        ev(T0 + 3, "198.18.0.3", action="alert"),
+        ev(T0 + 4, "198.18.0.4", action="alert"),
+        ev(T0 + 5, "198.18.0.5", action="command"),
+    ]
+    summary = build_report(events, [], T0, T0 + HOUR).summary
+    assert (summary.probes, summary.blocks, summary.alerts) == (5, 2, 2)

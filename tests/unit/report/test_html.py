@@ -118,6 +118,8 @@ def test_the_page_shows_the_numbers_the_four_charts_and_both_tables() -> None:
     assert cards == [
         ("301", "probes"),
         ("8", "sources"),
+        ("1", "block decisions"),
+        ("300", "alerts (logged, not blocked)"),
         ("300", "distinct ports"),
         ("1", "bans started"),
         ("1", "bans in force at the end"),
