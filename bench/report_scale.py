@@ -39,6 +39,7 @@ def build(state: Path, count: int, seed: int = 7) -> None:
     try:
         per_source = count // SOURCES
         batch: list[EventRow] = []
+        bans: list[int] = []
         written = 0
         for i in range(SOURCES):
             src = f"198.{18 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
@@ -56,10 +57,11 @@ def build(state: Path, count: int, seed: int = 7) -> None:
                     written += store.add_events(batch)
                     batch.clear()
             first = t - per_source / 50.0
-            store.begin_bans([NewBan(src, None, first, first + 3600, "SYN scan", "scan_trigger",
-                                     {"hits": per_source}, 1)])  # fmt: skip
+            [ban] = store.begin_bans([NewBan(src, None, first, first + 3600, "SYN scan",
+                                             "scan_trigger", {"hits": per_source}, 1)])  # fmt: skip
+            bans.append(ban.id)
         written += store.add_events(batch)
-        store._conn.execute("UPDATE bans SET state = 'active' WHERE state = 'pending'")
+        store.activate_many(bans)
     finally:
         store.close()
     print(f"  built {state}: {written:,} events, {SOURCES:,} bans")

@@ -72,7 +72,12 @@ def add_scanner_address(lab: netns.Lab, address: str) -> None:
 def nft_elements(lab: netns.Lab, family: int = 4) -> dict[str, int | None] | None:
     """The ban set's elements (address or ``net/len``) with their timeout in seconds (None:
     permanent); None when the set does not exist."""
-    name = "ban6" if family == 6 else "ban4"
+    return nft_set(lab, "ban6" if family == 6 else "ban4")
+
+
+def nft_set(lab: netns.Lab, name: str) -> dict[str, int | None] | None:
+    """The elements of the table's set ``name`` with their timeout in seconds (None: none);
+    None when the set does not exist."""
     done = lab.run(lab.target, ["nft", "-j", "list", "set", *NFT_TABLE, name],
                    check=False, timeout=10)  # fmt: skip
     if done.returncode != 0:

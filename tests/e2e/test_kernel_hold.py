@@ -27,7 +27,7 @@ from pathlib import Path
 
 import netns
 import pytest
-from banlab import add_scanner_address, nft_elements, unavailable, wait_until
+from banlab import add_scanner_address, nft_elements, nft_set, unavailable, wait_until
 from daemon import Daemon, write_config
 
 pytestmark = [pytest.mark.e2e]
@@ -53,19 +53,7 @@ def nft(lab: netns.Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def set_elements(lab: netns.Lab, name: str) -> set[str]:
-    done = nft(lab, "-j", "list", "set", "inet", "portsentinel", name)
-    if done.returncode != 0:
-        return set()
-    out: set[str] = set()
-    for item in json.loads(done.stdout)["nftables"]:
-        for element in item.get("set", {}).get("elem", []):
-            value = element
-            if isinstance(element, dict):  # an element with a timeout or expiry
-                value = element.get("elem", {}).get("val", element)
-            if isinstance(value, dict) and "prefix" in value:
-                value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
-            out.add(str(value))
-    return out
+    return set(nft_set(lab, name) or {})
 
 
 LISTENER = """
