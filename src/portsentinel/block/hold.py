@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from portsentinel.block.libnft import LibnftRunner
-from portsentinel.block.nftables import CHAINS, PRIORITY, TABLE_REF
+from portsentinel.block.nft_state import CHAINS, PRIORITY, TABLE_REF
 from portsentinel.block.runner import CommandRunner, RunResult
 from portsentinel.block.table import SSH4, SSH6
 

@@ -51,6 +51,7 @@ NFT_MSG_GETSETELEM: Final = 13
 NFTA_SET_TABLE: Final = 1
 NFTA_SET_NAME: Final = 2
 NFPROTO_INET: Final = 1
+NFPROTO_NETDEV: Final = 5
 NLMSG_ERROR: Final = 2
 NLM_F_REQUEST: Final = 0x1
 NLM_F_ACK: Final = 0x4
@@ -91,7 +92,9 @@ def _message(
     return _HDR.pack(_HDR.size + len(head) + len(body), kind, flags, seq, 0) + head + body
 
 
-def element_message(table: str, set_name: str, elements: Sequence[Element], seq: int) -> bytes:
+def element_message(
+    table: str, set_name: str, elements: Sequence[Element], seq: int, family: int = NFPROTO_INET
+) -> bytes:
     """One NFT_MSG_NEWSETELEM message adding ``elements`` to ``table``'s ``set_name`` (pure)."""
     items = []
     for key, timeout_ms in elements:
@@ -106,7 +109,7 @@ def element_message(table: str, set_name: str, elements: Sequence[Element], seq:
     )
     kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM
     flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK
-    return _message(kind, flags, seq, body, family=NFPROTO_INET)
+    return _message(kind, flags, seq, body, family=family)
 
 
 def get_element_message(table: str, set_name: str, key: bytes, seq: int) -> bytes:
@@ -155,11 +158,27 @@ def acks(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
-class ElementWriter:
-    """Adds elements to sets of one nftables table of the ``inet`` family; see the module."""
+class _RefusedError(BackendError):
+    """The kernel refused a transaction; ``code`` is its errno."""
 
-    def __init__(self, table: str) -> None:
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ElementWriter:
+    """Adds elements to sets of one nftables table of the ``inet`` family; see the module.
+
+    With ``mirror``, the same elements go to the same-named sets of that ``netdev`` table in
+    the same transaction (the ingress copies, ``ingress.py``). A transaction refused for want
+    of the mirror (ENOENT: not made yet, or the kernel has no netdev family) is sent again
+    without it: the inet sets are the ban, the copies only save work, and the response
+    worker's renewal writes them too.
+    """
+
+    def __init__(self, table: str, mirror: str | None = None) -> None:
         self.table = table
+        self.mirror = mirror
         self._sock: socket.socket | None = None
         self._seq = 0
 
@@ -178,19 +197,33 @@ class ElementWriter:
     def add(self, set_name: str, elements: Sequence[Element]) -> None:
         """Add ``elements``, BATCH of them per transaction; BackendError (with the kernel's
         reason) when one is refused: that transaction added none of its elements."""
-        for start in range(0, len(elements), BATCH):
-            self._add(set_name, elements[start : start + BATCH])
+        step = BATCH if self.mirror is None else BATCH // 2  # a mirrored batch is twice the size
+        for start in range(0, len(elements), step):
+            part = elements[start : start + step]
+            if self.mirror is None:
+                self._add(set_name, part, mirrored=False)
+                continue
+            try:
+                self._add(set_name, part, mirrored=True)
+            except _RefusedError as exc:
+                if exc.code != errno.ENOENT:
+                    raise
+                self._add(set_name, part, mirrored=False)
 
-    def _add(self, set_name: str, elements: Sequence[Element]) -> None:
+    def _add(self, set_name: str, elements: Sequence[Element], *, mirrored: bool) -> None:
         sock = self._socket()
         messages, seqs = [], []
         first = self._seq = (self._seq + 1) & 0x7FFFFFFF
         seq = first
-        for start in range(0, len(elements), CHUNK):
-            seq += 1
-            seqs.append(seq)
-            part = elements[start : start + CHUNK]
-            messages.append(element_message(self.table, set_name, part, seq))
+        targets = [(self.table, NFPROTO_INET)]
+        if mirrored and self.mirror is not None:
+            targets.append((self.mirror, NFPROTO_NETDEV))
+        for table, family in targets:
+            for start in range(0, len(elements), CHUNK):
+                seq += 1
+                seqs.append(seq)
+                part = elements[start : start + CHUNK]
+                messages.append(element_message(table, set_name, part, seq, family))
         self._seq = seq + 1
         try:
             sock.send(batch(messages, first))
@@ -207,9 +240,10 @@ class ElementWriter:
             self.close()
             raise BackendError(f"nfnetlink: {exc}") from None
         if failure:
-            raise BackendError(
+            raise _RefusedError(
                 f"nfnetlink: cannot add to {self.table} {set_name}: {os.strerror(failure)}"
-                + (" (no such table or set)" if failure == errno.ENOENT else "")
+                + (" (no such table or set)" if failure == errno.ENOENT else ""),
+                failure,
             )
 
     def close(self) -> None:

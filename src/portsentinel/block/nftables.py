@@ -16,16 +16,20 @@ permanent), so it ends in the kernel even when the daemon is down. Several bans 
 else one process per batch; never one per packet. ``check`` reads the whole table once as
 JSON; ``repair`` rebuilds what another tool removed (``nft flush ruleset``, say) and re-adds
 the bans it is given.
+
+With ``ingress``, every ban set has a copy in ``netdev portsentinel`` whose chains drop at
+the ingress hook, before the capture and conntrack see the packet (``ingress.py``); each
+write goes to both in one transaction. Where the kernel has no netdev family the bans drop
+at the input hook only, and ``ingress_problem`` says why.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import socket
+from collections.abc import Callable, Iterable, Sequence
 
+from portsentinel.block import ingress as netdev
 from portsentinel.block.base import (
     ActionDetail,
     BackendBase,
@@ -34,44 +38,37 @@ from portsentinel.block.base import (
     ban_fields,
     detail_ban,
     kernel_timeout,
-    key_of,
 )
 from portsentinel.block.libnft import LibnftRunner, select_runner
+from portsentinel.block.nft_state import (
+    CHAINS,
+    FAMILY,
+    FIELD,
+    MAX_TIMEOUT,
+    PRIORITY_TEXT,
+    RULE_MATCH,
+    SET4,
+    SET6,
+    SET_TYPES,
+    TABLE,
+    TABLE_REF,
+    TableState,
+    chain_problem,
+    element_key,
+    incompatible_sets,
+    parse_table,
+    set_elements,
+    set_flags,
+    structure_problems,
+    table_listed,
+)
 from portsentinel.block.runner import CommandRunner, RunResult
 from portsentinel.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-FAMILY = "inet"
-TABLE = "portsentinel"
-TABLE_REF = f"{FAMILY} {TABLE}"
-SET4 = "ban4"
-SET6 = "ban6"
-CHAINS = ("input", "forward", "output")  # each named after its hook
-# The address a chain's rule matches: the source coming in, the destination going out (after a
-# ban nothing leaves the host for the banned address either).
-_FIELD = {"input": "saddr", "forward": "saddr", "output": "daddr"}
-# Before the usual filter chains (priority 0), so an accept there cannot let a banned source in.
-PRIORITY = -10
-PRIORITY_TEXT = "filter - 10"
-# nft 1.0 refuses timeouts of 10^8 s and more; longer bans are applied for this long (1000
-# days) and re-added by repair while the daemon runs.
-MAX_TIMEOUT = 86_400_000
 # Elements per ``add element`` line: keeps a rejected line's error message short.
 _CHUNK = 500
-
-_SET_TYPES = {SET4: "ipv4_addr", SET6: "ipv6_addr"}
-_RULE_MATCH = ((SET4, "ip"), (SET6, "ip6"))
-
-
-@dataclass
-class TableState:
-    """What ``nft -j list table`` showed of this backend's own objects."""
-
-    exists: bool = False
-    sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON "set" object
-    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
-    rules: dict[str, list[list[Any]]] = field(default_factory=dict)  # chain -> rule exprs
 
 
 class NftablesBackend(BackendBase):
@@ -86,24 +83,77 @@ class NftablesBackend(BackendBase):
         prefix_bans: bool = False,
         nft: str = "nft",
         in_process: bool = True,
+        ingress: bool = False,
+        devices: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         """``in_process``: run nft through libnftables when ``runner`` is a plain local
-        ``Runner`` (``libnft.select_runner``); False keeps every command a subprocess."""
+        ``Runner`` (``libnft.select_runner``); False keeps every command a subprocess.
+        ``ingress``: keep the netdev copies (``devices`` lists the interfaces' names)."""
         super().__init__()
         self._runner = select_runner(runner, nft) if in_process else runner
         self._prefix_bans = prefix_bans
         self._nft = nft
+        self._ingress = ingress
+        self._devices = devices if devices is not None else _interface_names
+        self._chains: dict[str, str] = {}  # ingress chain -> its device
+        self._seen: frozenset[str] = frozenset()
+        self.ingress_problem: str | None = None
+        self.drops = netdev.DropTotals()
+
+    @property
+    def _tables(self) -> tuple[str, ...]:
+        return (TABLE_REF, netdev.TABLE_REF) if self._ingress else (TABLE_REF,)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         """Create the sets, chains and rules that are missing; existing bans are kept."""
         state = self._inspect()
-        for problem in _incompatible_sets(state, self._prefix_bans):
+        for problem in incompatible_sets(state, self._prefix_bans):
             log.warning("nftables: %s; recreating it, its bans return with repair", problem)
         result = self._apply(structure_script(state, self._prefix_bans))
         if not result.ok:
             raise self._fail(f"cannot create the nftables structure: {result.describe()}")
+        if self._ingress:
+            self._start_ingress(state)
         self._ok()
+
+    def _start_ingress(self, state: TableState) -> None:
+        """The netdev copies: structure, chains for today's interfaces, and the bans the inet
+        sets hold (a restart, an older table). Refused: bans drop at the input hook only."""
+        devices = frozenset(self._devices())
+        try:
+            now = self._inspect_ingress()
+        except BackendError as exc:
+            return self._no_ingress(str(exc))
+        script = netdev.structure_script(now, self._prefix_bans, devices)
+        copies = [_copy(key, left) for name in (SET4, SET6)
+                  for key, left in set_elements(state.sets.get(name, {})).items()]  # fmt: skip
+        result = self._apply(script + add_script([c for c in copies if c], (netdev.TABLE_REF,)))
+        if not result.ok:
+            return self._no_ingress(result.describe())
+        self._chains = {netdev.chain_name(dev): dev for dev in netdev.hooked(devices)}
+        self._seen = devices
+        self.ingress_problem = None
+        return None
+
+    def _no_ingress(self, why: str) -> None:
+        log.warning("nftables: bans drop at the input hook only, not at ingress: %s", why)
+        self.ingress_problem = why
+        self._ingress = False
+
+    def follow(self) -> None:
+        """Hook interfaces that appeared since the last call, unhook those gone (cheap when
+        nothing changed: one interface listing)."""
+        if not self._ingress:
+            return
+        devices = frozenset(self._devices())
+        if devices == self._seen:
+            return
+        script = netdev.follow_script(self._chains, devices)
+        if script and not self._apply(script).ok:
+            return  # an interface came or went meanwhile: the next call tries again
+        self._chains = {netdev.chain_name(dev): dev for dev in netdev.hooked(devices)}
+        self._seen = devices
 
     def block(self, ban: BanSpec) -> ActionDetail:
         outcome = self.block_many([ban])[0]
@@ -129,14 +179,14 @@ class NftablesBackend(BackendBase):
     def renew(self, bans: Sequence[BanSpec]) -> None:
         """Give elements that are already in the kernel (added by the detection loop's first
         ban, ``nfnetlink``) their final timeout, in one transaction; a missing one is added."""
-        result = self._apply(renew_script(bans))
+        result = self._apply(renew_script(bans, self._tables))
         if not result.ok:
             raise self._fail(f"cannot renew {len(bans)} bans: {result.describe()}", degrade=False)
 
     def unblock(self, detail: ActionDetail) -> None:
         """Remove the element; an element already gone (expired, flushed) is fine."""
         ban = detail_ban(detail, self.name)
-        result = self._apply(delete_script(ban))
+        result = self._apply(delete_script(ban, self._tables))
         if not result.ok:
             raise self._fail(f"cannot remove {ban.key}: {result.describe()}", degrade=False)
 
@@ -151,7 +201,28 @@ class NftablesBackend(BackendBase):
         present: dict[str, float | None] = {}
         for name in (SET4, SET6):
             present.update(set_elements(state.sets.get(name, {})))
+        if self._ingress:
+            problems += self._ingress_problems(set(present))
         return CheckResult(not problems, tuple(problems), present)
+
+    def _ingress_problems(self, keys: set[str]) -> list[str]:
+        """The netdev copies' problems; the elements' counters are read on the way."""
+        try:
+            state = self._inspect_ingress()
+        except BackendError as exc:
+            return [str(exc)]
+        self._seen = frozenset()  # the next ``follow`` compares the chains afresh
+        self._chains = state.devices()
+        found = netdev.problems(state, self._prefix_bans, self._devices())
+        missing = keys - netdev.element_keys(state, element_key)
+        if missing:
+            found.append(f"{len(missing)} bans are missing from the ingress sets")
+        self.drops.update(netdev.element_counts(state, element_key))
+        return found
+
+    def ingress_counts(self) -> dict[str, netdev.Counts]:
+        """Ban key -> (packets, bytes) dropped at ingress, as the last check read them."""
+        return dict(self.drops.last)
 
     # --- the work ---------------------------------------------------------------------------------
     def _add(
@@ -160,7 +231,7 @@ class NftablesBackend(BackendBase):
         results: dict[int, ActionDetail | BackendError],
         structure_checked: bool = False,
     ) -> None:
-        result = self._apply(add_script([ban for _, ban in batch]))
+        result = self._apply(add_script([ban for _, ban in batch], self._tables))
         if result.ok:
             for index, ban in batch:
                 results[index] = ban_detail(ban)
@@ -190,6 +261,18 @@ class NftablesBackend(BackendBase):
     def _apply(self, script: str) -> RunResult:
         return self._runner.run([self._nft, "-f", "-"], input=script)
 
+    def _inspect_ingress(self) -> netdev.IngressState:
+        result = self._runner.run([self._nft, "-j", "list", "table", *netdev.TABLE_REF.split()])
+        if result.ok:
+            try:
+                return netdev.parse(result.stdout)
+            except ValueError as exc:
+                raise BackendError(f"unreadable nft output: {exc}") from None
+        tables = self._runner.run([self._nft, "-j", "list", "tables", netdev.FAMILY])
+        if tables.ok:
+            return netdev.IngressState()  # not there (or nothing listed): made by start
+        raise BackendError(f"cannot read table {netdev.TABLE_REF}: {result.describe()}")
+
     def _inspect(self) -> TableState:
         """The table as JSON; a missing table is an empty state, not an error."""
         result = self._runner.run([self._nft, "-j", "list", "table", FAMILY, TABLE])
@@ -199,7 +282,7 @@ class NftablesBackend(BackendBase):
             except ValueError as exc:
                 raise self._fail(f"unreadable nft output: {exc}") from None
         tables = self._runner.run([self._nft, "-j", "list", "tables", FAMILY])
-        if tables.ok and not _table_listed(tables.stdout):
+        if tables.ok and not table_listed(tables.stdout):
             return TableState()
         raise self._fail(f"cannot read table {TABLE_REF}: {result.describe()}")
 
@@ -226,36 +309,74 @@ def ban_detail(ban: BanSpec) -> ActionDetail:
     return detail
 
 
-def add_script(bans: Sequence[BanSpec]) -> str:
-    """``add element`` lines, grouped by set; adding an element already there succeeds."""
+def add_script(bans: Sequence[BanSpec], tables: Sequence[str] = (TABLE_REF,)) -> str:
+    """``add element`` lines, grouped by set, for each of ``tables`` (the inet table and its
+    ingress copies); adding an element already there succeeds."""
     lines = []
-    for name in (SET4, SET6):
-        elements = [element(ban) for ban in bans if set_name(ban) == name]
-        for start in range(0, len(elements), _CHUNK):
-            chunk = ", ".join(elements[start : start + _CHUNK])
-            lines.append(f"add element {TABLE_REF} {name} {{ {chunk} }}\n")
+    for table in tables:
+        for name in (SET4, SET6):
+            elements = [element(ban) for ban in bans if set_name(ban) == name]
+            for start in range(0, len(elements), _CHUNK):
+                chunk = ", ".join(elements[start : start + _CHUNK])
+                lines.append(f"add element {table} {name} {{ {chunk} }}\n")
     return "".join(lines)
 
 
-def renew_script(bans: Sequence[BanSpec]) -> str:
+def renew_script(bans: Sequence[BanSpec], tables: Sequence[str] = (TABLE_REF,)) -> str:
     """Add, delete, add again with the new timeout: the kernel keeps an existing element's
     timeout on a plain add, and the delete can never meet a missing element."""
     lines = []
-    for ban in bans:
-        ref = f"{TABLE_REF} {set_name(ban)}"
-        lines.append(f"add element {ref} {{ {ban.key} }}\ndelete element {ref} {{ {ban.key} }}\n")
-    return "".join(lines) + add_script(bans)
+    for table in tables:
+        for ban in bans:
+            ref = f"{table} {set_name(ban)}"
+            lines.append(
+                f"add element {ref} {{ {ban.key} }}\ndelete element {ref} {{ {ban.key} }}\n"
+            )
+    return "".join(lines) + add_script(bans, tables)
 
 
-def delete_script(ban: BanSpec) -> str:
+def delete_script(ban: BanSpec, tables: Sequence[str] = (TABLE_REF,)) -> str:
     """Add then delete in one transaction: the delete can never meet a missing element, so
     unblocking an expired ban succeeds without reading nft's error messages."""
-    ref = f"{TABLE_REF} {set_name(ban)} {{ {ban.key} }}"
-    return f"add element {ref}\ndelete element {ref}\n"
+    lines = []
+    for table in tables:
+        ref = f"{table} {set_name(ban)} {{ {ban.key} }}"
+        lines.append(f"add element {ref}\ndelete element {ref}\n")
+    return "".join(lines)
 
 
-def set_flags(prefix_bans: bool) -> tuple[str, ...]:
-    return ("interval", "timeout") if prefix_bans else ("timeout",)
+def _copy(key: str, left: float | None) -> BanSpec | None:
+    """A ban found in the inet sets, as a spec to copy to the ingress sets."""
+    if left is not None and left < 1:
+        return None
+    address, _, prefix = key.partition("/")
+    try:
+        return BanSpec.create(
+            address, prefix=int(prefix) if prefix else None,
+            timeout=None if left is None else int(left),
+        )  # fmt: skip
+    except (ValueError, TypeError):
+        return None
+
+
+def ingress_counts(runner: CommandRunner, nft: str = "nft") -> dict[str, netdev.Counts] | None:
+    """Ban key -> (packets, bytes) its ingress copy dropped, read from the kernel now; None
+    when the copies cannot be read (no table, no nft, no privilege)."""
+    result = runner.run([nft, "-j", "list", "table", *netdev.TABLE_REF.split()])
+    if not result.ok:
+        return None
+    try:
+        return netdev.element_counts(netdev.parse(result.stdout), element_key)
+    except ValueError:
+        return None
+
+
+def _interface_names() -> list[str]:
+    """This network namespace's interfaces, as the kernel lists them."""
+    try:
+        return [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return []
 
 
 def structure_script(state: TableState, prefix_bans: bool) -> str:
@@ -269,138 +390,23 @@ def structure_script(state: TableState, prefix_bans: bool) -> str:
     lines += [
         f"delete chain {TABLE_REF} {chain}"
         for chain in CHAINS
-        if chain in state.chains and _chain_problem(chain, state.chains[chain])
+        if chain in state.chains and chain_problem(chain, state.chains[chain])
     ]
-    stale = {name for name, _ in _incompatible_sets(state, prefix_bans)}
+    stale = {name for name, _ in incompatible_sets(state, prefix_bans)}
     lines += [f"delete set {TABLE_REF} {name}" for name in (SET4, SET6) if name in stale]
     flags = ", ".join(set_flags(prefix_bans))
     for name in (SET4, SET6):
-        lines.append(f"add set {TABLE_REF} {name} {{ type {_SET_TYPES[name]}; flags {flags}; }}")
+        lines.append(f"add set {TABLE_REF} {name} {{ type {SET_TYPES[name]}; flags {flags}; }}")
     for chain in CHAINS:
         lines.append(
             f"add chain {TABLE_REF} {chain} "
             f"{{ type filter hook {chain} priority {PRIORITY_TEXT}; policy accept; }}"
         )
-        for name, proto in _RULE_MATCH:
+        for name, proto in RULE_MATCH:
             lines.append(
-                f"add rule {TABLE_REF} {chain} {proto} {_FIELD[chain]} @{name} counter drop"
+                f"add rule {TABLE_REF} {chain} {proto} {FIELD[chain]} @{name} counter drop"
             )
     return "".join(f"{line}\n" for line in lines)
-
-
-# --- reading the table (pure) -------------------------------------------------------------
-def parse_table(text: str) -> TableState:
-    """Our sets, chains and rules from ``nft -j list table inet portsentinel``."""
-    try:
-        items = json.loads(text)["nftables"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"not nft JSON: {exc}") from None
-    state = TableState()
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        if "table" in item:
-            state.exists = True
-        elif "set" in item and item["set"].get("name") in _SET_TYPES:
-            state.sets[item["set"]["name"]] = item["set"]
-        elif "chain" in item and item["chain"].get("name") in CHAINS:
-            state.chains[item["chain"]["name"]] = item["chain"]
-        elif "rule" in item and item["rule"].get("chain") in CHAINS:
-            state.rules.setdefault(item["rule"]["chain"], []).append(item["rule"].get("expr", []))
-    return state
-
-
-def structure_problems(state: TableState, prefix_bans: bool) -> list[str]:
-    """What is missing or wrong in our structure; empty when all is in place."""
-    if not state.exists:
-        return [f"table {TABLE_REF} is missing"]
-    problems = [problem for _, problem in _incompatible_sets(state, prefix_bans)]
-    problems += [f"set {name} is missing" for name in (SET4, SET6) if name not in state.sets]
-    for chain in CHAINS:
-        spec = state.chains.get(chain)
-        if spec is None:
-            problems.append(f"chain {chain} is missing")
-            continue
-        if problem := _chain_problem(chain, spec):
-            problems.append(problem)
-        rules = state.rules.get(chain, [])
-        field = _FIELD[chain]
-        for name, proto in _RULE_MATCH:
-            if not any(_is_drop_rule(expr, proto, name, field) for expr in rules):
-                problems.append(f"chain {chain} has no '{proto} {field} @{name} drop' rule")
-    return problems
-
-
-def _incompatible_sets(state: TableState, prefix_bans: bool) -> Iterator[tuple[str, str]]:
-    for name, spec in state.sets.items():
-        flags = spec.get("flags", [])
-        flags = [flags] if isinstance(flags, str) else flags
-        missing = [flag for flag in set_flags(prefix_bans) if flag not in flags]
-        if spec.get("type") != _SET_TYPES[name]:
-            yield name, f"set {name} has type {spec.get('type')!r}, not {_SET_TYPES[name]}"
-        elif missing:
-            yield name, f"set {name} lacks the flags {', '.join(missing)}"
-
-
-def _chain_problem(chain: str, spec: Mapping[str, Any]) -> str | None:
-    wanted = {"type": "filter", "hook": chain, "prio": PRIORITY, "policy": "accept"}
-    found = {key: spec.get(key) for key in wanted}
-    if found != wanted:
-        return f"chain {chain} is {found}, not {wanted}"
-    return None
-
-
-def _is_drop_rule(expr: Sequence[Any], proto: str, set_ref: str, field: str = "saddr") -> bool:
-    wanted = {
-        "op": "==",
-        "left": {"payload": {"protocol": proto, "field": field}},
-        "right": f"@{set_ref}",
-    }
-    matches = [e["match"] for e in expr if isinstance(e, dict) and "match" in e]
-    verdict = any(isinstance(e, dict) and "drop" in e for e in expr)
-    return verdict and matches == [wanted]
-
-
-def set_elements(spec: Mapping[str, Any]) -> dict[str, float | None]:
-    """Element key -> seconds left (None: permanent), from a JSON ``set`` object."""
-    found: dict[str, float | None] = {}
-    for raw in spec.get("elem", []):
-        value, expires = raw, None
-        if isinstance(raw, dict) and "elem" in raw:
-            value = raw["elem"].get("val")
-            expires = raw["elem"].get("expires", raw["elem"].get("timeout"))
-        key = _element_key(value)
-        if key is not None:
-            found[key] = float(expires) if expires is not None else None
-    return found
-
-
-def _element_key(value: Any) -> str | None:
-    try:
-        if isinstance(value, str):
-            return key_of(value)
-        if isinstance(value, dict) and "prefix" in value:
-            return key_of(f"{value['prefix']['addr']}/{value['prefix']['len']}")
-        if isinstance(value, dict) and "range" in value:  # not ours; shown as it is
-            low, high = value["range"]
-            return f"{low}-{high}"
-    except (ValueError, KeyError, TypeError):
-        pass
-    log.warning("nftables: unrecognised set element %r", value)
-    return None
-
-
-def _table_listed(text: str) -> bool:
-    try:
-        items = json.loads(text)["nftables"]
-    except (ValueError, KeyError, TypeError):
-        return True  # unreadable: do not claim the table is missing
-    return any(
-        isinstance(item, dict)
-        and item.get("table", {}).get("name") == TABLE
-        and item["table"].get("family") == FAMILY
-        for item in items
-    )
 
 
 def _describe_batch(batch: Sequence[tuple[int, BanSpec]]) -> str:

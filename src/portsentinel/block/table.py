@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from portsentinel.block.libnft import LibnftRunner, select_runner
-from portsentinel.block.nftables import FAMILY, TABLE, TABLE_REF
+from portsentinel.block.nft_state import FAMILY, TABLE, TABLE_REF
 from portsentinel.block.runner import CommandRunner, Runner
 
 CHAIN = "conntrack"

@@ -11,10 +11,13 @@ The socket:
 
 - ``SOCK_DGRAM`` ("cooked"): every frame starts at the network header, so one filter and one
   decoder serve Ethernet, VLAN, tun, WireGuard and ppp alike;
-- protocol ``ETH_P_ALL``, because one socket takes one protocol and we want IPv4 and IPv6 in
-  one ring; the filter drops the rest by ``SKF_AD_PROTOCOL``. The socket is created with
-  protocol 0 (it receives nothing) and bound only once the filter and the ring are in place,
-  so no unfiltered packet ever queues;
+- one protocol: ``ETH_P_ALL`` by default, or ``ETH_P_IP`` / ``ETH_P_IPV6``. A socket bound to
+  one protocol is served after the ingress hooks, so what nftables drops at ingress (the
+  daemon's bans, ``block/ingress.py``) never reaches it; an ``ETH_P_ALL`` socket is served
+  before them and sees everything. The daemon reads two protocol-bound rings as one
+  (``rings.py``). The filter drops other protocols by ``SKF_AD_PROTOCOL``. The socket is
+  created with protocol 0 (it receives nothing) and bound only once the filter and the ring
+  are in place, so no unfiltered packet ever queues;
 - bound to every interface (ifindex 0): interfaces that appear later are seen without
   reopening, and a list of names is applied in user space (a socket binds to one device);
 - ``PACKET_IGNORE_OUTGOING``: the host's own sends are not even copied to us.
@@ -69,6 +72,8 @@ goes back to the kernel right after). No slice and no timestamp are made per pac
 reader decodes in place and keeps its own clock."""
 
 ETH_P_ALL: Final = 0x0003
+ETH_P_IP: Final = 0x0800
+ETH_P_IPV6: Final = 0x86DD
 SOL_PACKET: Final = 263
 PACKET_RX_RING: Final = 5
 PACKET_STATISTICS: Final = 6
@@ -215,8 +220,11 @@ class PacketRing:
     Needs CAP_NET_RAW. Runs in the network namespace of the calling process.
     """
 
-    def __init__(self, config: RingConfig, program: Sequence[Instruction]) -> None:
+    def __init__(
+        self, config: RingConfig, program: Sequence[Instruction], protocol: int = ETH_P_ALL
+    ) -> None:
         self._config = config
+        self.protocol = protocol
         self._block = 0
         self._counted: set[int] = set()
         self._known: set[int] = set()
@@ -272,7 +280,7 @@ class PacketRing:
             raise CaptureError(f"cannot map the ring ({size}): {err}") from err
         self._view = memoryview(self._map)
         self.refresh_interfaces()
-        _bind_all(sock)
+        _bind_all(sock, self.protocol)
         self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR)
 
     # --- reading -------------------------------------------------------------------------------
@@ -476,13 +484,13 @@ def _sockopt(sock: socket.socket, level: int, name: int, value: int | bytes, wha
         raise CaptureError(f"cannot {what}: {err}") from err
 
 
-def _bind_all(sock: socket.socket) -> None:
-    """Bind to every interface (ifindex 0) for ETH_P_ALL.
+def _bind_all(sock: socket.socket, protocol: int) -> None:
+    """Bind to every interface (ifindex 0) for ``protocol``.
 
     Python's ``bind`` for AF_PACKET always looks the name up, and no name means ifindex 0,
     so this goes through libc.
     """
-    address = _SOCKADDR_LL.pack(socket.AF_PACKET, socket.htons(ETH_P_ALL), 0, 0, 0, 0, b"")
+    address = _SOCKADDR_LL.pack(socket.AF_PACKET, socket.htons(protocol), 0, 0, 0, 0, b"")
     buffer = ctypes.create_string_buffer(address, len(address))
     if _libc.bind(sock.fileno(), buffer, len(address)) != 0:
         code = ctypes.get_errno()

@@ -83,6 +83,7 @@ def why(
     if view is None:
         err.write(f"{PROG}: {address.strip()}: nothing recorded\n")
         return paths.EXIT_FAILURE
+    views.add_dropped(view)
     out.write(json_line(view) + "\n" if as_json else "".join(why_lines(view)))
     return paths.EXIT_OK
 

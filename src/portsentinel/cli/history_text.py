@@ -55,6 +55,10 @@ def _ban_lines(ban: Mapping[str, Any]) -> Iterator[str]:
     yield _field("reason", ban["reason"])
     yield _field("rule", ban["rule"] or "-")
     yield _field("evidence", _evidence_text(ban["evidence"]))
+    dropped = ban.get("dropped")
+    if dropped is not None:
+        packets, size = dropped["packets"], dropped["bytes"]
+        yield _field("dropped", f"{packets} packets ({size} bytes) at ingress since the ban")
     actions = ban["actions"]
     if not actions:
         plan = ", ".join(ban["evidence"].get("plan") or ()) or "-"

@@ -19,6 +19,9 @@ from typing import Any, Final, TextIO
 
 from portsentinel import paths
 from portsentinel.alert.events import iso_time
+from portsentinel.block.ingress import Counts
+from portsentinel.block.nftables import ingress_counts
+from portsentinel.block.runner import Runner
 from portsentinel.cli.options import PROG
 from portsentinel.config.types import InvalidValueError, ports_text, positive_duration
 from portsentinel.errors import ConfigError
@@ -239,6 +242,24 @@ def why_view(store: Store, target: Network, anchor: float) -> dict[str, Any] | N
         "ban": None if ban is None else ban_view(store, ban),
         "probes": probes,
     }
+
+
+def add_dropped(view: dict[str, Any], counts: Mapping[str, Counts] | None = None) -> None:
+    """A live ban's ``dropped``: what its source sent since, dropped at ingress before the
+    daemon saw it (the kernel's element counter; ``block/ingress.py``), or None when the
+    kernel cannot be asked (no nftables backend, another namespace, no privilege). ``counts``
+    None: read from the kernel now."""
+    ban = view.get("ban")
+    if ban is None:
+        return
+    ban["dropped"] = None
+    if ban["offline"] or ban["state"] not in ("pending", "active"):
+        return
+    if counts is None:
+        counts = ingress_counts(Runner()) or {}
+    found = counts.get(ban["address"])
+    if found is not None:
+        ban["dropped"] = {"packets": found[0], "bytes": found[1]}
 
 
 def history_rows(store: Store, start: float, end: float = FAR) -> list[dict[str, Any]]:

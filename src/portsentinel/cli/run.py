@@ -181,6 +181,9 @@ def status_report(state_dir: str, daemon: object | None) -> dict[str, object]:
     return report
 
 
+_COUNTER_NAMES = {"ingress_dropped_packets": "banned packets dropped at ingress"}
+
+
 def status_text(report: dict[str, object]) -> str:
     lines = []
     if not report.get("running"):
@@ -203,9 +206,12 @@ def status_text(report: dict[str, object]) -> str:
         counters = report.get("counters")
         if isinstance(counters, dict):
             keys = ("packets", "probes", "decisions_alert", "decisions_block",
-                    "decisions_command", "kernel_drops", "decode_errors")  # fmt: skip
+                    "decisions_command", "kernel_drops", "decode_errors",
+                    "ingress_dropped_packets")  # fmt: skip
             shown = ", ".join(
-                f"{k.replace('decisions_', '')} {counters[k]}" for k in keys if k in counters
+                f"{_COUNTER_NAMES.get(k, k.replace('decisions_', ''))} {counters[k]}"
+                for k in keys
+                if k in counters
             )
             lines.append(f"counters: {shown}")
         lines.append(f"never-block set: {report.get('never_block_networks')} networks")

@@ -323,8 +323,8 @@ class Settings:
     )  # fmt: skip
     capture_ring_mib: int = setting(
         key="CAPTURE_RING_MIB", parse=t.int_range(1, 1024), default="16", unit="MiB",
-        help="kernel ring buffer of the stealth capture; a larger ring rides out longer "
-        "bursts without drops", origin=_NEW,
+        help="kernel ring buffer of the stealth capture, one each for IPv4 and IPv6; a "
+        "larger ring rides out longer bursts without drops", origin=_NEW,
     )  # fmt: skip
     syslog: bool = setting(
         key="SYSLOG", parse=t.flag, default="0", unit="0/1",

@@ -64,6 +64,12 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("kernel_packets", "kernel_packets", "Packets the capture ring delivered"),
     ("kernel_drops", "kernel_drops", "Packets the kernel dropped: the capture ring was full"),
     ("kernel_freezes", "kernel_freezes", "Times the capture ring froze for lack of room"),
+    (
+        "ingress_dropped_packets",
+        "ingress_dropped_packets",
+        "Packets from banned sources dropped at ingress, before the capture (read every 10 s)",
+    ),
+    ("ingress_dropped_bytes", "ingress_dropped_bytes", "Bytes of those packets"),
     ("events_lost", "events_lost", "Event lines the events stream refused (full disk, no reader)"),
     ("reply_checks", "reply_checks", "Connection-tracking look-ups for possible replies"),
     ("reply_checks_skipped", "reply_checks_skipped", "Reply look-ups skipped (rate bound)"),

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from portsentinel import __version__
 from portsentinel.alert.portsentry_log import accept_failed_line
 from portsentinel.alert.sinks import EventSink, LogSink
-from portsentinel.capture.afpacket import PacketRing
 from portsentinel.capture.listeners import Listeners
+from portsentinel.capture.rings import ProtocolRings
 from portsentinel.config.setup import Setup, detector_config
 from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.metrics import refused_counts
@@ -67,7 +67,7 @@ class Pipeline:
         *,
         host: HostView,
         detector: Detector,
-        ring: PacketRing | None,
+        ring: ProtocolRings | None,
         listeners: Listeners | None,
         never_block: NeverBlock,
         clock: Callable[[], float] = time.monotonic,
@@ -429,6 +429,8 @@ class Pipeline:
             out["alerts_dropped"] = self.responder.alerts_dropped
             out["records_dropped"] = self.responder.rows_dropped
             out["names_skipped"], out["names_late"] = self.responder.names_missed
+            if (dropped := self.responder.ingress_drops) is not None:  # read every 10 s
+                out["ingress_dropped_packets"], out["ingress_dropped_bytes"] = dropped
         if self.ring is not None:
             r = self.ring.stats()
             out.update(

@@ -33,7 +33,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from portsentinel.block.nfnetlink import SetReader
-from portsentinel.block.nftables import TABLE
+from portsentinel.block.nft_state import TABLE
 from portsentinel.block.table import SSH4, SSH6
 from portsentinel.detect.detector import Detector
 from portsentinel.host.neverblock import Entry, NeverBlock

@@ -13,9 +13,10 @@ from portsentinel.alert.portsentry_log import (
     stealth_startup_lines,
 )
 from portsentinel.alert.sinks import LogSink
-from portsentinel.capture.afpacket import PacketRing, RingConfig
+from portsentinel.capture.afpacket import RingConfig
 from portsentinel.capture.bpf import Instruction, PortFilter, build_filter
 from portsentinel.capture.listeners import Listeners
+from portsentinel.capture.rings import ProtocolRings
 from portsentinel.config.setup import Setup, detector_config
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import PortSentinelError
@@ -102,7 +103,7 @@ def _port_filter(setup: Setup, mode: Mode | None) -> PortFilter:
 
 def open_parts(
     setup: Setup, log: LogSink
-) -> tuple[HostView, Detector, PacketRing | None, Listeners | None]:
+) -> tuple[HostView, Detector, ProtocolRings | None, Listeners | None]:
     """The host view, the detector, the capture ring (stealth modes) and the bound sockets
     (classic modes), with PortSentry's start-up lines; StartupError if nothing works."""
     modes = [m for m in (setup.tcp_mode, setup.udp_mode) if m is not None]
@@ -135,7 +136,7 @@ def open_parts(
                 )
                 for line in lines:
                     log.line(line)
-            ring = PacketRing(ring_config(setup), kernel_filter(setup))
+            ring = ProtocolRings(ring_config(setup), kernel_filter(setup))
         listeners = open_listeners(setup, log, [m for m in modes if m.bound])
     except BaseException:
         host.close()

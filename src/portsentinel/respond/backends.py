@@ -59,7 +59,7 @@ class Backends:
     def _build(self, name: str) -> Backend:
         s, runner = self._settings, self._runner
         if name == "nftables":
-            return NftablesBackend(runner, prefix_bans=s.ipv6_prefix_after > 0)
+            return NftablesBackend(runner, prefix_bans=s.ipv6_prefix_after > 0, ingress=True)
         if name == "iptables":
             return IptablesBackend(runner)
         if name == "route":

@@ -22,7 +22,8 @@ from typing import Any
 from portsentinel.block import Backend, BanSpec, plan_actions
 from portsentinel.block.base import ActionDetail, kernel_timeout
 from portsentinel.block.dryrun import NAME as DRY_RUN
-from portsentinel.block.nftables import MAX_TIMEOUT, ban_detail
+from portsentinel.block.nft_state import MAX_TIMEOUT
+from portsentinel.block.nftables import ban_detail
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto

@@ -30,10 +30,10 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import replace
 
-from portsentinel.block import BanSpec, plan_actions
+from portsentinel.block import BanSpec, ingress, plan_actions
 from portsentinel.block.base import kernel_timeout
 from portsentinel.block.nfnetlink import ElementWriter
-from portsentinel.block.nftables import MAX_TIMEOUT, SET4, SET6, TABLE
+from portsentinel.block.nft_state import MAX_TIMEOUT, SET4, SET6, TABLE
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
 from portsentinel.respond.backends import terms_of
@@ -67,7 +67,7 @@ class FirstBan:
         log: Callable[[str], None],
         writer: ElementWriter | None = None,
     ) -> None:
-        self._writer = writer if writer is not None else ElementWriter(TABLE)
+        self._writer = writer if writer is not None else ElementWriter(TABLE, mirror=ingress.TABLE)
         self._log = log
         self.reconfigure(settings)
         self._held: list[tuple[BanRequest, BanSpec, int | None]] = []

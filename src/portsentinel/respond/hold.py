@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from portsentinel.block.hold import FREE4, FREE6, HoldPlan, HoldTable, Network, seconds_text
 from portsentinel.block.nfnetlink import ElementWriter
-from portsentinel.block.nftables import TABLE
+from portsentinel.block.nft_state import TABLE
 from portsentinel.config.setup import Setup, detector_config
 from portsentinel.config.types import Backend, BlockLevel
 from portsentinel.errors import BackendError

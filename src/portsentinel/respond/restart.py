@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from portsentinel.block import BanSpec
 from portsentinel.block.base import ban_fields
-from portsentinel.block.nftables import ban_detail
+from portsentinel.block.nftables import NftablesBackend, ban_detail
 from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError, PortSentinelError, StoreError
@@ -235,6 +235,24 @@ class Restart:
                 "late UDP replies may be taken for probes"
             )
         return False
+
+    def _nftables(self) -> NftablesBackend | None:
+        backend = self.backends.built().get("nftables")
+        return backend if isinstance(backend, NftablesBackend) else None
+
+    def follow_interfaces(self) -> None:
+        """Ingress chains for the interfaces that came, none for those gone (nftables)."""
+        backend = self._nftables()
+        if backend is not None:
+            backend.follow()
+
+    def ingress_drops(self) -> tuple[int, int] | None:
+        """Packets and bytes banned sources sent that were dropped at ingress since start,
+        as the last check read them; None without ingress copies."""
+        backend = self._nftables()
+        if backend is None or backend.ingress_problem is not None:
+            return None
+        return backend.drops.packets, backend.drops.bytes
 
     def repair(self, now: float) -> int:
         """Re-apply live bans missing from the configured native backend (another tool may

@@ -56,9 +56,7 @@ class Alert:  # a BLOCK_x=0 trigger: only the history line
 
 
 @dataclass(frozen=True)
-class WorkerMessage:
-    """What the worker tells the detection loop."""
-
+class WorkerMessage:  # what the worker tells the detection loop
     kind: str  # "log" | "release" | "restore" | "allow" | "fatal"
     text: str = ""
     networks: tuple[str, ...] = ()
@@ -105,6 +103,7 @@ class Responder:
         self._on_ban = on_ban
         self.bans_added = 0
         self._health: dict[str, bool] = {}
+        self.ingress_drops: tuple[int, int] | None = None  # set by the worker (block/ingress.py)
         self.state_dir = state_dir
         self._jobs: queue.Queue[object] = queue.Queue()
         self._messages: queue.SimpleQueue[WorkerMessage] = queue.SimpleQueue()
@@ -352,6 +351,7 @@ class Responder:
         if self._dry_run:  # nothing applied, nothing to repair (a check would make the table)
             return
         manager.repair(now)
+        self.ingress_drops = manager.ingress_drops()  # the check read the counters
         if self._chain is not None:
             manager.repair_conntrack(self._chain)
         if self._keeper is not None:
@@ -433,6 +433,7 @@ class Responder:
     # --- the store refusing: retried, reported, fatal only when it is damaged ---------------
 
     def _expire(self, manager: BanManager, now: float) -> None:
+        manager.follow_interfaces()  # cheap when no interface came or went
         for record in manager.expire(now):
             self._release(record.address)
 

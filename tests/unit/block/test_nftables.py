@@ -9,16 +9,18 @@ import json
 import pytest
 
 from portsentinel.block.base import BanSpec
-from portsentinel.block.nftables import (
+from portsentinel.block.nft_state import (
     MAX_TIMEOUT,
-    NftablesBackend,
     TableState,
-    add_script,
-    delete_script,
-    element,
     parse_table,
     set_elements,
     structure_problems,
+)
+from portsentinel.block.nftables import (
+    NftablesBackend,
+    add_script,
+    delete_script,
+    element,
     structure_script,
 )
 from portsentinel.errors import BackendError

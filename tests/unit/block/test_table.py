@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from portsentinel.block import nftables, table
+from portsentinel.block import nft_state, table
 from portsentinel.block.libnft import LibnftRunner
 from portsentinel.block.runner import RunResult
 
@@ -32,8 +32,8 @@ def test_one_nft_transaction_in_the_ban_sets_table() -> None:
     assert call.timeout == table.TIMEOUT
     assert call.input is not None
     lines = call.input.splitlines()
-    assert lines[0] == f"add table {nftables.TABLE_REF}"
-    assert all(f" {nftables.TABLE_REF} " in f"{line} " for line in lines)
+    assert lines[0] == f"add table {nft_state.TABLE_REF}"
+    assert all(f" {nft_state.TABLE_REF} " in f"{line} " for line in lines)
     # The chain's rules are replaced, not added to: running it twice leaves one rule.
     assert lines.index(f"flush chain inet portsentinel {table.CHAIN}") < len(lines) - 1
     assert lines[-1].endswith("ct state established,related counter")

@@ -85,3 +85,13 @@ def test_history_columns_show_a_logged_alert_without_an_end() -> None:
     assert out.getvalue().splitlines()[1].split() == [
         "2023-11-14T22:13:20", "192.0.2.9", "alert", "logged", "-", "UDP", "scan", "udp", "7",
     ]  # fmt: skip
+
+
+def test_why_lines_say_what_a_live_ban_dropped_at_ingress() -> None:
+    ban = {**BAN, "address": "192.0.2.7", "state": "active", "offline": False,
+           "dropped": {"packets": 2000, "bytes": 88000}}  # fmt: skip
+    lines = list(text.why_lines({"src": "192.0.2.7", "rule": None, "ban": ban, "probes": None}))
+    assert "  dropped   2000 packets (88000 bytes) at ingress since the ban\n" in lines
+    unknown = {**ban, "dropped": None}
+    view = {"src": "192.0.2.7", "rule": None, "ban": unknown, "probes": None}
+    assert not any("dropped" in line for line in text.why_lines(view))

@@ -86,3 +86,19 @@ def test_history_rows_are_oldest_first_with_alerts_between_bans(tmp_path: Path) 
         ("192.0.2.2", "command", "lifted"),
         ("192.0.2.3", "block", "active"),
     ]
+
+
+def test_a_live_ban_gets_its_ingress_count_and_an_ended_one_none() -> None:
+    counts = {"192.0.2.7": (12, 720)}
+    live = {"ban": {"address": "192.0.2.7", "state": "active", "offline": False}}
+    views.add_dropped(live, counts)
+    assert live["ban"]["dropped"] == {"packets": 12, "bytes": 720}
+    ended = {"ban": {"address": "192.0.2.7", "state": "expired", "offline": False}}
+    views.add_dropped(ended, counts)
+    assert ended["ban"]["dropped"] is None
+    other = {"ban": {"address": "192.0.2.8", "state": "active", "offline": False}}
+    views.add_dropped(other, counts)
+    assert other["ban"]["dropped"] is None
+    nothing: dict[str, object] = {"ban": None}
+    views.add_dropped(nothing, counts)
+    assert nothing == {"ban": None}

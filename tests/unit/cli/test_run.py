@@ -90,3 +90,11 @@ def test_reload_without_a_daemon_is_a_failure(tmp_path: Path) -> None:
     status, out, err = run(["reload", "--state-dir", str(tmp_path)])
     assert (status, out) == (1, "")
     assert err == f"portsentinel: no daemon is running on {tmp_path}\n"
+
+
+def test_status_text_counts_what_banned_sources_sent_into_the_ingress_drop() -> None:
+    report = {**RUNNING, "running": True, "state_dir": "/s"}
+    report["counters"] = {"packets": 10, "ingress_dropped_packets": 2000}
+    assert "counters: packets 10, banned packets dropped at ingress 2000\n" in (
+        verbs.status_text(report)
+    )

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import cast
 
 from portsentinel.alert.sinks import EventSink, LogSink
-from portsentinel.capture.afpacket import CaptureStats, PacketRing
+from portsentinel.capture.afpacket import CaptureStats
 from portsentinel.capture.bpf import Instruction
 from portsentinel.capture.listeners import Hit, Listeners, ListenerStats
+from portsentinel.capture.rings import ProtocolRings
 from portsentinel.config.schema import Settings
 from portsentinel.config.setup import Setup, detector_config, load_setup
 from portsentinel.daemon.control import ControlServer
@@ -280,6 +281,7 @@ class FakeResponder:
         self.alerts_dropped = self.rows_dropped = 0
         self.notes_ssh_peers = False
         self.names_missed = (0, 0)
+        self.ingress_drops: tuple[int, int] | None = None
         self.turns_ended = 0
         self.protected = 0  # times the loop said the never-block set changed
         self.store_outage: tuple[float, str] | None = None
@@ -413,7 +415,7 @@ def build(
         sink,
         host=cast(HostView, fake_host),
         detector=detector,
-        ring=cast(PacketRing, fake_ring),
+        ring=cast(ProtocolRings, fake_ring),
         listeners=cast(Listeners, listeners),
         never_block=never_block,
         clock=clock,

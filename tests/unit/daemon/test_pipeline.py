@@ -588,7 +588,7 @@ class Opened:
                 return NeverBlock(opened.sources)
 
         monkeypatch.setattr(sources_module, "HostView", host_view)
-        monkeypatch.setattr(sources_module, "PacketRing", packet_ring)
+        monkeypatch.setattr(sources_module, "ProtocolRings", packet_ring)
         monkeypatch.setattr(pipeline_module, "NeverBlock", ForHost)
 
 
