@@ -71,6 +71,11 @@ class Mode(StrEnum):
         return self in (Mode.ATCP, Mode.AUDP)
 
 
+UNSOLICITED_GROUP: Final = 5051
+"""The NFLOG group the daemon's table logs ACK-bearing segments of no connection to
+(``block/table.py``), read by ``capture/nflog.py``: one per network namespace."""
+
+
 class ScanKind(StrEnum):
     """What a probe looked like. Values are the event schema's ``kind`` strings."""
 
@@ -84,6 +89,11 @@ class ScanKind(StrEnum):
     # An IP fragment built to hide the transport header (nmap -f): a first fragment too short
     # to hold it, or a later fragment whose offset lands inside it (RFC 1858).
     FRAGMENT = "FRAGMENT"
+    # ACK-bearing probes with no connection before them (the kernel's conntrack said so, or,
+    # in replay, the capture): a bare ACK (nmap -sA and -sW), FIN+ACK (nmap -sM, Maimon's);
+    # other flag sets with ACK are UNKNOWN.
+    ACK = "ACK"
+    MAIMON = "MAIMON"
 
 
 class Action(StrEnum):

@@ -53,7 +53,7 @@ def test_modes(mode: Mode, proto: Proto, bound: bool, advanced: bool) -> None:
 def test_event_schema_strings() -> None:
     # The event schema's ``kind``, ``action`` and ``reason`` values: never renamed.
     assert [k.value for k in ScanKind] == [
-        "SYN", "FIN", "NULL", "XMAS", "UNKNOWN", "UDP", "CONNECT", "FRAGMENT",
+        "SYN", "FIN", "NULL", "XMAS", "UNKNOWN", "UDP", "CONNECT", "FRAGMENT", "ACK", "MAIMON",
     ]  # fmt: skip
     assert [a.value for a in Action] == ["alert", "block", "command", "ignored"]
     assert Reason.TRIGGERED.value == "scan trigger reached"

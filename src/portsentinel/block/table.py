@@ -30,14 +30,23 @@ from portsentinel.block.nft_state import FAMILY, TABLE, TABLE_REF
 from portsentinel.block.runner import CommandRunner, Runner
 
 CHAIN = "conntrack"
+# ACK-bearing segments that open no connection, handed to the daemon (``capture/nflog.py``) at
+# most this many a second (the rest wait for the next second's budget: an ACK flood costs the
+# daemon nothing more).
+UNSOLICITED_RATE = 2000
+# A segment with ACK and no connection is ``new`` to conntrack when it may open one (a bare
+# ACK: loose pick-up), ``invalid`` otherwise (FIN+ACK, and a late or out-of-window segment of a
+# connection conntrack knows: the daemon asks conntrack about those).
+NEW_PREFIX, INVALID_PREFIX = "psn-new", "psn-invalid"
 SSH4, SSH6 = "ssh4", "ssh6"
 SSH_IDLE = "15m"  # an SSH peer stays in its set this long after the session's last packet
 TIMEOUT = 5.0  # seconds for the one nft transaction
 
 
-def script(ssh_ports: Iterable[int] = ()) -> str:
+def script(ssh_ports: Iterable[int] = (), ack_group: int | None = None) -> str:
     """One transaction: create what is missing, then replace the chain's rules, so running it
-    twice leaves one of each (pure)."""
+    twice leaves one of each (pure). ``ack_group``: also log the TCP segments with ACK (no
+    SYN, no RST) that conntrack sees as new, to this host, to that NFLOG group."""
     lines = [
         f"add table {TABLE_REF}",
         f"add chain {TABLE_REF} {CHAIN} {{ type filter hook prerouting priority -150; "
@@ -45,6 +54,14 @@ def script(ssh_ports: Iterable[int] = ()) -> str:
         f"flush chain {TABLE_REF} {CHAIN}",
         f"add rule {TABLE_REF} {CHAIN} ct state established,related counter",
     ]
+    if ack_group is not None:  # the prefix tells the daemon which state conntrack saw
+        for state, prefix in (("new", NEW_PREFIX), ("invalid", INVALID_PREFIX)):
+            lines.append(
+                f"add rule {TABLE_REF} {CHAIN} iif != lo tcp flags & (syn | rst | ack) == ack "
+                f"ct state {state} fib daddr type local limit rate {UNSOLICITED_RATE}/second "
+                f'burst {UNSOLICITED_RATE} packets counter log prefix "{prefix}" '
+                f"group {ack_group} snaplen 128"
+            )
     ports = sorted(set(ssh_ports))
     if ports:
         listed = ", ".join(str(port) for port in ports)
@@ -60,16 +77,18 @@ def script(ssh_ports: Iterable[int] = ()) -> str:
 
 
 def ensure_conntrack(
-    runner: CommandRunner | None = None, ssh_ports: Iterable[int] = ()
+    runner: CommandRunner | None = None,
+    ssh_ports: Iterable[int] = (),
+    ack_group: int | None = None,
 ) -> str | None:
-    """Install the tracking rule (and the SSH peers' sets and rules when ``ssh_ports``)
-    through ``runner`` (a plain ``Runner`` when None); None on success, else why it could not
-    be done."""
+    """Install the tracking rule (and the SSH peers' sets and rules when ``ssh_ports``, the
+    unsolicited segments' log rule with ``ack_group``) through ``runner`` (a plain ``Runner``
+    when None); None on success, else why it could not be done."""
     nft = shutil.which("nft")
     if nft is None:
         return "the nft command is not installed"
     done = (runner if runner is not None else Runner()).run(
-        [nft, "-f", "-"], input=script(ssh_ports), timeout=TIMEOUT
+        [nft, "-f", "-"], input=script(ssh_ports, ack_group), timeout=TIMEOUT
     )
     if done.ok:
         return None
@@ -78,7 +97,9 @@ def ensure_conntrack(
     return f"nft exited with {done.returncode}: {done.stderr.strip()}"
 
 
-def conntrack_problem(runner: CommandRunner, ssh_ports: Iterable[int] = ()) -> str | None:
+def conntrack_problem(
+    runner: CommandRunner, ssh_ports: Iterable[int] = (), ack_group: int | None = None
+) -> str | None:
     """What is wrong with the tracking chain (gone, hooked elsewhere, without its rules), or
     None when it is in place or nft cannot be run at all (start-up said so)."""
     done = runner.run(["nft", "-j", "list", "chain", FAMILY, TABLE, CHAIN], timeout=TIMEOUT)
@@ -102,6 +123,19 @@ def conntrack_problem(runner: CommandRunner, ssh_ports: Iterable[int] = ()) -> s
         noted = {_updated(expr) for expr in rules} - {None}
         if noted != {f"@{SSH4}", f"@{SSH6}"}:
             return f"chain {CHAIN} lacks the rules that note SSH peers"
+    if ack_group is not None and ack_group not in {_logged(expr) for expr in rules}:
+        return f"chain {CHAIN} lacks the rule that logs unsolicited segments"
+    return None
+
+
+def _logged(expr: Any) -> int | None:
+    """The NFLOG group a rule's ``log`` statement sends to, if it has one."""
+    if not isinstance(expr, list):
+        return None
+    for e in expr:
+        statement = e.get("log") if isinstance(e, dict) else None
+        if isinstance(statement, dict) and isinstance(statement.get("group"), int):
+            return int(statement["group"])
     return None
 
 
@@ -132,17 +166,23 @@ class ConntrackChain:
     ``install`` again while the daemon runs. The check goes in-process through libnftables
     when it loads (``libnft.select_runner``); ``close`` frees its context."""
 
-    def __init__(self, runner: CommandRunner | None = None, ssh_ports: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        runner: CommandRunner | None = None,
+        ssh_ports: Iterable[int] = (),
+        ack_group: int | None = None,
+    ) -> None:
         self._runner = runner if runner is not None else select_runner(Runner())
         self.ssh_ports = tuple(sorted(set(ssh_ports)))
+        self.ack_group = ack_group
 
     def install(self) -> str | None:
         """``ensure_conntrack``: None on success, else why it could not be done."""
-        return ensure_conntrack(self._runner, self.ssh_ports)
+        return ensure_conntrack(self._runner, self.ssh_ports, self.ack_group)
 
     def problem(self) -> str | None:
         """``conntrack_problem``: None while the chain is in place."""
-        return conntrack_problem(self._runner, self.ssh_ports)
+        return conntrack_problem(self._runner, self.ssh_ports, self.ack_group)
 
     def close(self) -> None:
         if isinstance(self._runner, LibnftRunner):

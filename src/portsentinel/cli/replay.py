@@ -105,7 +105,8 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     def replay(emit: Callable[[Decision], None]) -> ReplayStats:
         try:
             return run_replay(args.capture, detector, emit, local=local, in_use=in_use,
-                              summarise=summarise, watch=progress.watch)  # fmt: skip
+                              summarise=summarise, watch=progress.watch,
+                              unsolicited=setup.settings.ack_probes)  # fmt: skip
         finally:
             progress.close()
 

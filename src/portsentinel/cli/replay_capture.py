@@ -5,10 +5,14 @@ socket table (a port counts as in use when a watched host answers on it anywhere
 capture, a SYN-ACK or UDP sent from it, because a live daemon would have seen that socket
 open) and keeps the packets that may be probes (the detector's ``screen``: a probe's kind, to
 a watched port). The second feeds those to the detector, the in-use view now complete, with the
-capture's own timestamps as the clock. Ordinary traffic, answers and probes to ports nobody
-watches are read once and never reach the detector. At most KEEP_MAX packets wait between
-the passes; past that, the second pass reads the rest of the file again. Nothing here touches
-a firewall.
+capture's own timestamps as the clock. With ACK probes on, pass one also keeps a TCP segment
+with ACK (no SYN, no RST) to a watched port when no packet of its connection came before it in
+the capture, either way: the live daemon asks conntrack that question, a capture answers it
+itself (a capture that starts in the middle of a connection to a watched port no service
+answers on shows it as a probe; the live daemon would not). Ordinary traffic, answers and
+probes to ports nobody watches are read once and never reach the detector. At most KEEP_MAX
+packets wait between the passes; past that, the second pass reads the rest of the file again
+(without the ACK-bearing ones). Nothing here touches a firewall.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Final
 from portsentinel.capture.pcapfile import CaptureReader, CorruptCaptureError, open_capture
 from portsentinel.cli.replay_repeats import Held, Repeats
 from portsentinel.decode import decoder_for_linktype
+from portsentinel.detect.classify import UNSOLICITED_KIND
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.screen import ProbeScreen
 from portsentinel.errors import CaptureError, ConfigError, DecodeError
@@ -38,6 +43,7 @@ _TICK_INTERVAL = 1.0
 # probes of a full-range scan with every port watched), so ~40 MB at most.
 KEEP_MAX: Final = 1 << 17
 _SYN_ACK: Final = SYN | ACK
+_FLOWS_MAX: Final = 1 << 21  # connections remembered by pass one; forgotten all at once past it
 _TCP: Final = int(Proto.TCP)
 
 
@@ -142,10 +148,13 @@ def survey(
     screen: ProbeScreen,
     limit: int = KEEP_MAX,
     watch: Callable[[CaptureReader], None] | None = None,
+    *,
+    unsolicited: bool = False,
 ) -> Survey:
     """Pass one: count and decode every frame, note the ports the watched hosts (``local``,
     or any host) answered on, keep the packets ``screen`` passes (``limit`` at most).
-    ``watch`` is given the open reader (whose ``progress`` another thread may show)."""
+    ``watch`` is given the open reader (whose ``progress`` another thread may show).
+    ``unsolicited``: keep the ACK-bearing segments that open no connection (module docstring)."""
     stats = ReplayStats()
     tcp: set[int] = set()
     udp: set[int] = set()
@@ -160,6 +169,8 @@ def survey(
     # screen is read inline (``ProbeScreen.__call__``'s test): a call per frame cost 10 %.
     tcp_proto, syn_ack = _TCP, _SYN_ACK
     watch_tcp, watch_udp, kinds, fragments = screen.tcp, screen.udp, screen.kinds, screen.fragments
+    flows: set[tuple[bytes, int, bytes, int]] = set()
+    ack_kinds = UNSOLICITED_KIND if unsolicited else (None,) * 256
     with open_capture(path) as reader:
         if watch is not None:
             watch(reader)
@@ -176,14 +187,26 @@ def survey(
                 if pkt is None:
                     skipped += 1
                     continue
-                proto, src, _dst, sport, dport, flags, _ttl, _options, frag = pkt
+                proto, src, dst, sport, dport, flags, _ttl, _options, frag = pkt
                 if frag:
                     wanted = proto in fragments
                 elif proto == tcp_proto:
+                    if unsolicited and (watch_tcp[dport] or watch_tcp[sport]):
+                        # A connection to a watched port, keyed from its client's side.
+                        key = (src, sport, dst, dport) if watch_tcp[dport] else (
+                            dst, dport, src, sport)  # fmt: skip
+                        fresh = key not in flows
+                        if fresh:
+                            if len(flows) >= _FLOWS_MAX:
+                                flows.clear()
+                            flows.add(key)
+                    else:
+                        fresh = False
                     if kinds[flags] is None:  # not a probe; a SYN-ACK says a port is in use
                         if flags & syn_ack == syn_ack and (local is None or src in local):
                             tcp.add(sport)
-                        continue
+                        if not (fresh and ack_kinds[flags] is not None and watch_tcp[dport]):
+                            continue
                     wanted = watch_tcp[dport] == 1
                 else:
                     if local is None or src in local:
@@ -240,12 +263,13 @@ def run_replay(
     summarise: Callable[[Held], None] | None = None,
     limit: int = KEEP_MAX,
     watch: Callable[[CaptureReader], None] | None = None,
+    unsolicited: bool = True,
 ) -> ReplayStats:
     """Both passes: the detector's in-use view is what the capture shows plus ``in_use``;
     each decision goes to ``emit``. With ``summarise``, a source's repeats are held back as
     the daemon holds them and ``summarise`` gets what was held (see ``replay_repeats``);
     without it every decision is built and emitted."""
-    found = survey(path, local, detector.screen, limit, watch)
+    found = survey(path, local, detector.screen, limit, watch, unsolicited=unsolicited)
     seen = found.in_use | in_use
     detector.set_in_use(Proto.TCP, seen.tcp)
     detector.set_in_use(Proto.UDP, seen.udp)
@@ -271,7 +295,7 @@ def _feed(
 ) -> float | None:
     """Pass two: each packet to the detector, its decisions to ``emit``; the detector's
     expiry and the summaries of held records on the capture's clock. The last packet's time."""
-    feed, tick = detector.feed, detector.tick
+    feed, tick, unsolicited = detector.feed, detector.tick, detector.feed_unsolicited
     next_timer = -math.inf
     ts = None
     for ts, pkt in packets:  # the last ts is returned
@@ -283,7 +307,9 @@ def _feed(
                 if ts >= repeats.due:
                     repeats.next_stretch(ts)
                 next_timer = min(next_timer, repeats.due)
-        for decision in feed(pkt, ts):
+        # Pass one kept a segment with ACK only when it opened no connection.
+        judge = unsolicited if pkt[0] == _TCP and pkt[5] & ACK and not pkt[8] else feed
+        for decision in judge(pkt, ts):
             emit(decision)
     return ts
 

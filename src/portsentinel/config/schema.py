@@ -235,6 +235,13 @@ class Settings:
         "the kernel is asked before each ban, so a session opened a moment ago counts",
         origin=_NEW,
     )  # fmt: skip
+    ack_probes: bool = setting(
+        key="ACK_PROBES", parse=t.flag, default="1", unit="0/1",
+        help="with a stealth TCP mode, also catch ACK, Window and Maimon scans (nmap -sA, -sW, "
+        "-sM), which PortSentry misses: the kernel's connection tracking hands the daemon the "
+        "TCP segments with ACK that belong to no connection (NFLOG group 5051, at most 2,000 a "
+        "second); needs nft", origin=_NEW,
+    )  # fmt: skip
     kernel_hold: bool = setting(
         key="KERNEL_HOLD", parse=t.flag, default="0", unit="0/1",
         help="the kernel itself drops a new connection's first packet to a watched port no "

@@ -30,6 +30,7 @@ from portsentinel.daemon.metrics import refused_counts
 from portsentinel.daemon.outputs import Outputs
 from portsentinel.daemon.protection import Protection
 from portsentinel.daemon.sources import StartupError, kernel_filter, open_listeners, open_parts
+from portsentinel.daemon.unsolicited import UnsolicitedSource, open_reader
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
 from portsentinel.errors import DecodeError
@@ -82,6 +83,7 @@ class Pipeline:
         self.detector = detector
         self.ring = ring
         self.listeners = listeners
+        self.unsolicited: UnsolicitedSource | None = None  # ACK_PROBES (``start``)
         self.decode_errors = 0
         self._selector: selectors.BaseSelector | None = None
         self.responder: Responder | None = None
@@ -115,7 +117,7 @@ class Pipeline:
             watch=True,
         )
         never_block.refresh()
-        return cls(
+        pipeline = cls(
             setup,
             log,
             events,
@@ -125,6 +127,13 @@ class Pipeline:
             listeners=listeners,
             never_block=never_block,
         )
+        reader = open_reader(setup, log) if ring is not None else None
+        if reader is not None:
+            detector.set_socket_check(host.tcp_socket_on)
+            pipeline.unsolicited = UnsolicitedSource(
+                reader, detector, pipeline.outputs.emit, lambda: pipeline._now, host.knows_flow
+            )
+        return pipeline
 
     def attach(self, responder: Responder) -> None:
         """Responses on: restore the previous run's bans before the first packet is read."""
@@ -171,6 +180,9 @@ class Pipeline:
         selector.register(wake, selectors.EVENT_READ, lambda: _drain(wake))
         if self.ring is not None:
             selector.register(self.ring.fileno(), selectors.EVENT_READ, self._on_ring)
+        if self.unsolicited is not None:
+            selector.register(self.unsolicited.fileno(), selectors.EVENT_READ,
+                              self.unsolicited.on_ready)  # fmt: skip
         if self.listeners is not None:
             for sock in self.listeners.sockets():
                 selector.register(sock, selectors.EVENT_READ, self._listener_handler(sock))
@@ -442,6 +454,8 @@ class Pipeline:
         if self.listeners is not None:
             s = self.listeners.stats
             out["connects"] = s.accepted + s.datagrams
+        if self.unsolicited is not None:
+            out.update(self.unsolicited.statistics())
         out["reply_checks"] = self.host.reply_checks
         out["reply_checks_skipped"] = self.host.reply_checks_skipped
         return out
@@ -453,7 +467,8 @@ class Pipeline:
             for message in self.responder.close():
                 if message.kind == "log":
                     self.log.line(message.text)
-        for part in (self.ring, self.listeners, self.host, self.never_block, self.protection):
+        parts = (self.ring, self.unsolicited, self.listeners, self.host, self.never_block)
+        for part in (*parts, self.protection):
             if part is not None:
                 with contextlib.suppress(OSError):
                     part.close()

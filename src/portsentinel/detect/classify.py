@@ -4,6 +4,12 @@ The table is built once from the rules below, so the per-packet cost is one tupl
 1.2 drops every TCP packet with ACK or RST before classifying it (they answer something, they
 do not probe), so those entries are ``None``; ACK, Window and Maimon scans stay invisible, as
 in PortSentry (portsentry/portsentry#5).
+
+``UNSOLICITED_KIND`` classifies the packets known to open no connection (the kernel's
+conntrack found none for them, or a capture showed none before them): there a segment with
+ACK probes too. A bare ACK (nmap -sA and -sW look the same on the wire) is ACK, FIN+ACK
+(nmap -sM) is MAIMON, any other set with ACK but neither SYN nor RST is UNKNOWN; a SYN+ACK
+(backscatter of someone else's spoofed SYNs) and anything with RST probe nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +43,26 @@ TCP_KIND: Final[tuple[ScanKind | None, ...]] = tuple(_rule(flags) for flags in r
 """Scan kind per TCP flags byte; ``None`` for packets that are not probes (ACK or RST set)."""
 
 
+def _unsolicited(flags: int) -> ScanKind | None:
+    """The kind of a segment that opens no connection; see the module docstring."""
+    if not flags & ACK:
+        return _rule(flags)
+    six = flags & _SIX
+    if six & (SYN | RST):
+        return None
+    if six == ACK:
+        return ScanKind.ACK
+    if six == FIN | ACK:
+        return ScanKind.MAIMON
+    return ScanKind.UNKNOWN
+
+
+UNSOLICITED_KIND: Final[tuple[ScanKind | None, ...]] = tuple(
+    _unsolicited(flags) for flags in range(256)
+)
+"""Scan kind per TCP flags byte of a segment that opens no connection."""
+
+
 def classify_tcp(flags: int) -> ScanKind | None:
     """The scan kind of a TCP flags byte, or None when ACK or RST is set."""
     return TCP_KIND[flags & 0xFF]
@@ -51,6 +77,8 @@ _FIXED_LABELS: Final[dict[ScanKind, str]] = {
     ScanKind.SYN: "TCP SYN/Normal scan",
     ScanKind.UDP: "UDP scan",
     ScanKind.CONNECT: "Connect",
+    ScanKind.ACK: "TCP ACK scan",
+    ScanKind.MAIMON: "TCP Maimon (FIN/ACK) scan",
 }
 
 

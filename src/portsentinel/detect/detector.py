@@ -34,6 +34,7 @@ from portsentinel.detect.rules import ScanTrigger, ScoringRule
 from portsentinel.detect.screen import ProbeScreen
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
 from portsentinel.detect.track import KIND_BIT, SourceState, Tracker
+from portsentinel.detect.unsolicited import Unsolicited
 from portsentinel.model import (
     Action,
     Decision,
@@ -62,12 +63,11 @@ record back (it is still counted). The daemon's repeat limiter, so a blocked sca
 forged flood's further probes cost a few counter bumps, not an object each."""
 
 
-class Detector:
-    """Feed it packets (stealth modes) or connects (bound modes); it returns decisions.
-
-    Views handed in (in-use ports, local addresses) are kept by reference, so the caller may
-    mutate or swap them while running. Rules are fixed at construction: the tracker keeps as
-    many hit times as they need.
+class Detector(Unsolicited):
+    """Feed it packets (stealth modes; ``feed_unsolicited``: see ``unsolicited``) or connects
+    (bound modes); it returns decisions. Views handed in (in-use ports, local addresses) are
+    kept by reference, so the caller may mutate or swap them while running. Rules are fixed
+    at construction: the tracker keeps as many hit times as they need.
     """
 
     __slots__ = (
@@ -117,6 +117,7 @@ class Detector:
         self._recheck_udp: Callable[[int], bool] | None = None
         self._local = local
         self._reply_check: Callable[[Packet], bool] | None = None
+        self._socket_check: Callable[[int], bool] | None = None
         self._texts: dict[bytes, str] = {}
         self._custom_rules = rules is not None
         self.rules: tuple[ScoringRule, ...] = tuple(rules) if rules is not None else ()

@@ -227,11 +227,18 @@ class SocketTable(NetlinkSocket):
             raise ValueError(f"port {port} out of range 1-65535")
         return _holds(self._query(proto, port), port, STATES[proto])
 
+    def port_has_socket(self, proto: Proto, port: int) -> bool:
+        """Does any socket of ``proto`` (any state: a connection, one closing, a listener)
+        use the local ``port``? Asked for a segment that opens no connection."""
+        if not 0 < port <= 0xFFFF:
+            raise ValueError(f"port {port} out of range 1-65535")
+        return _holds(self._query(proto, port, ALL_STATES), port, ALL_STATES)
+
     # -- backends --------------------------------------------------------------------------
-    def _query(self, proto: Proto, port: int | None) -> list[Row]:
+    def _query(self, proto: Proto, port: int | None, states: int | None = None) -> list[Row]:
         if self.backend_for(proto) == "netlink":
             try:
-                return self._netlink_rows(proto, port)
+                return self._netlink_rows(proto, port, states)
             except NetlinkError as exc:
                 if self._backend == "netlink" or exc.errno not in netlink_messages.UNAVAILABLE:
                     raise
@@ -252,9 +259,9 @@ class SocketTable(NetlinkSocket):
             rows.extend(parse_proc_net(text))
         return rows
 
-    def _netlink_rows(self, proto: Proto, port: int | None) -> list[Row]:
+    def _netlink_rows(self, proto: Proto, port: int | None, states: int | None = None) -> list[Row]:
         rows: list[Row] = []
-        states = STATES[proto]
+        states = STATES[proto] if states is None else states
         for family in FAMILIES:
             if port is None:
                 self._dump_rows(family, proto, states, b"", rows)

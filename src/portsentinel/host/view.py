@@ -127,6 +127,29 @@ class HostView:
             self.reply_check_errors += 1
             return False
 
+    def knows_flow(self, pkt: Packet) -> bool:
+        """Does conntrack track this TCP segment's connection, either way? (For a segment it
+        called invalid: a late or out-of-window one, no probe.) Without conntrack: no; an
+        error: yes, as for ``tcp_socket_on``."""
+        conntrack = self._conntrack
+        if conntrack is None:
+            return False
+        proto, src, dst, sport, dport, _flags, _ttl, _options, _frag = pkt
+        try:
+            return conntrack.lookup_reply(proto, src, sport, dst, dport) or (
+                conntrack.lookup_accepted(proto, src, sport, dst, dport)
+            )
+        except CaptureError:
+            return True
+
+    def tcp_socket_on(self, port: int) -> bool:
+        """Does a TCP socket of this host use the local ``port`` (any state)? An error
+        answers yes: a segment is not called a probe on a guess."""
+        try:
+            return self._table.port_has_socket(Proto.TCP, port)
+        except CaptureError:
+            return True
+
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.close()

@@ -30,6 +30,7 @@ from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import PortSentinelError
 from portsentinel.host.resolver import Resolver
+from portsentinel.model import UNSOLICITED_GROUP
 from portsentinel.respond.backends import Backends, Network, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.first_ban import FirstBan, eligible
@@ -51,8 +52,8 @@ BAN_BATCH = 4096  # bans waiting in the queue that the worker applies in one go
 
 
 @dataclass(frozen=True)
-class Alert:  # a BLOCK_x=0 trigger: only the history line
-    request: BanRequest
+class Alert:
+    request: BanRequest  # a BLOCK_x=0 trigger: only the history line
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ class WorkerMessage:  # what the worker tells the detection loop
     networks: tuple[str, ...] = ()
 
 
-_STOP = object()
-_PROTECT = object()  # the never-block set changed
+_STOP, _PROTECT = object(), object()  # stop; the never-block set changed
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,6 @@ class Responder:
         return last
 
     # --- worker side ------------------------------------------------------------------------
-
     def _tell(self, message: WorkerMessage) -> None:
         self._messages.put(message)
         if self._woken:
@@ -273,7 +272,7 @@ class Responder:
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"!")
 
-    def _log(self, line: str) -> None:
+    def _log(self, line: str) -> None:  # a log line for the loop to write
         self._tell(WorkerMessage("log", line))
 
     def _run(self) -> None:
@@ -335,7 +334,8 @@ class Responder:
 
     def _track_connections(self) -> None:
         s = self.settings
-        chain = ConntrackChain(ssh_ports=s.ssh_ports if s.never_block_ssh_peers else ())
+        ssh = s.ssh_ports if s.never_block_ssh_peers else ()
+        chain = ConntrackChain(ssh_ports=ssh, ack_group=UNSOLICITED_GROUP if s.ack_probes else None)
         failure = chain.install()
         if failure is None:
             self._chain = chain  # repaired from now on, with the bans

@@ -140,3 +140,29 @@ def test_the_chain_keeper_goes_in_process_when_it_can() -> None:
     chain = table.ConntrackChain()
     assert isinstance(chain._runner, LibnftRunner)
     chain.close()
+
+
+def test_the_unsolicited_segments_are_logged_by_state_with_a_rate_limit() -> None:
+    lines = table.script(ack_group=5051).splitlines()
+    logged = [line for line in lines if "log prefix" in line]
+    assert logged == [
+        f"add rule inet portsentinel conntrack iif != lo tcp flags & (syn | rst | ack) == ack "
+        f"ct state {state} fib daddr type local limit rate 2000/second burst 2000 packets "
+        f'counter log prefix "{prefix}" group 5051 snaplen 128'
+        for state, prefix in (("new", table.NEW_PREFIX), ("invalid", table.INVALID_PREFIX))
+    ]
+    assert not any("log" in line for line in table.script().splitlines())
+
+
+@pytest.mark.usefixtures("nft_installed")
+def test_a_chain_without_the_log_rule_is_repaired_when_asked_for() -> None:
+    runner = FakeRunner()
+    runner.on(LIST_ARGV, stdout=LISTING)
+    assert table.conntrack_problem(runner, ack_group=5051) == (
+        "chain conntrack lacks the rule that logs unsolicited segments"
+    )
+    items = json.loads(LISTING)["nftables"]
+    items.append({"rule": {"family": "inet", "table": "portsentinel", "chain": "conntrack",
+                           "expr": [{"log": {"group": 5051, "snaplen": 128}}]}})  # fmt: skip
+    runner.on(LIST_ARGV, stdout=json.dumps({"nftables": items}))
+    assert table.conntrack_problem(runner, ack_group=5051) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from portsentinel.detect.screen import ProbeScreen
 from portsentinel.errors import CaptureError, ConfigError
 from portsentinel.model import ACK, SYN, Decision
 from unit.cli.stores import CAPTURES, LOCAL, T0
-from unit.decode_frames import ETH_IPV4, ethernet, ipv4, tcp, udp
+from unit.decode_frames import DST4, ETH_IPV4, SRC4, ethernet, ipv4, tcp, udp
 from unit.decode_frames import TCP as TCP_PROTO
 from unit.decode_frames import UDP as UDP_PROTO
 
@@ -186,3 +187,41 @@ def test_the_survey_keeps_what_the_screen_passes_and_finds_every_answer(
     }
     assert found.in_use.udp == {p[3] for p in answers if p[0] == UDP_PROTO and not p[8]}
     assert (found.stats.frames, found.stats.packets) == (len(built), len(decoded))
+
+
+def _pcap(path: Path, frames: list[bytes]) -> str:
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    records = b"".join(
+        struct.pack("<IIII", 100 + i, 0, len(f), len(f)) + f for i, f in enumerate(frames)
+    )
+    path.write_bytes(header + records)
+    return str(path)
+
+
+def test_an_ack_of_no_connection_in_the_capture_is_an_ack_probe(tmp_path: Path) -> None:
+    """A connection the capture shows from its SYN on: its ACKs are no probes. A bare ACK and
+    a FIN+ACK to ports with no packet before them: ACK and MAIMON probes. Not with the
+    setting off."""
+
+    def out(segment: bytes) -> bytes:
+        return ethernet(ETH_IPV4, ipv4(TCP_PROTO, segment, src=SRC4, dst=DST4))
+
+    def back(segment: bytes) -> bytes:
+        return ethernet(ETH_IPV4, ipv4(TCP_PROTO, segment, src=DST4, dst=SRC4))
+
+    frames = [
+        out(tcp(40000, 79, SYN)),
+        back(tcp(79, 40000, 0x04 | ACK)),  # RST
+        out(tcp(40000, 79, ACK)),  # the same flow
+        out(tcp(40001, 80, ACK)),
+        out(tcp(40001, 81, 0x01 | ACK)),
+        back(tcp(81, 40001, 0x04)),
+    ]
+    path = _pcap(tmp_path / "ack.pcap", frames)
+    setup = load_setup(None, "atcp,audp")
+    for on, kinds in ((True, ["SYN", "ACK", "MAIMON"]), (False, ["SYN"])):
+        emitted: list[Decision] = []
+        detector = Detector(detector_config(setup))
+        engine.run_replay(path, detector, emitted.append, unsolicited=on)
+        assert [d.kind.value for d in emitted] == kinds
+        assert [d.port for d in emitted] == [79, 80, 81][: len(kinds)]

@@ -590,6 +590,8 @@ class Opened:
         monkeypatch.setattr(sources_module, "HostView", host_view)
         monkeypatch.setattr(sources_module, "ProtocolRings", packet_ring)
         monkeypatch.setattr(pipeline_module, "NeverBlock", ForHost)
+        # No NFLOG group of the host's is read by a unit test (the e2e tests read the lab's).
+        monkeypatch.setattr(pipeline_module, "open_reader", lambda _setup, _log: None)
 
 
 def test_start_opens_the_ring_for_the_stealth_modes_and_says_what_it_watches(

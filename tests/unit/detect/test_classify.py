@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from portsentinel.detect.classify import TCP_KIND, classify_tcp, portsentry_label
+from portsentinel.detect.classify import (
+    TCP_KIND,
+    UNSOLICITED_KIND,
+    classify_tcp,
+    portsentry_label,
+)
 from portsentinel.model import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Proto, ScanKind, flag_names
 
 SIX = {"SYN", "FIN", "ACK", "PSH", "RST", "URG"}
@@ -100,3 +105,18 @@ def test_fragment_label_names_the_protocol() -> None:
 def test_every_kind_has_a_label() -> None:
     for kind in ScanKind:
         assert portsentry_label(kind, SYN | FIN)
+
+
+@pytest.mark.parametrize(("flags", "kind"), [
+    (ACK, ScanKind.ACK), (ACK | PSH, ScanKind.UNKNOWN), (FIN | ACK, ScanKind.MAIMON),
+    (FIN | ACK | URG | PSH, ScanKind.UNKNOWN), (SYN | ACK, None), (RST | ACK, None), (RST, None),
+    (SYN, ScanKind.SYN), (FIN, ScanKind.FIN), (0, ScanKind.NULL),
+])  # fmt: skip
+def test_segments_of_no_connection_probe_with_ack_too(flags: int, kind: ScanKind | None) -> None:
+    assert UNSOLICITED_KIND[flags] is kind
+    assert UNSOLICITED_KIND[flags | 0xC0] is kind  # ECE and CWR take no part
+
+
+def test_ack_kinds_have_their_own_labels() -> None:
+    assert portsentry_label(ScanKind.ACK, ACK) == "TCP ACK scan"
+    assert portsentry_label(ScanKind.MAIMON, FIN | ACK) == "TCP Maimon (FIN/ACK) scan"

@@ -23,7 +23,7 @@ from portsentinel.config.types import Backend as BackendName
 from portsentinel.errors import PortSentinelError, StoreError
 from portsentinel.host.neverblock import Entry, Source
 from portsentinel.host.resolver import Resolver
-from portsentinel.model import Proto
+from portsentinel.model import UNSOLICITED_GROUP, Proto
 from portsentinel.respond import bans as bans_module
 from portsentinel.respond import retry as retry_module
 from portsentinel.respond import worker as responder_module
@@ -380,9 +380,10 @@ def cli_view(state: Path) -> set[str]:
 class FakeChain:
     made: ClassVar[list[FakeChain]] = []
 
-    def __init__(self, ssh_ports: tuple[int, ...] = ()) -> None:
+    def __init__(self, ssh_ports: tuple[int, ...] = (), ack_group: int | None = None) -> None:
         self.closed = False
         self.ssh_ports = ssh_ports
+        self.ack_group = ack_group
         self.problems: list[str | None] = ["chain conntrack is missing"]
         FakeChain.made.append(self)
 
@@ -413,6 +414,7 @@ def test_the_conntrack_chain_is_installed_at_start_and_repaired_with_the_bans(
     [chain] = FakeChain.made
     assert chain.closed
     assert chain.ssh_ports  # SSH peers are protected by default: the chain notes them
+    assert chain.ack_group == UNSOLICITED_GROUP  # ACK_PROBES is on by default
     assert worker.notes_ssh_peers
     assert not any("cannot turn connection tracking on" in x for x in log_lines(seen))
     # A second worker whose install fails says so once and repairs nothing.

@@ -1,0 +1,89 @@
+"""ACK-bearing probes: segments known to open no connection, judged like any probe.
+
+The capture's kernel filter keeps every segment with ACK away from the daemon (they are the
+bulk of established traffic), so ACK, Window and Maimon scans (nmap -sA, -sW, -sM) reach it
+by another way: the kernel's connection tracking sees a TCP segment without SYN that belongs
+to no connection it knows as ``ct state new``, and a rule in the daemon's table hands exactly
+those to it (``block/table.py``, ``capture/nflog.py``); in ``replay``, the capture itself shows
+that no packet of the flow came before. ``feed_unsolicited`` classifies them with
+``classify.UNSOLICITED_KIND``, then asks what ``feed`` asks, with one more question at the end:
+does any TCP socket of this host use the port (a connection older than the daemon's tracking,
+or the tail of one that closed)? Only then is the segment a probe. Mixed into ``Detector``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container
+from typing import Final
+
+from portsentinel.detect.classify import UNSOLICITED_KIND
+from portsentinel.detect.decide import Policy
+from portsentinel.detect.mute import Mute, Mutes
+from portsentinel.detect.settings import DetectorStats
+from portsentinel.detect.track import KIND_BIT
+from portsentinel.model import ACK, Decision, Packet, Proto, ScanKind
+
+_TCP: Final = int(Proto.TCP)
+
+
+class Unsolicited:
+    """``Detector.feed_unsolicited``; see the module docstring."""
+
+    __slots__ = ("_socket_check",)
+    _stats: DetectorStats
+    _watch_tcp: bytearray | bytes
+    _in_use_tcp: Container[int]
+    _local: Container[bytes] | None
+    _muted: dict[int, dict[bytes, Mute]]
+    _muted_kinds: dict[ScanKind, int]
+    _mutes: Mutes
+    _stateful_rules: tuple[object, ...]
+    policy: Policy
+
+    def _probe(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
+        raise NotImplementedError
+
+    def _held(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
+        raise NotImplementedError
+
+    def set_socket_check(self, check: Callable[[int], bool] | None) -> None:
+        """``check(port)``: does any TCP socket of this host (any state) use the local port?"""
+        self._socket_check = check
+
+    def feed_unsolicited(self, pkt: Packet, now: float) -> list[Decision]:
+        """Judge a TCP segment with ACK that opens no connection (see the module)."""
+        _proto, src, dst, _sport, port, flags, _ttl, _options, frag = pkt
+        stats = self._stats
+        stats.packets += 1
+        kind = UNSOLICITED_KIND[flags]
+        if kind is None or frag or _proto != _TCP or not flags & ACK:
+            stats.not_probe += 1
+            return []
+        if not self._watch_tcp[port]:
+            stats.unwatched += 1
+            return []
+        if port in self._in_use_tcp:
+            stats.in_use += 1
+            return []
+        local = self._local
+        if local is not None and dst not in local:
+            stats.not_local += 1
+            return []
+        muted = self._muted[_TCP]
+        mute = muted.get(src) if muted else None
+        if mute is not None:
+            if now < mute.until:
+                if self._stateful_rules:
+                    return self._held(pkt, kind, now)
+                mute.count += 1
+                mute.kinds |= KIND_BIT[kind]
+                mute.last = now
+                self._muted_kinds[kind] += 1
+                return []
+            self._mutes.fold(src, mute)
+            del muted[src]
+        check = self._socket_check
+        if check is not None and not self.policy.responses.covers(src, Proto.TCP) and check(port):
+            stats.in_use += 1
+            return []
+        return self._probe(pkt, kind, now)
