@@ -44,6 +44,7 @@ EXPIRE_EVERY = 1.0
 REPAIR_EVERY = 10.0
 POLL_EVERY = 1.0  # notices bans and allow entries changed by the CLI
 PURGE_EVERY = 3600.0
+ROLL_EVERY = 2.0  # Store.roll_up: up to ROLL_CHUNK events folded per turn
 START_TIMEOUT = 120.0
 MAX_PENDING_ALERTS = 2_000  # alerts waiting for the worker before new ones are dropped
 MAX_PENDING_ROWS = 20_000  # probe records waiting for the store before new ones are dropped
@@ -359,12 +360,9 @@ class Responder:
 
     def _serve(self, manager: BanManager, store: Store) -> None:
         s = self.settings
-        timers = {
-            "expire": time.monotonic() + EXPIRE_EVERY,
-            "repair": time.monotonic() + REPAIR_EVERY,
-            "poll": time.monotonic() + POLL_EVERY,
-            "purge": time.monotonic(),
-        }
+        mono = time.monotonic()
+        timers = {"expire": mono + EXPIRE_EVERY, "repair": mono + REPAIR_EVERY,
+                  "poll": mono + POLL_EVERY, "purge": mono, "roll": mono + ROLL_EVERY}  # fmt: skip
         after: object = None  # a job taken while gathering bans, done next
         while True:
             if after is not None:
@@ -425,6 +423,9 @@ class Responder:
             if mono >= timers["repair"]:
                 timers["repair"] = mono + REPAIR_EVERY
                 self._retry.once(partial(self._repair, manager, now), "repair")
+            if mono >= timers["roll"]:  # the report's rollups: one chunk of new events
+                timers["roll"] = mono + ROLL_EVERY
+                self._retry.once(partial(store.roll_up, 1), "rollups")
             if mono >= timers["purge"]:
                 timers["purge"] = mono + PURGE_EVERY
                 self._retry.once(partial(store.purge_events, now - s.event_retention), "purge")
