@@ -7,8 +7,10 @@ copies it to a temporary directory per run, then times ``add_events`` of ``--cou
 events (a burst of fresh sources, each probing many ports, as a scan looks) in batches of
 ``--batch`` rows (the worker flushes what a loop turn decided: 256 is a busy turn). Also times
 ``begin_bans`` + ``activate_many`` of ``--bans`` bans in batches of 256 (the ban worker's
-step). Prints the median rates and the command; asserts nothing.
-Usage: python3 bench/store_inserts.py [--prefill N] [--count N] [--batch B] [--runs R]
+step). With code that keeps the report's rollups, the copy is first folded (once, cached as
+report-N-rolled/) and each run also times ``roll_up`` of its own events: the worker's extra
+work, off the flush path. Prints the median rates; asserts nothing.
+Usage: python3 bench/store_inserts.py [--prefill N] [--count N] [--batch B] [--runs R] [--base DIR]
 """
 
 from __future__ import annotations
@@ -45,17 +47,23 @@ def scan_rows(count: int, start: float, seed: int) -> list[EventRow]:
     return rows
 
 
-def one_run(base: Path, count: int, batch: int, bans: int, seed: int) -> tuple[float, float]:
-    """(events/s, bans/s) of one run on a fresh copy of the prefilled store."""
+def one_run(base: Path, count: int, batch: int, bans: int, seed: int) -> dict[str, float]:
+    """Rates of one run on a fresh copy of the prefilled store: ``events`` (add_events),
+    ``fold`` (roll_up of those events, if the code keeps rollups), ``bans``."""
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="ps-inserts-") as tmp:
         shutil.copy(base / "portsentinel.db", Path(tmp) / "portsentinel.db")
-        store = Store.open(tmp)  # upgrades the copy first, if the code's schema is newer
+        store = Store.open(tmp)
         try:
             rows = scan_rows(count, time.time(), seed)
             started = time.perf_counter()
             for i in range(0, count, batch):
                 store.add_events(rows[i : i + batch])
-            events = count / (time.perf_counter() - started)
+            out["events"] = count / (time.perf_counter() - started)
+            if hasattr(store, "roll_up"):
+                started = time.perf_counter()
+                folded = store.roll_up()
+                out["fold"] = folded / (time.perf_counter() - started)
             news = [
                 NewBan(f"198.20.{(i >> 8) & 255}.{i & 255}", None, time.time(), None, "SYN scan",
                        "scan_trigger", {"hits": 1}, 1)
@@ -66,10 +74,24 @@ def one_run(base: Path, count: int, batch: int, bans: int, seed: int) -> tuple[f
                 with store.batch():
                     made = store.begin_bans(news[i : i + 256])
                     store.activate_many([ban.id for ban in made])
-            ban_rate = bans / (time.perf_counter() - started)
+            out["bans"] = bans / (time.perf_counter() - started)
         finally:
             store.close()
-    return events, ban_rate
+    return out
+
+
+def rolled_base(base: Path) -> Path:
+    """A copy of ``base`` upgraded and folded once (a daemon's store keeps up), so that a
+    run folds only its own events; the code without rollups uses ``base`` as it is."""
+    if not hasattr(Store, "roll_up"):
+        return base
+    rolled = base.with_name(base.name + "-rolled")
+    if not (rolled / "portsentinel.db").exists():
+        rolled.mkdir(parents=True, exist_ok=True)
+        shutil.copy(base / "portsentinel.db", rolled / "portsentinel.db")
+        with Store.open(str(rolled)) as store:
+            store.roll_up()
+    return rolled
 
 
 def main() -> int:
@@ -79,19 +101,25 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--bans", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--base", type=Path, help="a store directory to copy (default: built)")
     args = parser.parse_args()
-    base = CACHE / f"report-{args.prefill}"  # shared with bench/report_scale.py
+    base = args.base or CACHE / f"report-{args.prefill}"  # shared with bench/report_scale.py
     if not (base / "portsentinel.db").exists():
         build(base, args.prefill)
-    events, bans = [], []
+    base = rolled_base(base)
+    runs = []
     for run in range(args.runs):
-        e, b = one_run(base, args.count, args.batch, args.bans, seed=run)
-        events.append(e)
-        bans.append(b)
-        print(f"  run {run + 1}: {e:,.0f} events/s, {b:,.0f} bans/s")
-    print(f"\nstore holding {args.prefill:,} events, batches of {args.batch}: "
-          f"add_events {statistics.median(events):,.0f} events/s (median of {args.runs}), "
-          f"begin_bans + activate_many {statistics.median(bans):,.0f} bans/s")  # fmt: skip
+        rates = one_run(base, args.count, args.batch, args.bans, seed=run)
+        runs.append(rates)
+        print("  run", run + 1, ", ".join(f"{k} {v:,.0f}/s" for k, v in rates.items()))
+    median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    print(f"\nstore holding {args.prefill:,} events, batches of {args.batch}, median of "
+          f"{args.runs}: add_events {median['events']:,.0f} events/s; "
+          f"begin_bans + activate_many {median['bans']:,.0f} bans/s")  # fmt: skip
+    if "fold" in median:
+        both = 1 / (1 / median["events"] + 1 / median["fold"])
+        print(f"roll_up {median['fold']:,.0f} events/s; insert and fold together "
+              f"{both:,.0f} events/s")  # fmt: skip
     return 0
 
 

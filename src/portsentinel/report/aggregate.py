@@ -154,7 +154,7 @@ def _top_ports(
     counts = sorted((totals[0] for totals in ports.values()), reverse=True)
     floor = counts[min(top, len(counts)) - 1]
     candidates = [key for key, totals in ports.items() if totals[0] >= floor]
-    sources = {key: reader.port_sources(key[0], key[1], start) for key in candidates}
+    sources = reader.port_sources(candidates, start)
     ranked = sorted(candidates, key=lambda k: (-ports[k][0], -sources[k], k[1], k[0]))
     return [
         PortStats(proto, port, ports[(proto, port)][0], sources[(proto, port)],

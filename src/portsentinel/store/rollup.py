@@ -9,7 +9,12 @@ Three tables, each keyed so that the report's questions are range scans:
 - ``roll_pairs``: per (source, protocol, port): probes and the ``last`` time. A pair has an
   event in ``[a, b)`` exactly when ``last >= a``, provided no event lies at or after ``b``
   (the reader checks that): distinct ports of a source, distinct sources of a port.
-- ``roll_ports``: per (protocol, port) and day: probes and responses.
+- ``roll_ports``: per day and (protocol, port): probes and responses.
+
+Each is keyed so that a chunk of new events lands on a few neighbouring pages (the current
+minute, the current day, a scanner's own pairs), not all over the file: a key or an index
+led by the port would have a chunk rewrite most of its pages, and the fold would slow down
+as the store grows.
 
 They are NOT kept by the insert path: ``add_events`` costs what it did. ``roll_up`` folds the
 events after the ``rolled_to`` watermark (``roll_state``) into them, a bounded chunk of ids per
@@ -77,14 +82,13 @@ V4: Final[tuple[str, ...]] = (
         last REAL NOT NULL,
         PRIMARY KEY (src, proto, port)
     ) WITHOUT ROWID""",
-    "CREATE INDEX roll_pairs_port ON roll_pairs (proto, port)",
     """CREATE TABLE roll_ports (
         proto TEXT NOT NULL,
         port INTEGER NOT NULL,
         day INTEGER NOT NULL,
         probes INTEGER NOT NULL,
         responses INTEGER NOT NULL,
-        PRIMARY KEY (proto, port, day)
+        PRIMARY KEY (day, proto, port)
     ) WITHOUT ROWID""",
     "CREATE TABLE roll_state (id INTEGER PRIMARY KEY CHECK (id = 1), rolled_to INTEGER NOT NULL)",
     "INSERT INTO roll_state (id, rolled_to) VALUES (1, 0)",
@@ -150,7 +154,7 @@ _UNFOLD: Final[tuple[str, ...]] = (
     "CREATE TEMP TABLE IF NOT EXISTS gone_pairs (src, proto, port, probes, "
     "PRIMARY KEY (src, proto, port))",
     "CREATE TEMP TABLE IF NOT EXISTS gone_ports (proto, port, day, probes, responses, "
-    "PRIMARY KEY (proto, port, day))",
+    "PRIMARY KEY (day, proto, port))",
     "DELETE FROM temp.gone_cells",
     "DELETE FROM temp.gone_pairs",
     "DELETE FROM temp.gone_ports",
@@ -181,8 +185,8 @@ _SUBTRACT: Final[tuple[str, ...]] = (
         responses = roll_ports.responses - g.responses FROM temp.gone_ports AS g
         WHERE roll_ports.proto = g.proto AND roll_ports.port = g.port
         AND roll_ports.day = g.day""",
-    """DELETE FROM roll_ports WHERE (proto, port, day) IN
-        (SELECT proto, port, day FROM temp.gone_ports) AND probes <= 0""",
+    """DELETE FROM roll_ports WHERE (day, proto, port) IN
+        (SELECT day, proto, port FROM temp.gone_ports) AND probes <= 0""",
 )
 # Oldest first (``events_time``): what remains of a pair is never older than what went.
 SQL_OLDEST: Final = "SELECT id FROM events WHERE time < ? ORDER BY time LIMIT ?"

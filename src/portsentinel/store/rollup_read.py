@@ -58,8 +58,9 @@ SQL_PORTS_EDGES: Final = (
     "GROUP BY proto, port"
 )
 SQL_PORT_SOURCES: Final = (
-    "SELECT count(*) FROM roll_pairs INDEXED BY roll_pairs_port "
-    "WHERE proto = ? AND port = ? AND last >= ?"
+    "SELECT proto, port, count(*) FROM roll_pairs WHERE last >= :a AND (proto, port) IN "
+    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys)) "
+    "GROUP BY proto, port"
 )
 SQL_FIRST: Final = (
     "SELECT time FROM events INDEXED BY events_src_key_time WHERE src_key = :key "
@@ -195,6 +196,13 @@ class RollupReader:
             totals[1] += responses
         return found
 
-    def port_sources(self, proto: str, port: int, start: float) -> int:
-        """Distinct sources of a port since ``start`` (no event at or after the end)."""
-        return int(self._conn.execute(SQL_PORT_SOURCES, (proto, port, start)).fetchone()[0])
+    def port_sources(
+        self, keys: Sequence[tuple[str, int]], start: float
+    ) -> dict[tuple[str, int], int]:
+        """Distinct sources of each (protocol, port) since ``start`` (no event at or after
+        the end): one pass over ``roll_pairs``, whatever the number of ports asked."""
+        found = dict.fromkeys(keys, 0)
+        params = {"a": start, "keys": json.dumps(list(keys))}
+        for proto, port, count in self._conn.execute(SQL_PORT_SOURCES, params):
+            found[(proto, port)] = count
+        return found
