@@ -40,11 +40,10 @@ from portsentinel.respond.retry import StoreRetry
 from portsentinel.store.records import DamagedRowError, EventRow
 from portsentinel.store.sqlite import Store
 
-EXPIRE_EVERY = 1.0
-REPAIR_EVERY = 10.0
+EXPIRE_EVERY, REPAIR_EVERY = 1.0, 10.0
 POLL_EVERY = 1.0  # notices bans and allow entries changed by the CLI
 PURGE_EVERY = 3600.0
-ROLL_EVERY = 2.0  # Store.roll_up: up to ROLL_CHUNK events folded per turn
+ROLL_EVERY, ROLL_IDLE = 2.0, 4096  # a fold (ROLL_CHUNK events) waits while rows queue up
 START_TIMEOUT = 120.0
 MAX_PENDING_ALERTS = 2_000  # alerts waiting for the worker before new ones are dropped
 MAX_PENDING_ROWS = 20_000  # probe records waiting for the store before new ones are dropped
@@ -423,9 +422,10 @@ class Responder:
             if mono >= timers["repair"]:
                 timers["repair"] = mono + REPAIR_EVERY
                 self._retry.once(partial(self._repair, manager, now), "repair")
-            if mono >= timers["roll"]:  # the report's rollups: one chunk of new events
+            if mono >= timers["roll"]:  # the report's rollups; not while records queue up
                 timers["roll"] = mono + ROLL_EVERY
-                self._retry.once(partial(store.roll_up, 1), "rollups")
+                if self._rows_queued - self._rows_done < ROLL_IDLE:
+                    self._retry.once(partial(store.roll_up, 1), "rollups")
             if mono >= timers["purge"]:
                 timers["purge"] = mono + PURGE_EVERY
                 self._retry.once(partial(store.purge_events, now - s.event_retention), "purge")
