@@ -42,8 +42,7 @@ from portsentinel.store.sqlite import Store
 
 EXPIRE_EVERY, REPAIR_EVERY = 1.0, 10.0
 POLL_EVERY = 1.0  # notices bans and allow entries changed by the CLI
-PURGE_EVERY = 3600.0
-ROLL_EVERY, ROLL_IDLE = 2.0, 4096  # a fold (ROLL_CHUNK events) waits while rows queue up
+PURGE_EVERY, ROLL_EVERY, ROLL_IDLE = 3600.0, 2.0, 4096  # a fold waits while rows queue up
 START_TIMEOUT = 120.0
 MAX_PENDING_ALERTS = 2_000  # alerts waiting for the worker before new ones are dropped
 MAX_PENDING_ROWS = 20_000  # probe records waiting for the store before new ones are dropped
