@@ -20,7 +20,7 @@ from portsentinel import __version__, paths
 from portsentinel.cli.options import PROG, Verbs, add_state_dir_option
 from portsentinel.config.types import InvalidValueError, positive_duration
 from portsentinel.errors import ConfigError, StoreError
-from portsentinel.store.records import BanRecord, EventRow
+from portsentinel.store.records import BanRecord
 from portsentinel.store.sqlite import Store
 
 if TYPE_CHECKING:
@@ -116,30 +116,33 @@ def cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def load_report(state_dir: str, since: float | None, now: float) -> tuple[Report, str]:
-    """Read the window's records from the store (never creating one) and reduce them."""
-    from portsentinel.report.data import build_report, choose_window, record_span  # noqa: PLC0415
+    """Read the store (never creating one) and reduce its window: from the rollups, in one
+    snapshot; from the events themselves only when some lie after the window's end."""
+    from portsentinel.report.aggregate import report_from_rollups  # noqa: PLC0415
+    from portsentinel.report.data import build_report, choose_window, span_of  # noqa: PLC0415
 
     path = os.path.join(state_dir, paths.STORE_NAME)
     if not os.path.isfile(path):
         raise StoreError(f"{path}: no store here (give the --state-dir of a daemon or a replay)")
-    with Store.open(state_dir, offline=None) as store:
-        events, bans = _records(store, since, now)
+    with Store.open(state_dir, offline=None) as store, store.rollup_reader() as reader:
         offline = store.offline
-    start, end = choose_window(
-        record_span(events, bans), since, now, follow_records=offline or since is None
-    )
+        follow = offline or since is None
+        bans = _bans(store, since, now, follow_records=follow)
+        start, end = choose_window(span_of(reader.span(), bans), since, now, follow_records=follow)
+        if not reader.events_from(end):
+            return report_from_rollups(reader, bans, start, end, offline=offline), path
+        events = store.events_between(start, end)  # a clock that went back: the slow path
     return build_report(events, bans, start, end, offline=offline), path
 
 
-def _records(
-    store: Store, since: float | None, now: float
-) -> tuple[list[EventRow], list[BanRecord]]:
+def _bans(
+    store: Store, since: float | None, now: float, *, follow_records: bool
+) -> list[BanRecord]:
     """A live store's window is known before reading; an offline store's (a capture's own
-    times) and 'all' are found from the records, so those read everything once."""
-    if since is None or store.offline:
-        return store.events_between(-_EVER, _EVER), store.bans_between(-_EVER, _EVER)
-    start = now - since
-    return store.events_between(start, now), store.bans_between(start, now)
+    times) and 'all' are found from the records, so those read every ban."""
+    if follow_records or since is None:
+        return store.bans_between(-_EVER, _EVER)
+    return store.bans_between(now - since, now)
 
 
 def write_atomically(path: str, text: str) -> None:

@@ -148,6 +148,14 @@ def record_span(
 ) -> tuple[float, float] | None:
     """(first, last) time any record mentions, or None for an empty store."""
     times = [e.time for e in events]
+    return span_of((min(times), max(times)) if times else None, bans)
+
+
+def span_of(
+    events: tuple[float, float] | None, bans: Iterable[BanRecord]
+) -> tuple[float, float] | None:
+    """``record_span`` from the events' (first, last) time and the bans."""
+    times = [] if events is None else list(events)
     for ban in bans:
         times.append(ban.created)
         if ban.lifted_at is not None:
@@ -192,7 +200,7 @@ def build_report(
     """Everything the page shows, for records within ``[start, end)`` (others are skipped)."""
     inside = [e for e in events if start <= e.time < end]
     overlapping = sorted(
-        (b for b in bans if _overlaps(b, start, end)), key=lambda b: (b.created, b.id)
+        (b for b in bans if overlaps(b, start, end)), key=lambda b: (b.created, b.id)
     )
     edges = bucket_edges(start, end, max_buckets)
     bars = [ban_bar(b, end) for b in overlapping]
@@ -396,7 +404,7 @@ def _holds(ban: BanRecord, host: ipaddress.IPv4Address | ipaddress.IPv6Address) 
         return False
 
 
-def _overlaps(ban: BanRecord, start: float, end: float) -> bool:
+def overlaps(ban: BanRecord, start: float, end: float) -> bool:
     if ban.created >= end:
         return False
     ended = life_end(ban, end)

@@ -41,10 +41,9 @@ from portsentinel.respond.retry import StoreRetry
 from portsentinel.store.records import DamagedRowError, EventRow
 from portsentinel.store.sqlite import Store
 
-EXPIRE_EVERY = 1.0
-REPAIR_EVERY = 10.0
+EXPIRE_EVERY, REPAIR_EVERY = 1.0, 10.0
 POLL_EVERY = 1.0  # notices bans and allow entries changed by the CLI
-PURGE_EVERY = 3600.0
+PURGE_EVERY, ROLL_EVERY, ROLL_IDLE = 3600.0, 2.0, 4096  # a fold waits while rows queue up
 START_TIMEOUT = 120.0
 MAX_PENDING_ALERTS = 2_000  # alerts waiting for the worker before new ones are dropped
 MAX_PENDING_ROWS = 20_000  # probe records waiting for the store before new ones are dropped
@@ -359,12 +358,9 @@ class Responder:
 
     def _serve(self, manager: BanManager, store: Store) -> None:
         s = self.settings
-        timers = {
-            "expire": time.monotonic() + EXPIRE_EVERY,
-            "repair": time.monotonic() + REPAIR_EVERY,
-            "poll": time.monotonic() + POLL_EVERY,
-            "purge": time.monotonic(),
-        }
+        mono = time.monotonic()
+        timers = {"expire": mono + EXPIRE_EVERY, "repair": mono + REPAIR_EVERY,
+                  "poll": mono + POLL_EVERY, "purge": mono, "roll": mono + ROLL_EVERY}  # fmt: skip
         after: object = None  # a job taken while gathering bans, done next
         while True:
             if after is not None:
@@ -425,6 +421,10 @@ class Responder:
             if mono >= timers["repair"]:
                 timers["repair"] = mono + REPAIR_EVERY
                 self._retry.once(partial(self._repair, manager, now), "repair")
+            if mono >= timers["roll"]:  # the report's rollups; not while records queue up
+                timers["roll"] = mono + ROLL_EVERY
+                if self._rows_queued - self._rows_done < ROLL_IDLE:
+                    self._retry.once(partial(store.roll_up, 1), "rollups")
             if mono >= timers["purge"]:
                 timers["purge"] = mono + PURGE_EVERY
                 self._retry.once(partial(store.purge_events, now - s.event_retention), "purge")

@@ -11,6 +11,8 @@ each ban, the never-block set. Version 2 adds what reports and prefix bans need 
 sortable binary source key so that "events from this /64" is one index range, the event keys
 ``flags`` and ``ip_options``, and indexes for the ban timeline. Version 3 lets an action be
 ``uncertain`` (issue 15: a command the process died running may or may not have run).
+Version 4 adds the report's rollups (issue 13, ``store/rollup.py``), empty: the events of an
+upgraded store are folded into them afterwards, a chunk per transaction.
 
 Addresses are stored as normalised text (``ipaddress``'s ``str``; an IPv4-mapped IPv6 host is
 kept as its IPv4 address, as events print it). Events also keep ``src_key``: the source as
@@ -32,6 +34,7 @@ from typing import Final
 from portsentinel import __version__
 from portsentinel.errors import StoreError
 from portsentinel.networks import canonical_ipv4, canonical_ipv6
+from portsentinel.store.rollup import V4
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -269,6 +272,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "events, bans, ban actions, never-block set", _run_all(V1)),
     Migration(2, "source keys for prefix queries, event flags, ban timeline indexes", _v2),
     Migration(3, "an action may be uncertain (a command the process died running)", _v3),
+    Migration(4, "rollups for the report (filled by Store.roll_up, chunk by chunk)", _run_all(V4)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

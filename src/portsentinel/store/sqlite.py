@@ -31,9 +31,10 @@ from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Final
 
-from portsentinel.store import schema
+from portsentinel.store import rollup, schema
 from portsentinel.store.bulk import BulkBans, NewBan
 from portsentinel.store.connect import (
+    CACHE_KIB,
     DEFAULT_BUSY_TIMEOUT,
     DuplicateBanError,
     connect,
@@ -56,6 +57,7 @@ from portsentinel.store.records import (
     event_from_row,
     to_json,
 )
+from portsentinel.store.rollup_read import RollupReader
 from portsentinel.store.rows import RowReader
 from portsentinel.store.schema import LIVE_SQL, OPEN_ACTION_SQL, host_text_key, parse_network
 
@@ -115,9 +117,6 @@ SQL_ACTIONS: Final = f"SELECT {ACTION_COLS}, id FROM ban_actions WHERE ban_id = 
 SQL_UNCERTAIN: Final = (
     "SELECT address, prefix, backend FROM ban_actions JOIN bans ON bans.id = ban_id "
     f"WHERE ban_actions.state = 'uncertain' AND bans.{LIVE_SQL} ORDER BY bans.id, backend"
-)
-SQL_PURGE_EVENTS: Final = (
-    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? LIMIT ?)"
 )
 
 
@@ -198,14 +197,40 @@ class Store(BulkBans, RowReader):
         return len(values)
 
     def purge_events(self, before: float, *, batch: int = PURGE_BATCH) -> int:
-        """Delete events older than ``before``, ``batch`` rows per transaction; how many."""
+        """Delete events older than ``before``, oldest first, ``batch`` rows per transaction
+        (their sums leave the rollups in the same one); how many."""
         total = 0
         while True:
             with self._write() as conn:
-                deleted = conn.execute(SQL_PURGE_EVENTS, (before, batch)).rowcount
+                deleted = rollup.purge_batch(conn, before, batch)
             total += deleted
             if deleted < batch:
                 return total
+
+    def roll_up(self, chunks: int | None = None) -> int:
+        """Fold waiting events into the rollups, one transaction per ``ROLL_CHUNK`` events,
+        at most ``chunks`` of them (None: until up to date); how many were folded."""
+        done = folded = 0
+        with self._guard():
+            self._conn.execute(f"PRAGMA cache_size = -{rollup.ROLL_CACHE_KIB}")
+        try:
+            while chunks is None or done < chunks:
+                with self._write() as conn:
+                    count = rollup.fold_chunk(conn)
+                if not count:
+                    break
+                done, folded = done + 1, folded + count
+        finally:
+            with self._guard():
+                self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        return folded
+
+    @contextmanager
+    def rollup_reader(self) -> Iterator[RollupReader]:
+        """Fold what waits, then the report's queries on one snapshot (``rollup_read.py``)."""
+        self.roll_up()
+        with self._read():
+            yield RollupReader(self._conn, rollup.watermark(self._conn))
 
     def events_for(
         self, address: str, since: float | None = None, limit: int | None = None

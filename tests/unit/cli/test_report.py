@@ -92,6 +92,20 @@ def test_an_offline_report_follows_the_captures_own_times(tmp_path: Path) -> Non
     assert report.start == pytest.approx(OLD + 9 - 86400)
 
 
+def test_events_after_the_windows_end_send_the_report_to_the_events(tmp_path: Path) -> None:
+    # A clock that went back: a stored event lies after "now". The rollups' distinct counts
+    # cannot leave it out, so the report reads the events, and port 23 is not counted.
+    now = time.time()
+    with Store.open(str(tmp_path)) as store:
+        store.add_events([ev(now - 60, port=22), ev(now + HOUR, port=23)])
+    report, _ = load_report(str(tmp_path), 86400.0, now)
+    assert (report.summary.probes, report.summary.ports) == (1, 1)
+    assert [(s.address, s.ports) for s in report.sources] == [("198.18.0.2", 1)]
+    assert [(p.port, p.sources) for p in report.ports] == [(22, 1)]
+    later, _ = load_report(str(tmp_path), 86400.0, now + 2 * HOUR)  # the rollups again
+    assert (later.summary.probes, later.summary.ports, later.sources[0].ports) == (2, 2, 2)
+
+
 def test_the_page_can_go_to_standard_output(tmp_path: Path) -> None:
     with Store.open(str(tmp_path)) as store:
         store.add_events([ev(time.time() - 5)])

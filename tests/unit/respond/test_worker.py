@@ -465,3 +465,22 @@ def test_a_burst_of_bans_wakes_the_loop_once_until_it_reads(tmp_path: Path, stat
         assert any("198.19.0.51 " in m.text for m in worker.messages())
     finally:
         worker.close()
+
+
+def test_the_worker_folds_new_records_into_the_reports_rollups(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(responder_module, "ROLL_EVERY", 0.05)
+    worker = Responder(quiet_settings(tmp_path), str(state))
+    worker.start()
+    try:
+        worker.events([row(i) for i in range(5)])
+        with Store.open(str(state), offline=None) as store:  # reads only: the worker folds
+            folded = store._conn.execute("SELECT rolled_to FROM roll_state")
+            deadline = time.monotonic() + 30
+            while folded.fetchone() != (5,) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                folded = store._conn.execute("SELECT rolled_to FROM roll_state")
+            assert store._conn.execute("SELECT sum(probes) FROM roll_cells").fetchone() == (5,)
+    finally:
+        worker.close()

@@ -15,7 +15,7 @@ import pytest
 
 from portsentinel.errors import StoreError
 from portsentinel.model import Action, Decision, Mode, Proto, Reason, ScanKind
-from portsentinel.store import sqlite
+from portsentinel.store import rollup, sqlite
 from portsentinel.store.sqlite import (
     ActionState,
     BanRecord,
@@ -282,7 +282,7 @@ PLANS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "events_between": (sqlite.SQL_EVENTS_BETWEEN, [("events", "events_time")]),
     "events_for": (sqlite.SQL_EVENTS_FROM, [("events", "events_src_key_time")]),
     "purge_events": (
-        sqlite.SQL_PURGE_EVENTS, [("events", "PRIMARY KEY"), ("events", "events_time")],
+        rollup.SQL_OLDEST, [("events", "events_time")],
     ),
     "report: kinds per hour": (
         "SELECT kind, CAST(time / 3600 AS INTEGER) AS hour, count(*) FROM events "
