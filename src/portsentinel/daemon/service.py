@@ -10,14 +10,14 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from portsentinel import __version__
 from portsentinel.alert.notify import Notifier, NotifyConfig
 from portsentinel.alert.portsentry_log import ACTIVE, SHUTDOWN, starting_line
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.block.plan import kill_route_replaced
-from portsentinel.config.setup import Setup, load_setup
+from portsentinel.config.setup import Invocation, Setup, load_setup
 from portsentinel.daemon.control import ControlError, ControlServer
 from portsentinel.daemon.metrics import MetricsServer
 from portsentinel.daemon.pipeline import Pipeline
@@ -39,6 +39,7 @@ class RunOptions:
     config: str | None = None
     modes: str | None = None
     control_path: str | None = None  # the CLI's Unix socket; None: no control channel
+    invocation: Invocation = field(default_factory=Invocation)  # 2.0 flags, for a reload
 
 
 class Daemon:
@@ -213,7 +214,7 @@ class Daemon:
     def _load_new(self) -> Setup | None:
         """The configuration as it is now on disk; None, logged (``_refusal``), when broken."""
         try:
-            setup = load_setup(self.options.config, self.options.modes)
+            setup = load_setup(self.options.config, self.options.modes, self.options.invocation)
         except (ConfigError, ConfigErrors) as exc:
             self._refusal = str(exc).splitlines()
             for line in self._refusal:

@@ -83,6 +83,7 @@ def ring_config(setup: Setup) -> RingConfig:
         frame_size=RING_FRAME,
         interfaces=s.interfaces,
         version=2,
+        include_loopback=setup.invocation.loopback,
     )
 
 
@@ -119,8 +120,12 @@ def open_parts(
             in_use_tcp=host.in_use[Proto.TCP].cached,
             in_use_udp=host.in_use[Proto.UDP].cached,
         )
+        service_check = setup.invocation.service_check
         for proto in (Proto.TCP, Proto.UDP):
-            detector.set_in_use_recheck(proto, host.in_use[proto].recheck)
+            if service_check:
+                detector.set_in_use_recheck(proto, host.in_use[proto].recheck)
+            else:  # PortSentry 2.0's -S: ports in use are watched like the others
+                detector.set_in_use(proto, frozenset())
         if host.tracks_replies:
             detector.set_reply_check(host.is_reply)
         ring = None
@@ -130,7 +135,7 @@ def open_parts(
                     mode,
                     detector.watched_ports(mode.proto),
                     excluded_ports(setup, mode),
-                    host.in_use[mode.proto].ports,
+                    host.in_use[mode.proto].ports if service_check else frozenset(),
                     port_limit(setup, mode),
                 )
                 for line in lines:

@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 from portsentinel import paths
-from portsentinel.config.setup import choose_config_file, detector_config, load_setup
-from portsentinel.errors import ConfigErrors
+from portsentinel.config.setup import (
+    Invocation,
+    choose_config_file,
+    detector_config,
+    load_setup,
+)
+from portsentinel.errors import ConfigError, ConfigErrors
 from portsentinel.model import Mode
 
 
@@ -151,3 +156,31 @@ def test_an_installed_config_that_is_a_symlink_loop_is_chosen_not_skipped(
     assert choose_config_file(None) == paths.CONFIG_FILE
     with pytest.raises(ConfigErrors, match="No such file or directory"):
         load_setup(None, "atcp")
+
+
+def test_2_0s_command_line_watches_only_the_protocols_whose_ports_are_set(
+    tmp_path: Path,
+) -> None:
+    both = write(tmp_path / "both.conf", 'TCP_PORTS="1-1023"\nUDP_PORTS="7,9"\n')
+    tcp = write(tmp_path / "tcp.conf", 'TCP_PORTS="1,11"\n')
+    udp = write(tmp_path / "udp.conf", 'UDP_PORTS="7"\n')
+    two = Invocation(portsentry2=True)
+    setup = load_setup(both, "stcp,sudp", two)
+    assert (setup.tcp_mode, setup.udp_mode) == (Mode.STCP, Mode.SUDP)
+    assert setup.settings.tcp_ports == frozenset(range(1, 1024))
+    assert setup.invocation is two
+    assert (load_setup(tcp, "stcp,sudp", two).udp_mode) is None
+    assert (load_setup(udp, "tcp,udp", two).tcp_mode) is None
+    assert load_setup(tcp, "stcp,sudp").udp_mode is Mode.SUDP  # 1.2's run: the defaults
+    none = write(tmp_path / "none.conf", 'SCAN_TRIGGER="1"\n')
+    with pytest.raises(ConfigError, match="neither TCP_PORTS nor UDP_PORTS"):
+        load_setup(none, "stcp,sudp", two)
+
+
+def test_the_command_lines_interfaces_replace_the_settings(tmp_path: Path) -> None:
+    conf = write(tmp_path / "p.conf", 'TCP_PORTS="1"\nINTERFACES="eth0"\n')
+    assert load_setup(conf, "stcp").settings.interfaces == ("eth0",)
+    chosen = Invocation(portsentry2=True, interfaces=("veth1",))
+    assert load_setup(conf, "stcp", chosen).settings.interfaces == ("veth1",)
+    every = Invocation(portsentry2=True, interfaces=())
+    assert load_setup(conf, "stcp", every).settings.interfaces == ()
