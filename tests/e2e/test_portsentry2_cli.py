@@ -10,9 +10,11 @@ Root, iproute2 and nmap only (see ``netns.py``); every packet stays inside the l
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,8 @@ import pytest
 from daemon import ACTIVE, Daemon, Event
 
 pytestmark = [pytest.mark.e2e]
-_REASON = netns.unavailable() or (None if shutil.which("nmap") else "needs nmap")
+_TOOLS = [tool for tool in ("nmap", "fail2ban-regex") if shutil.which(tool) is None]
+_REASON = netns.unavailable() or (f"needs {', '.join(_TOOLS)}" if _TOOLS else None)
 if _REASON:
     pytestmark.append(pytest.mark.skip(reason=_REASON))
 
@@ -58,6 +61,27 @@ def service(lab: netns.Lab) -> Iterator[None]:
     netns.Lab.stop(proc)
 
 
+ROOT = Path(__file__).resolve().parents[2]
+OURS_2_0 = ROOT / "packaging" / "fail2ban" / "filter.d" / "portsentinel-2.0.conf"
+STOCK_2_0 = "[Definition]\nfailregex = ^[^ ]* Scan from: \\[<HOST>\\]\n"  # 2.0's own
+
+
+def fail2ban_regex(log: Path, filter_: str | Path, tmp: Path) -> tuple[set[str], int]:
+    """The hosts Debian's fail2ban-regex finds in ``log`` and the lines it misses."""
+    if isinstance(filter_, str):
+        (tmp / "filter.conf").write_text(filter_)
+        filter_ = tmp / "filter.conf"
+    done = subprocess.run(
+        ["fail2ban-regex", "--print-all-matched", "-v", str(log), str(filter_)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    counts = re.search(
+        r"^Lines: \d+ lines, \d+ ignored, \d+ matched, (\d+) missed", done.stdout, re.M
+    )
+    assert counts is not None, done.stdout
+    return set(re.findall(r"^\|\s+([0-9a-f.:]+)  \S", done.stdout, re.M)), int(counts[1])
+
+
 def nmap(lab: netns.Lab, *args: str) -> None:
     argv = ["timeout", "30", "nmap", "-n", "-Pn", "-T4", "--max-retries", "1", *args]
     done = lab.run(lab.scanner, argv, check=False, timeout=40)
@@ -72,7 +96,9 @@ def test_stealth_with_2_0s_flags_detects_tcp_udp_ipv4_ipv6(
     lab: netns.Lab, tmp_path: Path, service: None
 ) -> None:
     flags = ("--stealth", "-m", "raw", "-i", lab.TARGET_IF, "-L", "-l", "stdout")
-    daemon = Daemon.start(lab, tmp_path, flags=flags, settings=SETTINGS, lines="stdout")
+    (tmp_path / "ignore").write_text(f"{lab.SCANNER6}/128\n")
+    settings = {**SETTINGS, "IGNORE_FILE": str(tmp_path / "ignore")}
+    daemon = Daemon.start(lab, tmp_path, flags=flags, settings=settings, lines="stdout")
     try:
         nmap(lab, "-sS", "-p", f"1,{SERVICE_PORT},20", lab.TARGET4)
         nmap(lab, "-6", "-sF", "-p", "2", lab.TARGET6)
@@ -84,6 +110,7 @@ def test_stealth_with_2_0s_flags_detects_tcp_udp_ipv4_ipv6(
             (lab.SCANNER4, "udp", 51, "UDP"),
         }
         events = daemon.wait_for_events(lambda ev: wanted <= seen(ev), "the four probes")
+        daemon.wait_for_line("port: [51]", stream="stdout")
     finally:
         code, stderr = daemon.stop()
     assert code == 0, stderr
@@ -92,8 +119,31 @@ def test_stealth_with_2_0s_flags_detects_tcp_udp_ipv4_ipv6(
     out = daemon.stdout()
     assert ACTIVE in out  # 2.0's lines go to standard output ...
     assert ACTIVE not in stderr  # ... not to standard error
+    assert "Portsentry is now active and listening." in out  # in 2.0's words (LOG_FORMAT unset)
     assert "PortSentry 2.0 command line: stealth mode (stcp,sudp); -m raw" in out
     assert "-L: the local check stays on" in out
+    assert "attackalert:" not in out  # no 1.2 line
+    scanner4, scanner6 = lab.SCANNER4, lab.SCANNER6
+    expected = [
+        f"Scan from: [{scanner4}] ({scanner4}) protocol: [TCP] port: [1] type: [TCP SYN/Normal "
+        "scan] IP opts: [not set] ignored: [false] triggered: [true] noblock: [true] "
+        "blocked: [false]",
+        f"Scan from: [{scanner6}] ({scanner6}) protocol: [TCP] port: [2] type: [TCP FIN scan] "
+        "IP opts: [not set] ignored: [true] triggered: [unset] noblock: [unset] blocked: [unset]",
+        f"Scan from: [{scanner4}] ({scanner4}) protocol: [UDP] port: [51] type: [UDP] IP opts: "
+        "[not set] ignored: [false] triggered: [true] noblock: [true] blocked: [false]",
+    ]
+    for line in expected:
+        assert line in out.splitlines(), out
+    history = (tmp_path / "history_file").read_text().splitlines()
+    assert {h.split(" ", 1)[1] for h in history} == {
+        line for line in out.splitlines() if line.startswith("Scan from: ")
+    }
+    # fail2ban: 2.0's filter matches every line (the ignored source too), ours the others
+    hosts, missed = fail2ban_regex(tmp_path / "history_file", STOCK_2_0, tmp_path)
+    assert (hosts, missed) == ({scanner4, scanner6}, 0)
+    hosts, missed = fail2ban_regex(tmp_path / "history_file", OURS_2_0, tmp_path)
+    assert (hosts, missed) == ({scanner4}, 1)
 
 
 def test_disable_service_check_watches_ports_in_use(
@@ -113,18 +163,48 @@ def test_disable_service_check_watches_ports_in_use(
     assert "-S: ports a service uses are watched too" in daemon.stdout()
 
 
-def test_connect_binds_only_the_protocols_the_config_lists(lab: netns.Lab, tmp_path: Path) -> None:
-    settings = {"TCP_PORTS": "1,11", "BLOCK_TCP": "0"}  # no UDP_PORTS: no UDP, as in 2.0
+BANNER_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 1), timeout=5)
+print(s.recv(200).decode(errors="replace"), flush=True)
+"""
+
+
+def test_connect_mode_as_2_0s_system_test_banner_block_and_helper(
+    lab: netns.Lab, tmp_path: Path
+) -> None:
+    """2.0's connect scenario: TCP_PORTS="1,11" (no UDP_PORTS: no UDP, as in 2.0), a banner,
+    a helper command as the block action (BLOCK_TCP 2: with BLOCK_TCP 1 the ban, applied
+    first, drops the banner on its way out); the ``Scan from:`` line says it was blocked."""
+    helper = tmp_path / "helper.log"
+    settings = {
+        "TCP_PORTS": "1,11", "BLOCK_TCP": "2", "PORT_BANNER": "** UNAUTHORIZED ACCESS **",
+        "KILL_RUN_CMD": f"echo $TARGET$ $PORT$ >> {helper}",
+    }  # fmt: skip
     daemon = Daemon.start(lab, tmp_path, flags=("--connect",), settings=settings, lines="stdout")
     try:
-        nmap(lab, "-sT", "-p", "1", lab.TARGET4)
+        answer = lab.run(lab.scanner, [sys.executable, "-c", BANNER_CLIENT, lab.TARGET4])
+        assert "** UNAUTHORIZED ACCESS **" in answer.stdout
         events = daemon.wait_for_events(
             lambda ev: (lab.SCANNER4, "tcp", 1, "CONNECT") in seen(ev), "a connect to port 1"
         )
+        daemon.wait_for_line(f"External command run for host: {lab.SCANNER4}", stream="stdout")
+        end = time.monotonic() + 20
+        while not (helper.exists() and helper.read_text()) and time.monotonic() < end:
+            time.sleep(0.05)
     finally:
         code, stderr = daemon.stop()
     assert code == 0, stderr
     assert {e["mode"] for e in events} == {"tcp"}
+    assert helper.read_text() == f"{lab.SCANNER4} 1\n"  # the block actions ran
     out = daemon.stdout()
     assert "connect mode (tcp,udp)" in out
     assert "UDP port" not in out  # nothing of UDP was bound
+    scanner = lab.SCANNER4
+    line = (
+        f"Scan from: [{scanner}] ({scanner}) protocol: [TCP] port: [1] type: [Connect] IP opts: "
+        "[unknown] ignored: [false] triggered: [true] noblock: [false] blocked: [true]"
+    )
+    assert line in out.splitlines(), out
+    hosts, missed = fail2ban_regex(tmp_path / "history_file", OURS_2_0, tmp_path)
+    assert (hosts, missed) == ({scanner}, 0)

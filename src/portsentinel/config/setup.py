@@ -76,6 +76,11 @@ def load_setup(
     if invocation.interfaces is not None:
         settings = dataclasses.replace(loaded.settings, interfaces=invocation.interfaces)
         loaded = dataclasses.replace(loaded, settings=settings)
+    if not loaded.settings.log_format:  # set in the configuration, it always wins
+        chosen = "2.0" if invocation.portsentry2 else "1.2"
+        loaded = dataclasses.replace(
+            loaded, settings=dataclasses.replace(loaded.settings, log_format=chosen)
+        )
     settings = loaded.settings
     tcp_mode, udp_mode, modes_from = resolve_modes(modes, settings.defaults_file)
     if invocation.portsentry2 and loaded.path is not None:

@@ -130,7 +130,8 @@ def open_parts(
             detector.set_reply_check(host.is_reply)
         ring = None
         if stealth:
-            for mode in stealth:
+            # 2.0 names no port at the start (it checks each packet for a service instead)
+            for mode in stealth if setup.settings.log_format != "2.0" else ():
                 lines = stealth_startup_lines(
                     mode,
                     detector.watched_ports(mode.proto),

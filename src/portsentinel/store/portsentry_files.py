@@ -100,6 +100,12 @@ class PortSentryFiles:
             for mode, lines in blocked.items():
                 self._append(blocked_file_path(self.blocked_base, mode), "".join(lines))
 
+    def append_history(self, text: str) -> None:
+        """Whole lines (each ending in a newline) to HISTORY_FILE as they are, rotated past
+        the size like the others: PortSentry 2.0's ``Scan from:`` lines."""
+        if self.history and text:
+            self._append(self.history, text)
+
     def remove_blocked(self, ip: str) -> None:
         """Drop every line for ``ip`` (exact address) from the blocked files of all modes."""
         if not self.blocked_base:

@@ -184,3 +184,17 @@ def test_the_command_lines_interfaces_replace_the_settings(tmp_path: Path) -> No
     assert load_setup(conf, "stcp", chosen).settings.interfaces == ("veth1",)
     every = Invocation(portsentry2=True, interfaces=())
     assert load_setup(conf, "stcp", every).settings.interfaces == ()
+
+
+def test_log_format_set_in_the_config_wins_else_the_command_line_chooses(tmp_path: Path) -> None:
+    unset = write(tmp_path / "unset.conf", 'TCP_PORTS="1"\n')
+    two = Invocation(portsentry2=True)
+    assert load_setup(unset, "stcp").settings.log_format == "1.2"  # run, or 1.2's -atcp
+    assert load_setup(unset, "stcp", two).settings.log_format == "2.0"  # 2.0's flags
+    for chosen in ("1.2", "2.0"):
+        conf = write(tmp_path / f"{chosen}.conf", f'TCP_PORTS="1"\nLOG_FORMAT="{chosen}"\n')
+        assert load_setup(conf, "stcp").settings.log_format == chosen
+        assert load_setup(conf, "stcp", two).settings.log_format == chosen
+    bad = write(tmp_path / "bad.conf", 'LOG_FORMAT="3.0"\n')
+    with pytest.raises(ConfigErrors, match=r"LOG_FORMAT: '3\.0' is not a PortSentry log format"):
+        load_setup(bad, "stcp")
