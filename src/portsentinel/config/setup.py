@@ -90,7 +90,8 @@ def load_setup(
     if settings.ignore_file and not absent(settings.ignore_file):
         # a missing ignore file is already a warning of load_config; one that is there but
         # cannot be read (a symlink loop, a FIFO ...) is an error of load_ignore_file
-        ignore, ignore_warnings = load_ignore_file(settings.ignore_file)
+        portsentry2 = loaded.settings.log_format == "2.0"
+        ignore, ignore_warnings = load_ignore_file(settings.ignore_file, portsentry2=portsentry2)
         warnings.extend(ignore_warnings)
     return Setup(loaded, tcp_mode, udp_mode, modes_from, ignore, tuple(warnings), invocation)
 

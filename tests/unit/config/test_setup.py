@@ -198,3 +198,12 @@ def test_log_format_set_in_the_config_wins_else_the_command_line_chooses(tmp_pat
     bad = write(tmp_path / "bad.conf", 'LOG_FORMAT="3.0"\n')
     with pytest.raises(ConfigErrors, match=r"LOG_FORMAT: '3\.0' is not a PortSentry log format"):
         load_setup(bad, "stcp")
+
+
+def test_a_2_0_installation_gets_2_0s_ignore_file_notes(tmp_path: Path) -> None:
+    ignore = write(tmp_path / "portsentry.ignore", "192.168.1.5/24\n")
+    conf = write(tmp_path / "p.conf", f'TCP_PORTS="1"\nIGNORE_FILE="{ignore}"\n')
+    assert load_setup(conf, "stcp").warnings == ()
+    notes = load_setup(conf, "stcp", Invocation(portsentry2=True)).warnings
+    assert len(notes) == 1
+    assert "never matched in PortSentry 2.0" in notes[0]
