@@ -10,6 +10,7 @@ Root, iproute2 and nmap only (see ``netns.py``); every packet stays inside the l
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import netns
 import pytest
+from banlab import nft_elements, wait_until
 from daemon import ACTIVE, Daemon, Event
 
 pytestmark = [pytest.mark.e2e]
-_TOOLS = [tool for tool in ("nmap", "fail2ban-regex") if shutil.which(tool) is None]
+_TOOLS = [tool for tool in ("nmap", "nft", "fail2ban-regex") if shutil.which(tool) is None]
 _REASON = netns.unavailable() or (f"needs {', '.join(_TOOLS)}" if _TOOLS else None)
 if _REASON:
     pytestmark.append(pytest.mark.skip(reason=_REASON))
@@ -208,3 +210,53 @@ def test_connect_mode_as_2_0s_system_test_banner_block_and_helper(
     assert line in out.splitlines(), out
     hosts, missed = fail2ban_regex(tmp_path / "history_file", OURS_2_0, tmp_path)
     assert (hosts, missed) == ({scanner}, 0)
+
+
+MIGRATED = re.compile(r'^([A-Z_]+)="(.*)"$')
+
+
+def test_migrated_2_0_installation_runs_and_applies_its_blocked_file(
+    lab: netns.Lab, tmp_path: Path
+) -> None:
+    """``migrate --flags`` on a 2.0 installation (in a temporary directory), then the daemon
+    on the migrated configuration: the blocked file's addresses are banned in nftables."""
+    etc = tmp_path / "etc" / "portsentry"
+    etc.mkdir(parents=True)
+    banned = {4: "198.18.0.99", 6: "fd00:5e::99"}
+    blocked = b"".join(
+        (2 if v == 4 else 10).to_bytes(2, sys.byteorder) + ipaddress.ip_address(a).packed
+        for v, a in banned.items()
+    )
+    (tmp_path / "portsentry.blocked").write_bytes(blocked)
+    (tmp_path / "portsentry.ignore").write_text("127.0.0.1/32\n")
+    (etc / "portsentry.conf").write_text(
+        f'TCP_PORTS="1-20"\nUDP_PORTS="51-59"\nBLOCK_TCP="1"\nBLOCK_UDP="1"\n'
+        f'IGNORE_FILE="{tmp_path}/portsentry.ignore"\n'
+        f'BLOCKED_FILE="{tmp_path}/portsentry.blocked"\n'
+        f'HISTORY_FILE="{tmp_path}/portsentry.history"\n'
+        'KILL_ROUTE="/sbin/iptables -I INPUT -s $TARGET$ -j DROP"\n'
+    )
+    output = tmp_path / "portsentinel" / "portsentinel.conf"
+    state = tmp_path / "state"
+    argv = [sys.executable, "-m", "portsentinel", "migrate", "--from", str(etc),
+            "--output", str(output), "--state-dir", str(state), "--flags=--stealth"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"Bans recorded in {state}: 2 new, 0 there already" in done.stdout
+    settings = {
+        m[1]: m[2] for line in output.read_text().splitlines() if (m := MIGRATED.match(line))
+    }
+    assert settings["LOG_FORMAT"] == "2.0"
+    assert "KILL_ROUTE" not in settings
+    daemon = Daemon.start(lab, tmp_path / "run", mode=None, settings=settings, state_dir=state)
+    try:
+
+        def applied() -> bool | None:
+            sets = {v: nft_elements(lab, v) or {} for v in banned}
+            return all(a in sets[v] for v, a in banned.items()) or None
+
+        wait_until(applied, "the blocked file's addresses banned")
+    finally:
+        code, stderr = daemon.stop()
+    assert code == 0, stderr
+    assert "Portsentry is now active and listening." in stderr  # LOG_FORMAT 2.0, set

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from portsentinel import paths
-from portsentinel.cli.options import PROG, Verbs
+from portsentinel.cli.options import PROG, Verbs, add_state_dir_option
 
 
 def add_parsers(verbs: Verbs) -> None:
@@ -82,6 +82,8 @@ def add_parsers(verbs: Verbs) -> None:
         "(migrate from 2.0); without it, 2.0 is recognised by its systemd unit "
         "(portsentry.service)",
     )  # fmt: skip
+    add_state_dir_option(migrate, "the state directory where PortSentry 2.0's blocked addresses "
+                         "become bans")  # fmt: skip
     migrate.add_argument(
         "--root", default="/", metavar="DIR",
         help="read and write below DIR: all paths above are on that system",
@@ -117,7 +119,10 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         p if p.startswith("/") else os.path.abspath(p)
         for p in (args.from_dir, args.defaults, args.output)
     )
-    request = migrate.Request(Path(args.root), from_dir, defaults, output, args.flags)
+    state_dir = (
+        args.state_dir if args.state_dir.startswith("/") else os.path.abspath(args.state_dir)
+    )
+    request = migrate.Request(Path(args.root), from_dir, defaults, output, args.flags, state_dir)
     try:
         return migrate.migrate(request, out, err)
     except OSError as exc:

@@ -95,6 +95,7 @@ class Request:
     defaults: str
     output: str
     flags: str | None = None  # PortSentry 2.0's command line, as the admin gives it
+    state_dir: str = paths.STATE_DIR  # where 2.0's blocked addresses become bans
 
     def real(self, target: str) -> Path:
         return under(self.root, target)
@@ -380,11 +381,11 @@ def migrate_2_0(
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file(path, text, 0o640 if target == request.output else 0o644)
     if result.bans:
-        state = request.real(paths.STATE_DIR)
+        state = request.real(request.state_dir)
         added = migrate2.record_bans(state, result.bans, "nftables", time.time())
         result.summary.append(
-            f"Bans recorded in {paths.STATE_DIR}: {added} new, {len(result.bans) - added} there "
-            "already"
+            f"Bans recorded in {request.state_dir}: {added} new, {len(result.bans) - added} "
+            "there already"
         )
     outcome = Outcome(
         summary=result.summary, carried=result.carried, changed=result.changed,
