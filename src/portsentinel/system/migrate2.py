@@ -19,6 +19,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portsentinel import paths
 from portsentinel.config.commands import quote
 from portsentinel.config.ignore import MAX_IGNORE_BYTES, parse_ignore
 from portsentinel.config.legacy import NOTE
@@ -31,7 +32,7 @@ from portsentinel.store.sqlite import Store
 
 UNIT_NAME = "portsentry.service"
 UNIT_DIRS = (
-    "/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system",
+    paths.UNIT_DIR, "/usr/local/lib/systemd/system", "/usr/lib/systemd/system",
     "/lib/systemd/system",
 )  # fmt: skip
 _MAX_UNIT_BYTES = 1 * MIB
