@@ -11,8 +11,10 @@ Root, iproute2 and nmap only (see ``netns.py``); every packet stays inside the l
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +24,9 @@ from pathlib import Path
 import netns
 import pytest
 from banlab import nft_elements, wait_until
-from daemon import ACTIVE, Daemon, Event
+from daemon import ACTIVE, PORTSENTINEL, Daemon, Event, write_config
+
+from portsentinel.store.lock import running_pid
 
 pytestmark = [pytest.mark.e2e]
 _TOOLS = [tool for tool in ("nmap", "nft", "fail2ban-regex") if shutil.which(tool) is None]
@@ -159,10 +163,47 @@ def test_disable_service_check_watches_ports_in_use(
             lambda ev: (lab.SCANNER4, "tcp", SERVICE_PORT, "SYN") in seen(ev),
             "a probe to the port in use",
         )
+        # SIGHUP (2.0 dies of it) reloads, and the command line's choices stay: -S, 2.0's words
+        os.kill(daemon.pid, signal.SIGHUP)
+        daemon.wait_for_line("configuration reloaded", stream="stdout")
+        nmap(lab, "-6", "-sS", "-p", str(SERVICE_PORT), lab.TARGET6)
+        daemon.wait_for_events(
+            lambda ev: (lab.SCANNER6, "tcp", SERVICE_PORT, "SYN") in seen(ev),
+            "a probe to the port in use after the reload",
+        )
+        daemon.wait_for_line(f"Scan from: [{lab.SCANNER6}]", stream="stdout")
     finally:
         code, stderr = daemon.stop()
     assert code == 0, stderr
     assert "-S: ports a service uses are watched too" in daemon.stdout()
+
+
+def test_daemon_flag_goes_to_the_background(lab: netns.Lab, tmp_path: Path) -> None:
+    """``-D`` outside systemd: the command returns at once, the daemon runs on (its pid in
+    the state directory's lock), logging to syslog only; it is stopped by that pid."""
+    config = write_config(tmp_path, SETTINGS)
+    argv = [*PORTSENTINEL, "-D", "-c", str(config), "--state-dir", str(tmp_path),
+            "--events", str(tmp_path / "events.jsonl")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.target, *argv], capture_output=True, text=True,
+        timeout=30, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # the lines go to syslog
+    pid = wait_until(lambda: running_pid(str(tmp_path)), "the daemon's pid in its lock")
+    try:
+        nmap(lab, "-sS", "-p", "3", lab.TARGET4)
+        wait_until(
+            lambda: (
+                (tmp_path / "events.jsonl").exists()
+                and '"port":3' in (tmp_path / "events.jsonl").read_text().replace(" ", "")
+            ),
+            "the probe's event from the background daemon",
+        )
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: running_pid(str(tmp_path)) is None or None, "the daemon's end")
 
 
 BANNER_CLIENT = """
