@@ -242,6 +242,8 @@ def test_connect_mode_as_2_0s_system_test_banner_block_and_helper(
     assert helper.read_text() == f"{lab.SCANNER4} 1\n"  # the block actions ran
     out = daemon.stdout()
     assert "connect mode (tcp,udp)" in out
+    assert "Listen on AF_INET: TCP port: 11" in out  # 2.0's words for what was bound
+    assert "Listen on AF_INET6: TCP port: 1" in out
     assert "UDP port" not in out  # nothing of UDP was bound
     scanner = lab.SCANNER4
     line = (

@@ -20,6 +20,7 @@ address: the line is written when the probe is decided, before any name could be
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from portsentinel.detect.classify import portsentry_label
 from portsentinel.model import Action, Decision, Proto, Reason, ScanKind
@@ -30,6 +31,22 @@ SHUTDOWN = ("Portsentry is shutting down",)
 UNSET = "unset"
 _IGNORED_BEFORE_COUNTING = frozenset({Reason.IGNORE_LIST, Reason.OWN_ADDRESS})
 _REFUSED_BANS = frozenset({Reason.BAN_BUDGET, Reason.WEAK_EVIDENCE})
+
+
+def bound_startup_lines(
+    proto: Proto, bound: Iterable[tuple[int, bool]], failed: Iterable[int]
+) -> list[str]:
+    """What 2.0's connect mode logs as it binds: ``bound`` holds (port, IPv6?)."""
+    label = proto.label
+    lines = [
+        f"Listen on {'AF_INET6' if six else 'AF_INET'}: {label} port: {port}"
+        for port, six in sorted(bound)
+    ]
+    lines += [
+        f"Could not bind {label} socket on port {port}. Attempting to continue"
+        for port in sorted(set(failed))
+    ]
+    return lines
 
 
 def starting_line(version: str) -> str:

@@ -7,6 +7,9 @@ configuration (the rooms' layering): this module turns one into the other.
 
 from __future__ import annotations
 
+import socket
+
+from portsentinel.alert import portsentry2_log
 from portsentinel.alert.portsentry_log import (
     bound_startup_lines,
     nothing_bound_line,
@@ -51,7 +54,12 @@ def open_listeners(setup: Setup, log: LogSink, modes: list[Mode]) -> Listeners |
         if not mine:
             continue
         ok = {r.port for r in mine if r.ok}
-        for line in bound_startup_lines(proto, ok, {r.port for r in mine} - ok):
+        if s.log_format == "2.0":
+            bound = {(r.port, r.family == socket.AF_INET6) for r in mine if r.ok}
+            lines = portsentry2_log.bound_startup_lines(proto, bound, {r.port for r in mine} - ok)
+        else:
+            lines = bound_startup_lines(proto, ok, {r.port for r in mine} - ok)
+        for line in lines:
             log.line(line)
         if not ok:
             listeners.close()

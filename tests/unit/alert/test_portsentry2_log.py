@@ -126,3 +126,16 @@ def test_with_block_0_a_source_answered_before_is_reported_again_not_already_blo
     assert ps2.history_line(again, 0.0, log_only=True).endswith("noblock: [true] blocked: [false]")
     # the other fields do not depend on it
     assert ps2.fields(decision(action=Action.ALERT), log_only=True)[2:] == ("true", "false")
+
+
+def test_connect_modes_binding_lines() -> None:
+    lines = ps2.bound_startup_lines(Proto.TCP, {(11, True), (1, False), (1, True)}, {11})
+    assert lines == [
+        "Listen on AF_INET: TCP port: 1",
+        "Listen on AF_INET6: TCP port: 1",
+        "Listen on AF_INET6: TCP port: 11",
+        "Could not bind TCP socket on port 11. Attempting to continue",
+    ]
+    assert ps2.bound_startup_lines(Proto.UDP, {(7, False)}, ()) == [
+        "Listen on AF_INET: UDP port: 7"
+    ]
