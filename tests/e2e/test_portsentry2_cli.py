@@ -222,7 +222,7 @@ def test_connect_mode_as_2_0s_system_test_banner_block_and_helper(
     helper = tmp_path / "helper.log"
     settings = {
         "TCP_PORTS": "1,11", "BLOCK_TCP": "2", "PORT_BANNER": "** UNAUTHORIZED ACCESS **",
-        "KILL_RUN_CMD": f"echo $TARGET$ $PORT$ >> {helper}",
+        "KILL_RUN_CMD": f"echo $TARGET$ $PORT$ $MODE$ >> {helper}",
     }  # fmt: skip
     daemon = Daemon.start(lab, tmp_path, flags=("--connect",), settings=settings, lines="stdout")
     try:
@@ -239,7 +239,7 @@ def test_connect_mode_as_2_0s_system_test_banner_block_and_helper(
         code, stderr = daemon.stop()
     assert code == 0, stderr
     assert {e["mode"] for e in events} == {"tcp"}
-    assert helper.read_text() == f"{lab.SCANNER4} 1\n"  # the block actions ran
+    assert helper.read_text() == f"{lab.SCANNER4} 1 connect\n"  # the block action ran
     out = daemon.stdout()
     assert "connect mode (tcp,udp)" in out
     assert "Listen on AF_INET: TCP port: 11" in out  # 2.0's words for what was bound

@@ -76,6 +76,7 @@ class Backends:
                 name=name,
                 timeout=s.command_timeout,
                 ipv6_targets=s.kill_run_cmd_ipv6,
+                portsentry2=s.log_format == "2.0",
             )
         raise BackendError(f"unknown backend {name!r}")
 
