@@ -303,3 +303,26 @@ def test_migrated_2_0_installation_runs_and_applies_its_blocked_file(
         code, stderr = daemon.stop()
     assert code == 0, stderr
     assert "Portsentry is now active and listening." in stderr  # LOG_FORMAT 2.0, set
+
+
+def test_scan_trigger_in_2_0s_words(lab: netns.Lab, tmp_path: Path) -> None:
+    """SCAN_TRIGGER 3: the first two probes are counted and said (triggered: [false]), the
+    third triggers; TCP and UDP count together, as in 2.0."""
+    settings = {**SETTINGS, "SCAN_TRIGGER": "3"}
+    daemon = Daemon.start(lab, tmp_path, flags=("--stealth",), settings=settings, lines="stdout")
+    try:
+        for args in (("-sS", "-p", "4"), ("-sU", "-p", "52"), ("-sS", "-p", "5")):
+            nmap(lab, *args, lab.TARGET4)
+            port = args[-1]
+            daemon.wait_for_line(f"port: [{port}]", stream="stdout")
+    finally:
+        code, stderr = daemon.stop()
+    assert code == 0, stderr
+    lines = [line for line in daemon.stdout().splitlines() if line.startswith("Scan from: ")]
+    fields = [line.split(" ignored: ", 1)[1] for line in lines]
+    assert fields == [
+        "[false] triggered: [false] noblock: [unset] blocked: [unset]",
+        "[false] triggered: [false] noblock: [unset] blocked: [unset]",
+        "[false] triggered: [true] noblock: [true] blocked: [false]",
+    ]
+    assert "protocol: [UDP] port: [52]" in lines[1]
