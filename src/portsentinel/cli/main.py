@@ -59,7 +59,7 @@ def translate_portsentry_flags(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     words = translate_portsentry_flags(sys.argv[1:] if argv is None else argv)
-    if portsentry2.is_portsentry2(words):
+    if portsentry2.is_portsentry2(words, sys.argv[0] if argv is None else PROG):
         args = portsentry2.parse(words)
     else:
         args = build_parser().parse_args(words)

@@ -35,11 +35,27 @@ ALL_INTERFACES = frozenset({"ALL", "any"})
 ALL_BUT_LOOPBACK = "ALL_NLO"
 
 
-def is_portsentry2(argv: Sequence[str]) -> bool:
+def is_portsentry2(argv: Sequence[str], prog: str = PROG) -> bool:
     """Whether ``argv`` is 2.0's invocation: it starts with an option that is neither one of
     PortSentinel's own (``--version``, ``-h``) nor 1.2's ``-atcp`` style (``main`` handles
-    those). ``portsentinel -h`` stays PortSentinel's help, which names this invocation."""
-    return bool(argv) and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")
+    those), or it is empty and the program was called ``portsentry`` (a link put in 2.0's
+    place: its unit runs it without arguments). ``portsentinel -h`` stays PortSentinel's
+    help, which names this invocation."""
+    if not argv:
+        return os.path.basename(prog) == "portsentry"
+    return argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")
+
+
+def config_file(given: str | None) -> str | None:
+    """``-c``, else PortSentinel's installed configuration, else 2.0's own
+    (``/etc/portsentry/portsentry.conf``, which 2.0 reads without ``-c``), else None: the
+    embedded defaults."""
+    if given is not None:
+        return given
+    for path in (paths.CONFIG_FILE, os.path.join(paths.PORTSENTRY_DIR, "portsentry.conf")):
+        if os.path.lexists(path):
+            return path
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "-c", "--configfile", dest="config", metavar="FILE",
-        help=f"configuration file (default {paths.CONFIG_FILE} if present)",
+        help=f"configuration file (default {paths.CONFIG_FILE} if present, else "
+        f"{paths.PORTSENTRY_DIR}/portsentry.conf, as 2.0 reads it)",
     )  # fmt: skip
     parser.add_argument(
         "-D", "--daemon", action="store_true",
@@ -203,6 +220,7 @@ def daemonize() -> None:
 def cmd_portsentry2(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     invocation = invocation_of(args)
     args.mode = MODES[args.sentry_mode or "stealth"]
+    args.config = config_file(args.config)  # a reload reads the same file
     setup = load_setup(args.config, args.mode, invocation)
     outputs = log_outputs(args)
     syslog = "syslog" in outputs or setup.settings.syslog

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from portsentinel import paths
 from portsentinel.cli import main as cli
 from portsentinel.cli import portsentry2 as ps2
 from portsentinel.config.setup import Invocation, Setup
@@ -190,6 +191,19 @@ def test_the_first_lines_say_what_the_flags_do_here() -> None:
 )
 def test_which_command_lines_are_2_0s(argv: list[str], portsentry2: bool) -> None:
     assert ps2.is_portsentry2(argv) is portsentry2
+    assert ps2.is_portsentry2(argv, "/usr/sbin/portsentry") is (portsentry2 or not argv)
+
+
+def test_without_c_the_installed_config_else_2_0s_own(private_host_paths: Path) -> None:
+    assert ps2.config_file("/given.conf") == "/given.conf"
+    assert ps2.config_file(None) is None  # nothing installed: the embedded defaults
+    legacy = Path(paths.PORTSENTRY_DIR) / "portsentry.conf"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text('TCP_PORTS="1"\n')
+    assert ps2.config_file(None) == str(legacy)  # as 2.0 reads it without -c
+    Path(paths.CONFIG_FILE).parent.mkdir(parents=True)
+    Path(paths.CONFIG_FILE).write_text("")
+    assert ps2.config_file(None) == paths.CONFIG_FILE  # a migrated installation's wins
 
 
 def test_main_runs_the_daemon_with_2_0s_flags(
