@@ -23,7 +23,7 @@ from pathlib import Path
 
 import netns
 import pytest
-from banlab import nft_elements, wait_until
+from banlab import add_scanner_address, nft_elements, wait_until
 from daemon import ACTIVE, PORTSENTINEL, Daemon, Event, write_config
 
 from portsentinel.store.lock import running_pid
@@ -102,20 +102,24 @@ def test_stealth_with_2_0s_flags_detects_tcp_udp_ipv4_ipv6(
     lab: netns.Lab, tmp_path: Path, service: None
 ) -> None:
     flags = ("--stealth", "-m", "raw", "-i", lab.TARGET_IF, "-L", "-l", "stdout")
-    (tmp_path / "ignore").write_text(f"{lab.SCANNER6}/128\n")
+    unmasked = "198.18.0.3"  # a second scanner, in the ignore file without a mask
+    add_scanner_address(lab, unmasked)
+    (tmp_path / "ignore").write_text(f"{lab.SCANNER6}/128\n{unmasked}\n")
     settings = {**SETTINGS, "IGNORE_FILE": str(tmp_path / "ignore")}
     daemon = Daemon.start(lab, tmp_path, flags=flags, settings=settings, lines="stdout")
     try:
         nmap(lab, "-sS", "-p", f"1,{SERVICE_PORT},20", lab.TARGET4)
         nmap(lab, "-6", "-sF", "-p", "2", lab.TARGET6)
         nmap(lab, "-sU", "-p", "51", lab.TARGET4)
+        nmap(lab, "-sS", "-e", lab.SCANNER_IF, "-S", unmasked, "-p", "4", lab.TARGET4)
         wanted = {
+            (unmasked, "tcp", 4, "SYN"),
             (lab.SCANNER4, "tcp", 1, "SYN"),
             (lab.SCANNER4, "tcp", 20, "SYN"),
             (lab.SCANNER6, "tcp", 2, "FIN"),
             (lab.SCANNER4, "udp", 51, "UDP"),
         }
-        events = daemon.wait_for_events(lambda ev: wanted <= seen(ev), "the four probes")
+        events = daemon.wait_for_events(lambda ev: wanted <= seen(ev), "the five probes")
         daemon.wait_for_line("port: [51]", stream="stdout")
     finally:
         code, stderr = daemon.stop()
@@ -138,6 +142,9 @@ def test_stealth_with_2_0s_flags_detects_tcp_udp_ipv4_ipv6(
         "IP opts: [not set] ignored: [true] triggered: [unset] noblock: [unset] blocked: [unset]",
         f"Scan from: [{scanner4}] ({scanner4}) protocol: [UDP] port: [51] type: [UDP] IP opts: "
         "[not set] ignored: [false] triggered: [true] noblock: [true] blocked: [false]",
+        f"Scan from: [{unmasked}] ({unmasked}) protocol: [TCP] port: [4] type: [TCP SYN/Normal "
+        "scan] IP opts: [not set] ignored: [true] triggered: [unset] noblock: [unset] "
+        "blocked: [unset]",
     ]
     for line in expected:
         assert line in out.splitlines(), out
@@ -147,9 +154,9 @@ def test_stealth_with_2_0s_flags_detects_tcp_udp_ipv4_ipv6(
     }
     # fail2ban: 2.0's filter matches every line (the ignored source too), ours the others
     hosts, missed = fail2ban_regex(tmp_path / "history_file", STOCK_2_0, tmp_path)
-    assert (hosts, missed) == ({scanner4, scanner6}, 0)
+    assert (hosts, missed) == ({scanner4, scanner6, unmasked}, 0)
     hosts, missed = fail2ban_regex(tmp_path / "history_file", OURS_2_0, tmp_path)
-    assert (hosts, missed) == ({scanner4}, 1)
+    assert (hosts, missed) == ({scanner4}, 2)
 
 
 def test_disable_service_check_watches_ports_in_use(
