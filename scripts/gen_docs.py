@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from portsentinel.cli import portsentry2
 from portsentinel.cli.main import build_parser
 from portsentinel.system.manual import generated_files
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report stale files")
     args = parser.parse_args(argv)
     stale = []
-    for name, text in generated_files(build_parser()).items():
+    for name, text in generated_files(build_parser(), portsentry2.build_parser()).items():
         path = REPO / name
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:

@@ -71,6 +71,7 @@ class Daemon:
         self.proc = proc
         self.events_path = directory / "events.jsonl"
         self.stderr_path = directory / "stderr.log"
+        self.stdout_path = directory / "stdout.log"
 
     @classmethod
     def start(
@@ -87,6 +88,7 @@ class Daemon:
         events: bool = True,
         measured: bool = True,
         wrapper: Sequence[str] = (),
+        lines: str = "stderr",
     ) -> Daemon:
         """Start the daemon: ``run --mode MODE`` or, with ``flags`` (``-atcp``, ``-audp``),
         PortSentry's invocation, flags first and options after. The state directory is
@@ -96,7 +98,8 @@ class Daemon:
         the daemon's speed and memory, starts it with ``measured=False``: outside coverage,
         whose tracer would make it several times slower and bigger than it is. ``wrapper``
         goes in front of the command (it must exec it, so the pid stays the daemon's): a
-        private mount namespace with the lab's own ``/etc/resolv.conf``, say."""
+        private mount namespace with the lab's own ``/etc/resolv.conf``, say. ``lines`` names
+        the stream the daemon's log lines go to (``stdout`` with PortSentry 2.0's flags)."""
         directory.mkdir(parents=True, exist_ok=True)
         config = write_config(directory, settings or {})
         verb = list(flags) if flags else ["run", *(["--mode", mode] if mode else [])]
@@ -113,12 +116,15 @@ class Daemon:
         if not measured:
             for name in COVERAGE_VARIABLES:
                 env.pop(name, None)
-        with (directory / "stderr.log").open("wb") as err:
+        with (
+            (directory / "stderr.log").open("wb") as err,
+            (directory / "stdout.log").open("wb") as out,
+        ):
             proc = lab.start(lab.target, argv, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=err, env=env)  # fmt: skip
+                             stdout=out, stderr=err, env=env)  # fmt: skip
         daemon = cls(lab, directory, proc)
         if wait:
-            daemon.wait_for_line(ACTIVE, START_DEADLINE)
+            daemon.wait_for_line(ACTIVE, START_DEADLINE, stream=lines)
         return daemon
 
     @property
@@ -130,6 +136,9 @@ class Daemon:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
     def events(self) -> list[Event]:
         """Every complete event line written so far."""
         try:
@@ -138,16 +147,21 @@ class Daemon:
             return []
         return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
-    def wait_for_line(self, text: str, deadline: float = START_DEADLINE) -> str:
-        """Wait until standard error holds ``text``; AssertionError if it exits or time runs out."""
+    def wait_for_line(
+        self, text: str, deadline: float = START_DEADLINE, *, stream: str = "stderr"
+    ) -> str:
+        """Wait until standard error (or ``stream="stdout"``) holds ``text``; AssertionError
+        if it exits or time runs out."""
+        read = self.stdout if stream == "stdout" else self.stderr
         end = time.monotonic() + deadline
-        while text not in (stderr := self.stderr()):
+        while text not in (stderr := read()):
             if self.proc.poll() is not None:
-                stderr = self.stderr()
+                stderr = read()
                 if text in stderr:
                     break
                 raise AssertionError(
                     f"daemon exited ({self.proc.returncode}) before {text!r}:\n{stderr}"
+                    f"\n{self.stderr() if stream == 'stdout' else ''}"
                 )
             if time.monotonic() > end:
                 raise AssertionError(f"no {text!r} within {deadline}s:\n{stderr}")

@@ -15,14 +15,19 @@ from portsentinel.model import Decision
 
 
 class LogSink:
-    """PortSentry's message lines: standard error always (systemd keeps it in the journal),
-    syslog too when asked (facility daemon, level notice, with the pid, as 1.2 does).
+    """PortSentry's message lines: standard error (systemd keeps it in the journal; standard
+    output for PortSentry 2.0's command line), syslog too when asked (facility daemon, level
+    notice, with the pid, as 1.2 does), or syslog alone (``echo=False``).
     """
 
     _BATCH_LINES = 256  # a batch is written once it holds this many lines
 
-    def __init__(self, stream: TextIO | None = None, syslog_ident: str | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, syslog_ident: str | None = None, *, echo: bool = True
+    ) -> None:
+        # echo False: syslog only (PortSentry 2.0's ``-l syslog``); the stream stays for flush
         self._stream = stream if stream is not None else sys.stderr
+        self._echo = echo or syslog_ident is None
         self._syslog = syslog_ident is not None
         self._pending: list[str] | None = None
         if syslog_ident is not None:
@@ -36,7 +41,9 @@ class LogSink:
 
     def line(self, message: str) -> None:
         pending = self._pending
-        if pending is None:
+        if not self._echo:
+            pass
+        elif pending is None:
             self._stream.write(message + "\n")
         else:
             pending.append(message)

@@ -101,9 +101,20 @@ def validate_mode(mode: Mode | str | None) -> str:
     return name
 
 
-def macro_values(ban: BanSpec) -> MacroValues:
-    """The values for one ban, each checked again here, where they meet a command line."""
-    return MacroValues(validate_target(ban.key), validate_port(ban.port), validate_mode(ban.mode))
+# PortSentry 2.0's $MODE$ names its two modes (LOG_FORMAT 2.0: 2.0's words in commands too).
+MODE_2_0 = {
+    Mode.TCP.value: "connect", Mode.UDP.value: "connect", Mode.STCP.value: "stealth",
+    Mode.SUDP.value: "stealth", Mode.ATCP.value: "stealth", Mode.AUDP.value: "stealth",
+}  # fmt: skip
+
+
+def macro_values(ban: BanSpec, *, portsentry2: bool = False) -> MacroValues:
+    """The values for one ban, each checked again here, where they meet a command line;
+    ``portsentry2``: $MODE$ in 2.0's words (stealth, connect)."""
+    mode = validate_mode(ban.mode)
+    if portsentry2:
+        mode = MODE_2_0.get(mode, mode)
+    return MacroValues(validate_target(ban.key), validate_port(ban.port), mode)
 
 
 def substitute(text: str, values: MacroValues) -> str:
@@ -225,9 +236,11 @@ class CommandBackend(BackendBase):
         name: str = "run_cmd",
         timeout: float = DEFAULT_TIMEOUT,
         ipv6_targets: bool = False,
+        portsentry2: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
+        self._portsentry2 = portsentry2  # $MODE$ in PortSentry 2.0's words
         try:
             self._block = CommandTemplate.parse(block_command)
             self._unblock = CommandTemplate.parse(unblock_command) if unblock_command else None
@@ -244,7 +257,8 @@ class CommandBackend(BackendBase):
             log.info("%s: skipped for %s: %s", self.name, ban.key, reason)
             detail["skipped"] = reason
             return detail
-        result = self._execute(self._block, macro_values(ban), "block")
+        values = macro_values(ban, portsentry2=self._portsentry2)
+        result = self._execute(self._block, values, "block")
         detail.update(via_shell=self._block.shell, seconds=round(result.seconds, 3))
         return detail
 
@@ -255,7 +269,7 @@ class CommandBackend(BackendBase):
         if self._unblock is None:
             log.info("%s: no unblock command; %s stays as the command left it", self.name, ban.key)
             return
-        self._execute(self._unblock, macro_values(ban), "unblock")
+        self._execute(self._unblock, macro_values(ban, portsentry2=self._portsentry2), "unblock")
 
     def check(self) -> CheckResult:
         """A command leaves nothing this side can inspect."""

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from portsentinel import __version__, paths
-from portsentinel.cli import bans, config, history, replay, report, run, system
+from portsentinel.cli import bans, config, history, portsentry2, replay, report, run, system
 from portsentinel.cli.options import PROG, Handler
 from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
 
@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="PortSentinel: port-scan detection and active response (a modern PortSentry).",
-        epilog="Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.",
+        epilog="PortSentry's own command lines run the daemon too: 1.2's 'portsentinel -atcp "
+        "-audp', and 2.0's 'portsentinel --stealth -c FILE' (see 'portsentinel --stealth -h'). "
+        "Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -56,9 +58,11 @@ def translate_portsentry_flags(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    args = build_parser().parse_args(
-        translate_portsentry_flags(sys.argv[1:] if argv is None else argv)
-    )
+    words = translate_portsentry_flags(sys.argv[1:] if argv is None else argv)
+    if portsentry2.is_portsentry2(words, sys.argv[0] if argv is None else PROG):
+        args = portsentry2.parse(words)
+    else:
+        args = build_parser().parse_args(words)
     handler: Handler = args.handler
     try:
         return handler(args, sys.stdout, sys.stderr)

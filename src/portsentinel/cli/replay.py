@@ -13,17 +13,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from portsentinel import paths
+from portsentinel.alert import portsentry2_log
 from portsentinel.alert.events import event_line, iso_time, summary_line
 from portsentinel.alert.portsentry_log import detection_lines, held_back_line
 from portsentinel.cli.options import PROG, Verbs, add_config_option, add_mode_option
 from portsentinel.config.modes import modes_text
 from portsentinel.config.setup import Setup, detector_config, load_setup
 from portsentinel.detect.detector import Detector
-from portsentinel.model import Decision, Mode
+from portsentinel.model import Decision, Mode, Proto
 
 if TYPE_CHECKING:
     from portsentinel.cli.replay_capture import ReplayStats
     from portsentinel.cli.replay_repeats import Held
+    from portsentinel.config.schema import Settings
 
 
 def add_parsers(verbs: Verbs) -> None:
@@ -98,7 +100,8 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     local = parse_local(args.local) if args.local else None
     in_use = parse_in_use(args.in_use)
     detector = Detector(detector_config(setup), ignore=setup.ignore, local=local)
-    writer = _LogWriter(out) if args.log else _EventWriter(out)
+    two = setup.settings.log_format == "2.0"
+    writer = _LogWriter(out, setup.settings, portsentry2=two) if args.log else _EventWriter(out)
     summarise = None if args.every_probe else writer.held
     progress = Progress(err)  # a line on a terminal only
 
@@ -166,12 +169,20 @@ class _LogWriter:
     """PortSentry's log lines, each after its capture time; the daemon's line for what was
     held back."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, settings: Settings, *, portsentry2: bool = False) -> None:
         self._write = out.write
+        self._portsentry2 = portsentry2  # LOG_FORMAT 2.0: the Scan from: line
+        levels = {Proto.TCP: settings.block_tcp, Proto.UDP: settings.block_udp}
+        self._log_only = frozenset(p for p, level in levels.items() if level == 0)
 
     def __call__(self, decision: Decision) -> None:
         stamp = iso_time(decision.time)
-        for line in detection_lines(decision):
+        if self._portsentry2:
+            log_only = decision.proto in self._log_only
+            lines = portsentry2_log.detection_lines(decision, dry_run=True, log_only=log_only)
+        else:
+            lines = detection_lines(decision)
+        for line in lines:
             self._write(f"{stamp} {line}\n")
 
     def held(self, held: Held) -> None:

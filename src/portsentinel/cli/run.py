@@ -11,10 +11,12 @@ import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import TextIO
 
 from portsentinel import paths
 from portsentinel.alert.events import iso_time
+from portsentinel.alert.sinks import LogSink
 from portsentinel.cli.options import (
     PROG,
     Verbs,
@@ -22,7 +24,7 @@ from portsentinel.cli.options import (
     add_mode_option,
     add_state_dir_option,
 )
-from portsentinel.config.setup import load_setup
+from portsentinel.config.setup import Setup, load_setup
 from portsentinel.daemon.client import ControlFailure, DaemonNotRunning, request, socket_path
 from portsentinel.daemon.service import Daemon, RunOptions, default_log
 from portsentinel.errors import CaptureError, ConfigError, PortSentinelError
@@ -93,7 +95,16 @@ def dry_run_dir() -> str:
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     setup = load_setup(args.config, args.mode)
-    log = default_log(setup)
+    return run_daemon(args, setup, default_log(setup), err)
+
+
+def run_daemon(
+    args: argparse.Namespace, setup: Setup, log: LogSink, err: TextIO, notes: Sequence[str] = ()
+) -> int:
+    """The daemon in the foreground, on a loaded setup and its log: ``run``'s work, shared by
+    PortSentry 2.0's command line (``notes``: what its flags mean here, logged first)."""
+    for note in notes:
+        log.line(note)
     for warning in setup.warnings:
         log.line(f"adminalert: WARNING: {warning}")
     if setup.tcp_mode is None and setup.udp_mode is None:
@@ -108,6 +119,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         config=args.config,
         modes=args.mode,
         control_path=_control_path(state_dir),
+        invocation=setup.invocation,
     )
     try:
         return Daemon(setup, options, log).run()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from portsentinel import paths
-from portsentinel.cli.options import PROG, Verbs
+from portsentinel.cli.options import PROG, Verbs, add_state_dir_option
 
 
 def add_parsers(verbs: Verbs) -> None:
@@ -57,7 +57,10 @@ def add_parsers(verbs: Verbs) -> None:
             "and TCP_MODE/UDP_MODE of the defaults file; write a configuration that keeps "
             "every setting, a merged ignore file and a modes file next to it; say what was "
             "carried over and what changed, and how to stop and disable PortSentry. Stops "
-            "nothing and never overwrites a file that differs."
+            "nothing and never overwrites a file that differs. From PortSentry 2.0 (its "
+            "systemd unit found, or --flags given): its flags become settings and a modes "
+            "file, LOG_FORMAT is 2.0, the ignore and history files stay, and the addresses "
+            "of its binary blocked file become bans the daemon applies at its start."
         ),
     )
     migrate.add_argument(
@@ -73,6 +76,14 @@ def add_parsers(verbs: Verbs) -> None:
         help=f"the configuration to write; the ignore and modes files go next to it "
         f"(default {paths.CONFIG_FILE})",
     )  # fmt: skip
+    migrate.add_argument(
+        "--flags", metavar="ARGS",
+        help="PortSentry 2.0's command line as you run it, e.g. --flags='--stealth -i eth0' "
+        "(migrate from 2.0); without it, 2.0 is recognised by its systemd unit "
+        "(portsentry.service)",
+    )  # fmt: skip
+    add_state_dir_option(migrate, "the state directory where PortSentry 2.0's blocked addresses "
+                         "become bans")  # fmt: skip
     migrate.add_argument(
         "--root", default="/", metavar="DIR",
         help="read and write below DIR: all paths above are on that system",
@@ -108,7 +119,10 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         p if p.startswith("/") else os.path.abspath(p)
         for p in (args.from_dir, args.defaults, args.output)
     )
-    request = migrate.Request(Path(args.root), from_dir, defaults, output)
+    state_dir = (
+        args.state_dir if args.state_dir.startswith("/") else os.path.abspath(args.state_dir)
+    )
+    request = migrate.Request(Path(args.root), from_dir, defaults, output, args.flags, state_dir)
     try:
         return migrate.migrate(request, out, err)
     except OSError as exc:

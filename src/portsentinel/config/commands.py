@@ -123,7 +123,7 @@ def _check_ignore(settings: Settings, warnings: list[str], errors: list[ConfigEr
     if absent(path):
         return f"Ignore list: none ({path} does not exist)"
     try:
-        addresses, notes = load_ignore_file(path)
+        addresses, notes = load_ignore_file(path, portsentry2=settings.log_format == "2.0")
     except ConfigErrors as exc:
         errors.extend(exc.errors)
         return f"Ignore list: {path} has errors"

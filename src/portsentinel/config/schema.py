@@ -338,6 +338,13 @@ class Settings:
         help="also send PortSentry-style lines to syslog (facility daemon, level notice); "
         "they always go to standard error, which systemd keeps in the journal", origin=_NEW,
     )  # fmt: skip
+    log_format: str = setting(
+        key="LOG_FORMAT", parse=t.log_format, default="", unit="version",
+        help="whose words the log and HISTORY_FILE use: 1.2 (attackalert: lines, 1.2's history "
+        "line) or 2.0 (the 'Scan from:' line, ISO 8601 times in the history); empty: 2.0 when "
+        "the daemon is started with PortSentry 2.0's command line (--stealth, -c ...), else 1.2",
+        origin=_NEW,
+    )  # fmt: skip
     syslog_ident: str = setting(
         key="SYSLOG_IDENT", parse=t.text, default="portsentinel", unit="name",
         help="syslog identity of the lines; portsentry keeps old log filters working",

@@ -5,16 +5,36 @@ Kept apart from both the config room and the detection core so that neither impo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 from portsentinel import paths
 from portsentinel.config import LoadedConfig, load_config, load_ignore_file, resolve_modes
+from portsentinel.config.load import DEFAULT_ORIGIN
 from portsentinel.config.schema import Settings
 from portsentinel.detect.settings import DetectorConfig
+from portsentinel.errors import ConfigError
 from portsentinel.files import absent
 from portsentinel.model import Mode
 from portsentinel.networks import AddressSet
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What the command line itself says beyond the config file: PortSentry 2.0's flags
+    (``cli/portsentry2``). Kept with the setup so that a reload reads the config the same way.
+
+    ``portsentry2`` marks a daemon started with 2.0's flags: its modes watch only the
+    protocols whose TCP_PORTS/UDP_PORTS the config file sets, as 2.0 does. ``interfaces``
+    replaces INTERFACES when not None (``-i``); ``loopback`` adds the loopback interface
+    (``-i ALL``); ``service_check`` False is ``-S`` (ports in use are watched too).
+    """
+
+    portsentry2: bool = False
+    interfaces: tuple[str, ...] | None = None
+    loopback: bool = False
+    service_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,7 @@ class Setup:
     modes_from: str
     ignore: AddressSet
     warnings: tuple[str, ...]
+    invocation: Invocation = dataclasses.field(default_factory=Invocation)
 
     @property
     def settings(self) -> Settings:
@@ -44,21 +65,54 @@ def choose_config_file(given: str | None) -> str | None:
     return given
 
 
-def load_setup(config_path: str | None, modes: str | None) -> Setup:
+def load_setup(
+    config_path: str | None, modes: str | None, invocation: Invocation | None = None
+) -> Setup:
     """Load the config (or the embedded defaults, see ``choose_config_file``), the ignore file
     and the mode choice. Raises ConfigError/ConfigErrors for bad input.
     """
+    invocation = invocation or Invocation()
     loaded = load_config(choose_config_file(config_path))
+    if invocation.interfaces is not None:
+        settings = dataclasses.replace(loaded.settings, interfaces=invocation.interfaces)
+        loaded = dataclasses.replace(loaded, settings=settings)
+    if not loaded.settings.log_format:  # set in the configuration, it always wins
+        chosen = "2.0" if invocation.portsentry2 else "1.2"
+        loaded = dataclasses.replace(
+            loaded, settings=dataclasses.replace(loaded.settings, log_format=chosen)
+        )
     settings = loaded.settings
     tcp_mode, udp_mode, modes_from = resolve_modes(modes, settings.defaults_file)
+    if invocation.portsentry2 and loaded.path is not None:
+        tcp_mode, udp_mode = _ports_set(loaded, tcp_mode, udp_mode)
     ignore = AddressSet()
     warnings = list(loaded.warnings)
     if settings.ignore_file and not absent(settings.ignore_file):
         # a missing ignore file is already a warning of load_config; one that is there but
         # cannot be read (a symlink loop, a FIFO ...) is an error of load_ignore_file
-        ignore, ignore_warnings = load_ignore_file(settings.ignore_file)
+        portsentry2 = loaded.settings.log_format == "2.0"
+        ignore, ignore_warnings = load_ignore_file(settings.ignore_file, portsentry2=portsentry2)
         warnings.extend(ignore_warnings)
-    return Setup(loaded, tcp_mode, udp_mode, modes_from, ignore, tuple(warnings))
+    return Setup(loaded, tcp_mode, udp_mode, modes_from, ignore, tuple(warnings), invocation)
+
+
+def _ports_set(
+    loaded: LoadedConfig, tcp: Mode | None, udp: Mode | None
+) -> tuple[Mode | None, Mode | None]:
+    """PortSentry 2.0 watches a protocol only when its config file lists that protocol's
+    ports, and refuses a file that lists neither."""
+    origins = loaded.origins
+    tcp = tcp if origins["TCP_PORTS"] != DEFAULT_ORIGIN else None
+    udp = udp if origins["UDP_PORTS"] != DEFAULT_ORIGIN else None
+    if tcp is None and udp is None:
+        raise ConfigError(
+            "neither TCP_PORTS nor UDP_PORTS is set: PortSentry 2.0's command line watches "
+            "the ports they list",
+            file=loaded.path,
+            key="TCP_PORTS",
+            expected="at least one of TCP_PORTS, UDP_PORTS",
+        )
+    return tcp, udp
 
 
 def detector_config(setup: Setup) -> DetectorConfig:

@@ -354,6 +354,25 @@ interfaces = ValueType(
 )
 
 
+LOG_FORMATS = ("1.2", "2.0")
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip()
+    if value and value not in LOG_FORMATS:
+        raise InvalidValueError(f"{value!r} is not a PortSentry log format")
+    return value
+
+
+log_format = ValueType(
+    name="log format",
+    expected="1.2 or 2.0, or empty to follow the command line",
+    parse=_log_format,
+    render=str,
+    text=True,
+)
+
+
 def _backend(raw: str) -> Backend:
     try:
         return Backend(raw.strip().lower())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
+from portsentinel.alert import portsentry2_log
 from portsentinel.alert.portsentry_log import detection_lines, held_back_line
 from portsentinel.daemon.metrics import DecisionCounts
 from portsentinel.detect.budget import SHORT_BAN
@@ -21,11 +22,13 @@ from portsentinel.model import Action, Decision, Proto, Reason, addr_text
 from portsentinel.ratelimit import SUMMARY_EVERY, RepeatLimiter
 from portsentinel.respond.bans import BanRequest
 from portsentinel.respond.hold import releases
+from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import EventRow
 
 if TYPE_CHECKING:
     from portsentinel.alert.notify import Notifier
     from portsentinel.alert.sinks import EventSink, LogSink
+    from portsentinel.config.schema import Settings
     from portsentinel.detect.detector import Detector
     from portsentinel.host.neverblock import NeverBlock
     from portsentinel.respond.worker import Responder
@@ -64,12 +67,32 @@ class Outputs:
         self._dropped = (0, 0)  # the responder's drop counts at the last summary
         self._pressed_said_until = 0.0  # when the budget's pressure may be said again
         self._events_lost = 0  # the events stream's lost lines at the last summary
+        # LOG_FORMAT 2.0: the ``Scan from:`` line, also in HISTORY_FILE (written once a turn)
+        self.portsentry2 = False
+        self.dry_run = False
+        self.history: PortSentryFiles | None = None
+        self._history_lines: list[str] = []
+        self._log_only: frozenset[Proto] = frozenset()  # protocols whose BLOCK level is 0
         # Without an events stream every ignored probe's record would be rate-limited anyway:
         # the detector asks the limiter first and builds nothing for a held record. With
         # --events the operator asked for every decision, so all are built.
         self.gated = events is None
         if self.gated:
             detector.set_record_gate(self.gate)
+
+    def set_words(self, settings: Settings, *, dry_run: bool) -> None:
+        """Whose words the lines use (LOG_FORMAT) and, for 2.0, the history file they go to
+        too (none in a dry run, which writes no file outside its store)."""
+        self.flush_history()
+        self.portsentry2 = settings.log_format == "2.0"
+        self.dry_run = dry_run
+        self.history = None
+        levels = {Proto.TCP: settings.block_tcp, Proto.UDP: settings.block_udp}
+        self._log_only = frozenset(p for p, level in levels.items() if level == 0)
+        if self.portsentry2 and settings.history_file and not dry_run:
+            self.history = PortSentryFiles(
+                settings.history_file, "", max_bytes=settings.history_max_mib << 20
+            )
 
     @property
     def held(self) -> int:
@@ -109,8 +132,11 @@ class Outputs:
                 continue  # past its rate: counted, summarised on a later tick
             elif decision.reason in _NOTICED:
                 self._notice(decision)
-            for message in detection_lines(decision):
-                line(message)
+            if self.portsentry2:
+                self._scan_from(decision, wall)
+            else:
+                for message in detection_lines(decision):
+                    line(message)
             if store:
                 rows = self._rows
                 if not rows:
@@ -118,6 +144,28 @@ class Outputs:
                 rows.append(_row(decision, wall))
                 if len(rows) >= ROWS_BATCH:  # at once: a flood's loop turn may bring 100k
                     self._send_rows()
+
+    def _scan_from(self, decision: Decision, wall: float) -> None:
+        dry, log_only = self.dry_run, decision.proto in self._log_only
+        for message in portsentry2_log.detection_lines(decision, dry_run=dry, log_only=log_only):
+            self.log.line(message)
+        if self.history is not None:
+            line = portsentry2_log.history_line(decision, wall, dry_run=dry, log_only=log_only)
+            self._history_lines.append(line + "\n")
+
+    def flush_history(self) -> None:
+        """2.0's history lines of the turn, in one append; a write that fails is logged and
+        its lines dropped (the daemon goes on, as 2.0 does)."""
+        lines, self._history_lines = self._history_lines, []
+        if not lines or self.history is None:
+            return
+        try:
+            self.history.append_history("".join(lines))
+        except OSError as exc:
+            self.log.line(
+                f"adminalert: ERROR: cannot write the history file {self.history.history}: "
+                f"{exc.strerror or exc}; {len(lines)} lines lost"
+            )
 
     def gate(self, src: bytes, reason: Reason, now: float) -> bool:
         return self.repeats.allow((src, reason), now)
@@ -225,6 +273,7 @@ class Outputs:
             self.responder.end_turn()
         if self._rows and (everything or self.now - self._rows_since >= ROWS_EVERY):
             self._send_rows()
+        self.flush_history()
         self.log.flush()
         if self.events is not None:
             self.events.flush()

@@ -98,6 +98,7 @@ class Pipeline:
         # ends the daemon (exit 1). The response worker says so itself ("fatal").
         self.watched: dict[str, Callable[[], bool]] = {}
         self.outputs = Outputs(log, events, detector, never_block)
+        self.outputs.set_words(setup.settings, dry_run=False)
         self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
         self._now = 0.0
@@ -231,6 +232,7 @@ class Pipeline:
             self.log.line("adminalert: WARNING: a mode change needs a restart; modes kept")
             setup = dataclasses.replace(setup, tcp_mode=old.tcp_mode, udp_mode=old.udp_mode)
         self.setup = setup
+        self.outputs.set_words(setup.settings, dry_run=self.dry_run)
         self.detector.reconfigure(detector_config(setup))
         self.detector.set_ignore(setup.ignore)
         self.protection.set_ignore(setup.ignore)

@@ -10,14 +10,15 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import ModuleType
 
 from portsentinel import __version__
+from portsentinel.alert import portsentry2_log, portsentry_log
 from portsentinel.alert.notify import Notifier, NotifyConfig
-from portsentinel.alert.portsentry_log import ACTIVE, SHUTDOWN, starting_line
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.block.plan import kill_route_replaced
-from portsentinel.config.setup import Setup, load_setup
+from portsentinel.config.setup import Invocation, Setup, load_setup
 from portsentinel.daemon.control import ControlError, ControlServer
 from portsentinel.daemon.metrics import MetricsServer
 from portsentinel.daemon.pipeline import Pipeline
@@ -39,6 +40,7 @@ class RunOptions:
     config: str | None = None
     modes: str | None = None
     control_path: str | None = None  # the CLI's Unix socket; None: no control channel
+    invocation: Invocation = field(default_factory=Invocation)  # 2.0 flags, for a reload
 
 
 class Daemon:
@@ -63,7 +65,8 @@ class Daemon:
         events = EventSink(self.options.events) if self.options.events else None
         wake_r, wake_w = socket.socketpair()
         try:
-            self.log.line(starting_line(__version__))
+            words = _words(self.setup)
+            self.log.line(words.starting_line(__version__))
             try:
                 pipeline = Pipeline.start(self.setup, self.log, events)
             except StartupError as exc:
@@ -80,6 +83,7 @@ class Daemon:
             if notifier is not None:
                 pipeline.watched["notifier"] = notifier.alive
             pipeline.dry_run = dry
+            pipeline.outputs.set_words(self.setup.settings, dry_run=dry)
             pipeline.attach(
                 Responder(
                     self.setup.settings,
@@ -124,7 +128,7 @@ class Daemon:
             control = self._control(pipeline)
             settle_gc()
             sys.setswitchinterval(SWITCH_INTERVAL)
-            self.log.line(ACTIVE)
+            self.log.line(words.ACTIVE)
             self.log.flush()
             try:
                 pipeline.loop(wake_r, lambda: self._stopping, self._take_reload, control)
@@ -137,7 +141,7 @@ class Daemon:
                     notifier.close()
                     for line in notifier.lines():
                         self.log.line(line)
-                for line in SHUTDOWN:
+                for line in _words(pipeline.setup).SHUTDOWN:
                     self.log.line(line)
                 self.log.line("adminalert: statistics: " + format_stats(pipeline.statistics()))
                 pipeline.close()
@@ -213,7 +217,7 @@ class Daemon:
     def _load_new(self) -> Setup | None:
         """The configuration as it is now on disk; None, logged (``_refusal``), when broken."""
         try:
-            setup = load_setup(self.options.config, self.options.modes)
+            setup = load_setup(self.options.config, self.options.modes, self.options.invocation)
         except (ConfigError, ConfigErrors) as exc:
             self._refusal = str(exc).splitlines()
             for line in self._refusal:
@@ -266,6 +270,11 @@ def _notifier(setup: Setup, *, dry_run: bool) -> Notifier | None:
 
 def format_stats(stats: dict[str, int]) -> str:
     return " ".join(f"{key}={value}" for key, value in stats.items())
+
+
+def _words(setup: Setup) -> ModuleType:
+    """The module of PortSentry's words the settings chose (LOG_FORMAT)."""
+    return portsentry2_log if setup.settings.log_format == "2.0" else portsentry_log
 
 
 def default_log(setup: Setup) -> LogSink:

@@ -7,6 +7,9 @@ configuration (the rooms' layering): this module turns one into the other.
 
 from __future__ import annotations
 
+import socket
+
+from portsentinel.alert import portsentry2_log
 from portsentinel.alert.portsentry_log import (
     bound_startup_lines,
     nothing_bound_line,
@@ -52,7 +55,12 @@ def open_listeners(setup: Setup, log: LogSink, modes: list[Mode]) -> Listeners |
         if not mine:
             continue
         ok = {r.port for r in mine if r.ok}
-        for line in bound_startup_lines(proto, ok, {r.port for r in mine} - ok):
+        if s.log_format == "2.0":
+            bound = {(r.port, r.family == socket.AF_INET6) for r in mine if r.ok}
+            lines = portsentry2_log.bound_startup_lines(proto, bound, {r.port for r in mine} - ok)
+        else:
+            lines = bound_startup_lines(proto, ok, {r.port for r in mine} - ok)
+        for line in lines:
             log.line(line)
         if not ok:
             listeners.close()
@@ -84,6 +92,7 @@ def ring_config(setup: Setup) -> RingConfig:
         frame_size=RING_FRAME,
         interfaces=s.interfaces,
         version=2,
+        include_loopback=setup.invocation.loopback,
     )
 
 
@@ -120,18 +129,23 @@ def open_parts(
             in_use_tcp=host.in_use[Proto.TCP].cached,
             in_use_udp=host.in_use[Proto.UDP].cached,
         )
+        service_check = setup.invocation.service_check
         for proto in (Proto.TCP, Proto.UDP):
-            detector.set_in_use_recheck(proto, host.in_use[proto].recheck)
+            if service_check:
+                detector.set_in_use_recheck(proto, host.in_use[proto].recheck)
+            else:  # PortSentry 2.0's -S: ports in use are watched like the others
+                detector.set_in_use(proto, frozenset())
         if host.tracks_replies:
             detector.set_reply_check(host.is_reply)
         ring = None
         if stealth:
-            for mode in stealth:
+            # 2.0 names no port at the start (it checks each packet for a service instead)
+            for mode in stealth if setup.settings.log_format != "2.0" else ():
                 lines = stealth_startup_lines(
                     mode,
                     detector.watched_ports(mode.proto),
                     excluded_ports(setup, mode),
-                    host.in_use[mode.proto].ports,
+                    host.in_use[mode.proto].ports if service_check else frozenset(),
                     port_limit(setup, mode),
                 )
                 for line in lines:

@@ -76,6 +76,7 @@ class Backends:
                 name=name,
                 timeout=s.command_timeout,
                 ipv6_targets=s.kill_run_cmd_ipv6,
+                portsentry2=s.log_format == "2.0",
             )
         raise BackendError(f"unknown backend {name!r}")
 
@@ -103,10 +104,11 @@ def terms_of(settings: Settings) -> BanTerms:
 
 
 def files_for(settings: Settings) -> PortSentryFiles:
-    """PortSentry's history and blocked files as the settings name them."""
-    return PortSentryFiles(
-        settings.history_file, settings.blocked_file, max_bytes=settings.history_max_mib << 20
-    )
+    """PortSentry's history and blocked files as the settings name them. With LOG_FORMAT 2.0
+    the history file gets 2.0's ``Scan from:`` lines from the loop (``daemon/outputs``)
+    instead of 1.2's line from here."""
+    history = settings.history_file if settings.log_format != "2.0" else ""
+    return PortSentryFiles(history, settings.blocked_file, max_bytes=settings.history_max_mib << 20)
 
 
 def spec_of(record: BanRecord, now: float) -> BanSpec | None:

@@ -1,4 +1,4 @@
-"""PortSentry 1.2's history and blocked files.
+"""PortSentry 1.2's history and blocked files (and 2.0's binary blocked file, read only).
 
 Both get the same line, in local time::
 
@@ -17,9 +17,11 @@ import ipaddress
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
+from typing import Literal
 
 from portsentinel.model import Mode, Proto
 
@@ -64,6 +66,29 @@ def blocked_addresses(lines: Iterable[str]) -> frozenset[str]:
     return frozenset(found)
 
 
+# PortSentry 2.0's blocked file is binary: per address its sa_family_t in host byte order
+# (2 bytes on Linux: AF_INET 2, AF_INET6 10), then the 4 or 16 address bytes as on the wire.
+_FAMILIES_2_0 = {2: 4, 10: 16}
+
+
+def read_blocked_2_0(
+    data: bytes, byteorder: Literal["little", "big"] = sys.byteorder
+) -> tuple[list[str], int]:
+    """The addresses of a PortSentry 2.0 blocked file (in order, each once) and how many bytes
+    at its end were not a whole record (2.0 rewrites such a tail away at its start; here it is
+    left out and counted). Reading stops at the first record of an unknown family."""
+    found: dict[str, None] = {}
+    at = 0
+    while at + 2 <= len(data):
+        size = _FAMILIES_2_0.get(int.from_bytes(data[at : at + 2], byteorder))
+        if size is None or at + 2 + size > len(data):
+            break
+        packed = data[at + 2 : at + 2 + size]
+        found[str(ipaddress.ip_address(packed))] = None
+        at += 2 + size
+    return list(found), len(data) - at
+
+
 class PortSentryFiles:
     """Writes HISTORY_FILE and the per-mode BLOCKED_FILE the way 1.2 does, but bounded.
 
@@ -99,6 +124,12 @@ class PortSentryFiles:
         if self.blocked_base:
             for mode, lines in blocked.items():
                 self._append(blocked_file_path(self.blocked_base, mode), "".join(lines))
+
+    def append_history(self, text: str) -> None:
+        """Whole lines (each ending in a newline) to HISTORY_FILE as they are, rotated past
+        the size like the others: PortSentry 2.0's ``Scan from:`` lines."""
+        if self.history and text:
+            self._append(self.history, text)
 
     def remove_blocked(self, ip: str) -> None:
         """Drop every line for ``ip`` (exact address) from the blocked files of all modes."""

@@ -54,6 +54,23 @@ PORTSENTRY_FLAGS = (
     "PortSentry's own invocation runs the daemon too: portsentinel -atcp is portsentinel run "
     "--mode atcp, and portsentinel -atcp -audp runs both modes in one process (1.2 needed one "
     "process per mode). Any options follow the flags.",
+    "PortSentry 2.0's invocation does as well: a command line that starts with one of its "
+    "options (portsentinel --stealth -c /etc/portsentry/portsentry.conf, or just -c FILE) "
+    "runs the daemon with 2.0's options, beside PortSentinel's --state-dir, --events and "
+    "--dry-run.",
+)
+
+PORTSENTRY2_WORDS = (
+    "Unless the configuration sets LOG_FORMAT, a daemon started this way logs in 2.0's "
+    "words (LOG_FORMAT=2.0): the Scan from: line for every probe, on standard output (or "
+    "syslog with -l syslog), and with 2.0's ISO 8601 time in front in HISTORY_FILE, each of "
+    "its fields saying what PortSentinel decided. One started as portsentinel run or with "
+    "1.2's flags logs in 1.2's words.",
+    "Where 2.0 differs, PortSentinel keeps its own behaviour: SIGHUP reloads the "
+    "configuration (2.0 dies of it), bans expire (BAN_DURATION), HISTORY_FILE is appended to "
+    "and rotated (2.0 truncates it at each start), the host's own addresses are never acted "
+    "against (-L is accepted and changes nothing), and SCAN_TRIGGER counts one source's "
+    "probes of both protocols together, as 2.0 does, whichever words are chosen.",
 )
 
 SYNTAX = (
@@ -78,6 +95,10 @@ IGNORE_FILE = (
     "anything after the first word is ignored. Host bits are masked (192.168.1.5/24 is the "
     "whole /24), dotted netmasks work, /0 really means every address (with a warning, since "
     "it switches every response off). An entry that is not an address stops the start.",
+    "With LOG_FORMAT=2.0 (a PortSentry 2.0 installation) what 2.0 would refuse or never "
+    "match is a warning and the line is read as above: a character outside 0-9, a-f, '.', "
+    "':' and '/' (a space, a comment, upper case), fatal in 2.0; an entry with host bits "
+    "set, which never matched in 2.0.",
     'DEFAULTS_FILE: shell syntax, TCP_MODE="atcp" and UDP_MODE="audp" (Debian\'s '
     "/etc/default/portsentry). An empty value runs no mode of that protocol.",
 )
@@ -90,6 +111,14 @@ COMPATIBILITY = (
     'BAN_DURATION="permanent" keeps PortSentry\'s behaviour.',
     "Values from the network never reach a shell: in KILL_RUN_CMD, $TARGET$, $PORT$ and "
     "$MODE$ are validated and passed as separate arguments.",
-    "One SCAN_TRIGGER counter per source across TCP and UDP, as PortSentry 2.0.",
+    "One SCAN_TRIGGER counter per source across TCP and UDP, as PortSentry 2.0, whichever "
+    "LOG_FORMAT is chosen (1.2 ran one process, so one counter, per protocol).",
+    "LOG_FORMAT=2.0 writes 2.0's Scan from: line; its fields say what PortSentinel decided: "
+    "ignored for the ignore list and the host's own addresses (the rest unset) and for the "
+    "never-block set (after the trigger: noblock), triggered false below SCAN_TRIGGER, "
+    "noblock for BLOCK 0 (every probe again, never already blocked), blocked false for a ban "
+    "the ban budget or BLOCK_MIN_PORTS refused, and in a dry run. HOST is the address.",
+    "PortSentry 2.0's fail2ban filter matches every Scan from: line, ignored sources too; "
+    "packaging/fail2ban has stricter filters for both formats and a jail.",
     '"Already blocked" compares exact addresses (1.2 matched substrings).',
 )

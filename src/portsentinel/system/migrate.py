@@ -13,6 +13,8 @@ anything: it prints the commands.
 from __future__ import annotations
 
 import os
+import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -32,6 +34,7 @@ from portsentinel.config.modes import modes_text, read_defaults_file
 from portsentinel.config.schema import spec_for
 from portsentinel.files import MIB, FileRefused, read_regular
 from portsentinel.model import Mode
+from portsentinel.system import migrate2
 from portsentinel.system.install import under, write_file
 
 IGNORE_NAME = "portsentinel.ignore"
@@ -91,6 +94,8 @@ class Request:
     from_dir: str
     defaults: str
     output: str
+    flags: str | None = None  # PortSentry 2.0's command line, as the admin gives it
+    state_dir: str = paths.STATE_DIR  # where 2.0's blocked addresses become bans
 
     def real(self, target: str) -> Path:
         return under(self.root, target)
@@ -315,7 +320,11 @@ def conflicts(request: Request, files: dict[str, str]) -> list[str]:
 
 
 def migrate(request: Request, out: TextIO, err: TextIO) -> int:
-    """Plan, refuse to overwrite, check, write, and report."""
+    """Plan, refuse to overwrite, check, write, and report. A PortSentry 2.0 installation
+    (its flags given, or its systemd unit found) goes the 2.0 way (``migrate2``)."""
+    unit = migrate2.unit_command(request.root)
+    if request.flags is not None or unit is not None:
+        return migrate_2_0(request, unit, out, err)
     try:
         outcome = plan(request)
     except FileNotFoundError as exc:
@@ -340,6 +349,50 @@ def migrate(request: Request, out: TextIO, err: TextIO) -> int:
         write_file(path, text, 0o640 if target == request.output else 0o644)
     running = running_portsentry() if request.root.resolve() == Path("/") else []
     _report(outcome, found.warnings, running, out)
+    return paths.EXIT_OK
+
+
+def migrate_2_0(
+    request: Request, unit: tuple[str, list[str]] | None, out: TextIO, err: TextIO
+) -> int:
+    """From PortSentry 2.0: its flags (given, else its unit's), config, ignore and blocked
+    files; the blocked file's addresses become bans in the state store."""
+    if request.flags is not None:
+        words, source = shlex.split(request.flags), "--flags"
+    else:
+        assert unit is not None
+        words, source = unit[1], unit[0]
+    flags = migrate2.read_flags(words)
+    conf = flags.config or os.path.join(request.from_dir, "portsentry.conf")
+    try:
+        result = migrate2.plan(request.root, conf, flags, request.output, source)
+    except FileNotFoundError as exc:
+        err.write(f"portsentinel: no PortSentry 2.0 configuration: {exc.filename}\n")
+        return paths.EXIT_FAILURE
+    clash = conflicts(request, result.files)
+    if clash:
+        err.write(
+            "portsentinel: these files exist and would change; move them away or choose "
+            f"--output: {', '.join(clash)}\n"
+        )
+        return paths.EXIT_FAILURE
+    for target, text in result.files.items():
+        path = request.real(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(path, text, 0o640 if target == request.output else 0o644)
+    if result.bans:
+        state = request.real(request.state_dir)
+        added = migrate2.record_bans(state, result.bans, "nftables", time.time())
+        result.summary.append(
+            f"Bans recorded in {request.state_dir}: {added} new, {len(result.bans) - added} "
+            "there already"
+        )
+    outcome = Outcome(
+        summary=result.summary, carried=result.carried, changed=result.changed,
+        different=result.different, steps=migrate2.retire_steps(request.output, source),
+    )  # fmt: skip
+    running = running_portsentry() if request.root.resolve() == Path("/") else []
+    _report(outcome, tuple(result.warnings), running, out)
     return paths.EXIT_OK
 
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import sys
+import syslog
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,28 @@ def test_log_sink_writes_lines() -> None:
     sink.line("attackalert: two")
     sink.close()
     assert stream.getvalue() == "adminalert: one\nattackalert: two\n"
+
+
+def test_log_sink_to_syslog_alone_writes_nothing_to_its_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[tuple[int, str]] = []
+    monkeypatch.setattr(syslog, "openlog", lambda *a: None)
+    monkeypatch.setattr(syslog, "syslog", lambda level, msg: sent.append((level, msg)))
+    monkeypatch.setattr(syslog, "closelog", lambda: None)
+    stream = io.StringIO()
+    sink = LogSink(stream, syslog_ident="portsentry", echo=False)
+    sink.line("Portsentry is now active and listening.")
+    sink.batch(True)
+    sink.line("two")
+    sink.close()
+    assert stream.getvalue() == ""
+    assert sent == [(syslog.LOG_NOTICE, "Portsentry is now active and listening."),
+                    (syslog.LOG_NOTICE, "two")]  # fmt: skip
+    kept = io.StringIO()
+    quiet = LogSink(kept, echo=False)  # without syslog the lines stay on the stream
+    quiet.line("kept")
+    assert kept.getvalue() == "kept\n"
 
 
 class CountingStream(io.StringIO):

@@ -92,6 +92,25 @@ def test_macro_values() -> None:
     assert macro_values(BanSpec.create("198.18.0.2")).mode == "manual"
 
 
+@pytest.mark.parametrize(
+    ("mode", "name"),
+    [(Mode.STCP, "stealth"), (Mode.AUDP, "stealth"), (Mode.TCP, "connect"),
+     (Mode.UDP, "connect"), (None, "manual")],
+)  # fmt: skip
+def test_mode_in_portsentry_2_0s_words(mode: Mode | None, name: str) -> None:
+    assert macro_values(BanSpec.create("192.0.2.7", mode=mode), portsentry2=True).mode == name
+
+
+def test_a_command_gets_2_0s_mode_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + ' ')"
+    template = f'{sys.executable} -c "{code}" {out} $MODE$'
+    ban = BanSpec.create("192.0.2.7", port=1, mode=Mode.TCP)
+    run_backend(template, ban, portsentry2=True)
+    run_backend(template, ban)
+    assert out.read_text() == "connect tcp "
+
+
 def test_substitution_order_and_every_occurrence() -> None:
     assert substitute("$TARGET$ $PORT$ $MODE$ $TARGET$", VALUES) == (
         "198.18.0.2 143 stcp 198.18.0.2"

@@ -299,3 +299,20 @@ def test_bound_modes_from_the_defaults_file_are_replayed_as_their_stealth_ones(
     status, out, err = run(["replay", "--config", config, "--mode", "atcp", str(sample)], capsys)
     assert "binds its ports" not in err
     assert err.rstrip().endswith("; modes: atcp (from --mode)")
+
+
+def test_log_lines_in_2_0s_words_when_the_configuration_chooses_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = Path(__file__).resolve().parents[3] / "examples" / "sample.pcap"
+    config = write(tmp_path / "c.conf", 'LOG_FORMAT="2.0"\nBLOCK_UDP="0"\n')
+    status, out, _err = run(["replay", "--config", config, "--log", str(sample)], capsys)
+    assert status == 0
+    lines = [line.split(" ", 1)[1] for line in out.splitlines()]
+    scans = [line for line in lines if line.startswith("Scan from: [")]
+    assert scans
+    assert not [line for line in lines if line.startswith("attackalert: TCP")]
+    # replay bans nothing: a block decision is triggered, not noblock, and not blocked
+    assert any(
+        line.endswith("triggered: [true] noblock: [false] blocked: [false]") for line in scans
+    )

@@ -162,3 +162,38 @@ def test_an_ignore_file_larger_than_its_cap_is_refused(
     path.write_text("198.18.0.1\n" * 10)
     with pytest.raises(ConfigErrors, match="larger than 64 bytes, the limit for an ignore file"):
         load_ignore_file(str(path))
+
+
+def test_2_0s_strict_characters_are_a_warning_and_the_line_is_read() -> None:
+    text = (
+        "# PortSentry 2.0's example\n"
+        "127.0.0.1/32\n"
+        "192.0.2.7 # the admin\n"
+        "2001:DB8::/32\n"
+        "198.51.100.0/24\t\n"
+        "fd00:5e::/64\r\n"
+    )
+    networks, warnings = parse_ignore(text, "portsentry.ignore", portsentry2=True)
+    for address in ("127.0.0.1", "192.0.2.7", "2001:db8::1", "198.51.100.9", "fd00:5e::2"):
+        assert ipaddress.ip_address(address).packed in networks
+    assert [w.split(": ", 2)[0] for w in warnings] == [
+        "portsentry.ignore:3", "portsentry.ignore:4", "portsentry.ignore:5", "portsentry.ignore:6"
+    ]  # fmt: skip
+    assert all("PortSentry 2.0 refuses this line" in w for w in warnings)
+    assert warnings[1].endswith("read as 2001:db8::/32")
+    # the same file for 1.2's words (or PortSentinel's own): no warning about 2.0
+    assert parse_ignore(text, "portsentry.ignore")[1] == ()
+
+
+def test_2_0s_unmasked_entries_match_their_network_with_a_warning() -> None:
+    networks, warnings = parse_ignore(
+        "192.168.1.5/24\nfd00:5e::2/64\n10.0.0.0/8\n192.0.2.9\n", "i", portsentry2=True
+    )
+    assert ipaddress.ip_address("192.168.1.77").packed in networks
+    assert ipaddress.ip_address("fd00:5e::99").packed in networks
+    assert warnings == (
+        "i:1: IGNORE_FILE: 192.168.1.5/24 has host bits set: it matches 192.168.1.0/24 here, "
+        "and never matched in PortSentry 2.0 (write the network address)",
+        "i:2: IGNORE_FILE: fd00:5e::2/64 has host bits set: it matches fd00:5e::/64 here, "
+        "and never matched in PortSentry 2.0 (write the network address)",
+    )

@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 from portsentinel import paths
-from portsentinel.config.setup import choose_config_file, detector_config, load_setup
-from portsentinel.errors import ConfigErrors
+from portsentinel.config.setup import (
+    Invocation,
+    choose_config_file,
+    detector_config,
+    load_setup,
+)
+from portsentinel.errors import ConfigError, ConfigErrors
 from portsentinel.model import Mode
 
 
@@ -151,3 +156,54 @@ def test_an_installed_config_that_is_a_symlink_loop_is_chosen_not_skipped(
     assert choose_config_file(None) == paths.CONFIG_FILE
     with pytest.raises(ConfigErrors, match="No such file or directory"):
         load_setup(None, "atcp")
+
+
+def test_2_0s_command_line_watches_only_the_protocols_whose_ports_are_set(
+    tmp_path: Path,
+) -> None:
+    both = write(tmp_path / "both.conf", 'TCP_PORTS="1-1023"\nUDP_PORTS="7,9"\n')
+    tcp = write(tmp_path / "tcp.conf", 'TCP_PORTS="1,11"\n')
+    udp = write(tmp_path / "udp.conf", 'UDP_PORTS="7"\n')
+    two = Invocation(portsentry2=True)
+    setup = load_setup(both, "stcp,sudp", two)
+    assert (setup.tcp_mode, setup.udp_mode) == (Mode.STCP, Mode.SUDP)
+    assert setup.settings.tcp_ports == frozenset(range(1, 1024))
+    assert setup.invocation is two
+    assert (load_setup(tcp, "stcp,sudp", two).udp_mode) is None
+    assert (load_setup(udp, "tcp,udp", two).tcp_mode) is None
+    assert load_setup(tcp, "stcp,sudp").udp_mode is Mode.SUDP  # 1.2's run: the defaults
+    none = write(tmp_path / "none.conf", 'SCAN_TRIGGER="1"\n')
+    with pytest.raises(ConfigError, match="neither TCP_PORTS nor UDP_PORTS"):
+        load_setup(none, "stcp,sudp", two)
+
+
+def test_the_command_lines_interfaces_replace_the_settings(tmp_path: Path) -> None:
+    conf = write(tmp_path / "p.conf", 'TCP_PORTS="1"\nINTERFACES="eth0"\n')
+    assert load_setup(conf, "stcp").settings.interfaces == ("eth0",)
+    chosen = Invocation(portsentry2=True, interfaces=("veth1",))
+    assert load_setup(conf, "stcp", chosen).settings.interfaces == ("veth1",)
+    every = Invocation(portsentry2=True, interfaces=())
+    assert load_setup(conf, "stcp", every).settings.interfaces == ()
+
+
+def test_log_format_set_in_the_config_wins_else_the_command_line_chooses(tmp_path: Path) -> None:
+    unset = write(tmp_path / "unset.conf", 'TCP_PORTS="1"\n')
+    two = Invocation(portsentry2=True)
+    assert load_setup(unset, "stcp").settings.log_format == "1.2"  # run, or 1.2's -atcp
+    assert load_setup(unset, "stcp", two).settings.log_format == "2.0"  # 2.0's flags
+    for chosen in ("1.2", "2.0"):
+        conf = write(tmp_path / f"{chosen}.conf", f'TCP_PORTS="1"\nLOG_FORMAT="{chosen}"\n')
+        assert load_setup(conf, "stcp").settings.log_format == chosen
+        assert load_setup(conf, "stcp", two).settings.log_format == chosen
+    bad = write(tmp_path / "bad.conf", 'LOG_FORMAT="3.0"\n')
+    with pytest.raises(ConfigErrors, match=r"LOG_FORMAT: '3\.0' is not a PortSentry log format"):
+        load_setup(bad, "stcp")
+
+
+def test_a_2_0_installation_gets_2_0s_ignore_file_notes(tmp_path: Path) -> None:
+    ignore = write(tmp_path / "portsentry.ignore", "192.168.1.5/24\n")
+    conf = write(tmp_path / "p.conf", f'TCP_PORTS="1"\nIGNORE_FILE="{ignore}"\n')
+    assert load_setup(conf, "stcp").warnings == ()
+    notes = load_setup(conf, "stcp", Invocation(portsentry2=True)).warnings
+    assert len(notes) == 1
+    assert "never matched in PortSentry 2.0" in notes[0]

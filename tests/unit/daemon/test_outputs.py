@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import cast
 
@@ -306,3 +307,56 @@ def test_with_kernel_hold_the_sources_not_banned_are_released(tmp_path: Path) ->
     made.responder.holds = True
     made.outputs.emit(batch)
     assert made.responder.released == ["198.18.0.5", "198.18.0.8"]
+
+
+# --- PortSentry 2.0's words (LOG_FORMAT="2.0") ------------------------------------------------
+
+
+def test_2_0s_words_go_to_the_log_and_the_history_file_once_a_turn(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    history = tmp_path / "history"
+    made.outputs.set_words(setup(tmp_path, 'LOG_FORMAT="2.0"\n').settings, dry_run=False)
+    made.outputs.emit([decision(Action.BLOCK, first=True),
+                       decision(Action.IGNORED, Reason.ALREADY_BLOCKED, port=2)])  # fmt: skip
+    assert not history.exists() or history.read_text() == ""  # held until the turn ends
+    lines = made.lines()
+    assert lines == [
+        "Scan from: [198.18.0.1] (198.18.0.1) protocol: [TCP] port: [1] type: [TCP SYN/Normal "
+        "scan] IP opts: [not set] ignored: [false] triggered: [true] noblock: [false] "
+        "blocked: [true]",
+        "attackalert: Host: 198.18.0.1/198.18.0.1 is already blocked Ignoring",
+        "Scan from: [198.18.0.1] (198.18.0.1) protocol: [TCP] port: [2] type: [TCP SYN/Normal "
+        "scan] IP opts: [not set] ignored: [false] triggered: [true] noblock: [false] "
+        "blocked: [true]",
+    ]
+    written = history.read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in written] == [lines[0], lines[2]]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4}",
+                            line.split(" ", 1)[0]) for line in written)  # fmt: skip
+
+
+def test_2_0s_words_in_a_dry_run_write_no_file_and_block_nothing(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    made.outputs.set_words(setup(tmp_path, 'LOG_FORMAT="2.0"\n').settings, dry_run=True)
+    made.outputs.emit([decision(Action.BLOCK, first=True)])
+    assert made.lines()[0].endswith("noblock: [false] blocked: [false]")
+    assert not (tmp_path / "history").exists()
+
+
+def test_1_2s_words_stay_the_default(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    made.outputs.set_words(setup(tmp_path).settings, dry_run=False)
+    made.outputs.emit([decision(Action.ALERT, first=True)])
+    assert made.lines()[0].startswith("attackalert: TCP SYN/Normal scan from host:")
+    assert not (tmp_path / "history").exists()  # 1.2's line is the responder's to write
+
+
+def test_a_history_file_that_cannot_be_written_is_logged(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    text = f'LOG_FORMAT="2.0"\nHISTORY_FILE="{tmp_path}/missing/history"\n'
+    made.outputs.set_words(setup(tmp_path, text).settings, dry_run=False)
+    made.outputs.emit([decision(Action.ALERT, first=True)])
+    assert made.lines()[-1].startswith(
+        f"adminalert: ERROR: cannot write the history file {tmp_path}/missing/history: "
+    )
+    assert made.lines()[-1].endswith("; 1 lines lost")

@@ -13,6 +13,7 @@ import pytest
 from portsentinel.alert.sinks import LogSink
 from portsentinel.capture.bpf import PortFilter, build_filter
 from portsentinel.capture.listeners import BindResult, Listeners
+from portsentinel.config.setup import Invocation, load_setup
 from portsentinel.daemon import sources
 from portsentinel.daemon.sources import (
     RING_BLOCK,
@@ -37,6 +38,15 @@ def test_the_ring_holds_capture_ring_mib_in_frames_read_one_by_one(tmp_path: Pat
     assert config.frame_size == RING_FRAME
     assert config.block_count == 4 * (1 << 20) // RING_BLOCK
     assert list(config.interfaces) == ["eth0", "eth1"]
+    assert not config.include_loopback
+
+
+def test_2_0s_interface_all_counts_loopback_too(tmp_path: Path) -> None:
+    conf = tmp_path / "p.conf"
+    conf.write_text('TCP_PORTS="1"\n')
+    every = Invocation(portsentry2=True, interfaces=(), loopback=True)
+    config = ring_config(load_setup(str(conf), "stcp", every))
+    assert (config.interfaces, config.include_loopback) == ((), True)
 
 
 def test_the_advanced_modes_watch_below_the_limit_minus_the_exclusions(tmp_path: Path) -> None:

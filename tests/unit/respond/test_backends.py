@@ -15,6 +15,7 @@ from portsentinel.model import Mode, Proto
 from portsentinel.respond.backends import (
     Backends,
     blocked_line,
+    files_for,
     human,
     prefix_of_key,
     record_key,
@@ -73,3 +74,11 @@ def test_backends_are_built_once_by_name_and_unknown_names_refused(tmp_path: obj
         backends.get("carrier-pigeon")
     backends.reconfigure(s)
     assert dict(backends.built()) == {}
+
+
+def test_the_history_file_gets_1_2s_lines_from_here_only_with_1_2s_words() -> None:
+    base = Settings(history_file="/h", blocked_file="/b")
+    assert files_for(base).history == "/h"
+    assert files_for(dataclasses.replace(base, log_format="1.2")).history == "/h"
+    two = files_for(dataclasses.replace(base, log_format="2.0"))
+    assert (two.history, two.blocked_base) == ("", "/b")  # the loop writes 2.0's lines

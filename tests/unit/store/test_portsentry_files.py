@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -16,6 +18,7 @@ from portsentinel.store.portsentry_files import (
     blocked_file_path,
     history_line,
     parse_line,
+    read_blocked_2_0,
 )
 
 # fail2ban's config/filter.d/portsentry.conf: failregex = \/<HOST> Port\: [0-9]+ (TCP|UDP) Blocked$
@@ -124,3 +127,29 @@ def test_history_refuses_a_symlink(tmp_path: Path) -> None:
     with pytest.raises(OSError, match=r"symbolic link|Too many levels"):
         files.record(1764106000, "198.18.0.2", "198.18.0.2", 1, Proto.TCP, mode=Mode.ATCP)
     assert target.read_text() == ""
+
+
+def blocked_2_0(*addresses: str, order: Literal["little", "big"] = "little") -> bytes:
+    """Records as PortSentry 2.0 writes them (sa_family_t in host order, then the address)."""
+    out = b""
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        family = 2 if address.version == 4 else 10
+        out += family.to_bytes(2, order) + address.packed
+    return out
+
+
+def test_2_0s_binary_blocked_file_is_read_in_order_each_address_once() -> None:
+    data = blocked_2_0("192.0.2.7", "2001:db8::1", "192.0.2.7", "198.51.100.1")
+    assert read_blocked_2_0(data, "little") == (["192.0.2.7", "2001:db8::1", "198.51.100.1"], 0)
+    big = blocked_2_0("192.0.2.7", order="big")
+    assert read_blocked_2_0(big, "big") == (["192.0.2.7"], 0)
+    assert read_blocked_2_0(b"", "little") == ([], 0)
+
+
+def test_2_0s_blocked_file_with_a_corrupt_tail_keeps_the_whole_records() -> None:
+    data = blocked_2_0("192.0.2.7", "2001:db8::1")
+    assert read_blocked_2_0(data + b"\x02\x00\xc0", "little") == (["192.0.2.7", "2001:db8::1"], 3)
+    assert read_blocked_2_0(data + b"\x07", "little") == (["192.0.2.7", "2001:db8::1"], 1)
+    unknown = b"\x09\x00" + bytes(4)  # no such family: the rest is not trusted
+    assert read_blocked_2_0(unknown + data, "little") == ([], len(unknown + data))

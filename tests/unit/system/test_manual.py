@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from portsentinel.cli import portsentry2
 from portsentinel.cli.main import build_parser
 from portsentinel.config.commands import quote
 from portsentinel.config.schema import SETTINGS
@@ -25,7 +26,7 @@ REGENERATE = "stale: run `python scripts/gen_docs.py` and commit the result"
 
 @pytest.fixture
 def generated() -> dict[str, str]:
-    return manual.generated_files(build_parser())
+    return manual.generated_files(build_parser(), portsentry2.build_parser())
 
 
 @pytest.mark.parametrize("name", DOCS)
@@ -142,3 +143,11 @@ def test_manual_renders_the_parser_it_is_given() -> None:
     assert ".SS hello\n" in page
     assert "\\fB\\-\\-loud\\fR" in page
     assert ".SS run\n" not in page
+
+
+def test_the_page_names_portsentry_2_0s_invocation_and_its_options() -> None:
+    page = manual.render_man8(build_parser(), portsentry2.build_parser())
+    assert ".RB [ \\-\\-stealth | \\-\\-connect ]" in page
+    assert "\\fB\\-S\\fR, \\fB\\-\\-disable-service-check\\fR" in page
+    assert "LOG_FORMAT=2.0" in page
+    assert "--disable-service-check" not in manual.render_man8(build_parser()).replace("\\-", "-")

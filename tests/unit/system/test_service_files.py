@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from portsentinel import paths
+from portsentinel.cli import portsentry2
 from portsentinel.cli.main import build_parser
 from portsentinel.config.commands import render_defaults
 from portsentinel.config.load import parse_config
@@ -38,7 +39,7 @@ def test_committed_packaging_files_equal_the_generated_text(name: str, text: str
     assert (REPO / name).read_text(encoding="utf-8") == text, (
         f"{name} is stale: run `python scripts/gen_docs.py`"
     )
-    assert manual.generated_files(build_parser())[name] == text
+    assert manual.generated_files(build_parser(), portsentry2.build_parser())[name] == text
 
 
 def test_default_config_loads_back_to_the_defaults() -> None:
