@@ -148,3 +148,23 @@ def test_replay_of_recorded_ack_and_maimon_scans(lab: netns.Lab, tmp_path: Path)
     assert {e["port"] for e in events} <= set(range(1, 301)) - {113, 139}
     assert events[0]["action"] == "block"
     assert events[0]["kind"] == "ACK"
+
+
+def test_a_restart_on_the_tables_of_the_first_run_still_catches_ack_scans(
+    lab: netns.Lab, tmp_path: Path
+) -> None:
+    """The table outlives a stop; the second start's conntrack script meets the first run's
+    SSH-peer sets (made dynamic by the kernel) and must still install its chains."""
+    first = Daemon.start(lab, tmp_path)
+    code, err = first.stop()
+    assert code == 0, err
+    daemon = Daemon.start(lab, tmp_path)
+    try:
+        argv = ["timeout", "60", "nmap", "-n", "-Pn", "-sA", "-T4", "--max-retries", "0",
+                "-p", "1-100", Lab.TARGET4]  # fmt: skip
+        lab.run(lab.scanner, argv, timeout=70)
+        wait_until(lambda: Lab.SCANNER4 in (nft_elements(lab, 4) or {}), "the ban")
+    finally:
+        code, err = daemon.stop()
+    assert code == 0, err
+    assert "cannot turn connection tracking on" not in err

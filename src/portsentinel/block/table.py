@@ -38,6 +38,8 @@ UNSOLICITED_RATE = 2000
 # ACK: loose pick-up), ``invalid`` otherwise (FIN+ACK, and a late or out-of-window segment of a
 # connection conntrack knows: the daemon asks conntrack about those).
 NEW_PREFIX, INVALID_PREFIX = "psn-new", "psn-invalid"
+UNSOLICITED_CHAIN = "unsolicited"
+UNSOLICITED_PRIORITY = -140  # after conntrack (-200), so that ``ct state`` is known
 SSH4, SSH6 = "ssh4", "ssh6"
 SSH_IDLE = "15m"  # an SSH peer stays in its set this long after the session's last packet
 TIMEOUT = 5.0  # seconds for the one nft transaction
@@ -54,26 +56,51 @@ def script(ssh_ports: Iterable[int] = (), ack_group: int | None = None) -> str:
         f"flush chain {TABLE_REF} {CHAIN}",
         f"add rule {TABLE_REF} {CHAIN} ct state established,related counter",
     ]
-    if ack_group is not None:  # the prefix tells the daemon which state conntrack saw
-        for state, prefix in (("new", NEW_PREFIX), ("invalid", INVALID_PREFIX)):
-            lines.append(
-                f"add rule {TABLE_REF} {CHAIN} iif != lo tcp flags & (syn | rst | ack) == ack "
-                f"ct state {state} fib daddr type local limit rate {UNSOLICITED_RATE}/second "
-                f'burst {UNSOLICITED_RATE} packets counter log prefix "{prefix}" '
-                f"group {ack_group} snaplen 128"
-            )
     ports = sorted(set(ssh_ports))
     if ports:
         listed = ", ".join(str(port) for port in ports)
         for name, kind, proto in ((SSH4, "ipv4_addr", "ip"), (SSH6, "ipv6_addr", "ip6")):
             lines.append(
-                f"add set {TABLE_REF} {name} {{ type {kind}; flags timeout; timeout {SSH_IDLE}; }}"
+                f"add set {TABLE_REF} {name} {{ type {kind}; flags dynamic, timeout; "
+                f"timeout {SSH_IDLE}; }}"
             )
             lines.append(
                 f"add rule {TABLE_REF} {CHAIN} tcp dport {{ {listed} }} ct state established "
                 f"fib daddr type local update @{name} {{ {proto} saddr }}"
             )
+    lines += unsolicited_lines(ack_group)
     return "\n".join(lines) + "\n"
+
+
+def unsolicited_lines(ack_group: int | None) -> list[str]:
+    """The chain that logs TCP segments with ACK (no SYN, no RST) of no connection, to this
+    host, to a port no socket uses, to ``ack_group``; with None, no such chain (pure).
+
+    Each ``return`` sends most packets away after a test or two: established traffic at the
+    conntrack test, a segment to a port in use (a listener, a connection: the kernel's socket
+    lookup, as for KERNEL_HOLD) at the socket tests. The log prefix tells the daemon which
+    state conntrack saw."""
+    ref = f"{TABLE_REF} {UNSOLICITED_CHAIN}"
+    lines = [f"add chain {ref} {{ type filter hook prerouting priority {UNSOLICITED_PRIORITY}; "
+             "policy accept; }"]  # fmt: skip
+    if ack_group is None:
+        return [*lines, f"delete chain {ref}"]
+    lines += [
+        f"flush chain {ref}",
+        f"add rule {ref} tcp flags & (syn | rst | ack) != ack return",
+        f"add rule {ref} ct state != {{ new, invalid }} return",
+        f"add rule {ref} iif lo return",
+        f"add rule {ref} fib daddr type != local return",
+        f"add rule {ref} socket transparent 0 return",
+        f"add rule {ref} socket transparent 1 return",
+    ]
+    for state, prefix in (("new", NEW_PREFIX), ("invalid", INVALID_PREFIX)):
+        lines.append(
+            f"add rule {ref} ct state {state} limit rate {UNSOLICITED_RATE}/second burst "
+            f'{UNSOLICITED_RATE} packets counter log prefix "{prefix}" group {ack_group} '
+            "snaplen 128"
+        )
+    return lines
 
 
 def ensure_conntrack(
@@ -123,8 +150,23 @@ def conntrack_problem(
         noted = {_updated(expr) for expr in rules} - {None}
         if noted != {f"@{SSH4}", f"@{SSH6}"}:
             return f"chain {CHAIN} lacks the rules that note SSH peers"
-    if ack_group is not None and ack_group not in {_logged(expr) for expr in rules}:
-        return f"chain {CHAIN} lacks the rule that logs unsolicited segments"
+    if ack_group is not None:
+        return _unsolicited_problem(runner, ack_group)
+    return None
+
+
+def _unsolicited_problem(runner: CommandRunner, ack_group: int) -> str | None:
+    done = runner.run(["nft", "-j", "list", "chain", FAMILY, TABLE, UNSOLICITED_CHAIN],
+                      timeout=TIMEOUT)  # fmt: skip
+    if not done.ok:
+        return f"chain {UNSOLICITED_CHAIN} is missing"
+    try:
+        items = [i for i in json.loads(done.stdout)["nftables"] if isinstance(i, dict)]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable nft output: {exc}"
+    rules = [i["rule"].get("expr", []) for i in items if isinstance(i.get("rule"), dict)]
+    if sum(1 for expr in rules if _logged(expr) == ack_group) != 2:
+        return f"chain {UNSOLICITED_CHAIN} lacks the rules that log unsolicited segments"
     return None
 
 
