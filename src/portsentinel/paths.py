@@ -34,6 +34,7 @@ PORTSENTRY_STATE_DIR = "/var/lib/portsentry"
 UNIT_DIR = "/etc/systemd/system"
 MAN_DIR = "/usr/local/share/man"
 LOGROTATE_DIR = "/etc/logrotate.d"
+SYSUSERS_DIR = "/etc/sysusers.d"
 PROGRAM = "/usr/local/bin/portsentinel"
 
 # Exit status of every verb (DESIGN.md).

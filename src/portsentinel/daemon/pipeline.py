@@ -29,6 +29,7 @@ from portsentinel.daemon.control import ControlServer
 from portsentinel.daemon.metrics import refused_counts
 from portsentinel.daemon.outputs import Outputs
 from portsentinel.daemon.protection import Protection
+from portsentinel.daemon.sdnotify import ServiceManager
 from portsentinel.daemon.sources import StartupError, kernel_filter, open_listeners, open_parts
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
@@ -95,6 +96,9 @@ class Pipeline:
         # Threads beside the loop (notifier, metrics), asked every tick: one that ended unasked
         # ends the daemon (exit 1). The response worker says so itself ("fatal").
         self.watched: dict[str, Callable[[], bool]] = {}
+        # The service manager (systemd's $NOTIFY_SOCKET): the loop's own timer feeds its
+        # watchdog, so a loop that is stuck stops feeding it and is restarted.
+        self.manager = ServiceManager(None)
         self.outputs = Outputs(log, events, detector, never_block)
         self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
@@ -201,7 +205,9 @@ class Pipeline:
                     self._ring_back()
                 fresh = reloading()
                 if fresh is not None:
+                    self.manager.send("RELOADING=1")
                     self.reload(fresh)
+                    self.manager.ready()
                 _run_timers(timers, self._now)
                 self.outputs.flush()
         finally:
@@ -293,6 +299,9 @@ class Pipeline:
         }
         if self.ring is not None:
             timers["nat"] = (now + NAT_EVERY, NAT_EVERY, self.host.refresh_nat)
+        every = self.manager.feed_every
+        if every is not None:
+            timers["watchdog"] = (now + every, every, self._feed_watchdog)
         if not watching:
             timers["addresses"] = (
                 now + ADDRESSES_EVERY,
@@ -300,6 +309,9 @@ class Pipeline:
                 self.host.refresh_addresses,
             )
         return timers
+
+    def _feed_watchdog(self) -> None:
+        self.manager.watchdog()
 
     def _set_clock(self) -> None:
         now = self._now = self.outputs.now = self._clock()
