@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import nspawn
 import pytest
 
 import portsentinel
@@ -38,8 +39,6 @@ pytestmark = pytest.mark.e2e
 
 DEBIAN = Path(__file__).resolve().parents[1] / "fixtures" / "config" / "debian"
 PROGRAM = Path(sys.executable).parent / "portsentinel"
-SYSTEMD = Path("/lib/systemd/systemd")
-DEBIAN_PYTHON = "/usr/bin/python3"
 CODE_COPY = "/opt/portsentinel-test"  # in the container: the package under test, copied
 
 
@@ -185,30 +184,6 @@ def test_logrotate_rotates_the_files_and_reloads(tmp_path: Path) -> None:
 
 # --- a real systemd -------------------------------------------------------------------------
 
-SCANNER_SETUP = """
-wait_for() {  # poll a condition every 0.1 s for at most 30 s (no fixed sleeps)
-    i=0
-    while ! "$@" >/dev/null 2>&1; do
-        i=$((i + 1)); [ "$i" -gt 300 ] && return 1
-        sleep 0.1
-    done
-}
-has_line() { grep -q -- "$1" "$2"; }
-set_has() { nft list set inet portsentinel ban4 | grep -q "$1"; }
-started() {  # the daemon said "now active and listening" at least $1 times
-    n=$(journalctl -u portsentinel.service -o cat | grep -c 'now active and listening')
-    [ "$n" -ge "$1" ]
-}
-setup_scanner() {  # namespace, its address, the container's address on the link
-    ip netns add "$1"
-    ip link add "v$1" type veth peer name peer
-    ip link set peer netns "$1"
-    ip addr add "$3/24" dev "v$1"; ip link set "v$1" up
-    ip netns exec "$1" ip addr add "$2/24" dev peer
-    ip netns exec "$1" ip link set peer up
-}
-"""
-
 INNER = r"""#!/bin/sh
 # Runs as a oneshot unit inside the container; everything it learns goes to /out.
 exec >/out/log.txt 2>&1
@@ -283,54 +258,17 @@ RUNCMD = """#!/bin/sh
 # The checkout under test, run by Debian's python3 as ``portsentinel`` (ExecStart's program):
 # the service's user must be able to read the interpreter and the code.
 WRAPPER = """#!/bin/sh
-PYTHONPATH=SRC exec /usr/bin/python3 -m portsentinel "$@"
-"""
-
-BOOT = r"""#!/bin/bash
-# In a private mount namespace: an overlay over / whose writes go to a tmpfs, then boot it.
-set -eu
-W=$1; M=$W/ovl/merged
-mount -t tmpfs tmpfs /run        # nspawn's own state stays out of the host's /run
-mount -t tmpfs tmpfs "$W/ovl"
-mkdir -p "$W/ovl/upper" "$W/ovl/work" "$M"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$W/ovl/upper,workdir=$W/ovl/work" "$M"
-"$W/prepare" "$M"
-exec timeout 300 "$NSPAWN" -q --register=no --keep-unit --private-network \
-    --uuid="$(tr -d - </proc/sys/kernel/random/uuid)" -D "$M" \
-    --bind="$W/out:/out" -b systemd.unit=pstest.target
+PYTHONPATH=@SRC@ exec @PYTHON@ -m portsentinel "$@"
 """
 
 
-def _nspawn() -> str | None:
-    return os.environ.get("PORTSENTINEL_NSPAWN") or shutil.which("systemd-nspawn")
-
-
-def _boot_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: mounts an overlay and boots a container"
-    if _nspawn() is None:
-        return "systemd-nspawn is absent (package systemd-container; or PORTSENTINEL_NSPAWN)"
-    if not SYSTEMD.exists():
-        return f"{SYSTEMD} is absent"
-    if not Path(DEBIAN_PYTHON).exists():
-        return f"{DEBIAN_PYTHON} (Debian's python3, which the service runs) is absent"
-    for tool in ("unshare", "nmap", "nft", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} is absent"
-    return None
-
-
-def _prepare_script(work: Path) -> str:
-    """Shell run on the merged tree before boot: put the code under test where the service's
-    user can read it (a copy: this checkout may live in a home directory), the program
-    ``install`` names, the Debian configuration to migrate, and the test units."""
+def _prepare_lines(work: Path) -> list[str]:
+    """Put the code under test where the service's user can read it (a copy: this checkout
+    may live in a home directory), the program ``install`` names, and the Debian
+    configuration to migrate."""
     code = Path(portsentinel.__file__).resolve().parent
-    lines = [
-        "#!/bin/sh",
-        "set -eu",
-        "M=$1",
-        "rm -f $M/etc/systemd/system/*.target.wants/* || true",  # no host services
-        "mkdir -p $M/etc/portsentry $M/etc/default $M/usr/local/bin $M/usr/local/sbin",
+    return [
+        "mkdir -p $M/etc/portsentry $M/etc/default $M/usr/local/bin",
         f"cp {DEBIAN}/portsentry.conf {DEBIAN}/portsentry.ignore.static $M/etc/portsentry/",
         f"cp {DEBIAN}/default-portsentry $M/etc/default/portsentry",
         f"rm -rf $M{CODE_COPY} && mkdir -p $M{CODE_COPY}",
@@ -338,42 +276,18 @@ def _prepare_script(work: Path) -> str:
         f"find $M{CODE_COPY} -name __pycache__ -prune -exec rm -rf {{}} +",
         f"install -m 0755 {work}/wrapper $M{paths.PROGRAM}",
         f"install -m 0755 {work}/runcmd $M/usr/local/sbin/ps-runcmd",
-        f"cp {work}/inner.sh $M/usr/local/sbin/pstest.sh",
-        f"cp {work}/pstest.service {work}/pstest.target $M/etc/systemd/system/",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _boot(tmp_path: Path) -> Path:
-    work = tmp_path
-    out = work / "out"
-    out.mkdir()
-    (work / "ovl").mkdir()
-    (work / "inner.sh").write_text(INNER.replace("SCANNER_SETUP", SCANNER_SETUP))
-    (work / "pstest.service").write_text(
-        "[Unit]\nAfter=basic.target\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/pstest.sh\n"
-    )
-    (work / "pstest.target").write_text(
-        "[Unit]\nRequires=basic.target pstest.service\nAfter=basic.target\nAllowIsolate=yes\n"
-    )
-    (work / "prepare").write_text(_prepare_script(work))
-    (work / "wrapper").write_text(WRAPPER.replace("SRC", CODE_COPY))
-    (work / "runcmd").write_text(RUNCMD)
-    (work / "boot").write_text(BOOT)
-    for name in ("inner.sh", "prepare", "boot"):
-        (work / name).chmod(0o755)
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", str(work / "boot"), str(work)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NSPAWN": str(_nspawn())},
-        timeout=400,
-        check=False,
-    )
-    if not (out / "booted").exists():
-        # _boot_unavailable() found everything a boot needs: not booting is a failure.
-        pytest.fail(f"systemd did not boot in the container: {done.stderr[-500:]}")
-    return out
+    wrapper = WRAPPER.replace("@SRC@", CODE_COPY).replace("@PYTHON@", nspawn.DEBIAN_PYTHON)
+    (tmp_path / "wrapper").write_text(wrapper)
+    (tmp_path / "runcmd").write_text(RUNCMD)
+    return nspawn.boot(tmp_path, INNER, _prepare_lines(tmp_path))
+
+
+def _boot_unavailable() -> str | None:
+    return nspawn.unavailable(("nmap", "nft", "ip"))
 
 
 @pytest.mark.skipif(_boot_unavailable() is not None, reason=_boot_unavailable() or "")

@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from portsentinel import paths
+from portsentinel.block.runner import Runner
 from portsentinel.config.load import parse_config
 from portsentinel.config.types import BlockLevel
 from portsentinel.system.service_files import USER
@@ -82,11 +82,9 @@ def ensure_user(sysusers_file: Path, out: TextIO) -> str:
     tool = shutil.which("systemd-sysusers")
     if tool is None:
         return f"systemd-sysusers is absent: create the system user {USER} yourself"
-    done = subprocess.run(
-        [tool, str(sysusers_file)], capture_output=True, text=True, timeout=60, check=False
-    )
-    if done.returncode != 0:
-        return f"systemd-sysusers failed: {done.stderr.strip() or done.returncode}"
+    done = Runner(timeout=60).run([tool, str(sysusers_file)])
+    if not done.ok:
+        return f"systemd-sysusers failed: {done.describe()}"
     out.write(f"{'user':<16} {USER} (systemd-sysusers {sysusers_file})\n")
     return ""
 

@@ -34,6 +34,7 @@ from portsentinel.system import grants, service_files
 
 MAN_PAGES = ("portsentinel.8", "portsentinel.conf.5")  # in system/man/, by section suffix
 NEXT_STEPS = ("systemctl daemon-reload", "systemctl enable --now portsentinel")
+PACKAGED_STEPS = ("systemctl daemon-reload", "systemctl restart portsentinel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +250,11 @@ def install(root: Path, *, dry_run: bool, out: TextIO, err: TextIO) -> int:
     program, note = exec_start(root)
     config_text = _installed_config(under(root, layout.config))
     wanted = artifacts(layout, program, config_text or render_defaults())
+    packaged = under(root, paths.PACKAGED_UNIT).exists()
+    if packaged:  # the package owns the rest; install adds what the configuration needs
+        out.write(f"{paths.PACKAGED_UNIT} is the Debian package's: writing drop-ins only\n")
+        wanted = [a for a in wanted if a.target in layout.dropins]
+        note = ""
     for artifact in wanted:
         actions.write(artifact, manifest)
     for dropin in set(layout.dropins) - {a.target for a in wanted}:
@@ -262,7 +268,8 @@ def install(root: Path, *, dry_run: bool, out: TextIO, err: TextIO) -> int:
         note = "; ".join(n for n in (note, problem) if n)
     if note:
         err.write(f"portsentinel: warning: {note}\n")
-    _next_steps(root, out, (f"portsentinel config check --config {layout.config}", *NEXT_STEPS))
+    steps = PACKAGED_STEPS if packaged else NEXT_STEPS
+    _next_steps(root, out, (f"portsentinel config check --config {layout.config}", *steps))
     return paths.EXIT_OK
 
 

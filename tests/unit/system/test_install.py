@@ -213,3 +213,19 @@ def test_manifest_survives_junk(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"files": ["not", "a", "dict"], "dirs": []}))
     assert install.Manifest.load(tmp_path, layout()) is None
+
+
+def test_beside_the_debian_package_install_writes_only_the_dropins(tmp_path: Path) -> None:
+    packaged = install.under(tmp_path, paths.PACKAGED_UNIT)
+    packaged.parent.mkdir(parents=True)
+    packaged.write_text("[Service]\n")
+    config = install.under(tmp_path, layout().config)
+    config.parent.mkdir(parents=True)
+    config.write_text(HOSTS_DENY_CONFIG)
+    status, out, err = run_install(tmp_path)
+    assert (status, err) == (0, "")
+    assert "is the Debian package's: writing drop-ins only" in out
+    assert install.under(tmp_path, layout().files_dropin).exists()
+    for target in (layout().unit, layout().logrotate, layout().sysusers):
+        assert not install.under(tmp_path, target).exists(), target
+    assert "systemctl restart portsentinel\n" in out
