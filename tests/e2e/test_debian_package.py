@@ -201,4 +201,5 @@ def test_install_ban_stop_remove_purge_in_a_container(deb: Path, tmp_path: Path)
     assert "conflicts with portsentry" in (out / "conflict.txt").read_text()
     handover = (out / "handover.txt").read_text()
     assert "The following packages will be REMOVED:\n  portsentry\n" in handover, handover
+    assert "Setting up portsentinel" in handover
     assert (out / "handover.portsentry").read_text().strip() in ("not-installed", "config-files")
