@@ -316,7 +316,7 @@ def test_the_unit_runs_under_systemd(tmp_path: Path) -> None:
     assert "adminalert: configuration reloaded" in journal
     assert (out / "dropins").read_text().split() == ["files.conf"]
     files = (out / "files.conf").read_text()
-    assert "ReadWritePaths=/etc/hosts.deny\nReadWritePaths=/var/lib/portsentry\n" in files
+    assert "ReadWritePaths=-/etc/hosts.deny\nReadWritePaths=-/var/lib/portsentry\n" in files
     assert "ALL: 198.18.11.2 : DENY" in (out / "hosts.deny").read_text(), journal
     history = (out / "history").read_text()
     assert re.search(r"Host: 198\.18\.11\.2/198\.18\.11\.2 Port: \d+ TCP Blocked$", history, re.M)

@@ -189,4 +189,6 @@ def files_dropin(paths_: list[str]) -> str:
     for path in paths_:
         if not path.startswith("/") or any(c.isspace() for c in path):
             raise ValueError(f"ReadWritePaths needs an absolute path without spaces: {path!r}")
-    return _FILES + "".join(f"ReadWritePaths={path}\n" for path in paths_)
+    # "-": a path that went missing leaves the service running (that action then fails and
+    # says so) instead of failing the whole sandbox at the start
+    return _FILES + "".join(f"ReadWritePaths=-{path}\n" for path in paths_)

@@ -136,7 +136,7 @@ def test_the_dropins_follow_the_config(tmp_path: Path) -> None:
     old.write_text("[Service]\nReadWritePaths=/etc\n")  # an earlier version's
     run_install(tmp_path)
     files = install.under(tmp_path, layout().files_dropin)
-    assert unit_directives(files.read_text()) == {"ReadWritePaths": ["/etc/hosts.deny"]}
+    assert unit_directives(files.read_text()) == {"ReadWritePaths": ["-/etc/hosts.deny"]}
     root = install.under(tmp_path, layout().root_dropin)
     assert unit_directives(root.read_text()) == {"User": ["root"], "Group": ["root"]}
     assert not old.exists()

@@ -87,7 +87,7 @@ def test_the_unit_runs_the_installed_program_unless_told_another() -> None:
 
 def test_the_files_dropin_makes_exactly_those_paths_writable() -> None:
     text = service_files.files_dropin(["/etc/hosts.deny", "/var/lib/portsentry"])
-    assert unit_directives(text) == {"ReadWritePaths": ["/etc/hosts.deny", "/var/lib/portsentry"]}
+    assert unit_directives(text) == {"ReadWritePaths": ["-/etc/hosts.deny", "-/var/lib/portsentry"]}
     with pytest.raises(ValueError, match="absolute path without spaces"):
         service_files.files_dropin(["relative/dir"])
 
