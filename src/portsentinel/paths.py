@@ -34,7 +34,11 @@ PORTSENTRY_STATE_DIR = "/var/lib/portsentry"
 UNIT_DIR = "/etc/systemd/system"
 MAN_DIR = "/usr/local/share/man"
 LOGROTATE_DIR = "/etc/logrotate.d"
+SYSUSERS_DIR = "/etc/sysusers.d"
 PROGRAM = "/usr/local/bin/portsentinel"
+# What the Debian package installs (scripts/build_deb.py): install then writes drop-ins only.
+PACKAGED_UNIT = "/lib/systemd/system/portsentinel.service"
+PACKAGED_PROGRAM = "/usr/sbin/portsentinel"
 
 # Exit status of every verb (DESIGN.md).
 EXIT_OK = 0

@@ -10,7 +10,13 @@ commands. As in PortSentry 2.0, and unlike 1.2:
   (BackendError): a daemon running as root must not be steered into writing elsewhere;
 * the file is rewritten whole: a temporary file in the same directory, with the original's
   mode and owner, synced, then renamed over it (``os.replace``), so a reader (tcpd, sshd)
-  sees the old file or the new one, never half of one.
+  sees the old file or the new one, never half of one;
+* where the directory is not ours to write (the service runs as the user portsentinel and
+  may write /etc/hosts.deny, not /etc: ``portsentinel install`` grants exactly that), the
+  file is rewritten in place instead: what is unchanged at its start is left as it is, the
+  rest written after it, then the file cut to its new length and synced. Adding a line (a
+  ban) is then an append, which a reader sees whole or not at all in practice; removing
+  one (an unblock) leaves a reader a moment in which a later line may be cut.
 
 ``unblock`` removes every line equal to the recorded one (an administrator's identical line
 included: it denies the same thing). Nothing here expires by itself.
@@ -19,6 +25,7 @@ included: it denies the same thing). Nothing here expires by itself.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -147,7 +154,13 @@ class HostsDenyBackend(BackendBase):
     def _write(self, lines: list[str], info: os.stat_result | None) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         base = os.path.basename(self.path)
-        fd, temp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            if info is None or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            self._write_in_place(lines, info)
+            return
         try:
             with open(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:
                 handle.write("".join(f"{line}\n" for line in lines))
@@ -161,6 +174,30 @@ class HostsDenyBackend(BackendBase):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
+
+    def _write_in_place(self, lines: list[str], info: os.stat_result) -> None:
+        """The file rewritten through its own descriptor (see the module docstring)."""
+        data = "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
+        fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+                raise BackendError(f"{self.path} changed while being opened")
+            old = os.pread(fd, max(opened.st_size, 0) + 1, 0)
+            same = _common_start(old, data)
+            os.pwrite(fd, data[same:], same)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _common_start(a: bytes, b: bytes) -> int:
+    """How many bytes ``a`` and ``b`` share from their start."""
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return min(len(a), len(b))
 
 
 def _refuse_unsafe(path: str, info: os.stat_result) -> None:

@@ -9,6 +9,16 @@ A timed-out command is killed together with everything it started (it runs in a 
 its own, so ``sh -c 'a | b'`` leaves no orphans behind). ``prefix`` is prepended to every argv;
 the end-to-end tests use ``ip netns exec NS`` so that every command of a backend runs inside a
 throwaway network namespace.
+
+The service runs as an ordinary user with ambient capabilities (CAP_NET_ADMIN, CAP_NET_RAW),
+which every program it starts would inherit. The firewall tools (nft, iptables, ip) need
+them; the administrator's commands (KILL_RUN_CMD, UNBLOCK_RUN_CMD, MAIL_COMMAND) do not, so a
+runner made with ``drop_capabilities`` starts them through a small trampoline (this Python,
+``DROP_AMBIENT``) that clears the ambient set with one prctl, which the unit's system call
+filter allows (capset, which util-linux's setpriv always calls, it does not), then becomes
+the command: it runs as the service's user with no permitted or effective capability (the
+inheritable set stays, and gives nothing: NoNewPrivileges ignores file capabilities). As
+root (by hand, or COMMANDS_AS_ROOT) nothing changes.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +40,18 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 10.0
 # How much of a command's output a log line or an error message carries.
 OUTPUT_LIMIT = 400
+# Clears the capabilities a command would inherit (the ambient set: prctl(PR_CAP_AMBIENT,
+# PR_CAP_AMBIENT_CLEAR_ALL)), then executes the command given after it.
+DROP_AMBIENT = """\
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(47, 4, 0, 0, 0) != 0:
+    sys.exit("cannot clear the ambient capabilities: " + os.strerror(ctypes.get_errno()))
+try:
+    os.execvp(sys.argv[1], sys.argv[1:])
+except OSError as exc:
+    sys.stderr.write(f"cannot run {sys.argv[1]}: {exc.strerror}\\n")
+    sys.exit(127)
+"""
 # After a kill, how long to wait for the pipes to close before giving up on the process.
 _REAP_GRACE = 2.0
 
@@ -83,11 +106,18 @@ class CommandRunner(Protocol):
 class Runner:
     """Runs argv lists with a timeout; see the module docstring."""
 
-    def __init__(self, *, prefix: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        *,
+        prefix: Sequence[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        drop_capabilities: bool = False,
+    ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.prefix = tuple(prefix)
         self.timeout = timeout
+        self.drop_capabilities = drop_capabilities
 
     def run(
         self, argv: Sequence[str], *, input: str | None = None, timeout: float | None = None
@@ -95,11 +125,19 @@ class Runner:
         """Run ``argv`` (feeding ``input`` on stdin) and wait at most ``timeout`` seconds."""
         if not argv:
             raise ValueError("empty argv")
-        full = (*self.prefix, *argv)
+        full = (*self.prefix, *unprivileged(self.drop_capabilities), *argv)
         limit = self.timeout if timeout is None else timeout
         result = _execute(full, input, limit)
         log.debug("ran %s in %.3fs: %s", result.command, result.seconds, result.describe())
         return result
+
+
+def unprivileged(drop: bool, euid: int | None = None) -> tuple[str, ...]:
+    """What goes before a command so that it inherits no capability: the ``DROP_AMBIENT``
+    trampoline when ``drop`` is asked for and this process is not root, else nothing."""
+    if not drop or (os.geteuid() if euid is None else euid) == 0:
+        return ()
+    return (sys.executable, "-I", "-S", "-c", DROP_AMBIENT)
 
 
 def _execute(argv: tuple[str, ...], input: str | None, timeout: float) -> RunResult:

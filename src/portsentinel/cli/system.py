@@ -88,6 +88,12 @@ def add_parsers(verbs: Verbs) -> None:
         "--root", default="/", metavar="DIR",
         help="read and write below DIR: all paths above are on that system",
     )  # fmt: skip
+    migrate.add_argument(
+        "--clean-legacy", action="store_true",
+        help="instead of migrating: remove the routes and iptables rules PortSentry's "
+        "KILL_ROUTE left for the addresses it recorded (plain migrate only lists them); "
+        "refuses while PortSentry runs",
+    )  # fmt: skip
     migrate.set_defaults(handler=cmd_migrate)
 
 
@@ -124,6 +130,8 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     request = migrate.Request(Path(args.root), from_dir, defaults, output, args.flags, state_dir)
     try:
+        if args.clean_legacy:
+            return migrate.clean_legacy(request, out, err)
         return migrate.migrate(request, out, err)
     except OSError as exc:
         err.write(f"{PROG}: migrate failed: {exc}\n")

@@ -38,6 +38,7 @@ class Migration:
     changed: list[str] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)  # key -> line 1.2 took it from
     values: dict[str, str] = field(default_factory=dict)  # key -> value as written now
+    kill_route: str = ""  # PortSentry's KILL_ROUTE (kept as a comment): what it left behind
 
 
 # --- portsentry.conf, read as PortSentry 1.2 reads it ----------------------------------------
@@ -147,6 +148,7 @@ class _Rewriter:
             return [f"{NOTE} was {quote(value)}; a merged copy of PortSentry's ignore files",
                     f"IGNORE_FILE={quote(self.ignore_target)}"]  # fmt: skip
         if key == "KILL_ROUTE":
+            result.kill_route = value
             result.changed.append(
                 f'KILL_ROUTE "{value}" is replaced by BLOCK_BACKEND="nftables" (table inet '
                 'portsentinel, bans that expire); kept as a comment. BLOCK_BACKEND="legacy" '

@@ -229,6 +229,13 @@ class Settings:
         help="KILL_RUN_CMD, KILL_ROUTE and UNBLOCK_RUN_CMD are stopped after this long and "
         "count as failed", origin=_NEW,
     )  # fmt: skip
+    commands_as_root: bool = setting(
+        key="COMMANDS_AS_ROOT", parse=t.flag, default="0", unit="0/1",
+        help="the service runs as the user portsentinel, and KILL_RUN_CMD, UNBLOCK_RUN_CMD and "
+        "MAIL_COMMAND run as that user without its capabilities; 1 makes `portsentinel "
+        "install` add a drop-in that runs the service, and so them, as root (still sandboxed)",
+        origin=_NEW,
+    )  # fmt: skip
     never_block_ssh_peers: bool = setting(
         key="NEVER_BLOCK_SSH_PEERS", parse=t.flag, default="1", unit="0/1",
         help="never block the peers of SSH sessions (established connections to SSH_PORTS); "

@@ -13,22 +13,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-import os
 import selectors
 import socket
 import time
 from collections.abc import Callable
 
-from portsentinel import __version__
 from portsentinel.alert.portsentry_log import accept_failed_line
 from portsentinel.alert.sinks import EventSink, LogSink
 from portsentinel.capture.listeners import Listeners
 from portsentinel.capture.rings import ProtocolRings
 from portsentinel.config.setup import Setup, detector_config
 from portsentinel.daemon.control import ControlServer
-from portsentinel.daemon.metrics import refused_counts
 from portsentinel.daemon.outputs import Outputs
 from portsentinel.daemon.protection import Protection
+from portsentinel.daemon.reports import Reports
+from portsentinel.daemon.sdnotify import ServiceManager
 from portsentinel.daemon.sources import StartupError, kernel_filter, open_listeners, open_parts
 from portsentinel.daemon.unsolicited import UnsolicitedSource, open_reader
 from portsentinel.decode import decode_ip
@@ -57,7 +56,7 @@ RING_TURN = 256  # frames a turn reads: then held bans go out (a 16 MiB ring's l
 Timer = tuple[float, float, Callable[[], None]]  # next run, period, what
 
 
-class Pipeline:
+class Pipeline(Reports):
     """The running parts, all present: built by ``start``, driven by ``loop``."""
 
     def __init__(
@@ -97,6 +96,9 @@ class Pipeline:
         # Threads beside the loop (notifier, metrics), asked every tick: one that ended unasked
         # ends the daemon (exit 1). The response worker says so itself ("fatal").
         self.watched: dict[str, Callable[[], bool]] = {}
+        # The service manager (systemd's $NOTIFY_SOCKET): the loop's own timer feeds its
+        # watchdog, so a loop that is stuck stops feeding it and is restarted.
+        self.manager = ServiceManager(None)
         self.outputs = Outputs(log, events, detector, never_block)
         self.outputs.set_words(setup.settings, dry_run=False)
         self._next_summary = clock() + SUMMARY_EVERY
@@ -214,7 +216,9 @@ class Pipeline:
                     self._ring_back()
                 fresh = reloading()
                 if fresh is not None:
+                    self.manager.send("RELOADING=1")
                     self.reload(fresh)
+                    self.manager.ready()
                 _run_timers(timers, self._now)
                 self.outputs.flush()
         finally:
@@ -271,33 +275,6 @@ class Pipeline:
             for sock in fresh.sockets():
                 selector.register(sock, selectors.EVENT_READ, self._listener_handler(sock))
 
-    def status(self, started: float) -> dict[str, object]:
-        """What `portsentinel status` shows: modes, ports watched, counters, protection."""
-        setup = self.setup
-        watched = {
-            mode.value: len(self.detector.watched_ports(mode.proto))
-            for mode in (setup.tcp_mode, setup.udp_mode)
-            if mode is not None
-        }
-        return {
-            "pid": os.getpid(),
-            "version": __version__,
-            "started": started,
-            "config": setup.config.path,
-            "modes": [m.value for m in (setup.tcp_mode, setup.udp_mode) if m is not None],
-            "ports_watched": watched,
-            "ports_in_use": {p.key: len(v.ports) for p, v in self.host.in_use.items()},
-            "never_block_networks": len(self.never_block.addresses),
-            "responses": self.responder is not None,
-            "dry_run": self.dry_run,  # would-be bans recorded, no firewall touched
-            "store_outage": self._store_outage(),
-            "counters": self.statistics(),
-        }
-
-    def _store_outage(self) -> dict[str, object] | None:
-        outage = self.responder.store_outage if self.responder is not None else None
-        return None if outage is None else {"since": outage[0], "error": outage[1]}
-
     def _timers(self, *, watching: bool) -> dict[str, Timer]:
         now = self._clock()
         timers: dict[str, Timer] = {
@@ -307,6 +284,9 @@ class Pipeline:
         }
         if self.ring is not None:
             timers["nat"] = (now + NAT_EVERY, NAT_EVERY, self.host.refresh_nat)
+        every = self.manager.feed_every
+        if every is not None:
+            timers["watchdog"] = (now + every, every, self._feed_watchdog)
         if not watching:
             timers["addresses"] = (
                 now + ADDRESSES_EVERY,
@@ -314,6 +294,9 @@ class Pipeline:
                 self.host.refresh_addresses,
             )
         return timers
+
+    def _feed_watchdog(self) -> None:
+        self.manager.watchdog()
 
     def _set_clock(self) -> None:
         now = self._now = self.outputs.now = self._clock()
@@ -384,23 +367,6 @@ class Pipeline:
         if self.host.on_address_event():
             self.protection.refresh()
 
-    def metrics_snapshot(self) -> dict[str, object]:
-        """Everything the metrics endpoint exports, read at scrape time (its own thread)."""
-        snapshot: dict[str, object] = {**self.statistics(), **self.outputs.counts.snapshot()}
-        # Refusals are counted by the detector, also those whose records were held back.
-        snapshot["bans_refused"] = refused_counts(self.detector.stats.ignored_by_reason)
-        notifier = self.outputs.notifier
-        if notifier is not None:
-            snapshot["notifications"] = notifier.stats()
-        if self.responder is not None:
-            snapshot["bans_active"] = self.responder.bans_active
-            snapshot["bans_added"] = self.responder.bans_added
-            snapshot["backends"] = self.responder.health()
-            snapshot["store_outage"] = int(self.responder.store_outage is not None)
-            for key, count in self.responder.first_bans.items():
-                snapshot[f"first_bans_{key}"] = count
-        return snapshot
-
     def _on_tick(self) -> None:
         for name, alive in self.watched.items():
             if self.fatal is None and not alive():
@@ -417,50 +383,6 @@ class Pipeline:
             self.listeners.expire(self._now)
             for port in self.listeners.take_aborted():
                 self.log.line(accept_failed_line(port))
-
-    # --- statistics ---------------------------------------------------------------------------
-
-    def statistics(self) -> dict[str, int]:
-        """Counters for later status and metrics: packets, probes, alerts, drops, errors."""
-        d = self.detector.stats
-        out: dict[str, int] = {
-            "packets": d.packets,
-            "probes": d.probes,
-            "not_probe": d.not_probe,
-            "in_use": d.in_use,
-            "not_local": d.not_local,
-            "replies": d.replies,
-            "decode_errors": self.decode_errors,
-            "tracked_sources": d.tracked_sources,
-            "sources_evicted": d.sources_evicted,
-        }
-        out.update({f"probes_{k.value.lower()}": n for k, n in d.probes_by_kind.items()})
-        out.update({f"decisions_{a.value}": n for a, n in d.decisions_by_action.items()})
-        out["records_held"] = self.outputs.held
-        if self.outputs.events is not None:
-            out["events_lost"] = self.outputs.events.lost
-        if self.responder is not None:
-            out["alerts_dropped"] = self.responder.alerts_dropped
-            out["records_dropped"] = self.responder.rows_dropped
-            out["names_skipped"], out["names_late"] = self.responder.names_missed
-            if (dropped := self.responder.ingress_drops) is not None:  # read every 10 s
-                out["ingress_dropped_packets"], out["ingress_dropped_bytes"] = dropped
-        if self.ring is not None:
-            r = self.ring.stats()
-            out.update(
-                kernel_packets=r.packets,
-                kernel_drops=r.drops,
-                kernel_freezes=r.freeze_count,
-                ring_handled=r.handled,
-            )
-        if self.listeners is not None:
-            s = self.listeners.stats
-            out["connects"] = s.accepted + s.datagrams
-        if self.unsolicited is not None:
-            out.update(self.unsolicited.statistics())
-        out["reply_checks"] = self.host.reply_checks
-        out["reply_checks_skipped"] = self.host.reply_checks_skipped
-        return out
 
     def close(self) -> None:
         self.outputs.summarise()  # what was held back or dropped since the last summary

@@ -22,6 +22,7 @@ from portsentinel.config.setup import Invocation, Setup, load_setup
 from portsentinel.daemon.control import ControlError, ControlServer
 from portsentinel.daemon.metrics import MetricsServer
 from portsentinel.daemon.pipeline import Pipeline
+from portsentinel.daemon.sdnotify import ServiceManager
 from portsentinel.daemon.sources import StartupError
 from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError
 from portsentinel.respond.hold import hold_plan, hold_refusal
@@ -64,6 +65,7 @@ class Daemon:
         lock.acquire()
         events = EventSink(self.options.events) if self.options.events else None
         wake_r, wake_w = socket.socketpair()
+        manager = ServiceManager.from_environment()  # before any command starts: not theirs
         try:
             words = _words(self.setup)
             self.log.line(words.starting_line(__version__))
@@ -84,6 +86,7 @@ class Daemon:
                 pipeline.watched["notifier"] = notifier.alive
             pipeline.dry_run = dry
             pipeline.outputs.set_words(self.setup.settings, dry_run=dry)
+            pipeline.manager = manager
             pipeline.attach(
                 Responder(
                     self.setup.settings,
@@ -130,9 +133,11 @@ class Daemon:
             sys.setswitchinterval(SWITCH_INTERVAL)
             self.log.line(words.ACTIVE)
             self.log.flush()
+            manager.ready("watching")
             try:
                 pipeline.loop(wake_r, lambda: self._stopping, self._take_reload, control)
             finally:
+                manager.stopping()
                 if control is not None:
                     control.close()
                 if metrics is not None:
@@ -154,6 +159,7 @@ class Daemon:
             return 0
         finally:
             signal.set_wakeup_fd(-1)
+            manager.close()
             if events is not None:
                 events.close()
             wake_r.close()

@@ -43,6 +43,9 @@ class Backends:
     def __init__(self, settings: Settings, runner: CommandRunner | None = None) -> None:
         self._settings = settings
         self._runner = runner if runner is not None else Runner()
+        # KILL_RUN_CMD and UNBLOCK_RUN_CMD: the administrator's commands, without the
+        # service's capabilities (block/runner.py); KILL_ROUTE (legacy) changes routes.
+        self._commands = runner if runner is not None else Runner(drop_capabilities=True)
         self._built: dict[str, Backend] = {}
 
     def get(self, name: str) -> Backend:
@@ -70,7 +73,7 @@ class Backends:
             return DryRunBackend()
         if name in ("run_cmd", "legacy"):
             return CommandBackend(
-                runner,
+                self._commands if name == "run_cmd" else runner,
                 s.kill_run_cmd if name == "run_cmd" else s.kill_route,
                 s.unblock_run_cmd if name == "run_cmd" else "",
                 name=name,

@@ -27,14 +27,14 @@ from typing import TextIO
 
 from portsentinel import paths
 from portsentinel.config.commands import render_defaults
-from portsentinel.config.load import MAX_CONFIG_BYTES, parse_config
-from portsentinel.config.types import BlockLevel
+from portsentinel.config.load import MAX_CONFIG_BYTES
 from portsentinel.files import MIB, read_regular
 from portsentinel.store.lock import running_pid
-from portsentinel.system import service_files
+from portsentinel.system import grants, service_files
 
 MAN_PAGES = ("portsentinel.8", "portsentinel.conf.5")  # in system/man/, by section suffix
 NEXT_STEPS = ("systemctl daemon-reload", "systemctl enable --now portsentinel")
+PACKAGED_STEPS = ("systemctl daemon-reload", "systemctl restart portsentinel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,11 @@ class Layout:
     config: str
     unit_dir: str
     unit: str
-    dropin: str
+    files_dropin: str
+    root_dropin: str
     man_dir: str
     logrotate: str
+    sysusers: str
 
     @classmethod
     def current(cls) -> Layout:
@@ -59,9 +61,11 @@ class Layout:
             config=paths.CONFIG_FILE,
             unit_dir=paths.UNIT_DIR,
             unit=f"{paths.UNIT_DIR}/{service_files.UNIT_NAME}",
-            dropin=f"{paths.UNIT_DIR}/{service_files.HOSTS_DENY_DROPIN}",
+            files_dropin=f"{paths.UNIT_DIR}/{service_files.FILES_DROPIN}",
+            root_dropin=f"{paths.UNIT_DIR}/{service_files.ROOT_DROPIN}",
             man_dir=paths.MAN_DIR,
             logrotate=f"{paths.LOGROTATE_DIR}/portsentinel",
+            sysusers=f"{paths.SYSUSERS_DIR}/portsentinel.conf",
         )
 
     @property
@@ -76,7 +80,13 @@ class Layout:
         """What uninstall removes when install left no record (installed by hand or by an
         old version)."""
         pages = tuple(self.man_page(name) for name in MAN_PAGES)
-        return (self.unit, self.dropin, *pages, self.logrotate)
+        return (self.unit, *self.dropins, *pages, self.logrotate, self.sysusers)
+
+    @property
+    def dropins(self) -> tuple[str, ...]:
+        """Every drop-in install may write (or an earlier version wrote)."""
+        old = (f"{self.unit_dir}/{name}" for name in service_files.OLD_DROPINS)
+        return (self.files_dropin, self.root_dropin, *old)
 
 
 def shipped_man_page(name: str) -> str:
@@ -198,24 +208,15 @@ def artifacts(layout: Layout, exec_start: str, config_text: str) -> list[Artifac
         Artifact(layout.config, render_defaults(), 0o640, config=True),
         *(Artifact(layout.man_page(n), shipped_man_page(n), 0o644) for n in MAN_PAGES),
         Artifact(layout.logrotate, service_files.LOGROTATE, 0o644),
+        Artifact(layout.sysusers, service_files.SYSUSERS, 0o644),
     ]
-    directory = hosts_deny_directory(config_text)
-    if directory is not None:
-        found.append(Artifact(layout.dropin, service_files.hosts_deny_dropin(directory), 0o644))
+    wanted = grants.needs(config_text)
+    if wanted.writable:
+        text = service_files.files_dropin(wanted.writable)
+        found.append(Artifact(layout.files_dropin, text, 0o644))
+    if wanted.as_root:
+        found.append(Artifact(layout.root_dropin, service_files.ROOT, 0o644))
     return found
-
-
-def hosts_deny_directory(config_text: str) -> str | None:
-    """The directory of HOSTS_DENY_FILE when the configuration blocks through hosts.deny
-    (KILL_HOSTS_DENY set and a BLOCK level of 1), else None."""
-    found = parse_config(config_text, paths.CONFIG_FILE)
-    if found.config is None:
-        return None
-    s = found.config.settings
-    blocking = BlockLevel.BLOCK in (s.block_tcp, s.block_udp)
-    if not (s.kill_hosts_deny and blocking and s.hosts_deny_file.startswith("/")):
-        return None
-    return os.path.dirname(s.hosts_deny_file) or "/"
 
 
 def exec_start(root: Path) -> tuple[str, str]:
@@ -249,20 +250,41 @@ def install(root: Path, *, dry_run: bool, out: TextIO, err: TextIO) -> int:
     program, note = exec_start(root)
     config_text = _installed_config(under(root, layout.config))
     wanted = artifacts(layout, program, config_text or render_defaults())
+    packaged = under(root, paths.PACKAGED_UNIT).exists()
+    if packaged:  # the package owns the rest; install adds what the configuration needs
+        out.write(f"{paths.PACKAGED_UNIT} is the Debian package's: writing drop-ins only\n")
+        wanted = [a for a in wanted if a.target in layout.dropins]
+        note = ""
     for artifact in wanted:
         actions.write(artifact, manifest)
-    dropin = layout.dropin
-    if not any(a.target == dropin for a in wanted) and dropin in manifest.files:
+    for dropin in set(layout.dropins) - {a.target for a in wanted}:
         if under(root, dropin).exists():
-            actions.remove(dropin, "hosts.deny is no longer used")
-        del manifest.files[dropin]
+            actions.remove(dropin, "the configuration no longer needs it")
+        manifest.files.pop(dropin, None)
     actions.make_dirs(layout.state_dir, manifest, mode=0o750)
     if not dry_run:
         manifest.save(root, layout)
+        problem = _grant(root, layout, config_text or render_defaults(), out)
+        note = "; ".join(n for n in (note, problem) if n)
     if note:
         err.write(f"portsentinel: warning: {note}\n")
-    _next_steps(root, out, (f"portsentinel config check --config {layout.config}", *NEXT_STEPS))
+    steps = PACKAGED_STEPS if packaged else NEXT_STEPS
+    _next_steps(root, out, (f"portsentinel config check --config {layout.config}", *steps))
     return paths.EXIT_OK
+
+
+def _grant(root: Path, layout: Layout, config_text: str, out: TextIO) -> str:
+    """The service's user (created on this system when missing) gets what it needs; ""
+    or why not. In a staging root without that user nothing is granted (packaging)."""
+    if grants.user_ids(root) is None:
+        if root.resolve() != Path("/"):
+            return ""
+        problem = grants.ensure_user(under(root, layout.sysusers), out)
+        if problem:
+            return problem
+    config_dir = under(root, layout.config_dir)
+    files = sorted(config_dir.iterdir()) if config_dir.is_dir() else []
+    return grants.grant(root, files, grants.needs(config_text), out)
 
 
 def _installed_config(path: Path) -> str:

@@ -36,12 +36,14 @@ from portsentinel.files import MIB, FileRefused, read_regular
 from portsentinel.model import Mode
 from portsentinel.system import migrate2
 from portsentinel.system.install import under, write_file
+from portsentinel.system.leftovers import Finder, Leftover, recorded_addresses
 
+LEGACY_KEYS = ("KILL_ROUTE", "HISTORY_FILE", "BLOCKED_FILE")
 IGNORE_NAME = "portsentinel.ignore"
 MODES_NAME = "modes"
 STATIC_IGNORE = "portsentry.ignore.static"
-# Where the service may write (its ReadWritePaths); other history paths need a drop-in.
-WRITABLE = ("/var/lib/portsentinel/", "/var/log/", "/run/portsentinel/", "/var/lib/portsentry/")
+# Where the service writes without a drop-in of install's (system/grants.py).
+WRITABLE = ("/var/lib/portsentinel/", "/var/log/portsentinel/")
 _MAX_LOGROTATE_BYTES = 1 * MIB
 
 
@@ -115,6 +117,7 @@ class Outcome:
     changed: list[str] = field(default_factory=list)
     different: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    legacy: dict[str, str] = field(default_factory=dict)  # KILL_ROUTE and PortSentry's files
 
 
 def plan(request: Request) -> Outcome:
@@ -139,6 +142,9 @@ def plan(request: Request) -> Outcome:
     outcome.summary.insert(0, f"Configuration: {request.output}  (from {conf_target})")
     _different(request, migration, outcome)
     outcome.steps = retire_steps(tcp, udp, request.output)
+    for key in LEGACY_KEYS:
+        outcome.legacy[key] = migration.values.get(key, "")
+    outcome.legacy["KILL_ROUTE"] = migration.kill_route
     return outcome
 
 
@@ -250,7 +256,7 @@ def _different(request: Request, migration: Migration, outcome: Outcome) -> None
     if blocking and values.get("KILL_HOSTS_DENY"):
         outcome.different.append(
             "KILL_HOSTS_DENY is used: portsentinel install adds a drop-in that lets the "
-            "service rewrite hosts.deny (ReadWritePaths=/etc)"
+            "service write that file (and nothing else of its directory)"
         )
     outcome.different.append(
         "One process watches TCP and UDP; SCAN_TRIGGER counts per source across both"
@@ -275,8 +281,8 @@ def _writable_note(request: Request, key: str, path: str, outcome: Outcome) -> N
         _logrotate_overlap(request, path, outcome)
     if not path.startswith(WRITABLE):
         outcome.different.append(
-            f"{key} {path} is outside the service's writable paths: add "
-            f"ReadWritePaths={os.path.dirname(path)} in a drop-in (systemctl edit portsentinel)"
+            f"{key} {path} is outside the service's state directory: portsentinel install "
+            f"makes {os.path.dirname(path)} writable for it (a drop-in, and the ownership)"
         )
 
 
@@ -347,8 +353,11 @@ def migrate(request: Request, out: TextIO, err: TextIO) -> int:
         path = request.real(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file(path, text, 0o640 if target == request.output else 0o644)
-    running = running_portsentry() if request.root.resolve() == Path("/") else []
+    live = request.root.resolve() == Path("/")  # a staging root has no kernel of its own
+    running = running_portsentry() if live else []
     _report(outcome, found.warnings, running, out)
+    if live:
+        _report_leftovers(request, outcome, out)
     return paths.EXIT_OK
 
 
@@ -394,6 +403,75 @@ def migrate_2_0(
     running = running_portsentry() if request.root.resolve() == Path("/") else []
     _report(outcome, tuple(result.warnings), running, out)
     return paths.EXIT_OK
+
+
+# --- what PortSentry's KILL_ROUTE left behind ---------------------------------------------
+
+
+def _leftovers(request: Request, outcome: Outcome) -> tuple[Finder, list[Leftover]]:
+    finder = Finder(outcome.legacy.get("KILL_ROUTE", ""))
+    texts = []
+    history, blocked = (
+        outcome.legacy.get("HISTORY_FILE", ""),
+        outcome.legacy.get("BLOCKED_FILE", ""),
+    )
+    names = [history] if history else []
+    if blocked:
+        folder = request.real(os.path.dirname(blocked))
+        base = os.path.basename(blocked)
+        if folder.is_dir():
+            names += sorted(str(Path(blocked).parent / p.name) for p in folder.glob(f"{base}.*"))
+    for name in names:
+        try:
+            texts.append(
+                read_regular(str(request.real(name)), 64 * MIB, "a PortSentry file").decode(
+                    "utf-8", "replace"
+                )
+            )
+        except OSError:
+            continue
+    return finder, finder.find(recorded_addresses(texts))
+
+
+def _report_leftovers(request: Request, outcome: Outcome, out: TextIO) -> None:
+    finder, found = _leftovers(request, outcome)
+    if found:
+        out.write(
+            "\nLeft in the kernel by PortSentry's KILL_ROUTE (`portsentinel migrate "
+            "--clean-legacy` removes them; nothing else does):\n"
+        )
+        for leftover in found:
+            out.write(f"  - {leftover.what}\n")
+    elif outcome.legacy.get("KILL_ROUTE") and not finder.kind:
+        out.write(
+            f"\nKILL_ROUTE {outcome.legacy['KILL_ROUTE']!r} is not a route or iptables "
+            "command: check by hand what it left behind\n"
+        )
+
+
+def clean_legacy(request: Request, out: TextIO, err: TextIO) -> int:
+    """Remove what PortSentry's KILL_ROUTE left behind (``migrate --clean-legacy``)."""
+    running = running_portsentry() if request.root.resolve() == Path("/") else []
+    if running:
+        err.write(
+            "portsentinel: PortSentry is running and would add them again: stop it first "
+            f"({'; '.join(running)})\n"
+        )
+        return paths.EXIT_FAILURE
+    try:
+        outcome = plan(request)
+    except FileNotFoundError as exc:
+        err.write(f"portsentinel: no PortSentry configuration: {exc.filename}\n")
+        return paths.EXIT_FAILURE
+    finder, found = _leftovers(request, outcome)
+    if not found:
+        out.write("nothing left behind by PortSentry's KILL_ROUTE\n")
+        return paths.EXIT_OK
+    lines = finder.clean(found)
+    for line in lines:
+        out.write(line + "\n")
+    failed = any(not line.startswith("removed ") for line in lines)
+    return paths.EXIT_FAILURE if failed else paths.EXIT_OK
 
 
 def _report(outcome: Outcome, warnings: tuple[str, ...], running: list[str], out: TextIO) -> None:

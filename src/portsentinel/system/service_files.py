@@ -1,5 +1,5 @@
-"""The files that make PortSentinel a system service: the systemd unit, its hosts.deny drop-in
-and the logrotate rules, as text.
+"""The files that make PortSentinel a system service: the systemd unit, its drop-ins, the
+sysusers.d line of its user and the logrotate rules, as text.
 
 They live in the package (not only in ``packaging/``) so that ``portsentinel install`` works
 from a wheel; ``scripts/gen_docs.py`` writes the same text to ``packaging/`` for packagers,
@@ -11,27 +11,35 @@ from __future__ import annotations
 from portsentinel import paths
 
 UNIT_NAME = "portsentinel.service"
+USER = "portsentinel"  # the service's own system user and group (sysusers.d, the .deb)
 
 _UNIT = """\
 # PortSentinel: port-scan detection and active response (a modern PortSentry).
-# Installed by `portsentinel install` (source: src/portsentinel/system/service_files.py).
-# Change it with a drop-in (`systemctl edit portsentinel`), not here: install rewrites it.
+# Installed by `portsentinel install` or the Debian package (source:
+# src/portsentinel/system/service_files.py). Change it with a drop-in
+# (`systemctl edit portsentinel`), not here: an upgrade rewrites it.
 #
-# The sandbox, and what a configuration may need added:
-# - Capabilities: CAP_NET_RAW (packet capture), CAP_NET_ADMIN (nftables, routes, conntrack
-#   over netlink), CAP_NET_BIND_SERVICE (the tcp/udp modes bind ports below 1024). The
-#   daemon runs as root with no other capability.
-# - ProtectSystem=strict: only ReadWritePaths are writable. KILL_HOSTS_DENY rewrites
-#   /etc/hosts.deny through a temporary file and a rename, which needs /etc itself:
-#   `portsentinel install` adds the drop-in portsentinel.service.d/hosts-deny.conf
-#   (ReadWritePaths=/etc) when the configuration blocks through hosts.deny.
-# - /var/lib/portsentry is writable when it exists, so that a HISTORY_FILE carried over by
-#   `portsentinel migrate` keeps feeding fail2ban's portsentry jail. /run/xtables.lock is
-#   writable when it exists, for iptables-legacy (BLOCK_BACKEND=iptables).
-# - KILL_RUN_CMD, KILL_ROUTE, UNBLOCK_RUN_CMD and MAIL_COMMAND run inside this sandbox: a
-#   command that writes elsewhere, or a set-id program (postfix's postdrop, exim, sudo),
-#   fails under NoNewPrivileges=yes. For mail, use an MTA that submits over SMTP (msmtp,
-#   `sendmail` of dma/nullmailer set up for it), or relax the sandbox in a drop-in.
+# The sandbox (`systemd-analyze security portsentinel` rates it 1.8 OK), and what a
+# configuration may need added:
+# - It runs as the system user portsentinel with three ambient capabilities: CAP_NET_RAW
+#   (packet capture), CAP_NET_ADMIN (nftables, routes, conntrack over netlink),
+#   CAP_NET_BIND_SERVICE (the tcp/udp modes bind ports below 1024). It cannot read
+#   /etc/shadow or the SSH host keys. The configuration is root:portsentinel 0640.
+# - Writable: only the state directory (/var/lib/portsentinel) and /var/log/portsentinel
+#   (ProtectSystem=strict). When the configuration writes elsewhere, `portsentinel install`
+#   adds the drop-in portsentinel.service.d/files.conf with exactly those paths and makes
+#   them writable for the group portsentinel: KILL_HOSTS_DENY's file (the file alone:
+#   it is then rewritten in place) and the directory of a HISTORY_FILE or BLOCKED_FILE kept
+#   in /var/lib/portsentry by `portsentinel migrate` (fail2ban's portsentry jail reads it).
+# - KILL_RUN_CMD, UNBLOCK_RUN_CMD and MAIL_COMMAND run as portsentinel with no capability
+#   (setpriv clears them), in this sandbox: a script written for root that writes files,
+#   changes the firewall or runs a set-id program (postfix's postdrop, sudo) fails. For
+#   mail, use an MTA that submits over SMTP (msmtp, dma/nullmailer's sendmail set up for
+#   it). COMMANDS_AS_ROOT="1" makes `portsentinel install` add a drop-in (root.conf) that
+#   runs the service, and so these commands, as root, still in this sandbox. KILL_ROUTE
+#   (BLOCK_BACKEND=legacy) keeps the capabilities: it changes routes.
+# - Readiness and the watchdog: the daemon says READY=1 once it watches the ports and
+#   sends WATCHDOG=1 from its loop; a loop stuck for WatchdogSec is killed and restarted.
 # - Events: add `--events /var/log/portsentinel/events.jsonl` to ExecStart in a drop-in;
 #   logrotate rotates that directory and reloads the daemon, which reopens the file.
 
@@ -42,38 +50,76 @@ Wants=network-online.target
 After=network-online.target nftables.service
 
 [Service]
-Type=simple
+Type=notify
+NotifyAccess=main
 ExecStart={exec_start} run
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2s
+WatchdogSec=30s
+User=portsentinel
+Group=portsentinel
 CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN CAP_NET_BIND_SERVICE
 AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN CAP_NET_BIND_SERVICE
 NoNewPrivileges=yes
+UMask=0077
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
+PrivateDevices=yes
+DevicePolicy=closed
+PrivateMounts=yes
 ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
 RuntimeDirectory=portsentinel
 StateDirectory=portsentinel
 LogsDirectory=portsentinel
-ReadWritePaths=/var/lib/portsentinel /var/log /run/portsentinel
-ReadWritePaths=-/var/lib/portsentry -/run/xtables.lock
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET
 
 [Install]
 WantedBy=multi-user.target
 """
 
-HOSTS_DENY_DROPIN = "portsentinel.service.d/hosts-deny.conf"
+FILES_DROPIN = "portsentinel.service.d/files.conf"
+ROOT_DROPIN = "portsentinel.service.d/root.conf"
+OLD_DROPINS = ("portsentinel.service.d/hosts-deny.conf",)  # written by earlier versions
 
-_HOSTS_DENY = """\
-# Written by `portsentinel install` because the configuration blocks through hosts.deny
-# (KILL_HOSTS_DENY with BLOCK_TCP or BLOCK_UDP at 1). The file is rewritten through a
-# temporary file and a rename, so its directory must be writable in the sandbox.
-# `portsentinel install` removes this drop-in again when hosts.deny is no longer used.
+_FILES = """\
+# Written by `portsentinel install`: the configuration writes these paths outside the
+# state directory (KILL_HOSTS_DENY's file; the directory of PortSentry's history and
+# blocked files). Install made them writable for the group portsentinel, and removes this
+# drop-in again when the configuration no longer writes them.
 [Service]
-ReadWritePaths={directory}
+"""
+
+ROOT = """\
+# Written by `portsentinel install` because the configuration sets COMMANDS_AS_ROOT="1":
+# the service, and so KILL_RUN_CMD, UNBLOCK_RUN_CMD and MAIL_COMMAND, run as root (with
+# the unit's capabilities and sandbox). Remove the setting and run install again to undo.
+[Service]
+User=root
+Group=root
+"""
+
+SYSUSERS = """\
+# The system user the PortSentinel service runs as (sysusers.d(5)).
+u portsentinel - "PortSentinel port-scan detector" /var/lib/portsentinel /usr/sbin/nologin
 """
 
 LOGROTATE = """\
@@ -103,7 +149,7 @@ LOGROTATE = """\
     delaycompress
     missingok
     notifempty
-    create 0640 root root
+    create 0640
 }
 
 # JSON events (`portsentinel run --events /var/log/portsentinel/events.jsonl`) and other
@@ -138,8 +184,11 @@ def unit_text(exec_start: str | None = None) -> str:
     return _UNIT.replace("{exec_start}", exec_start)
 
 
-def hosts_deny_dropin(directory: str) -> str:
-    """The drop-in that makes ``directory`` (that of HOSTS_DENY_FILE) writable."""
-    if not directory.startswith("/") or any(c.isspace() for c in directory):
-        raise ValueError(f"ReadWritePaths needs an absolute path without spaces: {directory!r}")
-    return _HOSTS_DENY.replace("{directory}", directory)
+def files_dropin(paths_: list[str]) -> str:
+    """The drop-in that makes ``paths_`` (absolute, without spaces) writable."""
+    for path in paths_:
+        if not path.startswith("/") or any(c.isspace() for c in path):
+            raise ValueError(f"ReadWritePaths needs an absolute path without spaces: {path!r}")
+    # "-": a path that went missing leaves the service running (that action then fails and
+    # says so) instead of failing the whole sandbox at the start
+    return _FILES + "".join(f"ReadWritePaths=-{path}\n" for path in paths_)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -195,3 +198,39 @@ def test_many_bans_refused_together_by_an_unsafe_file(deny: Path) -> None:
     assert "cannot add 2 lines" in str(outcomes[0])
     assert "world-writable" in str(outcomes[0])
     assert lines(deny) == ["# /etc/hosts.deny", "sshd: 203.0.113.7"]
+
+
+def _directory_not_writable(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """The service's view of /etc: the file may be written, its directory not (root's own
+    permission checks would let every test write it, so the refusal is the kernel's errno)."""
+
+    def refused(*_args: object, **_kwargs: object) -> tuple[int, str]:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_directory_it_may_not_write_gets_the_file_rewritten_in_place(
+    deny: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    inode = deny.stat().st_ino
+    _directory_not_writable(monkeypatch, code)
+    backend = HostsDenyBackend(str(deny))
+    first = backend.block(BanSpec.create("198.18.0.2"))
+    backend.block(BanSpec.create("198.18.0.20"))
+    assert lines(deny)[2:] == ["ALL: 198.18.0.2 : DENY", "ALL: 198.18.0.20 : DENY"]
+    backend.unblock(first)  # the file gets shorter: cut to its new length
+    assert lines(deny) == ["# /etc/hosts.deny", "sshd: 203.0.113.7", "ALL: 198.18.0.20 : DENY"]
+    assert deny.stat().st_ino == inode  # the same file, never replaced
+    assert stat.S_IMODE(deny.stat().st_mode) == 0o640
+
+
+def test_a_missing_file_in_a_directory_it_may_not_write_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _directory_not_writable(monkeypatch, errno.EACCES)
+    backend = HostsDenyBackend(str(tmp_path / "hosts.deny"))
+    with pytest.raises(BackendError, match="Permission denied"):
+        backend.block(BanSpec.create("198.18.0.2"))
+    assert backend.degraded is not None

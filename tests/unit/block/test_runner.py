@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from portsentinel.block.runner import Runner, RunResult, truncate
+from portsentinel.block.runner import (
+    DROP_AMBIENT,
+    Runner,
+    RunResult,
+    truncate,
+    unprivileged,
+)
 
 
 def test_success_captures_output_and_status() -> None:
@@ -119,3 +125,19 @@ def test_no_child_is_left_behind() -> None:
         except OSError:
             continue
         assert int(stat.rsplit(")", 1)[1].split()[1]) != os.getpid()
+
+
+def test_the_administrators_commands_drop_the_capabilities_only_when_not_root() -> None:
+    assert unprivileged(True, euid=998)[-1] == DROP_AMBIENT
+    assert unprivileged(True, euid=0) == ()  # root (by hand, COMMANDS_AS_ROOT): as before
+    assert unprivileged(False, euid=998) == ()  # the firewall tools keep them
+
+
+def test_the_trampoline_clears_the_ambient_set_and_becomes_the_command() -> None:
+    trampoline = unprivileged(True, euid=998)
+    done = Runner().run([*trampoline, "grep", "^CapAmb:", "/proc/self/status"])
+    assert done.ok, done.describe()
+    assert done.stdout.split() == ["CapAmb:", "0000000000000000"]
+    missing = Runner().run([*trampoline, "/nonexistent/command"])
+    assert missing.returncode == 127
+    assert "cannot run /nonexistent/command: No such file or directory" in missing.stderr

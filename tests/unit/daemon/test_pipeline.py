@@ -56,7 +56,7 @@ from unit.daemon.fakes import (
     setup,
     syn,
 )
-from unit.decode_frames import SRC4, TCP, ipv6, tcp
+from unit.decode_frames import SRC4
 
 SCANNER = ipaddress.ip_address(SRC4).compressed  # 198.18.0.1
 OTHER = bytes([198, 18, 7, 7])
@@ -507,35 +507,6 @@ def test_a_listener_handler_needs_listeners(parts: Parts) -> None:
 
 
 # --- status, metrics, statistics, close ---------------------------------------------------------
-
-
-def test_status_metrics_and_statistics(tmp_path: Path, parts: Parts) -> None:
-    responder = attach(parts, tmp_path / "state")
-    responder.bans_active, responder.bans_added, responder.rows_dropped = 1, 3, 5
-    assert parts.ring is not None
-    ring = parts.ring
-    Driver(parts).run([lambda: ring.send(syn(1), syn(2), ipv6(TCP, tcp(dport=3)))])
-    status = parts.pipeline.status(started=WALL)
-    assert status["started"] == WALL
-    assert status["modes"] == ["atcp"]
-    assert status["config"] == parts.pipeline.setup.config.path
-    assert status["ports_in_use"] == {"tcp": 0, "udp": 0}
-    assert status["responses"] is True
-    watched = status["ports_watched"]
-    assert isinstance(watched, dict)
-    assert watched["atcp"] > 1000  # every port below ADVANCED_PORTS_TCP
-    stats = parts.pipeline.statistics()
-    assert status["counters"] == stats
-    assert (stats["packets"], stats["probes_syn"], stats["decisions_block"]) == (3, 2, 1)
-    assert stats["not_local"] == 1  # the IPv6 SYN reached no address of this host
-    assert (stats["kernel_packets"], stats["kernel_drops"], stats["ring_handled"]) == (5, 2, 3)
-    assert stats["records_dropped"] == 5
-    metrics = parts.pipeline.metrics_snapshot()
-    assert metrics["bans_active"] == 1
-    assert metrics["bans_added"] == 3
-    assert metrics["backends"] == {"nftables": True}
-    assert "bans_refused" in metrics
-    assert "notifications" not in metrics
 
 
 def test_close_stores_what_waits_logs_the_workers_last_words_and_closes_every_part(

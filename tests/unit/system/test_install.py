@@ -58,6 +58,7 @@ def test_install_puts_every_file_in_place(tmp_path: Path) -> None:
         layout().man_page("portsentinel.8"): install.shipped_man_page("portsentinel.8"),
         layout().man_page("portsentinel.conf.5"): install.shipped_man_page("portsentinel.conf.5"),
         layout().logrotate: service_files.LOGROTATE,
+        layout().sysusers: service_files.SYSUSERS,
     }
     for target, text in expected.items():
         assert install.under(tmp_path, target).read_text() == text, target
@@ -66,7 +67,7 @@ def test_install_puts_every_file_in_place(tmp_path: Path) -> None:
     assert mode == 0o640
     state = install.under(tmp_path, layout().state_dir)
     assert stat.S_IMODE(state.stat().st_mode) == 0o750
-    assert not install.under(tmp_path, layout().dropin).exists()
+    assert not any(install.under(tmp_path, d).exists() for d in layout().dropins)
     assert "systemctl daemon-reload\n" in out
     assert "systemctl enable --now portsentinel\n" in out
     assert "/usr/local/bin/portsentinel does not exist" in err
@@ -126,31 +127,24 @@ def test_reinstall_updates_files_and_keeps_the_record(tmp_path: Path) -> None:
     assert manifest.files[layout().config] is True
 
 
-def test_hosts_deny_dropin_follows_the_config(tmp_path: Path) -> None:
+def test_the_dropins_follow_the_config(tmp_path: Path) -> None:
     config = install.under(tmp_path, layout().config)
     config.parent.mkdir(parents=True)
-    config.write_text(HOSTS_DENY_CONFIG)
+    config.write_text(HOSTS_DENY_CONFIG + 'COMMANDS_AS_ROOT="1"\n')
+    old = install.under(tmp_path, f"{paths.UNIT_DIR}/{service_files.OLD_DROPINS[0]}")
+    old.parent.mkdir(parents=True)
+    old.write_text("[Service]\nReadWritePaths=/etc\n")  # an earlier version's
     run_install(tmp_path)
-    dropin = install.under(tmp_path, layout().dropin)
-    assert unit_directives(dropin.read_text()) == {"ReadWritePaths": ["/etc"]}
+    files = install.under(tmp_path, layout().files_dropin)
+    assert unit_directives(files.read_text()) == {"ReadWritePaths": ["-/etc/hosts.deny"]}
+    root = install.under(tmp_path, layout().root_dropin)
+    assert unit_directives(root.read_text()) == {"User": ["root"], "Group": ["root"]}
+    assert not old.exists()
     config.write_text(HOSTS_DENY_CONFIG.replace('BLOCK_TCP="1"', 'BLOCK_TCP="0"\nBLOCK_UDP="0"'))
     _status, out, _err = run_install(tmp_path)
-    assert not dropin.exists()
-    assert "hosts.deny is no longer used" in out
-
-
-@pytest.mark.parametrize(
-    ("config", "directory"),
-    [
-        (HOSTS_DENY_CONFIG, "/etc"),
-        (HOSTS_DENY_CONFIG + 'HOSTS_DENY_FILE="/srv/tcpd/hosts.deny"\n', "/srv/tcpd"),
-        ('KILL_HOSTS_DENY="ALL: $TARGET$"\nBLOCK_TCP="2"\nBLOCK_UDP="0"\n', None),
-        ('BLOCK_TCP="1"\n', None),
-        ('BLOCK_TCP="9"\n', None),  # broken config: no guess
-    ],
-)
-def test_hosts_deny_directory(config: str, directory: str | None) -> None:
-    assert install.hosts_deny_directory(config) == directory
+    assert not files.exists()
+    assert not root.exists()
+    assert out.count("the configuration no longer needs it") == 2
 
 
 def test_uninstall_removes_exactly_what_install_put(tmp_path: Path) -> None:
@@ -219,3 +213,19 @@ def test_manifest_survives_junk(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"files": ["not", "a", "dict"], "dirs": []}))
     assert install.Manifest.load(tmp_path, layout()) is None
+
+
+def test_beside_the_debian_package_install_writes_only_the_dropins(tmp_path: Path) -> None:
+    packaged = install.under(tmp_path, paths.PACKAGED_UNIT)
+    packaged.parent.mkdir(parents=True)
+    packaged.write_text("[Service]\n")
+    config = install.under(tmp_path, layout().config)
+    config.parent.mkdir(parents=True)
+    config.write_text(HOSTS_DENY_CONFIG)
+    status, out, err = run_install(tmp_path)
+    assert (status, err) == (0, "")
+    assert "is the Debian package's: writing drop-ins only" in out
+    assert install.under(tmp_path, layout().files_dropin).exists()
+    for target in (layout().unit, layout().logrotate, layout().sysusers):
+        assert not install.under(tmp_path, target).exists(), target
+    assert "systemctl restart portsentinel\n" in out

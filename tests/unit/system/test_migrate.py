@@ -307,14 +307,14 @@ def test_blocking_with_hosts_deny_mentions_the_dropin(root: Path) -> None:
     conf.write_text(conf.read_text().replace('BLOCK_TCP="0"', 'BLOCK_TCP="1"'))
     _status, out, _err = run(root)
     assert "Blocking is on" in out
-    assert "ReadWritePaths=/etc" in out
+    assert "lets the service write that file (and nothing else of its directory)" in out
 
 
 def test_a_history_file_outside_the_sandbox_is_reported(root: Path) -> None:
     conf = root / "etc/portsentry/portsentry.conf"
     conf.write_text(conf.read_text().replace("/var/lib/portsentry/portsentry.history", "/srv/h"))
     _status, out, _err = run(root)
-    assert "HISTORY_FILE /srv/h is outside the service's writable paths" in out
+    assert "HISTORY_FILE /srv/h is outside the service's state directory" in out
 
 
 @pytest.mark.parametrize(

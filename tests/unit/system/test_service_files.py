@@ -52,18 +52,20 @@ def test_default_config_loads_back_to_the_defaults() -> None:
 def test_unit_has_the_sandbox_and_lifecycle_the_daemon_needs() -> None:
     d = unit_directives(service_files.unit_text())
     caps = "CAP_NET_RAW CAP_NET_ADMIN CAP_NET_BIND_SERVICE"
-    assert d["Type"] == ["simple"]
+    assert d["Type"] == ["notify"]  # READY=1 and the loop's WATCHDOG=1 (daemon/sdnotify)
+    assert d["NotifyAccess"] == ["main"]
+    assert d["WatchdogSec"] == ["30s"]
     assert d["ExecStart"] == ["/usr/local/bin/portsentinel run"]
     assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert d["Restart"] == ["on-failure"]
+    assert d["User"] == d["Group"] == [service_files.USER]
     assert d["CapabilityBoundingSet"] == [caps]
     assert d["AmbientCapabilities"] == [caps]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "ProtectKernelTunables"):
         assert d[key] == ["yes"], key
     assert d["ProtectSystem"] == ["strict"]
-    writable = " ".join(d["ReadWritePaths"]).split()
-    assert {"/var/lib/portsentinel", "/var/log", "/run/portsentinel"} <= set(writable)
-    assert d["RuntimeDirectory"] == d["StateDirectory"] == ["portsentinel"]
+    assert "ReadWritePaths" not in d  # only StateDirectory, LogsDirectory, RuntimeDirectory
+    assert d["RuntimeDirectory"] == d["StateDirectory"] == d["LogsDirectory"] == ["portsentinel"]
     families = set(d["RestrictAddressFamilies"][0].split())
     assert families == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"}
     assert d["After"] == ["network-online.target nftables.service"]
@@ -84,11 +86,17 @@ def test_the_unit_runs_the_installed_program_unless_told_another() -> None:
     )
 
 
-def test_hosts_deny_dropin_makes_the_directory_writable() -> None:
-    text = service_files.hosts_deny_dropin("/srv/tcpd")
-    assert unit_directives(text) == {"ReadWritePaths": ["/srv/tcpd"]}
+def test_the_files_dropin_makes_exactly_those_paths_writable() -> None:
+    text = service_files.files_dropin(["/etc/hosts.deny", "/var/lib/portsentry"])
+    assert unit_directives(text) == {"ReadWritePaths": ["-/etc/hosts.deny", "-/var/lib/portsentry"]}
     with pytest.raises(ValueError, match="absolute path without spaces"):
-        service_files.hosts_deny_dropin("relative/dir")
+        service_files.files_dropin(["relative/dir"])
+
+
+def test_the_root_dropin_and_the_user() -> None:
+    assert unit_directives(service_files.ROOT) == {"User": ["root"], "Group": ["root"]}
+    line = [x for x in service_files.SYSUSERS.splitlines() if not x.startswith("#")]
+    assert line[0].split()[:3] == ["u", service_files.USER, "-"]
 
 
 def test_logrotate_reloads_the_service_after_rotating() -> None:

@@ -19,7 +19,9 @@ class Mailer:
         self.to = to
         self.command = command
         self.timeout = timeout
-        self._runner = runner if runner is not None else Runner(timeout=timeout)
+        if runner is None:  # the administrator's MTA: without the service's capabilities
+            runner = Runner(timeout=timeout, drop_capabilities=True)
+        self._runner = runner
 
     def send(self, payload: dict[str, object], host: str) -> str | None:
         """Mail ``payload``; None when the MTA took it, else why not (printable, cut short)."""
