@@ -149,6 +149,7 @@ remove)
     # The bans leave the kernel with the package; the store keeps them for a reinstall.
     if command -v nft >/dev/null 2>&1; then
         nft delete table inet portsentinel 2>/dev/null || true
+        nft delete table netdev portsentinel 2>/dev/null || true
     fi
     if command -v deb-systemd-helper >/dev/null 2>&1; then
         deb-systemd-helper mask portsentinel.service >/dev/null || true
