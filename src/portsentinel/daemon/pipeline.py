@@ -100,6 +100,8 @@ class Pipeline:
         self._banner = setup.settings.port_banner or None
         self._now = 0.0
         self._set_clock()
+        for proto, view in host.in_use.items():  # the ports in use at start: RECENTLY_IN_USE
+            detector.note_in_use(proto, view.cached, self._now)
 
     @classmethod
     def start(cls, setup: Setup, log: LogSink, events: EventSink | None) -> Pipeline:
@@ -288,7 +290,7 @@ class Pipeline:
         now = self._clock()
         timers: dict[str, Timer] = {
             "tick": (now + TICK_EVERY, TICK_EVERY, self._on_tick),
-            "in_use": (now + IN_USE_EVERY, IN_USE_EVERY, self.host.refresh_in_use),
+            "in_use": (now + IN_USE_EVERY, IN_USE_EVERY, self._refresh_in_use),
             "never_block": (now + NEVER_BLOCK_EVERY, NEVER_BLOCK_EVERY, self.protection.refresh),
         }
         if self.ring is not None:
@@ -300,6 +302,15 @@ class Pipeline:
                 self.host.refresh_addresses,
             )
         return timers
+
+    def _refresh_in_use(self) -> None:
+        """Re-read the ports in use; the detector remembers them for RECENTLY_IN_USE (those
+        a re-check found since the last read too, though they may have closed already)."""
+        before = {proto: set(view.cached) for proto, view in self.host.in_use.items()}
+        self.host.refresh_in_use()
+        now = self._clock()
+        for proto, view in self.host.in_use.items():
+            self.detector.note_in_use(proto, before[proto] | view.cached, now)
 
     def _set_clock(self) -> None:
         now = self._now = self.outputs.now = self._clock()

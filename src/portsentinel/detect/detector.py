@@ -28,12 +28,15 @@ from typing import Final
 from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
+from portsentinel.detect.inuse_views import InUseViews
 from portsentinel.detect.mute import Mutes
 from portsentinel.detect.ports import bound_table, stealth_table
-from portsentinel.detect.rules import ScanTrigger, ScoringRule
+from portsentinel.detect.recent import RecentPorts
+from portsentinel.detect.rules import ScoringRule
 from portsentinel.detect.screen import ProbeScreen
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
 from portsentinel.detect.track import KIND_BIT, SourceState, Tracker
+from portsentinel.detect.trw import SequentialTest, scoring_rule
 from portsentinel.model import (
     Action,
     Decision,
@@ -62,7 +65,7 @@ record back (it is still counted). The daemon's repeat limiter, so a blocked sca
 forged flood's further probes cost a few counter bumps, not an object each."""
 
 
-class Detector:
+class Detector(InUseViews):
     """Feed it packets (stealth modes) or connects (bound modes); it returns decisions.
 
     Views handed in (in-use ports, local addresses) are kept by reference, so the caller may
@@ -74,21 +77,18 @@ class Detector:
         "_bound",
         "_custom_rules",
         "_gate",
-        "_in_use_tcp",
-        "_in_use_udp",
         "_local",
         "_modes",
         "_muted",
         "_muted_kinds",
         "_mutes",
-        "_recheck_tcp",
-        "_recheck_udp",
         "_reply_check",
         "_stateful_rules",
         "_stats",
         "_stealth",
         "_texts",
         "_tracker",
+        "_trw",
         "_watch_tcp",
         "_watch_udp",
         "config",
@@ -116,6 +116,8 @@ class Detector:
         self._recheck_tcp: Callable[[int], bool] | None = None
         self._recheck_udp: Callable[[int], bool] | None = None
         self._local = local
+        self._recent = {p: RecentPorts(config.recently_in_use) for p in (_TCP, _UDP)}
+        self._trw: SequentialTest | None = None
         self._reply_check: Callable[[Packet], bool] | None = None
         self._texts: dict[bytes, str] = {}
         self._custom_rules = rules is not None
@@ -158,7 +160,10 @@ class Detector:
         stealthy = frozenset(proto for proto, on in self._stealth.items() if on)
         self.screen = ProbeScreen(self._watch_tcp, self._watch_udp, stealthy)  # steps 1-2 alone
         if not self._custom_rules:
-            self.rules = (ScanTrigger(c.scan_trigger, c.scan_window),)
+            self.rules = (scoring_rule(c),)
+        self._trw = next((r for r in self.rules if isinstance(r, SequentialTest)), None)
+        for recent in self._recent.values():
+            recent.window = c.recently_in_use
         # A muted source's probes go only to rules that keep state of their own.
         self._stateful_rules = tuple(r for r in self.rules if getattr(r, "keeps_state", True))
         self._tracker.resize(
@@ -198,18 +203,23 @@ class Detector:
             if not self._watch_tcp[port]:
                 stats.unwatched += 1
                 return []
-            in_use, recheck = self._in_use_tcp, self._recheck_tcp
+            in_use, recheck, recent = self._in_use_tcp, self._recheck_tcp, self._recent[_TCP]
         elif proto == _UDP:
             kind = ScanKind.UDP
             if not self._watch_udp[port]:
                 stats.unwatched += 1
                 return []
-            in_use, recheck = self._in_use_udp, self._recheck_udp
+            in_use, recheck, recent = self._in_use_udp, self._recheck_udp, self._recent[_UDP]
         else:
             stats.unwatched += 1
             return []
         if port in in_use:
             stats.in_use += 1
+            if self._trw is not None and (kind is _SYN or proto == _UDP):
+                self._success(pkt)  # a first contact that may succeed: evidence for TRW
+            return []
+        if port in recent.seen:  # a service restarting: its clients retry, they do not probe
+            stats.recently_in_use += 1
             return []
         local = self._local
         if local is not None and dst not in local:
@@ -317,6 +327,13 @@ class Detector:
         stats.decisions_by_action[action] += 1
         return [self._decision(pkt, kind, now, reason, state, fired, action)]
 
+    def _success(self, pkt: Packet) -> None:
+        """A SYN or datagram to a port in use, for TRW: counted only for a tracked source."""
+        proto, src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
+        state = self._tracker.get(src)
+        if state is not None and self._trw is not None:
+            self._trw.success(state, proto, port, dst)
+
     def _ignored(  # noqa: PLR0917 - plain positional values: called for every probe
         self,
         pkt: Packet,
@@ -367,6 +384,8 @@ class Detector:
         action: Action,
     ) -> Decision:
         proto, src, dst, _sport, port, flags, _ttl, options, _frag = pkt
+        trw = self._trw
+        score = trw.score(state) if trw is not None and state is not None else None
         return Decision(
             time=now,
             src=self._text(src),
@@ -384,6 +403,8 @@ class Detector:
             ports_seen=state.ports_seen if state is not None else 0,
             first=reason is Reason.TRIGGERED,
             provisional=action is not Action.IGNORED and self.policy.provisional,
+            score=score[0] if score is not None else None,
+            contacts=score[1] if score is not None else 0,
         )
 
     def _text(self, packed: bytes) -> str:
@@ -425,27 +446,6 @@ class Detector:
         """Hold back records of ignored probes the gate refuses (None: build every one)."""
         self._gate = gate
         self._mutes.clear()
-
-    def set_in_use(self, proto: Proto, view: Container[int]) -> None:
-        """Ports in use for ``proto``: probes to them are not probes (kept by reference)."""
-        if proto == _TCP:
-            self._in_use_tcp = view
-        elif proto == _UDP:
-            self._in_use_udp = view
-        else:
-            raise ValueError(f"unknown protocol {proto}")
-
-    def set_in_use_recheck(self, proto: Proto, recheck: Callable[[int], bool] | None) -> None:
-        """A second opinion on a port the in-use view does not hold (a listener opened since
-        the view was read): asked last, only for what would otherwise be a counted probe,
-        since it may cost a kernel query. Never asked about a source that already got its
-        response for the protocol: its probe is "already blocked" either way."""
-        if proto == _TCP:
-            self._recheck_tcp = recheck
-        elif proto == _UDP:
-            self._recheck_udp = recheck
-        else:
-            raise ValueError(f"unknown protocol {proto}")
 
     def set_reply_check(self, check: Callable[[Packet], bool] | None) -> None:
         """A test for packets that answer a flow this host started, or SYNs of connections it
