@@ -32,6 +32,7 @@ from portsentinel.daemon.protection import Protection
 from portsentinel.daemon.sources import StartupError, kernel_filter, open_listeners, open_parts
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
+from portsentinel.detect.fingerprint import ScannerMarks, scanner_of
 from portsentinel.errors import DecodeError
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
@@ -99,6 +100,7 @@ class Pipeline:
         self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
         self._now = 0.0
+        self._marks = ScannerMarks()  # which tool each source's probes look made by
         self._set_clock()
         for proto, view in host.in_use.items():  # the ports in use at start: RECENTLY_IN_USE
             detector.note_in_use(proto, view.cached, self._now)
@@ -358,6 +360,9 @@ class Pipeline:
         if pkt is not None:
             decisions = self.detector.feed(pkt, self._now)
             if decisions:
+                tool = scanner_of(ring, start)  # only for what became a decision
+                for decision in decisions:
+                    decision.scanner = self._marks.tell(decision.src, tool)
                 self.outputs.emit(decisions)
 
     def _listener_handler(self, sock: socket.socket) -> Callable[[], None]:

@@ -206,3 +206,18 @@ def test_trw_decides_a_real_scan_within_a_few_first_contacts(
 
 def test_trw_leaves_benign_traffic_alone(tmp_path: Path) -> None:
     assert events("benign-trw", tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "told"),
+    [("syn", "nmap"), ("fin", "nmap"), ("null", "nmap"), ("xmas", "nmap"), ("syn6", "nmap"),
+     ("connect", None), ("udp", None), ("frag", None)],
+)  # fmt: skip
+def test_the_scanner_is_told_from_the_probes_marks(
+    name: str, told: str | None, tmp_path: Path
+) -> None:
+    """nmap's raw probes carry its marks; a connect scan is the kernel's own SYN, an empty UDP
+    datagram is anyone's, and a fragment's first piece is too short to show them."""
+    found = events(name, tmp_path)
+    assert found
+    assert {e.get("scanner") for e in found} == {told}
