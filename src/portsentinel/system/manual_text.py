@@ -91,5 +91,8 @@ COMPATIBILITY = (
     "Values from the network never reach a shell: in KILL_RUN_CMD, $TARGET$, $PORT$ and "
     "$MODE$ are validated and passed as separate arguments.",
     "One SCAN_TRIGGER counter per source across TCP and UDP, as PortSentry 2.0.",
+    "A port a service used within RECENTLY_IN_USE (10m) is no target while it is closed: the "
+    'clients of a restarting service are not reported; RECENTLY_IN_USE="0" is PortSentry\'s '
+    "way.",
     '"Already blocked" compares exact addresses (1.2 matched substrings).',
 )
