@@ -6,7 +6,8 @@ until a packet becomes a decision. The steps, in order:
 
 1. TCP with ACK or RST is not a probe; the kind comes from ``TCP_KIND`` (UDP: UDP; an evasive
    IP fragment: FRAGMENT, whatever flags it claims).
-2. The port must be watched by the protocol's stealth mode and not in the in-use view.
+2. The port must be watched by the protocol's stealth mode and not in the in-use view (a SYN
+   or datagram to a port in use is a success for SCAN_RULE="trw"), nor in use lately.
 3. The destination must be this host (when a local view is set); a UDP reply (or a SYN of a
    connection the host accepted) to a flow the host started is not a probe.
 4. A muted source (already responded to, its records held back by the record gate: see
@@ -21,14 +22,13 @@ until a packet becomes a decision. The steps, in order:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Container, Sequence
 from typing import Final
 
+from portsentinel.detect import trw
 from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
-from portsentinel.detect.inuse_views import InUseViews
 from portsentinel.detect.mute import Mutes
 from portsentinel.detect.ports import bound_table, stealth_table
 from portsentinel.detect.recent import RecentPorts
@@ -36,7 +36,7 @@ from portsentinel.detect.rules import ScoringRule
 from portsentinel.detect.screen import ProbeScreen
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
 from portsentinel.detect.track import KIND_BIT, SourceState, Tracker
-from portsentinel.detect.trw import SequentialTest, scoring_rule
+from portsentinel.detect.views import DetectorViews
 from portsentinel.model import (
     Action,
     Decision,
@@ -65,7 +65,7 @@ record back (it is still counted). The daemon's repeat limiter, so a blocked sca
 forged flood's further probes cost a few counter bumps, not an object each."""
 
 
-class Detector(InUseViews):
+class Detector(DetectorViews):
     """Feed it packets (stealth modes) or connects (bound modes); it returns decisions.
 
     Views handed in (in-use ports, local addresses) are kept by reference, so the caller may
@@ -77,11 +77,16 @@ class Detector(InUseViews):
         "_bound",
         "_custom_rules",
         "_gate",
+        "_in_use_tcp",
+        "_in_use_udp",
         "_local",
         "_modes",
         "_muted",
         "_muted_kinds",
         "_mutes",
+        "_recent",
+        "_recheck_tcp",
+        "_recheck_udp",
         "_reply_check",
         "_stateful_rules",
         "_stats",
@@ -117,7 +122,7 @@ class Detector(InUseViews):
         self._recheck_udp: Callable[[int], bool] | None = None
         self._local = local
         self._recent = {p: RecentPorts(config.recently_in_use) for p in (_TCP, _UDP)}
-        self._trw: SequentialTest | None = None
+        self._trw: trw.SequentialTest | None = None
         self._reply_check: Callable[[Packet], bool] | None = None
         self._texts: dict[bytes, str] = {}
         self._custom_rules = rules is not None
@@ -160,8 +165,8 @@ class Detector(InUseViews):
         stealthy = frozenset(proto for proto, on in self._stealth.items() if on)
         self.screen = ProbeScreen(self._watch_tcp, self._watch_udp, stealthy)  # steps 1-2 alone
         if not self._custom_rules:
-            self.rules = (scoring_rule(c),)
-        self._trw = next((r for r in self.rules if isinstance(r, SequentialTest)), None)
+            self.rules = (trw.scoring_rule(c),)
+        self._trw = next((r for r in self.rules if isinstance(r, trw.SequentialTest)), None)
         for recent in self._recent.values():
             recent.window = c.recently_in_use
         # A muted source's probes go only to rules that keep state of their own.
@@ -327,13 +332,6 @@ class Detector(InUseViews):
         stats.decisions_by_action[action] += 1
         return [self._decision(pkt, kind, now, reason, state, fired, action)]
 
-    def _success(self, pkt: Packet) -> None:
-        """A SYN or datagram to a port in use, for TRW: counted only for a tracked source."""
-        proto, src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
-        state = self._tracker.get(src)
-        if state is not None and self._trw is not None:
-            self._trw.success(state, proto, port, dst)
-
     def _ignored(  # noqa: PLR0917 - plain positional values: called for every probe
         self,
         pkt: Packet,
@@ -368,11 +366,6 @@ class Detector(InUseViews):
         self._mutes.count_held(src)
         return []
 
-    def take_held(self) -> dict[bytes, int]:
-        """Probes of muted sources per source since the last call (their records were held
-        back without asking the gate): for the summary of held records."""
-        return self._mutes.take_held()
-
     def _decision(  # noqa: PLR0917 - plain positional values: called for every probe
         self,
         pkt: Packet,
@@ -384,8 +377,7 @@ class Detector(InUseViews):
         action: Action,
     ) -> Decision:
         proto, src, dst, _sport, port, flags, _ttl, options, _frag = pkt
-        trw = self._trw
-        score = trw.score(state) if trw is not None and state is not None else None
+        score = self._trw.score(state) if self._trw is not None and state is not None else None
         return Decision(
             time=now,
             src=self._text(src),
@@ -423,29 +415,31 @@ class Detector(InUseViews):
         self._tracker.expire(now)
         return []
 
-    def fresh_probes(self) -> int:
-        """Probes counted so far that were not repeats of a source already responded to (a
-        cheap read for the daemon, which eases off while only repeats come in)."""
-        stats = self._stats
-        return stats.probes - stats.ignored_by_reason[Reason.ALREADY_BLOCKED]
-
-    @property
-    def stats(self) -> DetectorStats:
-        """The counters as of now, as a copy with the muted repeats and the tracker's figures
-        added in. Nothing is written, so another thread (the metrics endpoint) may read it
-        while the loop counts; the figures are then at most a few probes apart."""
-        tracker = self._tracker
-        return dataclasses.replace(
-            self._mutes.counted_in(self._stats),
-            tracked_sources=len(tracker),
-            sources_evicted=tracker.evicted,
-            sources_expired=tracker.expired,
-        )
-
     def set_record_gate(self, gate: RecordGate | None) -> None:
         """Hold back records of ignored probes the gate refuses (None: build every one)."""
         self._gate = gate
         self._mutes.clear()
+
+    def set_in_use(self, proto: Proto, view: Container[int]) -> None:
+        """Ports in use for ``proto``: probes to them are not probes (kept by reference)."""
+        if proto == _TCP:
+            self._in_use_tcp = view
+        elif proto == _UDP:
+            self._in_use_udp = view
+        else:
+            raise ValueError(f"unknown protocol {proto}")
+
+    def set_in_use_recheck(self, proto: Proto, recheck: Callable[[int], bool] | None) -> None:
+        """A second opinion on a port the in-use view does not hold (a listener opened since
+        the view was read): asked last, only for what would otherwise be a counted probe,
+        since it may cost a kernel query. Never asked about a source that already got its
+        response for the protocol: its probe is "already blocked" either way."""
+        if proto == _TCP:
+            self._recheck_tcp = recheck
+        elif proto == _UDP:
+            self._recheck_udp = recheck
+        else:
+            raise ValueError(f"unknown protocol {proto}")
 
     def set_reply_check(self, check: Callable[[Packet], bool] | None) -> None:
         """A test for packets that answer a flow this host started, or SYNs of connections it

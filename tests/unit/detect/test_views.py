@@ -1,5 +1,5 @@
-"""What the host tells the detector about ports: in use now, re-checked, in use lately
-(RECENTLY_IN_USE: a service restarting under a client that retries)."""
+"""What the host tells the detector about ports (in use now, re-checked, in use lately:
+RECENTLY_IN_USE, a service restarting under a client that retries), and its readers."""
 
 from __future__ import annotations
 
@@ -79,3 +79,12 @@ def test_setters_refuse_unknown_protocols() -> None:
         d.set_in_use(1, set())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown protocol"):
         d.set_in_use_recheck(1, None)  # type: ignore[arg-type]
+
+
+def test_readers_count_what_was_fed() -> None:
+    d = Detector(CONFIG, local={HOST})
+    d.feed(syn(81), 1.0)
+    d.feed(syn(82), 2.0)
+    assert d.fresh_probes() == 1  # the second is a repeat of a source already blocked
+    assert d.stats.tracked_sources == 1
+    assert d.take_held() == {}
