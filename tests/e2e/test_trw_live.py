@@ -5,7 +5,8 @@ listens on TCP 80. nmap scans eight ports one second apart (``--scan-delay 1s``,
 from the scanner namespace: the sequential test needs no time window, so however slowly the
 closed ports are tried, the fourth failure (likelihood ratio 4^4 = 256 >= 99) bans the
 source; the open port, when nmap tries it first, counts for it (a success) and costs one more
-failure. Root, nmap and nft; every packet stays inside the lab.
+failure. ``why`` then shows the score, the contacts it took and the scanner (nmap). Root,
+nmap and nft; every packet stays inside the lab.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import netns
 import nmapcapture
 import pytest
-from daemon import Daemon
+from daemon import PORTSENTINEL, Daemon
 
 pytestmark = [pytest.mark.e2e]
 _REASON = netns.unavailable() or next(
@@ -42,6 +43,14 @@ def test_slow_nmap_scan_is_banned_after_a_few_failures(tmp_path: Path) -> None:
             )
         finally:
             daemon.stop()
+        # ``why`` reads the store the daemon wrote (in the lab: it may ask nft for counters)
+        why = lab.run(lab.target, [*PORTSENTINEL, "why", lab.SCANNER4, "--state-dir",
+                                   str(tmp_path / "d")], check=False)  # fmt: skip
+    assert why.returncode == 0, why.stderr
+    assert "rule      trw" in why.stdout, why.stdout
+    assert "trw score likelihood ratio" in why.stdout, why.stdout
+    assert "first contacts; decided after" in why.stdout, why.stdout
+    assert "scanner   nmap (from the probes' marks)" in why.stdout, why.stdout
     [ban] = [e for e in events if e["action"] == "block"]
     before = events[: events.index(ban)]
     assert (ban["rule"], ban["score"]) == ("trw", 256.0)
