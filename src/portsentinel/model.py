@@ -185,3 +185,10 @@ class Decision:
     # A ban admitted while the ban budget was pressed, without a handshake: it is short
     # (``detect.budget.SHORT_BAN``), so a forged flood's chosen addresses get no long bans.
     provisional: bool = False
+    # SCAN_RULE="trw": the source's likelihood ratio and the first contacts it took (None
+    # and 0 under the trigger rule).
+    score: float | None = None
+    contacts: int = 0
+    # The tool the source's probes look made by (``nmap``, ``masscan``...): told, never
+    # used to decide. Set outside the detector, from the probe's own bytes.
+    scanner: str | None = None

@@ -36,7 +36,19 @@ def event_dict(decision: Decision, wall: float) -> dict[str, object]:
         "ip_options": decision.ip_options,
         "hits": decision.hits,
         "ports_seen": decision.ports_seen,
+        **_extras(decision),
     }
+
+
+def _extras(decision: Decision) -> dict[str, object]:
+    """Keys present only when they say something: the TRW score and contacts, the scanner."""
+    extras: dict[str, object] = {}
+    if decision.score is not None:
+        extras["score"] = round(decision.score, 6)
+        extras["contacts"] = decision.contacts
+    if decision.scanner is not None:
+        extras["scanner"] = decision.scanner
+    return extras
 
 
 def event_line(decision: Decision, wall: float) -> str:

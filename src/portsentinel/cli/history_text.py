@@ -102,6 +102,17 @@ def _probe_lines(probes: Mapping[str, Any]) -> Iterator[str]:
         yield _field("from", _some(probes["sources"]))
     yield _field("to", _some(probes["destinations"]))
     yield _field("decisions", _counts(probes["decisions"]))
+    score = probes.get("score")
+    if score:
+        decided = score["decided_after"]
+        after = f"; decided after {decided}" if decided is not None else "; no decision yet"
+        yield _field(
+            "trw score",
+            f"likelihood ratio {score['ratio']:.4g} after {score['contacts']} first contacts"
+            + after,
+        )
+    if probes.get("scanners"):
+        yield _field("scanner", ", ".join(probes["scanners"]) + " (from the probes' marks)")
     for alert in probes["alerts"]:
         yield _field(
             "alerted", f"{alert['time']} ({alert['proto']} {alert['port']}, {alert['kind']})"

@@ -218,11 +218,28 @@ def probes_view(events: Sequence[EventRow]) -> dict[str, Any] | None:
         "destinations": destinations,
         "decisions": dict(Counter(e.action for e in events).most_common()),
         "rules": sorted({e.rule for e in events if e.rule}),
+        "score": _score(events),
+        "scanners": sorted({e.scanner for e in events if e.scanner}),
         "alerts": [
             {"time": iso_time(e.time), "proto": e.proto, "port": e.port, "kind": e.kind}
             for e in events
             if e.action == Action.ALERT.value
         ],
+    }
+
+
+def _score(events: Sequence[EventRow]) -> dict[str, Any] | None:
+    """The sequential test (SCAN_RULE trw) as of the source's newest scored event, and where
+    it first reached its decision (an acting one, or the first alert): None without trw."""
+    scored = [e for e in events if e.score is not None]
+    if not scored:
+        return None
+    newest = scored[-1]
+    decided = next((e for e in scored if e.action != Action.IGNORED.value), None)
+    return {
+        "ratio": newest.score,
+        "contacts": newest.contacts,
+        "decided_after": decided.contacts if decided is not None else None,
     }
 
 

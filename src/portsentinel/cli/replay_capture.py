@@ -30,10 +30,11 @@ from portsentinel.cli.replay_repeats import Held, Repeats
 from portsentinel.decode import decoder_for_linktype
 from portsentinel.detect.classify import UNSOLICITED_KIND
 from portsentinel.detect.detector import Detector
+from portsentinel.detect.fingerprint import scanner_of_frame
 from portsentinel.detect.screen import ProbeScreen
 from portsentinel.errors import CaptureError, ConfigError, DecodeError
 from portsentinel.files import check_regular
-from portsentinel.model import ACK, SYN, Decision, Packet, Proto
+from portsentinel.model import ACK, SYN, Decision, Packet, Proto, addr_text
 
 Decoder = Callable[[bytes | memoryview], Packet | None]
 
@@ -42,6 +43,8 @@ _TICK_INTERVAL = 1.0
 # Packets kept between the two passes: about 300 bytes each (measured: +20 MB for the 65,533
 # probes of a full-range scan with every port watched), so ~40 MB at most.
 KEEP_MAX: Final = 1 << 17
+MARK_TRIES: Final = 4  # a source's first probes looked at for a scanner's marks
+MARKED_MAX: Final = 65536  # sources looked at, at most
 _SYN_ACK: Final = SYN | ACK
 _FLOWS_MAX: Final = 1 << 21  # connections remembered by pass one; forgotten all at once past it
 _TCP: Final = int(Proto.TCP)
@@ -83,6 +86,27 @@ class Survey:
     # The first frame whose packet could not be kept (KEEP_MAX reached): pass two reads the
     # file again from there.
     resume: int | None = None
+    scanners: dict[bytes, str] = field(default_factory=dict)  # the tool per source
+
+
+class _Marks:
+    """The tool each source's probes look made by (``fingerprint``), from its first
+    ``MARK_TRIES`` probes, for at most ``MARKED_MAX`` sources."""
+
+    def __init__(self) -> None:
+        self.tools: dict[bytes, str] = {}
+        self.tries: dict[bytes, int] = {}
+
+    def look(self, src: bytes, frame: bytes, linktype: int) -> None:
+        tries = self.tries
+        n = tries.get(src, 0)
+        if n >= MARK_TRIES or (n == 0 and len(tries) >= MARKED_MAX):
+            return
+        tries[src] = n + 1
+        tool = scanner_of_frame(frame, linktype)
+        if tool is not None:
+            self.tools[src] = tool
+            tries[src] = MARK_TRIES
 
 
 def parse_in_use(values: Sequence[str]) -> InUse:
@@ -162,6 +186,8 @@ def survey(
     times = array("d")
     resume = None
     decoders = _Decoders()
+    marks = _Marks()
+    look = marks.look
     check_capture(path)
     frames = skipped = errors = 0
     linktype, decode = None, None
@@ -213,6 +239,7 @@ def survey(
                         udp.add(sport)
                     wanted = watch_udp[dport] == 1
                 if wanted:
+                    look(src, frame, frame_type)
                     if len(kept) < limit:
                         kept.append(pkt)
                         times.append(ts)
@@ -224,7 +251,7 @@ def survey(
             stats.truncated = str(exc)
     stats.frames, stats.skipped, stats.decode_errors = frames, skipped, errors
     stats.packets = frames - skipped - errors
-    return Survey(stats, InUse(frozenset(tcp), frozenset(udp)), kept, times, resume)
+    return Survey(stats, InUse(frozenset(tcp), frozenset(udp)), kept, times, resume, marks.tools)
 
 
 def check_capture(path: str) -> None:
@@ -270,6 +297,8 @@ def run_replay(
     the daemon holds them and ``summarise`` gets what was held (see ``replay_repeats``);
     without it every decision is built and emitted."""
     found = survey(path, local, detector.screen, limit, watch, unsolicited=unsolicited)
+    if found.scanners:
+        emit = _telling(emit, {addr_text(src): tool for src, tool in found.scanners.items()})
     seen = found.in_use | in_use
     detector.set_in_use(Proto.TCP, seen.tcp)
     detector.set_in_use(Proto.UDP, seen.udp)
@@ -285,6 +314,16 @@ def run_replay(
     stats = found.stats
     stats.decisions = {a.value: after[a] - before[a] for a in after if after[a] > before[a]}
     return stats
+
+
+def _telling(emit: Callable[[Decision], None], tools: dict[str, str]) -> Callable[[Decision], None]:
+    """``emit`` with each decision's ``scanner`` told from its source's marks."""
+
+    def emit_told(decision: Decision) -> None:
+        decision.scanner = tools.get(decision.src)
+        emit(decision)
+
+    return emit_told
 
 
 def _feed(

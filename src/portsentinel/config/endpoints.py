@@ -38,6 +38,26 @@ notify_on = ValueType(
 )  # fmt: skip
 
 
+class ScanRule(StrEnum):
+    """SCAN_RULE: how a source becomes a scanner (``detect.settings.SCAN_RULES``)."""
+
+    TRIGGER = "trigger"  # SCAN_TRIGGER hits, PortSentry's way
+    TRW = "trw"  # the sequential test of first contacts (detect/trw.py)
+
+
+def _scan_rule(raw: str) -> ScanRule:
+    try:
+        return ScanRule(raw.strip().lower())
+    except ValueError:
+        raise InvalidValueError(f"{raw!r} is not trigger or trw") from None
+
+
+scan_rule = ValueType(
+    name="rule", expected="trigger (SCAN_TRIGGER, PortSentry) or trw (sequential test)",
+    parse=_scan_rule, render=lambda v: v.value,
+)  # fmt: skip
+
+
 def _webhook_url(raw: str) -> str:
     """An http(s) URL or empty: urllib would also open file:// and ftp:// ones."""
     url = raw.strip()

@@ -16,7 +16,7 @@ from portsentinel import paths
 from portsentinel.config import endpoints as o
 from portsentinel.config import types as t
 from portsentinel.config.declaration import Origin, SettingSpec, setting
-from portsentinel.config.endpoints import NotifyOn
+from portsentinel.config.endpoints import NotifyOn, ScanRule
 from portsentinel.config.types import Backend, BlockLevel
 
 # Debian 1.2's "aware" lists (the file spells the ranges out port by port).
@@ -161,6 +161,40 @@ class Settings:
         key="SCAN_WINDOW", parse=t.duration, default="0", unit="seconds",
         help="hits older than this stop counting toward SCAN_TRIGGER; 0 never forgets",
         origin=_NEW,
+    )  # fmt: skip
+    scan_rule: ScanRule = setting(  # noqa: RUF009 - a dataclasses.field
+        key="SCAN_RULE", parse=o.scan_rule, default="trigger", unit="rule",
+        help="how a source becomes a scanner: trigger counts its hits against SCAN_TRIGGER "
+        "(PortSentry); trw is a sequential test of its first contacts (Threshold Random "
+        "Walk): a probe to a port no socket uses counts against it, a connection to a port "
+        "in use for it, with no time window",
+        origin=_NEW,
+    )  # fmt: skip
+    trw_false_positive: float = setting(
+        key="TRW_FALSE_POSITIVE", parse=t.number_range(0.0001, 0.49), default="0.01",
+        unit="probability", help="SCAN_RULE=trw: the share of benign sources it may take "
+        "for scanners (alpha)", origin=_NEW,
+    )  # fmt: skip
+    trw_detection: float = setting(
+        key="TRW_DETECTION", parse=t.number_range(0.51, 0.9999), default="0.99",
+        unit="probability", help="SCAN_RULE=trw: the share of scanners it must catch (beta); "
+        "a source is a scanner once its likelihood ratio reaches beta/alpha", origin=_NEW,
+    )  # fmt: skip
+    trw_success_benign: float = setting(
+        key="TRW_SUCCESS_BENIGN", parse=t.number_range(0.51, 0.99), default="0.8",
+        unit="probability", help="SCAN_RULE=trw: how often a benign source's first contact "
+        "reaches a port in use (theta0)", origin=_NEW,
+    )  # fmt: skip
+    trw_success_scanner: float = setting(
+        key="TRW_SUCCESS_SCANNER", parse=t.number_range(0.01, 0.49), default="0.2",
+        unit="probability", help="SCAN_RULE=trw: how often a scanner's first contact reaches "
+        "a port in use (theta1); with the defaults four straight failures make a scanner",
+        origin=_NEW,
+    )  # fmt: skip
+    recently_in_use: float = setting(
+        key="RECENTLY_IN_USE", parse=t.duration, default="10m", unit="seconds",
+        help="a port that had a socket within this long is no target while it is closed (a "
+        "service restarting under clients that retry); 0 off", origin=_NEW,
     )  # fmt: skip
     max_tracked_sources: int = setting(
         key="MAX_TRACKED_SOURCES", parse=t.int_range(1), default="65536", unit="count",

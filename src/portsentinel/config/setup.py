@@ -139,4 +139,10 @@ def detector_config(setup: Setup) -> DetectorConfig:
         ban_burst=s.ban_burst,
         ban_strong_ports=s.ban_strong_ports,
         block_min_ports=s.block_min_ports,
+        scan_rule=s.scan_rule.value,
+        trw_false_positive=s.trw_false_positive,
+        trw_detection=s.trw_detection,
+        trw_success_benign=s.trw_success_benign,
+        trw_success_scanner=s.trw_success_scanner,
+        recently_in_use=s.recently_in_use or 0.0,
     )

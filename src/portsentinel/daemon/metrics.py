@@ -57,6 +57,11 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("connects", "connects", "Connections and datagrams taken by the bound-port modes"),
     ("not_probe", "packets_not_probe", "Packets that could not be probes (e.g. plain ACKs)"),
     ("in_use", "packets_in_use", "Packets to ports a local service uses: never probes"),
+    (
+        "recently_in_use",
+        "packets_recently_in_use",
+        "Packets to ports a service used within RECENTLY_IN_USE (restarting): never probes",
+    ),
     ("not_local", "packets_not_local", "Packets to addresses that are not this host's"),
     ("replies", "packets_replies", "Packets recognised as replies to this host's traffic"),
     ("decode_errors", "decode_errors", "Frames that could not be decoded (counted, dropped)"),

@@ -309,4 +309,7 @@ def _row(decision: Decision, wall: float) -> EventRow:
         hits=decision.hits,
         ports_seen=decision.ports_seen,
         ip_options=decision.ip_options,
+        score=decision.score,
+        contacts=decision.contacts,
+        scanner=decision.scanner,
     )

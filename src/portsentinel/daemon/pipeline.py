@@ -32,6 +32,7 @@ from portsentinel.daemon.sources import StartupError, kernel_filter, open_listen
 from portsentinel.daemon.unsolicited import UnsolicitedSource, open_reader
 from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
+from portsentinel.detect.fingerprint import ScannerMarks, scanner_of
 from portsentinel.errors import DecodeError
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
@@ -104,7 +105,10 @@ class Pipeline(Reports):
         self._next_summary = clock() + SUMMARY_EVERY
         self._banner = setup.settings.port_banner or None
         self._now = 0.0
+        self._marks = ScannerMarks()  # which tool each source's probes look made by
         self._set_clock()
+        for proto, view in host.in_use.items():  # the ports in use at start: RECENTLY_IN_USE
+            detector.note_in_use(proto, view.cached, self._now)
 
     @classmethod
     def start(cls, setup: Setup, log: LogSink, events: EventSink | None) -> Pipeline:
@@ -279,7 +283,7 @@ class Pipeline(Reports):
         now = self._clock()
         timers: dict[str, Timer] = {
             "tick": (now + TICK_EVERY, TICK_EVERY, self._on_tick),
-            "in_use": (now + IN_USE_EVERY, IN_USE_EVERY, self.host.refresh_in_use),
+            "in_use": (now + IN_USE_EVERY, IN_USE_EVERY, self._refresh_in_use),
             "never_block": (now + NEVER_BLOCK_EVERY, NEVER_BLOCK_EVERY, self.protection.refresh),
         }
         if self.ring is not None:
@@ -297,6 +301,15 @@ class Pipeline(Reports):
 
     def _feed_watchdog(self) -> None:
         self.manager.watchdog()
+
+    def _refresh_in_use(self) -> None:
+        """Re-read the ports in use; the detector remembers them for RECENTLY_IN_USE (those
+        a re-check found since the last read too, though they may have closed already)."""
+        before = {proto: set(view.cached) for proto, view in self.host.in_use.items()}
+        self.host.refresh_in_use()
+        now = self._clock()
+        for proto, view in self.host.in_use.items():
+            self.detector.note_in_use(proto, before[proto] | view.cached, now)
 
     def _set_clock(self) -> None:
         now = self._now = self.outputs.now = self._clock()
@@ -344,6 +357,9 @@ class Pipeline(Reports):
         if pkt is not None:
             decisions = self.detector.feed(pkt, self._now)
             if decisions:
+                tool = scanner_of(ring, start)  # only for what became a decision
+                for decision in decisions:
+                    decision.scanner = self._marks.tell(decision.src, tool)
                 self.outputs.emit(decisions)
 
     def _listener_handler(self, sock: socket.socket) -> Callable[[], None]:

@@ -91,6 +91,7 @@ class Reports:
             "probes": d.probes,
             "not_probe": d.not_probe,
             "in_use": d.in_use,
+            "recently_in_use": d.recently_in_use,
             "not_local": d.not_local,
             "replies": d.replies,
             "decode_errors": self.decode_errors,

@@ -6,7 +6,8 @@ until a packet becomes a decision. The steps, in order:
 
 1. TCP with ACK or RST is not a probe; the kind comes from ``TCP_KIND`` (UDP: UDP; an evasive
    IP fragment: FRAGMENT, whatever flags it claims).
-2. The port must be watched by the protocol's stealth mode and not in the in-use view.
+2. The port must be watched by the protocol's stealth mode and not in the in-use view (a SYN
+   or datagram to a port in use is a success for SCAN_RULE="trw"), nor in use lately.
 3. The destination must be this host (when a local view is set); a UDP reply (or a SYN of a
    connection the host accepted) to a flow the host started is not a probe.
 4. A muted source (already responded to, its records held back by the record gate: see
@@ -21,20 +22,22 @@ until a packet becomes a decision. The steps, in order:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Container, Sequence
 from typing import Final
 
+from portsentinel.detect import trw
 from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
 from portsentinel.detect.mute import Mutes
 from portsentinel.detect.ports import bound_table, stealth_table
-from portsentinel.detect.rules import ScanTrigger, ScoringRule
+from portsentinel.detect.recent import RecentPorts
+from portsentinel.detect.rules import ScoringRule
 from portsentinel.detect.screen import ProbeScreen
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
 from portsentinel.detect.track import KIND_BIT, SourceState, Tracker
 from portsentinel.detect.unsolicited import Unsolicited
+from portsentinel.detect.views import DetectorViews
 from portsentinel.model import (
     Action,
     Decision,
@@ -63,7 +66,7 @@ record back (it is still counted). The daemon's repeat limiter, so a blocked sca
 forged flood's further probes cost a few counter bumps, not an object each."""
 
 
-class Detector(Unsolicited):
+class Detector(Unsolicited, DetectorViews):
     """Feed it packets (stealth modes; ``feed_unsolicited``: see ``unsolicited``) or connects
     (bound modes); it returns decisions. Views handed in (in-use ports, local addresses) are
     kept by reference, so the caller may mutate or swap them while running. Rules are fixed
@@ -81,6 +84,7 @@ class Detector(Unsolicited):
         "_muted",
         "_muted_kinds",
         "_mutes",
+        "_recent",
         "_recheck_tcp",
         "_recheck_udp",
         "_reply_check",
@@ -89,6 +93,7 @@ class Detector(Unsolicited):
         "_stealth",
         "_texts",
         "_tracker",
+        "_trw",
         "_watch_tcp",
         "_watch_udp",
         "config",
@@ -116,6 +121,8 @@ class Detector(Unsolicited):
         self._recheck_tcp: Callable[[int], bool] | None = None
         self._recheck_udp: Callable[[int], bool] | None = None
         self._local = local
+        self._recent = {p: RecentPorts(config.recently_in_use) for p in (_TCP, _UDP)}
+        self._trw: trw.SequentialTest | None = None
         self._reply_check: Callable[[Packet], bool] | None = None
         self._socket_check: Callable[[int], bool] | None = None
         self._texts: dict[bytes, str] = {}
@@ -159,7 +166,10 @@ class Detector(Unsolicited):
         stealthy = frozenset(proto for proto, on in self._stealth.items() if on)
         self.screen = ProbeScreen(self._watch_tcp, self._watch_udp, stealthy)  # steps 1-2 alone
         if not self._custom_rules:
-            self.rules = (ScanTrigger(c.scan_trigger, c.scan_window),)
+            self.rules = (trw.scoring_rule(c),)
+        self._trw = next((r for r in self.rules if isinstance(r, trw.SequentialTest)), None)
+        for recent in self._recent.values():
+            recent.window = c.recently_in_use
         # A muted source's probes go only to rules that keep state of their own.
         self._stateful_rules = tuple(r for r in self.rules if getattr(r, "keeps_state", True))
         self._tracker.resize(
@@ -199,18 +209,23 @@ class Detector(Unsolicited):
             if not self._watch_tcp[port]:
                 stats.unwatched += 1
                 return []
-            in_use, recheck = self._in_use_tcp, self._recheck_tcp
+            in_use, recheck, recent = self._in_use_tcp, self._recheck_tcp, self._recent[_TCP]
         elif proto == _UDP:
             kind = ScanKind.UDP
             if not self._watch_udp[port]:
                 stats.unwatched += 1
                 return []
-            in_use, recheck = self._in_use_udp, self._recheck_udp
+            in_use, recheck, recent = self._in_use_udp, self._recheck_udp, self._recent[_UDP]
         else:
             stats.unwatched += 1
             return []
         if port in in_use:
             stats.in_use += 1
+            if self._trw is not None and (kind is _SYN or proto == _UDP):
+                self._success(pkt)  # a first contact that may succeed: evidence for TRW
+            return []
+        if port in recent.seen:  # a service restarting: its clients retry, they do not probe
+            stats.recently_in_use += 1
             return []
         local = self._local
         if local is not None and dst not in local:
@@ -352,11 +367,6 @@ class Detector(Unsolicited):
         self._mutes.count_held(src)
         return []
 
-    def take_held(self) -> dict[bytes, int]:
-        """Probes of muted sources per source since the last call (their records were held
-        back without asking the gate): for the summary of held records."""
-        return self._mutes.take_held()
-
     def _decision(  # noqa: PLR0917 - plain positional values: called for every probe
         self,
         pkt: Packet,
@@ -368,6 +378,7 @@ class Detector(Unsolicited):
         action: Action,
     ) -> Decision:
         proto, src, dst, _sport, port, flags, _ttl, options, _frag = pkt
+        score = self._trw.score(state) if self._trw is not None and state is not None else None
         return Decision(
             time=now,
             src=self._text(src),
@@ -385,6 +396,8 @@ class Detector(Unsolicited):
             ports_seen=state.ports_seen if state is not None else 0,
             first=reason is Reason.TRIGGERED,
             provisional=action is not Action.IGNORED and self.policy.provisional,
+            score=score[0] if score is not None else None,
+            contacts=score[1] if score is not None else 0,
         )
 
     def _text(self, packed: bytes) -> str:
@@ -402,25 +415,6 @@ class Detector(Unsolicited):
         """Expire idle sources. Returns decisions taken on time alone (none yet)."""
         self._tracker.expire(now)
         return []
-
-    def fresh_probes(self) -> int:
-        """Probes counted so far that were not repeats of a source already responded to (a
-        cheap read for the daemon, which eases off while only repeats come in)."""
-        stats = self._stats
-        return stats.probes - stats.ignored_by_reason[Reason.ALREADY_BLOCKED]
-
-    @property
-    def stats(self) -> DetectorStats:
-        """The counters as of now, as a copy with the muted repeats and the tracker's figures
-        added in. Nothing is written, so another thread (the metrics endpoint) may read it
-        while the loop counts; the figures are then at most a few probes apart."""
-        tracker = self._tracker
-        return dataclasses.replace(
-            self._mutes.counted_in(self._stats),
-            tracked_sources=len(tracker),
-            sources_evicted=tracker.evicted,
-            sources_expired=tracker.expired,
-        )
 
     def set_record_gate(self, gate: RecordGate | None) -> None:
         """Hold back records of ignored probes the gate refuses (None: build every one)."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from portsentinel.detect.budget import BudgetConfig
 from portsentinel.detect.ports import mode_ports
 from portsentinel.model import Action, Mode, Proto, Reason, ScanKind
+
+SCAN_RULES: Final = ("trigger", "trw")
+"""SCAN_RULE's values: PortSentry's SCAN_TRIGGER count, or the sequential test (TRW)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,13 @@ class DetectorConfig:
     ban_burst: int = 100
     ban_strong_ports: int = 5
     block_min_ports: int = 1
+    # Sequential scoring (SCAN_RULE "trw", see detect/trw.py) and restarting services.
+    scan_rule: str = "trigger"
+    trw_false_positive: float = 0.01
+    trw_detection: float = 0.99
+    trw_success_benign: float = 0.8
+    trw_success_scanner: float = 0.2
+    recently_in_use: float = 600.0
 
     def __post_init__(self) -> None:
         for name, mode, proto in (
@@ -56,7 +67,7 @@ class DetectorConfig:
             ),
             (
                 ("advanced_tcp_limit", "advanced_udp_limit", "scan_trigger", "scan_window",
-                 "idle_timeout"),
+                 "idle_timeout", "recently_in_use"),
                 0,
                 "must not be negative",
             ),
@@ -65,6 +76,12 @@ class DetectorConfig:
             for name in names:
                 if getattr(self, name) < lowest:
                     raise ValueError(f"{name} {what}")
+        if self.scan_rule not in SCAN_RULES:
+            raise ValueError(f"scan_rule {self.scan_rule!r} is not one of {', '.join(SCAN_RULES)}")
+        if not 0 < self.trw_false_positive < self.trw_detection < 1:
+            raise ValueError("trw: 0 < false positive < detection < 1 is needed")
+        if not 0 < self.trw_success_scanner < self.trw_success_benign < 1:
+            raise ValueError("trw: 0 < scanner success < benign success < 1 is needed")
 
     def watched_ports(self, proto: Proto) -> list[int]:
         """The ports the protocol's mode watches, before the in-use check (ascending)."""
@@ -86,6 +103,7 @@ class DetectorStats:
     not_probe: int = 0
     unwatched: int = 0
     in_use: int = 0
+    recently_in_use: int = 0  # to ports closed within RECENTLY_IN_USE: not probes either
     not_local: int = 0
     replies: int = 0
     probes: int = 0

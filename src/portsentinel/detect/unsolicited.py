@@ -19,6 +19,7 @@ from typing import Final
 from portsentinel.detect.classify import UNSOLICITED_KIND
 from portsentinel.detect.decide import Policy
 from portsentinel.detect.mute import Mute, Mutes
+from portsentinel.detect.recent import RecentPorts
 from portsentinel.detect.settings import DetectorStats
 from portsentinel.detect.track import KIND_BIT
 from portsentinel.model import ACK, Decision, Packet, Proto, ScanKind
@@ -33,6 +34,7 @@ class Unsolicited:
     _stats: DetectorStats
     _watch_tcp: bytearray | bytes
     _in_use_tcp: Container[int]
+    _recent: dict[int, RecentPorts]
     _local: Container[bytes] | None
     _muted: dict[int, dict[bytes, Mute]]
     _muted_kinds: dict[ScanKind, int]
@@ -64,6 +66,9 @@ class Unsolicited:
             return []
         if port in self._in_use_tcp:
             stats.in_use += 1
+            return []
+        if port in self._recent[_TCP].seen:  # a restarting service's clients' late segments
+            stats.recently_in_use += 1
             return []
         local = self._local
         if local is not None and dst not in local:

@@ -79,6 +79,9 @@ class EventRow:
     ports_seen: int = 0
     flags: str | None = None
     ip_options: bool = False
+    score: float | None = None  # SCAN_RULE trw: the likelihood ratio
+    contacts: int = 0  # ... and the first contacts it took
+    scanner: str | None = None  # the tool the probes look made by
 
     @classmethod
     def from_decision(cls, decision: Decision, wall: float) -> EventRow:
@@ -99,6 +102,9 @@ class EventRow:
             decision.ports_seen,
             flag_names(decision.flags) if tcp else None,
             decision.ip_options,
+            decision.score,
+            decision.contacts,
+            decision.scanner,
         )
 
 
@@ -164,7 +170,7 @@ class AllowRecord:
 
 EVENT_COLS: Final = (
     "time, src, dst, proto, port, kind, action, reason, mode, rule, hits, ports_seen, flags, "
-    "ip_options"
+    "ip_options, score, contacts, scanner"
 )
 BAN_COLS: Final = (
     "id, address, prefix, created, expires, state, reason, rule, evidence, offence, lifted_at, "
@@ -175,10 +181,10 @@ ACTION_COLS: Final = "ban_id, backend, detail, state, attempts, last_error, upda
 
 def event_from_row(row: tuple[Any, ...]) -> EventRow:
     time, src, dst, proto, port, kind, action, reason, mode, rule, hits, ports_seen = row[:12]
-    flags, ip_options = row[12:14]
+    flags, ip_options, score, contacts, scanner = row[12:17]
     return EventRow(
         time, src, dst, proto, port, kind, action, reason, mode, rule, hits, ports_seen, flags,
-        bool(ip_options),
+        bool(ip_options), score, contacts or 0, scanner,
     )  # fmt: skip
 
 

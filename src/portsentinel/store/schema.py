@@ -268,11 +268,19 @@ def _v3(conn: sqlite3.Connection) -> None:
     _run_all(_V3_INDEXES)(conn)
 
 
+_V5: Final[tuple[str, ...]] = (
+    "ALTER TABLE events ADD COLUMN score REAL",
+    "ALTER TABLE events ADD COLUMN contacts INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE events ADD COLUMN scanner TEXT",
+)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "events, bans, ban actions, never-block set", _run_all(V1)),
     Migration(2, "source keys for prefix queries, event flags, ban timeline indexes", _v2),
     Migration(3, "an action may be uncertain (a command the process died running)", _v3),
     Migration(4, "rollups for the report (filled by Store.roll_up, chunk by chunk)", _run_all(V4)),
+    Migration(5, "event score, contacts (SCAN_RULE trw) and scanner tool", _run_all(_V5)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -191,7 +191,7 @@ class Store(BulkBans, RowReader):
         with self._write() as conn:
             conn.executemany(
                 f"INSERT INTO events ({EVENT_COLS}, src_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
         return len(values)
@@ -243,7 +243,7 @@ class Store(BulkBans, RowReader):
         sql += " ORDER BY time, id"
         params = {"lo": lo, "hi": hi, "since": -1e300 if since is None else since, "limit": limit}
         with self._guard():
-            return [event_from_row(row[:14]) for row in self._conn.execute(sql, params)]
+            return [event_from_row(row[:17]) for row in self._conn.execute(sql, params)]
 
     def events_between(self, start: float, end: float) -> list[EventRow]:
         """Events with ``start <= time < end``, oldest first."""
@@ -492,5 +492,6 @@ def _event_values(row: EventRow) -> tuple[Any, ...]:
     dst = host_text_key(row.dst)[0]
     return (
         row.time, src, dst, row.proto, row.port, row.kind, row.action, row.reason, row.mode,
-        row.rule, row.hits, row.ports_seen, row.flags, int(row.ip_options), key,
+        row.rule, row.hits, row.ports_seen, row.flags, int(row.ip_options), row.score,
+        row.contacts, row.scanner, key,
     )  # fmt: skip

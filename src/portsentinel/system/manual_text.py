@@ -120,5 +120,8 @@ COMPATIBILITY = (
     "the ban budget or BLOCK_MIN_PORTS refused, and in a dry run. HOST is the address.",
     "PortSentry 2.0's fail2ban filter matches every Scan from: line, ignored sources too; "
     "packaging/fail2ban has stricter filters for both formats and a jail.",
+    "A port a service used within RECENTLY_IN_USE (10m) is no target while it is closed: the "
+    'clients of a restarting service are not reported; RECENTLY_IN_USE="0" is PortSentry\'s '
+    "way.",
     '"Already blocked" compares exact addresses (1.2 matched substrings).',
 )

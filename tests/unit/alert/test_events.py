@@ -78,3 +78,15 @@ def test_summary_line_says_what_was_held_and_whose() -> None:
         "sources": [{"src": "198.18.0.2", "reason": "already blocked", "count": 65514}],
     }
     assert "\n" not in line
+
+
+def test_score_contacts_and_scanner_only_when_known() -> None:
+    base = Decision(
+        time=1764106000.5, src="198.18.0.2", dst="198.18.0.1", proto=Proto.TCP, port=23,
+        kind=ScanKind.SYN, action=Action.ALERT, reason=Reason.TRIGGERED,
+    )  # fmt: skip
+    plain = json.loads(event_line(base, base.time))
+    assert not {"score", "contacts", "scanner"} & set(plain)
+    base.score, base.contacts, base.scanner = 256.00000000001, 4, "nmap"
+    told = json.loads(event_line(base, base.time))
+    assert (told["score"], told["contacts"], told["scanner"]) == (256.0, 4, "nmap")

@@ -95,3 +95,19 @@ def test_why_lines_say_what_a_live_ban_dropped_at_ingress() -> None:
     unknown = {**ban, "dropped": None}
     view = {"src": "192.0.2.7", "rule": None, "ban": unknown, "probes": None}
     assert not any("dropped" in line for line in text.why_lines(view))
+
+
+def test_why_lines_show_the_trw_score_and_the_scanner() -> None:
+    probes = {
+        "count": 2, "complete": True, "first": "t0", "last": "t1", "kinds": {"SYN": 2},
+        "ports": {"tcp": "23,25"}, "port_count": 2, "sources": ["192.0.2.5"],
+        "destinations": ["192.0.2.1"], "decisions": {"ignored": 2}, "alerts": [],
+        "score": {"ratio": 16.0, "contacts": 2, "decided_after": None},
+        "scanners": ["nmap"],
+    }  # fmt: skip
+    lines = list(text.why_lines({"src": "192.0.2.5", "rule": None, "ban": None, "probes": probes}))
+    assert "  trw score likelihood ratio 16 after 2 first contacts; no decision yet\n" in lines
+    assert "  scanner   nmap (from the probes' marks)\n" in lines
+    probes["score"] = {"ratio": 256.0, "contacts": 4, "decided_after": 4}
+    lines = list(text.why_lines({"src": "192.0.2.5", "rule": "trw", "ban": None, "probes": probes}))
+    assert "  trw score likelihood ratio 256 after 4 first contacts; decided after 4\n" in lines

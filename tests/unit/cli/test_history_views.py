@@ -102,3 +102,24 @@ def test_a_live_ban_gets_its_ingress_count_and_an_ended_one_none() -> None:
     nothing: dict[str, object] = {"ban": None}
     views.add_dropped(nothing, counts)
     assert nothing == {"ban": None}
+
+
+def test_probes_view_tells_the_trw_score_and_the_scanner(tmp_path: Path) -> None:
+    rows = [
+        event(T0, 23, rule=None, score=4.0, contacts=1, scanner="nmap"),
+        event(T0 + 1, 25, rule=None, score=16.0, contacts=2),
+        event(T0 + 2, 110, action="block", reason="scan trigger reached", rule="trw",
+              score=64.0 * 4, contacts=4, scanner="nmap"),
+        event(T0 + 3, 111, reason="already blocked", rule="trw", score=1024.0, contacts=5),
+    ]  # fmt: skip
+    with Store.open(str(tmp_path)) as store:
+        store.add_events(rows)
+        view = views.why_view(store, views.parse_target("203.0.113.7"), T0 + HOUR)
+    assert view is not None
+    probes = view["probes"]
+    assert probes["score"] == {"ratio": 1024.0, "contacts": 5, "decided_after": 4}
+    assert probes["scanners"] == ["nmap"]
+    assert view["rule"] == "trw"
+    unscored = views.probes_view([event(T0, 80)])
+    assert unscored is not None
+    assert (unscored["score"], unscored["scanners"]) == (None, [])

@@ -35,6 +35,7 @@ TCP_WATCHED_SCANNED = (set(range(1, 121)) | {443}) - {22, 80, 113}
 
 EMBEDDED = '# embedded defaults, only the detector\'s knobs spelled out\nSCAN_TRIGGER="0"\n'
 TRIGGER3 = 'SCAN_TRIGGER="3"\nBLOCK_TCP="1"\n'
+TRW = 'SCAN_RULE="trw"\n'
 DEBIAN_LIKE = (
     'TCP_PORTS="1,11,15,79,111,119,143,540,635,1080,1524,2000,5742,6667,12345,12346,20034,'
     '27665,31337,32771,32772,32773,32774,40421,49724,54320"\n'
@@ -69,6 +70,12 @@ SCENARIOS = [
     Scenario("udp-sudp-debian", "udp", "stcp,sudp", DEBIAN_LIKE),
     Scenario("syn-summarised", "syn", "atcp,audp", EMBEDDED, every_probe=False),
     Scenario("udp-summarised", "udp", "atcp,audp", EMBEDDED, every_probe=False),
+    # SCAN_RULE="trw": the sequential test instead of the trigger (detect/trw.py).
+    Scenario("syn-trw", "syn", "atcp,audp", TRW),
+    Scenario("connect-trw", "connect", "atcp,audp", TRW),
+    Scenario("udp-trw", "udp", "atcp,audp", TRW),
+    Scenario("syn6-trw", "syn6", "atcp,audp", TRW),
+    Scenario("benign-trw", "benign", "atcp,audp", TRW),
 ]
 
 
@@ -176,3 +183,41 @@ def test_debian_lists_in_stealth_modes_alert_only(tmp_path: Path) -> None:
     assert [e["action"] for e in tcp].count("alert") == 1  # BLOCK_TCP="0"
     udp = events("udp-sudp-debian", tmp_path)
     assert {e["port"] for e in udp} == {1, 7, 9, 161}  # listed ports among those scanned
+
+
+@pytest.mark.parametrize(
+    ("name", "contacts"),
+    [("syn-trw", 6), ("connect-trw", 4), ("udp-trw", 4), ("syn6-trw", 4)],
+)
+def test_trw_decides_a_real_scan_within_a_few_first_contacts(
+    name: str, contacts: int, tmp_path: Path
+) -> None:
+    """Four straight failures flag a scanner (likelihood ratio 256 >= 99); in the SYN scan
+    nmap reached an open port among its first ones, a success that cost it two more."""
+    found = events(name, tmp_path)
+    acted = [e for e in found if e["action"] != "ignored"]
+    assert [(e["action"], e["rule"], e["contacts"]) for e in acted] == [("block", "trw", contacts)]
+    assert acted[0]["score"] == 256.0
+    before = found[: found.index(acted[0])]
+    assert all(e["reason"] == "below trigger" for e in before)
+    assert all(isinstance(e["score"], float) and e["score"] < 99 for e in before)
+    assert len(before) == int(str(acted[0]["hits"])) - 1  # every probe before it was counted
+
+
+def test_trw_leaves_benign_traffic_alone(tmp_path: Path) -> None:
+    assert events("benign-trw", tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "told"),
+    [("syn", "nmap"), ("fin", "nmap"), ("null", "nmap"), ("xmas", "nmap"), ("syn6", "nmap"),
+     ("connect", None), ("udp", None), ("frag", None)],
+)  # fmt: skip
+def test_the_scanner_is_told_from_the_probes_marks(
+    name: str, told: str | None, tmp_path: Path
+) -> None:
+    """nmap's raw probes carry its marks; a connect scan is the kernel's own SYN, an empty UDP
+    datagram is anyone's, and a fragment's first piece is too short to show them."""
+    found = events(name, tmp_path)
+    assert found
+    assert {e.get("scanner") for e in found} == {told}

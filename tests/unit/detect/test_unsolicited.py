@@ -78,3 +78,11 @@ def test_a_blocked_sources_further_segments_are_muted_then_folded() -> None:
     for n in range(5):
         assert det.feed_unsolicited(seg(111), 2.0 + n) == []
     assert det.stats.probes_by_kind[ScanKind.ACK] == 6
+
+
+def test_a_port_a_service_used_lately_is_no_target_for_late_segments() -> None:
+    det = detector()
+    det.note_in_use(Proto.TCP, {79}, 0.0)
+    assert det.feed_unsolicited(seg(79, FIN | ACK), 1.0) == []
+    assert det.stats.recently_in_use == 1
+    assert det.feed_unsolicited(seg(111), 1.0)  # a port no service had: a probe
