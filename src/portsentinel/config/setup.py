@@ -145,4 +145,5 @@ def detector_config(setup: Setup) -> DetectorConfig:
         trw_success_benign=s.trw_success_benign,
         trw_success_scanner=s.trw_success_scanner,
         recently_in_use=s.recently_in_use or 0.0,
+        trigger_per_protocol=s.log_format != "2.0",  # 1.2 ran a process per protocol
     )

@@ -11,10 +11,12 @@ score in ``SourceState.rule_data``, a one-port sweep across many local addresses
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, cast
 
 from portsentinel.detect.track import SourceState
 from portsentinel.model import ScanKind
+
+_PROTO_HITS = {6: "trigger_hits_tcp", 17: "trigger_hits_udp"}
 
 
 class ScoringRule(Protocol):
@@ -40,21 +42,31 @@ class ScoringRule(Protocol):
 class ScanTrigger:
     """PortSentry's SCAN_TRIGGER: fire once a source's hit count reaches the trigger.
 
-    Counted per source address only: every watched port of both protocols, repeats included.
-    The count includes the current hit, so 0 and 1 fire on the first hit, N on the Nth, and
-    every later hit fires again (the off-by-one against 1.2's docs is 1.2's real behaviour).
-    With a window (PortSentry has none) only hits no older than ``window`` seconds count.
+    Counted per source address: every watched port, repeats included; of both protocols
+    together (PortSentry 2.0's one counter), or with ``per_protocol`` each protocol apart
+    (1.2, which ran one process per protocol: LOG_FORMAT="1.2"). The count includes the
+    current hit, so 0 and 1 fire on the first hit, N on the Nth, and every later hit fires
+    again (the off-by-one against 1.2's docs is 1.2's real behaviour). With a window
+    (PortSentry has none) only hits no older than ``window`` seconds count, of both protocols.
     """
 
-    __slots__ = ("_name", "trigger", "window")
-    keeps_state: ClassVar[bool] = False  # reads the source's state only: no need to see repeats
+    __slots__ = ("_name", "per_protocol", "trigger", "window")
+    keeps_state: ClassVar[bool] = False  # its counts are done once a protocol triggered
 
-    def __init__(self, trigger: int, window: float = 0.0, *, name: str = "scan_trigger") -> None:
+    def __init__(
+        self,
+        trigger: int,
+        window: float = 0.0,
+        *,
+        name: str = "scan_trigger",
+        per_protocol: bool = False,
+    ) -> None:
         if trigger < 0 or window < 0:
             raise ValueError("trigger and window must not be negative")
         self.trigger = trigger
         self.window = window
         self._name = name
+        self.per_protocol = per_protocol
 
     @property
     def name(self) -> str:
@@ -71,7 +83,16 @@ class ScanTrigger:
         trigger = self.trigger
         if trigger <= 1:
             return True
-        if state.hits < trigger:
+        if self.per_protocol:
+            data = state.rule_data
+            if data is None:
+                data = state.rule_data = {}
+            key = _PROTO_HITS[proto]
+            hits = cast(int, data.get(key, 0)) + 1
+            data[key] = hits
+        else:
+            hits = state.hits
+        if hits < trigger:
             return False
         if self.window <= 0:
             return True

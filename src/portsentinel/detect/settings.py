@@ -50,6 +50,7 @@ class DetectorConfig:
     trw_success_benign: float = 0.8
     trw_success_scanner: float = 0.2
     recently_in_use: float = 600.0
+    trigger_per_protocol: bool = False  # SCAN_TRIGGER counts TCP and UDP apart (1.2's way)
 
     def __post_init__(self) -> None:
         for name, mode, proto in (

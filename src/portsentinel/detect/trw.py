@@ -151,4 +151,5 @@ def scoring_rule(config: DetectorConfig) -> ScanTrigger | SequentialTest:
             config.trw_success_benign,
             config.trw_success_scanner,
         )
-    return ScanTrigger(config.scan_trigger, config.scan_window)
+    return ScanTrigger(config.scan_trigger, config.scan_window,
+                       per_protocol=config.trigger_per_protocol)  # fmt: skip

@@ -111,8 +111,8 @@ COMPATIBILITY = (
     'BAN_DURATION="permanent" keeps PortSentry\'s behaviour.',
     "Values from the network never reach a shell: in KILL_RUN_CMD, $TARGET$, $PORT$ and "
     "$MODE$ are validated and passed as separate arguments.",
-    "One SCAN_TRIGGER counter per source across TCP and UDP, as PortSentry 2.0, whichever "
-    "LOG_FORMAT is chosen (1.2 ran one process, so one counter, per protocol).",
+    "SCAN_TRIGGER counts TCP and UDP apart with LOG_FORMAT=1.2 (1.2 ran one process per "
+    "protocol) and together with LOG_FORMAT=2.0 (2.0's one counter per source).",
     "LOG_FORMAT=2.0 writes 2.0's Scan from: line; its fields say what PortSentinel decided: "
     "ignored for the ignore list and the host's own addresses (the rest unset) and for the "
     "never-block set (after the trigger: noblock), triggered false below SCAN_TRIGGER, "

@@ -207,3 +207,11 @@ def test_a_2_0_installation_gets_2_0s_ignore_file_notes(tmp_path: Path) -> None:
     notes = load_setup(conf, "stcp", Invocation(portsentry2=True)).warnings
     assert len(notes) == 1
     assert "never matched in PortSentry 2.0" in notes[0]
+
+
+def test_the_trigger_counts_each_protocol_apart_in_1_2s_words_only(tmp_path: Path) -> None:
+    conf = tmp_path / "portsentinel.conf"
+    conf.write_text("")
+    assert detector_config(load_setup(str(conf), "atcp,audp")).trigger_per_protocol
+    conf.write_text('LOG_FORMAT="2.0"\n')
+    assert not detector_config(load_setup(str(conf), "atcp,audp")).trigger_per_protocol

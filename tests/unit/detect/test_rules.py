@@ -73,3 +73,17 @@ def test_name_and_validation() -> None:
 def test_scan_trigger_is_a_scoring_rule() -> None:
     rule: ScoringRule = ScanTrigger(2)  # checked by mypy
     assert rule.name == "scan_trigger"
+
+
+def test_per_protocol_the_trigger_counts_tcp_and_udp_apart() -> None:
+    """PortSentry 1.2 ran one process per protocol, so one counter each (LOG_FORMAT 1.2);
+    2.0 counts both together."""
+    shared, apart = ScanTrigger(3), ScanTrigger(3, per_protocol=True)
+    for rule in (shared, apart):
+        state = SourceState(0.0, b"\x01" * 4, 0, 0)
+        fired = []
+        for n, proto in enumerate((6, 17, 6, 17, 6), start=1):
+            state.hits = n  # the tracker counts every hit of the source
+            fired.append(rule.observe(state, proto, 100 + n, ScanKind.SYN, b"", float(n)))
+        assert fired == ([False, False, True, True, True] if rule is shared
+                         else [False, False, False, False, True])  # fmt: skip
