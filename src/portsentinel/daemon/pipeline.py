@@ -108,7 +108,8 @@ class Pipeline(Reports):
         self._marks = ScannerMarks()  # which tool each source's probes look made by
         self._set_clock()
         for proto, view in host.in_use.items():  # the ports in use at start: RECENTLY_IN_USE
-            detector.note_in_use(proto, view.cached, self._now)
+            if setup.invocation.service_check:  # (2.0's -S watches them all)
+                detector.note_in_use(proto, view.cached, self._now)
 
     @classmethod
     def start(cls, setup: Setup, log: LogSink, events: EventSink | None) -> Pipeline:
@@ -307,6 +308,8 @@ class Pipeline(Reports):
         a re-check found since the last read too, though they may have closed already)."""
         before = {proto: set(view.cached) for proto, view in self.host.in_use.items()}
         self.host.refresh_in_use()
+        if not self.setup.invocation.service_check:
+            return  # 2.0's -S: ports in use are targets, and so are those used lately
         now = self._clock()
         for proto, view in self.host.in_use.items():
             self.detector.note_in_use(proto, before[proto] | view.cached, now)
