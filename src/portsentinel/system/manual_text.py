@@ -39,8 +39,9 @@ SIGNALS = (
 )
 
 METRICS = (
-    'Off by default. METRICS_LISTEN="127.0.0.1:9469" in the configuration (then '
-    "portsentinel reload) serves Prometheus metrics at http://127.0.0.1:9469/metrics: every "
+    'Off by default. METRICS_LISTEN="127.0.0.1:9469" in the configuration (then a restart: '
+    "the endpoint opens at the start, a reload does not open it) serves Prometheus metrics "
+    "at http://127.0.0.1:9469/metrics: every "
     "counter of portsentinel status with the portsentinel_ prefix (packets, probes by kind, "
     "decisions by action, bans added and active, kernel drops, events lost, notifications, "
     "the state store's outage, each backend's health, portsentinel_degraded) and the process's "
