@@ -48,14 +48,14 @@ def echo(_line: str) -> None:
     """The commands are not printed here (``throughput.py`` prints them)."""
 
 
-def one_run(sender: Path, base: Path, shape: str, n: int) -> dict[str, float]:
+def one_run(sender: Path, base: Path, shape: str, n: int, tag: int) -> dict[str, float]:
     with parts.lab("pam") as lab:
         if shape == "services":
             proc = lab.start(lab.target, [sys.executable, "-c", LISTENER, "120"],
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"
-        with parts.daemon(lab, base / f"d-{shape}-{n}", parts.LOAD, echo) as d:
+        with parts.daemon(lab, base / f"d-{tag}-{shape}-{n}", parts.LOAD, echo) as d:
             subject = parts.DaemonSubject(lab, d)
             tools = parts.Tools(sender, sender, sender, sender, None)
             cost = parts.measure_cost("mixed", "portsentinel", subject,
@@ -89,10 +89,10 @@ def main() -> int:
         _reader, sender = ctools.build(base, echo)
         print(f"load {os.getloadavg()[0]:.2f}, mixed pool 500,000 frames at 100 kpps")
         for n in range(args.runs):
-            for name, src in subjects:
+            for tag, (name, src) in enumerate(subjects):
                 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, own) if p)
                 for shape in ("services", "closed"):
-                    result = one_run(sender, base, shape, n)
+                    result = one_run(sender, base, shape, n, tag)
                     results.setdefault((name, shape), []).append(result)
         os.environ["PYTHONPATH"] = own
     for (name, shape), runs in results.items():

@@ -87,6 +87,8 @@ def unsolicited_lines(ack_group: int | None) -> list[str]:
         return [*lines, f"delete chain {ref}"]
     lines += [
         f"flush chain {ref}",
+        # Not TCP: away first (a ``tcp flags`` test does not match, and so does not return, it).
+        f"add rule {ref} meta l4proto != tcp return",
         f"add rule {ref} tcp flags & (syn | rst | ack) != ack return",
         f"add rule {ref} ct state != {{ new, invalid }} return",
         f"add rule {ref} iif lo return",

@@ -137,7 +137,6 @@ class Pipeline(Reports):
         )
         reader = open_reader(setup, log) if ring is not None else None
         if reader is not None:
-            detector.set_socket_check(host.tcp_socket_on)
             pipeline.unsolicited = UnsolicitedSource(
                 reader, detector, pipeline.outputs.emit, lambda: pipeline._now, host.knows_flow
             )

@@ -124,7 +124,6 @@ class Detector(Unsolicited, DetectorViews):
         self._recent = {p: RecentPorts(config.recently_in_use) for p in (_TCP, _UDP)}
         self._trw: trw.SequentialTest | None = None
         self._reply_check: Callable[[Packet], bool] | None = None
-        self._socket_check: Callable[[int], bool] | None = None
         self._texts: dict[bytes, str] = {}
         self._custom_rules = rules is not None
         self.rules: tuple[ScoringRule, ...] = tuple(rules) if rules is not None else ()

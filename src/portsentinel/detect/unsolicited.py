@@ -6,18 +6,17 @@ by another way: the kernel's connection tracking sees a TCP segment without SYN 
 to no connection it knows as ``ct state new``, and a rule in the daemon's table hands exactly
 those to it (``block/table.py``, ``capture/nflog.py``); in ``replay``, the capture itself shows
 that no packet of the flow came before. ``feed_unsolicited`` classifies them with
-``classify.UNSOLICITED_KIND``, then asks what ``feed`` asks, with one more question at the end:
-does any TCP socket of this host use the port (a connection older than the daemon's tracking,
-or the tail of one that closed)? Only then is the segment a probe. Mixed into ``Detector``.
+``classify.UNSOLICITED_KIND``, then asks what ``feed`` asks (the kernel's rule already asked its
+socket table: a segment to a port a socket uses, a listener or a connection older than the
+daemon's tracking, never comes here). Mixed into ``Detector``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Container
 from typing import Final
 
 from portsentinel.detect.classify import UNSOLICITED_KIND
-from portsentinel.detect.decide import Policy
 from portsentinel.detect.mute import Mute, Mutes
 from portsentinel.detect.recent import RecentPorts
 from portsentinel.detect.settings import DetectorStats
@@ -30,7 +29,7 @@ _TCP: Final = int(Proto.TCP)
 class Unsolicited:
     """``Detector.feed_unsolicited``; see the module docstring."""
 
-    __slots__ = ("_socket_check",)
+    __slots__ = ()
     _stats: DetectorStats
     _watch_tcp: bytearray | bytes
     _in_use_tcp: Container[int]
@@ -40,17 +39,12 @@ class Unsolicited:
     _muted_kinds: dict[ScanKind, int]
     _mutes: Mutes
     _stateful_rules: tuple[object, ...]
-    policy: Policy
 
     def _probe(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
         raise NotImplementedError
 
     def _held(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
         raise NotImplementedError
-
-    def set_socket_check(self, check: Callable[[int], bool] | None) -> None:
-        """``check(port)``: does any TCP socket of this host (any state) use the local port?"""
-        self._socket_check = check
 
     def feed_unsolicited(self, pkt: Packet, now: float) -> list[Decision]:
         """Judge a TCP segment with ACK that opens no connection (see the module)."""
@@ -87,8 +81,4 @@ class Unsolicited:
                 return []
             self._mutes.fold(src, mute)
             del muted[src]
-        check = self._socket_check
-        if check is not None and not self.policy.responses.covers(src, Proto.TCP) and check(port):
-            stats.in_use += 1
-            return []
         return self._probe(pkt, kind, now)

@@ -227,13 +227,6 @@ class SocketTable(NetlinkSocket):
             raise ValueError(f"port {port} out of range 1-65535")
         return _holds(self._query(proto, port), port, STATES[proto])
 
-    def port_has_socket(self, proto: Proto, port: int) -> bool:
-        """Does any socket of ``proto`` (any state: a connection, one closing, a listener)
-        use the local ``port``? Asked for a segment that opens no connection."""
-        if not 0 < port <= 0xFFFF:
-            raise ValueError(f"port {port} out of range 1-65535")
-        return _holds(self._query(proto, port, ALL_STATES), port, ALL_STATES)
-
     # -- backends --------------------------------------------------------------------------
     def _query(self, proto: Proto, port: int | None, states: int | None = None) -> list[Row]:
         if self.backend_for(proto) == "netlink":

@@ -130,7 +130,7 @@ class HostView:
     def knows_flow(self, pkt: Packet) -> bool:
         """Does conntrack track this TCP segment's connection, either way? (For a segment it
         called invalid: a late or out-of-window one, no probe.) Without conntrack: no; an
-        error: yes, as for ``tcp_socket_on``."""
+        error: yes (a segment is not called a probe on a guess)."""
         conntrack = self._conntrack
         if conntrack is None:
             return False
@@ -139,14 +139,6 @@ class HostView:
             return conntrack.lookup_reply(proto, src, sport, dst, dport) or (
                 conntrack.lookup_accepted(proto, src, sport, dst, dport)
             )
-        except CaptureError:
-            return True
-
-    def tcp_socket_on(self, port: int) -> bool:
-        """Does a TCP socket of this host use the local ``port`` (any state)? An error
-        answers yes: a segment is not called a probe on a guess."""
-        try:
-            return self._table.port_has_socket(Proto.TCP, port)
         except CaptureError:
             return True
 

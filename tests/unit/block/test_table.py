@@ -150,6 +150,7 @@ def test_the_unsolicited_segments_are_logged_by_state_with_a_rate_limit() -> Non
         f"add chain {ref} {{ type filter hook prerouting priority -140; policy accept; }}"
     )
     assert chain[1] == f"flush chain {ref}"
+    assert chain[2] == f"add rule {ref} meta l4proto != tcp return"  # UDP never reaches a log
     # Established traffic and segments to a port in use leave at a return.
     assert f"add rule {ref} ct state != {{ new, invalid }} return" in chain
     assert f"add rule {ref} socket transparent 0 return" in chain

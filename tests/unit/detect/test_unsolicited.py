@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.settings import DetectorConfig
-from portsentinel.model import ACK, FIN, PSH, RST, SYN, Action, Packet, Proto, Reason, ScanKind
+from portsentinel.model import ACK, FIN, RST, SYN, Action, Packet, Proto, Reason, ScanKind
 
 SCANNER = bytes([198, 18, 0, 2])
 HOST = bytes([198, 18, 0, 1])
@@ -50,25 +50,6 @@ def test_what_is_no_probe() -> None:
     assert det.stats.in_use == 1
     other = (6, SCANNER, bytes([198, 18, 0, 9]), 40000, 111, ACK, 64, False, 0)
     assert detector().feed_unsolicited(other, 1.0) == []
-
-
-def test_a_port_with_a_socket_is_asked_last_and_only_for_new_sources() -> None:
-    det = detector(scan_trigger=2)
-    asked: list[int] = []
-
-    def socket_on(port: int) -> bool:
-        asked.append(port)
-        return port == 111
-
-    det.set_socket_check(socket_on)
-    assert det.feed_unsolicited(seg(111, ACK | PSH), 1.0) == []  # a connection's segment
-    assert det.stats.in_use == 1
-    assert det.feed_unsolicited(seg(79), 1.0)[0].reason is Reason.BELOW_TRIGGER
-    decision = det.feed_unsolicited(seg(1), 2.0)[0]
-    assert decision.action is Action.BLOCK
-    assert asked == [111, 79, 1]
-    det.feed_unsolicited(seg(1), 3.0)  # responded to: no further question
-    assert asked == [111, 79, 1]
 
 
 def test_a_blocked_sources_further_segments_are_muted_then_folded() -> None:
