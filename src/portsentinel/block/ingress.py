@@ -27,18 +27,23 @@ or deletes the difference. A chain is named after its device (``dev_`` + the nam
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
+
+from portsentinel.block.nft_state import (
+    SET_TYPES,
+    TableState,
+    read_listing,
+    set_elements,
+    set_flags,
+)
 
 FAMILY: Final = "netdev"
 TABLE: Final = "portsentinel"
 TABLE_REF: Final = f"{FAMILY} {TABLE}"
 SET4, SET6 = "ban4", "ban6"
 PRIORITY: Final = -500  # before any other ingress chain the host may have
-_SET_TYPES: Final = {SET4: "ipv4_addr", SET6: "ipv6_addr"}
 _RULES: Final = ((SET4, "ip"), (SET6, "ip6"))
 _PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 CHAIN_PREFIXES: Final = ("dev_", "devx_")
@@ -71,18 +76,8 @@ def hooked(names: Iterable[str]) -> frozenset[str]:
     return frozenset(name for name in names if name and name != "lo")
 
 
-def set_flags(prefix_bans: bool) -> tuple[str, ...]:
-    return ("interval", "timeout") if prefix_bans else ("timeout",)
-
-
-@dataclass
-class IngressState:
-    """What ``nft -j list table netdev portsentinel`` showed."""
-
-    exists: bool = False
-    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
-    rules: dict[str, list[list[Any]]] = field(default_factory=dict)
+class IngressState(TableState):
+    """What ``nft -j list table netdev portsentinel`` showed (our chains: ``dev_*``)."""
 
     def devices(self) -> dict[str, str]:
         """Chain name -> device, for our chains."""
@@ -91,29 +86,13 @@ class IngressState:
 
 def parse(text: str) -> IngressState:
     """The table's sets, chains and rules from nft's JSON (ValueError when it is not JSON)."""
-    try:
-        items = json.loads(text)["nftables"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"not nft JSON: {exc}") from None
-    state = IngressState()
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        if "table" in item:
-            state.exists = True
-        elif "set" in item and item["set"].get("name") in _SET_TYPES:
-            state.sets[item["set"]["name"]] = item["set"]
-        elif "chain" in item and device_of(str(item["chain"].get("name", ""))) is not None:
-            state.chains[item["chain"]["name"]] = item["chain"]
-        elif "rule" in item and device_of(str(item["rule"].get("chain", ""))) is not None:
-            state.rules.setdefault(item["rule"]["chain"], []).append(item["rule"].get("expr", []))
-    return state
+    return read_listing(text, IngressState(), lambda name: device_of(name) is not None)
 
 
 def _set_problem(name: str, spec: Mapping[str, Any], prefix_bans: bool) -> str | None:
     flags = spec.get("flags", [])
     flags = [flags] if isinstance(flags, str) else flags
-    if spec.get("type") != _SET_TYPES[name]:
+    if spec.get("type") != SET_TYPES[name]:
         return f"ingress set {name} has type {spec.get('type')!r}"
     missing = [flag for flag in set_flags(prefix_bans) if flag not in flags]
     if missing:
@@ -150,7 +129,7 @@ def structure_script(state: IngressState, prefix_bans: bool, devices: Iterable[s
     flags = ", ".join(set_flags(prefix_bans))
     for name in (SET4, SET6):
         lines.append(
-            f"add set {TABLE_REF} {name} {{ type {_SET_TYPES[name]}; flags {flags}; counter; }}"
+            f"add set {TABLE_REF} {name} {{ type {SET_TYPES[name]}; flags {flags}; counter; }}"
         )
     lines += [f"delete chain {TABLE_REF} {chain}" for chain in state.chains if chain not in wanted]
     for chain, dev in sorted(wanted.items()):
@@ -213,16 +192,9 @@ def element_counts(state: IngressState, key_of: Any) -> dict[str, Counts]:
     return found
 
 
-def element_keys(state: IngressState, key_of: Any) -> set[str]:
+def element_keys(state: IngressState) -> set[str]:
     """The ban keys in the two sets."""
-    keys = set()
-    for name in (SET4, SET6):
-        for raw in state.sets.get(name, {}).get("elem", []):
-            value = raw["elem"].get("val") if isinstance(raw, dict) and "elem" in raw else raw
-            key = key_of(value)
-            if key is not None:
-                keys.add(key)
-    return keys
+    return {key for name in (SET4, SET6) for key in set_elements(state.sets.get(name, {}))}
 
 
 class DropTotals:

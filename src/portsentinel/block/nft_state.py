@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from portsentinel.block.base import key_of
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound="TableState")
 
 FAMILY = "inet"
 TABLE = "portsentinel"
@@ -51,11 +53,16 @@ def set_flags(prefix_bans: bool) -> tuple[str, ...]:
 # --- reading the table (pure) -------------------------------------------------------------
 def parse_table(text: str) -> TableState:
     """Our sets, chains and rules from ``nft -j list table inet portsentinel``."""
+    return read_listing(text, TableState(), lambda name: name in CHAINS)
+
+
+def read_listing(text: str, state: T, ours: Callable[[str], bool]) -> T:
+    """Fill ``state`` from a table's JSON listing: whether the table is there, the ban sets,
+    and the chains ``ours`` accepts with their rules (ValueError when it is not nft JSON)."""
     try:
         items = json.loads(text)["nftables"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not nft JSON: {exc}") from None
-    state = TableState()
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -63,9 +70,9 @@ def parse_table(text: str) -> TableState:
             state.exists = True
         elif "set" in item and item["set"].get("name") in SET_TYPES:
             state.sets[item["set"]["name"]] = item["set"]
-        elif "chain" in item and item["chain"].get("name") in CHAINS:
+        elif "chain" in item and ours(str(item["chain"].get("name", ""))):
             state.chains[item["chain"]["name"]] = item["chain"]
-        elif "rule" in item and item["rule"].get("chain") in CHAINS:
+        elif "rule" in item and ours(str(item["rule"].get("chain", ""))):
             state.rules.setdefault(item["rule"]["chain"], []).append(item["rule"].get("expr", []))
     return state
 

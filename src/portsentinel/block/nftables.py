@@ -214,7 +214,7 @@ class NftablesBackend(BackendBase):
         self._seen = frozenset()  # the next ``follow`` compares the chains afresh
         self._chains = state.devices()
         found = netdev.problems(state, self._prefix_bans, self._devices())
-        missing = keys - netdev.element_keys(state, element_key)
+        missing = keys - netdev.element_keys(state)
         if missing:
             found.append(f"{len(missing)} bans are missing from the ingress sets")
         self.drops.update(netdev.element_counts(state, element_key))

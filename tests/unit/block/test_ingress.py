@@ -133,7 +133,7 @@ def test_element_counts_and_keys() -> None:
         "198.18.0.2": (7, 420),
         "fd00::1": (1, 80),
     }
-    assert ingress.element_keys(state, element_key) == {"198.18.0.2", "fd00::1"}
+    assert ingress.element_keys(state) == {"198.18.0.2", "fd00::1"}
 
 
 def test_drop_totals_only_grow() -> None:
