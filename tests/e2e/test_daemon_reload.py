@@ -104,7 +104,9 @@ def test_a_value_its_parser_once_crashed_on_is_refused_and_the_daemon_goes_on(
 ) -> None:
     """These values once raised a traceback out of the parser: a reload ended the daemon,
     and every restart failed the same way. Now they are config errors like any other."""
-    daemon = Daemon.start(lab, tmp_path, mode="stcp", settings={"TCP_PORTS": "11,12"})
+    # no ban: a banned source's next SYN is dropped at ingress, before the capture sees it
+    settings = {"TCP_PORTS": "11,12", "BLOCK_TCP": "0"}
+    daemon = Daemon.start(lab, tmp_path, mode="stcp", settings=settings)
     config = tmp_path / "portsentinel.conf"
     config.write_text(config.read_text() + broken + "\n")
     daemon.proc.send_signal(signal.SIGHUP)
@@ -115,7 +117,8 @@ def test_a_value_its_parser_once_crashed_on_is_refused_and_the_daemon_goes_on(
     assert "Traceback" not in daemon.stderr()
     assert daemon.proc.poll() is None
     nmap_scan(lab, SCANNER, "11-12")
-    daemon.wait_for_events(lambda ev: len(ev) >= 2, "probes after the refused reload")
+    seen = daemon.wait_for_events(lambda ev: len(ev) >= 2, "probes after the refused reload")
+    assert {e["port"] for e in seen} == {11, 12}
     code, _stderr = daemon.stop()
     assert code == 0
     check = subprocess.run(
