@@ -71,6 +71,10 @@ class Mode(StrEnum):
         return self in (Mode.ATCP, Mode.AUDP)
 
 
+QUIET_MARK: Final = 0x50534E51  # "PSNQ": a value nobody else is likely to use whole
+"""The packet mark the daemon's ingress chains give a quiet source's probes, which the
+capture's kernel filter leaves out of the ring (``block/quiet.py``, ``capture/bpf.py``)."""
+
 UNSOLICITED_GROUP: Final = 5051
 """The NFLOG group the daemon's table logs ACK-bearing segments of no connection to
 (``block/table.py``), read by ``capture/nflog.py``: one per network namespace."""

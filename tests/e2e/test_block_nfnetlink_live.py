@@ -8,6 +8,7 @@ child inside the target namespace (``WRITER``); the test checks the result with 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import sys
@@ -108,3 +109,38 @@ def test_a_set_is_asked_for_one_key_and_a_missing_set_is_not_taken_for_a_no(
 ) -> None:
     done = lab.run(lab.target, [sys.executable, "-c", READER], timeout=60)
     assert json.loads(done.stdout) == [True, False, None, False, None, None]
+
+
+# In the target namespace: the backend with its ingress table, then quiet elements (a source
+# and a protocol) added and deleted through a writer of the netdev family; prints the outcomes.
+QUIET = r"""
+import ipaddress, json, subprocess, sys
+from portsentinel.block import quiet
+from portsentinel.block.nfnetlink import NFPROTO_NETDEV, ElementWriter
+from portsentinel.block.nftables import NftablesBackend
+from portsentinel.block.runner import Runner
+
+NftablesBackend(Runner(), ingress=True).start()
+writer = ElementWriter("portsentinel", family=NFPROTO_NETDEV)
+four, six = (ipaddress.ip_address(text).packed for text in sys.argv[1:3])
+writer.add("quiet4", [(quiet.element_key(four, 6), 60_000), (quiet.element_key(four, 17), 60_000)])
+writer.add("quiet6", [(quiet.element_key(six, 17), 60_000)])
+listed = lambda name: subprocess.run(["nft", "-j", "list", "set", "netdev", "portsentinel", name],
+                                     capture_output=True, text=True, check=True).stdout
+added = {name: sorted(quiet.element_counts({name: json.loads(listed(name))["nftables"][1]["set"]}))
+         for name in ("quiet4", "quiet6")}
+deleted = writer.delete("quiet4", [quiet.element_key(four, 6), quiet.element_key(four, 6)])
+left = sorted(quiet.element_counts({"quiet4": json.loads(listed("quiet4"))["nftables"][1]["set"]}))
+print(json.dumps({"added": {k: [[a.hex(), p] for a, p in v] for k, v in added.items()},
+                  "deleted": deleted, "left": [[a.hex(), p] for a, p in left]}))
+"""
+
+
+def test_quiet_elements_reach_the_netdev_sets_and_leave_them(lab: netns.Lab) -> None:
+    done = lab.run(lab.target, [sys.executable, "-c", QUIET, BANNED4, BANNED6], timeout=60)
+    outcome = json.loads(done.stdout)
+    four = bytes(int(part) for part in BANNED4.split(".")).hex()
+    six = ipaddress.ip_address(BANNED6).packed.hex()
+    assert outcome["added"] == {"quiet4": [[four, 6], [four, 17]], "quiet6": [[six, 17]]}
+    assert outcome["deleted"] == 1  # the second delete found nothing, and is no error
+    assert outcome["left"] == [[four, 17]]

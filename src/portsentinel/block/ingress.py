@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from portsentinel.block import quiet
 from portsentinel.block.nft_state import (
     SET_TYPES,
     TableState,
@@ -45,6 +46,7 @@ TABLE_REF: Final = f"{FAMILY} {TABLE}"
 SET4, SET6 = "ban4", "ban6"
 PRIORITY: Final = -500  # before any other ingress chain the host may have
 _RULES: Final = ((SET4, "ip"), (SET6, "ip6"))
+_SETS: Final = (SET4, SET6, quiet.SET4, quiet.SET6)
 _PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 CHAIN_PREFIXES: Final = ("dev_", "devx_")
 
@@ -86,7 +88,7 @@ class IngressState(TableState):
 
 def parse(text: str) -> IngressState:
     """The table's sets, chains and rules from nft's JSON (ValueError when it is not JSON)."""
-    return read_listing(text, IngressState(), lambda name: device_of(name) is not None)
+    return read_listing(text, IngressState(), lambda name: device_of(name) is not None, _SETS)
 
 
 def _set_problem(name: str, spec: Mapping[str, Any], prefix_bans: bool) -> str | None:
@@ -112,7 +114,7 @@ def _chain_header(chain: str, device: str) -> str:
 def _chain_lines(chain: str, device: str) -> list[str]:
     lines = [_chain_header(chain, device), f"flush chain {TABLE_REF} {chain}"]
     lines += [f"add rule {TABLE_REF} {chain} {proto} saddr @{name} drop" for name, proto in _RULES]
-    return lines
+    return lines + quiet.rule_lines(TABLE_REF, chain)
 
 
 def structure_script(state: IngressState, prefix_bans: bool, devices: Iterable[str]) -> str:
@@ -120,7 +122,7 @@ def structure_script(state: IngressState, prefix_bans: bool, devices: Iterable[s
     must be recreated) and one chain per device of ``devices``, stale chains deleted (pure)."""
     wanted = {chain_name(dev): dev for dev in hooked(devices)}
     stale_sets = [
-        name for name, spec in state.sets.items() if _set_problem(name, spec, prefix_bans)
+        name for name, spec in state.sets.items() if _any_set_problem(name, spec, prefix_bans)
     ]
     lines = [f"add table {TABLE_REF}"]
     if stale_sets:  # the rules refer to the sets: empty every chain first
@@ -131,6 +133,7 @@ def structure_script(state: IngressState, prefix_bans: bool, devices: Iterable[s
         lines.append(
             f"add set {TABLE_REF} {name} {{ type {SET_TYPES[name]}; flags {flags}; counter; }}"
         )
+    lines += quiet.set_lines(TABLE_REF)
     lines += [f"delete chain {TABLE_REF} {chain}" for chain in state.chains if chain not in wanted]
     for chain, dev in sorted(wanted.items()):
         lines += _chain_lines(chain, dev)
@@ -152,8 +155,10 @@ def problems(state: IngressState, prefix_bans: bool, devices: Iterable[str]) -> 
     """What is missing or wrong; empty when the table is as ``structure_script`` makes it."""
     if not state.exists:
         return [f"table {TABLE_REF} is missing"]
-    found = [p for name, spec in state.sets.items() if (p := _set_problem(name, spec, prefix_bans))]
-    found += [f"ingress set {name} is missing" for name in (SET4, SET6) if name not in state.sets]
+    found = [
+        p for name, spec in state.sets.items() if (p := _any_set_problem(name, spec, prefix_bans))
+    ]
+    found += [f"ingress set {name} is missing" for name in _SETS if name not in state.sets]
     for dev in sorted(hooked(devices)):
         chain = chain_name(dev)
         spec = state.chains.get(chain)
@@ -166,7 +171,15 @@ def problems(state: IngressState, prefix_bans: bool, devices: Iterable[str]) -> 
         for name, proto in _RULES:
             if not any(_drops(expr, proto, name) for expr in rules):
                 found.append(f"ingress chain {chain} has no '{proto} saddr @{name} drop' rule")
+        if problem := quiet.chain_problem(chain, rules):
+            found.append(problem)
     return found
+
+
+def _any_set_problem(name: str, spec: Mapping[str, Any], prefix_bans: bool) -> str | None:
+    if name in quiet.SET_TYPES:
+        return quiet.set_problem(name, spec)
+    return _set_problem(name, spec, prefix_bans)
 
 
 def _drops(expr: Sequence[Any], proto: str, name: str) -> bool:

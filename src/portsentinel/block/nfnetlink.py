@@ -47,6 +47,7 @@ NFNL_MSG_BATCH_BEGIN: Final = 0x10
 NFNL_MSG_BATCH_END: Final = 0x11
 NFT_MSG_GETSET: Final = 10
 NFT_MSG_NEWSETELEM: Final = 12
+NFT_MSG_DELSETELEM: Final = 14
 NFT_MSG_GETSETELEM: Final = 13
 NFTA_SET_TABLE: Final = 1
 NFTA_SET_NAME: Final = 2
@@ -92,14 +93,20 @@ def _message(
     return _HDR.pack(_HDR.size + len(head) + len(body), kind, flags, seq, 0) + head + body
 
 
-def element_message(
-    table: str, set_name: str, elements: Sequence[Element], seq: int, family: int = NFPROTO_INET
+def element_message(  # noqa: PLR0917 - the message's parts, in its order
+    table: str,
+    set_name: str,
+    elements: Sequence[Element],
+    seq: int,
+    family: int = NFPROTO_INET,
+    kind: int = NFT_MSG_NEWSETELEM,
 ) -> bytes:
-    """One NFT_MSG_NEWSETELEM message adding ``elements`` to ``table``'s ``set_name`` (pure)."""
+    """One NFT_MSG_NEWSETELEM message adding ``elements`` to ``table``'s ``set_name`` (or,
+    with ``kind`` NFT_MSG_DELSETELEM, deleting them: their timeouts are not sent) (pure)."""
     items = []
     for key, timeout_ms in elements:
         inner = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, key))
-        if timeout_ms is not None:
+        if timeout_ms is not None and kind == NFT_MSG_NEWSETELEM:
             inner += _attr(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
         items.append(_attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner))
     body = (
@@ -107,9 +114,10 @@ def element_message(
         + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
         + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, b"".join(items))
     )
-    kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM
-    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK
-    return _message(kind, flags, seq, body, family=family)
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    if kind == NFT_MSG_NEWSETELEM:
+        flags |= NLM_F_CREATE
+    return _message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, body, family=family)
 
 
 def get_element_message(table: str, set_name: str, key: bytes, seq: int) -> bytes:
@@ -176,9 +184,10 @@ class ElementWriter:
     worker's renewal writes them too.
     """
 
-    def __init__(self, table: str, mirror: str | None = None) -> None:
+    def __init__(self, table: str, mirror: str | None = None, family: int = NFPROTO_INET) -> None:
         self.table = table
         self.mirror = mirror
+        self.family = family
         self._sock: socket.socket | None = None
         self._seq = 0
 
@@ -210,12 +219,34 @@ class ElementWriter:
                     raise
                 self._add(set_name, part, mirrored=False)
 
-    def _add(self, set_name: str, elements: Sequence[Element], *, mirrored: bool) -> None:
+    def delete(self, set_name: str, keys: Sequence[bytes]) -> int:
+        """Delete the elements of ``keys`` from the table's set (not the mirror), one
+        transaction each, so a key that is not there (expired) stops no other; how many were
+        there. BackendError for any other refusal."""
+        deleted = 0
+        for key in keys:
+            try:
+                self._add(set_name, [(key, None)], mirrored=False, kind=NFT_MSG_DELSETELEM)
+            except _RefusedError as exc:
+                if exc.code != errno.ENOENT:
+                    raise
+            else:
+                deleted += 1
+        return deleted
+
+    def _add(
+        self,
+        set_name: str,
+        elements: Sequence[Element],
+        *,
+        mirrored: bool,
+        kind: int = NFT_MSG_NEWSETELEM,
+    ) -> None:
         sock = self._socket()
         messages, seqs = [], []
         first = self._seq = (self._seq + 1) & 0x7FFFFFFF
         seq = first
-        targets = [(self.table, NFPROTO_INET)]
+        targets = [(self.table, self.family)]
         if mirrored and self.mirror is not None:
             targets.append((self.mirror, NFPROTO_NETDEV))
         for table, family in targets:
@@ -223,7 +254,7 @@ class ElementWriter:
                 seq += 1
                 seqs.append(seq)
                 part = elements[start : start + CHUNK]
-                messages.append(element_message(table, set_name, part, seq, family))
+                messages.append(element_message(table, set_name, part, seq, family, kind))
         self._seq = seq + 1
         try:
             sock.send(batch(messages, first))
@@ -240,9 +271,10 @@ class ElementWriter:
             self.close()
             raise BackendError(f"nfnetlink: {exc}") from None
         if failure:
+            verb = "add to" if kind == NFT_MSG_NEWSETELEM else "delete from"
             raise _RefusedError(
-                f"nfnetlink: cannot add to {self.table} {set_name}: {os.strerror(failure)}"
-                + (" (no such table or set)" if failure == errno.ENOENT else ""),
+                f"nfnetlink: cannot {verb} {self.table} {set_name}: {os.strerror(failure)}"
+                + (" (no such table, set or element)" if failure == errno.ENOENT else ""),
                 failure,
             )
 

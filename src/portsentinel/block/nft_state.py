@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from portsentinel.block.base import key_of
+from portsentinel.block.quiet import RESET_CHAIN as QUIET_CHAIN  # read with the ban chains
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,15 @@ def set_flags(prefix_bans: bool) -> tuple[str, ...]:
 # --- reading the table (pure) -------------------------------------------------------------
 def parse_table(text: str) -> TableState:
     """Our sets, chains and rules from ``nft -j list table inet portsentinel``."""
-    return read_listing(text, TableState(), lambda name: name in CHAINS)
+    return read_listing(text, TableState(), lambda name: name in CHAINS or name == QUIET_CHAIN)
 
 
-def read_listing(text: str, state: T, ours: Callable[[str], bool]) -> T:
-    """Fill ``state`` from a table's JSON listing: whether the table is there, the ban sets,
-    and the chains ``ours`` accepts with their rules (ValueError when it is not nft JSON)."""
+def read_listing(
+    text: str, state: T, ours: Callable[[str], bool], sets: Collection[str] = SET_TYPES.keys()
+) -> T:
+    """Fill ``state`` from a table's JSON listing: whether the table is there, the ``sets``
+    (the ban sets), and the chains ``ours`` accepts with their rules (ValueError when it is
+    not nft JSON)."""
     try:
         items = json.loads(text)["nftables"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -68,7 +72,7 @@ def read_listing(text: str, state: T, ours: Callable[[str], bool]) -> T:
             continue
         if "table" in item:
             state.exists = True
-        elif "set" in item and item["set"].get("name") in SET_TYPES:
+        elif "set" in item and item["set"].get("name") in sets:
             state.sets[item["set"]["name"]] = item["set"]
         elif "chain" in item and ours(str(item["chain"].get("name", ""))):
             state.chains[item["chain"]["name"]] = item["chain"]

@@ -30,6 +30,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 
 from portsentinel.block import ingress as netdev
+from portsentinel.block import quiet
 from portsentinel.block.base import (
     ActionDetail,
     BackendBase,
@@ -99,6 +100,7 @@ class NftablesBackend(BackendBase):
         self._seen: frozenset[str] = frozenset()
         self.ingress_problem: str | None = None
         self.drops = netdev.DropTotals()
+        self.quiet = quiet.QuietTotals()  # what quiet sources sent (``quiet.py``)
 
     @property
     def _tables(self) -> tuple[str, ...]:
@@ -126,6 +128,7 @@ class NftablesBackend(BackendBase):
         except BackendError as exc:
             return self._no_ingress(str(exc))
         script = netdev.structure_script(now, self._prefix_bans, devices)
+        script += "".join(f"{line}\n" for line in quiet.reset_lines(TABLE_REF))
         copies = [_copy(key, left) for name in (SET4, SET6)
                   for key, left in set_elements(state.sets.get(name, {})).items()]  # fmt: skip
         result = self._apply(script + add_script([c for c in copies if c], (netdev.TABLE_REF,)))
@@ -203,6 +206,9 @@ class NftablesBackend(BackendBase):
             present.update(set_elements(state.sets.get(name, {})))
         if self._ingress:
             problems += self._ingress_problems(set(present))
+            reset = state.rules.get(quiet.RESET_CHAIN, [])
+            if problem := quiet.reset_problem(state.chains, reset):
+                problems.append(problem)
         return CheckResult(not problems, tuple(problems), present)
 
     def _ingress_problems(self, keys: set[str]) -> list[str]:
@@ -218,6 +224,7 @@ class NftablesBackend(BackendBase):
         if missing:
             found.append(f"{len(missing)} bans are missing from the ingress sets")
         self.drops.update(netdev.element_counts(state, element_key))
+        self.quiet.update(quiet.element_counts(state.sets))
         return found
 
     def ingress_counts(self) -> dict[str, netdev.Counts]:

@@ -7,6 +7,7 @@ ACK or RST), ICMP, ARP and every non-unicast frame stay in the kernel.
 What passes (offsets are relative to the network header: the capture socket is ``SOCK_DGRAM``,
 so the same program serves Ethernet, VLAN, tun, WireGuard and ppp):
 
+- nothing a quiet source sent (marked ``QUIET_MARK`` at ingress: ``block/quiet.py``);
 - only ``PACKET_HOST`` frames (addressed to this host), read with the ancillary load
   ``SKF_AD_PKTTYPE``; frames that still carry a VLAN tag with a non-zero VLAN id are dropped,
   because the kernel hands them again to the VLAN device (or to nobody), so one packet is
@@ -34,6 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from portsentinel.model import QUIET_MARK
+
 Instruction = tuple[int, int, int, int]
 """One ``struct sock_filter``: (code, jt, jf, k) with k as an unsigned 32-bit value."""
 
@@ -56,6 +59,7 @@ RET_K: Final = 0x06  # BPF_RET | BPF_K
 SKF_AD_OFF: Final = 0xFFFFF000
 AD_PROTOCOL: Final = SKF_AD_OFF + 0  # ntohs(skb->protocol): the ethertype
 AD_PKTTYPE: Final = SKF_AD_OFF + 4  # skb->pkt_type: PACKET_HOST, _BROADCAST, ...
+AD_MARK: Final = SKF_AD_OFF + 20  # skb->mark
 AD_VLAN_TAG: Final = SKF_AD_OFF + 44  # the VLAN TCI held outside the frame
 AD_VLAN_TAG_PRESENT: Final = SKF_AD_OFF + 48
 
@@ -228,7 +232,10 @@ def build_filter(
 
 
 def _host_frames(asm: _Asm) -> None:
-    """Unicast to us, VLAN tag consumed (or priority-only), then dispatch on the ethertype."""
+    """Not a quiet source's (``QUIET_MARK``), unicast to us, VLAN tag consumed (or
+    priority-only), then dispatch on the ethertype."""
+    asm.op(LD_W_ABS, AD_MARK)
+    asm.op(JMP_JEQ_K, QUIET_MARK, "drop", None)
     asm.op(LD_W_ABS, AD_PKTTYPE)
     asm.op(JMP_JEQ_K, PACKET_HOST, None, "drop")
     asm.op(LD_W_ABS, AD_VLAN_TAG_PRESENT)
@@ -323,7 +330,7 @@ def _test_count(ranges: Sequence[PortRange]) -> int:
 
 
 # --- The interpreter ---------------------------------------------------------------------------
-_ANCILLARY: Final = frozenset({AD_PROTOCOL, AD_PKTTYPE, AD_VLAN_TAG, AD_VLAN_TAG_PRESENT})
+_ANCILLARY: Final = frozenset({AD_PROTOCOL, AD_PKTTYPE, AD_MARK, AD_VLAN_TAG, AD_VLAN_TAG_PRESENT})
 _JUMPS: Final = frozenset({JMP_JEQ_K, JMP_JGT_K, JMP_JGE_K, JMP_JSET_K})
 _KNOWN: Final = frozenset(
     {LD_W_ABS, LD_H_ABS, LD_B_ABS, LD_H_IND, LD_B_IND, LDX_B_MSH, ALU_AND_K, JMP_JA, RET_K} | _JUMPS
@@ -343,13 +350,14 @@ def run_filter(
     *,
     protocol: int | None = None,
     vlan_tci: int | None = None,
+    mark: int = 0,
 ) -> bool:
     """Whether the kernel would pass ``packet`` (starting at the network header).
 
     ``protocol`` is the ethertype (default: from the IP version nibble); ``vlan_tci`` is a
-    VLAN tag held outside the frame (``None``: no tag).
+    VLAN tag held outside the frame (``None``: no tag); ``mark`` the packet's mark.
     """
-    return execute(program, packet, pkttype, protocol=protocol, vlan_tci=vlan_tci) != 0
+    return execute(program, packet, pkttype, protocol=protocol, vlan_tci=vlan_tci, mark=mark) != 0
 
 
 def execute(
@@ -359,6 +367,7 @@ def execute(
     *,
     protocol: int | None = None,
     vlan_tci: int | None = None,
+    mark: int = 0,
 ) -> int:
     """The program's return value (the snap length, 0 to drop); rejects unknown opcodes."""
     validate(program)
@@ -368,6 +377,7 @@ def execute(
     ancillary = {
         AD_PROTOCOL: protocol,
         AD_PKTTYPE: pkttype,
+        AD_MARK: mark,
         AD_VLAN_TAG_PRESENT: int(vlan_tci is not None),
         AD_VLAN_TAG: vlan_tci or 0,
     }
@@ -460,6 +470,7 @@ _MNEMONICS: Final = {
 _ANCILLARY_NAMES: Final = {
     AD_PROTOCOL: "#proto",
     AD_PKTTYPE: "#type",
+    AD_MARK: "#mark",
     AD_VLAN_TAG: "#vlan_tci",
     AD_VLAN_TAG_PRESENT: "#vlan_avail",
 }

@@ -193,7 +193,10 @@ def status_report(state_dir: str, daemon: object | None) -> dict[str, object]:
     return report
 
 
-_COUNTER_NAMES = {"ingress_dropped_packets": "banned packets dropped at ingress"}
+_COUNTER_NAMES = {
+    "ingress_dropped_packets": "banned packets dropped at ingress",
+    "quiet_packets": "repeats counted in the kernel",
+}
 
 
 def status_text(report: dict[str, object]) -> str:
@@ -219,7 +222,7 @@ def status_text(report: dict[str, object]) -> str:
         if isinstance(counters, dict):
             keys = ("packets", "probes", "decisions_alert", "decisions_block",
                     "decisions_command", "kernel_drops", "decode_errors",
-                    "ingress_dropped_packets")  # fmt: skip
+                    "ingress_dropped_packets", "quiet_packets")  # fmt: skip
             shown = ", ".join(
                 f"{_COUNTER_NAMES.get(k, k.replace('decisions_', ''))} {counters[k]}"
                 for k in keys

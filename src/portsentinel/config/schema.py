@@ -296,6 +296,14 @@ class Settings:
         help="how long the kernel holds a source the daemon neither banned nor released",
         origin=_NEW,
     )  # fmt: skip
+    quiet_repeats: float = setting(
+        key="QUIET_REPEATS", parse=t.duration_range(0.0, 3600.0), default="10s", unit="seconds",
+        help="a source already answered (alerted with BLOCK_x 0, say) whose repeats the log "
+        "only summarises is counted in the kernel for this long: its probes of that protocol "
+        "no longer reach the daemon, and the summary still counts them; 0: off; needs the "
+        "nftables backend's ingress table",
+        origin=_NEW,
+    )  # fmt: skip
     ssh_ports: frozenset[int] = setting(
         key="SSH_PORTS", parse=t.port_list, default="22", unit="ports",
         help="local ports whose established peers count as SSH sessions", origin=_NEW,

@@ -75,6 +75,16 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Packets from banned sources dropped at ingress, before the capture (read every 10 s)",
     ),
     ("ingress_dropped_bytes", "ingress_dropped_bytes", "Bytes of those packets"),
+    (
+        "quiet_sources",
+        "quiet_sources",
+        "Times a muted source's protocol went quiet: counted in the kernel (QUIET_REPEATS)",
+    ),
+    (
+        "quiet_packets",
+        "quiet_packets",
+        "Probes of quiet sources the kernel counted instead of the daemon (read every 10 s)",
+    ),
     ("events_lost", "events_lost", "Event lines the events stream refused (full disk, no reader)"),
     ("reply_checks", "reply_checks", "Connection-tracking look-ups for possible replies"),
     ("reply_checks_skipped", "reply_checks_skipped", "Reply look-ups skipped (rate bound)"),

@@ -22,6 +22,8 @@ from portsentinel.model import Action, Decision, Proto, Reason, addr_text
 from portsentinel.ratelimit import SUMMARY_EVERY, RepeatLimiter
 from portsentinel.respond.bans import BanRequest
 from portsentinel.respond.hold import releases
+from portsentinel.respond.quiet import Quiet
+from portsentinel.respond.quiet import eligible as quiet_eligible
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import EventRow
 
@@ -79,6 +81,10 @@ class Outputs:
         self.gated = events is None
         if self.gated:
             detector.set_record_gate(self.gate)
+        # QUIET_REPEATS: muted sources' probes counted in the kernel (``respond/quiet.py``)
+        self.quiet: Quiet | None = None
+        self._quiet_allowed = False  # only the service's own responder writes to the kernel
+        self.quiet_packets = 0  # what the kernel counted for them, as summaries took it
 
     def set_words(self, settings: Settings, *, dry_run: bool) -> None:
         """Whose words the lines use (LOG_FORMAT) and, for 2.0, the history file they go to
@@ -93,6 +99,31 @@ class Outputs:
             self.history = PortSentryFiles(
                 settings.history_file, "", max_bytes=settings.history_max_mib << 20
             )
+        self._set_quiet(settings, dry_run=dry_run)
+
+    def allow_quiet(self, settings: Settings, *, dry_run: bool) -> None:
+        """The service's responder is attached: QUIET_REPEATS may write to the kernel."""
+        self._quiet_allowed = True
+        self._set_quiet(settings, dry_run=dry_run)
+
+    def _set_quiet(self, settings: Settings, *, dry_run: bool) -> None:
+        """QUIET_REPEATS as configured; what was quiet is judged afresh (a reload)."""
+        quiet = self.quiet
+        if quiet is not None:
+            quiet.clear()
+        if not self._quiet_allowed or not quiet_eligible(settings, dry_run=dry_run):
+            if quiet is not None:
+                quiet.close()
+            self.quiet = None
+        elif quiet is None:
+            self.quiet = Quiet(settings.quiet_repeats, self.log.line)
+        else:
+            quiet.seconds = settings.quiet_repeats
+
+    def unquiet(self, src: bytes) -> None:
+        """``src``'s response ended: its probes reach the daemon again at once."""
+        if self.quiet is not None and self.responder is not None:
+            self.quiet.release(src)
 
     @property
     def held(self) -> int:
@@ -175,6 +206,7 @@ class Outputs:
         could not take (it was too far behind) since the last summary."""
         for src, count in self.detector.take_held().items():
             self.repeats.add_held((src, Reason.ALREADY_BLOCKED), count)
+        self._fold_quiet()
         held, top = self.repeats.summary()
         if held:
             worst = [(_key_text(key), n) for key, n in top]
@@ -197,6 +229,17 @@ class Outputs:
                 f"adminalert: ERROR: {lost} events could not be written "
                 f"({events.error or 'written again since'}) in the last {SUMMARY_EVERY:.0f}s"
             )
+
+    def _fold_quiet(self) -> None:
+        """What the kernel counted for quiet sources (read by the worker's repair check) joins
+        the held records of the summary."""
+        if self.responder is None:
+            return
+        readings = self.responder.quiet_counts
+        while not readings.empty():
+            for (src, _proto), count in readings.get_nowait().items():
+                self.repeats.add_held((src, Reason.ALREADY_BLOCKED), count)
+                self.quiet_packets += count
 
     def _respond(self, decision: Decision, wall: float) -> None:
         responder = self.responder
@@ -271,6 +314,9 @@ class Outputs:
         long enough to the store, lines out."""
         if self.responder is not None:
             self.responder.end_turn()
+        muted = self.detector.take_muted()
+        if muted and self.quiet is not None and self.responder is not None:
+            self.quiet.add(muted)
         if self._rows and (everything or self.now - self._rows_since >= ROWS_EVERY):
             self._send_rows()
         self.flush_history()

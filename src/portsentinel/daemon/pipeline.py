@@ -161,7 +161,9 @@ class Pipeline(Reports):
         if message.kind == "log":
             self.log.line(message.text)
         elif message.kind == "release":
-            self.detector.release(ipaddress.ip_address(message.text).packed)
+            src = ipaddress.ip_address(message.text).packed
+            self.detector.release(src)
+            self.outputs.unquiet(src)
         elif message.kind == "restore":
             self.detector.restore(
                 ipaddress.ip_address(message.text).packed, Proto.TCP, Action.BLOCK
@@ -409,7 +411,8 @@ class Pipeline(Reports):
             for message in self.responder.close():
                 if message.kind == "log":
                     self.log.line(message.text)
-        parts = (self.ring, self.unsolicited, self.listeners, self.host, self.never_block)
+        parts = (self.ring, self.unsolicited, self.listeners, self.host, self.never_block,
+                 self.outputs.quiet)  # fmt: skip
         for part in (*parts, self.protection):
             if part is not None:
                 with contextlib.suppress(OSError):

@@ -109,6 +109,9 @@ class Reports:
             out["names_skipped"], out["names_late"] = self.responder.names_missed
             if (dropped := self.responder.ingress_drops) is not None:  # read every 10 s
                 out["ingress_dropped_packets"], out["ingress_dropped_bytes"] = dropped
+        if (quiet := self.outputs.quiet) is not None:
+            out["quiet_sources"] = quiet.added
+            out["quiet_packets"] = self.outputs.quiet_packets
         if self.ring is not None:
             r = self.ring.stats()
             out.update(

@@ -99,6 +99,7 @@ class Daemon:
                     dry_run=dry,
                 )
             )
+            pipeline.outputs.allow_quiet(self.setup.settings, dry_run=dry)
             metrics = MetricsServer.from_settings(
                 self.setup.settings, pipeline.metrics_snapshot, started=time.time()
             )

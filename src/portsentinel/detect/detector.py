@@ -465,6 +465,10 @@ class Detector(Unsolicited, DetectorViews):
         self.policy.local = local
         self._mutes.clear()
 
+    def take_muted(self) -> list[tuple[bytes, int]]:
+        """(source, protocol) pairs muted since the last call (``mute.py``)."""
+        return self._mutes.take_fresh()
+
     def release(self, src: bytes) -> None:
         """A response for ``src`` ended: its next trigger acts again.
 

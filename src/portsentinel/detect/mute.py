@@ -42,7 +42,7 @@ class Mutes:
     """The muted sources of each protocol, and the probes of muted sources per source since
     ``take_held`` was last called (their records were held back without asking the gate)."""
 
-    __slots__ = ("_held_by_source", "_tracker", "by_proto", "kinds")
+    __slots__ = ("_held_by_source", "_tracker", "by_proto", "fresh", "kinds")
 
     def __init__(self, tracker: Tracker, protos: tuple[int, ...]) -> None:
         self._tracker = tracker
@@ -51,6 +51,8 @@ class Mutes:
         # they are read, so the hot path bumps one dict entry instead of four counters.
         self.kinds: dict[ScanKind, int] = dict.fromkeys(ScanKind, 0)
         self._held_by_source: dict[bytes, int] = {}
+        # (source, protocol) muted since ``take_fresh``: the daemon may quiet them in the kernel.
+        self.fresh: list[tuple[bytes, int]] = []
 
     def mute(self, proto: int, src: bytes, now: float) -> None:
         """Mute ``src`` for ``proto`` from ``now`` on."""
@@ -59,6 +61,8 @@ class Mutes:
             self._fold_all(muted)
             muted.clear()  # a flood of blocked sources only churns it
         muted[src] = Mute(now + MUTE_SECONDS, now)
+        if len(self.fresh) < MUTED_CAP:
+            self.fresh.append((src, proto))
         if len(self._held_by_source) >= MUTED_CAP:
             self._held_by_source.clear()  # only the per-source detail goes; the totals stay
 
@@ -104,6 +108,7 @@ class Mutes:
         for muted in self.by_proto.values():
             self._fold_all(muted)
             muted.clear()
+        self.fresh.clear()
 
     def take_held(self) -> dict[bytes, int]:
         """Probes of muted sources per source since the last call: for the summary of held
@@ -112,6 +117,11 @@ class Mutes:
             self._fold_all(muted)
         held, self._held_by_source = self._held_by_source, {}
         return held
+
+    def take_fresh(self) -> list[tuple[bytes, int]]:
+        """The (source, protocol) pairs muted since the last call."""
+        fresh, self.fresh = self.fresh, []
+        return fresh
 
     def counted_in(self, stats: DetectorStats) -> DetectorStats:
         """A copy of ``stats`` with the probes counted while muted added in, each as the

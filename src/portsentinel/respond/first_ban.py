@@ -46,6 +46,11 @@ def eligible(settings: Settings) -> bool:
     """Do these settings let a ban go to the kernel before the worker sees it?"""
     if settings.block_backend.value != "nftables" or settings.kill_run_cmd_first:
         return False
+    return nftables_planned(settings)
+
+
+def nftables_planned(settings: Settings) -> bool:
+    """Does a ban of these settings (BLOCK_x 1) go to the nftables backend?"""
     s = settings
     plan = plan_actions(
         1,

@@ -246,12 +246,18 @@ class Restart:
         if backend is not None:
             backend.follow()
 
-    def ingress_drops(self) -> tuple[int, int] | None:
+    def ingress_drops(
+        self, quiet: Callable[[dict[tuple[bytes, int], int]], None] | None = None
+    ) -> tuple[int, int] | None:
         """Packets and bytes banned sources sent that were dropped at ingress since start,
-        as the last check read them; None without ingress copies."""
+        as the last check read them; None without ingress copies. ``quiet`` is given what
+        quiet sources sent since the last call, per source and protocol, if they sent any."""
         backend = self._nftables()
         if backend is None or backend.ingress_problem is not None:
             return None
+        grown = backend.quiet.take()
+        if grown and quiet is not None:
+            quiet(grown)
         return backend.drops.packets, backend.drops.bytes
 
     def repair(self, now: float) -> int:

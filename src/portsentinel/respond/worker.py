@@ -103,6 +103,7 @@ class Responder:
         self.bans_added = 0
         self._health: dict[str, bool] = {}
         self.ingress_drops: tuple[int, int] | None = None  # set by the worker (block/ingress.py)
+        self.quiet_counts: queue.SimpleQueue[dict[tuple[bytes, int], int]] = queue.SimpleQueue()
         self.state_dir = state_dir
         self._jobs: queue.Queue[object] = queue.Queue()
         self._messages: queue.SimpleQueue[WorkerMessage] = queue.SimpleQueue()
@@ -129,8 +130,7 @@ class Responder:
         self.rows_dropped = 0
         self._retry = StoreRetry(self._log, lambda: self._first is not None)
         self._names: Names | None = None  # RESOLVE_HOST: the history lines' own writer
-        # The detection loop's own way to the kernel for a first ban (used from its thread).
-        first = eligible(settings) and not dry_run
+        first = eligible(settings) and not dry_run  # the loop's own way to the kernel for bans
         self._first: FirstBan | None = FirstBan(settings, self._log) if first else None
         self._hold = hold  # the plan the worker applies (replaced by ``reload``)
         self._releases = Releases(hold.seconds, self._log) if hold is not None else None
@@ -350,7 +350,7 @@ class Responder:
         if self._dry_run:  # nothing applied, nothing to repair (a check would make the table)
             return
         manager.repair(now)
-        self.ingress_drops = manager.ingress_drops()  # the check read the counters
+        self.ingress_drops = manager.ingress_drops(self.quiet_counts.put)  # the check read them
         if self._chain is not None:
             manager.repair_conntrack(self._chain)
         if self._keeper is not None:

@@ -4,6 +4,8 @@ against a scripted runner; the live kernel is in ``tests/e2e/test_ingress.py``."
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,38 @@ LISTED = json.dumps({"nftables": [
               "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6",
                         "field": "saddr"}}, "right": "@ban6"}}, {"drop": None}]}},
 ]})  # fmt: skip
+# What the quiet sources add to that listing (nft 1.0.6, ``block/quiet.py``): two sets, one
+# of them with an element, and four marking rules in dev_eth0.
+_MARK = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1347636817}}
+_UNMARKED = {"match": {"op": "==", "left": {"meta": {"key": "mark"}}, "right": 0}}
+_PROBE = {"match": {"op": "!", "left": {"payload": {"protocol": "tcp", "field": "flags"}},
+                    "right": ["rst", "ack"]}}  # fmt: skip
+_UDP = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}}
+
+
+def _quiet_rule(handle: int, shape: Mapping[str, object], proto: str, name: str) -> dict[str, Any]:
+    source = {"match": {"op": "==", "left": {"concat": [
+        {"payload": {"protocol": proto, "field": "saddr"}}, {"meta": {"key": "l4proto"}}]},
+        "right": f"@{name}"}}  # fmt: skip
+    return {"rule": {"family": "netdev", "table": "portsentinel", "chain": "dev_eth0",
+                     "handle": handle, "expr": [_UNMARKED, shape, source, _MARK]}}  # fmt: skip
+
+
+QUIET_ITEMS = [
+    {"set": {"family": "netdev", "name": "quiet4", "table": "portsentinel",
+             "type": ["ipv4_addr", "inet_proto"], "handle": 7, "size": 16384,
+             "flags": ["timeout"], "stmt": [{"counter": None}],
+             "elem": [{"elem": {"val": {"concat": ["198.18.0.3", "tcp"]}, "timeout": 10,
+                                "expires": 9, "counter": {"packets": 41, "bytes": 2460}}}]}},
+    {"set": {"family": "netdev", "name": "quiet6", "table": "portsentinel",
+             "type": ["ipv6_addr", "inet_proto"], "handle": 8, "size": 16384,
+             "flags": ["timeout"], "stmt": [{"counter": None}]}},
+    _quiet_rule(9, _PROBE, "ip", "quiet4"),
+    _quiet_rule(10, _UDP, "ip", "quiet4"),
+    _quiet_rule(11, _PROBE, "ip6", "quiet6"),
+    _quiet_rule(12, _UDP, "ip6", "quiet6"),
+]  # fmt: skip
+LISTED_NOW = json.dumps({"nftables": json.loads(LISTED)["nftables"] + QUIET_ITEMS})
 INET_EMPTY = json.dumps({"nftables": [{"table": {"family": "inet", "name": "portsentinel"}}]})
 APPLY = ("nft", "-f", "-")
 LIST_INET = ("nft", "-j", "list", "table", "inet", "portsentinel")
@@ -97,9 +131,9 @@ def test_follow_adds_and_removes_only_the_difference() -> None:
 
 
 def test_parse_and_problems_of_a_real_listing() -> None:
-    state = ingress.parse(LISTED)
+    state = ingress.parse(LISTED_NOW)
     assert state.exists
-    assert set(state.sets) == {"ban4", "ban6"}
+    assert set(state.sets) == {"ban4", "ban6", "quiet4", "quiet6"}
     assert state.devices() == {"dev_eth0": "eth0"}
     assert ingress.problems(state, False, ["lo", "eth0"]) == []
     assert ingress.problems(state, False, ["eth0", "eth2"]) == [
@@ -116,8 +150,34 @@ def test_parse_and_problems_of_a_real_listing() -> None:
         ingress.parse("Error: nope")
 
 
+def test_a_table_from_before_quiet_sources_lacks_their_sets_and_rules() -> None:
+    state = ingress.parse(LISTED)
+    assert ingress.problems(state, False, ["eth0"]) == [
+        "ingress set quiet4 is missing",
+        "ingress set quiet6 is missing",
+        "ingress chain dev_eth0 lacks the rules that mark quiet sources",
+    ]
+    lines = ingress.structure_script(state, False, ["eth0"]).splitlines()
+    assert not any(line.startswith("delete") for line in lines)  # the bans' sets are kept
+    assert (
+        "add set netdev portsentinel quiet4 { type ipv4_addr . inet_proto; flags timeout; "
+        "counter; size 16384; }" in lines
+    )
+    assert sum("meta mark set 0x50534e51" in line for line in lines) == 4
+
+
+def test_a_quiet_set_of_another_type_is_recreated() -> None:
+    raw = json.loads(LISTED_NOW)
+    raw["nftables"][-6]["set"]["type"] = "ipv4_addr"
+    state = ingress.parse(json.dumps(raw))
+    assert ingress.problems(state, False, ["eth0"]) == ["quiet set quiet4 has type 'ipv4_addr'"]
+    lines = ingress.structure_script(state, False, ["eth0"]).splitlines()
+    assert "delete set netdev portsentinel quiet4" in lines
+    assert "delete set netdev portsentinel ban4" not in lines
+
+
 def test_a_set_without_counters_or_a_rule_that_accepts_is_a_problem() -> None:
-    raw = json.loads(LISTED)
+    raw = json.loads(LISTED_NOW)
     raw["nftables"][2]["set"]["stmt"] = []
     raw["nftables"][5]["rule"]["expr"][1] = {"accept": None}
     found = ingress.problems(ingress.parse(json.dumps(raw)), False, ["eth0"])

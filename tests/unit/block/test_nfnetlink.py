@@ -126,3 +126,19 @@ def test_the_questions_name_table_set_and_key_and_ask_for_an_ack() -> None:
         4,
     )
     assert attrs(body) == [(nl.NFTA_SET_TABLE, b"portsentinel\0"), (nl.NFTA_SET_NAME, b"ssh4\0")]
+
+
+def test_a_delete_message_names_the_key_without_timeout_or_create() -> None:
+    elements = [(bytes([198, 18, 0, 9, 6, 0, 0, 0]), 5_000)]
+    data = nl.element_message(
+        "portsentinel", "quiet4", elements, seq=3, family=nl.NFPROTO_NETDEV,
+        kind=nl.NFT_MSG_DELSETELEM,
+    )  # fmt: skip
+    ((kind, flags, _seq, gen, body),) = messages(data)
+    assert kind == (nl.NFNL_SUBSYS_NFTABLES << 8) | nl.NFT_MSG_DELSETELEM
+    assert flags == nl.NLM_F_REQUEST | nl.NLM_F_ACK
+    assert gen == struct.pack("=BBH", nl.NFPROTO_NETDEV, 0, 0)
+    ((_, payload),) = attrs(attrs(body)[2][1])
+    only = dict(attrs(payload))
+    assert nl.NFTA_SET_ELEM_TIMEOUT not in only
+    assert attrs(only[nl.NFTA_SET_ELEM_KEY]) == [(nl.NFTA_DATA_VALUE, elements[0][0])]

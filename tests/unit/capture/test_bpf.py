@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from portsentinel.capture import bpf
 from portsentinel.capture.bpf import PortFilter, build_filter, execute, run_filter
+from portsentinel.model import QUIET_MARK
 
 SYN, FIN, RST, PSH, ACK, URG = 0x02, 0x01, 0x04, 0x08, 0x10, 0x20
 HOST, BROADCAST, MULTICAST, OTHERHOST, OUTGOING = 0, 1, 2, 3, 4
@@ -243,12 +244,14 @@ def test_opcodes_have_their_kernel_values() -> None:
     assert (bpf.JMP_JA, bpf.JMP_JEQ_K, bpf.JMP_JGT_K, bpf.JMP_JGE_K) == (0x05, 0x15, 0x25, 0x35)
     assert (bpf.JMP_JSET_K, bpf.RET_K, bpf.ALU_AND_K) == (0x45, 0x06, 0x54)
     assert bpf.AD_PKTTYPE == (-0x1000 + 4) & 0xFFFFFFFF
+    assert bpf.AD_MARK == (-0x1000 + 20) & 0xFFFFFFFF  # SKF_AD_MARK
 
 
 def test_the_default_program_is_short_and_well_formed() -> None:
     bpf.validate(DEFAULT)
     assert len(DEFAULT) <= 80
-    assert DEFAULT[0] == (bpf.LD_W_ABS, 0, 0, bpf.AD_PKTTYPE)
+    assert DEFAULT[0] == (bpf.LD_W_ABS, 0, 0, bpf.AD_MARK)  # a quiet source's mark first
+    assert DEFAULT[2] == (bpf.LD_W_ABS, 0, 0, bpf.AD_PKTTYPE)
     assert all(
         0 <= jt <= 255 and 0 <= jf <= 255 and 0 <= k <= 0xFFFFFFFF for _, jt, jf, k in DEFAULT
     )
@@ -283,3 +286,12 @@ def test_the_interpreter_rejects_what_it_does_not_know(
 def test_port_filters_reject_impossible_ports(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PortFilter(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_quiet_sources_marked_probe_stays_in_the_kernel() -> None:
+    probe = ip4(6, tcp(22))
+    assert run_filter(DEFAULT, probe, HOST, mark=0)
+    assert not run_filter(DEFAULT, probe, HOST, mark=QUIET_MARK)
+    assert run_filter(DEFAULT, probe, HOST, mark=QUIET_MARK + 1)  # another's mark: passes
+    assert not run_filter(DEFAULT, ip6(17, udp(53)), HOST, mark=QUIET_MARK)
+    assert "#mark" in bpf.disassemble(DEFAULT).splitlines()[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import queue
 import socket
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -282,6 +283,7 @@ class FakeResponder:
         self.notes_ssh_peers = False
         self.names_missed = (0, 0)
         self.ingress_drops: tuple[int, int] | None = None
+        self.quiet_counts: queue.SimpleQueue[dict[tuple[bytes, int], int]] = queue.SimpleQueue()
         self.turns_ended = 0
         self.protected = 0  # times the loop said the never-block set changed
         self.store_outage: tuple[float, str] | None = None

@@ -265,6 +265,20 @@ def test_the_workers_drops_are_summarised_as_they_grow(tmp_path: Path) -> None:
     ]
 
 
+def test_what_the_kernel_counted_for_quiet_sources_joins_the_summary(tmp_path: Path) -> None:
+    made = Made(tmp_path)
+    assert made.responder is not None
+    quiet_source = bytes([198, 18, 0, 7])
+    made.responder.quiet_counts.put({(quiet_source, 6): 1500, (quiet_source, 17): 20})
+    made.responder.quiet_counts.put({(quiet_source, 6): 480})
+    made.outputs.summarise()
+    held = [line for line in made.lines() if "198.18.0.7 already blocked" in line]
+    assert len(held) == 1
+    assert "198.18.0.7 already blocked: 2000" in held[0]
+    assert made.outputs.quiet_packets == 2000
+    assert made.outputs.quiet is None  # a pipeline without the service's own responder
+
+
 def test_the_counts_follow_each_first_decision(tmp_path: Path) -> None:
     made = Made(tmp_path)
     made.outputs.emit(

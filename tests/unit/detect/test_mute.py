@@ -119,3 +119,21 @@ def test_counted_in_adds_muted_probes_as_held_already_blocked_records() -> None:
     assert out.decisions_by_action[Action.IGNORED] == 4
     assert out.ignored_by_reason[Reason.ALREADY_BLOCKED] == 4
     assert (stats.probes, stats.held) == (10, 2)  # the original is left as it was
+
+
+def test_fresh_mutes_are_handed_out_once_and_emptied_by_clear() -> None:
+    mutes = Mutes(tracker(), (TCP, UDP))
+    mutes.mute(TCP, SCANNER, 1.0)
+    mutes.mute(UDP, SCANNER, 1.0)
+    assert mutes.take_fresh() == [(SCANNER, TCP), (SCANNER, UDP)]
+    assert mutes.take_fresh() == []
+    mutes.mute(TCP, HOST, 2.0)
+    mutes.clear()  # a reload: nothing muted is handed out any more
+    assert mutes.take_fresh() == []
+
+
+def test_fresh_mutes_are_bounded() -> None:
+    mutes = Mutes(tracker(), (TCP, UDP))
+    for n in range(MUTED_CAP + 10):
+        mutes.mute(TCP, n.to_bytes(4, "big"), 1.0)
+    assert len(mutes.take_fresh()) == MUTED_CAP
