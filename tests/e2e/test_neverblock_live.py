@@ -27,7 +27,7 @@ _REASON = netns.unavailable()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 Lab = netns.Lab
-_WAIT = 10.0
+_WAIT = 60.0  # generous: a child that imports the package and dumps sockets, on a loaded machine
 
 SSH6_CLIENT = "fd00:5e::22"  # the scanner's second IPv6 address, used for the IPv6 session
 ORDINARY4 = "198.18.0.3"  # a scanner address that talks to nobody: not protected
