@@ -405,6 +405,76 @@ class Settings:
         "not read",
         origin=_NEW,
     )  # fmt: skip
+    # --- the fleet: CrowdSec's Local API (fleet/; off while CROWDSEC_LAPI_URL is empty) ------
+    crowdsec_lapi_url: str = setting(
+        key="CROWDSEC_LAPI_URL", parse=o.webhook_url, default="", unit="URL",
+        help="the fleet's CrowdSec Local API; empty: no fleet. https:// with a remote LAPI "
+        "(plain http to an address other than loopback works, with a warning)", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_credentials_file: str = setting(
+        key="CROWDSEC_CREDENTIALS_FILE", parse=t.path, default="", unit="path",
+        help="the machine's url/login/password file (cscli machines add NAME --auto -f FILE): "
+        "this host pushes its bans with it", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_bouncer_key_file: str = setting(
+        key="CROWDSEC_BOUNCER_KEY_FILE", parse=t.path, default="", unit="path",
+        help="a file holding this host's bouncer key (cscli -oraw bouncers add NAME): it pulls "
+        "the fleet's decisions into its own sets with it", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_ca_file: str = setting(
+        key="CROWDSEC_CA_FILE", parse=t.path, default="", unit="path",
+        help="CA certificates that sign LAPI's TLS certificate; empty: the system's", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_push: bool = setting(
+        key="CROWDSEC_PUSH", parse=t.flag, default="1", unit="0/1",
+        help="push this host's bans (and weak reports, for sweeps) when credentials are set",
+        origin=_NEW,
+    )  # fmt: skip
+    crowdsec_pull: bool = setting(
+        key="CROWDSEC_PULL", parse=t.flag, default="1", unit="0/1",
+        help="apply the fleet's decisions when a bouncer key is set", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_poll_interval: float = setting(
+        key="CROWDSEC_POLL_INTERVAL", parse=t.duration_range(0.2, 300.0), default="2s",
+        unit="seconds", help="how often the fleet's new decisions are pulled", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_resync_interval: float = setting(
+        key="CROWDSEC_RESYNC_INTERVAL", parse=t.duration_range(5.0, 86400.0), default="5m",
+        unit="seconds", help="how often every fleet decision is pulled again (LAPI 1.4.6's "
+        "stream can miss one and never extends one)", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_batch_max: int = setting(
+        key="CROWDSEC_BATCH_MAX", parse=t.int_range(1, 1000), default="100", unit="alerts",
+        help="alerts per POST to LAPI", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_outbox_max: int = setting(
+        key="CROWDSEC_OUTBOX_MAX", parse=t.int_range(10, 1_000_000), default="10000",
+        unit="messages", help="messages kept for LAPI while it cannot take them (reports "
+        "give way first, then the oldest bans)", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_timeout: float = setting(
+        key="CROWDSEC_TIMEOUT", parse=t.duration_range(0.5, 60.0), default="5s",
+        unit="seconds", help="one HTTP request to LAPI gives up after this long", origin=_NEW,
+    )  # fmt: skip
+    crowdsec_permanent_cap: float = setting(
+        key="CROWDSEC_PERMANENT_CAP", parse=t.duration_range(60.0, 315_360_000.0), default="30d",
+        unit="seconds", help="how long the fleet applies a permanent local ban", origin=_NEW,
+    )  # fmt: skip
+    fleet_push_delay: float = setting(
+        key="FLEET_PUSH_DELAY", parse=t.duration_range(0.0, 86400.0), default="5m",
+        unit="seconds", help="a ban without strong evidence (a completed handshake, or an "
+        "operator's) goes to the fleet once it has lasted this long (the decoy window)",
+        origin=_NEW,
+    )  # fmt: skip
+    fleet_sweep_hosts: int = setting(
+        key="FLEET_SWEEP_HOSTS", parse=t.int_range(2, 10000), default="3", unit="hosts",
+        help="a source reported probing this many hosts within FLEET_SWEEP_WINDOW is banned "
+        "fleet-wide (kind SWEEP)", origin=_NEW,
+    )  # fmt: skip
+    fleet_sweep_window: float = setting(
+        key="FLEET_SWEEP_WINDOW", parse=t.duration_range(5.0, 86400.0), default="60s",
+        unit="seconds", help="the window of the fleet's sweep rule", origin=_NEW,
+    )  # fmt: skip
 
 
 def _collect() -> tuple[SettingSpec, ...]:

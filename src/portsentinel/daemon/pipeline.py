@@ -34,6 +34,7 @@ from portsentinel.decode import decode_ip
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.fingerprint import ScannerMarks, scanner_of
 from portsentinel.errors import DecodeError
+from portsentinel.fleet.link import FleetLink
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
 from portsentinel.model import Action, Proto
@@ -87,6 +88,7 @@ class Pipeline(Reports):
         self.decode_errors = 0
         self._selector: selectors.BaseSelector | None = None
         self.responder: Responder | None = None
+        self.fleet: FleetLink | None = None  # the fleet link's thread (service.py starts it)
         self.dry_run = False  # run --dry-run: the responder records would-be bans only
         self.never_block = never_block
         self.protection = Protection(never_block, detector)
@@ -390,10 +392,10 @@ class Pipeline(Reports):
             if self.fatal is None and not alive():
                 self.fatal = f"the {name} thread stopped"
         self.outputs.emit(self.detector.tick(self._now))
-        notifier = self.outputs.notifier
-        if notifier is not None:
-            for line in notifier.lines():
-                self.log.line(line)
+        for part in (self.outputs.notifier, self.fleet):
+            if part is not None:
+                for line in part.lines():
+                    self.log.line(line)
         if self._now >= self._next_summary:
             self._next_summary = self._now + SUMMARY_EVERY
             self.outputs.summarise()

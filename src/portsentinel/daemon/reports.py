@@ -18,6 +18,7 @@ from portsentinel.daemon.metrics import refused_counts
 from portsentinel.daemon.outputs import Outputs
 from portsentinel.daemon.unsolicited import UnsolicitedSource
 from portsentinel.detect.detector import Detector
+from portsentinel.fleet.link import FleetLink
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
 from portsentinel.respond.worker import Responder
@@ -35,6 +36,7 @@ class Reports:
     unsolicited: UnsolicitedSource | None
     never_block: NeverBlock
     responder: Responder | None
+    fleet: FleetLink | None
     outputs: Outputs
     dry_run: bool
     decode_errors: int
@@ -59,6 +61,7 @@ class Reports:
             "responses": self.responder is not None,
             "dry_run": self.dry_run,  # would-be bans recorded, no firewall touched
             "store_outage": self._store_outage(),
+            "fleet": self.fleet.status() if self.fleet is not None else None,
             "counters": self.statistics(),
         }
 
@@ -81,6 +84,10 @@ class Reports:
             snapshot["store_outage"] = int(self.responder.store_outage is not None)
             for key, count in self.responder.first_bans.items():
                 snapshot[f"first_bans_{key}"] = count
+        if self.fleet is not None:
+            for key, value in self.fleet.status().items():
+                if isinstance(value, int | float | bool) and value is not None:
+                    snapshot[f"fleet_{key.removeprefix('fleet_')}"] = value
         return snapshot
 
     def statistics(self) -> dict[str, int]:
