@@ -20,10 +20,12 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from portsentinel import __version__
 from portsentinel.fleet.credentials import Machine
 
 TOKEN_MARGIN = 60.0  # log in again this long before the token expires
-USER_AGENT = "portsentinel-fleet"
+# LAPI 1.4.6 refuses a login whose User-Agent is not NAME/VERSION (401, "bad user agent").
+USER_AGENT = f"portsentinel/{__version__}"
 
 
 class LapiError(Exception):
