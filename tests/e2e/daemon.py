@@ -89,6 +89,7 @@ class Daemon:
         measured: bool = True,
         wrapper: Sequence[str] = (),
         lines: str = "stderr",
+        ns: str | None = None,
     ) -> Daemon:
         """Start the daemon: ``run --mode MODE`` or, with ``flags`` (``-atcp``, ``-audp``),
         PortSentry's invocation, flags first and options after. The state directory is
@@ -99,7 +100,8 @@ class Daemon:
         whose tracer would make it several times slower and bigger than it is. ``wrapper``
         goes in front of the command (it must exec it, so the pid stays the daemon's): a
         private mount namespace with the lab's own ``/etc/resolv.conf``, say. ``lines`` names
-        the stream the daemon's log lines go to (``stdout`` with PortSentry 2.0's flags)."""
+        the stream the daemon's log lines go to (``stdout`` with PortSentry 2.0's flags).
+        ``ns``: the namespace it runs in (the lab's target unless given)."""
         directory.mkdir(parents=True, exist_ok=True)
         config = write_config(directory, settings or {})
         verb = list(flags) if flags else ["run", *(["--mode", mode] if mode else [])]
@@ -120,7 +122,7 @@ class Daemon:
             (directory / "stderr.log").open("wb") as err,
             (directory / "stdout.log").open("wb") as out,
         ):
-            proc = lab.start(lab.target, argv, stdin=subprocess.DEVNULL,
+            proc = lab.start(ns or lab.target, argv, stdin=subprocess.DEVNULL,
                              stdout=out, stderr=err, env=env)  # fmt: skip
         daemon = cls(lab, directory, proc)
         if wait:

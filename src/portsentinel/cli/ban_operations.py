@@ -19,10 +19,12 @@ from portsentinel.cli.tables import Column, write_rows
 from portsentinel.config.setup import Setup
 from portsentinel.config.types import ban_duration
 from portsentinel.errors import ConfigError
+from portsentinel.fleet import withdraw
 from portsentinel.host.neverblock import NeverBlock
 from portsentinel.model import Proto
 from portsentinel.respond.backends import Backends, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
+from portsentinel.store.fleet import FleetDecision
 from portsentinel.store.records import BanRecord, LiftedBy
 from portsentinel.store.sqlite import Store
 
@@ -57,7 +59,14 @@ def manager(setup: Setup, state_dir: str, err: TextIO) -> Iterator[BanManager]:
 
 
 def unblock(
-    setup: Setup, state_dir: str, addresses: list[str], *, every: bool, out: TextIO, err: TextIO
+    setup: Setup,
+    state_dir: str,
+    addresses: list[str],
+    *,
+    every: bool,
+    out: TextIO,
+    err: TextIO,
+    local: bool = False,
 ) -> int:
     now = time.time()
     with manager(setup, state_dir, err) as bans:
@@ -68,11 +77,17 @@ def unblock(
         )
         missing = 0
         for address in targets:
+            withdraw.before_lift(bans.store, address, now, local=local)
             record = bans.unblock(address, now)
-            if record is None:
+            fleet = None if local else withdraw.everywhere(setup.settings, bans.store, address, now)
+            if fleet is not None:
+                out.write(fleet + "\n")
+            if local and bans.store.fleet_decisions(address=address):
+                out.write(f"fleet: the fleet's decisions on {address} are no longer applied here\n")
+            if record is None and fleet is None:
                 err.write(f"portsentinel: {address} is not blocked\n")
                 missing += 1
-            else:
+            elif record is not None:
                 out.write(f"unblocked {address} (ban {record.id})\n")
     return paths.EXIT_FAILURE if missing and not every else paths.EXIT_OK
 
@@ -166,11 +181,12 @@ def list_bans(state_dir: str, as_json: bool, out: TextIO, err: TextIO | None = N
         # A replay's store answers as of the end of its capture, not as of today.
         records = store.active_bans(reference_time(store, now))
         offline = store.offline
+        fleet = [d for d in store.fleet_decisions() if d.until > now and d.state == "applied"]
         if err is not None:
             say_damaged(store, err)
     finally:
         store.close()
-    rows = [_ban_dict(r) for r in records]
+    rows = [_ban_dict(r) for r in records] + [_fleet_dict(d) for d in fleet]
     if offline:  # a dry run's or a replay's: what would have been banned
         for row in rows:
             row["applied"] = False
@@ -196,6 +212,24 @@ def _ban_dict(record: BanRecord) -> dict[str, object]:
         "offence": record.offence,
         "ports": list(evidence.get("ports", [])),
         "hits": evidence.get("hits"),
+        "origin": "local",
+    }
+
+
+def _fleet_dict(decision: FleetDecision) -> dict[str, object]:
+    """A fleet decision this host applies, marked with its origin."""
+    return {
+        "address": decision.address,
+        "since": None,
+        "until": iso_time(decision.until),
+        "state": "fleet",
+        "reason": f"fleet: {decision.origin} {decision.scenario}",
+        "rule": None,
+        "offence": None,
+        "ports": [],
+        "hits": None,
+        "origin": decision.origin,
+        "decision": decision.id,
     }
 
 
@@ -210,7 +244,7 @@ def _time(value: object) -> str:
 
 LIST_COLUMNS = (
     Column("ADDRESS", "address"),
-    Column("SINCE", "since", _time),
+    Column("SINCE", "since", lambda v: "(fleet)" if v is None else _time(v)),
     Column("UNTIL", "until", lambda v: "permanent" if v is None else _time(v)),
     Column("REASON", "reason", shrink=True),
     Column("PORTS SEEN", "ports", _ports, shrink=True),

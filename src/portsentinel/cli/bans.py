@@ -57,6 +57,12 @@ def add_parsers(verbs: Verbs) -> None:
         "address", metavar="ADDR", nargs="*", help="the addresses (or banned prefixes) to lift"
     )
     unblock.add_argument("--all", action="store_true", help="lift every ban in force")
+    unblock.add_argument(
+        "--local",
+        action="store_true",
+        help="lift it on this host only: the fleet's decisions on it stay in force elsewhere "
+        "(and are not applied here again); without it they are deleted fleet-wide",
+    )
     add_config_option(unblock)
     add_state_dir_option(unblock)
     unblock.set_defaults(handler=cmd_unblock)
@@ -132,7 +138,7 @@ def cmd_unblock(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return paths.EXIT_FAILURE
     setup = load_setup(args.config, "atcp,audp")
     return ban_operations.unblock(
-        setup, args.state_dir, args.address, every=args.all, out=out, err=err
+        setup, args.state_dir, args.address, every=args.all, local=args.local, out=out, err=err
     )
 
 

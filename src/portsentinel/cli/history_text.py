@@ -27,9 +27,15 @@ def why_lines(view: Mapping[str, Any]) -> Iterator[str]:
         yield _field("rule", view["rule"])
     if probes is not None:
         yield from _probe_lines(probes)
+    for d in view.get("fleet") or []:
+        note = f" ({d['note']})" if d["note"] else ""
+        text = f"decision #{d['id']} {d['origin']} {d['scenario']} until {d['until']}"
+        yield _field("fleet", f"{text}: {d['state']}{note}")
 
 
 def _headline(ban: Mapping[str, Any] | None, probes: Mapping[str, Any] | None) -> str:
+    if ban is None and not probes:
+        return "banned by the fleet"
     if ban is None:
         alerted = probes is not None and probes["alerts"]
         return "alerted, never banned" if alerted else "probes recorded, never banned"

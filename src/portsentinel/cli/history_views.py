@@ -248,7 +248,12 @@ def why_view(store: Store, target: Network, anchor: float) -> dict[str, Any] | N
     ban = find_ban(store, target, anchor)
     scope = _network(ban) if ban is not None and _network(ban) != target else target
     events = store.events_for(str(scope), limit=EVENT_LIMIT)
-    if ban is None and not events:
+    fleet = [
+        {"id": d.id, "origin": d.origin, "scenario": d.scenario, "until": iso_time(d.until),
+         "state": d.state, "note": d.note}
+        for d in store.fleet_decisions(address=str(target.network_address))
+    ]  # fmt: skip
+    if ban is None and not events and not fleet:
         return None
     probes = probes_view(events)
     rules = [] if probes is None else probes["rules"]
@@ -258,6 +263,7 @@ def why_view(store: Store, target: Network, anchor: float) -> dict[str, Any] | N
         "rule": ban.rule if ban is not None and ban.rule else (rules[0] if rules else None),
         "ban": None if ban is None else ban_view(store, ban),
         "probes": probes,
+        "fleet": fleet,
     }
 
 

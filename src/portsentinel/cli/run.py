@@ -230,6 +230,7 @@ def status_text(report: dict[str, object]) -> str:
             )
             lines.append(f"counters: {shown}")
         lines.append(f"never-block set: {report.get('never_block_networks')} networks")
+        lines += _fleet_lines(report.get("fleet"))
         outage = report.get("store_outage")
         if isinstance(outage, dict):
             began = outage.get("since")
@@ -244,6 +245,27 @@ def status_text(report: dict[str, object]) -> str:
         lines.append(f"store: {report['store']}")
     lines += _uncertain_lines(report.get("uncertain"))
     return "\n".join(lines) + "\n"
+
+
+def _fleet_lines(fleet: object) -> list[str]:
+    if not isinstance(fleet, dict):
+        return []
+    state = {True: "connected", False: "NOT connected", None: "connecting"}[fleet.get("connected")]
+
+    def when(key: str) -> str:
+        value = fleet.get(key)
+        return iso_time(value) if isinstance(value, float) else "never"
+
+    lines = [
+        f"fleet: LAPI {fleet.get('lapi')} {state}; last push {when('last_push')}, last pull "
+        f"{when('last_pull')}",
+        f"fleet: outbox {fleet.get('outbox_depth')} waiting, {fleet.get('pushed')} bans pushed, "
+        f"{fleet.get('withdrawn')} withdrawn, {fleet.get('fleet_bans_applied')} fleet bans "
+        f"applied, {fleet.get('fleet_refused')} refused (never-block set)",
+    ]
+    if fleet.get("last_error") and fleet.get("connected") is not True:
+        lines.append(f"fleet: last error: {fleet.get('last_error')}")
+    return lines
 
 
 def _uncertain_lines(uncertain: object) -> list[str]:

@@ -100,7 +100,30 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Bans the kernel refused from the detection loop (the worker applied them)",
     ),
 )
+_COUNTERS += tuple(
+    (f"fleet_{key}", f"fleet_{key}", text)
+    for key, text in (
+        ("pushed", "Bans LAPI accepted from this host"),
+        ("withdrawn", "Pushed bans whose fleet decisions this host deleted (unblock, decoy)"),
+        ("withheld", "Bans never pushed: lifted or cut within the decoy window"),
+        ("reports", "Weak-evidence reports LAPI accepted (for the sweep rule)"),
+        ("outbox_refused", "Messages the full outbox dropped (CROWDSEC_OUTBOX_MAX)"),
+        ("duplicates_avoided", "Retried bans LAPI already held (an ambiguous failure)"),
+        ("push_failures", "Pushes to LAPI that failed (retried with back-off)"),
+        ("pulls", "Pulls of the fleet's decisions"),
+        ("resyncs", "Full re-pulls of the fleet's decisions"),
+        ("refused", "Fleet decisions refused here: the never-block set holds the address"),
+        ("sweeps_banned", "Sources this host banned fleet-wide as sweeps"),
+        ("sweep_checks", "Sweep rule look-ups in LAPI"),
+        ("sweep_check_seconds", "Seconds spent in sweep rule look-ups"),
+    )
+)
 _GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("fleet_connected", "fleet_connected", "1 while the last exchange with LAPI succeeded"),
+    ("fleet_outbox_depth", "fleet_outbox_depth", "Messages waiting for LAPI in the outbox"),
+    ("fleet_bans_applied", "fleet_bans_applied", "Fleet decisions in this host's fleet sets"),
+    ("fleet_last_push", "fleet_last_push_time_seconds", "When LAPI last accepted a push"),
+    ("fleet_last_pull", "fleet_last_pull_time_seconds", "When the last pull succeeded"),
     ("tracked_sources", "tracked_sources", "Sources being counted now"),
     ("bans_active", "bans_active", "Bans in force now"),
     ("store_outage", "store_outage", "1 while the state store refuses writes (retried)"),

@@ -17,6 +17,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from portsentinel.alert.portsentry_log import accept_failed_line
 from portsentinel.alert.sinks import EventSink, LogSink
@@ -40,6 +41,9 @@ from portsentinel.model import Action, Proto
 from portsentinel.ratelimit import SUMMARY_EVERY
 from portsentinel.respond.hold import hold_plan
 from portsentinel.respond.worker import Responder, WorkerMessage
+
+if TYPE_CHECKING:
+    from portsentinel.fleet.link import FleetLink
 
 # Timer periods, in seconds.
 TICK_EVERY = 1.0  # idle-source expiry, pending-connection expiry
@@ -87,6 +91,7 @@ class Pipeline(Reports):
         self.decode_errors = 0
         self._selector: selectors.BaseSelector | None = None
         self.responder: Responder | None = None
+        self.fleet: FleetLink | None = None  # the fleet link's thread (service.py starts it)
         self.dry_run = False  # run --dry-run: the responder records would-be bans only
         self.never_block = never_block
         self.protection = Protection(never_block, detector)
@@ -392,10 +397,10 @@ class Pipeline(Reports):
             if self.fatal is None and not alive():
                 self.fatal = f"the {name} thread stopped"
         self.outputs.emit(self.detector.tick(self._now))
-        notifier = self.outputs.notifier
-        if notifier is not None:
-            for line in notifier.lines():
-                self.log.line(line)
+        for part in (self.outputs.notifier, self.fleet):
+            if part is not None:
+                for line in part.lines():
+                    self.log.line(line)
         if self._now >= self._next_summary:
             self._next_summary = self._now + SUMMARY_EVERY
             self.outputs.summarise()

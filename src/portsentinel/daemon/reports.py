@@ -8,6 +8,7 @@ read when asked, from the loop's thread (``status``, ``statistics``) or the metr
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from portsentinel import __version__
 from portsentinel.alert.sinks import EventSink
@@ -22,6 +23,9 @@ from portsentinel.host.neverblock import NeverBlock
 from portsentinel.host.view import HostView
 from portsentinel.respond.worker import Responder
 
+if TYPE_CHECKING:
+    from portsentinel.fleet.link import FleetLink
+
 
 class Reports:
     """``Pipeline``'s reports; see the module docstring."""
@@ -35,6 +39,7 @@ class Reports:
     unsolicited: UnsolicitedSource | None
     never_block: NeverBlock
     responder: Responder | None
+    fleet: FleetLink | None
     outputs: Outputs
     dry_run: bool
     decode_errors: int
@@ -59,6 +64,7 @@ class Reports:
             "responses": self.responder is not None,
             "dry_run": self.dry_run,  # would-be bans recorded, no firewall touched
             "store_outage": self._store_outage(),
+            "fleet": self.fleet.status() if self.fleet is not None else None,
             "counters": self.statistics(),
         }
 
@@ -81,6 +87,10 @@ class Reports:
             snapshot["store_outage"] = int(self.responder.store_outage is not None)
             for key, count in self.responder.first_bans.items():
                 snapshot[f"first_bans_{key}"] = count
+        if self.fleet is not None:
+            for key, value in self.fleet.status().items():
+                if isinstance(value, int | float | bool) and value is not None:
+                    snapshot[f"fleet_{key.removeprefix('fleet_')}"] = value
         return snapshot
 
     def statistics(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from portsentinel import __version__
 from portsentinel.alert import portsentry2_log, portsentry_log
@@ -25,9 +26,14 @@ from portsentinel.daemon.pipeline import Pipeline
 from portsentinel.daemon.sdnotify import ServiceManager
 from portsentinel.daemon.sources import StartupError
 from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError
+from portsentinel.fleet.credentials import fleet_config
+from portsentinel.respond.backends import terms_of
 from portsentinel.respond.hold import hold_plan, hold_refusal
 from portsentinel.respond.worker import Responder
 from portsentinel.store.lock import StateLock
+
+if TYPE_CHECKING:
+    from portsentinel.fleet.link import FleetLink
 
 GC_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
 
@@ -100,6 +106,10 @@ class Daemon:
                 )
             )
             pipeline.outputs.allow_quiet(self.setup.settings, dry_run=dry)
+            pipeline.fleet = _fleet(self.setup, self.options.state_dir, pipeline, dry)
+            if pipeline.fleet is not None:
+                pipeline.fleet.start()
+                pipeline.watched["fleet"] = pipeline.fleet.alive
             metrics = MetricsServer.from_settings(
                 self.setup.settings, pipeline.metrics_snapshot, started=time.time()
             )
@@ -143,6 +153,10 @@ class Daemon:
                     control.close()
                 if metrics is not None:
                     metrics.close()
+                if pipeline.fleet is not None:
+                    pipeline.fleet.close()
+                    for line in pipeline.fleet.lines():
+                        self.log.line(line)
                 if notifier is not None:
                     notifier.close()
                     for line in notifier.lines():
@@ -273,6 +287,30 @@ def _notifier(setup: Setup, *, dry_run: bool) -> Notifier | None:
     notifier = Notifier(config)
     notifier.start()
     return notifier
+
+
+def _fleet(setup: Setup, state_dir: str, pipeline: Pipeline, dry_run: bool) -> FleetLink | None:
+    """The fleet link when CROWDSEC_LAPI_URL and a credentials or key file are set; a file
+    that cannot be used leaves the fleet off (said), never the host unprotected."""
+    if dry_run:
+        return None
+    try:
+        config = fleet_config(setup.settings)
+    except ConfigError as exc:
+        pipeline.log.line(f"adminalert: ERROR: the fleet link is off: {exc}")
+        return None
+    if config is None:
+        return None
+    from portsentinel.fleet.link import FleetLink  # noqa: PLC0415 - only with a fleet: urllib
+
+    seconds, _offence = terms_of(setup.settings).length(0)
+    length = setup.settings.crowdsec_permanent_cap if seconds is None else seconds
+    pipeline.log.line(
+        f"adminalert: fleet: LAPI {config.url}, push {'on' if config.machine else 'off'}, "
+        f"pull {'on' if config.api_key else 'off'}"
+    )
+    return FleetLink(setup.settings, state_dir, config, protection=pipeline.protection.entries,
+                     sweep_length=length)  # fmt: skip
 
 
 def format_stats(stats: dict[str, int]) -> str:

@@ -12,7 +12,8 @@ sortable binary source key so that "events from this /64" is one index range, th
 ``flags`` and ``ip_options``, and indexes for the ban timeline. Version 3 lets an action be
 ``uncertain`` (issue 15: a command the process died running may or may not have run).
 Version 4 adds the report's rollups (issue 13, ``store/rollup.py``), empty: the events of an
-upgraded store are folded into them afterwards, a chunk per transaction.
+upgraded store are folded into them afterwards, a chunk per transaction. Version 6 adds the
+fleet's rows (issue 12, ``store/fleet.py``): the outbox to CrowdSec's LAPI and its decisions.
 
 Addresses are stored as normalised text (``ipaddress``'s ``str``; an IPv4-mapped IPv6 host is
 kept as its IPv4 address, as events print it). Events also keep ``src_key``: the source as
@@ -34,6 +35,7 @@ from typing import Final
 from portsentinel import __version__
 from portsentinel.errors import StoreError
 from portsentinel.networks import canonical_ipv4, canonical_ipv6
+from portsentinel.store.fleet import V6
 from portsentinel.store.rollup import V4
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -281,6 +283,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(3, "an action may be uncertain (a command the process died running)", _v3),
     Migration(4, "rollups for the report (filled by Store.roll_up, chunk by chunk)", _run_all(V4)),
     Migration(5, "event score, contacts (SCAN_RULE trw) and scanner tool", _run_all(_V5)),
+    Migration(6, "the fleet: outbox, local bans' fate there, its decisions", _run_all(V6)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

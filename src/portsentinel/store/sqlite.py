@@ -40,6 +40,7 @@ from portsentinel.store.connect import (
     connect,
     sqlite_errors,
 )
+from portsentinel.store.fleet import FleetRows
 from portsentinel.store.records import (
     ACTION_COLS,
     BAN_COLS,
@@ -120,7 +121,7 @@ SQL_UNCERTAIN: Final = (
 )
 
 
-class Store(BulkBans, RowReader):
+class Store(BulkBans, RowReader, FleetRows):
     """One connection to the store. Build it with ``Store.open``; close it (or use ``with``).
     Its readers skip a row that is no record and keep it for ``damaged`` (``store/rows.py``)."""
 

@@ -45,7 +45,8 @@ def test_why_json_is_one_object_with_the_event_key_style(tmp_path: Path) -> None
     assert status == 0
     assert out.count("\n") == 1
     view = json.loads(out)
-    assert list(view) == ["src", "rule", "ban", "probes"]
+    assert list(view) == ["src", "rule", "ban", "probes", "fleet"]
+    assert view["fleet"] == []
     assert (view["src"], view["rule"]) == ("203.0.113.7", "scan_trigger")
     ban = view["ban"]
     assert ban["since"] == "2023-11-14T22:13:21.000000+00:00"

@@ -1,0 +1,123 @@
+"""Fleet-wide sweeps: a source that probes a port or two on each of many hosts, below every
+host's own threshold, is banned on all of them.
+
+Each host reports what stays below its threshold (events of reason ``below trigger`` or ``too
+few ports for a block``, read from its own store, never from the packet path) as alerts
+without a decision (``alerts.report_alert``): one per source per half window at most, and at
+most ``REPORTS_PER_MINUTE``, so the number of alerts LAPI keeps stays bounded (its
+``flush.max_items`` deletes the oldest alerts with their bans: raise it, README). After its
+report is accepted a host asks LAPI for the reports on that source within
+``FLEET_SWEEP_WINDOW``; when ``FLEET_SWEEP_HOSTS`` distinct hosts reported it, and no sweep
+decision is there yet, it pushes one ban of kind SWEEP whose message lists the hosts and
+ports: every host, itself included, applies it through its pull.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from portsentinel.fleet import alerts
+from portsentinel.fleet.lapi import Lapi, LapiError
+from portsentinel.model import Reason
+from portsentinel.store.fleet import OutboxItem
+from portsentinel.store.records import EventRow
+
+WEAK: Final = frozenset({Reason.BELOW_TRIGGER.value, Reason.WEAK_EVIDENCE.value})
+REPORTS_PER_MINUTE: Final = 120
+Log = Callable[[str], None]
+
+
+def reports(
+    events: Iterable[EventRow], now: float, *, host: str, window: float,
+    banned: Callable[[str], bool],
+) -> list[OutboxItem]:  # fmt: skip
+    """The weak-evidence reports of ``events``: one per source and half window (pure)."""
+    slot = max(1, int(window // 2))
+    by_source: dict[str, list[EventRow]] = {}
+    for ev in events:
+        if ev.reason in WEAK:
+            by_source.setdefault(ev.src, []).append(ev)
+    out = []
+    for src, evs in sorted(by_source.items()):
+        if banned(src):
+            continue
+        ports = sorted({f"{e.proto}/{e.port}" for e in evs})
+        first, last = min(e.time for e in evs), max(e.time for e in evs)
+        ref = f"report:{src}:{int(last) // slot}"
+        body = {"alert": alerts.report_alert(src, ports, first, last, now, host=host)}
+        out.append(OutboxItem(ref, "report", src, None, body, now, now))
+    return out[:REPORTS_PER_MINUTE]
+
+
+def hosts_of(found: Sequence[Mapping[str, Any]]) -> dict[str, set[str]]:
+    """host -> ports from LAPI's reports (their ``meta``) (pure)."""
+    out: dict[str, set[str]] = {}
+    for alert in found:
+        if alert.get("scenario") != alerts.PREFIX + "probe":
+            continue
+        meta = {
+            m.get("key"): m.get("value") for m in alert.get("meta") or [] if isinstance(m, dict)
+        }
+        host = meta.get("host")
+        if isinstance(host, str) and host:
+            ports = str(meta.get("ports", ""))
+            out.setdefault(host, set()).update(p for p in ports.split(",") if p)
+    return out
+
+
+def sweep_alert(
+    address: str, hosts: Mapping[str, set[str]], now: float, length: float
+) -> dict[str, Any]:
+    listed = "; ".join(f"{h}: {','.join(sorted(p))}" for h, p in sorted(hosts.items()))
+    name = alerts.PREFIX + alerts.SWEEP
+    return {
+        "scenario": name, "scenario_hash": "", "scenario_version": "",
+        "message": f"attackalert: SWEEP from host: {address} across {len(hosts)} hosts ({listed})",
+        "events_count": len(hosts), "start_at": alerts.rfc3339(now), "stop_at": alerts.rfc3339(now),
+        "capacity": 0, "leakspeed": "0", "simulated": False, "remediation": True, "events": [],
+        "source": {"scope": "Ip", "value": address, "ip": address},
+        "meta": [{"key": "hosts", "value": ",".join(sorted(hosts))}],
+        "decisions": [{"type": "ban", "scope": "Ip", "value": address,
+                       "duration": alerts.go_duration(length), "origin": alerts.ORIGIN,
+                       "scenario": name}],
+    }  # fmt: skip
+
+
+class SweepRule:
+    """Asks LAPI about the sources this host reported; see the module docstring."""
+
+    def __init__(self, lapi: Lapi, *, hosts: int, window: float, length: float, log: Log):
+        self.lapi = lapi
+        self.hosts = hosts
+        self.window = window
+        self.length = length
+        self.log = log
+        self.checks = 0
+        self.check_seconds = 0.0
+        self.banned = 0
+
+    def check(self, addresses: Iterable[str], now: float, clock: Callable[[], float]) -> None:
+        for address in sorted(set(addresses)):
+            started = clock()
+            try:
+                found = self.lapi.alerts(address, since=self.window)
+                seen = hosts_of(found)
+                if len(seen) < self.hosts or self._decided(address):
+                    continue
+                self.lapi.post_alerts([sweep_alert(address, seen, now, self.length)])
+            except LapiError as exc:
+                self.log(f"adminalert: fleet: sweep check of {address} failed: {exc}")
+                continue
+            finally:
+                self.checks += 1
+                self.check_seconds += clock() - started
+            self.banned += 1
+            self.log(f"attackalert: SWEEP from host: {address} across {len(seen)} hosts "
+                     f"({', '.join(sorted(seen))}): banned fleet-wide")  # fmt: skip
+
+    def _decided(self, address: str) -> bool:
+        if self.lapi.api_key is None:
+            return False
+        return any(d.get("scenario") == alerts.PREFIX + alerts.SWEEP
+                   for d in self.lapi.decisions(address))  # fmt: skip
