@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import replace
 
 from portsentinel.block import BanSpec, ingress, plan_actions
 from portsentinel.block.base import kernel_timeout
@@ -137,7 +136,14 @@ class FirstBan:
         if done:
             self.applied += len(held)
         for request, _spec, timeout in held:
-            send(replace(request, in_kernel=True, kernel_timeout=timeout) if done else request)
+            send(_sent(request, timeout) if done else request)
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _sent(r: BanRequest, timeout: int | None) -> BanRequest:
+    """``r`` with its element in the kernel: ``dataclasses.replace`` without its cost (about
+    ten times a plain construction, in the loop, once per ban of a burst)."""
+    return BanRequest(r.address, r.port, r.proto, r.mode, r.level, r.reason, r.rule, r.evidence,
+                      r.duration, r.manual, True, timeout, r.provisional)  # fmt: skip
