@@ -26,7 +26,7 @@ sources cost one message per turn, not one each.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import Callable
 
 from portsentinel.block import BanSpec, ingress, plan_actions
@@ -117,10 +117,9 @@ class FirstBan:
         held, self._held = self._held, []
         by_set: dict[str, list[tuple[bytes, int | None]]] = {SET4: [], SET6: []}
         for _request, spec, timeout in held:
-            key = ipaddress.ip_address(spec.address).packed
-            by_set[SET6 if spec.version == 6 else SET4].append(
-                (key, None if timeout is None else timeout * 1000)
-            )
+            v6 = spec.version == 6  # the spec's address is normalised: the C parser takes it
+            key = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, spec.address)
+            by_set[SET6 if v6 else SET4].append((key, None if timeout is None else timeout * 1000))
         done = True
         try:
             for name, elements in by_set.items():
