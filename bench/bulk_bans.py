@@ -18,9 +18,10 @@ addresses in 198.19.0.0/16 and fd00:b::/48 (one per /64):
   ``BAN_BATCH``), as the CLI and a fleet's decisions use it: store, backends (nftables by
   libnftables), store again.
 
-Each run gets a fresh state directory and an empty table; the counts are checked afterwards
-against ``nft`` and the SQLite file. Prints figures and the commands; asserts nothing.
-Needs root, iproute2 and nft. Usage: python3 bench/bulk_bans.py [--count N] [--runs R]
+Each run gets a fresh state directory and empty tables (the inet one and its netdev copy);
+the counts are checked afterwards against ``nft`` and the SQLite file. Prints figures and the
+commands; asserts nothing. Needs root, iproute2 and nft.
+Usage: python3 bench/bulk_bans.py [--count N] [--runs R]
 """
 
 from __future__ import annotations
@@ -152,9 +153,10 @@ def main() -> int:
                         config = _config(Path(tmp), which)
                         state = Path(tmp) / "state"
                         state.mkdir()
-                        subprocess.run(["ip", "netns", "exec", namespace, "nft", "delete",
-                                        "table", "inet", "portsentinel"],
-                                       check=False, capture_output=True)  # fmt: skip
+                        for family in ("inet", "netdev"):  # the bans and their ingress copies
+                            subprocess.run(["ip", "netns", "exec", namespace, "nft", "delete",
+                                            "table", family, "portsentinel"],
+                                           check=False, capture_output=True)  # fmt: skip
                         command = ["ip", "netns", "exec", namespace, sys.executable, __file__,
                                    "--count", str(args.count), "--inside", str(config),
                                    str(state), path]  # fmt: skip

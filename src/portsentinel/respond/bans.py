@@ -15,8 +15,7 @@ whether or not a daemon runs.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from portsentinel.block import Backend, BanSpec, plan_actions
@@ -26,7 +25,6 @@ from portsentinel.block.nft_state import MAX_TIMEOUT
 from portsentinel.block.nftables import ban_detail
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
-from portsentinel.model import Mode, Proto
 from portsentinel.respond.backends import (
     Backends,
     Network,
@@ -37,71 +35,16 @@ from portsentinel.respond.backends import (
     terms_of,
 )
 from portsentinel.respond.names import Names
+from portsentinel.respond.pending import BanRequest, Pending, Rows, sent_as_is
 from portsentinel.respond.restart import REAPPLY, Restart
+from portsentinel.store.bulk import ActionRow
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
 from portsentinel.store.sqlite import NewBan, Store
 
+__all__ = ["BanManager", "BanRequest", "Log"]
+
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BanRequest:
-    """What the decision step asks for: a triggered source and its evidence."""
-
-    address: str
-    port: int
-    proto: Proto
-    mode: Mode | None
-    level: int  # BLOCK_x: 1 block, 2 command only
-    reason: str
-    rule: str | None = None
-    evidence: Mapping[str, Any] = field(default_factory=dict)
-    # A manual `portsentinel block --for`: overrides the computed length (None: permanent).
-    duration: float | None = None
-    manual: bool = False
-    # The detection loop already sent the nftables element (``first_ban``), with this kernel
-    # timeout in seconds (None: permanent).
-    in_kernel: bool = False
-    kernel_timeout: int | None = None
-    # Admitted while the ban budget was pressed, without a handshake: a first offence's
-    # length at most, and never more than ``budget.SHORT_BAN``.
-    provisional: bool = False
-
-
-@dataclass(eq=False)
-class _Pending:
-    """One ban on its way through ``ban_many``."""
-
-    index: int
-    req: BanRequest | None  # None: a stored ban re-applied at start-up
-    names: list[str]
-    seconds: float | None
-    offence: int
-    prefix: int | None
-    spec: BanSpec
-    record: BanRecord | None = None
-    applied: int = 0
-    fresh: bool = False  # recorded by this batch (no action rows yet)
-
-    def evidence(self) -> dict[str, Any]:
-        """What the store keeps of the request: its evidence, plan and target."""
-        req = self.request
-        mode = req.mode.value if req.mode else None
-        return {**req.evidence, "plan": self.names, "port": req.port, "proto": req.proto.key,
-                "mode": mode}  # fmt: skip
-
-    @property
-    def request(self) -> BanRequest:
-        if self.req is None:
-            raise ValueError("a re-applied ban has no request")
-        return self.req
-
-    @property
-    def ban(self) -> BanRecord:
-        if self.record is None:
-            raise ValueError("the ban was not recorded yet")
-        return self.record
 
 
 class BanManager(Restart):
@@ -133,6 +76,7 @@ class BanManager(Restart):
         self.names = names
         self.protected = protected
         self.dry_run = dry_run
+        self._plans: dict[object, Any] = {}  # level -> plan, for ``settings``
 
     def reconfigure(self, settings: Settings) -> None:
         """A reloaded configuration: backends are rebuilt from it on their next use (bans in
@@ -152,10 +96,15 @@ class BanManager(Restart):
 
     def plan(self, level: int) -> list[str]:
         """The backends a ban at BLOCK_x=``level`` runs; in a dry run, ``dry_run`` alone."""
-        if self.dry_run:
+        plans = self._plans
+        if plans.get("settings") is not self.settings:  # made once per configuration
+            plans.clear()
+            plans["settings"] = self.settings
+        known = plans.get(level)
+        if known is None:
             real = self._plan(level)
-            return [DRY_RUN] if real else []
-        return self._plan(level)
+            known = plans[level] = tuple([DRY_RUN] if real else []) if self.dry_run else tuple(real)
+        return list(known)
 
     def _plan(self, level: int) -> list[str]:
         s = self.settings
@@ -180,38 +129,62 @@ class BanManager(Restart):
         backends, store), but one transaction per step and one backend call per backend (one
         nft transaction for thousands of elements). Results in the order of ``reqs``.
 
+        A ban whose nftables element the detection loop already sent (``first_ban``) has that
+        action recorded with its pending row; when it is its whole plan, the row is written
+        ``active`` at once: the kernel held the ban before the store, as for any first ban.
+        The outcomes of the idempotent backends (``REAPPLY``) are written with the next step's
+        transaction (a kill before it: the pending ban is re-applied at start); a command's
+        at once, so that one that ran is never taken for ``uncertain``.
+
         ``resume``: the same requests are being tried again after the store refused a step;
         a pending ban of theirs is that earlier try, finished now instead of skipped."""
         out: list[BanRecord | None] = [None] * len(reqs)
         store = self.store
-        with store.batch():  # the questions and the pending records: one transaction
+        with store.batch():  # the questions, the pending records, the loop's elements: one
             todo = self._prepare(reqs, now, resume=resume)
             fresh = [p for p in todo if p.record is None]
+            for p in fresh:
+                p.sent = p.prefix is None and "nftables" in p.names and sent_as_is(p)
             records = store.begin_bans([
                 NewBan(p.spec.address, p.prefix, now,
                        None if p.seconds is None else now + p.seconds, p.request.reason,
-                       p.request.rule, p.evidence(), p.offence)
+                       p.request.rule, p.evidence(), p.offence,
+                       active=p.sent and len(p.names) == 1)
                 for p in fresh
             ])  # fmt: skip
-        for p, record in zip(fresh, records, strict=True):
-            p.record = record
-            p.fresh = True
+            for p, record in zip(fresh, records, strict=True):
+                p.record = record
+                p.fresh = True
+            sent = [(p, ban_detail(p.spec)) for p in fresh if p.sent]
+            store.record_actions([(p.ban.id, "nftables", detail, ActionState.APPLIED, None)
+                                  for p, detail in sent], at=now, first=True)  # fmt: skip
+        for p, detail in sent:  # said once committed
+            p.applied += 1
+            self.log(blocked_line("nftables", p.spec, detail, self.settings))
         for p in todo:
             if p.prefix is not None:
                 self._lift_members(p.ban, now)
+        rows: list[Rows] = []
         for names in dict.fromkeys(tuple(p.names) for p in todo):
             group = [p for p in todo if tuple(p.names) == names]
             for name in names:
-                self._apply_many(name, group, now)
-        applied = [p for p in todo if p.applied]
-        with store.batch():
-            store.fail_many([p.ban.id for p in todo if not p.applied], now)
-            active = store.activate_many([p.ban.id for p in applied])
+                self._apply_many(name, [p for p in group if not (p.sent and name == "nftables")],
+                                 now, rows)  # fmt: skip
+        pending = [p for p in todo if p.ban.state is BanState.PENDING]
+        active: set[int] = set()
+        if rows or pending:  # loop-sent bans with nothing else to do are done already
+            with store.batch():
+                self._flush(rows, now)
+                store.fail_many([p.ban.id for p in pending if not p.applied], now)
+                active = store.activate_many([p.ban.id for p in pending if p.applied])
         written = []
         for p in todo:
             address = p.spec.address
             if not p.applied:
                 self.log(f"attackalert: ERROR: Could not block host {address}/{address}!!")
+            elif p.ban.state is BanState.ACTIVE:  # written active: done in one step
+                out[p.index] = p.ban
+                written.append(p.request)
             elif p.ban.id not in active:  # lifted meanwhile (a concurrent unblock)
                 self._undo(p.ban, now)
             else:
@@ -222,11 +195,11 @@ class BanManager(Restart):
 
     def _prepare(
         self, reqs: Sequence[BanRequest], now: float, *, resume: bool = False
-    ) -> list[_Pending]:
+    ) -> list[Pending]:
         """The requests to apply, with their plan and length: not banned already (in the store
         or earlier in ``reqs``), and with an action configured."""
         store = self.store
-        todo: list[_Pending] = []
+        todo: list[Pending] = []
         taken: set[str] = set()
         resent: list[BanSpec] = []  # live bans whose element the loop sent again
         live = store.live_bans_for({r.address for r in reqs})
@@ -264,14 +237,14 @@ class BanManager(Restart):
                                   timeout=seconds, prefix=prefix)  # fmt: skip
             # A prefix ban replaces its members: later requests in it wait for the next batch.
             taken.add(req.address if prefix is None else str(spec.network))
-            todo.append(_Pending(index, req, names, seconds, offence, prefix, spec))
+            todo.append(Pending(index, req, names, seconds, offence, prefix, spec))
         if resent:  # a newer kernel took the loop's timeout: give back the ban's own
             self._renew(self.backends.get("nftables"), resent)
         return todo
 
     def _resumed(
         self, index: int, req: BanRequest, banned: BanRecord, spec: BanSpec, now: float
-    ) -> _Pending:
+    ) -> Pending:
         """An earlier try of ``req`` that the store refused half-way: the idempotent backends
         run again; a command with no recorded outcome may have run, so it is not run again
         but recorded ``uncertain`` and said (as at a restart)."""
@@ -280,7 +253,7 @@ class BanManager(Restart):
         commands = [n for n in planned if n not in REAPPLY and n not in recorded]
         self._uncertain(banned, spec, commands, now)
         names = [n for n in planned if n in REAPPLY]
-        pending = _Pending(index, req, names, spec.timeout, banned.offence, None, spec, banned)
+        pending = Pending(index, req, names, spec.timeout, banned.offence, None, spec, banned)
         pending.applied = len(commands)  # held: the ban stays in force
         return pending
 
@@ -319,21 +292,26 @@ class BanManager(Restart):
 
     def _apply(self, record: BanRecord, spec: BanSpec, names: Iterable[str], now: float) -> int:
         """Apply a recorded ban with each backend in turn; how many applied it."""
-        todo = [_Pending(0, None, list(names), spec.timeout, record.offence, None, spec, record)]
+        todo = [Pending(0, None, list(names), spec.timeout, record.offence, None, spec, record)]
         for name in todo[0].names:
             self._apply_many(name, todo, now)
         return todo[0].applied
 
-    def _apply_many(self, name: str, todo: Sequence[_Pending], now: float) -> None:
+    def _apply_many(
+        self, name: str, todo: Sequence[Pending], now: float, rows: list[Rows] | None = None
+    ) -> None:
         """One backend, every ban of ``todo``: one call, its outcomes recorded in one
-        transaction. An nftables element the detection loop already sent is recorded as it is
-        (or given its final timeout when a repeat offence made the ban longer)."""
+        transaction (or added to ``rows``, for ``_flush``). An nftables element the detection
+        loop already sent is recorded as it is (or given its final timeout when a repeat
+        offence made the ban longer)."""
+        if not todo:
+            return
         if name == "nftables":
             fresh = [p for p in todo if not (p.req is not None and p.req.in_kernel)]
             sent = [p for p in todo if p.req is not None and p.req.in_kernel]
         else:
             fresh, sent = list(todo), []
-        outcomes: list[tuple[_Pending, ActionDetail | BackendError]] = []
+        outcomes: list[tuple[Pending, ActionDetail | BackendError]] = []
         try:
             backend = self.backends.get(name)
             if fresh:
@@ -342,16 +320,31 @@ class BanManager(Restart):
                 outcomes += self._adopt_sent(backend, sent)
         except BackendError as exc:
             outcomes = [(p, exc) for p in todo]
-        self.store.record_actions(
-            [
-                (p.ban.id, name, None, ActionState.FAILED, str(outcome))
-                if isinstance(outcome, BackendError)
-                else (p.ban.id, name, outcome, ActionState.APPLIED, None)
-                for p, outcome in outcomes
-            ],
-            at=now,
-            first=all(p.fresh for p, _ in outcomes),  # bans recorded just now: no row yet
-        )
+        self._outcomes(name, outcomes, now, rows)
+
+    def _outcomes(
+        self,
+        name: str,
+        outcomes: Sequence[tuple[Pending, ActionDetail | BackendError]],
+        now: float,
+        rows: list[Rows] | None = None,
+    ) -> None:
+        """Record what backend ``name`` did for each ban (now, or into ``rows``) and say it."""
+        if not outcomes:
+            return
+        batch: list[ActionRow] = [
+            (p.ban.id, name, None, ActionState.FAILED, str(outcome))
+            if isinstance(outcome, BackendError)
+            else (p.ban.id, name, outcome, ActionState.APPLIED, None)
+            for p, outcome in outcomes
+        ]
+        first = all(p.fresh for p, _ in outcomes)  # bans recorded just now: no row yet
+        if rows is None:
+            self.store.record_actions(batch, at=now, first=first)
+        else:
+            rows.append((batch, first))
+            if name not in REAPPLY:  # a command: its outcome committed before anything else
+                self._flush(rows, now)
         for p, outcome in outcomes:
             if isinstance(outcome, BackendError):
                 self.log(f"attackalert: ERROR: {name} could not block {p.spec.key}: {outcome}")
@@ -359,9 +352,16 @@ class BanManager(Restart):
                 p.applied += 1
                 self.log(blocked_line(name, p.spec, outcome, self.settings))
 
+    def _flush(self, rows: list[Rows], now: float) -> None:
+        """The outcomes ``_apply_many`` gathered, in one transaction."""
+        with self.store.batch():
+            for batch, first in rows:
+                self.store.record_actions(batch, at=now, first=first)
+        rows.clear()
+
     def _adopt_sent(
-        self, backend: Backend, sent: Sequence[_Pending]
-    ) -> list[tuple[_Pending, ActionDetail | BackendError]]:
+        self, backend: Backend, sent: Sequence[Pending]
+    ) -> list[tuple[Pending, ActionDetail | BackendError]]:
         """Elements the detection loop sent: renew those whose timeout must change."""
         renew = [
             p for p in sent

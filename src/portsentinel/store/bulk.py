@@ -29,6 +29,11 @@ from portsentinel.store.records import (
 from portsentinel.store.schema import LIVE_SQL, covering_network, host_text_key, parse_network
 
 CHUNK: Final = 500  # addresses per ``IN (...)``: far below SQLite's variable limit
+# One outcome for ``record_actions``: ban id, backend, detail, state, error.
+ActionRow = tuple[int, str, Mapping[str, Any] | None, ActionState, str | None]
+# An action state or its text (equal, as a StrEnum) -> the plain text SQLite binds.
+_ACTION_STATES: Final[dict[str, str]] = {state: str(state.value) for state in ActionState}
+_STATES: Final = {False: BanState.PENDING.value, True: BanState.ACTIVE.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,9 @@ class NewBan:
     rule: str | None
     evidence: Mapping[str, Any]
     offence: int
+    # Every planned action is applied already (an nftables element the detection loop sent,
+    # recorded in the same transaction): written ``active``, not ``pending``.
+    active: bool = False
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -69,12 +77,16 @@ class BulkBans:
     def live_bans_for(self, hosts: Iterable[str]) -> dict[str, BanRecord]:
         """host address text (as given) -> the most specific live ban covering it; hosts
         without one are left out. ValueError for a text that is not a host address."""
-        wanted = {text: host_text_key(text)[0] for text in hosts}
         with self._read():
             lengths = sorted(
                 p
                 for (p,) in self._conn.execute(f"SELECT DISTINCT prefix FROM bans WHERE {LIVE_SQL}")
             )
+            if not lengths:  # no live ban at all (a burst on a quiet store): nothing covers
+                for text in hosts:
+                    host_text_key(text)  # still refused when it is not a host address
+                return {}
+            wanted = {text: host_text_key(text)[0] for text in hosts}
             covering: dict[str, list[tuple[str, int]]] = {}
             for text, host in wanted.items():
                 width = 128 if ":" in host else 32
@@ -117,77 +129,66 @@ class BulkBans:
         }
 
     def begin_bans(self, bans: Sequence[NewBan]) -> list[BanRecord]:
-        """``Store.begin_ban`` for many: every one ``pending`` in one statement, records in the
-        order given. Raises DuplicateBanError (nothing written) if one already has a live ban."""
-        values = []
-        for ban in bans:
-            if ban.prefix in (None, 32) and canonical_ipv4(ban.address):
-                address, prefix = ban.address, 32
-            elif ban.prefix in (None, 128) and canonical_ipv6(ban.address):
-                address, prefix = ban.address, 128
-            else:
-                network = parse_network(ban.address, ban.prefix)
-                address, prefix = str(network.network_address), network.prefixlen
-            values.append((
-                address, prefix, ban.created, ban.expires,
-                ban.reason, ban.rule, to_json(ban.evidence), ban.offence, int(self.offline),
-            ))  # fmt: skip
-        if not values:
+        """``Store.begin_ban`` for many: every one ``pending`` (``active`` where ``NewBan``
+        says so) in one statement, records in the order given. Raises DuplicateBanError
+        (nothing written) if one already has a live ban."""
+        if not bans:
             return []
+        offline = int(self.offline)
+        values = []
         with self._write() as conn:
+            # The ids are given, not read back: inside the write lock nobody else inserts.
             (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM bans").fetchone()
+            for ban_id, ban in enumerate(bans, last + 1):
+                if ban.prefix in (None, 32) and canonical_ipv4(ban.address):
+                    address, prefix = ban.address, 32
+                elif ban.prefix in (None, 128) and canonical_ipv6(ban.address):
+                    address, prefix = ban.address, 128
+                else:
+                    network = parse_network(ban.address, ban.prefix)
+                    address, prefix = str(network.network_address), network.prefixlen
+                values.append((
+                    ban_id, address, prefix, ban.created, ban.expires, _STATES[ban.active],
+                    ban.reason, ban.rule, to_json(ban.evidence), ban.offence, offline,
+                ))  # fmt: skip
             conn.executemany(
-                "INSERT INTO bans (address, prefix, created, expires, reason, rule, evidence, "
-                "offence, offline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO bans (id, address, prefix, created, expires, state, reason, rule, "
+                "evidence, offence, offline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
-            ids = {
-                (address, prefix): ban_id
-                for ban_id, address, prefix in conn.execute(
-                    "SELECT id, address, prefix FROM bans WHERE id > ? ORDER BY id", (last,)
-                )
-            }
+        state = {False: BanState.PENDING, True: BanState.ACTIVE}
         return [
-            BanRecord(
-                ids[(v[0], v[1])],
-                v[0],
-                v[1],
-                v[2],
-                v[3],
-                BanState.PENDING,
-                v[4],
-                v[5],
-                MappingProxyType(dict(ban.evidence)),
-                v[7],
-                None,
-                None,
-                self.offline,
-            )
+            BanRecord(v[0], v[1], v[2], v[3], v[4], state[ban.active], v[6], v[7],
+                      MappingProxyType(dict(ban.evidence)), v[9], None, None, self.offline)
             for v, ban in zip(values, bans, strict=True)
-        ]
+        ]  # fmt: skip
 
     def record_actions(
-        self, rows: Sequence[tuple[int, str, Mapping[str, Any] | None, ActionState, str | None]],
-        *, at: float, first: bool = False,
+        self, rows: Sequence[ActionRow], *, at: float, first: bool = False,
     ) -> None:  # fmt: skip
         """``Store.record_action`` for many (ban id, backend, detail, state, error) rows.
         ``first``: no row of these bans and backends exists yet (a plain insert)."""
+        if not rows:
+            return
+        states = _ACTION_STATES
+        if first:  # plain inserts: positional parameters, cheaper than a dict per row
+            with self._write() as conn:
+                conn.executemany(
+                    "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, "
+                    "updated) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (ban_id, backend, "{}" if detail is None else to_json(detail),
+                         states[state], error, at)
+                        for ban_id, backend, detail, state, error in rows
+                    ],
+                )  # fmt: skip
+            return
         params = [
             {"ban_id": ban_id, "backend": backend, "state": ActionState(state).value,
              "detail": None if detail is None else to_json(detail), "error": error, "at": at}
             for ban_id, backend, detail, state, error in rows
         ]  # fmt: skip
-        if not params:
-            return
         with self._write() as conn:
-            if first:
-                conn.executemany(
-                    "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, "
-                    "updated) VALUES (:ban_id, :backend, coalesce(:detail, '{}'), :state, "
-                    ":error, :at)",
-                    params,
-                )
-                return
             conn.executemany(
                 "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, updated) "
                 "VALUES (:ban_id, :backend, coalesce(:detail, '{}'), :state, :error, :at) "

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Literal
 
 from portsentinel.model import Mode, Proto
@@ -34,8 +35,15 @@ _LINE = re.compile(
 def history_line(epoch: float, name: str, ip: str, port: int, proto: Proto) -> str:
     """One history/blocked line, without newline; ``name`` is the address when not resolved."""
     seconds = int(epoch)
-    stamp = time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(seconds))
-    return f"{seconds} - {stamp} Host: {name}/{ip} Port: {port} {proto.label} Blocked"
+    return f"{seconds} - {_stamp(seconds)} Host: {name}/{ip} Port: {port} {_LABELS[proto]} Blocked"
+
+
+@lru_cache(maxsize=16)  # a burst's thousands of lines share a few seconds
+def _stamp(seconds: int) -> str:
+    return time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(seconds))
+
+
+_LABELS = {proto: proto.label for proto in Proto}
 
 
 def blocked_file_path(base: str, mode: Mode) -> str:

@@ -10,6 +10,9 @@ The order of writes is what makes ``kill -9`` harmless:
 - block: ``begin_ban`` (committed, state ``pending``) BEFORE any backend runs, then one
   ``record_action`` per backend, then ``activate``. A kill anywhere leaves a pending or active
   ban that start-up re-applies with idempotent backends, never a rule the store does not know.
+  Batches (``respond/bans.py``) commit idempotent backends' outcomes with the next step. The
+  loop's nftables element (``first_ban``) goes first, adopted at start if unknown; a ban whose
+  whole plan it is gets written ``active`` with its action in one transaction.
 - unblock, allow, expiry: ``lift`` (committed) first, then undo each action of ``actions``
   (in reverse order) and record it ``undone``. A kill in between leaves an ended ban with
   actions still ``applied``: ``bans_to_undo`` finds it at start-up.

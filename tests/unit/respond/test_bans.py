@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from portsentinel.block import BanSpec, CheckResult
 from portsentinel.block.base import ActionDetail, ban_fields
 from portsentinel.config.schema import Settings
@@ -371,3 +373,98 @@ def test_a_dry_run_records_the_ban_with_no_backend_but_its_own(store: Store) -> 
     assert lines == ["attackalert: Host 198.18.0.2 would be blocked (dry run: nothing applied)"]
     assert bans.plan(0) == []  # BLOCK_x=0: not even a would-be ban
     assert bans.plan(2) == ["dry_run"]
+
+
+class Killed(BaseException):
+    """``kill -9`` at this point: nothing after it runs, nothing is rolled back that was
+    committed (a BaseException: no step catches it)."""
+
+
+def commits(store: Store) -> list[str]:
+    """The transactions the store's connection commits from now on."""
+    done: list[str] = []
+    store._conn.set_trace_callback(lambda sql: done.append(sql) if sql == "COMMIT" else None)
+    return done
+
+
+def test_loop_sent_bans_with_nothing_else_to_do_are_recorded_active_in_one_transaction(
+    store: Store,
+) -> None:
+    bans, backends, lines = manager(store, settings(ban_duration=HOUR))
+    sent = [dataclasses.replace(request(f"198.18.1.{n}"), in_kernel=True, kernel_timeout=3600)
+            for n in range(1, 101)]  # fmt: skip
+    done = commits(store)
+    records = bans.ban_many(sent, 0.0)
+    assert len(done) == 1  # questions, ban rows (active) and action rows together
+    assert all(r is not None and r.state is BanState.ACTIVE for r in records)
+    assert backends.kernel.calls == []  # the elements are in the kernel already
+    assert len(store.active_bans(1.0)) == 100
+    assert all(r.state is BanState.ACTIVE for r in store.active_bans(1.0))
+    first = records[0]
+    assert first is not None
+    assert [(a.backend, a.state) for a in store.actions(first.id)] == [
+        ("nftables", ActionState.APPLIED)
+    ]
+    assert sum("198.18.1.7 has been blocked via nftables for 1h" in line for line in lines) == 1
+
+
+def test_a_kill_after_the_loops_element_leaves_the_rest_of_the_plan_to_the_restart(
+    store: Store, tmp_path: Path
+) -> None:
+    """Debian's plan (nftables, hosts.deny): the loop's element is recorded with the pending
+    ban; a kill while hosts.deny is written leaves it pending, and start-up finishes it."""
+    s = settings(kill_hosts_deny="ALL: $TARGET$ : DENY", ban_duration=HOUR)
+    bans, backends, _lines = manager(store, s)
+    sent = dataclasses.replace(request("198.18.0.2"), in_kernel=True, kernel_timeout=3600)
+
+    def killed(_bans: Sequence[BanSpec]) -> list[ActionDetail | BackendError]:
+        raise Killed
+
+    hosts_deny = backends.get("hosts_deny")
+    hosts_deny.block_many = killed  # type: ignore[method-assign, assignment]
+    with pytest.raises(Killed):
+        bans.ban_many([sent], 0.0)
+    (pending,) = store.active_bans(1.0)
+    assert pending.state is BanState.PENDING
+    assert [(a.backend, a.state) for a in store.actions(pending.id)] == [
+        ("nftables", ActionState.APPLIED)
+    ]
+    restarted, again, _ = manager(store, s)
+    (restored,) = restarted.restore(2.0)
+    assert restored.state is BanState.ACTIVE
+    assert {a.backend: a.state for a in store.actions(restored.id)} == {
+        "nftables": ActionState.APPLIED, "hosts_deny": ActionState.APPLIED,
+    }  # fmt: skip
+    assert again.kernel.bans == {"198.18.0.2": HOUR - 2.0}
+
+
+def test_a_kill_before_the_last_step_loses_no_ban_and_no_commands_outcome(
+    store: Store,
+) -> None:
+    """Outcomes of the idempotent backends wait for the next transaction (a kill before it:
+    the pending ban is applied again at start); a command's is committed as soon as it ran,
+    so a kill right after it does not make it ``uncertain``."""
+    s = settings(kill_run_cmd="/bin/true $TARGET$", ban_duration=HOUR)
+    bans, backends, lines = manager(store, s)
+
+    def log(line: str) -> None:
+        if "External command run" in line:
+            raise Killed
+        lines.append(line)
+
+    bans.log = log
+    with pytest.raises(Killed):
+        bans.ban_many([request("198.18.0.2"), request("198.18.0.3")], 0.0)
+    assert backends.kernel.bans == {"198.18.0.2": HOUR, "198.18.0.3": HOUR}
+    live = store.active_bans(1.0)
+    assert [r.state for r in live] == [BanState.PENDING, BanState.PENDING]
+    assert {a.backend: a.state for a in store.actions(live[0].id)} == {
+        "nftables": ActionState.APPLIED, "run_cmd": ActionState.APPLIED,
+    }  # fmt: skip
+    restarted, again, restart_lines = manager(store, s)
+    restored = restarted.restore(2.0)
+    assert [r.state for r in restored] == [BanState.ACTIVE, BanState.ACTIVE]
+    assert store.uncertain() == []
+    assert not any("may or may not have run" in line for line in restart_lines)
+    assert again.kernel.bans == {"198.18.0.2": HOUR - 2.0, "198.18.0.3": HOUR - 2.0}
+    assert not any(name == "run_cmd" for name, _ in again.kernel.calls)  # not run again

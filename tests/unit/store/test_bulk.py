@@ -96,3 +96,21 @@ def test_a_batch_is_one_transaction_all_or_nothing(store: Store) -> None:
     with pytest.raises(RuntimeError):
         crash()
     assert store.live_bans_for(["198.18.0.2", "198.18.0.3"]) == {}
+
+
+def test_begin_bans_writes_a_ban_whose_actions_are_done_active_with_fresh_ids(
+    store: Store,
+) -> None:
+    first = store.begin_bans([new("198.18.0.2")])
+    done = NewBan("198.18.0.3", None, 0.0, None, "SYN scan", None, {"plan": ["nftables"]}, 1,
+                  active=True)  # fmt: skip
+    records = store.begin_bans([done, new("fd00:5e::3")])
+    assert [(r.address, r.state) for r in records] == [
+        ("198.18.0.3", BanState.ACTIVE),
+        ("fd00:5e::3", BanState.PENDING),
+    ]
+    assert [r.id for r in records] == [first[0].id + 1, first[0].id + 2]
+    for record in records:
+        assert store.ban(record.id) == record
+    assert store.activate_many([records[0].id]) == {records[0].id}  # live: activating is a no-op
+    assert store.ban_for("198.18.0.3") == records[0]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -182,3 +185,17 @@ def test_a_damaged_action_row_names_its_row_and_ban(row: tuple[object, ...], pro
 def test_an_uncertain_action_is_a_state_of_its_own() -> None:
     action = action_from_row((7, "run_cmd", "{}", "uncertain", 1, "may have run", T0))
     assert action.state is ActionState.UNCERTAIN
+
+
+def test_to_json_writes_what_json_dumps_writes() -> None:
+    documents: list[Mapping[str, Any]] = [
+        {},
+        {"z": None, "a": True, "m": [1, 2.5, -0.0, 1e300], "k": {"y": "x", "b": []}},
+        {"name": 'höst "quoted"\n', "port": 65535, "ratio": 1 / 3},
+        MappingProxyType({"plan": ["nftables", "hosts_deny"], "timeout": None}),
+    ]
+    for document in documents:
+        expected = json.dumps(dict(document), separators=(",", ":"), sort_keys=True)
+        assert to_json(document) == expected
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        to_json({"ports": {1, 2}})

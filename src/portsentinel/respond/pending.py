@@ -1,0 +1,89 @@
+"""A ban on its way: the request the decision step makes, and what ``BanManager.ban_many``
+keeps of it between its steps (the plan, the length, the record, the outcomes so far).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from portsentinel.block import BanSpec
+from portsentinel.block.base import kernel_timeout
+from portsentinel.block.nft_state import MAX_TIMEOUT
+from portsentinel.model import Mode, Proto
+from portsentinel.store.bulk import ActionRow
+from portsentinel.store.records import BanRecord
+
+
+@dataclass(frozen=True)
+class BanRequest:
+    """What the decision step asks for: a triggered source and its evidence."""
+
+    address: str
+    port: int
+    proto: Proto
+    mode: Mode | None
+    level: int  # BLOCK_x: 1 block, 2 command only
+    reason: str
+    rule: str | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    # A manual `portsentinel block --for`: overrides the computed length (None: permanent).
+    duration: float | None = None
+    manual: bool = False
+    # The detection loop already sent the nftables element (``first_ban``), with this kernel
+    # timeout in seconds (None: permanent).
+    in_kernel: bool = False
+    kernel_timeout: int | None = None
+    # Admitted while the ban budget was pressed, without a handshake: a first offence's
+    # length at most, and never more than ``budget.SHORT_BAN``.
+    provisional: bool = False
+
+
+@dataclass(eq=False)
+class Pending:
+    """One ban on its way through ``ban_many``."""
+
+    index: int
+    req: BanRequest | None  # None: a stored ban re-applied at start-up
+    names: list[str]
+    seconds: float | None
+    offence: int
+    prefix: int | None
+    spec: BanSpec
+    record: BanRecord | None = None
+    applied: int = 0
+    fresh: bool = False  # recorded by this batch (no action rows yet)
+    sent: bool = False  # its nftables element is in the kernel as is (recorded with the ban)
+
+    def evidence(self) -> dict[str, Any]:
+        """What the store keeps of the request: its evidence, plan and target."""
+        req = self.request
+        mode = req.mode.value if req.mode else None
+        return {**req.evidence, "plan": self.names, "port": req.port, "proto": req.proto.key,
+                "mode": mode}  # fmt: skip
+
+    @property
+    def request(self) -> BanRequest:
+        if self.req is None:
+            raise ValueError("a re-applied ban has no request")
+        return self.req
+
+    @property
+    def ban(self) -> BanRecord:
+        if self.record is None:
+            raise ValueError("the ban was not recorded yet")
+        return self.record
+
+
+Rows = tuple[list[ActionRow], bool]  # action rows, and whether they are their bans' first
+
+
+def sent_as_is(p: Pending) -> bool:
+    """Did the detection loop send this ban's element with the timeout the ban wants?"""
+    req = p.req
+    return (
+        req is not None
+        and req.in_kernel
+        and req.kernel_timeout == kernel_timeout(p.spec, MAX_TIMEOUT)
+    )
