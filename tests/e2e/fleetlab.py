@@ -6,9 +6,11 @@ Topology, on top of a ``netns.Lab`` (its target is host A, its scanner the attac
 
     attacker 198.18.0.2 ----- A 198.18.0.1          (the lab's own veth)
     attacker 198.18.0.2 ----- B 198.18.2.1          (a veth of its own; B routes 198.18.0.2 to it)
+    attacker 198.18.0.2 ----- D 198.18.4.1          (only with ``build(third=True)``)
     A 198.19.1.2 ---- LAPI 198.19.1.1
     B 198.19.2.2 ---- LAPI 198.19.2.1
     C 198.19.3.2 ---- LAPI 198.19.3.1               (crowdsec-firewall-bouncer only)
+    D 198.19.4.2 ---- LAPI 198.19.4.1               (a third PortSentinel host, for sweeps)
 
 Every link is made inside the namespaces, with static neighbours and no default route. LAPI's
 config is written into a temporary directory (JSON, which YAML reads), with no Central API,
@@ -34,6 +36,7 @@ BOUNCER = "/usr/bin/crowdsec-firewall-bouncer"
 LAPI_PORT = 8080
 ATTACKER = "198.18.0.2"
 B_ADDRESS = "198.18.2.1"
+D_ADDRESS = "198.18.4.1"
 
 
 def unavailable() -> str | None:
@@ -72,25 +75,35 @@ class Fleet:
     lapi_ns: str = ""
     b_ns: str = ""
     c_ns: str = ""
+    d_ns: str = ""
     lapi: subprocess.Popen[bytes] | None = None
     bouncer: subprocess.Popen[bytes] | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
     # --- building -------------------------------------------------------------------------
-    def build(self) -> None:
+    def build(self, *, third: bool = False) -> None:
         lab = self.lab
         self.lapi_ns, self.b_ns, self.c_ns = (_new_ns(lab, r) for r in ("l", "b", "c"))
         link(lab, self.lapi_ns, "l-a", "198.19.1.1/24", lab.target, "a-l", "198.19.1.2/24")
         link(lab, self.lapi_ns, "l-b", "198.19.2.1/24", self.b_ns, "b-l", "198.19.2.2/24")
         link(lab, self.lapi_ns, "l-c", "198.19.3.1/24", self.c_ns, "c-l", "198.19.3.2/24")
-        # The attacker reaches B from its own address, over a link of its own.
-        link(lab, lab.scanner, "s-b", "198.18.2.2/24", self.b_ns, "b-s", f"{B_ADDRESS}/24")
-        lab.run(lab.scanner, ["ip", "route", "replace", f"{B_ADDRESS}/32", "dev", "s-b",
-                              "src", ATTACKER])  # fmt: skip
-        lab.run(self.b_ns, ["ip", "route", "replace", f"{ATTACKER}/32", "dev", "b-s"])
-        lab.set_neighbour(self.b_ns, "b-s", ATTACKER, lab.link_address(lab.scanner, "s-b"))
+        self._attacked(self.b_ns, "b", B_ADDRESS)
+        if third:
+            self.d_ns = _new_ns(lab, "d")
+            link(lab, self.lapi_ns, "l-d", "198.19.4.1/24", self.d_ns, "d-l", "198.19.4.2/24")
+            self._attacked(self.d_ns, "d", D_ADDRESS)
         lab.check_closed()
         self._configure_lapi()
+
+    def _attacked(self, ns: str, name: str, address: str) -> None:
+        """The attacker reaches host ``name`` from its own address, over a link of its own."""
+        lab = self.lab
+        net = address.rsplit(".", 1)[0]
+        link(lab, lab.scanner, f"s-{name}", f"{net}.2/24", ns, f"{name}-s", f"{address}/24")
+        lab.run(lab.scanner, ["ip", "route", "replace", f"{address}/32", "dev", f"s-{name}",
+                              "src", ATTACKER])  # fmt: skip
+        lab.run(ns, ["ip", "route", "replace", f"{ATTACKER}/32", "dev", f"{name}-s"])
+        lab.set_neighbour(ns, f"{name}-s", ATTACKER, lab.link_address(lab.scanner, f"s-{name}"))
 
     def _configure_lapi(self) -> None:
         d = self.directory / "lapi"

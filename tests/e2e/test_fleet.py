@@ -1,10 +1,13 @@
 """The fleet end to end (issue 12): Debian's crowdsec LAPI in one namespace, PortSentinel on hosts
 A and B, crowdsec-firewall-bouncer alone on host C (``fleetlab.py``).
 
-One scenario, in order, with generous deadlines: a scan banned on A reaches B's fleet set (and
-B drops the scanner's packets) and C's bouncer set; a decision forged on B's own address is
-refused on B; ``unblock`` on A lifts it everywhere; with LAPI stopped a ban waits in A's outbox
-and reaches B once LAPI is back.
+The first scenario, in order, with generous deadlines: a scan banned on A reaches B's fleet set
+(and B drops the scanner's packets) and C's bouncer set; a decision forged on B's own address is
+refused on B; ``unblock`` on A lifts it everywhere; with LAPI stopped for ``OUTAGE`` seconds (60,
+as the issue asks) a ban waits in A's outbox and reaches B once LAPI is back, once.
+
+The second: a sweep of one port across three PortSentinel hosts (A, B, D), none of which bans on
+one port (``BLOCK_MIN_PORTS=2``), is banned on all of them and on C, as one SWEEP decision.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import banlab
@@ -29,7 +33,7 @@ pytestmark = [
 ]
 
 DEADLINE = 30.0
-OUTAGE = float(os.environ.get("PORTSENTINEL_FLEET_OUTAGE", "10"))
+OUTAGE = float(os.environ.get("PORTSENTINEL_FLEET_OUTAGE", "60"))
 
 
 def _settings(url: str, creds: Path, key: Path) -> dict[str, str]:
@@ -42,12 +46,12 @@ def _settings(url: str, creds: Path, key: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[fleetlab.Fleet]:
+@pytest.fixture(params=[False], ids=["A-B-C"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[fleetlab.Fleet]:
     with netns.Lab.create() as lab:
         f = fleetlab.Fleet(lab, tmp_path)
         try:
-            f.build()
+            f.build(third=request.param)
             f.start_lapi()
             yield f
         finally:
@@ -65,15 +69,17 @@ def _cli(fleet: fleetlab.Fleet, ns: str, d: Path, *args: str) -> str:
 
 _REACH = (
     "import socket,sys\n"
-    "try:\n socket.create_connection((sys.argv[1], 40000), timeout=1.5)\n"
+    "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)\n"
     "except ConnectionRefusedError:\n sys.exit(0)\n"
     "except OSError:\n sys.exit(1)\n"
 )
 
 
-def _ping(fleet: fleetlab.Fleet, target: str) -> bool:
-    """Does ``target`` answer the attacker (a RST from a closed port above the watched ones)?"""
-    done = fleet.lab.run(fleet.lab.scanner, ["python3", "-c", _REACH, target], check=False)
+def _ping(fleet: fleetlab.Fleet, target: str, port: int = 40000) -> bool:
+    """Does ``target`` answer the attacker (a RST from a closed port; by default one above
+    the watched ones)?"""
+    done = fleet.lab.run(fleet.lab.scanner, ["python3", "-c", _REACH, target, str(port)],
+                         check=False)  # fmt: skip
     return done.returncode == 0
 
 
@@ -154,5 +160,65 @@ def test_one_ban_everywhere(fleet: fleetlab.Fleet, tmp_path: Path) -> None:
         assert len(found) == 1, f"one decision, no duplicate: {found}"
     finally:
         for d in (b, a):
+            code, _err = d.stop()
+            assert code == 0, d.stderr()
+
+
+def _said(d: Daemon, text: str) -> bool:
+    return text in d.stderr()
+
+
+def _weak(d: Daemon) -> bool:
+    return any(e.get("reason") == "too few ports for a block" for e in d.events())
+
+
+def _in_fleet(lab: netns.Lab, ns: str) -> bool:
+    return fleetlab.ATTACKER in fleetlab.fleet_set(lab, ns)
+
+
+@pytest.mark.parametrize("fleet", [True], indirect=True, ids=["A-B-C-D"])
+def test_sweep_across_three_hosts(fleet: fleetlab.Fleet, tmp_path: Path) -> None:
+    lab = fleet.lab
+    hosts = {"a": (lab.target, "198.19.1.1", netns.Lab.TARGET4),
+             "b": (fleet.b_ns, "198.19.2.1", fleetlab.B_ADDRESS),
+             "d": (fleet.d_ns, "198.19.4.1", fleetlab.D_ADDRESS)}  # fmt: skip
+    fleet.start_bouncer()
+    daemons: dict[str, Daemon] = {}
+    try:
+        for name, (ns, lapi, _address) in hosts.items():
+            creds, key = fleet.enroll(name, f"http://{lapi}:8080")
+            settings = {**_settings(f"http://{lapi}:8080", creds, key), "BLOCK_MIN_PORTS": "2"}
+            daemons[name] = Daemon.start(lab, tmp_path / name, mode="atcp", ns=ns,
+                                         settings=settings)  # fmt: skip
+        for d in daemons.values():
+            banlab.wait_until(partial(_said, d, "fleet: LAPI"), "the fleet link started")
+
+        # One port on each host: below every host's own threshold.
+        for name, (_ns, _lapi, address) in hosts.items():
+            assert _ping(fleet, address, 23), f"{name} answers the first probe"
+            banlab.wait_until(partial(_weak, daemons[name]),
+                              f"{name} saw the probe and did not ban", DEADLINE)  # fmt: skip
+        for name, (ns, _lapi, _address) in hosts.items():
+            banlab.wait_until(partial(_in_fleet, lab, ns), f"the sweep ban in {name}'s fleet4",
+                              DEADLINE)  # fmt: skip
+        banlab.wait_until(lambda: fleetlab.ATTACKER in fleetlab.bouncer_set(lab, fleet.c_ns),
+                          "the sweep ban in C's crowdsec set", DEADLINE)  # fmt: skip
+        for name, (ns, _lapi, _address) in hosts.items():
+            local = fleetlab.nft_set(lab, ns, "inet", "portsentinel", "ban4")
+            assert not local, f"{name} did not ban it on its own: {local}"
+        for name, (_ns, _lapi, address) in hosts.items():
+            assert not _ping(fleet, address, 24), f"{name} drops the sweeper"
+
+        found = json.loads(fleet.cscli("alerts", "list", "-a", "-o", "json") or "[]")
+        sweeps = [a for a in found if a.get("scenario") == "portsentinel/sweep"]
+        assert len(sweeps) == 1, f"one SWEEP decision: {sweeps}"
+        message = sweeps[0]["message"]
+        assert "across 3 hosts" in message, message
+        for name in hosts:
+            assert f"{name}-portsentinel: tcp/23" in message, message
+        why = _cli(fleet, fleet.b_ns, daemons["b"].directory, "why", fleetlab.ATTACKER)
+        assert "portsentinel/sweep" in why, why
+    finally:
+        for d in daemons.values():
             code, _err = d.stop()
             assert code == 0, d.stderr()

@@ -377,6 +377,12 @@ class Settings(PortSentry12Settings):
         key="FLEET_SWEEP_WINDOW", parse=t.duration_range(5.0, 86400.0), default="60s",
         unit="seconds", help="the window of the fleet's sweep rule", origin=_NEW,
     )  # fmt: skip
+    fleet_sweep_reports: int = setting(
+        key="FLEET_SWEEP_REPORTS", parse=t.int_range(0, 100_000), default="120",
+        unit="alerts per hour", help="weak-evidence reports (alerts without a decision, for "
+        "the sweep rule) this host sends at most; each source once per FLEET_SWEEP_WINDOW. "
+        "They count toward LAPI's flush.max_items (README); 0: none", origin=_NEW,
+    )  # fmt: skip
 
 
 def _collect() -> tuple[SettingSpec, ...]:

@@ -107,6 +107,7 @@ _COUNTERS += tuple(
         ("withdrawn", "Pushed bans whose fleet decisions this host deleted (unblock, decoy)"),
         ("withheld", "Bans never pushed: lifted or cut within the decoy window"),
         ("reports", "Weak-evidence reports LAPI accepted (for the sweep rule)"),
+        ("reports_dropped", "Weak-evidence reports not sent: over FLEET_SWEEP_REPORTS an hour"),
         ("outbox_refused", "Messages the full outbox dropped (CROWDSEC_OUTBOX_MAX)"),
         ("duplicates_avoided", "Retried bans LAPI already held (an ambiguous failure)"),
         ("push_failures", "Pushes to LAPI that failed (retried with back-off)"),

@@ -140,10 +140,15 @@ class Lapi:
         except (KeyError, TypeError, ValueError):
             return 0
 
-    def alerts(self, ip: str, *, since: float) -> list[dict[str, Any]]:
-        """The alerts on ``ip`` of the last ``since`` seconds (the sweep rule's question)."""
-        query = urllib.parse.urlencode({"ip": ip, "since": f"{max(1, int(since))}s",
-                                        "limit": "1000"})  # fmt: skip
+    def reports(self, ip: str, *, since: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """The alerts without a decision whose source is ``ip`` and that started in the last
+        ``since`` seconds (the sweep rule's question). With the machine's token: 1.4.6 answers
+        401 to a bouncer key here, and its ``ip`` filter matches only alerts with a decision,
+        so the source is asked by ``scope`` and ``value``."""
+        query = urllib.parse.urlencode({
+            "scope": "ip", "value": ip, "has_active_decision": "false",
+            "since": f"{max(1, int(since))}s", "limit": str(limit),
+        })  # fmt: skip
         _status, answer = self._request("GET", f"/v1/alerts?{query}", None, self._jwt())
         return _list(answer)
 

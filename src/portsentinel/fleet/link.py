@@ -61,6 +61,8 @@ class FleetLink:
         self._said: set[str] = set()
         self._events_after = time.time()
         self._outbox: dict[str, int] = {}
+        self.reporter = sweep.Reporter(window=settings.fleet_sweep_window,
+                                       per_hour=settings.fleet_sweep_reports)  # fmt: skip
 
     # --- the loop's side ----------------------------------------------------------------------
     def start(self) -> None:
@@ -107,6 +109,7 @@ class FleetLink:
             "fleet_refused": pull.refused if pull else 0,
             "pulls": pull.pulls if pull else 0,
             "resyncs": pull.resyncs if pull else 0,
+            "reports_dropped": self.reporter.dropped,
             "sweeps_banned": self.sweeper.banned if self.sweeper else 0,
             "sweep_checks": self.sweeper.checks if self.sweeper else 0,
             "sweep_check_seconds": self.sweeper.check_seconds if self.sweeper else 0.0,
@@ -205,8 +208,8 @@ class FleetLink:
             self._events_after = max(e.time for e in events) + 1e-6
             window = self.settings.fleet_sweep_window
             items = sweep.reports(events, now, host=self.host, window=window,
-                                  banned=lambda a: store.ban_for(a) is not None)  # fmt: skip
-            for item in items:
+                                  banned=partial(_banned, store, now))  # fmt: skip
+            for item in self.reporter.admit(items, now):
                 self.pusher.report(item)
 
     def _send(self, now: float) -> None:
@@ -215,8 +218,8 @@ class FleetLink:
             return
         before = pusher.stats.failures
         reported = [i for i in pusher.store.outbox_due(now, pusher.batch) if i.kind == "report"]
-        pusher.send(now)
-        if pusher.stats.failures == before and pusher.stats.last_push is not None:
+        accepted = pusher.send(now)
+        if accepted and pusher.stats.failures == before:
             self._ok()
         if reported and self.sweeper is not None and pusher.stats.failures == before:
             self.sweeper.check([i.address for i in reported], now, time.monotonic)
@@ -225,7 +228,19 @@ class FleetLink:
         if self.puller is None:
             return
         self.puller.pull(now, full=full)
+        if self.connected is False and self.pusher is not None:
+            # LAPI is back: what waits out a back-off (up to BACKOFF_MAX) goes now.
+            woken = self.puller.store.outbox_wake(now)
+            if woken:
+                self._log(f"adminalert: fleet: {woken} messages for LAPI sent again now")
         self._ok()
 
     def _depth(self, store: Store) -> None:
         self._outbox = store.outbox_depth()
+
+
+def _banned(store: Store, now: float, address: str) -> bool:
+    """Banned here or by the fleet already: nothing to report."""
+    if store.ban_for(address) is not None:
+        return True
+    return any(d.until > now for d in store.fleet_decisions(address=address))

@@ -3,13 +3,17 @@ host's own threshold, is banned on all of them.
 
 Each host reports what stays below its threshold (events of reason ``below trigger`` or ``too
 few ports for a block``, read from its own store, never from the packet path) as alerts
-without a decision (``alerts.report_alert``): one per source per half window at most, and at
-most ``REPORTS_PER_MINUTE``, so the number of alerts LAPI keeps stays bounded (its
-``flush.max_items`` deletes the oldest alerts with their bans: raise it, README). After its
-report is accepted a host asks LAPI for the reports on that source within
-``FLEET_SWEEP_WINDOW``; when ``FLEET_SWEEP_HOSTS`` distinct hosts reported it, and no sweep
-decision is there yet, it pushes one ban of kind SWEEP whose message lists the hosts and
-ports: every host, itself included, applies it through its pull.
+without a decision (``alerts.report_alert``). ``Reporter`` keeps their number bounded: each
+source once per ``FLEET_SWEEP_WINDOW`` and at most ``FLEET_SWEEP_REPORTS`` an hour, since
+LAPI's ``flush.max_items`` counts them and deletes the oldest alerts with their active bans
+(README: raise it). After its report is accepted a host asks LAPI for the reports on that
+source within the window (``GET /v1/alerts``, with the machine's token: 1.4.6 refuses the
+bouncer key there, and its ``ip`` filter only matches alerts that carry a decision, so the
+question is ``scope=ip&value=ADDR&has_active_decision=false``). The reporting hosts are told
+apart by LAPI's ``machine_id`` (which the reporter cannot choose, unlike its ``meta``); when
+``FLEET_SWEEP_HOSTS`` of them reported it and no sweep decision is there yet, this host pushes
+one ban of kind SWEEP whose message lists the hosts and ports: every host, itself included,
+applies it through its pull.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from portsentinel.store.fleet import OutboxItem
 from portsentinel.store.records import EventRow
 
 WEAK: Final = frozenset({Reason.BELOW_TRIGGER.value, Reason.WEAK_EVIDENCE.value})
-REPORTS_PER_MINUTE: Final = 120
+HOUR: Final = 3600.0
+MEMORY: Final = 100_000  # sources whose last report is remembered
 Log = Callable[[str], None]
 
 
@@ -32,8 +37,8 @@ def reports(
     events: Iterable[EventRow], now: float, *, host: str, window: float,
     banned: Callable[[str], bool],
 ) -> list[OutboxItem]:  # fmt: skip
-    """The weak-evidence reports of ``events``: one per source and half window (pure)."""
-    slot = max(1, int(window // 2))
+    """The weak-evidence reports of ``events``, one per source (pure)."""
+    slot = max(1, int(window))
     by_source: dict[str, list[EventRow]] = {}
     for ev in events:
         if ev.reason in WEAK:
@@ -47,22 +52,54 @@ def reports(
         ref = f"report:{src}:{int(last) // slot}"
         body = {"alert": alerts.report_alert(src, ports, first, last, now, host=host)}
         out.append(OutboxItem(ref, "report", src, None, body, now, now))
-    return out[:REPORTS_PER_MINUTE]
+    return out
+
+
+class Reporter:
+    """The bound on reports: a source once per ``window``, ``per_hour`` in all (a sliding
+    hour); what is over is counted (``dropped``), never queued."""
+
+    def __init__(self, *, window: float, per_hour: int) -> None:
+        self.window = window
+        self.per_hour = per_hour
+        self._last: dict[str, float] = {}  # source -> when it was last reported
+        self._sent: list[float] = []  # when each report of the last hour was let through
+        self.dropped = 0
+
+    def admit(self, items: Sequence[OutboxItem], now: float) -> list[OutboxItem]:
+        self._sent = [t for t in self._sent if t > now - HOUR]
+        if len(self._last) > MEMORY:
+            self._last = {a: t for a, t in self._last.items() if t > now - self.window}
+        out = []
+        for item in items:
+            last = self._last.get(item.address)
+            if last is not None and now - last < self.window:
+                continue  # reported in this window already: LAPI has it
+            if len(self._sent) >= self.per_hour:
+                self.dropped += 1
+                continue
+            self._last[item.address] = now
+            self._sent.append(now)
+            out.append(item)
+        return out
 
 
 def hosts_of(found: Sequence[Mapping[str, Any]]) -> dict[str, set[str]]:
-    """host -> ports from LAPI's reports (their ``meta``) (pure)."""
+    """reporting machine -> ports, from LAPI's reports (pure). The machine is LAPI's
+    ``machine_id``: the login it authenticated, which a reporter cannot choose as it can the
+    host name in its ``meta``."""
     out: dict[str, set[str]] = {}
     for alert in found:
-        if alert.get("scenario") != alerts.PREFIX + "probe":
+        if alert.get("scenario") != alerts.PREFIX + "probe" or alert.get("decisions"):
+            continue
+        machine = alert.get("machine_id")
+        if not isinstance(machine, str) or not machine:
             continue
         meta = {
             m.get("key"): m.get("value") for m in alert.get("meta") or [] if isinstance(m, dict)
         }
-        host = meta.get("host")
-        if isinstance(host, str) and host:
-            ports = str(meta.get("ports", ""))
-            out.setdefault(host, set()).update(p for p in ports.split(",") if p)
+        ports = str(meta.get("ports", ""))
+        out.setdefault(machine, set()).update(p for p in ports.split(",") if p)
     return out
 
 
@@ -101,7 +138,7 @@ class SweepRule:
         for address in sorted(set(addresses)):
             started = clock()
             try:
-                found = self.lapi.alerts(address, since=self.window)
+                found = self.lapi.reports(address, since=self.window)
                 seen = hosts_of(found)
                 if len(seen) < self.hosts or self._decided(address):
                     continue

@@ -21,6 +21,10 @@ def test_the_outbox_queues_once_and_survives_reopening(tmp_path: Path) -> None:
         assert store.outbox_due(T0 + 1, 10) == []
         (again,) = store.outbox_due(T0 + 5, 10)
         assert (again.attempts, again.last_error) == (1, "HTTP 500")
+        store.outbox_retry([again.id], T0 + 300, "refused")
+        assert store.outbox_wake(T0 + 6) == 1
+        assert [i.id for i in store.outbox_due(T0 + 6, 10)] == [again.id]
+        assert store.outbox_wake(T0 + 6) == 0
         store.outbox_done([again.id])
         assert store.outbox_depth() == {}
 
