@@ -175,7 +175,8 @@ class FleetRows:
     def outbox_wake(self, now: float) -> int:
         """Every message waiting out a back-off is due ``now`` (LAPI answers again); how many."""
         with self._write() as conn:
-            return conn.execute("UPDATE fleet_outbox SET due = ? WHERE due > ?", (now, now)).rowcount
+            done = conn.execute("UPDATE fleet_outbox SET due = ? WHERE due > ?", (now, now))
+            return done.rowcount
 
     def outbox_mark(self, item_id: int, body: dict[str, Any]) -> None:
         with self._write() as conn:
