@@ -26,8 +26,8 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -140,26 +140,30 @@ def _inner_sweep(args: dict[str, Any]) -> dict[str, Any]:
 
 # --- the driver ---------------------------------------------------------------------------------
 class Monitor:
-    """``nft monitor`` in a namespace: the first time each address is added to ``set_name``."""
+    """A set of a namespace polled every ``EVERY`` seconds (``nft -j list set``): the first
+    time each address was seen in it. (``nft monitor`` cannot decode the fleet sets' events:
+    "Received event for an unknown set".)"""
 
-    def __init__(self, lab: netns.Lab, ns: str, set_name: str) -> None:
+    EVERY = 0.02
+
+    def __init__(self, lab: netns.Lab, ns: str, family: str, table: str, name: str) -> None:
         self.seen: dict[str, float] = {}
-        self.set_name = set_name
-        self.proc = lab.start(
-            ns, ["nft", "monitor", "elements"], stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._args = (lab, ns, family, table, name)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            found = fleetlab.nft_set(*self._args) or set()
             stamp = time.time()
-            if not line.startswith("add element") or f" {self.set_name} " not in line:
-                continue
-            inside = line.split("{", 1)[1].split("}", 1)[0]
-            for part in inside.split(","):
-                address = part.strip().split(" ", 1)[0]
+            for address in found:
                 self.seen.setdefault(address, stamp)
+            self._stop.wait(self.EVERY)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def _cli(lab: netns.Lab, ns: str, d: Path, *args: str) -> None:
@@ -263,18 +267,18 @@ def run(opts: argparse.Namespace, directory: Path) -> None:
 def _propagation(opts: argparse.Namespace, fleet: fleetlab.Fleet, a: Daemon) -> None:
     lab = fleet.lab
     mons = {
-        "A": Monitor(lab, lab.target, "ban4"),
-        "B": Monitor(lab, fleet.b_ns, "fleet4"),
-        "C": Monitor(lab, fleet.c_ns, "crowdsec-blacklists"),
+        "A": Monitor(lab, lab.target, "inet", "portsentinel", "ban4"),
+        "B": Monitor(lab, fleet.b_ns, "inet", "portsentinel", "fleet4"),
+        "C": Monitor(lab, fleet.c_ns, "ip", "crowdsec", "crowdsec-blacklists"),
     }
-    time.sleep(1.0)  # the monitors listen
+    time.sleep(1.0)  # the monitors run
     addresses = [f"198.18.50.{i + 1}" for i in range(opts.bans)]
     for address in addresses:
         _cli(lab, lab.target, a.directory, "block", address, "--for", "1h")
         time.sleep(random.uniform(0.3, 1.2))
     _wait(lambda: all(x in mons["B"].seen and x in mons["C"].seen for x in addresses), 60)
     for m in mons.values():
-        lab.stop(m.proc)
+        m.stop()
     print(f"1. propagation, {opts.bans} operator bans on A, poll {opts.poll:g} s on B and C:")
     for host in ("B", "C"):
         took = [
@@ -295,7 +299,7 @@ def _outage(opts: argparse.Namespace, fleet: fleetlab.Fleet, a: Daemon) -> None:
             return sum(store.outbox_depth().values())
 
     addresses = [f"198.18.60.{i + 1}" for i in range(opts.outage_bans)]
-    mon = Monitor(lab, fleet.b_ns, "fleet4")
+    mon = Monitor(lab, fleet.b_ns, "inet", "portsentinel", "fleet4")
     fleet.stop_lapi()
     stopped = time.monotonic()
     gap = opts.outage / (len(addresses) + 1)
@@ -306,9 +310,9 @@ def _outage(opts: argparse.Namespace, fleet: fleetlab.Fleet, a: Daemon) -> None:
     held = depth()
     fleet.start_lapi()
     back = time.monotonic()
-    drained = _wait(lambda: depth() == 0, 600)
-    arrived = _wait(lambda: all(x in mon.seen for x in addresses), 600)
-    lab.stop(mon.proc)
+    drained = _wait(lambda: depth() == 0, 400)
+    arrived = _wait(lambda: all(x in mon.seen for x in addresses), 120)
+    mon.stop()
     found = json.loads(fleet.cscli("decisions", "list", "-a", "-o", "json") or "[]")
     ours = [
         d["value"]
@@ -342,6 +346,7 @@ def main() -> None:
     reason = fleetlab.unavailable()
     if reason:
         sys.exit(f"cannot run: {reason}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # the lab is cleaned up
     print(f"$ python3 bench/fleet.py {' '.join(sys.argv[1:])}  (load {os.getloadavg()[0]:.1f})")
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as d:
         run(opts, Path(d))

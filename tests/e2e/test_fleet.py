@@ -60,7 +60,7 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[fleetlab.F
 
 def _cli(fleet: fleetlab.Fleet, ns: str, d: Path, *args: str) -> str:
     argv = [*PORTSENTINEL, *args, "--state-dir", str(d)]
-    if args[0] in ("unblock", "block", "allow"):
+    if args[0] in ("unblock", "block", "allow", "why"):
         argv += ["--config", str(d / "portsentinel.conf")]
     done = fleet.lab.run(ns, ["timeout", "30", *argv], check=False, timeout=40)
     assert done.returncode == 0, (args, done.stdout, done.stderr)
@@ -123,6 +123,9 @@ def test_one_ban_everywhere(fleet: fleetlab.Fleet, tmp_path: Path) -> None:
                   .splitlines()]  # fmt: skip
         assert any(r["address"] == fleetlab.ATTACKER and r["origin"] == "portsentinel"
                    for r in listed), listed  # fmt: skip
+        why = _cli(fleet, fleet.b_ns, b.directory, "why", fleetlab.ATTACKER)
+        assert "reported  by a-portsentinel" in why, why
+        assert "(ban)" in why, why
         status = _cli(fleet, lab.target, a.directory, "status")
         assert "fleet: LAPI http://198.19.1.1:8080 connected" in status, status
 
@@ -218,6 +221,8 @@ def test_sweep_across_three_hosts(fleet: fleetlab.Fleet, tmp_path: Path) -> None
             assert f"{name}-portsentinel: tcp/23" in message, message
         why = _cli(fleet, fleet.b_ns, daemons["b"].directory, "why", fleetlab.ATTACKER)
         assert "portsentinel/sweep" in why, why
+        for name in hosts:
+            assert f"by {name}-portsentinel at" in why, why
     finally:
         for d in daemons.values():
             code, _err = d.stop()

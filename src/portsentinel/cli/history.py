@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Final, TextIO
 
 from portsentinel import paths
-from portsentinel.cli.options import PROG, Verbs, add_state_dir_option
+from portsentinel.cli.options import PROG, Verbs, add_config_option, add_state_dir_option
 
 DEFAULT_SINCE: Final = "24h"
 
@@ -30,6 +30,7 @@ def add_parsers(verbs: Verbs) -> None:
     )
     why_parser.add_argument("address", metavar="ADDR", help="an address, or ADDR/LEN")
     _add_common(why_parser, "one JSON object")
+    add_config_option(why_parser)  # with a fleet: LAPI is asked which hosts reported ADDR
     why_parser.set_defaults(handler=cmd_why)
 
     history_parser = verbs.add_parser(
@@ -57,7 +58,8 @@ def _add_common(parser: argparse.ArgumentParser, json_help: str) -> None:
 
 
 def cmd_why(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    return why(args.state_dir, args.address, as_json=args.json, now=time.time(), out=out, err=err)
+    return why(args.state_dir, args.address, as_json=args.json, now=time.time(), out=out, err=err,
+               config=args.config)  # fmt: skip
 
 
 def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -65,9 +67,12 @@ def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def why(
-    state_dir: str, address: str, *, as_json: bool, now: float, out: TextIO, err: TextIO
-) -> int:
-    """Exit 0 with the ban and probes of ``address``, 1 when the store has nothing on it."""
+    state_dir: str, address: str, *, as_json: bool, now: float, out: TextIO, err: TextIO,
+    config: str | None = None,
+) -> int:  # fmt: skip
+    """Exit 0 with the ban and probes of ``address``, 1 when the store has nothing on it.
+    With a fleet (``config`` sets CROWDSEC_LAPI_URL and the machine's credentials) and a ban
+    or a fleet decision on it, LAPI's alerts on it say which hosts reported it."""
     # Imported here: see the module's docstring.
     from portsentinel.cli import history_views as views  # noqa: PLC0415
     from portsentinel.cli.history_text import why_lines  # noqa: PLC0415
@@ -84,8 +89,27 @@ def why(
         err.write(f"{PROG}: {address.strip()}: nothing recorded\n")
         return paths.EXIT_FAILURE
     views.add_dropped(view)
+    if view["ban"] is not None or view["fleet"]:
+        reported = _reported_by(config, str(target.network_address))
+        if reported is not None:
+            view["reported_by"] = reported
     out.write(json_line(view) + "\n" if as_json else "".join(why_lines(view)))
     return paths.EXIT_OK
+
+
+def _reported_by(config: str | None, address: str) -> object:
+    from portsentinel.config.setup import load_setup  # noqa: PLC0415 - see the docstring
+    from portsentinel.errors import PortSentinelError  # noqa: PLC0415
+
+    try:
+        settings = load_setup(config, "atcp,audp").settings
+    except PortSentinelError as exc:
+        return f"the configuration cannot be read: {exc}"
+    if not settings.crowdsec_lapi_url:
+        return None
+    from portsentinel.fleet.reporters import reported_by  # noqa: PLC0415 - only with a fleet
+
+    return reported_by(settings, address)
 
 
 def history(

@@ -31,6 +31,13 @@ def why_lines(view: Mapping[str, Any]) -> Iterator[str]:
         note = f" ({d['note']})" if d["note"] else ""
         text = f"decision #{d['id']} {d['origin']} {d['scenario']} until {d['until']}"
         yield _field("fleet", f"{text}: {d['state']}{note}")
+    reported = view.get("reported_by")
+    if isinstance(reported, str):
+        yield _field("reported", f"(not known: {reported})")
+    elif isinstance(reported, list):
+        for r in reported:
+            what = "ban" if r["decision"] else "report"
+            yield _field("reported", f"by {r['machine']} at {r['at']}: {r['scenario']} ({what})")
 
 
 def _headline(ban: Mapping[str, Any] | None, probes: Mapping[str, Any] | None) -> str:

@@ -142,14 +142,23 @@ class Lapi:
 
     def reports(self, ip: str, *, since: float, limit: int = 1000) -> list[dict[str, Any]]:
         """The alerts without a decision whose source is ``ip`` and that started in the last
-        ``since`` seconds (the sweep rule's question). With the machine's token: 1.4.6 answers
-        401 to a bouncer key here, and its ``ip`` filter matches only alerts with a decision,
-        so the source is asked by ``scope`` and ``value``."""
-        query = urllib.parse.urlencode({
-            "scope": "ip", "value": ip, "has_active_decision": "false",
-            "since": f"{max(1, int(since))}s", "limit": str(limit),
-        })  # fmt: skip
-        _status, answer = self._request("GET", f"/v1/alerts?{query}", None, self._jwt())
+        ``since`` seconds (the sweep rule's question)."""
+        return self.alerts_from(ip, since=since, undecided=True, limit=limit)
+
+    def alerts_from(
+        self, ip: str, *, since: float | None = None, undecided: bool = False, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The alerts whose source is ``ip``, newest first, each with the ``machine_id`` that
+        sent it. With the machine's token: 1.4.6 answers 401 to a bouncer key here, and its
+        ``ip`` filter matches only alerts that carry a decision, so the source is asked by
+        ``scope`` and ``value``; ``since`` compares with the alert's ``start_at``."""
+        query = {"scope": "ip", "value": ip, "limit": str(limit)}
+        if undecided:
+            query["has_active_decision"] = "false"
+        if since is not None:
+            query["since"] = f"{max(1, int(since))}s"
+        text = urllib.parse.urlencode(query)
+        _status, answer = self._request("GET", f"/v1/alerts?{text}", None, self._jwt())
         return _list(answer)
 
     # --- the bouncer ----------------------------------------------------------------------------
