@@ -256,7 +256,7 @@ def run(opts: argparse.Namespace, directory: Path) -> None:
             )
             for level, r in swept.items():
                 print(
-                    f"   {int(level) + opts.push * 2:>6} alerts in LAPI (+{level} reports): "
+                    f"   {int(level):>6} filler reports (and ~{opts.push * 2 + opts.bans} bans): "
                     f"GET /v1/alerts {_stats(r['reports'])}; GET /v1/decisions "
                     f"{_stats(r['decisions'])}; found {r['found']}"
                 )

@@ -119,7 +119,12 @@ def load_report(state_dir: str, since: float | None, now: float) -> tuple[Report
     """Read the store (never creating one) and reduce its window: from the rollups, in one
     snapshot; from the events themselves only when some lie after the window's end."""
     from portsentinel.report.aggregate import report_from_rollups  # noqa: PLC0415
-    from portsentinel.report.data import build_report, choose_window, span_of  # noqa: PLC0415
+    from portsentinel.report.data import (  # noqa: PLC0415
+        build_report,
+        choose_window,
+        span_of,
+        with_fleet,
+    )
 
     path = os.path.join(state_dir, paths.STORE_NAME)
     if not os.path.isfile(path):
@@ -129,10 +134,15 @@ def load_report(state_dir: str, since: float | None, now: float) -> tuple[Report
         follow = offline or since is None
         bans = _bans(store, since, now, follow_records=follow)
         start, end = choose_window(span_of(reader.span(), bans), since, now, follow_records=follow)
+        fleet = [(d.id, d.address, d.origin, d.scenario, d.until)
+                 for d in store.fleet_decisions() if d.state == "applied"]  # fmt: skip
+        pushed = [ban_id for ban_id, _a, _s in store.fleet_bans_in("pushed")]
         if not reader.events_from(end):
-            return report_from_rollups(reader, bans, start, end, offline=offline), path
-        events = store.events_between(start, end)  # a clock that went back: the slow path
-    return build_report(events, bans, start, end, offline=offline), path
+            report = report_from_rollups(reader, bans, start, end, offline=offline)
+        else:
+            events = store.events_between(start, end)  # a clock that went back: the slow path
+            report = build_report(events, bans, start, end, offline=offline)
+    return with_fleet(report, fleet, pushed), path
 
 
 def _bans(

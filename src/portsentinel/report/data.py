@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from portsentinel.model import Action, ScanKind
@@ -230,6 +230,33 @@ def build_report(
         timeline_hidden=len(bars) - len(timeline),
         in_force=tuple(in_force),
     )
+
+
+FLEET: Final = "fleet"  # the state shown for a fleet decision applied here
+PUSHED_NOTE: Final = " (pushed to the fleet)"
+
+
+def with_fleet(
+    report: Report, decisions: Iterable[tuple[int, str, str, str, float]], pushed: Iterable[int]
+) -> Report:
+    """The report with the fleet marked: the fleet's decisions this host applied at the
+    window's end, ``(id, address, origin, scenario, until)``, in the bans in force (state
+    ``fleet``, reason ``fleet: ORIGIN SCENARIO``), and the reason of each local ban whose id is
+    in ``pushed`` (it went to the fleet) noted so."""
+    sent = set(pushed)
+    local = tuple(
+        replace(bar, reason=bar.reason + PUSHED_NOTE) if bar.ban_id in sent else bar
+        for bar in report.in_force
+    )
+    fleet = [
+        BanBar(ban_id=-ident, target=address, created=report.end, ended=None, expires=until,
+               state=FLEET, reason=f"fleet: {origin} {scenario}", offence=0, ports=())
+        for ident, address, origin, scenario, until in decisions
+        if until > report.end
+    ]  # fmt: skip
+    fleet.sort(key=lambda b: (b.expires or 0.0, b.target), reverse=True)
+    summary = replace(report.summary, in_force=report.summary.in_force + len(fleet))
+    return replace(report, in_force=local + tuple(fleet), summary=summary)
 
 
 def kind_series(events: Iterable[EventRow], edges: Sequence[float]) -> KindSeries:

@@ -198,7 +198,7 @@ def _bans_table(bans: Sequence[BanBar], zone: Zone) -> str:
             ports += f" and {len(ban.ports) - MAX_PORTS_SHOWN} more"
         cells = [
             ("addr", esc(ban.target)),
-            ("time", table_time(ban.created, zone)),
+            ("time", "(fleet)" if ban.state == "fleet" else table_time(ban.created, zone)),
             ("time", until),
             ("", _pill(ban.state, STATE_COLOURS.get(ban.state, "#444"))),
             ("num", str(ban.offence)),

@@ -60,6 +60,7 @@ STATE_COLOURS: Final = {
     "lifted": "#1565C0",
     "expired": "#9E9E9E",
     "failed": "#6A1B9A",
+    "fleet": "#00796B",  # a fleet decision applied here (report/data.with_fleet)
 }
 HEAT_STEPS: Final = ("#deebf7", "#9ecae1", "#6baed6", "#3182bd", "#08519c")
 OTHER_COLOUR: Final = "#444444"

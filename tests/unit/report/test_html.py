@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from html.parser import HTMLParser
 from types import MappingProxyType
 
-from portsentinel.report.data import build_report
+from portsentinel.report.data import build_report, with_fleet
 from portsentinel.report.html import CSP, MAX_BAN_ROWS, render_page
 from portsentinel.report.scale import Zone
 from portsentinel.store.records import BanRecord, BanState, EventRow
@@ -164,3 +164,21 @@ def test_every_time_is_written_in_the_chosen_zone() -> None:
     assert start in page
     assert datetime.fromtimestamp(T0, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") in utc
     assert "ACST" not in utc
+
+
+def test_fleet_bans_are_marked() -> None:
+    """A fleet decision applied here is a ban in force marked ``fleet`` with its origin and
+    scenario; a local ban that went to the fleet says so."""
+    report = build_report([], [ban(1, "198.18.0.2", T0 + 10, "SYN scan")], T0, T0 + DAY)
+    decisions = [(7, "198.18.9.9", "portsentinel", "portsentinel/sweep", T0 + DAY + 600),
+                 (8, "198.18.9.8", "cscli", "manual", T0 + DAY - 1)]  # fmt: skip
+    marked = with_fleet(report, decisions, pushed=[1])
+    assert [(b.target, b.state) for b in marked.in_force] == [
+        ("198.18.0.2", "active"), ("198.18.9.9", "fleet")]  # fmt: skip
+    assert marked.summary.in_force == 2
+    page = render_page(marked, store_path="s", generated=T0 + DAY, version="9")
+    table = page.split("<table>")[-1]
+    assert "SYN scan (pushed to the fleet)" in table
+    assert "fleet: portsentinel portsentinel/sweep" in table
+    assert ">fleet<" in table
+    assert "198.18.9.8" not in table  # ended before the window's end
