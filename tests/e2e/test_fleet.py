@@ -116,6 +116,9 @@ def test_one_ban_everywhere(fleet: fleetlab.Fleet, tmp_path: Path) -> None:
         banlab.wait_until(lambda: fleetlab.ATTACKER in fleetlab.bouncer_set(lab, fleet.c_ns),
                           "the fleet ban in C's crowdsec set", DEADLINE)  # fmt: skip
         took = time.monotonic() - banned
+        copies = fleetlab.nft_set(lab, fleet.b_ns, "netdev", "portsentinel", "fleet4")
+        assert copies is not None, "B's ingress table has the fleet's copies"
+        assert fleetlab.ATTACKER in copies, "and the ban drops at ingress there too"
         assert took >= 2.0, "a scan without a handshake waits for the decoy window"
         banlab.finish(scan)
         assert not _ping(fleet, fleetlab.B_ADDRESS), "B drops the scanner"

@@ -15,6 +15,12 @@ in LAPI, with or without the daemon. One ``nft -f`` transaction per change set; 
 succeeds whether or not it was there. A full resync replaces both sets in one transaction.
 The fleet link (``fleet/link``) is the only writer, from its own thread, through a plain
 ``nft`` process (never the daemon's libnftables context, which the response worker uses).
+
+When the nftables backend keeps its ingress table (``block/ingress``: ``netdev portsentinel``
+with sets ``fleet4``/``fleet6`` of its own and their drops on every interface), every element
+is written to those copies too, in the same transaction, so a fleet ban drops at ingress like
+a local one, before conntrack and the capture. The copies are used once ``present`` (or the
+first write) has seen them; a table made later brings a full rewrite.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Mapping
 
+from portsentinel.block import ingress
 from portsentinel.block.nft_state import MAX_TIMEOUT, TABLE_REF
 from portsentinel.block.runner import CommandRunner, Runner
 from portsentinel.errors import BackendError
@@ -56,30 +63,37 @@ def structure_lines() -> list[str]:
     return lines
 
 
-def change_script(put: Mapping[str, float], remove: Iterable[str], *, full: bool = False) -> str:
+def change_script(
+    put: Mapping[str, float], remove: Iterable[str], *, full: bool = False, copies: bool = False
+) -> str:
     """Elements ``put`` (address -> seconds left) and ``remove``d; ``full``: the sets hold
-    exactly ``put`` afterwards (pure)."""
+    exactly ``put`` afterwards; ``copies``: the ingress table's fleet sets too (pure)."""
     lines = structure_lines()
-    if full:
-        lines += [f"flush set {TABLE_REF} {SET4}", f"flush set {TABLE_REF} {SET6}"]
-    for address in sorted(set(remove) - set(put)):
-        ref = f"{TABLE_REF} {set_of(address)}"
-        lines += [f"add element {ref} {{ {address} timeout 1s }}",
-                  f"delete element {ref} {{ {address} }}"]  # fmt: skip
-    for address, left in sorted(put.items()):
-        ref = f"{TABLE_REF} {set_of(address)}"
-        element = f"{{ {address} timeout {_seconds(left)}s }}"
+    tables = (TABLE_REF, ingress.TABLE_REF) if copies else (TABLE_REF,)
+    for table in tables:
         if full:
-            lines.append(f"add element {ref} {element}")
-        else:
-            lines += [f"add element {ref} {element}", f"delete element {ref} {{ {address} }}",
-                      f"add element {ref} {element}"]  # fmt: skip
+            lines += [f"flush set {table} {SET4}", f"flush set {table} {SET6}"]
+        for address in sorted(set(remove) - set(put)):
+            ref = f"{table} {set_of(address)}"
+            lines += [f"add element {ref} {{ {address} timeout 1s }}",
+                      f"delete element {ref} {{ {address} }}"]  # fmt: skip
+        for address, left in sorted(put.items()):
+            ref = f"{table} {set_of(address)}"
+            element = f"{{ {address} timeout {_seconds(left)}s }}"
+            if full:
+                lines.append(f"add element {ref} {element}")
+            else:
+                lines += [f"add element {ref} {element}", f"delete element {ref} {{ {address} }}",
+                          f"add element {ref} {element}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def remove_script() -> str:
-    """The chains and sets gone (the fleet turned off by a reload) (pure)."""
+def remove_script(*, copies: bool = False) -> str:
+    """The chains and sets gone (the fleet turned off by a reload), the ingress copies
+    emptied (they belong to the backend's table) (pure)."""
     lines = structure_lines()
+    if copies:
+        lines += [f"flush set {ingress.TABLE_REF} {name}" for name in (SET4, SET6)]
     lines += [f"delete chain {TABLE_REF} {chain}" for chain, _hook, _field in CHAINS]
     lines += [f"delete set {TABLE_REF} {name}" for name in (SET4, SET6)]
     return "\n".join(lines) + "\n"
@@ -92,18 +106,29 @@ class FleetSets:
         self._runner = runner if runner is not None else Runner()
         self._nft = nft or shutil.which("nft") or "nft"
         self.transactions = 0
+        self.copies: bool | None = None  # the ingress copies are there (None: not asked yet)
 
     def apply(self, put: Mapping[str, float], remove: Iterable[str], *, full: bool = False) -> None:
-        self._run(change_script(put, remove, full=full))
+        if self.copies is None:
+            self.copies = self._copies()
+        self._run(change_script(put, remove, full=full, copies=self.copies))
 
     def remove(self) -> None:
-        self._run(remove_script())
+        self._run(remove_script(copies=bool(self.copies)))
 
     def present(self) -> bool:
-        """Are the chains and sets there? (Another tool may have flushed the ruleset.)"""
+        """Are the chains and sets there, and the ingress copies as last seen? (Another tool
+        may have flushed the ruleset; the backend may have made or dropped its table.)"""
         done = self._runner.run([self._nft, "list", "chain", *TABLE_REF.split(), CHAINS[0][0]],
                                 timeout=TIMEOUT)  # fmt: skip
-        return done.ok and f"@{SET4}" in done.stdout
+        copies = self._copies()
+        changed = copies != self.copies
+        self.copies = copies
+        return done.ok and f"@{SET4}" in done.stdout and not changed
+
+    def _copies(self) -> bool:
+        argv = [self._nft, "list", "set", *ingress.TABLE_REF.split(), SET6]
+        return self._runner.run(argv, timeout=TIMEOUT).ok
 
     def _run(self, script: str) -> None:
         done = self._runner.run([self._nft, "-f", "-"], input=script, timeout=TIMEOUT)

@@ -9,10 +9,17 @@ kernel's connection tracking anything. Layout (the nftables backend owns it, bes
     table netdev portsentinel {
       set ban4 { type ipv4_addr; flags timeout; counter; }   (+ interval with prefix bans)
       set ban6 { type ipv6_addr; flags timeout; counter; }
+      set fleet4 { type ipv4_addr; flags timeout; }          the fleet's decisions (issue 12)
+      set fleet6 { type ipv6_addr; flags timeout; }
       chain dev_eth0 { type filter hook ingress device "eth0" priority -500; policy accept;
-                       ip saddr @ban4 drop; ip6 saddr @ban6 drop }
+                       ip saddr @ban4 drop; ip6 saddr @ban6 drop;
+                       ip saddr @fleet4 drop; ip6 saddr @fleet6 drop; (quiet marks) }
       chain dev_... (one per interface but loopback)
     }
+
+The fleet sets are the copies of ``inet portsentinel``'s fleet sets: the fleet link
+(``block/fleet_sets``) writes both in one transaction once it sees these here; the backend
+only makes them and their rules, never their elements.
 
 Every write to ``inet portsentinel``'s ban sets goes to these copies in the same transaction,
 with the same timeout, so both end together. The ``counter`` on each element counts what the
@@ -44,9 +51,11 @@ FAMILY: Final = "netdev"
 TABLE: Final = "portsentinel"
 TABLE_REF: Final = f"{FAMILY} {TABLE}"
 SET4, SET6 = "ban4", "ban6"
+FLEET4, FLEET6 = "fleet4", "fleet6"
 PRIORITY: Final = -500  # before any other ingress chain the host may have
-_RULES: Final = ((SET4, "ip"), (SET6, "ip6"))
-_SETS: Final = (SET4, SET6, quiet.SET4, quiet.SET6)
+_RULES: Final = ((SET4, "ip"), (SET6, "ip6"), (FLEET4, "ip"), (FLEET6, "ip6"))
+_FLEET_TYPES: Final = {FLEET4: "ipv4_addr", FLEET6: "ipv6_addr"}
+_SETS: Final = (SET4, SET6, FLEET4, FLEET6, quiet.SET4, quiet.SET6)
 _PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 CHAIN_PREFIXES: Final = ("dev_", "devx_")
 
@@ -133,6 +142,10 @@ def structure_script(state: IngressState, prefix_bans: bool, devices: Iterable[s
         lines.append(
             f"add set {TABLE_REF} {name} {{ type {SET_TYPES[name]}; flags {flags}; counter; }}"
         )
+    lines += [
+        f"add set {TABLE_REF} {name} {{ type {kind}; flags timeout; }}"
+        for name, kind in _FLEET_TYPES.items()
+    ]
     lines += quiet.set_lines(TABLE_REF)
     lines += [f"delete chain {TABLE_REF} {chain}" for chain in state.chains if chain not in wanted]
     for chain, dev in sorted(wanted.items()):
@@ -179,6 +192,11 @@ def problems(state: IngressState, prefix_bans: bool, devices: Iterable[str]) -> 
 def _any_set_problem(name: str, spec: Mapping[str, Any], prefix_bans: bool) -> str | None:
     if name in quiet.SET_TYPES:
         return quiet.set_problem(name, spec)
+    if name in _FLEET_TYPES:
+        flags = spec.get("flags", [])
+        if spec.get("type") != _FLEET_TYPES[name] or "timeout" not in flags:
+            return f"ingress set {name} is not a {_FLEET_TYPES[name]} set with timeouts"
+        return None
     return _set_problem(name, spec, prefix_bans)
 
 

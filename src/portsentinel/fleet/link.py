@@ -167,7 +167,7 @@ class FleetLink:
             if self.puller is not None and mono >= timers["check"]:
                 timers["check"] = mono + CHECK_EVERY
                 if not self.puller.sets.present():
-                    self._log("adminalert: fleet sets missing from the nftables table: "
+                    self._log("adminalert: fleet sets missing, or their ingress copies changed: "
                               "rebuilt with every decision")  # fmt: skip
                     resync_at = mono
             self._step("outbox", partial(self._depth, store))

@@ -35,6 +35,20 @@ LISTED = json.dumps({"nftables": [
               "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6",
                         "field": "saddr"}}, "right": "@ban6"}}, {"drop": None}]}},
 ]})  # fmt: skip
+# The fleet's copies (issue 12): two sets and their drops in dev_eth0.
+FLEET_ITEMS = [
+    {"set": {"family": "netdev", "name": "fleet4", "table": "portsentinel", "type": "ipv4_addr",
+             "handle": 13, "flags": ["timeout"]}},
+    {"set": {"family": "netdev", "name": "fleet6", "table": "portsentinel", "type": "ipv6_addr",
+             "handle": 14, "flags": ["timeout"]}},
+    {"rule": {"family": "netdev", "table": "portsentinel", "chain": "dev_eth0", "handle": 15,
+              "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip",
+                        "field": "saddr"}}, "right": "@fleet4"}}, {"drop": None}]}},
+    {"rule": {"family": "netdev", "table": "portsentinel", "chain": "dev_eth0", "handle": 16,
+              "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6",
+                        "field": "saddr"}}, "right": "@fleet6"}}, {"drop": None}]}},
+]  # fmt: skip
+LISTED = json.dumps({"nftables": json.loads(LISTED)["nftables"] + FLEET_ITEMS})
 # What the quiet sources add to that listing (nft 1.0.6, ``block/quiet.py``): two sets, one
 # of them with an element, and four marking rules in dev_eth0.
 _MARK = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1347636817}}
@@ -133,7 +147,7 @@ def test_follow_adds_and_removes_only_the_difference() -> None:
 def test_parse_and_problems_of_a_real_listing() -> None:
     state = ingress.parse(LISTED_NOW)
     assert state.exists
-    assert set(state.sets) == {"ban4", "ban6", "quiet4", "quiet6"}
+    assert set(state.sets) == {"ban4", "ban6", "fleet4", "fleet6", "quiet4", "quiet6"}
     assert state.devices() == {"dev_eth0": "eth0"}
     assert ingress.problems(state, False, ["lo", "eth0"]) == []
     assert ingress.problems(state, False, ["eth0", "eth2"]) == [
@@ -164,6 +178,30 @@ def test_a_table_from_before_quiet_sources_lacks_their_sets_and_rules() -> None:
         "counter; size 16384; }" in lines
     )
     assert sum("meta mark set 0x50534e51" in line for line in lines) == 4
+
+
+def test_a_table_from_before_the_fleet_copies_gets_them() -> None:
+    raw = [
+        item for item in json.loads(LISTED_NOW)["nftables"]
+        if "fleet" not in json.dumps(item)
+    ]  # fmt: skip
+    state = ingress.parse(json.dumps({"nftables": raw}))
+    assert ingress.problems(state, False, ["eth0"]) == [
+        "ingress set fleet4 is missing",
+        "ingress set fleet6 is missing",
+        "ingress chain dev_eth0 has no 'ip saddr @fleet4 drop' rule",
+        "ingress chain dev_eth0 has no 'ip6 saddr @fleet6 drop' rule",
+    ]
+    lines = ingress.structure_script(state, False, ["eth0"]).splitlines()
+    assert not any(line.startswith("delete") for line in lines)
+    assert "add set netdev portsentinel fleet6 { type ipv6_addr; flags timeout; }" in lines
+    assert "add rule netdev portsentinel dev_eth0 ip saddr @fleet4 drop" in lines
+    bad = [dict(i) for i in json.loads(LISTED_NOW)["nftables"]]
+    for item in bad:
+        if item.get("set", {}).get("name") == "fleet4":
+            item["set"] = {**item["set"], "flags": []}
+    problems = ingress.problems(ingress.parse(json.dumps({"nftables": bad})), False, ["eth0"])
+    assert problems == ["ingress set fleet4 is not a ipv4_addr set with timeouts"]
 
 
 def test_a_quiet_set_of_another_type_is_recreated() -> None:
