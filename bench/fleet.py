@@ -303,9 +303,9 @@ def _outage(opts: argparse.Namespace, fleet: fleetlab.Fleet, a: Daemon) -> None:
     fleet.stop_lapi()
     stopped = time.monotonic()
     gap = opts.outage / (len(addresses) + 1)
-    for address in addresses:
+    for i, address in enumerate(addresses, 1):
         _cli(lab, lab.target, a.directory, "block", address, "--for", "1h")
-        time.sleep(max(0.0, gap - 0.5))
+        time.sleep(max(0.0, stopped + i * gap - time.monotonic()))
     time.sleep(max(0.0, opts.outage - (time.monotonic() - stopped)))
     held = depth()
     fleet.start_lapi()
@@ -321,6 +321,9 @@ def _outage(opts: argparse.Namespace, fleet: fleetlab.Fleet, a: Daemon) -> None:
         if d["value"] in set(addresses)
     ]
     outage = back - stopped
+    for line in a.stderr().splitlines():
+        if "fleet" in line and ("back" in line or "again" in line or "failed" in line):
+            print(f"   A: {line[-150:]}")
     print(
         f"\n2. LAPI stopped {outage:.0f} s (with its start) while A banned {len(addresses)}: "
         f"outbox held {held}; after the restart (LAPI answering), drained in "

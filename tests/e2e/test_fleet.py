@@ -25,6 +25,7 @@ import netns
 import pytest
 from daemon import PORTSENTINEL, Daemon
 
+from portsentinel.config import load_config
 from portsentinel.store.sqlite import Store
 
 pytestmark = [
@@ -170,6 +171,29 @@ def test_one_ban_everywhere(fleet: fleetlab.Fleet, tmp_path: Path) -> None:
             assert code == 0, d.stderr()
 
 
+ENROLL = Path(__file__).resolve().parents[2] / "packaging" / "portsentinel-fleet-enroll"
+
+
+def _enroll_and_join(fleet: fleetlab.Fleet, ns: str, d: Path, lapi: str) -> tuple[Path, Path]:
+    """packaging/portsentinel-fleet-enroll on the LAPI host, ``fleet join`` on the host: the
+    credential files the configuration then names."""
+    d.mkdir()
+    enrolment = d / "d.fleet"
+    argv = [str(ENROLL), "-c", str(fleet.files["config"]), "-o", str(enrolment), "d",
+            f"http://{lapi}:8080"]  # fmt: skip
+    done = fleet.lab.run(fleet.lapi_ns, argv, check=False)
+    assert done.returncode == 0, done.stderr
+    assert oct(enrolment.stat().st_mode & 0o777) == "0o600"
+    conf = d / "joined.conf"
+    out = fleet.lab.run(ns, [*PORTSENTINEL, "fleet", "join", str(enrolment), "--config", str(conf),
+                             "--dir", str(d)], check=False)  # fmt: skip
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "accepts the machine d-portsentinel and the bouncer key" in out.stdout, out.stdout
+    settings = load_config(str(conf)).settings
+    assert settings.crowdsec_lapi_url == f"http://{lapi}:8080"
+    return Path(settings.crowdsec_credentials_file), Path(settings.crowdsec_bouncer_key_file)
+
+
 def _said(d: Daemon, text: str) -> bool:
     return text in d.stderr()
 
@@ -192,7 +216,10 @@ def test_sweep_across_three_hosts(fleet: fleetlab.Fleet, tmp_path: Path) -> None
     daemons: dict[str, Daemon] = {}
     try:
         for name, (ns, lapi, _address) in hosts.items():
-            creds, key = fleet.enroll(name, f"http://{lapi}:8080")
+            if name == "d":  # the two-command set-up, with the real cscli
+                creds, key = _enroll_and_join(fleet, ns, tmp_path / name, lapi)
+            else:
+                creds, key = fleet.enroll(name, f"http://{lapi}:8080")
             settings = {**_settings(f"http://{lapi}:8080", creds, key), "BLOCK_MIN_PORTS": "2"}
             daemons[name] = Daemon.start(lab, tmp_path / name, mode="atcp", ns=ns,
                                          settings=settings)  # fmt: skip

@@ -17,12 +17,22 @@ import sys
 from collections.abc import Sequence
 
 from portsentinel import __version__, paths
-from portsentinel.cli import bans, config, history, portsentry2, replay, report, run, system
+from portsentinel.cli import (
+    bans,
+    config,
+    fleet,
+    history,
+    portsentry2,
+    replay,
+    report,
+    run,
+    system,
+)
 from portsentinel.cli.options import PROG, Handler
 from portsentinel.errors import CaptureError, ConfigError, ConfigErrors, PortSentinelError
 
 # The families in the order of ``--help`` and the man page.
-FAMILIES = (run, bans, history, replay, report, config, system)
+FAMILIES = (run, bans, history, replay, report, config, system, fleet)
 
 
 def build_parser() -> argparse.ArgumentParser:

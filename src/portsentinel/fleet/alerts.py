@@ -75,6 +75,14 @@ def strong(record: BanRecord) -> bool:
     return record.evidence.get("fleet") == SWEEP
 
 
+def shortened(record: BanRecord, first_expires: float | None) -> bool:
+    """Does the ban end earlier than when the fleet link first saw it (a decoy group's cut,
+    ``DECOY_BAN_DURATION``)?"""
+    return record.expires is not None and (
+        first_expires is None or record.expires < first_expires - 1.0
+    )
+
+
 def push_verdict(record: BanRecord, first_expires: float | None, now: float, delay: float) -> str:
     """PUSH, WAIT (not yet: its decoy window runs) or WITHHOLD (never) for a local ban, whose
     end was ``first_expires`` when the fleet link first saw it."""
@@ -82,10 +90,7 @@ def push_verdict(record: BanRecord, first_expires: float | None, now: float, del
         return WITHHOLD if not record.live else WAIT
     if record.expires is not None and record.expires <= now:
         return WITHHOLD
-    shortened = record.expires is not None and (
-        first_expires is None or record.expires < first_expires - 1.0
-    )
-    if shortened:  # cut since it was seen: a decoy's ban, say
+    if shortened(record, first_expires):  # cut since it was seen: a decoy's ban, say
         return WITHHOLD
     if strong(record):
         return PUSH

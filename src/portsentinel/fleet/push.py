@@ -4,11 +4,14 @@
 ``alerts.push_verdict`` says so; a ban lifted or cut before that is withheld for good; a pushed
 ban lifted here by ``unblock`` (or cut as a decoy) queues the deletion of its fleet decisions;
 one that ends here in a local way (expiry, ``allow``, the never-block set, ``unblock --local``)
-is left to end in LAPI on its own time. ``send`` posts what is due, ``CROWDSEC_BATCH_MAX``
-alerts per POST, and removes each message once LAPI accepted it; a failure leaves the messages
-in the outbox with a back-off (1 s doubling to 5 min), and one that may have taken effect anyway
-(``LapiError.ambiguous``: 1.4.6 stores the decisions of a "database is locked" 500) is checked
-with LAPI before it is sent again, so a retry makes no duplicate.
+is left to end in LAPI on its own time. A pushed ban whose end moved earlier than when the link
+first saw it (a decoy group's cut, ``store.cut_ban``: DECOY_BAN_DURATION) is withdrawn the
+same way, within the link's scan period: the decoy code needs to call nothing. ``send`` posts
+what is due, ``CROWDSEC_BATCH_MAX`` alerts per POST, and removes each message once LAPI accepted
+it; a failure leaves the messages in the outbox with a back-off (1 s doubling to 5 min), and one
+that may have taken effect anyway (``LapiError.ambiguous``: 1.4.6 stores the decisions of a
+"database is locked" 500) is checked with LAPI before it is sent again, so a retry makes no
+duplicate.
 """
 
 from __future__ import annotations
@@ -80,6 +83,14 @@ class Pusher:
         queue: list[OutboxItem] = []
         for record in live:
             state, first = states.get(record.id, (None, record.expires))
+            if state == "pushed" and alerts.shortened(record, first):
+                # Cut since it went out (a decoy's ban): its fleet decisions are withdrawn.
+                queue.append(OutboxItem(f"unban:{record.id}", "unban", record.address,
+                                        record.id, {}, now, now))  # fmt: skip
+                notes.append((record.id, record.address, None, "withdrawn"))
+                self.log(f"attackalert: fleet: the ban on {record.address} was cut short "
+                         "(a decoy's): its fleet decisions are withdrawn")  # fmt: skip
+                continue
             if state not in (None, "seen"):
                 continue
             verdict = alerts.push_verdict(record, first, now, self.delay)

@@ -20,7 +20,7 @@ def test_every_family_declares_its_verbs() -> None:
     verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert list(verbs.choices) == [
         "run", "reload", "status", "list", "block", "unblock", "allow", "why", "history",
-        "replay", "report", "config", "install", "uninstall", "migrate",
+        "replay", "report", "config", "install", "uninstall", "migrate", "fleet",
     ]  # fmt: skip
 
 

@@ -59,6 +59,29 @@ def test_a_pushed_ban_lifted_by_unblock_is_withdrawn_an_expired_one_not(tmp_path
         assert (states[one.id][0], states[two.id][0]) == ("withdrawn", "ended")
 
 
+def test_a_pushed_ban_cut_short_as_a_decoy_is_withdrawn(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        cut = ban(store, "198.18.0.2", kinds=("CONNECT",), expires=T0 + 3600)
+        kept = ban(store, "198.18.0.3", kinds=("CONNECT",), expires=T0 + 3600)
+        lines: list[str] = []
+        pusher = _pusher(store)
+        pusher.log = lines.append
+        pusher.scan(T0 + 1)
+        store.fleet_note_bans([(cut.id, cut.address, None, "pushed"),
+                               (kept.id, kept.address, None, "pushed")], T0 + 2)  # fmt: skip
+        store.outbox_done(i.id for i in store.outbox_due(T0 + 2, 10))
+        with store._write() as conn:  # what the decoy code's cut does to the ban's end
+            conn.execute("UPDATE bans SET expires = ? WHERE id = ?", (T0 + 300, cut.id))
+        pusher.scan(T0 + 4)
+        assert [(i.kind, i.address) for i in store.outbox_due(T0 + 4, 10)] == [
+            ("unban", "198.18.0.2")]  # fmt: skip
+        states = store.fleet_ban_states([cut.id, kept.id])
+        assert (states[cut.id][0], states[kept.id][0]) == ("withdrawn", "pushed")
+        assert any("cut short" in line for line in lines)
+        pusher.scan(T0 + 5)  # once
+        assert len(store.outbox_due(T0 + 5, 10)) == 1
+
+
 def test_backoff_doubles_to_five_minutes() -> None:
     assert 0.8 <= backoff(0) <= 1.0
     assert 6.4 <= backoff(3) <= 8.0
