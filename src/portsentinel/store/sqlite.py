@@ -21,8 +21,7 @@ The order of writes is what makes ``kill -9`` harmless:
   is stale and removed.
 
 The store never reads the clock: every time is an epoch float from the caller (wall-clock
-time live, the capture's time in replay). The one exception is the file's own ``created_at``,
-which SQLite stamps when it makes the file.
+live, the capture's in replay), but for the file's ``created_at``, which SQLite stamps.
 """
 
 from __future__ import annotations
