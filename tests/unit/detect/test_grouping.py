@@ -40,7 +40,7 @@ def test_bans_before_the_group_are_cut_once_it_shows() -> None:
     assert [c.src for c in cuts] == list(NAMES)
     # Each cut names the group as it stood when the member was linked: ME joined last.
     assert [c.group for c in cuts] == [NAMES[:2], NAMES[:2], NAMES]
-    assert cuts[0].evidence["members"] == list(NAMES)
+    assert cuts[2].evidence["members"] == list(NAMES)
     assert cuts[0].evidence["one_ttl"] is True
     decoy_scan(det, range(3, 10), start=0.02)
     assert det.take_cuts() == []  # once per member
