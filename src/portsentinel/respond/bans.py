@@ -67,6 +67,8 @@ class BanRequest:
     # Admitted while the ban budget was pressed, without a handshake: a first offence's
     # length at most, and never more than ``budget.SHORT_BAN``.
     provisional: bool = False
+    # A decoy group's member without proof of its address: DECOY_BAN_DURATION at most.
+    decoy: bool = False
 
 
 @dataclass(eq=False)
@@ -259,6 +261,8 @@ class BanManager(Restart):
                 seconds, offence = terms.short(), 1
             else:
                 seconds, offence = terms.length(earlier.get(req.address, 0))
+            if req.decoy:
+                seconds = terms.as_decoy(seconds)
             prefix = self._widen(req.address, now)
             spec = BanSpec.create(req.address, port=req.port, proto=req.proto, mode=req.mode,
                                   timeout=seconds, prefix=prefix)  # fmt: skip

@@ -80,6 +80,7 @@ class FirstBan:
         terms = terms_of(settings)
         self._seconds = terms.length(0)[0]
         self._short = terms.short()
+        self._decoy = terms.decoy
         self._ipv6 = settings.ipv6_prefix_after == 0
 
     def take(self, request: BanRequest, send: Callable[[BanRequest], None]) -> None:
@@ -106,6 +107,8 @@ class FirstBan:
             return None
         try:
             seconds = self._short if request.provisional else self._seconds
+            if request.decoy:
+                seconds = self._decoy if seconds is None else min(seconds, self._decoy)
             spec = BanSpec.create(request.address, port=request.port, proto=request.proto,
                                   mode=request.mode, timeout=seconds)  # fmt: skip
         except ValueError:

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from portsentinel.store import rollup, schema
 from portsentinel.store.bulk import BulkBans, NewBan
+from portsentinel.store.changes import BanChanges
 from portsentinel.store.connect import (
     CACHE_KIB,
     DEFAULT_BUSY_TIMEOUT,
@@ -120,7 +121,7 @@ SQL_UNCERTAIN: Final = (
 )
 
 
-class Store(BulkBans, RowReader):
+class Store(BanChanges, BulkBans, RowReader):
     """One connection to the store. Build it with ``Store.open``; close it (or use ``with``).
     Its readers skip a row that is no record and keep it for ``damaged`` (``store/rows.py``)."""
 
@@ -191,7 +192,7 @@ class Store(BulkBans, RowReader):
         with self._write() as conn:
             conn.executemany(
                 f"INSERT INTO events ({EVENT_COLS}, src_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
         return len(values)
@@ -243,7 +244,7 @@ class Store(BulkBans, RowReader):
         sql += " ORDER BY time, id"
         params = {"lo": lo, "hi": hi, "since": -1e300 if since is None else since, "limit": limit}
         with self._guard():
-            return [event_from_row(row[:17]) for row in self._conn.execute(sql, params)]
+            return [event_from_row(row[:18]) for row in self._conn.execute(sql, params)]
 
     def events_between(self, start: float, end: float) -> list[EventRow]:
         """Events with ``start <= time < end``, oldest first."""
@@ -493,5 +494,5 @@ def _event_values(row: EventRow) -> tuple[Any, ...]:
     return (
         row.time, src, dst, row.proto, row.port, row.kind, row.action, row.reason, row.mode,
         row.rule, row.hits, row.ports_seen, row.flags, int(row.ip_options), row.score,
-        row.contacts, row.scanner, key,
+        row.contacts, row.scanner, row.group, key,
     )  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from portsentinel.detect import decoys
-from portsentinel.detect.decoys import DecoyGroups
+from portsentinel.detect.decoys import DecoyGroups, Group
 
 HOST = bytes([198, 18, 0, 1])
 ME = bytes([198, 18, 0, 2])
@@ -11,7 +11,7 @@ D1 = bytes([198, 18, 1, 1])
 D2 = bytes([198, 18, 1, 2])
 
 
-def decoy_round(groups: DecoyGroups, port: int, now: float, ttl: int = 50) -> list[object]:
+def decoy_round(groups: DecoyGroups, port: int, now: float, ttl: int = 50) -> list[Group | None]:
     """One probe of ``nmap -D D1,D2,ME``: the same port from each, microseconds apart."""
     return [
         groups.see(src, 6, port, HOST, ttl, now + i * 1e-5) for i, src in enumerate((D1, D2, ME))
