@@ -288,6 +288,15 @@ class BanManager(Restart):
         pending.applied = len(commands)  # held: the ban stays in force
         return pending
 
+    def renew_in_kernel(self, specs: Sequence[BanSpec]) -> None:
+        """Give elements in the kernel the timeouts of ``specs`` (a ban cut short, say)."""
+        try:
+            backend = self.backends.get("nftables")
+        except BackendError as exc:
+            self.log(f"adminalert: ERROR: nftables could not renew {len(specs)} bans: {exc}")
+            return
+        self._renew(backend, specs)
+
     def _renew(self, backend: Backend, specs: Sequence[BanSpec]) -> None:
         renew = getattr(backend, "renew", None)  # NftablesBackend.renew
         if not callable(renew):

@@ -34,8 +34,10 @@ from portsentinel.block import BanSpec, ingress, plan_actions
 from portsentinel.block.base import kernel_timeout
 from portsentinel.block.nfnetlink import ElementWriter
 from portsentinel.block.nft_state import MAX_TIMEOUT, SET4, SET6, TABLE
+from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
+from portsentinel.model import UNSOLICITED_GROUP
 from portsentinel.respond.backends import terms_of
 from portsentinel.respond.bans import BanRequest
 
@@ -144,3 +146,20 @@ class FirstBan:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def install_conntrack(settings: Settings, log: Callable[[str], None]) -> ConntrackChain | None:
+    """The table's connection-tracking chain (``block/table.py``), installed by the response
+    worker at start beside the first bans' sets; None (said) when the kernel refuses it."""
+    s = settings
+    ssh = s.ssh_ports if s.never_block_ssh_peers else ()
+    chain = ConntrackChain(ssh_ports=ssh, ack_group=UNSOLICITED_GROUP if s.ack_probes else None)
+    failure = chain.install()
+    if failure is None:
+        return chain
+    chain.close()
+    log(
+        f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
+        "late UDP replies are recognised only if the firewall tracks them"
+    )
+    return None
