@@ -18,8 +18,9 @@ before its group showed is cut to that length.
 
 What the wire says about each member's claim to its address is kept as evidence, never used
 to decide (see docs/detection.md, "Decoys"): the TTL (hop limit) of its probes in the group,
-the TTL of the traffic it sent before (probes, or connections to ports in use), and whether
-every member's probes carry one and the same TTL (one sender stamping them all).
+the TTL of the traffic it sent before (connections to ports in use, a minute or more before
+its first probe), and whether every member's probes carry one TTL, or come from one source
+port (copies of one probe: nmap gives each copy its own random TTL, but one source port).
 
 Bounded under floods of forged sources: ``MAX_SLOTS`` ports watched for co-occurrence, each
 remembering its last ``SLOT_SOURCES`` sources; ``MAX_SOURCES`` per-source counts and
@@ -59,12 +60,15 @@ class Member:
 
     src: bytes
     ttls: list[int] = field(default_factory=list)  # its probes' TTLs since it joined
+    sports: list[int] = field(default_factory=list)  # ... and their source ports
     earlier_ttl: int | None = None  # the TTL of its traffic before it joined, if any
     cut: bool = False  # the detector asked for its ban to be cut (once)
 
-    def note(self, ttl: int) -> None:
+    def note(self, ttl: int, sport: int) -> None:
         if ttl not in self.ttls and len(self.ttls) < TTLS_KEPT:
             self.ttls.append(ttl)
+        if sport not in self.sports and len(self.sports) < TTLS_KEPT:
+            self.sports.append(sport)
 
     @property
     def ttl_agrees(self) -> bool | None:
@@ -89,6 +93,13 @@ class Group:
         seen = {ttl for m in self.members.values() for ttl in m.ttls}
         return len(seen) == 1
 
+    @property
+    def one_source_port(self) -> bool:
+        """Every member's probes come from one and the same source port: copies of one
+        probe (nmap's decoys share it, with the sequence number and the IPv4 ID)."""
+        seen = {sport for m in self.members.values() for sport in m.sports}
+        return len(seen) == 1
+
     def evidence(self, member: bytes) -> dict[str, object]:
         """What the wire showed of ``member``'s claim to its address, for its ban record."""
         m = self.members[member]
@@ -98,6 +109,7 @@ class Group:
             "earlier_ttl": m.earlier_ttl,
             "ttl_agrees": m.ttl_agrees,
             "one_ttl": self.one_ttl,
+            "one_source_port": self.one_source_port,
         }
 
 
@@ -107,7 +119,8 @@ class DecoyGroups:
     __slots__ = ("_groups", "_number", "_of", "_pairs", "_probes", "_slots", "_ttls", "formed")
 
     def __init__(self) -> None:
-        self._slots: dict[Slot, list[tuple[float, bytes, int]]] = {}  # (time, source, TTL)
+        # Per slot: (time, source, TTL, source port) of its last sources.
+        self._slots: dict[Slot, list[tuple[float, bytes, int, int]]] = {}
         self._probes: dict[bytes, list[float]] = {}  # per source: [probes, first probe's time]
         self._ttls: dict[bytes, tuple[int, float]] = {}  # per source: its last (TTL, time) heard
         self._pairs: dict[tuple[bytes, bytes], _Pair] = {}
@@ -139,7 +152,7 @@ class DecoyGroups:
         return heard[0]
 
     def see(  # noqa: PLR0917 - plain values: called for every probe
-        self, src: bytes, proto: int, port: int, dst: bytes, ttl: int, now: float
+        self, src: bytes, proto: int, port: int, dst: bytes, ttl: int, now: float, sport: int = 0
     ) -> Group | None:
         """A confirmed probe. Returns the source's group, if it has one."""
         probes = self._probes
@@ -162,7 +175,7 @@ class DecoyGroups:
             slot[:] = [entry for entry in slot if entry[0] >= since]
         group = self._of.get(src)
         present = False
-        for _when, other, other_ttl in slot:
+        for _when, other, other_ttl, other_sport in slot:
             if other == src:
                 present = True
                 continue
@@ -170,15 +183,15 @@ class DecoyGroups:
                 group = self._link(src, other, now)
                 joined = group.members.get(other)
                 if joined is not None:
-                    joined.note(other_ttl)
+                    joined.note(other_ttl, other_sport)
         if not present:
-            slot.append((now, src, ttl))
+            slot.append((now, src, ttl, sport))
             if len(slot) > SLOT_SOURCES:
                 del slot[0]
         if group is not None:
             member = group.members.get(src)
             if member is not None:
-                member.note(ttl)
+                member.note(ttl, sport)
         return group
 
     def _co_occurred(self, a: bytes, b: bytes, key: Slot, count: int) -> bool:

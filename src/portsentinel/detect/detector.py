@@ -203,7 +203,7 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
 
     def feed(self, pkt: Packet, now: float) -> list[Decision]:
         """Judge one decoded packet seen by a stealth mode."""
-        proto, src, dst, _sport, port, flags, ttl, _options, frag = pkt
+        proto, src, dst, sport, port, flags, ttl, _options, frag = pkt
         stats = self._stats
         stats.packets += 1
         if frag:
@@ -251,7 +251,7 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
         ):
             stats.replies += 1
             return []
-        group = self._decoys.see(src, proto, port, dst, ttl, now)
+        group = self._decoys.see(src, proto, port, dst, ttl, now, sport)
         if group is not None and group.changed:
             self._grouped(group, now)
         muted = self._muted[proto]

@@ -41,7 +41,7 @@ class Fragments:
         A fragment without ports counts for any stealth mode of its protocol; one that
         carries its destination port goes through the usual port checks.
         """
-        proto, src, dst, _sport, port, _flags, ttl, _options, _frag = pkt
+        proto, src, dst, sport, port, _flags, ttl, _options, _frag = pkt
         stats = self._stats
         if not self._stealth.get(proto, False):
             stats.unwatched += 1
@@ -62,7 +62,7 @@ class Fragments:
         if local is not None and dst not in local:
             stats.not_local += 1
             return []
-        group = self._decoys.see(src, proto, port, dst, ttl, now)
+        group = self._decoys.see(src, proto, port, dst, ttl, now, sport)
         if group is not None and group.changed:
             self._grouped(group, now)
         return self._probe(pkt, ScanKind.FRAGMENT, now)

@@ -51,7 +51,7 @@ class Unsolicited:
 
     def feed_unsolicited(self, pkt: Packet, now: float) -> list[Decision]:
         """Judge a TCP segment with ACK that opens no connection (see the module)."""
-        _proto, src, dst, _sport, port, flags, ttl, _options, frag = pkt
+        _proto, src, dst, sport, port, flags, ttl, _options, frag = pkt
         stats = self._stats
         stats.packets += 1
         kind = UNSOLICITED_KIND[flags]
@@ -71,7 +71,7 @@ class Unsolicited:
         if local is not None and dst not in local:
             stats.not_local += 1
             return []
-        group = self._decoys.see(src, _TCP, port, dst, ttl, now)
+        group = self._decoys.see(src, _TCP, port, dst, ttl, now, sport)
         if group is not None and group.changed:
             self._grouped(group, now)
         muted = self._muted[_TCP]

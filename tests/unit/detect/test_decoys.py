@@ -144,3 +144,23 @@ def test_groups_and_members_are_capped() -> None:
     grouped = {id(groups.group_of(s)) for s in sources if groups.group_of(s) is not None}
     assert all(len(g.members) <= decoys.MAX_MEMBERS for g in groups._groups.values())
     assert len(grouped) >= 1
+
+
+def test_copies_of_one_probe_share_their_source_port() -> None:
+    """nmap gives each decoy copy its own random TTL but one source port (and sequence
+    number, and IPv4 ID): the group tells so."""
+    groups = DecoyGroups()
+    for port, ttls in ((1, (43, 43, 52)), (2, (54, 39, 39))):
+        for i, (src, ttl) in enumerate(zip((D1, D2, ME), ttls, strict=True)):
+            groups.see(src, 6, port, HOST, ttl, port + i * 1e-5, sport=35629)
+    group = groups.group_of(ME)
+    assert group is not None
+    assert group.one_source_port
+    assert not group.one_ttl
+    other = DecoyGroups()
+    for port in (1, 2):
+        other.see(D1, 6, port, HOST, 50, port, sport=1000 + port)
+        other.see(ME, 6, port, HOST, 50, port, sport=2000 + port)
+    grouped = other.group_of(ME)
+    assert grouped is not None
+    assert not grouped.one_source_port
