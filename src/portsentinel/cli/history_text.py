@@ -55,6 +55,10 @@ def _ban_lines(ban: Mapping[str, Any]) -> Iterator[str]:
     yield _field("reason", ban["reason"])
     yield _field("rule", ban["rule"] or "-")
     yield _field("evidence", _evidence_text(ban["evidence"]))
+    decoy = ban["evidence"].get("decoy")
+    if isinstance(decoy, Mapping) and not ban.get("changes"):
+        members = ", ".join(str(m) for m in decoy.get("members", ()))
+        yield _field("group", f"{members}: banned as a decoy's{_wire_text(decoy)}")
     for change in ban.get("changes", ()):
         yield _field(
             "cut",

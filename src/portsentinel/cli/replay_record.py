@@ -112,7 +112,11 @@ class ReplayRecorder:
             "mode": decision.mode.value if decision.mode is not None else None,
             "action": decision.action.value,
         }
-        state = self.detector.source(ipaddress.ip_address(decision.src).packed)
+        packed = ipaddress.ip_address(decision.src).packed
+        decoy = self.detector.decoy_evidence(packed)
+        if decoy is not None:
+            evidence["decoy"] = decoy
+        state = self.detector.source(packed)
         if state is not None:
             evidence.update(
                 hits=state.hits,

@@ -6,10 +6,17 @@ port. Only one of them is the scanner; the others are addresses it chose, perhap
 them banned. So sources whose probes keep landing on the same (destination, protocol, port)
 within ``WINDOW`` seconds of each other are linked, and linked sources form a group:
 
-- a pair is linked once it co-occurred on ``SHARED`` probes or more, and on at least
-  ``SHARE`` of the probes of the one of them that sent fewer (decoy copies co-occur on every
-  probe; two independent scanners that happen to scan the same host at once share a few
-  ports, not most of them);
+- a pair is linked at once when two of its probes are copies of one: the same port from the
+  same source port within ``COPY_WINDOW`` seconds (nmap's copies share the source port, the
+  sequence number and the IPv4 ID). This matters live: a source is banned on its first probe
+  and its later probes are dropped at ingress, before the capture sees them
+  (``block/ingress.py``), so the first round is all the daemon sees of a fast decoy scan;
+- otherwise a pair is linked once it co-occurred on ``SHARED`` probes or more, and on at
+  least ``SHARE`` of the probes of the one of them that sent fewer (decoy copies co-occur on
+  every probe; two independent scanners that happen to scan the same host at once share a
+  few ports, not most of them): for a tool that varies the source port of its copies, seen
+  when its first round does not end in bans (a trigger above 0, BLOCK_TCP 0, a slow scan
+  whose bans wait for the evidence floor);
 - groups merge when a member of one links with a member of another.
 
 What a group changes is decided by the detector: a member without proof of its address (no
@@ -34,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 WINDOW: Final = 0.5  # seconds: "the same moment" (nmap sends a probe's copies within us)
+COPY_WINDOW: Final = 0.1  # seconds: copies of one probe from one source port
 SHARED: Final = 2  # co-occurring probes that link a pair
 SHARE: Final = 0.5  # ... and this share of the probes of the pair's quieter source
 SLOT_SOURCES: Final = 8  # sources remembered per (destination, protocol, port)
@@ -175,11 +183,13 @@ class DecoyGroups:
             slot[:] = [entry for entry in slot if entry[0] >= since]
         group = self._of.get(src)
         present = False
-        for _when, other, other_ttl, other_sport in slot:
+        copies = now - COPY_WINDOW
+        for when, other, other_ttl, other_sport in slot:
             if other == src:
                 present = True
                 continue
-            if self._co_occurred(src, other, key, count):
+            copy = sport != 0 and other_sport == sport and when >= copies
+            if self._co_occurred(src, other, key, count) or copy:
                 group = self._link(src, other, now)
                 joined = group.members.get(other)
                 if joined is not None:

@@ -164,3 +164,28 @@ def test_copies_of_one_probe_share_their_source_port() -> None:
     grouped = other.group_of(ME)
     assert grouped is not None
     assert not grouped.one_source_port
+
+
+def test_copies_of_one_probe_link_on_the_first_port() -> None:
+    """Live, each source is banned on its first probe and its next ones are dropped at
+    ingress: the first round's copies (one port, one source port, at once) must do."""
+    groups = DecoyGroups()
+    found = [
+        groups.see(src, 6, 80, HOST, 40 + i, i * 1e-5, sport=35629)
+        for i, src in enumerate((D1, D2, ME))
+    ]
+    assert found[0] is None
+    group = found[2]
+    assert group is not None
+    assert list(group.members) == [D1, D2, ME]
+
+
+def test_one_port_without_copies_links_nobody() -> None:
+    """Two sources on one port at once, each from its own source port (or a copy too late):
+    no group on one port."""
+    groups = DecoyGroups()
+    groups.see(D1, 6, 80, HOST, 50, 0.0, sport=1111)
+    groups.see(ME, 6, 80, HOST, 50, 0.0, sport=2222)
+    groups.see(D2, 6, 80, HOST, 50, decoys.COPY_WINDOW + 0.01, sport=1111)
+    assert groups.group_of(ME) is None
+    assert groups.group_of(D2) is None

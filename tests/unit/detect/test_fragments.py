@@ -11,8 +11,8 @@ ME = bytes([198, 18, 0, 2])
 D1 = bytes([198, 18, 1, 1])
 
 
-def frag(src: bytes, port: int, kind: int = Frag.TINY) -> Packet:
-    return (6, src, HOST, 40000, port, ACK, 50, False, kind)
+def frag(src: bytes, port: int, kind: int = Frag.TINY, sport: int = 40000) -> Packet:
+    return (6, src, HOST, sport, port, ACK, 50, False, kind)
 
 
 def test_a_tiny_fragment_is_a_probe_whatever_its_flags() -> None:
@@ -27,7 +27,7 @@ def test_fragments_of_a_decoy_scan_group() -> None:
     det = Detector(DetectorConfig(tcp_ports=frozenset({80, 81, 82})))
     for n, port in enumerate((80, 81, 82)):
         det.feed(frag(D1, port), n * 0.01)
-        det.feed(frag(ME, port), n * 0.01)
+        det.feed(frag(ME, port, sport=41000), n * 0.01)
     assert {c.src for c in det.take_cuts()} == {"198.18.1.1", "198.18.0.2"}
 
 

@@ -15,20 +15,38 @@ NAMES = ("198.18.1.1", "198.18.1.2", "198.18.0.2")
 CONFIG = DetectorConfig(tcp_ports=frozenset(range(1, 100)))
 
 
-def syn(src: bytes, port: int, ttl: int = 48) -> Packet:
-    return (6, src, HOST, 40000, port, SYN, ttl, False, 0)
+def syn(src: bytes, port: int, ttl: int = 48, sport: int = 40000) -> Packet:
+    return (6, src, HOST, sport, port, SYN, ttl, False, 0)
 
 
-def decoy_scan(det: Detector, ports: range, start: float = 0.0) -> list[Decision]:
-    """``nmap -D D1,D2,ME``: each port from the three, back to back."""
+def decoy_scan(
+    det: Detector, ports: range, start: float = 0.0, *, copies: bool = False
+) -> list[Decision]:
+    """``nmap -D D1,D2,ME``: each port from the three, back to back; with ``copies`` from
+    one source port, as nmap sends them, else each source from its own."""
     out = []
     for n, port in enumerate(ports):
         for i, src in enumerate((D1, D2, ME)):
-            out += det.feed(syn(src, port), start + n * 0.01 + i * 1e-5)
+            sport = 35629 if copies else 40000 + i
+            out += det.feed(syn(src, port, sport=sport), start + n * 0.01 + i * 1e-5)
     return out
 
 
+def test_copies_form_the_group_on_the_first_port() -> None:
+    """nmap's copies (one source port): the first source is banned in full, then cut as
+    the second shows; the second and third are banned as decoys from the start."""
+    det = Detector(CONFIG)
+    first = decoy_scan(det, range(1, 2), copies=True)
+    assert [(d.src, d.action, d.group, d.decoy) for d in first] == [
+        (NAMES[0], Action.BLOCK, (), False),
+        (NAMES[1], Action.BLOCK, NAMES[:2], True),
+        (NAMES[2], Action.BLOCK, NAMES, True),
+    ]
+    assert [(c.src, c.group) for c in det.take_cuts()] == [(NAMES[0], NAMES[:2])]
+
+
 def test_bans_before_the_group_are_cut_once_it_shows() -> None:
+    """Copies from different source ports: the group shows on the second shared port."""
     det = Detector(CONFIG)
     first = decoy_scan(det, range(1, 2))
     assert [(d.src, d.action, d.group, d.decoy) for d in first] == [
@@ -63,12 +81,12 @@ def test_a_member_seen_after_the_group_formed_gets_a_decoys_ban() -> None:
     late = bytes([198, 18, 1, 3])
     for n, port in enumerate(range(1, 4)):
         det.feed(syn(D1, port), n * 0.01)
-        det.feed(syn(D2, port), n * 0.01)
+        det.feed(syn(D2, port, sport=40001), n * 0.01)
     det.take_cuts()
     decisions = []
     for n, port in enumerate(range(10, 14)):
         decisions += det.feed(syn(D1, port), 1 + n * 0.01)
-        decisions += det.feed(syn(late, port), 1 + n * 0.01)
+        decisions += det.feed(syn(late, port, sport=50000), 1 + n * 0.01)
     banned = [d for d in decisions if d.src == "198.18.1.3" and d.action is Action.BLOCK]
     # Its first probe came before it linked: banned in full, then cut.
     assert len(banned) == 1
