@@ -50,6 +50,12 @@ def _ingress_timeouts(lab: netns.Lab) -> dict[str, int | None]:
     return found
 
 
+def _holding(
+    timeouts: dict[str, int | None] | None, addresses: list[str]
+) -> dict[str, int | None] | None:
+    return timeouts if timeouts is not None and set(addresses) <= set(timeouts) else None
+
+
 def test_nmap_decoys_get_at_most_the_decoy_ban(tmp_path: Path) -> None:
     group = [*DECOYS, netns.Lab.SCANNER4]  # nmap sends the copies in the -D list's order
     settings = {"BAN_DURATION": "1h", "DECOY_BAN_DURATION": f"{DECOY_SECONDS}s"}
@@ -64,12 +70,10 @@ def test_nmap_decoys_get_at_most_the_decoy_ban(tmp_path: Path) -> None:
             lab.run(lab.scanner, nmap, timeout=120)
             daemon.wait_for_line("ban cut to 240s as a decoy's", deadline=30)
             elements = banlab.wait_until(
-                lambda: (e := banlab.nft_elements(lab)) and set(group) <= set(e) and e,
-                "the three bans in the kernel",
+                lambda: _holding(banlab.nft_elements(lab), group), "the three bans in the kernel"
             )
             ingress = banlab.wait_until(
-                lambda: (e := _ingress_timeouts(lab)) and set(group) <= set(e) and e,
-                "the three bans at ingress",
+                lambda: _holding(_ingress_timeouts(lab), group), "the three bans at ingress"
             )
             events = daemon.events()
             why = banlab.cli(lab, daemon, "why", DECOYS[0])
