@@ -116,5 +116,5 @@ def test_nmap_decoys_get_at_most_the_decoy_ban(tmp_path: Path) -> None:
     assert "cut as decoy" in why.stdout, why.stdout
     assert why_me.returncode == 0, why_me.stderr
     assert f"group     {', '.join(group)}: banned as a decoy's" in why_me.stdout, why_me.stdout
-    timeouts = [(elements[a], ingress[a]) for a in group]
-    print(f"decoys: {DECOYS[0]} cut; (inet, ingress) timeouts {timeouts}")
+    pairs = [(elements[a], ingress[a]) for a in group]
+    print(f"decoys: {DECOYS[0]} cut; (inet, ingress) timeouts {pairs}")
