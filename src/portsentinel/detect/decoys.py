@@ -11,8 +11,10 @@ within ``WINDOW`` seconds of each other are linked, and linked sources form a gr
   sequence number and the IPv4 ID). This matters live: a source is banned on its first probe
   and its later probes are dropped at ingress, before the capture sees them
   (``block/ingress.py``), so the first round is all the daemon sees of a fast decoy scan;
-- otherwise a pair is linked once it co-occurred on ``SHARED`` probes or more, and on at
-  least ``SHARE`` of the probes of the one of them that sent fewer (decoy copies co-occur on
+- otherwise a pair is linked once it co-occurred on ``SHARED`` probes or more, counted from a
+  source's second probe on (so a flood of forged sources, one probe each, costs no count at
+  all), and on at least ``SHARE`` of the probes of the one of them that sent fewer (decoy
+  copies co-occur on
   every probe; two independent scanners that happen to scan the same host at once share a
   few ports, not most of them): for a tool that varies the source port of its copies, seen
   when its first round does not end in bans (a trigger above 0, BLOCK_TCP 0, a slow scan
@@ -26,17 +28,19 @@ before its group showed is cut to that length.
 What the wire says about each member's claim to its address is kept as evidence, never used
 to decide (see docs/detection.md, "Decoys"): the TTL (hop limit) of its probes in the group,
 the TTL of the traffic it sent before (connections to ports in use, a minute or more before
-its first probe), and whether every member's probes carry one TTL, or come from one source
+it joined), and whether every member's probes carry one TTL, or come from one source
 port (copies of one probe: nmap gives each copy its own random TTL, but one source port).
 
 Bounded under floods of forged sources: ``MAX_SLOTS`` ports watched for co-occurrence, each
-remembering its last ``SLOT_SOURCES`` sources; ``MAX_SOURCES`` per-source counts and
-``MAX_PAIRS`` pair counts, each table forgotten whole when full (a flood of random sources
-only churns them); a group holds ``MAX_MEMBERS`` members at most.
+remembering its last ``SLOT_SOURCES`` sources (copies of one probe come back to back, so a
+chain of links joins them all); ``MAX_SOURCES`` per-source counts and ``MAX_PAIRS`` pair
+counts; each table forgotten whole when full (a flood of random sources only churns them);
+``MAX_GROUPS`` groups (the oldest dropped first) of ``MAX_MEMBERS`` members at most.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -44,22 +48,16 @@ WINDOW: Final = 0.5  # seconds: "the same moment" (nmap sends a probe's copies w
 COPY_WINDOW: Final = 0.1  # seconds: copies of one probe from one source port
 SHARED: Final = 2  # co-occurring probes that link a pair
 SHARE: Final = 0.5  # ... and this share of the probes of the pair's quieter source
-SLOT_SOURCES: Final = 8  # sources remembered per (destination, protocol, port)
+SLOT_SOURCES: Final = 3  # sources remembered per (destination, protocol, port)
 MAX_SLOTS: Final = 4096
 MAX_SOURCES: Final = 65536
 MAX_PAIRS: Final = 65536
 MAX_MEMBERS: Final = 64
 MAX_GROUPS: Final = 4096
 TTLS_KEPT: Final = 4  # distinct TTLs remembered per member
-EARLIER: Final = 60.0  # seconds before a source's first probe that traffic is "earlier"
+EARLIER: Final = 60.0  # seconds before a source joined its group that traffic is "earlier"
 
 Slot = tuple[int, int, bytes]  # (protocol, port, destination)
-
-
-@dataclass(slots=True)
-class _Pair:
-    count: int = 0  # co-occurrences on distinct slots in a row
-    last: Slot | None = None  # the slot of the last one (a retransmission counts once)
 
 
 @dataclass(slots=True)
@@ -93,20 +91,44 @@ class Group:
     number: int
     formed: float
     members: dict[bytes, Member] = field(default_factory=dict)
-    changed: bool = True  # members joined since the detector last looked
+    fresh: list[bytes] = field(default_factory=list)  # joined since the detector looked
+    texts: tuple[str, ...] = ()  # the first members' names, kept by the detector
+
+    @property
+    def changed(self) -> bool:
+        """Members joined since the detector last looked (``fresh``)."""
+        return bool(self.fresh)
+
+    # The first two distinct TTLs and source ports its members' probes carried (two are
+    # enough to say "not one"; kept as they come, so no member list is walked).
+    seen_ttls: list[int] = field(default_factory=list)
+    seen_sports: list[int] = field(default_factory=list)
+
+    def note(self, member: Member, ttl: int, sport: int) -> None:
+        member.note(ttl, sport)
+        if ttl not in self.seen_ttls and len(self.seen_ttls) < 2:
+            self.seen_ttls.append(ttl)
+        if sport not in self.seen_sports and len(self.seen_sports) < 2:
+            self.seen_sports.append(sport)
+
+    def absorb(self, other: Group) -> None:
+        """The marks ``other`` saw, ``other`` being merged into this group."""
+        for mine, theirs in ((self.seen_ttls, other.seen_ttls),
+                             (self.seen_sports, other.seen_sports)):  # fmt: skip
+            for value in theirs:
+                if value not in mine and len(mine) < 2:
+                    mine.append(value)
 
     @property
     def one_ttl(self) -> bool:
         """Every member's probes carry one and the same TTL: stamped by one sender."""
-        seen = {ttl for m in self.members.values() for ttl in m.ttls}
-        return len(seen) == 1
+        return len(self.seen_ttls) == 1
 
     @property
     def one_source_port(self) -> bool:
         """Every member's probes come from one and the same source port: copies of one
         probe (nmap's decoys share it, with the sequence number and the IPv4 ID)."""
-        seen = {sport for m in self.members.values() for sport in m.sports}
-        return len(seen) == 1
+        return len(self.seen_sports) == 1
 
     def evidence(self, member: bytes) -> dict[str, object]:
         """What the wire showed of ``member``'s claim to its address, for its ban record."""
@@ -124,21 +146,29 @@ class Group:
 class DecoyGroups:
     """See the module docstring. ``see`` is called for every confirmed probe."""
 
-    __slots__ = ("_groups", "_number", "_of", "_pairs", "_probes", "_slots", "_ttls", "formed")
+    __slots__ = (
+        "_groups", "_number", "_of", "_pairs", "_probes", "_slots", "_ttls", "formed",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         # Per slot: (time, source, TTL, source port) of its last sources.
         self._slots: dict[Slot, list[tuple[float, bytes, int, int]]] = {}
-        self._probes: dict[bytes, list[float]] = {}  # per source: [probes, first probe's time]
+        self._probes: dict[bytes, int] = {}  # probes seen per source
         self._ttls: dict[bytes, tuple[int, float]] = {}  # per source: its last (TTL, time) heard
-        self._pairs: dict[tuple[bytes, bytes], _Pair] = {}
+        self._pairs: dict[tuple[bytes, bytes], tuple[int, Slot]] = {}  # (co-occurrences, last)
         self._of: dict[bytes, Group] = {}
-        self._groups: dict[int, Group] = {}
+        self._groups: OrderedDict[int, Group] = OrderedDict()
         self._number = 0
         self.formed = 0  # groups formed so far (a counter)
 
     def __len__(self) -> int:
         return len(self._groups)
+
+    @property
+    def heard_table(self) -> dict[bytes, tuple[int, float]]:
+        """The table ``heard`` writes, for a caller that writes it inline (the detector's
+        path for SYNs to ports in use), with the same cap."""
+        return self._ttls
 
     def group_of(self, src: bytes) -> Group | None:
         return self._of.get(src)
@@ -146,16 +176,16 @@ class DecoyGroups:
     def heard(self, src: bytes, ttl: int, now: float) -> None:
         """Traffic from ``src`` that is no probe (a connection to a port in use): its TTL is
         the "earlier traffic" a later group's probes are held against, when it came EARLIER
-        seconds or more before the source's first probe (a scan's own SYNs to open ports come
-        with its probes)."""
+        seconds or more before the source joined the group (a scan's own SYNs to open ports
+        come with its probes)."""
         ttls = self._ttls
         if len(ttls) >= MAX_SOURCES:
             ttls.clear()
         ttls[src] = (ttl, now)
 
-    def _earlier_ttl(self, src: bytes) -> int | None:
-        heard, first = self._ttls.get(src), self._probes.get(src)
-        if heard is None or first is None or heard[1] > first[1] - EARLIER:
+    def _earlier_ttl(self, src: bytes, joined: float) -> int | None:
+        heard = self._ttls.get(src)
+        if heard is None or heard[1] > joined - EARLIER:
             return None
         return heard[0]
 
@@ -164,36 +194,30 @@ class DecoyGroups:
     ) -> Group | None:
         """A confirmed probe. Returns the source's group, if it has one."""
         probes = self._probes
-        seen = probes.get(src)
-        if seen is None:
-            if len(probes) >= MAX_SOURCES:
-                probes.clear()
-            seen = probes[src] = [0, now]
-        seen[0] += 1
-        count = int(seen[0])
+        count = probes.get(src, 0) + 1
+        if count == 1 and len(probes) >= MAX_SOURCES:
+            probes.clear()
+        probes[src] = count
+        group = self._of.get(src)
         key = (proto, port, dst)
         slots = self._slots
         slot = slots.get(key)
         if slot is None:
             if len(slots) >= MAX_SLOTS:
-                del slots[next(iter(slots))]  # the oldest port watched
+                slots.clear()
             slot = slots[key] = []
-        since = now - WINDOW
-        if slot and slot[0][0] < since:
-            slot[:] = [entry for entry in slot if entry[0] >= since]
-        group = self._of.get(src)
+        elif slot[0][0] < now - WINDOW:
+            slot[:] = [entry for entry in slot if entry[0] >= now - WINDOW]
         present = False
         copies = now - COPY_WINDOW
+        # Copies of one probe are sent back to back: the port's last sources hold them.
         for when, other, other_ttl, other_sport in slot:
             if other == src:
                 present = True
-                continue
-            copy = sport != 0 and other_sport == sport and when >= copies
-            if self._co_occurred(src, other, key, count) or copy:
-                group = self._link(src, other, now)
-                joined = group.members.get(other)
-                if joined is not None:
-                    joined.note(other_ttl, other_sport)
+            elif (sport and other_sport == sport and when >= copies) or (
+                count > 1 and self._co_occurred(src, other, key, count)
+            ):
+                group = self._joined(src, other, other_ttl, other_sport, now)
         if not present:
             slot.append((now, src, ttl, sport))
             if len(slot) > SLOT_SOURCES:
@@ -201,7 +225,16 @@ class DecoyGroups:
         if group is not None:
             member = group.members.get(src)
             if member is not None:
-                member.note(ttl, sport)
+                group.note(member, ttl, sport)
+        return group
+
+    def _joined(
+        self, src: bytes, other: bytes, other_ttl: int, other_sport: int, now: float
+    ) -> Group:
+        group = self._link(src, other, now)
+        joined = group.members.get(other)
+        if joined is not None:
+            group.note(joined, other_ttl, other_sport)
         return group
 
     def _co_occurred(self, a: bytes, b: bytes, key: Slot, count: int) -> bool:
@@ -212,15 +245,17 @@ class DecoyGroups:
         if entry is None:
             if len(pairs) >= MAX_PAIRS:
                 pairs.clear()
-            entry = pairs[pair] = _Pair()
-        if entry.last == key:
+            pairs[pair] = (1, key)
+            return False
+        shared, last = entry
+        if last == key:
             return False  # a retransmission on the same port counts once
-        entry.last = key
-        entry.count += 1
-        shared = entry.count
-        other = self._probes.get(b)
-        quieter = min(count, int(other[0]) if other is not None else 0)
-        return shared >= SHARED and shared >= SHARE * quieter
+        shared += 1
+        pairs[pair] = (shared, key)
+        if shared < SHARED:
+            return False
+        other = self._probes.get(b, 0)
+        return shared >= SHARE * (count if other > count else other)
 
     def _link(self, a: bytes, b: bytes, now: float) -> Group:
         """``a`` and ``b`` in one group: a new one, one joining the other's, or two merged."""
@@ -231,7 +266,7 @@ class DecoyGroups:
         if ga is None and gb is None:  # a new group
             groups = self._groups
             if len(groups) >= MAX_GROUPS:
-                self._drop(groups[next(iter(groups))])
+                self._drop(groups.popitem(last=False)[1])  # the oldest
             self._number += 1
             self.formed += 1
             group = groups[self._number] = Group(self._number, now)
@@ -245,18 +280,19 @@ class DecoyGroups:
                     of[src] = group
                 else:
                     del of[src]
-            del self._groups[other.number]
+            group.fresh.extend(s for s in other.fresh if s in group.members)
+            group.absorb(other)
+            del self._groups[other.number]  # merged
         for src in (b, a):  # the one seen first, first
             if src not in group.members and len(group.members) < MAX_MEMBERS:
-                group.members[src] = Member(src, earlier_ttl=self._earlier_ttl(src))
+                group.members[src] = Member(src, earlier_ttl=self._earlier_ttl(src, now))
                 of[src] = group
-                group.changed = True
+                group.fresh.append(src)
         return group
 
     def _drop(self, group: Group) -> None:
         for src in group.members:
             self._of.pop(src, None)
-        del self._groups[group.number]
 
 
 def _either(a: Group | None, b: Group | None) -> Group:

@@ -29,6 +29,7 @@ from portsentinel.detect import trw
 from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
+from portsentinel.detect.decoys import MAX_SOURCES as _HEARD_MAX
 from portsentinel.detect.decoys import DecoyGroups
 from portsentinel.detect.fragments import Fragments
 from portsentinel.detect.grouping import Grouping
@@ -83,6 +84,7 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
         "_cuts",
         "_decoys",
         "_gate",
+        "_heard",
         "_in_use_tcp",
         "_in_use_udp",
         "_local",
@@ -132,6 +134,7 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
         self._reply_check: Callable[[Packet], bool] | None = None
         self._texts: dict[bytes, str] = {}
         self._decoys = DecoyGroups()
+        self._heard = self._decoys.heard_table
         self._cuts: list[DecoyCut] = []
         self._custom_rules = rules is not None
         self.rules: tuple[ScoringRule, ...] = tuple(rules) if rules is not None else ()
@@ -228,7 +231,10 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
             return []
         if port in in_use:
             stats.in_use += 1
-            self._decoys.heard(src, ttl, now)  # earlier traffic, for a later decoy group
+            heard = self._heard  # earlier traffic, for a later decoy group (decoys.heard)
+            if len(heard) >= _HEARD_MAX:
+                heard.clear()
+            heard[src] = (ttl, now)
             if self._trw is not None and (kind is _SYN or proto == _UDP):
                 self._success(pkt)  # a first contact that may succeed: evidence for TRW
             return []

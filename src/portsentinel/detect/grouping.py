@@ -11,6 +11,7 @@ packets of). Mixed into ``Detector``; adds no slots.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Final
 
 from portsentinel.detect.decide import Policy
@@ -34,11 +35,15 @@ class Grouping:
         raise NotImplementedError
 
     def _grouped(self, group: Group, now: float) -> None:
-        """Members joined ``group``: the bans of its members without proof are cut, once."""
-        group.changed = False
+        """Members joined ``group``: the bans of those without proof are cut, once. (Only
+        the members that just joined are looked at: one that was banned later got a decoy's
+        ban then.)"""
+        fresh = group.fresh
+        group.fresh = []
         names: tuple[str, ...] | None = None
         blocked = self.policy.responses.blocked
-        for src, member in group.members.items():
+        for src in fresh:
+            member = group.members[src]
             if member.cut or not blocked(src) or self._proven(src):
                 continue
             member.cut = True
@@ -52,7 +57,14 @@ class Grouping:
         return state is not None and bool(state.kinds & _CONNECT_BIT)
 
     def _names(self, group: Group) -> tuple[str, ...]:
-        return tuple(self._text(src) for src in group.members)
+        """The members' names, in the order they joined: only the newcomers' are made (a
+        group only grows, so its members' order only extends)."""
+        texts = group.texts
+        members = group.members
+        if len(texts) < len(members):
+            new = tuple(self._text(src) for src in islice(members, len(texts), None))
+            texts = group.texts = texts + new
+        return texts
 
     def _tell_group(self, decision: Decision, src: bytes) -> None:
         """Name ``src``'s group on its decision; a member without proof is a decoy (a ban

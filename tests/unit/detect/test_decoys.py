@@ -18,14 +18,17 @@ def decoy_round(groups: DecoyGroups, port: int, now: float, ttl: int = 50) -> li
     ]
 
 
-def test_one_shared_port_is_no_group_two_are() -> None:
+def test_without_copies_two_shared_ports_counted_make_a_group() -> None:
+    """Each source from its own source port (no copies): co-occurrences count from a
+    source's second probe on, so the group shows on the third port."""
     groups = DecoyGroups()
     assert decoy_round(groups, 1, 0.0) == [None, None, None]
-    found = decoy_round(groups, 2, 0.01)
+    assert decoy_round(groups, 2, 0.01) == [None, None, None]
+    found = decoy_round(groups, 3, 0.02)
     group = found[-1]
     assert group is not None
     assert list(group.members) == [D1, D2, ME]  # in the order they joined
-    assert found[1] is group  # D2 linked with D1 on its second probe
+    assert found[1] is group  # D2 linked with D1 on its third probe
     assert groups.group_of(D1) is group
     assert len(groups) == 1
     assert groups.formed == 1
@@ -76,14 +79,15 @@ def test_retransmissions_on_one_port_count_once() -> None:
 def test_two_groups_merge_through_a_shared_member() -> None:
     groups = DecoyGroups()
     d3 = bytes([198, 18, 1, 3])
-    for port in (1, 2):
+    for port in (1, 2, 3):
         groups.see(D1, 6, port, HOST, 50, port)
         groups.see(D2, 6, port, HOST, 50, port)
-    for port in (11, 12):
+    for port in (11, 12, 13):
         groups.see(d3, 6, port, HOST, 50, port)
         groups.see(ME, 6, port, HOST, 50, port)
     assert groups.group_of(D1) is not groups.group_of(ME)
-    for port in (21, 22):
+    # D2 and ME meet on most of their probes from now on (half of the quieter's, at least).
+    for port in range(21, 26):
         groups.see(D2, 6, port, HOST, 50, port)
         groups.see(ME, 6, port, HOST, 50, port)
     merged = groups.group_of(D1)
@@ -112,7 +116,7 @@ def test_ttl_evidence_same_sender_and_earlier_traffic() -> None:
 
 def test_different_ttls_are_told() -> None:
     groups = DecoyGroups()
-    for port in (1, 2):
+    for port in (1, 2, 3):
         groups.see(D1, 6, port, HOST, 40, port)
         groups.see(ME, 6, port, HOST, 55, port)
     group = groups.group_of(ME)
@@ -132,6 +136,19 @@ def test_a_flood_of_forged_sources_stays_bounded() -> None:
     assert len(groups._pairs) <= decoys.MAX_PAIRS
     assert len(groups._slots) <= decoys.MAX_SLOTS
     assert all(len(slot) <= decoys.SLOT_SOURCES for slot in groups._slots.values())
+
+
+def test_a_flood_from_one_source_port_forms_bounded_groups() -> None:
+    """Forged sources, one source port, one port, at once: copies of one probe to the
+    module, so they are linked (their bans are short), within the caps."""
+    groups = DecoyGroups()
+    for i in range(decoys.MAX_SOURCES + 5000):
+        src = (0xC6120000 + i).to_bytes(4, "big")
+        groups.see(src, 6, 1 + i % 3, HOST, 50, i * 1e-5, sport=40000)
+    assert 0 < len(groups) <= decoys.MAX_GROUPS
+    assert all(len(g.members) <= decoys.MAX_MEMBERS for g in groups._groups.values())
+    assert len(groups._slots) <= decoys.MAX_SLOTS
+    assert len(groups._of) <= decoys.MAX_GROUPS * decoys.MAX_MEMBERS
 
 
 def test_groups_and_members_are_capped() -> None:
@@ -158,7 +175,7 @@ def test_copies_of_one_probe_share_their_source_port() -> None:
     assert group.one_source_port
     assert not group.one_ttl
     other = DecoyGroups()
-    for port in (1, 2):
+    for port in (1, 2, 3):
         other.see(D1, 6, port, HOST, 50, port, sport=1000 + port)
         other.see(ME, 6, port, HOST, 50, port, sport=2000 + port)
     grouped = other.group_of(ME)

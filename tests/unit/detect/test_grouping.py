@@ -46,21 +46,22 @@ def test_copies_form_the_group_on_the_first_port() -> None:
 
 
 def test_bans_before_the_group_are_cut_once_it_shows() -> None:
-    """Copies from different source ports: the group shows on the second shared port."""
+    """Copies from different source ports: the group shows on the third port (counted
+    from each source's second probe)."""
     det = Detector(CONFIG)
-    first = decoy_scan(det, range(1, 2))
-    assert [(d.src, d.action, d.group, d.decoy) for d in first] == [
+    first = decoy_scan(det, range(1, 3))
+    assert [(d.src, d.action, d.group, d.decoy) for d in first[:3]] == [
         (name, Action.BLOCK, (), False) for name in NAMES
     ]
     assert det.take_cuts() == []
-    decoy_scan(det, range(2, 3), start=0.01)
+    decoy_scan(det, range(3, 4), start=0.02)
     cuts = det.take_cuts()
     assert [c.src for c in cuts] == list(NAMES)
     # Each cut names the group as it stood when the member was linked: ME joined last.
     assert [c.group for c in cuts] == [NAMES[:2], NAMES[:2], NAMES]
     assert cuts[2].evidence["members"] == list(NAMES)
     assert cuts[0].evidence["one_ttl"] is True
-    decoy_scan(det, range(3, 10), start=0.02)
+    decoy_scan(det, range(4, 10), start=0.03)
     assert det.take_cuts() == []  # once per member
     assert det.decoy_groups == 1
 
@@ -70,7 +71,7 @@ def test_later_decisions_name_the_group() -> None:
     group's probes name it."""
     det = Detector(CONFIG)
     decisions = decoy_scan(det, range(1, 5))
-    later = [d for d in decisions if d.port >= 2 and d.src == "198.18.1.2"]
+    later = [d for d in decisions if d.port >= 3 and d.src == "198.18.1.2"]
     assert later
     assert all(d.group == NAMES for d in later[1:])
     assert all(d.reason is Reason.ALREADY_BLOCKED for d in later)
@@ -97,7 +98,7 @@ def test_a_member_without_a_ban_yet_is_a_decoy_from_its_first_decision() -> None
     """A source that is muted by nothing and triggers only once the group exists (trigger
     3): its acting decision says decoy, so its ban is short from the start, and no cut."""
     det = Detector(DetectorConfig(tcp_ports=frozenset(range(1, 100)), scan_trigger=3))
-    decisions = decoy_scan(det, range(1, 6))
+    decisions = decoy_scan(det, range(1, 6), copies=True)
     blocks = [d for d in decisions if d.action is Action.BLOCK]
     assert {d.src for d in blocks} == set(NAMES)
     assert all(d.decoy and d.group for d in blocks)
