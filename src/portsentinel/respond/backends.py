@@ -103,6 +103,7 @@ def terms_of(settings: Settings) -> BanTerms:
         repeat_window=settings.ban_repeat_window,
         prefix_after=settings.ipv6_prefix_after,
         prefix_len=settings.ipv6_prefix_len,
+        decoy=settings.decoy_ban_duration,
     )
 
 

@@ -232,6 +232,8 @@ class BanManager(Restart):
                 seconds, offence = terms.short(), 1
             else:
                 seconds, offence = terms.length(earlier.get(req.address, 0))
+            if req.decoy:
+                seconds = terms.as_decoy(seconds)
             prefix = self._widen(req.address, now)
             spec = BanSpec.create(req.address, port=req.port, proto=req.proto, mode=req.mode,
                                   timeout=seconds, prefix=prefix)  # fmt: skip
@@ -256,6 +258,15 @@ class BanManager(Restart):
         pending = Pending(index, req, names, spec.timeout, banned.offence, None, spec, banned)
         pending.applied = len(commands)  # held: the ban stays in force
         return pending
+
+    def renew_in_kernel(self, specs: Sequence[BanSpec]) -> None:
+        """Give elements in the kernel the timeouts of ``specs`` (a ban cut short, say)."""
+        try:
+            backend = self.backends.get("nftables")
+        except BackendError as exc:
+            self.log(f"adminalert: ERROR: nftables could not renew {len(specs)} bans: {exc}")
+            return
+        self._renew(backend, specs)
 
     def _renew(self, backend: Backend, specs: Sequence[BanSpec]) -> None:
         renew = getattr(backend, "renew", None)  # NftablesBackend.renew

@@ -38,6 +38,8 @@ class BanRequest:
     # Admitted while the ban budget was pressed, without a handshake: a first offence's
     # length at most, and never more than ``budget.SHORT_BAN``.
     provisional: bool = False
+    # A decoy group's member without proof of its address: DECOY_BAN_DURATION at most.
+    decoy: bool = False
 
 
 @dataclass(eq=False)

@@ -20,8 +20,7 @@ The order of writes is what makes ``kill -9`` harmless:
   re-apply (missing ones restored); anything of ours in the kernel that no live ban explains
   is stale and removed.
 
-The store never reads the clock: every time is an epoch float from the caller (wall-clock
-live, the capture's in replay), but for the file's ``created_at``, which SQLite stamps.
+Every time is an epoch float from the caller (the store reads no clock but SQLite's own).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from typing import Any, Final
 
 from portsentinel.store import rollup, schema
 from portsentinel.store.bulk import BulkBans, NewBan
+from portsentinel.store.changes import BanChanges
 from portsentinel.store.connect import (
     CACHE_KIB,
     DEFAULT_BUSY_TIMEOUT,
@@ -123,7 +123,7 @@ SQL_UNCERTAIN: Final = (
 )
 
 
-class Store(BulkBans, RowReader, FleetRows):
+class Store(BanChanges, BulkBans, RowReader, FleetRows):
     """One connection to the store. Build it with ``Store.open``; close it (or use ``with``).
     Its readers skip a row that is no record and keep it for ``damaged`` (``store/rows.py``)."""
 
@@ -194,7 +194,7 @@ class Store(BulkBans, RowReader, FleetRows):
         with self._write() as conn:
             conn.executemany(
                 f"INSERT INTO events ({EVENT_COLS}, src_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
         return len(values)
@@ -246,7 +246,7 @@ class Store(BulkBans, RowReader, FleetRows):
         sql += " ORDER BY time, id"
         params = {"lo": lo, "hi": hi, "since": -1e300 if since is None else since, "limit": limit}
         with self._guard():
-            return [event_from_row(row[:17]) for row in self._conn.execute(sql, params)]
+            return [event_from_row(row[:18]) for row in self._conn.execute(sql, params)]
 
     def events_between(self, start: float, end: float) -> list[EventRow]:
         """Events with ``start <= time < end``, oldest first."""
@@ -496,5 +496,5 @@ def _event_values(row: EventRow) -> tuple[Any, ...]:
     return (
         row.time, src, dst, row.proto, row.port, row.kind, row.action, row.reason, row.mode,
         row.rule, row.hits, row.ports_seen, row.flags, int(row.ip_options), row.score,
-        row.contacts, row.scanner, key,
+        row.contacts, row.scanner, row.group, key,
     )  # fmt: skip
