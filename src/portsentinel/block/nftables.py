@@ -227,6 +227,13 @@ class NftablesBackend(BackendBase):
         self.quiet.update(quiet.element_counts(state.sets))
         return found
 
+    def read_counters(self) -> None:
+        """Read the ingress elements' counters now (the check reads them every 10 s)."""
+        if self._ingress:
+            state = self._inspect_ingress()
+            self.drops.update(netdev.element_counts(state, element_key))
+            self.quiet.update(quiet.element_counts(state.sets))
+
     def ingress_counts(self) -> dict[str, netdev.Counts]:
         """Ban key -> (packets, bytes) dropped at ingress, as the last check read them."""
         return dict(self.drops.last)

@@ -247,14 +247,23 @@ class Restart:
             backend.follow()
 
     def ingress_drops(
-        self, quiet: Callable[[dict[tuple[bytes, int], int]], None] | None = None
+        self,
+        quiet: Callable[[dict[tuple[bytes, int], int]], None] | None = None,
+        *,
+        read: bool = False,
     ) -> tuple[int, int] | None:
         """Packets and bytes banned sources sent that were dropped at ingress since start,
-        as the last check read them; None without ingress copies. ``quiet`` is given what
-        quiet sources sent since the last call, per source and protocol, if they sent any."""
+        as the last check read them (``read``: as the kernel counts them now); None without
+        ingress copies. ``quiet`` is given what quiet sources sent since the last call, per
+        source and protocol, if they sent any."""
         backend = self._nftables()
-        if backend is None or backend.ingress_problem is not None:
+        if backend is None or backend.ingress_problem is not None or self.dry_run:
             return None
+        if read:
+            try:
+                backend.read_counters()
+            except BackendError as exc:
+                self.log(f"adminalert: WARNING: cannot read the ingress counters: {exc}")
         grown = backend.quiet.take()
         if grown and quiet is not None:
             quiet(grown)

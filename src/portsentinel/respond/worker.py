@@ -363,7 +363,8 @@ class Responder:
                     job = self._jobs.get(timeout=wait)
                 except queue.Empty:
                     job = None
-            if job is _STOP:
+            if job is _STOP:  # the last counts, for the final statistics
+                self.ingress_drops = manager.ingress_drops(self.quiet_counts.put, read=True)
                 return
             now = time.time()
             if isinstance(job, BanRequest):
