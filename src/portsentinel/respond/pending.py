@@ -12,7 +12,7 @@ from portsentinel.block import BanSpec
 from portsentinel.block.base import kernel_timeout
 from portsentinel.block.nft_state import MAX_TIMEOUT
 from portsentinel.model import Mode, Proto
-from portsentinel.store.bulk import ActionRow
+from portsentinel.store.held import ActionRow
 from portsentinel.store.records import BanRecord
 
 
