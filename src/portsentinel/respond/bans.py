@@ -162,10 +162,15 @@ class BanManager(Restart):
             for p, record in zip(fresh, store.begin_bans(rows), strict=True):
                 p.record = record
                 p.fresh = True
+        said: dict[float | None, str] = {}  # the line's end, per length
         for p in fresh:  # said once committed
             if p.sent:
                 p.applied += 1
-                self.log(blocked_line("nftables", p.spec, {}, self.settings))
+                end = said.get(p.seconds)
+                if end is None:
+                    end = said[p.seconds] = blocked_line("nftables", p.spec, {}, self.settings)
+                    end = said[p.seconds] = end[end.index(" has been blocked") :]
+                self.log(f"attackalert: Host {p.spec.key}{end}")
         for p in todo:
             if p.prefix is not None:
                 self._lift_members(p.ban, now)
