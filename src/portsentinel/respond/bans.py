@@ -35,9 +35,8 @@ from portsentinel.respond.backends import (
     terms_of,
 )
 from portsentinel.respond.names import Names
-from portsentinel.respond.pending import BanRequest, Pending, Rows, sent_as_is
+from portsentinel.respond.pending import BanRequest, Pending, Rows, action_rows, sent_as_is
 from portsentinel.respond.restart import REAPPLY, Restart
-from portsentinel.store.held import ActionRow
 from portsentinel.store.portsentry_files import PortSentryFiles
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy, to_json
 from portsentinel.store.sqlite import NewBan, Store
@@ -342,17 +341,13 @@ class BanManager(Restart):
         """Record what backend ``name`` did for each ban (now, or into ``rows``) and say it."""
         if not outcomes:
             return
-        batch: list[ActionRow] = [
-            (p.ban.id, name, None, ActionState.FAILED, str(outcome))
-            if isinstance(outcome, BackendError)
-            else (p.ban.id, name, outcome, ActionState.APPLIED, None)
-            for p, outcome in outcomes
-        ]
         first = all(p.fresh for p, _ in outcomes)  # bans recorded just now: no row yet
+        # Held in the ban's row only with the batch's activation, in one transaction.
+        batch, held = action_rows(name, outcomes, hold=first and rows is not None)
         if rows is None:
             self.store.record_actions(batch, at=now, first=first)
         else:
-            rows.append((batch, first))
+            rows.append((batch, first, held))
             if name not in REAPPLY:  # a command: its outcome committed before anything else
                 self._flush(rows, now)
         for p, outcome in outcomes:
@@ -365,8 +360,9 @@ class BanManager(Restart):
     def _flush(self, rows: list[Rows], now: float) -> None:
         """The outcomes ``_apply_many`` gathered, in one transaction."""
         with self.store.batch():
-            for batch, first in rows:
+            for batch, first, held in rows:
                 self.store.record_actions(batch, at=now, first=first)
+                self.store.hold_actions(held)
         rows.clear()
 
     def _adopt_sent(

@@ -182,6 +182,15 @@ class HeldActions:
             rows = self._conn.execute(SQL_APPLIED_BY, {"backend": backend}).fetchall()
         return {ban_id for (ban_id,) in rows}
 
+    def hold_actions(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        """Applied actions of bans recorded in this batch, held in their rows: (backend, the
+        detail's shared text, ban id). A ban whose row holds one already keeps it."""
+        if rows:
+            with self._write() as conn:
+                conn.executemany(
+                    "UPDATE bans SET held = ?, held_detail = ? WHERE id = ? AND held IS NULL", rows
+                )
+
     def record_actions(
         self, rows: Sequence[ActionRow], *, at: float, first: bool = False,
     ) -> None:  # fmt: skip
