@@ -313,14 +313,23 @@ def element(ban: BanSpec) -> str:
 
 
 def ban_detail(ban: BanSpec) -> ActionDetail:
+    """What undoing the element needs: the ban's own fields (``ban_fields``; the element is
+    its ``key``) and ``held_fields``."""
     detail = ban_fields(ban, NftablesBackend.name)
-    detail.update(
-        table=TABLE_REF,
-        set=set_name(ban),
-        element=ban.key,
-        timeout=kernel_timeout(ban, MAX_TIMEOUT),
-    )
+    detail.update(held_fields(ban))
     return detail
+
+
+def held_fields(ban: BanSpec) -> ActionDetail:
+    """The part of ``ban_detail`` that is not the ban's own (``ban_fields``): the same for a
+    burst's every ban of one family and timeout, which a ban's row keeps as one shared text
+    (``store/held.py``)."""
+    return {
+        "backend": NftablesBackend.name,
+        "table": TABLE_REF,
+        "set": set_name(ban),
+        "timeout": kernel_timeout(ban, MAX_TIMEOUT),
+    }
 
 
 def add_script(bans: Sequence[BanSpec], tables: Sequence[str] = (TABLE_REF,)) -> str:

@@ -24,7 +24,6 @@ from portsentinel.respond.backends import (
     prefix_of_key,
     record_key,
     spec_of,
-    uses,
 )
 from portsentinel.respond.protected import lift_protected
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
@@ -282,7 +281,8 @@ class Restart:
         except BackendError as exc:
             self.log(f"adminalert: ERROR: cannot check the {name} bans: {exc}")
             return 0
-        mine = [r for r in live if uses(self.store, r, name)]
+        applied = self.store.applied_by(name)  # one query, not one per live ban
+        mine = [r for r in live if r.id in applied]
         missing = [r for r in mine if record_key(r) not in result.present]
         if result.intact and not missing:
             return 0

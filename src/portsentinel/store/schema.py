@@ -16,7 +16,8 @@ upgraded store are folded into them afterwards, a chunk per transaction. Version
 events' TRW score, contacts and scanner tool. Version 6 adds the fleet's rows (issue 12,
 ``store/fleet.py``): the outbox to CrowdSec's LAPI and its decisions; version 7 a ban's later
 changes (a ban cut to DECOY_BAN_DURATION, ``store/changes.py``) and the decoy group of an
-event's source.
+event's source. Version 8 lets a ban's row hold its first action (issue 14: one row per
+ban in a burst, not a ban row and an action row; ``store/held.py``).
 
 Addresses are stored as normalised text (``ipaddress``'s ``str``; an IPv4-mapped IPv6 host is
 kept as its IPv4 address, as events print it). Events also keep ``src_key``: the source as
@@ -299,6 +300,18 @@ _V7: Final[tuple[str, ...]] = (
 )
 
 
+# The action a ban's row holds (``store/held.py``): ``held`` names its backend, for good;
+# ``held_detail`` is its detail less the ban's own fields while the row holds it, NULL once its
+# outcome moved to ``ban_actions``. The index holds the ended bans whose held action is still
+# applied, which start-up undoes; a ban written live does not enter it.
+HELD_OPEN_SQL: Final = f"held_detail IS NOT NULL AND NOT ({LIVE_SQL})"
+_V8: Final[tuple[str, ...]] = (
+    "ALTER TABLE bans ADD COLUMN held TEXT",
+    "ALTER TABLE bans ADD COLUMN held_detail TEXT CHECK (held_detail IS NULL OR held IS NOT NULL)",
+    f"CREATE INDEX bans_held_open ON bans (id) WHERE {HELD_OPEN_SQL}",
+)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "events, bans, ban actions, never-block set", _run_all(V1)),
     Migration(2, "source keys for prefix queries, event flags, ban timeline indexes", _v2),
@@ -307,6 +320,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(5, "event score, contacts (SCAN_RULE trw) and scanner tool", _run_all(_V5)),
     Migration(6, "the fleet: outbox, local bans' fate there, its decisions", _run_all(V6)),
     Migration(7, "ban changes (a ban cut as a decoy's) and events' decoy group", _run_all(_V7)),
+    Migration(8, "a ban's row may hold its first action (one row per ban)", _run_all(_V8)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
