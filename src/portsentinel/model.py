@@ -196,3 +196,20 @@ class Decision:
     # The tool the source's probes look made by (``nmap``, ``masscan``...): told, never
     # used to decide. Set outside the detector, from the probe's own bytes.
     scanner: str | None = None
+    # The sources that probed the same ports at the same moments as this one (``nmap -D``),
+    # this one included; empty when it probed alone (``detect/decoys.py``).
+    group: tuple[str, ...] = ()
+    # In such a group without proof of its address (no completed handshake): its ban lasts
+    # DECOY_BAN_DURATION at most.
+    decoy: bool = False
+
+
+@dataclass(slots=True)
+class DecoyCut:
+    """A source banned before its group showed, without proof of its address: its ban is
+    cut to DECOY_BAN_DURATION (the detector's ``take_cuts``). ``time`` as in ``Decision``."""
+
+    time: float
+    src: str
+    group: tuple[str, ...]
+    evidence: dict[str, object]

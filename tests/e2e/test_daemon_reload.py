@@ -41,7 +41,11 @@ def test_reload_applies_new_ports_and_ignore_list_and_keeps_bans(
     daemon = Daemon.start(lab, tmp_path, mode="stcp", settings=settings)
     nmap_scan(lab, SCANNER, "11-14")
     wait_until(lambda: SCANNER in banned(lab, daemon) or None, "the first ban")
-    assert {e["port"] for e in events_from(daemon, SCANNER)} == {11, 12}
+    # 11 and 12 only (13 and 14 are not watched yet); once banned, its next SYN is dropped at
+    # ingress, before the capture, so the second port may never be seen
+    first = {e["port"] for e in events_from(daemon, SCANNER)}
+    assert first, first
+    assert first <= {11, 12}, first
 
     # New ports, and OTHER on the ignore list; written the way an operator edits files.
     ignore.write_text(f"{OTHER}/32\n")

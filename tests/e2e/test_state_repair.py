@@ -68,19 +68,18 @@ def ban_sources(lab: netns.Lab, daemon: Daemon, sources: tuple[str, ...]) -> Non
 
 
 def damage(store: Path) -> dict[str, int]:
-    """Damage one row of each kind, as a hand edit or a flipped bit would: the ban ids, and
-    the damaged action's id under "action"."""
+    """Damage one row of each kind, as a hand edit or a flipped bit would: the ban ids. The
+    fourth ban's nftables action is held in its own row (schema 7): its detail is damaged."""
     raw = sqlite3.connect(store)
     try:
         ids = dict(raw.execute("SELECT address, id FROM bans WHERE state = 'active'"))
-        (ids["action"],) = raw.execute(
-            "SELECT id FROM ban_actions WHERE ban_id = ?", (ids[SOURCES[3]],)
-        ).fetchone()
+        held = raw.execute("SELECT held FROM bans WHERE id = ?", (ids[SOURCES[3]],)).fetchone()
+        assert held == ("nftables",)
         raw.execute("PRAGMA ignore_check_constraints = ON")
         raw.execute("UPDATE bans SET evidence = '{broken' WHERE id = ?", (ids[SOURCES[0]],))
         raw.execute("UPDATE bans SET state = 'activ' WHERE id = ?", (ids[SOURCES[1]],))
         raw.execute("UPDATE bans SET address = '198.18.0.x' WHERE id = ?", (ids[SOURCES[2]],))
-        raw.execute("UPDATE ban_actions SET detail = 'nope' WHERE ban_id = ?", (ids[SOURCES[3]],))
+        raw.execute("UPDATE bans SET held_detail = 'nope' WHERE id = ?", (ids[SOURCES[3]],))
         raw.commit()
     finally:
         raw.close()
@@ -108,7 +107,7 @@ def test_damaged_rows_are_named_and_skipped_and_the_daemon_starts(
             f"bans row {one} (198.18.0.100): evidence is not JSON",
             f"bans row {two} (198.18.0.101): state 'activ' is not one of",
             f"bans row {three} (198.18.0.x): address '198.18.0.x' is not an IP address",
-            f"ban_actions row {ids['action']} (ban {four}, nftables): detail is not JSON",
+            f"bans row {four} (198.18.0.103): its held action: held_detail is not JSON",
         ):
             assert sum(said in line for line in damaged) == 1, (said, damaged)
         assert "the response worker stopped" not in log

@@ -41,13 +41,18 @@ def event_dict(decision: Decision, wall: float) -> dict[str, object]:
 
 
 def _extras(decision: Decision) -> dict[str, object]:
-    """Keys present only when they say something: the TRW score and contacts, the scanner."""
+    """Keys present only when they say something: the TRW score and contacts, the scanner,
+    the decoy group (``group``: its sources; ``decoy``: this one has no proof of its address,
+    so its ban is DECOY_BAN_DURATION at most)."""
     extras: dict[str, object] = {}
     if decision.score is not None:
         extras["score"] = round(decision.score, 6)
         extras["contacts"] = decision.contacts
     if decision.scanner is not None:
         extras["scanner"] = decision.scanner
+    if decision.group:
+        extras["group"] = list(decision.group)
+        extras["decoy"] = decision.decoy
     return extras
 
 

@@ -132,3 +132,12 @@ def accept_failed_line(port: int) -> str:
     return (
         f"attackalert: Possible stealth scan from unknown host to TCP port: {port} (accept failed)"
     )
+
+
+def decoy_cut_line(address: str, group: tuple[str, ...], seconds: float) -> str:
+    """A ban cut short: its source probed in a decoy group, without proof of its address."""
+    others = ", ".join(a for a in group if a != address)
+    return (
+        f"attackalert: Host {address}: ban cut to {seconds:.0f}s as a decoy's: it probed the "
+        f"same ports at the same moments as {others}, without proof of its address"
+    )

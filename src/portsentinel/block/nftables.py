@@ -227,6 +227,13 @@ class NftablesBackend(BackendBase):
         self.quiet.update(quiet.element_counts(state.sets))
         return found
 
+    def read_counters(self) -> None:
+        """Read the ingress elements' counters now (the check reads them every 10 s)."""
+        if self._ingress:
+            state = self._inspect_ingress()
+            self.drops.update(netdev.element_counts(state, element_key))
+            self.quiet.update(quiet.element_counts(state.sets))
+
     def ingress_counts(self) -> dict[str, netdev.Counts]:
         """Ban key -> (packets, bytes) dropped at ingress, as the last check read them."""
         return dict(self.drops.last)
@@ -306,14 +313,23 @@ def element(ban: BanSpec) -> str:
 
 
 def ban_detail(ban: BanSpec) -> ActionDetail:
+    """What undoing the element needs: the ban's own fields (``ban_fields``; the element is
+    its ``key``) and ``held_fields``."""
     detail = ban_fields(ban, NftablesBackend.name)
-    detail.update(
-        table=TABLE_REF,
-        set=set_name(ban),
-        element=ban.key,
-        timeout=kernel_timeout(ban, MAX_TIMEOUT),
-    )
+    detail.update(held_fields(ban))
     return detail
+
+
+def held_fields(ban: BanSpec) -> ActionDetail:
+    """The part of ``ban_detail`` that is not the ban's own (``ban_fields``): the same for a
+    burst's every ban of one family and timeout, which a ban's row keeps as one shared text
+    (``store/held.py``)."""
+    return {
+        "backend": NftablesBackend.name,
+        "table": TABLE_REF,
+        "set": set_name(ban),
+        "timeout": kernel_timeout(ban, MAX_TIMEOUT),
+    }
 
 
 def add_script(bans: Sequence[BanSpec], tables: Sequence[str] = (TABLE_REF,)) -> str:

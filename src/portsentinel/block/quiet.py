@@ -1,7 +1,7 @@
 """Quiet sources: a responded source's repeats counted in the kernel, not read by the daemon.
 
-A source the daemon already answered (alerted with BLOCK_x 0, or blocked by a backend that
-does not stop its packets) goes on probing, and every probe still wakes the daemon, which only
+A source the daemon already answered (alerted with BLOCK_x 0, or answered by KILL_RUN_CMD
+alone at BLOCK_x 2) goes on probing, and every probe still wakes the daemon, which only
 counts it. So its source and protocol go into a set of the ``netdev`` table for QUIET_REPEATS:
 the table's ingress chains mark the source's probe-shaped packets (TCP without ACK and RST, and
 UDP) with ``MARK``, the capture's kernel filter (``capture/bpf.py``) leaves marked packets out

@@ -68,6 +68,17 @@ def _ban_lines(ban: Mapping[str, Any]) -> Iterator[str]:
     yield _field("reason", ban["reason"])
     yield _field("rule", ban["rule"] or "-")
     yield _field("evidence", _evidence_text(ban["evidence"]))
+    decoy = ban["evidence"].get("decoy")
+    if isinstance(decoy, Mapping) and not ban.get("changes"):
+        members = ", ".join(str(m) for m in decoy.get("members", ()))
+        yield _field("group", f"{members}: banned as a decoy's{_wire_text(decoy)}")
+    for change in ban.get("changes", ()):
+        yield _field(
+            "cut",
+            f"{change['time']}: {change['change']}, until {change['after']} instead of "
+            f"{change['before'] or 'permanent'}",
+        )
+        yield _field("group", ", ".join(change["group"]) + _wire_text(change["evidence"]))
     dropped = ban.get("dropped")
     if dropped is not None:
         packets, size = dropped["packets"], dropped["bytes"]
@@ -91,6 +102,19 @@ def _ban_lines(ban: Mapping[str, Any]) -> Iterator[str]:
             f"uncertain: check what the command did for {ban['address']}; to run it again: "
             f"portsentinel unblock {address}, then portsentinel block {address}",
         )
+
+
+def _wire_text(evidence: Mapping[str, Any]) -> str:
+    """What the wire showed of a decoy group's member (``detect/decoys.py``)."""
+    parts = []
+    if evidence.get("probe_ttls"):
+        parts.append("probe TTL " + "/".join(str(t) for t in evidence["probe_ttls"]))
+    if evidence.get("earlier_ttl") is not None:
+        agrees = "agrees" if evidence.get("ttl_agrees") else "differs"
+        parts.append(f"earlier traffic's TTL {evidence['earlier_ttl']} ({agrees})")
+    if evidence.get("one_source_port"):
+        parts.append("all from one source port: copies of one probe")
+    return f"; {'; '.join(parts)}" if parts else ""
 
 
 def _evidence_text(evidence: Mapping[str, Any]) -> str:
@@ -124,6 +148,8 @@ def _probe_lines(probes: Mapping[str, Any]) -> Iterator[str]:
             f"likelihood ratio {score['ratio']:.4g} after {score['contacts']} first contacts"
             + after,
         )
+    for group in probes.get("groups", ())[:3]:
+        yield _field("group", ", ".join(group) + " (probed the same ports at the same moments)")
     if probes.get("scanners"):
         yield _field("scanner", ", ".join(probes["scanners"]) + " (from the probes' marks)")
     for alert in probes["alerts"]:

@@ -197,6 +197,17 @@ def ban_view(store: Store, ban: BanRecord) -> dict[str, Any]:
             }
             for a in store.actions(ban.id)
         ],
+        "changes": [  # a ban cut as a decoy's (store/changes.py)
+            {
+                "time": iso_time(c.at),
+                "change": c.change,
+                "before": _iso(c.expires_before),
+                "after": _iso(c.expires_after),
+                "group": c.detail.get("group", []),
+                "evidence": c.detail.get("evidence", {}),
+            }
+            for c in store.ban_changes(ban.id)
+        ],
     }
 
 
@@ -220,6 +231,7 @@ def probes_view(events: Sequence[EventRow]) -> dict[str, Any] | None:
         "rules": sorted({e.rule for e in events if e.rule}),
         "score": _score(events),
         "scanners": sorted({e.scanner for e in events if e.scanner}),
+        "groups": [g.split() for g in dict.fromkeys(e.group for e in events if e.group)],
         "alerts": [
             {"time": iso_time(e.time), "proto": e.proto, "port": e.port, "kind": e.kind}
             for e in events

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from portsentinel import paths
 from portsentinel.alert import portsentry2_log
 from portsentinel.alert.events import event_line, iso_time, summary_line
-from portsentinel.alert.portsentry_log import detection_lines, held_back_line
+from portsentinel.alert.portsentry_log import decoy_cut_line, detection_lines, held_back_line
 from portsentinel.cli.options import PROG, Verbs, add_config_option, add_mode_option
 from portsentinel.config.modes import modes_text
 from portsentinel.config.setup import Setup, detector_config, load_setup
 from portsentinel.detect.detector import Detector
-from portsentinel.model import Decision, Mode, Proto
+from portsentinel.model import Decision, DecoyCut, Mode, Proto
 
 if TYPE_CHECKING:
     from portsentinel.cli.replay_capture import ReplayStats
@@ -105,21 +106,21 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     summarise = None if args.every_probe else writer.held
     progress = Progress(err)  # a line on a terminal only
 
-    def replay(emit: Callable[[Decision], None]) -> ReplayStats:
+    def replay(emit: Callable[[Decision], None], on_cut: Callable[[DecoyCut], None]) -> ReplayStats:
         try:
             return run_replay(args.capture, detector, emit, local=local, in_use=in_use,
                               summarise=summarise, watch=progress.watch,
-                              unsolicited=setup.settings.ack_probes)  # fmt: skip
+                              unsolicited=setup.settings.ack_probes, on_cut=on_cut)  # fmt: skip
         finally:
             progress.close()
 
+    writer.decoy_seconds = setup.settings.decoy_ban_duration
     if args.state_dir is None:
-        stats = replay(writer)
+        stats = replay(writer, writer.cut)
         recorded = None
     else:
-        recorded = record_replay(
-            replay, detector, writer, state_dir=args.state_dir, settings=setup.settings
-        )
+        recorded = record_replay(replay, detector, writer, state_dir=args.state_dir,
+                                 settings=setup.settings, on_cut=writer.cut)  # fmt: skip
         stats = recorded.stats
     out.flush()
     modes = modes_text(setup.tcp_mode, setup.udp_mode)
@@ -153,10 +154,17 @@ def for_capture(setup: Setup) -> tuple[Setup, list[str]]:
 
 
 class _EventWriter:
-    """JSON lines: an event per decision, a summary line for what was held back."""
+    """JSON lines: an event per decision, a summary line for what was held back, a cut line
+    for a ban cut as a decoy's."""
 
     def __init__(self, out: TextIO) -> None:
         self._write = out.write
+        self.decoy_seconds = 300.0  # DECOY_BAN_DURATION
+
+    def cut(self, cut: DecoyCut) -> None:
+        line = {"time": iso_time(cut.time), "type": "cut", "src": cut.src,
+                "group": list(cut.group), "seconds": self.decoy_seconds}  # fmt: skip
+        self._write(json.dumps(line, separators=(",", ":")) + "\n")
 
     def __call__(self, decision: Decision) -> None:
         self._write(event_line(decision, decision.time) + "\n")
@@ -174,6 +182,12 @@ class _LogWriter:
         self._portsentry2 = portsentry2  # LOG_FORMAT 2.0: the Scan from: line
         levels = {Proto.TCP: settings.block_tcp, Proto.UDP: settings.block_udp}
         self._log_only = frozenset(p for p, level in levels.items() if level == 0)
+        self.decoy_seconds = settings.decoy_ban_duration
+
+    def cut(self, cut: DecoyCut) -> None:
+        self._write(
+            f"{iso_time(cut.time)} {decoy_cut_line(cut.src, cut.group, self.decoy_seconds)}\n"
+        )
 
     def __call__(self, decision: Decision) -> None:
         stamp = iso_time(decision.time)

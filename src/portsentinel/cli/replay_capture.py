@@ -34,7 +34,7 @@ from portsentinel.detect.fingerprint import scanner_of_frame
 from portsentinel.detect.screen import ProbeScreen
 from portsentinel.errors import CaptureError, ConfigError, DecodeError
 from portsentinel.files import check_regular
-from portsentinel.model import ACK, SYN, Decision, Packet, Proto, addr_text
+from portsentinel.model import ACK, SYN, Decision, DecoyCut, Packet, Proto, addr_text
 
 Decoder = Callable[[bytes | memoryview], Packet | None]
 
@@ -291,11 +291,13 @@ def run_replay(
     limit: int = KEEP_MAX,
     watch: Callable[[CaptureReader], None] | None = None,
     unsolicited: bool = True,
+    on_cut: Callable[[DecoyCut], None] | None = None,
 ) -> ReplayStats:
     """Both passes: the detector's in-use view is what the capture shows plus ``in_use``;
     each decision goes to ``emit``. With ``summarise``, a source's repeats are held back as
     the daemon holds them and ``summarise`` gets what was held (see ``replay_repeats``);
-    without it every decision is built and emitted."""
+    without it every decision is built and emitted. ``on_cut`` gets each ban the detector
+    cuts as a decoy's (``detect/grouping.py``), at its time in the capture."""
     found = survey(path, local, detector.screen, limit, watch, unsolicited=unsolicited)
     if found.scanners:
         emit = _telling(emit, {addr_text(src): tool for src, tool in found.scanners.items()})
@@ -307,7 +309,7 @@ def run_replay(
     packets: Iterable[tuple[float, Packet]] = zip(found.times, found.kept, strict=True)
     if found.resume is not None:
         packets = chain(packets, _rest(path, found.resume, detector.screen))
-    end = _feed(packets, detector, emit, repeats)
+    end = _feed(packets, detector, emit, repeats, on_cut)
     if repeats is not None and end is not None:
         repeats.finish(end)
     after = detector.stats.decisions_by_action
@@ -331,6 +333,7 @@ def _feed(
     detector: Detector,
     emit: Callable[[Decision], None],
     repeats: Repeats | None,
+    on_cut: Callable[[DecoyCut], None] | None = None,
 ) -> float | None:
     """Pass two: each packet to the detector, its decisions to ``emit``; the detector's
     expiry and the summaries of held records on the capture's clock. The last packet's time."""
@@ -350,6 +353,9 @@ def _feed(
         judge = unsolicited if pkt[0] == _TCP and pkt[5] & ACK and not pkt[8] else feed
         for decision in judge(pkt, ts):
             emit(decision)
+        if on_cut is not None:
+            for cut in detector.take_cuts():
+                on_cut(cut)
     return ts
 
 

@@ -15,7 +15,7 @@ from portsentinel.cli.replay_capture import ReplayStats
 from portsentinel.config.schema import Settings
 from portsentinel.detect.detector import Detector
 from portsentinel.detect.track import kinds_of
-from portsentinel.model import Action, Decision, Proto
+from portsentinel.model import Action, Decision, DecoyCut, Proto
 from portsentinel.respond.backends import Backends
 from portsentinel.respond.bans import BanManager
 from portsentinel.store.records import EventRow, LiftedBy
@@ -54,6 +54,15 @@ class ReplayRecorder:
         elif len(self._rows) >= EVENT_BATCH:
             self.flush()
 
+    def cut(self, cut: DecoyCut) -> None:
+        """A ban cut as a decoy's: its record ends DECOY_BAN_DURATION after the cut."""
+        self.flush()
+        ban = self.store.ban_for(cut.src)
+        if ban is not None:
+            seconds = self._rules.terms.decoy
+            detail = {"group": list(cut.group), "evidence": cut.evidence, "seconds": seconds}
+            self.store.cut_ban(ban.id, cut.time + seconds, at=cut.time, detail=detail)
+
     def flush(self) -> None:
         self.events += self.store.add_events(self._rows)
         self._rows = []
@@ -74,6 +83,8 @@ class ReplayRecorder:
         if not plan:
             return  # nothing configured to act with: the daemon records no ban either
         seconds, offence = self._rules.length(decision.src, now)
+        if decision.decoy:
+            seconds = self._rules.terms.as_decoy(seconds)
         record = self.store.begin_ban(
             decision.src,
             None,
@@ -101,7 +112,11 @@ class ReplayRecorder:
             "mode": decision.mode.value if decision.mode is not None else None,
             "action": decision.action.value,
         }
-        state = self.detector.source(ipaddress.ip_address(decision.src).packed)
+        packed = ipaddress.ip_address(decision.src).packed
+        decoy = self.detector.decoy_evidence(packed)
+        if decoy is not None:
+            evidence["decoy"] = decoy
+        state = self.detector.source(packed)
         if state is not None:
             evidence.update(
                 hits=state.hits,
@@ -128,12 +143,13 @@ class Recorded:
 
 
 def record_replay(
-    replay: Callable[[Emit], ReplayStats],
+    replay: Callable[[Emit, Callable[[DecoyCut], None]], ReplayStats],
     detector: Detector,
     emit: Emit,
     *,
     state_dir: str,
     settings: Settings,
+    on_cut: Callable[[DecoyCut], None] | None = None,
 ) -> Recorded:
     """``replay`` (``run_replay`` given its emitter) that also records into ``state_dir``'s
     offline store what it emits: what the daemon would have stored, or every decision with
@@ -150,8 +166,13 @@ def record_replay(
             emit(decision)
             recorder(decision)
 
+        def cut_both(cut: DecoyCut) -> None:
+            if on_cut is not None:
+                on_cut(cut)
+            recorder.cut(cut)
+
         try:
-            stats = replay(both)
+            stats = replay(both, cut_both)
         finally:
             recorder.finish()
         return Recorded(stats, store.path, recorder.events, recorder.bans)

@@ -47,6 +47,13 @@ class Settings(PortSentry12Settings):
         key="BAN_MAX_DURATION", parse=t.ban_duration, default="7d", unit="seconds",
         help="upper bound for a repeat offender's ban, or permanent", origin=_NEW,
     )  # fmt: skip
+    decoy_ban_duration: float = setting(
+        key="DECOY_BAN_DURATION", parse=t.positive_duration, default="5m", unit="seconds",
+        help="the longest ban of a source in a decoy group (several sources probing the same "
+        "ports at the same moments, as nmap -D sends) that did not prove its address with a "
+        "completed handshake; a ban made before the group showed is cut to it",
+        origin=_NEW,
+    )  # fmt: skip
     unblock_run_cmd: str = setting(
         key="UNBLOCK_RUN_CMD", parse=t.command, default="", unit="command",
         help="command run when a ban ends, undoing KILL_RUN_CMD", origin=_NEW,

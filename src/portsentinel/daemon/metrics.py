@@ -66,6 +66,11 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("replies", "packets_replies", "Packets recognised as replies to this host's traffic"),
     ("decode_errors", "decode_errors", "Frames that could not be decoded (counted, dropped)"),
     ("sources_evicted", "sources_evicted", "Tracked sources forgotten to stay within the cap"),
+    (
+        "decoy_groups",
+        "decoy_groups",
+        "Groups of sources that probed the same ports at the same moments (nmap -D)",
+    ),
     ("kernel_packets", "kernel_packets", "Packets the capture ring delivered"),
     ("kernel_drops", "kernel_drops", "Packets the kernel dropped: the capture ring was full"),
     ("kernel_freezes", "kernel_freezes", "Times the capture ring froze for lack of room"),

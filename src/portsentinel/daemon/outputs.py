@@ -21,6 +21,7 @@ from portsentinel.detect.track import kinds_of
 from portsentinel.model import Action, Decision, Proto, Reason, addr_text
 from portsentinel.ratelimit import SUMMARY_EVERY, RepeatLimiter
 from portsentinel.respond.bans import BanRequest
+from portsentinel.respond.decoys import CutRequest
 from portsentinel.respond.hold import releases
 from portsentinel.respond.quiet import Quiet
 from portsentinel.respond.quiet import eligible as quiet_eligible
@@ -257,6 +258,7 @@ class Outputs:
             rule=decision.rule,
             evidence=self._evidence(decision),
             provisional=decision.provisional,
+            decoy=decision.decoy,
         )
         if decision.provisional and self.now >= self._pressed_said_until:
             self._pressed_said_until = self.now + SUMMARY_EVERY * 6
@@ -271,11 +273,15 @@ class Outputs:
             responder.ban(request)
 
     def _evidence(self, decision: Decision) -> dict[str, object]:
-        state = self.detector.source(ipaddress.ip_address(decision.src).packed)
+        packed = ipaddress.ip_address(decision.src).packed
+        state = self.detector.source(packed)
+        decoy = self.detector.decoy_evidence(packed)
+        extra = {} if decoy is None else {"decoy": decoy}
         if state is None:
-            return {"hits": decision.hits}
+            return {"hits": decision.hits, **extra}
         offset = self.wall_offset
         return {
+            **extra,
             "hits": state.hits,
             "ports": [
                 f"{'tcp' if k >> 16 == Proto.TCP else 'udp'}/{k & 0xFFFF}" for k in state.ports
@@ -313,7 +319,10 @@ class Outputs:
         """Once a loop turn: first bans held in the turn to the kernel, records that waited
         long enough to the store, lines out."""
         if self.responder is not None:
-            self.responder.end_turn()
+            self.responder.end_turn()  # the turn's first bans, before any cut of them
+        for cut in self.detector.take_cuts():
+            if self.responder is not None:
+                self.responder.cut(CutRequest(cut.src, cut.group, cut.evidence))
         muted = self.detector.take_muted()
         if muted and self.quiet is not None and self.responder is not None:
             self.quiet.add(muted)
@@ -358,4 +367,5 @@ def _row(decision: Decision, wall: float) -> EventRow:
         score=decision.score,
         contacts=decision.contacts,
         scanner=decision.scanner,
+        group=" ".join(decision.group) or None,
     )

@@ -410,12 +410,12 @@ class Pipeline(Reports):
                 self.log.line(accept_failed_line(port))
 
     def close(self) -> None:
-        self.outputs.summarise()  # what was held back or dropped since the last summary
         if self.responder is not None:
             self.outputs.flush(everything=True)
-            for message in self.responder.close():
+            for message in self.responder.close():  # it reads the kernel's counts last
                 if message.kind == "log":
                     self.log.line(message.text)
+        self.outputs.summarise()  # what was held back or dropped since the last summary
         parts = (self.ring, self.unsolicited, self.listeners, self.host, self.never_block,
                  self.outputs.quiet)  # fmt: skip
         for part in (*parts, self.protection):

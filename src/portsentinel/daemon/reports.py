@@ -107,6 +107,7 @@ class Reports:
             "decode_errors": self.decode_errors,
             "tracked_sources": d.tracked_sources,
             "sources_evicted": d.sources_evicted,
+            "decoy_groups": self.detector.decoy_groups,
         }
         out.update({f"probes_{k.value.lower()}": n for k, n in d.probes_by_kind.items()})
         out.update({f"decisions_{a.value}": n for a, n in d.decisions_by_action.items()})

@@ -18,7 +18,8 @@ from portsentinel.detect.budget import SHORT_BAN
 @dataclass(frozen=True, slots=True)
 class BanTerms:
     """The settings the terms follow (BAN_DURATION, BAN_REPEAT_FACTOR, BAN_MAX_DURATION,
-    BAN_REPEAT_WINDOW, IPV6_PREFIX_AFTER, IPV6_PREFIX_LEN); ``None`` durations are permanent."""
+    BAN_REPEAT_WINDOW, IPV6_PREFIX_AFTER, IPV6_PREFIX_LEN, DECOY_BAN_DURATION); ``None``
+    durations are permanent."""
 
     duration: float | None
     repeat_factor: float
@@ -26,6 +27,12 @@ class BanTerms:
     repeat_window: float
     prefix_after: int  # 0: never widen
     prefix_len: int
+    decoy: float = 300.0  # DECOY_BAN_DURATION
+
+    def as_decoy(self, seconds: float | None) -> float:
+        """A ban of a decoy group's member without proof of its address: ``seconds`` (None:
+        permanent), DECOY_BAN_DURATION at most."""
+        return self.decoy if seconds is None else min(seconds, self.decoy)
 
     def repeat_since(self, now: float) -> float:
         """Bans that began after this time make a source a repeat offender."""

@@ -67,6 +67,10 @@ class Responses:
         """True when ``src`` got a response for ``proto`` or a block for either protocol."""
         return bool(self._marks.get(src, 0) & (_PROTO_MARK[proto] | _BLOCKED_MARK))
 
+    def blocked(self, src: bytes) -> bool:
+        """True when ``src`` got a block (a ban), for either protocol."""
+        return bool(self._marks.get(src, 0) & _BLOCKED_MARK)
+
     def remember(self, src: bytes, proto: int, action: Action) -> None:
         """Note a response; refusals (IGNORED) are not responses."""
         if action is Action.IGNORED:

@@ -29,6 +29,10 @@ from portsentinel.detect import trw
 from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
 from portsentinel.detect.decide import Policy
+from portsentinel.detect.decoys import MAX_SOURCES as _HEARD_MAX
+from portsentinel.detect.decoys import DecoyGroups
+from portsentinel.detect.fragments import Fragments
+from portsentinel.detect.grouping import Grouping
 from portsentinel.detect.mute import Mutes
 from portsentinel.detect.ports import bound_table, stealth_table
 from portsentinel.detect.recent import RecentPorts
@@ -41,6 +45,7 @@ from portsentinel.detect.views import DetectorViews
 from portsentinel.model import (
     Action,
     Decision,
+    DecoyCut,
     Mode,
     Packet,
     Proto,
@@ -66,7 +71,7 @@ record back (it is still counted). The daemon's repeat limiter, so a blocked sca
 forged flood's further probes cost a few counter bumps, not an object each."""
 
 
-class Detector(Unsolicited, DetectorViews):
+class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
     """Feed it packets (stealth modes; ``feed_unsolicited``: see ``unsolicited``) or connects
     (bound modes); it returns decisions. Views handed in (in-use ports, local addresses) are
     kept by reference, so the caller may mutate or swap them while running. Rules are fixed
@@ -76,7 +81,10 @@ class Detector(Unsolicited, DetectorViews):
     __slots__ = (
         "_bound",
         "_custom_rules",
+        "_cuts",
+        "_decoys",
         "_gate",
+        "_heard",
         "_in_use_tcp",
         "_in_use_udp",
         "_local",
@@ -125,6 +133,9 @@ class Detector(Unsolicited, DetectorViews):
         self._trw: trw.SequentialTest | None = None
         self._reply_check: Callable[[Packet], bool] | None = None
         self._texts: dict[bytes, str] = {}
+        self._decoys = DecoyGroups()
+        self._heard = self._decoys.heard_table
+        self._cuts: list[DecoyCut] = []
         self._custom_rules = rules is not None
         self.rules: tuple[ScoringRule, ...] = tuple(rules) if rules is not None else ()
         self._tracker = Tracker(max_sources=1, max_ports=1, max_dsts=1)
@@ -195,7 +206,7 @@ class Detector(Unsolicited, DetectorViews):
 
     def feed(self, pkt: Packet, now: float) -> list[Decision]:
         """Judge one decoded packet seen by a stealth mode."""
-        proto, src, dst, _sport, port, flags, _ttl, _options, frag = pkt
+        proto, src, dst, sport, port, flags, ttl, _options, frag = pkt
         stats = self._stats
         stats.packets += 1
         if frag:
@@ -220,6 +231,10 @@ class Detector(Unsolicited, DetectorViews):
             return []
         if port in in_use:
             stats.in_use += 1
+            heard = self._heard  # earlier traffic, for a later decoy group (decoys.heard)
+            if len(heard) >= _HEARD_MAX:
+                heard.clear()
+            heard[src] = (ttl, now)
             if self._trw is not None and (kind is _SYN or proto == _UDP):
                 self._success(pkt)  # a first contact that may succeed: evidence for TRW
             return []
@@ -242,6 +257,9 @@ class Detector(Unsolicited, DetectorViews):
         ):
             stats.replies += 1
             return []
+        group = self._decoys.see(src, proto, port, dst, ttl, now, sport)
+        if group is not None and group.changed:
+            self._grouped(group, now)
         muted = self._muted[proto]
         if muted:
             mute = muted.get(src)
@@ -263,35 +281,6 @@ class Detector(Unsolicited, DetectorViews):
             stats.in_use += 1
             return []
         return self._probe(pkt, kind, now)
-
-    def _feed_fragment(self, pkt: Packet, now: float) -> list[Decision]:
-        """An evasive fragment: its flags cannot be trusted, so ACK/RST do not excuse it.
-
-        A fragment without ports counts for any stealth mode of its protocol; one that
-        carries its destination port goes through the usual port checks.
-        """
-        proto, _src, dst, _sport, port, _flags, _ttl, _options, _frag = pkt
-        stats = self._stats
-        if not self._stealth.get(proto, False):
-            stats.unwatched += 1
-            return []
-        if port:
-            watch = self._watch_tcp if proto == _TCP else self._watch_udp
-            if not watch[port]:
-                stats.unwatched += 1
-                return []
-            tcp = proto == _TCP
-            recheck = self._recheck_tcp if tcp else self._recheck_udp
-            if port in (self._in_use_tcp if tcp else self._in_use_udp) or (
-                recheck is not None and recheck(port)
-            ):
-                stats.in_use += 1
-                return []
-        local = self._local
-        if local is not None and dst not in local:
-            stats.not_local += 1
-            return []
-        return self._probe(pkt, ScanKind.FRAGMENT, now)
 
     def feed_connect(
         self, proto: Proto, src: bytes, dst: bytes, port: int, now: float
@@ -378,7 +367,7 @@ class Detector(Unsolicited, DetectorViews):
     ) -> Decision:
         proto, src, dst, _sport, port, flags, _ttl, options, _frag = pkt
         score = self._trw.score(state) if self._trw is not None and state is not None else None
-        return Decision(
+        decision = Decision(
             time=now,
             src=self._text(src),
             dst=self._text(dst),
@@ -398,6 +387,8 @@ class Detector(Unsolicited, DetectorViews):
             score=score[0] if score is not None else None,
             contacts=score[1] if score is not None else 0,
         )
+        self._tell_group(decision, src)
+        return decision
 
     def _text(self, packed: bytes) -> str:
         texts = self._texts

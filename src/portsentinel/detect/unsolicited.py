@@ -13,10 +13,11 @@ daemon's tracking, never comes here). Mixed into ``Detector``.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Final
 
 from portsentinel.detect.classify import UNSOLICITED_KIND
+from portsentinel.detect.decoys import DecoyGroups, Group
 from portsentinel.detect.mute import Mute, Mutes
 from portsentinel.detect.recent import RecentPorts
 from portsentinel.detect.settings import DetectorStats
@@ -39,6 +40,8 @@ class Unsolicited:
     _muted_kinds: dict[ScanKind, int]
     _mutes: Mutes
     _stateful_rules: tuple[object, ...]
+    _decoys: DecoyGroups
+    _grouped: Callable[[Group, float], None]  # Grouping's (a stub here would shadow it)
 
     def _probe(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
         raise NotImplementedError
@@ -48,7 +51,7 @@ class Unsolicited:
 
     def feed_unsolicited(self, pkt: Packet, now: float) -> list[Decision]:
         """Judge a TCP segment with ACK that opens no connection (see the module)."""
-        _proto, src, dst, _sport, port, flags, _ttl, _options, frag = pkt
+        _proto, src, dst, sport, port, flags, ttl, _options, frag = pkt
         stats = self._stats
         stats.packets += 1
         kind = UNSOLICITED_KIND[flags]
@@ -68,6 +71,9 @@ class Unsolicited:
         if local is not None and dst not in local:
             stats.not_local += 1
             return []
+        group = self._decoys.see(src, _TCP, port, dst, ttl, now, sport)
+        if group is not None and group.changed:
+            self._grouped(group, now)
         muted = self._muted[_TCP]
         mute = muted.get(src) if muted else None
         if mute is not None:

@@ -27,8 +27,7 @@ from portsentinel.detect.ban_terms import BanTerms
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
 from portsentinel.store.portsentry_files import PortSentryFiles
-from portsentinel.store.records import ActionState, BanRecord
-from portsentinel.store.sqlite import Store
+from portsentinel.store.records import BanRecord
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -103,6 +102,7 @@ def terms_of(settings: Settings) -> BanTerms:
         repeat_window=settings.ban_repeat_window,
         prefix_after=settings.ipv6_prefix_after,
         prefix_len=settings.ipv6_prefix_len,
+        decoy=settings.decoy_ban_duration,
     )
 
 
@@ -141,12 +141,6 @@ def record_key(record: BanRecord) -> str:
 
 def prefix_of_key(key: str) -> int | None:
     return int(key.split("/")[1]) if "/" in key else None
-
-
-def uses(store: Store, record: BanRecord, backend: str) -> bool:
-    return any(
-        a.backend == backend and a.state is ActionState.APPLIED for a in store.actions(record.id)
-    )
 
 
 def blocked_line(name: str, spec: BanSpec, detail: Mapping[str, object], s: Settings) -> str:

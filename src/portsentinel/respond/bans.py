@@ -22,7 +22,7 @@ from portsentinel.block import Backend, BanSpec, plan_actions
 from portsentinel.block.base import ActionDetail, kernel_timeout
 from portsentinel.block.dryrun import NAME as DRY_RUN
 from portsentinel.block.nft_state import MAX_TIMEOUT
-from portsentinel.block.nftables import ban_detail
+from portsentinel.block.nftables import ban_detail, held_fields
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
 from portsentinel.respond.backends import (
@@ -35,11 +35,10 @@ from portsentinel.respond.backends import (
     terms_of,
 )
 from portsentinel.respond.names import Names
-from portsentinel.respond.pending import BanRequest, Pending, Rows, sent_as_is
+from portsentinel.respond.pending import BanRequest, Pending, Rows, action_rows, sent_as_is
 from portsentinel.respond.restart import REAPPLY, Restart
-from portsentinel.store.bulk import ActionRow
 from portsentinel.store.portsentry_files import PortSentryFiles
-from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
+from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy, to_json
 from portsentinel.store.sqlite import NewBan, Store
 
 __all__ = ["BanManager", "BanRequest", "Log"]
@@ -140,41 +139,51 @@ class BanManager(Restart):
         a pending ban of theirs is that earlier try, finished now instead of skipped."""
         out: list[BanRecord | None] = [None] * len(reqs)
         store = self.store
-        with store.batch():  # the questions, the pending records, the loop's elements: one
+        with store.batch():  # the questions and the records of the loop's elements: one
             todo = self._prepare(reqs, now, resume=resume)
             fresh = [p for p in todo if p.record is None]
+            shared: dict[tuple[int, int | None], str] = {}  # the held details, one per kind
+            rows = []
             for p in fresh:
-                p.sent = p.prefix is None and "nftables" in p.names and sent_as_is(p)
-            records = store.begin_bans([
-                NewBan(p.spec.address, p.prefix, now,
-                       None if p.seconds is None else now + p.seconds, p.request.reason,
-                       p.request.rule, p.evidence(), p.offence,
-                       active=p.sent and len(p.names) == 1)
-                for p in fresh
-            ])  # fmt: skip
-            for p, record in zip(fresh, records, strict=True):
+                req = p.request
+                sent = p.sent = p.prefix is None and "nftables" in p.names and sent_as_is(p)
+                held = held_text = None
+                if sent:  # the loop's element: held in the ban's own row (``store/held.py``)
+                    held, kind = "nftables", (p.spec.version, req.kernel_timeout)
+                    held_text = shared.get(kind)
+                    if held_text is None:
+                        held_text = shared[kind] = to_json(held_fields(p.spec))
+                rows.append(NewBan(
+                    p.spec.address, p.prefix, now, None if p.seconds is None else now + p.seconds,
+                    req.reason, req.rule, p.evidence(), p.offence, sent and len(p.names) == 1,
+                    held, held_text,
+                ))  # fmt: skip
+            for p, record in zip(fresh, store.begin_bans(rows), strict=True):
                 p.record = record
                 p.fresh = True
-            sent = [(p, ban_detail(p.spec)) for p in fresh if p.sent]
-            store.record_actions([(p.ban.id, "nftables", detail, ActionState.APPLIED, None)
-                                  for p, detail in sent], at=now, first=True)  # fmt: skip
-        for p, detail in sent:  # said once committed
-            p.applied += 1
-            self.log(blocked_line("nftables", p.spec, detail, self.settings))
+        said: dict[float | None, str] = {}  # the line's end, per length
+        for p in fresh:  # said once committed
+            if p.sent:
+                p.applied += 1
+                end = said.get(p.seconds)
+                if end is None:
+                    end = said[p.seconds] = blocked_line("nftables", p.spec, {}, self.settings)
+                    end = said[p.seconds] = end[end.index(" has been blocked") :]
+                self.log(f"attackalert: Host {p.spec.key}{end}")
         for p in todo:
             if p.prefix is not None:
                 self._lift_members(p.ban, now)
-        rows: list[Rows] = []
+        outcomes: list[Rows] = []
         for names in dict.fromkeys(tuple(p.names) for p in todo):
             group = [p for p in todo if tuple(p.names) == names]
             for name in names:
                 self._apply_many(name, [p for p in group if not (p.sent and name == "nftables")],
-                                 now, rows)  # fmt: skip
+                                 now, outcomes)  # fmt: skip
         pending = [p for p in todo if p.ban.state is BanState.PENDING]
         active: set[int] = set()
-        if rows or pending:  # loop-sent bans with nothing else to do are done already
+        if outcomes or pending:  # loop-sent bans with nothing else to do are done already
             with store.batch():
-                self._flush(rows, now)
+                self._flush(outcomes, now)
                 store.fail_many([p.ban.id for p in pending if not p.applied], now)
                 active = store.activate_many([p.ban.id for p in pending if p.applied])
         written = []
@@ -232,6 +241,8 @@ class BanManager(Restart):
                 seconds, offence = terms.short(), 1
             else:
                 seconds, offence = terms.length(earlier.get(req.address, 0))
+            if req.decoy:
+                seconds = terms.as_decoy(seconds)
             prefix = self._widen(req.address, now)
             spec = BanSpec.create(req.address, port=req.port, proto=req.proto, mode=req.mode,
                                   timeout=seconds, prefix=prefix)  # fmt: skip
@@ -256,6 +267,15 @@ class BanManager(Restart):
         pending = Pending(index, req, names, spec.timeout, banned.offence, None, spec, banned)
         pending.applied = len(commands)  # held: the ban stays in force
         return pending
+
+    def renew_in_kernel(self, specs: Sequence[BanSpec]) -> None:
+        """Give elements in the kernel the timeouts of ``specs`` (a ban cut short, say)."""
+        try:
+            backend = self.backends.get("nftables")
+        except BackendError as exc:
+            self.log(f"adminalert: ERROR: nftables could not renew {len(specs)} bans: {exc}")
+            return
+        self._renew(backend, specs)
 
     def _renew(self, backend: Backend, specs: Sequence[BanSpec]) -> None:
         renew = getattr(backend, "renew", None)  # NftablesBackend.renew
@@ -332,17 +352,13 @@ class BanManager(Restart):
         """Record what backend ``name`` did for each ban (now, or into ``rows``) and say it."""
         if not outcomes:
             return
-        batch: list[ActionRow] = [
-            (p.ban.id, name, None, ActionState.FAILED, str(outcome))
-            if isinstance(outcome, BackendError)
-            else (p.ban.id, name, outcome, ActionState.APPLIED, None)
-            for p, outcome in outcomes
-        ]
         first = all(p.fresh for p, _ in outcomes)  # bans recorded just now: no row yet
+        # Held in the ban's row only with the batch's activation, in one transaction.
+        batch, held = action_rows(name, outcomes, hold=first and rows is not None)
         if rows is None:
             self.store.record_actions(batch, at=now, first=first)
         else:
-            rows.append((batch, first))
+            rows.append((batch, first, held))
             if name not in REAPPLY:  # a command: its outcome committed before anything else
                 self._flush(rows, now)
         for p, outcome in outcomes:
@@ -355,8 +371,9 @@ class BanManager(Restart):
     def _flush(self, rows: list[Rows], now: float) -> None:
         """The outcomes ``_apply_many`` gathered, in one transaction."""
         with self.store.batch():
-            for batch, first in rows:
+            for batch, first, held in rows:
                 self.store.record_actions(batch, at=now, first=first)
+                self.store.hold_actions(held)
         rows.clear()
 
     def _adopt_sent(

@@ -33,8 +33,10 @@ from portsentinel.block import BanSpec, ingress, plan_actions
 from portsentinel.block.base import kernel_timeout
 from portsentinel.block.nfnetlink import ElementWriter
 from portsentinel.block.nft_state import MAX_TIMEOUT, SET4, SET6, TABLE
+from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
+from portsentinel.model import UNSOLICITED_GROUP
 from portsentinel.respond.backends import terms_of
 from portsentinel.respond.bans import BanRequest
 
@@ -84,6 +86,7 @@ class FirstBan:
         terms = terms_of(settings)
         self._seconds = terms.length(0)[0]
         self._short = terms.short()
+        self._decoy = terms.decoy
         self._ipv6 = settings.ipv6_prefix_after == 0
 
     def take(self, request: BanRequest, send: Callable[[BanRequest], None]) -> None:
@@ -110,6 +113,8 @@ class FirstBan:
             return None
         try:
             seconds = self._short if request.provisional else self._seconds
+            if request.decoy:
+                seconds = self._decoy if seconds is None else min(seconds, self._decoy)
             spec = BanSpec.create(request.address, port=request.port, proto=request.proto,
                                   mode=request.mode, timeout=seconds)  # fmt: skip
         except ValueError:
@@ -150,4 +155,21 @@ def _sent(r: BanRequest, timeout: int | None) -> BanRequest:
     """``r`` with its element in the kernel: ``dataclasses.replace`` without its cost (about
     ten times a plain construction, in the loop, once per ban of a burst)."""
     return BanRequest(r.address, r.port, r.proto, r.mode, r.level, r.reason, r.rule, r.evidence,
-                      r.duration, r.manual, True, timeout, r.provisional)  # fmt: skip
+                      r.duration, r.manual, True, timeout, r.provisional, r.decoy)  # fmt: skip
+
+
+def install_conntrack(settings: Settings, log: Callable[[str], None]) -> ConntrackChain | None:
+    """The table's connection-tracking chain (``block/table.py``), installed by the response
+    worker at start beside the first bans' sets; None (said) when the kernel refuses it."""
+    s = settings
+    ssh = s.ssh_ports if s.never_block_ssh_peers else ()
+    chain = ConntrackChain(ssh_ports=ssh, ack_group=UNSOLICITED_GROUP if s.ack_probes else None)
+    failure = chain.install()
+    if failure is None:
+        return chain
+    chain.close()
+    log(
+        f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
+        "late UDP replies are recognised only if the firewall tracks them"
+    )
+    return None

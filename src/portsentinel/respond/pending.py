@@ -4,16 +4,26 @@ keeps of it between its steps (the plan, the length, the record, the outcomes so
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from portsentinel.block import BanSpec
-from portsentinel.block.base import kernel_timeout
+from portsentinel.block.base import ActionDetail, kernel_timeout
 from portsentinel.block.nft_state import MAX_TIMEOUT
+from portsentinel.block.nftables import ban_detail, held_fields
+from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
-from portsentinel.store.bulk import ActionRow
-from portsentinel.store.records import BanRecord
+from portsentinel.store.held import ActionRow
+from portsentinel.store.records import ActionState, BanRecord, to_json
+
+# (protocol, mode) -> their texts in a ban's evidence: an enum's ``value`` is a property that
+# costs a call, twice per ban of a burst.
+TEXTS: Final[dict[tuple[Proto, Mode | None], tuple[str, str | None]]] = {
+    (proto, mode): (proto.key, None if mode is None else mode.value)
+    for proto in Proto
+    for mode in (None, *Mode)
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,8 @@ class BanRequest:
     # Admitted while the ban budget was pressed, without a handshake: a first offence's
     # length at most, and never more than ``budget.SHORT_BAN``.
     provisional: bool = False
+    # A decoy group's member without proof of its address: DECOY_BAN_DURATION at most.
+    decoy: bool = False
 
 
 @dataclass(eq=False)
@@ -59,8 +71,8 @@ class Pending:
     def evidence(self) -> dict[str, Any]:
         """What the store keeps of the request: its evidence, plan and target."""
         req = self.request
-        mode = req.mode.value if req.mode else None
-        return {**req.evidence, "plan": self.names, "port": req.port, "proto": req.proto.key,
+        proto, mode = TEXTS[req.proto, req.mode]
+        return {**req.evidence, "plan": self.names, "port": req.port, "proto": proto,
                 "mode": mode}  # fmt: skip
 
     @property
@@ -76,7 +88,35 @@ class Pending:
         return self.record
 
 
-Rows = tuple[list[ActionRow], bool]  # action rows, and whether they are their bans' first
+HeldRow = tuple[str, str, int]  # backend, its detail's shared text, ban id (``store/held.py``)
+# Action rows, whether they are their bans' first, and the actions their bans' rows hold.
+Rows = tuple[list[ActionRow], bool, list[HeldRow]]
+
+
+def action_rows(
+    name: str, outcomes: Sequence[tuple[Pending, ActionDetail | BackendError]], *, hold: bool
+) -> tuple[list[ActionRow], list[HeldRow]]:
+    """The outcomes of backend ``name`` as action rows; with ``hold`` (bans recorded just
+    now, no action of theirs held yet), an nftables element applied as ``ban_detail`` says
+    is held in the ban's own row instead: one UPDATE of a row the batch writes anyway, not
+    an insert into a second indexed table."""
+    rows: list[ActionRow] = []
+    held: list[HeldRow] = []
+    shared: dict[tuple[int, float | None], str] = {}  # per family and length
+    hold = hold and name == "nftables"
+    for p, outcome in outcomes:
+        if isinstance(outcome, BackendError):
+            rows.append((p.ban.id, name, None, ActionState.FAILED, str(outcome)))
+            continue
+        if hold and outcome == ban_detail(p.spec):
+            kind = (p.spec.version, p.spec.timeout)
+            text = shared.get(kind)
+            if text is None:
+                text = shared[kind] = to_json(held_fields(p.spec))
+            held.append((name, text, p.ban.id))
+            continue
+        rows.append((p.ban.id, name, outcome, ActionState.APPLIED, None))
+    return rows, held
 
 
 def sent_as_is(p: Pending) -> bool:

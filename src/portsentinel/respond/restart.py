@@ -24,7 +24,6 @@ from portsentinel.respond.backends import (
     prefix_of_key,
     record_key,
     spec_of,
-    uses,
 )
 from portsentinel.respond.protected import lift_protected
 from portsentinel.store.records import ActionState, BanRecord, BanState, LiftedBy
@@ -247,14 +246,23 @@ class Restart:
             backend.follow()
 
     def ingress_drops(
-        self, quiet: Callable[[dict[tuple[bytes, int], int]], None] | None = None
+        self,
+        quiet: Callable[[dict[tuple[bytes, int], int]], None] | None = None,
+        *,
+        read: bool = False,
     ) -> tuple[int, int] | None:
         """Packets and bytes banned sources sent that were dropped at ingress since start,
-        as the last check read them; None without ingress copies. ``quiet`` is given what
-        quiet sources sent since the last call, per source and protocol, if they sent any."""
+        as the last check read them (``read``: as the kernel counts them now); None without
+        ingress copies. ``quiet`` is given what quiet sources sent since the last call, per
+        source and protocol, if they sent any."""
         backend = self._nftables()
-        if backend is None or backend.ingress_problem is not None:
+        if backend is None or backend.ingress_problem is not None or self.dry_run:
             return None
+        if read:
+            try:
+                backend.read_counters()
+            except BackendError as exc:
+                self.log(f"adminalert: WARNING: cannot read the ingress counters: {exc}")
         grown = backend.quiet.take()
         if grown and quiet is not None:
             quiet(grown)
@@ -273,7 +281,8 @@ class Restart:
         except BackendError as exc:
             self.log(f"adminalert: ERROR: cannot check the {name} bans: {exc}")
             return 0
-        mine = [r for r in live if uses(self.store, r, name)]
+        applied = self.store.applied_by(name)  # one query, not one per live ban
+        mine = [r for r in live if r.id in applied]
         missing = [r for r in mine if record_key(r) not in result.present]
         if result.intact and not missing:
             return 0

@@ -30,10 +30,10 @@ from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import PortSentinelError
 from portsentinel.host.resolver import Resolver
-from portsentinel.model import UNSOLICITED_GROUP
 from portsentinel.respond.backends import Backends, Network, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
-from portsentinel.respond.first_ban import FirstBan, eligible
+from portsentinel.respond.decoys import CutRequest, cut_ban
+from portsentinel.respond.first_ban import FirstBan, eligible, install_conntrack
 from portsentinel.respond.hold import HoldKeeper, Releases
 from portsentinel.respond.names import Names
 from portsentinel.respond.protected import Entries, lift_protected
@@ -183,8 +183,7 @@ class Responder:
 
     @property
     def names_missed(self) -> tuple[int, int]:
-        """History lines written with the address though RESOLVE_HOST asked for the name:
-        (not looked up, the resolver's queue being full; their name did not come in time)."""
+        """History lines written with the address, not the name: (not looked up, late)."""
         names = self._names
         return (names.skipped, names.late) if names is not None else (0, 0)
 
@@ -193,6 +192,10 @@ class Responder:
         """Bans the detection loop sent to the kernel itself, and those it could not."""
         first = self._first
         return {"applied": first.applied, "refused": first.refused} if first else {}
+
+    def cut(self, request: CutRequest) -> None:
+        """A ban made before its source showed in a decoy group: cut (``respond/decoys``)."""
+        self._jobs.put(request)
 
     def protect(self) -> None:
         """The never-block set changed: the worker lifts the bans on addresses it now holds."""
@@ -332,19 +335,8 @@ class Responder:
             self._keeper.start(self._protection() if self._protection else ())
 
     def _track_connections(self) -> None:
-        s = self.settings
-        ssh = s.ssh_ports if s.never_block_ssh_peers else ()
-        chain = ConntrackChain(ssh_ports=ssh, ack_group=UNSOLICITED_GROUP if s.ack_probes else None)
-        failure = chain.install()
-        if failure is None:
-            self._chain = chain  # repaired from now on, with the bans
-            self.notes_ssh_peers = bool(chain.ssh_ports)
-            return
-        chain.close()
-        self._log(
-            f"adminalert: WARNING: cannot turn connection tracking on ({failure}); "
-            "late UDP replies are recognised only if the firewall tracks them"
-        )
+        self._chain = install_conntrack(self.settings, self._log)  # repaired with the bans
+        self.notes_ssh_peers = self._chain is not None and bool(self._chain.ssh_ports)
 
     def _repair(self, manager: BanManager, now: float) -> None:
         if self._dry_run:  # nothing applied, nothing to repair (a check would make the table)
@@ -371,7 +363,8 @@ class Responder:
                     job = self._jobs.get(timeout=wait)
                 except queue.Empty:
                     job = None
-            if job is _STOP:
+            if job is _STOP:  # the last counts, for the final statistics
+                self.ingress_drops = manager.ingress_drops(self.quiet_counts.put, read=True)
                 return
             now = time.time()
             if isinstance(job, BanRequest):
@@ -398,6 +391,8 @@ class Responder:
                     self._retry.until_stored(partial(store.add_events, job), "records")
                 finally:
                     self._rows_done += len(job)
+            elif isinstance(job, CutRequest):
+                self._retry.until_stored(partial(cut_ban, manager, job, now), "cut")
             elif isinstance(job, Settings):
                 manager.reconfigure(job)
             elif isinstance(job, _HoldChange):

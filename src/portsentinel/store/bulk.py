@@ -13,14 +13,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from portsentinel.networks import canonical_ipv4, canonical_ipv6
 from portsentinel.store.records import (
     BAN_COLS,
-    ActionState,
     BanRecord,
     BanState,
     ban_from_row,
@@ -29,16 +27,17 @@ from portsentinel.store.records import (
 from portsentinel.store.schema import LIVE_SQL, covering_network, host_text_key, parse_network
 
 CHUNK: Final = 500  # addresses per ``IN (...)``: far below SQLite's variable limit
-# One outcome for ``record_actions``: ban id, backend, detail, state, error.
-ActionRow = tuple[int, str, Mapping[str, Any] | None, ActionState, str | None]
-# An action state or its text (equal, as a StrEnum) -> the plain text SQLite binds.
-_ACTION_STATES: Final[dict[str, str]] = {state: str(state.value) for state in ActionState}
+# Named: with the columns of version 7 the planner would rather take ``bans_address_created``,
+# which walks every ban an address ever had, not only its live one.
+SQL_BAN_FOR: Final = (
+    f"SELECT {BAN_COLS} FROM bans INDEXED BY bans_live WHERE {LIVE_SQL} AND address IN ({{marks}})"
+)
 _STATES: Final = {False: BanState.PENDING.value, True: BanState.ACTIVE.value}
 
 
-@dataclass(frozen=True, slots=True)
-class NewBan:
-    """One ban for ``begin_bans``: what ``Store.begin_ban`` takes."""
+class NewBan(NamedTuple):
+    """One ban for ``begin_bans``: what ``Store.begin_ban`` takes (a tuple: a burst makes
+    thousands, and a frozen dataclass costs several times as much to build)."""
 
     address: str
     prefix: int | None
@@ -51,6 +50,10 @@ class NewBan:
     # Every planned action is applied already (an nftables element the detection loop sent,
     # recorded in the same transaction): written ``active``, not ``pending``.
     active: bool = False
+    # The action the ban's row holds (``store/held.py``): its backend and its detail less the
+    # ban's own fields, as JSON text (the same text for a whole batch).
+    held: str | None = None
+    held_detail: str | None = None
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -99,7 +102,7 @@ class BulkBans:
             found: dict[tuple[str, int], BanRecord] = {}
             for part in _chunks(texts):
                 marks = _marks(len(part))
-                sql = f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND address IN ({marks})"
+                sql = SQL_BAN_FOR.format(marks=marks)
                 for row in self._conn.execute(sql, part):
                     ban = ban_from_row(row)
                     found[(ban.address, ban.prefix)] = ban
@@ -150,10 +153,12 @@ class BulkBans:
                 values.append((
                     ban_id, address, prefix, ban.created, ban.expires, _STATES[ban.active],
                     ban.reason, ban.rule, to_json(ban.evidence), ban.offence, offline,
+                    ban.held, ban.held_detail,
                 ))  # fmt: skip
             conn.executemany(
                 "INSERT INTO bans (id, address, prefix, created, expires, state, reason, rule, "
-                "evidence, offence, offline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "evidence, offence, offline, held, held_detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
         state = {False: BanState.PENDING, True: BanState.ACTIVE}
@@ -162,43 +167,6 @@ class BulkBans:
                       MappingProxyType(dict(ban.evidence)), v[9], None, None, self.offline)
             for v, ban in zip(values, bans, strict=True)
         ]  # fmt: skip
-
-    def record_actions(
-        self, rows: Sequence[ActionRow], *, at: float, first: bool = False,
-    ) -> None:  # fmt: skip
-        """``Store.record_action`` for many (ban id, backend, detail, state, error) rows.
-        ``first``: no row of these bans and backends exists yet (a plain insert)."""
-        if not rows:
-            return
-        states = _ACTION_STATES
-        if first:  # plain inserts: positional parameters, cheaper than a dict per row
-            with self._write() as conn:
-                conn.executemany(
-                    "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, "
-                    "updated) VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (ban_id, backend, "{}" if detail is None else to_json(detail),
-                         states[state], error, at)
-                        for ban_id, backend, detail, state, error in rows
-                    ],
-                )  # fmt: skip
-            return
-        params = [
-            {"ban_id": ban_id, "backend": backend, "state": ActionState(state).value,
-             "detail": None if detail is None else to_json(detail), "error": error, "at": at}
-            for ban_id, backend, detail, state, error in rows
-        ]  # fmt: skip
-        with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, updated) "
-                "VALUES (:ban_id, :backend, coalesce(:detail, '{}'), :state, :error, :at) "
-                "ON CONFLICT (ban_id, backend) DO UPDATE SET "
-                "detail = coalesce(:detail, detail), "
-                "attempts = CASE WHEN state = excluded.state THEN attempts + 1 ELSE 1 END, "
-                "state = excluded.state, last_error = excluded.last_error, "
-                "updated = excluded.updated",
-                params,
-            )
 
     def activate_many(self, ban_ids: Sequence[int]) -> set[int]:
         """``Store.activate`` for many: the ids marked active (the others ended meanwhile)."""

@@ -82,6 +82,7 @@ class EventRow:
     score: float | None = None  # SCAN_RULE trw: the likelihood ratio
     contacts: int = 0  # ... and the first contacts it took
     scanner: str | None = None  # the tool the probes look made by
+    group: str | None = None  # a decoy group's members, space-separated (schema version 6)
 
     @classmethod
     def from_decision(cls, decision: Decision, wall: float) -> EventRow:
@@ -105,6 +106,7 @@ class EventRow:
             decision.score,
             decision.contacts,
             decision.scanner,
+            " ".join(decision.group) or None,
         )
 
 
@@ -170,7 +172,7 @@ class AllowRecord:
 
 EVENT_COLS: Final = (
     "time, src, dst, proto, port, kind, action, reason, mode, rule, hits, ports_seen, flags, "
-    "ip_options, score, contacts, scanner"
+    "ip_options, score, contacts, scanner, decoy_group"
 )
 BAN_COLS: Final = (
     "id, address, prefix, created, expires, state, reason, rule, evidence, offence, lifted_at, "
@@ -181,10 +183,10 @@ ACTION_COLS: Final = "ban_id, backend, detail, state, attempts, last_error, upda
 
 def event_from_row(row: tuple[Any, ...]) -> EventRow:
     time, src, dst, proto, port, kind, action, reason, mode, rule, hits, ports_seen = row[:12]
-    flags, ip_options, score, contacts, scanner = row[12:17]
+    flags, ip_options, score, contacts, scanner, group = row[12:18]
     return EventRow(
         time, src, dst, proto, port, kind, action, reason, mode, rule, hits, ports_seen, flags,
-        bool(ip_options), score, contacts or 0, scanner,
+        bool(ip_options), score, contacts or 0, scanner, group,
     )  # fmt: skip
 
 

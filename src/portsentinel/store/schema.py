@@ -12,8 +12,12 @@ sortable binary source key so that "events from this /64" is one index range, th
 ``flags`` and ``ip_options``, and indexes for the ban timeline. Version 3 lets an action be
 ``uncertain`` (issue 15: a command the process died running may or may not have run).
 Version 4 adds the report's rollups (issue 13, ``store/rollup.py``), empty: the events of an
-upgraded store are folded into them afterwards, a chunk per transaction. Version 6 adds the
-fleet's rows (issue 12, ``store/fleet.py``): the outbox to CrowdSec's LAPI and its decisions.
+upgraded store are folded into them afterwards, a chunk per transaction. Version 5 adds the
+events' TRW score, contacts and scanner tool. Version 6 adds the fleet's rows (issue 12,
+``store/fleet.py``): the outbox to CrowdSec's LAPI and its decisions; version 7 a ban's later
+changes (a ban cut to DECOY_BAN_DURATION, ``store/changes.py``) and the decoy group of an
+event's source. Version 8 lets a ban's row hold its first action (issue 14: one row per
+ban in a burst, not a ban row and an action row; ``store/held.py``).
 
 Addresses are stored as normalised text (``ipaddress``'s ``str``; an IPv4-mapped IPv6 host is
 kept as its IPv4 address, as events print it). Events also keep ``src_key``: the source as
@@ -277,6 +281,37 @@ _V5: Final[tuple[str, ...]] = (
 )
 
 
+# A ban's changes after it began (issue 11: a ban cut to DECOY_BAN_DURATION once its source
+# showed in a decoy group), one row each, for ``why`` and for the fleet, which withdraws what
+# it pushed of a ban that was cut; and the decoy group an event's source was in.
+_V7: Final[tuple[str, ...]] = (
+    """CREATE TABLE ban_changes (
+        id INTEGER PRIMARY KEY,
+        ban_id INTEGER NOT NULL REFERENCES bans (id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        change TEXT NOT NULL,
+        expires_before REAL,
+        expires_after REAL,
+        detail TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX ban_changes_ban ON ban_changes (ban_id)",
+    "CREATE INDEX ban_changes_at ON ban_changes (at)",
+    "ALTER TABLE events ADD COLUMN decoy_group TEXT",
+)
+
+
+# The action a ban's row holds (``store/held.py``): ``held`` names its backend, for good;
+# ``held_detail`` is its detail less the ban's own fields while the row holds it, NULL once its
+# outcome moved to ``ban_actions``. The index holds the ended bans whose held action is still
+# applied, which start-up undoes; a ban written live does not enter it.
+HELD_OPEN_SQL: Final = f"held_detail IS NOT NULL AND NOT ({LIVE_SQL})"
+_V8: Final[tuple[str, ...]] = (
+    "ALTER TABLE bans ADD COLUMN held TEXT",
+    "ALTER TABLE bans ADD COLUMN held_detail TEXT CHECK (held_detail IS NULL OR held IS NOT NULL)",
+    f"CREATE INDEX bans_held_open ON bans (id) WHERE {HELD_OPEN_SQL}",
+)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "events, bans, ban actions, never-block set", _run_all(V1)),
     Migration(2, "source keys for prefix queries, event flags, ban timeline indexes", _v2),
@@ -284,6 +319,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(4, "rollups for the report (filled by Store.roll_up, chunk by chunk)", _run_all(V4)),
     Migration(5, "event score, contacts (SCAN_RULE trw) and scanner tool", _run_all(_V5)),
     Migration(6, "the fleet: outbox, local bans' fate there, its decisions", _run_all(V6)),
+    Migration(7, "ban changes (a ban cut as a decoy's) and events' decoy group", _run_all(_V7)),
+    Migration(8, "a ban's row may hold its first action (one row per ban)", _run_all(_V8)),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -12,7 +12,8 @@ The order of writes is what makes ``kill -9`` harmless:
   ban that start-up re-applies with idempotent backends, never a rule the store does not know.
   Batches (``respond/bans.py``) commit idempotent backends' outcomes with the next step. The
   loop's nftables element (``first_ban``) goes first, adopted at start if unknown; a ban whose
-  whole plan it is gets written ``active`` with its action in one transaction.
+  whole plan it is gets written ``active`` with that action held in its own row, one insert
+  (``store/held.py``).
 - unblock, allow, expiry: ``lift`` (committed) first, then undo each action of ``actions``
   (in reverse order) and record it ``undone``. A kill in between leaves an ended ban with
   actions still ``applied``: ``bans_to_undo`` finds it at start-up.
@@ -20,9 +21,7 @@ The order of writes is what makes ``kill -9`` harmless:
   re-apply (missing ones restored); anything of ours in the kernel that no live ban explains
   is stale and removed.
 
-The store never reads the clock: every time is an epoch float from the caller (wall-clock
-time live, the capture's time in replay). The one exception is the file's own ``created_at``,
-which SQLite stamps when it makes the file.
+Every time is an epoch float from the caller (the store reads no clock but SQLite's own).
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from portsentinel.store import rollup, schema
-from portsentinel.store.bulk import BulkBans, NewBan
+from portsentinel.store.bulk import SQL_BAN_FOR, BulkBans, NewBan
+from portsentinel.store.changes import BanChanges
 from portsentinel.store.connect import (
     CACHE_KIB,
     DEFAULT_BUSY_TIMEOUT,
@@ -44,8 +44,8 @@ from portsentinel.store.connect import (
     sqlite_errors,
 )
 from portsentinel.store.fleet import FleetRows
+from portsentinel.store.held import SQL_ACTIONS, SQL_BANS_TO_UNDO, SQL_UNCERTAIN, HeldActions
 from portsentinel.store.records import (
-    ACTION_COLS,
     BAN_COLS,
     EVENT_COLS,
     ActionRecord,
@@ -56,16 +56,19 @@ from portsentinel.store.records import (
     DamagedRowError,
     EventRow,
     LiftedBy,
-    action_from_row,
     ban_from_row,
     event_from_row,
     to_json,
 )
 from portsentinel.store.rollup_read import RollupReader
 from portsentinel.store.rows import RowReader
-from portsentinel.store.schema import LIVE_SQL, OPEN_ACTION_SQL, host_text_key, parse_network
+from portsentinel.store.schema import LIVE_SQL, host_text_key, parse_network
 
 __all__ = [
+    "SQL_ACTIONS",
+    "SQL_BANS_TO_UNDO",
+    "SQL_BAN_FOR",
+    "SQL_UNCERTAIN",
     "ActionRecord",
     "ActionState",
     "AllowRecord",
@@ -94,10 +97,6 @@ SQL_ACTIVE_BANS: Final = (
 SQL_DUE_FOR_EXPIRY: Final = (
     f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND expires <= ? ORDER BY expires, id"
 )
-SQL_BANS_TO_UNDO: Final = (
-    f"SELECT {BAN_COLS} FROM bans WHERE id IN "
-    f"(SELECT ban_id FROM ban_actions WHERE {OPEN_ACTION_SQL}) AND NOT ({LIVE_SQL}) ORDER BY id"
-)
 SQL_OFFENCES: Final = (
     "SELECT count(*) FROM bans WHERE address = ? AND prefix = ? AND created >= ? "
     "AND coalesce(lifted_by, '') <> 'allow'"
@@ -116,15 +115,9 @@ SQL_EVENTS_FROM: Final = (
     f"SELECT {EVENT_COLS}, id FROM events WHERE src_key BETWEEN :lo AND :hi AND time >= :since"
 )
 SQL_LIVE_PREFIXES: Final = f"SELECT DISTINCT prefix FROM bans WHERE {LIVE_SQL}"
-SQL_BAN_FOR: Final = f"SELECT {BAN_COLS} FROM bans WHERE {LIVE_SQL} AND address IN ({{marks}})"
-SQL_ACTIONS: Final = f"SELECT {ACTION_COLS}, id FROM ban_actions WHERE ban_id = ? ORDER BY id"
-SQL_UNCERTAIN: Final = (
-    "SELECT address, prefix, backend FROM ban_actions JOIN bans ON bans.id = ban_id "
-    f"WHERE ban_actions.state = 'uncertain' AND bans.{LIVE_SQL} ORDER BY bans.id, backend"
-)
 
 
-class Store(BulkBans, RowReader, FleetRows):
+class Store(BanChanges, BulkBans, RowReader, HeldActions, FleetRows):
     """One connection to the store. Build it with ``Store.open``; close it (or use ``with``).
     Its readers skip a row that is no record and keep it for ``damaged`` (``store/rows.py``)."""
 
@@ -195,7 +188,7 @@ class Store(BulkBans, RowReader, FleetRows):
         with self._write() as conn:
             conn.executemany(
                 f"INSERT INTO events ({EVENT_COLS}, src_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
         return len(values)
@@ -247,7 +240,7 @@ class Store(BulkBans, RowReader, FleetRows):
         sql += " ORDER BY time, id"
         params = {"lo": lo, "hi": hi, "since": -1e300 if since is None else since, "limit": limit}
         with self._guard():
-            return [event_from_row(row[:17]) for row in self._conn.execute(sql, params)]
+            return [event_from_row(row[:18]) for row in self._conn.execute(sql, params)]
 
     def events_between(self, start: float, end: float) -> list[EventRow]:
         """Events with ``start <= time < end``, oldest first."""
@@ -374,22 +367,6 @@ class Store(BulkBans, RowReader, FleetRows):
         found = [ban for ban in rows if (ban.address, ban.prefix) in covering]
         return max(found, key=lambda ban: ban.prefix, default=None)
 
-    def actions(self, ban_id: int) -> list[ActionRecord]:
-        """A ban's actions in the order they were first applied (undo in reverse)."""
-        with self._guard():
-            rows = self._conn.execute(SQL_ACTIONS, (ban_id,)).fetchall()
-        return self.records(rows, lambda row: action_from_row(row[:-1], row_id=row[-1]))
-
-    def uncertain(self) -> list[tuple[str, str]]:
-        """(ban target, backend) of each command of a live ban that may or may not have run
-        (``ActionState.UNCERTAIN``): what ``status`` warns about."""
-        with self._guard():
-            rows = self._conn.execute(SQL_UNCERTAIN).fetchall()
-        return [
-            (f"{a}" if p == (32 if "." in f"{a}" else 128) else f"{a}/{p}", backend)
-            for a, p, backend in rows
-        ]
-
     def offences(self, address: str, since: float) -> int:
         """Bans of this exact host or network created at or after ``since``.
 
@@ -497,5 +474,5 @@ def _event_values(row: EventRow) -> tuple[Any, ...]:
     return (
         row.time, src, dst, row.proto, row.port, row.kind, row.action, row.reason, row.mode,
         row.rule, row.hits, row.ports_seen, row.flags, int(row.ip_options), row.score,
-        row.contacts, row.scanner, key,
+        row.contacts, row.scanner, row.group, key,
     )  # fmt: skip

@@ -363,7 +363,7 @@ def test_the_backend_uses_the_library_by_default_and_frees_it_on_stop() -> None:
     runner, fallback, _ = runner_with(library)
     backend = NftablesBackend(runner)
     detail = backend.block(BanSpec.create("198.18.0.2", timeout=3600))
-    assert detail["element"] == "198.18.0.2"
+    assert detail["key"] == "198.18.0.2"
     assert library.commands[0][1] == SCRIPT
     assert fallback.calls == []
     backend.stop()

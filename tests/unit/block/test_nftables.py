@@ -254,7 +254,6 @@ def test_block_detail_and_command() -> None:
         "key": "198.18.0.2",
         "table": "inet portsentinel",
         "set": "ban4",
-        "element": "198.18.0.2",
         "timeout": 3600,
     }
     json.dumps(detail)

@@ -141,7 +141,9 @@ def replay_into(
     detector = Detector(detector_config(setup), ignore=setup.ignore, local=local)
     printed: list[str] = []
     recorded = record_replay(
-        lambda emit: run_replay(path, detector, emit, local=local, summarise=summarise),
+        lambda emit, on_cut: run_replay(
+            path, detector, emit, local=local, summarise=summarise, on_cut=on_cut
+        ),
         detector,
         lambda d: printed.append(d.action.value),
         state_dir=str(state_dir),

@@ -76,6 +76,9 @@ SCENARIOS = [
     Scenario("udp-trw", "udp", "atcp,audp", TRW),
     Scenario("syn6-trw", "syn6", "atcp,audp", TRW),
     Scenario("benign-trw", "benign", "atcp,audp", TRW),
+    # nmap -sS -D 198.18.0.3,198.18.0.4,ME: one group, every ban cut to DECOY_BAN_DURATION.
+    Scenario("decoy", "decoy", "atcp,audp", EMBEDDED),
+    Scenario("decoy-trigger3", "decoy", "atcp,audp", TRIGGER3),
 ]
 
 
@@ -221,3 +224,59 @@ def test_the_scanner_is_told_from_the_probes_marks(
     found = events(name, tmp_path)
     assert found
     assert {e.get("scanner") for e in found} == {told}
+
+
+DECOYS = ("198.18.0.3", "198.18.0.4")
+DECOY_GROUP = [*DECOYS, SCANNER4]  # nmap -D 198.18.0.3,198.18.0.4,ME: in its order
+
+
+def test_a_decoy_scan_is_one_group_and_no_ban_is_long(tmp_path: Path) -> None:
+    """nmap -D: the first copy of the first probe bans its source in full (no group yet);
+    the next copy, from the same source port at the same moment, shows the group: that ban
+    is cut to DECOY_BAN_DURATION, and the other two are banned as decoys from the start
+    (none of them completed a handshake: the real scanner cannot be told from its decoys).
+    Later events name the group."""
+    found = events("decoy", tmp_path)
+    blocks = [e for e in found if e.get("action") == "block"]
+    assert [e["src"] for e in blocks] == DECOY_GROUP
+    assert "group" not in blocks[0]  # banned before the group showed...
+    cuts = [e for e in found if e.get("type") == "cut"]
+    assert [(c["src"], c["seconds"]) for c in cuts] == [(DECOYS[0], 300.0)]  # ... so cut
+    assert blocks[1]["group"] == DECOY_GROUP[:2]
+    assert blocks[2]["group"] == DECOY_GROUP
+    assert all(e["decoy"] is True for e in blocks[1:])
+    grouped = [e for e in found if e.get("group")]
+    assert all(e["group"] == DECOY_GROUP and e["decoy"] is True for e in grouped[2:])
+    assert {e["src"] for e in grouped} == set(DECOY_GROUP)
+
+
+def test_a_decoy_scan_under_a_trigger_bans_each_source_short_at_once(tmp_path: Path) -> None:
+    """SCAN_TRIGGER=3: the group shows before any source triggers, so every ban is a
+    decoy's from the start: no cut needed."""
+    found = events("decoy-trigger3", tmp_path)
+    blocks = [e for e in found if e.get("action") == "block"]
+    assert sorted(str(e["src"]) for e in blocks) == sorted(DECOY_GROUP)
+    assert all(e["group"] == DECOY_GROUP and e["decoy"] is True for e in blocks)
+    assert not [e for e in found if e.get("type") == "cut"]
+
+
+def test_a_decoy_replay_records_the_cut_bans(tmp_path: Path) -> None:
+    """With --state-dir the offline store holds each ban cut, and ``why`` shows it."""
+    config = tmp_path / "portsentinel.conf"
+    config.write_text(EMBEDDED)
+    state = tmp_path / "state"
+    argv = ["replay", "--config", str(config), "--mode", "atcp,audp", *LOCAL,
+            "--state-dir", str(state), str(CAPTURES / "decoy.pcap")]  # fmt: skip
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert main(argv) == 0
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(io.StringIO()):
+        assert main(["why", "--state-dir", str(state), DECOYS[0]]) == 0
+    text = out.getvalue()
+    assert "cut as decoy" in text
+    assert f"group     {', '.join(DECOY_GROUP)}" in text
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(io.StringIO()):
+        assert main(["why", "--state-dir", str(state), SCANNER4]) == 0
+    assert "cut as decoy" not in out.getvalue()  # banned as a decoy from the start
+    assert f"group     {', '.join(DECOY_GROUP)}" in out.getvalue()

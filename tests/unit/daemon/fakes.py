@@ -40,6 +40,7 @@ from portsentinel.host.routes import NextHops, RouteWatcher
 from portsentinel.host.view import HostView
 from portsentinel.model import Proto
 from portsentinel.respond.bans import BanRequest
+from portsentinel.respond.decoys import CutRequest
 from portsentinel.respond.worker import Responder, WorkerMessage
 from portsentinel.store.records import EventRow
 from portsentinel.store.sqlite import Store
@@ -271,6 +272,7 @@ class FakeResponder:
     def __init__(self, state_dir: Path) -> None:
         self.store = Store.open(str(state_dir))
         self.bans: list[BanRequest] = []
+        self.cuts: list[CutRequest] = []
         self.alerts: list[BanRequest] = []
         self.reloaded: list[Settings] = []
         self._messages: list[WorkerMessage] = []
@@ -308,6 +310,9 @@ class FakeResponder:
 
     def ban(self, request: BanRequest) -> None:
         self.bans.append(request)
+
+    def cut(self, request: CutRequest) -> None:
+        self.cuts.append(request)
 
     def protect(self) -> None:
         self.protected += 1

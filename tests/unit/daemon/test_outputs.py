@@ -106,6 +106,33 @@ def test_the_first_decision_asks_for_a_ban_with_the_sources_evidence(tmp_path: P
     assert made.responder.alerts == []
 
 
+def test_decoy_copies_ask_for_short_bans_and_a_cut_after_the_turns_first_bans(
+    tmp_path: Path,
+) -> None:
+    """nmap -D's copies of one probe (one port, one source port, at once) from three
+    sources: the first is banned in full and cut once the turn ends, the others ask for
+    decoys' bans with the group's evidence; the events name the group."""
+    made = Made(tmp_path, events=True)
+    sources = [bytes([198, 18, 1, n]) for n in (3, 4, 1)]
+    for src in sources:
+        pkt = decode_ip(syn(7, src=src))
+        assert pkt is not None
+        made.outputs.emit(made.detector.feed(pkt, START))
+    assert made.responder is not None
+    assert made.responder.cuts == []  # not before the turn's first bans went out
+    events = made.events()  # flushes the turn
+    names = ["198.18.1.3", "198.18.1.4", "198.18.1.1"]
+    assert [(c.address, list(c.group)) for c in made.responder.cuts] == [(names[0], names[:2])]
+    bans = made.responder.bans
+    assert [(b.address, b.decoy) for b in bans] == [(names[0], False), (names[1], True),
+                                                     (names[2], True)]  # fmt: skip
+    decoy = bans[2].evidence["decoy"]
+    assert isinstance(decoy, dict)
+    assert decoy["members"] == names
+    assert decoy["one_source_port"] is True
+    assert [e.get("group") for e in events] == [None, names[:2], names]
+
+
 def test_an_alert_is_written_as_an_alert_and_a_command_is_a_level_two_ban(
     tmp_path: Path,
 ) -> None:

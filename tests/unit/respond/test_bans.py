@@ -14,6 +14,7 @@ import pytest
 
 from portsentinel.block import BanSpec, CheckResult
 from portsentinel.block.base import ActionDetail, ban_fields
+from portsentinel.block.nftables import ban_detail
 from portsentinel.config.schema import Settings
 from portsentinel.config.types import Backend as BackendName
 from portsentinel.detect.ban_terms import BanTerms
@@ -21,7 +22,7 @@ from portsentinel.detect.budget import SHORT_BAN
 from portsentinel.errors import BackendError
 from portsentinel.host.resolver import Resolver
 from portsentinel.model import Mode, Proto
-from portsentinel.respond.backends import Backends, terms_of
+from portsentinel.respond.backends import Backends, spec_of, terms_of
 from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.names import Names
 from portsentinel.store.portsentry_files import PortSentryFiles
@@ -288,9 +289,18 @@ def test_an_element_the_loop_sent_is_recorded_and_lengthened_not_added_again(
     assert not any(call[0] == "nftables" for call in backends.kernel.calls)  # already there
     actions = store.actions(first.id)
     assert [(a.backend, a.state) for a in actions] == [("nftables", ActionState.APPLIED)]
-    assert actions[0].detail["element"] == "198.18.0.2"
+    # Held in the ban's own row (schema 7), read back as the detail the backend would write.
+    spec = spec_of(first, 0.0)
+    assert spec is not None
+    assert actions[0].detail == ban_detail(spec)
+    assert store._conn.execute("SELECT count(*) FROM ban_actions").fetchone() == (0,)
     assert bans.unblock("198.18.0.2", 10.0) is not None
     assert ("nftables", "unblock 198.18.0.2") in backends.kernel.calls
+    undone = store.actions(first.id)  # moved to an action row, its detail kept
+    assert [(a.backend, a.state, a.updated) for a in undone] == [
+        ("nftables", ActionState.UNDONE, 10.0)
+    ]
+    assert undone[0].detail == ban_detail(spec)
     # A repeat offender: the loop sent a first offence's timeout; the worker makes it longer.
     again = bans.ban(sent, 20.0)
     assert again is not None

@@ -141,3 +141,14 @@ def test_a_reload_turns_the_path_off_and_on() -> None:
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 3]), 60_000)])]
     fast.close()
     assert writer.closed
+
+
+def test_a_decoys_first_ban_has_the_decoy_timeout() -> None:
+    """A decoy group's member without proof: DECOY_BAN_DURATION, even where bans are
+    permanent; the worker records the same length (no renewal needed)."""
+    writer = Writer()
+    fast, _lines = first_ban(settings(ban_duration=None, decoy_ban_duration=300.0), writer)
+    sent: list[BanRequest] = []
+    fast.take(request("198.18.0.3", decoy=True), sent.append)
+    assert writer.adds == [("ban4", [(bytes([198, 18, 0, 3]), 300_000)])]
+    assert sent[0].kernel_timeout == 300

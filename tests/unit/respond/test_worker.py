@@ -25,6 +25,7 @@ from portsentinel.host.neverblock import Entry, Source
 from portsentinel.host.resolver import Resolver
 from portsentinel.model import UNSOLICITED_GROUP, Proto
 from portsentinel.respond import bans as bans_module
+from portsentinel.respond import first_ban as first_ban_module
 from portsentinel.respond import retry as retry_module
 from portsentinel.respond import worker as responder_module
 from portsentinel.respond.bans import BanRequest
@@ -400,7 +401,7 @@ class FakeChain:
 def test_the_conntrack_chain_is_installed_at_start_and_repaired_with_the_bans(
     tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(responder_module, "ConntrackChain", FakeChain)
+    monkeypatch.setattr(first_ban_module, "ConntrackChain", FakeChain)
     monkeypatch.setattr(responder_module, "REPAIR_EVERY", 0.05)
     FakeChain.made = []
     worker = Responder(quiet_settings(tmp_path), str(state), conntrack=True)

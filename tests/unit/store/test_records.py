@@ -54,15 +54,16 @@ def test_rows_map_back_to_records_column_for_column() -> None:
     assert len(EVENT_COLS.split(", ")) == len(EventRow.__slots__)
     event = event_from_row(
         (T0, "a", "b", "tcp", 1, "SYN", "alert", "below trigger", None, None, 0, 0, None, 0,
-         None, None, None)
+         None, None, None, None)
     )  # fmt: skip
     assert event.ip_options is False
     assert event == EventRow(T0, "a", "b", "tcp", 1, "SYN", "alert", "below trigger")
     scored = event_from_row(
         (T0, "a", "b", "tcp", 1, "SYN", "block", "scan trigger reached", "atcp", "trw", 4, 4,
-         "SYN", 0, 256.0, 4, "nmap")
+         "SYN", 0, 256.0, 4, "nmap", "a c")
     )  # fmt: skip
     assert (scored.score, scored.contacts, scored.scanner) == (256.0, 4, "nmap")
+    assert scored.group == "a c"
     evidence = to_json({"ports": [2, 1], "hits": 3})
     ban = ban_from_row(
         (7, "2001:db8::", 64, T0, None, "active", "scan", "atcp", evidence, 2, None, None, 1)

@@ -119,7 +119,7 @@ def v3_file(tmp_path: Path) -> str:
 
 def test_a_version_3_store_is_upgraded_then_backfilled_in_chunks(v3_file: str) -> None:
     with Store.open(v3_file) as store:
-        assert store.schema_version() == schema.SCHEMA_VERSION == 6
+        assert store.schema_version() == schema.SCHEMA_VERSION == 8
         assert rollup.watermark(store._conn) == 0
         assert rollup.behind(store._conn)
         with schema.transaction(store._conn):

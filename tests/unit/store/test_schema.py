@@ -260,7 +260,7 @@ def test_a_version_2_file_gets_uncertain_actions_with_its_rows_kept(state_dir: s
     raw.close()
 
     with Store.open(state_dir) as store:
-        assert store.schema_version() == schema.SCHEMA_VERSION == 6
+        assert store.schema_version() == schema.SCHEMA_VERSION == 8
         ids = [row[0] for row in store._conn.execute("SELECT id FROM ban_actions ORDER BY id")]
         assert ids == [5, 6, 8]  # ids kept; the orphan, which nothing could read, left behind
         assert [(a.backend, a.state.value) for a in store.actions(3)] == [

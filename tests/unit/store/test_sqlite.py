@@ -265,7 +265,8 @@ PLANS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "active_bans": (sqlite.SQL_ACTIVE_BANS, [("bans", "bans_live_expires")]),  # live only
     "due_for_expiry": (sqlite.SQL_DUE_FOR_EXPIRY, [("bans", "bans_live_expires")]),
     "bans_to_undo": (
-        sqlite.SQL_BANS_TO_UNDO, [("bans", "PRIMARY KEY"), ("ban_actions", "ban_actions_open")],
+        sqlite.SQL_BANS_TO_UNDO,
+        [("bans", "PRIMARY KEY"), ("ban_actions", "ban_actions_open"), ("bans", "bans_held_open")],
     ),
     "offences": (sqlite.SQL_OFFENCES, [("bans", "bans_address_created")]),
     "bans_between": (
