@@ -70,8 +70,7 @@ def test_a_pushed_ban_cut_short_as_a_decoy_is_withdrawn(tmp_path: Path) -> None:
         store.fleet_note_bans([(cut.id, cut.address, None, "pushed"),
                                (kept.id, kept.address, None, "pushed")], T0 + 2)  # fmt: skip
         store.outbox_done(i.id for i in store.outbox_due(T0 + 2, 10))
-        with store._write() as conn:  # what the decoy code's cut does to the ban's end
-            conn.execute("UPDATE bans SET expires = ? WHERE id = ?", (T0 + 300, cut.id))
+        assert store.cut_ban(cut.id, T0 + 300, at=T0 + 3, detail={"group": 1}) is not None
         pusher.scan(T0 + 4)
         assert [(i.kind, i.address) for i in store.outbox_due(T0 + 4, 10)] == [
             ("unban", "198.18.0.2")]  # fmt: skip
