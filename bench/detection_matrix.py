@@ -21,14 +21,16 @@ Usage: python bench/detection_matrix.py [--only TEXT] [--skip-slow] [--ipv4-only
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import banlab
 import netns
 import nmapcapture
-import scan_capture
 from daemon import Daemon, quick_icmp
 from scan_capture import decode, read_pcap
 
@@ -89,7 +90,10 @@ class Case:
         if self.raw:
             return [sys.executable, str(BENCH / "rawprobes.py"), self.raw, family.src,
                     family.dst, spec]  # fmt: skip
-        decoy = ["-D", ",".join([*family.decoys, "ME"])] if self.decoys else []
+        # -S: with the decoys on its veth the scanner's kernel would pick one of them (IPv6)
+        decoy = (["-D", ",".join([*family.decoys, "ME"]), "-S", family.src,
+                  "-e", netns.Lab.SCANNER_IF]
+                 if self.decoys else [])  # fmt: skip
         return ["timeout", str(SCAN_TIMEOUT), *NMAP, *family.nmap, *self.flags, *decoy,
                 "-p", spec, family.dst]  # fmt: skip
 
@@ -133,6 +137,13 @@ def matrix_cases() -> list[Case]:
     return [*cases, slow]
 
 
+def ban_cases() -> list[Case]:
+    """Run last: the bans stay in the target's nft table after the daemon stops."""
+    [ports] = port_blocks(1, 6, start=400)
+    return [Case("nmap -sS -D d1,d2,ME, BLOCK_TCP=1", "tcp", ports, "SYN",
+                 flags=("-sS", *FAST), decoys=True, settings={"BLOCK_TCP": "1"})]  # fmt: skip
+
+
 def trw_cases() -> list[Case]:
     """SCAN_RULE="trw": port 80 is open (a success when nmap tries it)."""
     trw = {"SCAN_RULE": "trw"}
@@ -163,6 +174,8 @@ class Seen:
     kinds: tuple[str, ...]
     scanners: tuple[str, ...]
     group: int  # the largest decoy group named (members), 0 for none
+    decoy_bans: int  # sources blocked as a decoy group's members (BLOCK_TCP 1 only)
+    cuts: int  # bans cut to DECOY_BAN_DURATION once the group showed ("type": "cut" lines)
     first: float | None  # the first event's packet time (epoch seconds)
     decision: Event | None  # the first event of the TRW rule (rule "trw")
 
@@ -176,11 +189,13 @@ def seen(
 ) -> Seen:
     """The events of a scan: from its sources, of its protocol, to its ports (any action: with
     BLOCK 0 a source's probes after its first alert are "ignored", "already blocked")."""
+    events = list(events)
     mine = [
         e for e in events
         if e.get("type") is None and e.get("src") in sources and e.get("proto") == proto
         and e.get("port") in ports
     ]  # fmt: skip
+    cuts = [e for e in events if e.get("type") == "cut" and e.get("src") in sources]
     groups = [g for e in mine if isinstance(g := e.get("group"), list)]
     decisions = [e for e in mine if e.get("rule") == "trw"]
     return Seen(
@@ -188,6 +203,8 @@ def seen(
         kinds=tuple(sorted({str(e["kind"]) for e in mine})),
         scanners=tuple(sorted({str(e["scanner"]) for e in mine if e.get("scanner")})),
         group=max((len(g) for g in groups), default=0),
+        decoy_bans=len({e["src"] for e in mine if e.get("action") == "block" and e.get("decoy")}),
+        cuts=len(cuts),
         first=min((event_time(e) for e in mine), default=None),
         decision=min(decisions, key=event_time) if decisions else None,
     )
@@ -242,6 +259,33 @@ class Run:
     scan_exit: int
 
 
+@contextlib.contextmanager
+def capture(lab: netns.Lab, path: Path) -> Iterator[list[str]]:
+    """tcpdump on the target's veth while the block runs: immediate mode and packet-buffered
+    writes (a tcpdump ended by a signal otherwise loses what waits in its ring), nanosecond
+    kernel timestamps. Yields a list that gets a note if any packet was lost."""
+    argv = ["tcpdump", "-n", "-i", lab.TARGET_IF, "-s", "160", "-B", "32768", "-U",
+            "--immediate-mode", "--time-stamp-precision=nano", "-Z", "root",
+            "-w", str(path)]  # fmt: skip
+    dump = lab.start(lab.target, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                     text=True)  # fmt: skip
+    assert dump.stderr is not None
+    if "listening on" not in dump.stderr.readline():
+        raise RuntimeError(f"tcpdump did not start ({dump.poll()})")
+    notes: list[str] = []
+    try:
+        yield notes
+    finally:
+        time.sleep(0.2)  # the target's last answers, on their way to the veth
+        lab.stop(dump)
+        report = dump.stderr.read()
+        got = [re.search(rf"(\d+) packets? {what}", report) for what in
+               ("captured", "received by filter", "dropped by kernel")]  # fmt: skip
+        counts = [int(m.group(1)) if m else None for m in got]
+        if None in counts or counts[0] != counts[1] or counts[2]:
+            notes.append(f"tcpdump: {' '.join(report.split())}")
+
+
 def run_case(lab: netns.Lab, base: Path, case: Case, family: Family) -> Run:
     directory = base / f"{len(list(base.iterdir()))}-{family.name}"
     daemon = Daemon.start(lab, directory, settings={**BASE, **case.settings}, measured=False)
@@ -249,7 +293,7 @@ def run_case(lab: netns.Lab, base: Path, case: Case, family: Family) -> Run:
     pcap = directory / "scan.pcap"
     written = None
     try:
-        with scan_capture.capture(lab, pcap, "", lambda _text: None) as notes:
+        with capture(lab, pcap) as notes:
             scan = lab.start(lab.scanner, case.argv(family),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
             ended: float | None = None
@@ -266,14 +310,17 @@ def run_case(lab: netns.Lab, base: Path, case: Case, family: Family) -> Run:
                     break
                 time.sleep(POLL)
             out, _ = scan.communicate(timeout=10)
-        for note in notes:
-            print(f"  {case.name} {family.name}: {note}", file=sys.stderr)
     finally:
         daemon.stop()
+    for note in notes:
+        print(f"  {case.name} {family.name}: {note}", file=sys.stderr)
     if scan.returncode:
         print(f"  {case.name} {family.name}: exit {scan.returncode}: {out.decode()[-300:]}",
               file=sys.stderr)  # fmt: skip
-    live = seen(daemon.events(), sources, case.proto, case.ports)
+    # The live daemon logs a cut ("ban cut to 300s as a decoy's"); its events file has none.
+    cut: list[Event] = [{"type": "cut", "src": line.split()[2].rstrip(":")}
+           for line in daemon.stderr().splitlines() if " ban cut to " in line]  # fmt: skip
+    live = seen([*daemon.events(), *cut], sources, case.proto, case.ports)
     return Run(
         case,
         family,
@@ -283,6 +330,23 @@ def run_case(lab: netns.Lab, base: Path, case: Case, family: Family) -> Run:
         written,
         scan.returncode,
     )
+
+
+@contextlib.contextmanager
+def decoys(lab: netns.Lab, case: Case, family: Family) -> Iterator[None]:
+    """The decoys' addresses on the scanner's veth for a decoy scan only: there, each answers
+    the target's SYN/ACK with an RST as a framed live host would, and nowhere else do they
+    change which source address the scanner's kernel picks."""
+    added = family.decoys if case.decoys else ()
+    for address in added:
+        banlab.add_scanner_address(lab, address)
+    try:
+        yield
+    finally:
+        for address in added:
+            prefix = lab.PREFIX6 if ":" in address else lab.PREFIX4
+            lab.run(lab.scanner, ["ip", "addr", "del", f"{address}/{prefix}", "dev",
+                                  lab.SCANNER_IF], check=False)  # fmt: skip
 
 
 def replay(directory: Path, pcap: Path, family: Family, case: Case) -> Seen:
@@ -300,7 +364,9 @@ def replay(directory: Path, pcap: Path, family: Family, case: Case) -> Seen:
 
 
 def group(found: Seen) -> str:
-    return f"group of {found.group}" if found.group else "-"
+    bans = f", {found.decoy_bans} banned as decoys" if found.decoy_bans else ""
+    cuts = f", {found.cuts} ban cut" if found.cuts else ""
+    return f"group of {found.group}{bans}{cuts}" if found.group else "-"
 
 
 def matrix_rows(runs: Iterable[Run]) -> list[list[str]]:
@@ -384,15 +450,14 @@ def main(argv: Sequence[str]) -> int:
     try:
         with netns.Lab.create(prefix="psdm") as lab:
             quick_icmp(lab)
-            for family in FAMILIES:
-                for decoy in family.decoys:
-                    banlab.add_scanner_address(lab, decoy)
             nmapcapture.listen(lab, 80)
-            for key, cases in (("matrix", matrix_cases()), ("trw", trw_cases())):
+            plan = (("matrix", matrix_cases()), ("trw", trw_cases()), ("matrix", ban_cases()))
+            for key, cases in plan:
                 for case in cases:
                     for family in wanted(case):
                         print(f"{case.name} {family.name}", file=sys.stderr, flush=True)
-                        results[key].append(run_case(lab, base, case, family))
+                        with decoys(lab, case, family):
+                            results[key].append(run_case(lab, base, case, family))
     finally:
         if args.keep:
             print(f"kept {base}", file=sys.stderr)
