@@ -399,7 +399,7 @@ def trw_rows(runs: Iterable[Run]) -> list[list[str]]:
             if d is None:
                 row += ["no decision", "-", "-", str(len(found.ports))]
             else:
-                took = since(event_time(d), r.first_probe if found is r.live else found.first)
+                took = since(event_time(d), r.first_probe)  # replay: the same capture's clock
                 row += [f"{d['contacts']} contacts", f"{d['score']:g}", ms(took),
                         str(len(found.ports))]  # fmt: skip
         rows.append(row)
