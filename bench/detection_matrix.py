@@ -7,11 +7,12 @@ nft, nmap, tcpdump): a fresh daemon (``portsentinel run --mode atcp,audp --event
 BLOCK_TCP/BLOCK_UDP 0 so no scan is cut short, SCAN_TRIGGER 0) runs in the target
 namespace while tcpdump records the target's veth; the scan runs from the scanner namespace,
 then the capture goes through ``portsentinel replay --every-probe`` with the same config.
-Recorded per scan: the scanned ports that got an event, the kinds and the scanner named,
-a decoy group if any, and the time from the scan's first packet on the wire (tcpdump's
-kernel timestamp) to the first event, by the event's own packet time and by when its line
-was seen in the events file (polled every 10 ms). Then the TRW rows: SCAN_RULE="trw", the
-first contacts and the time it took to decide, live and in replay.
+Recorded per scan: the scanned ports that got an event (any action), the kinds and the
+scanner named, a decoy group if any, and the time from the scan's first packet on the wire
+(tcpdump's kernel timestamp) to the first event: by the event's time (the live daemon stamps
+it with its own clock when it reads the packet's batch) and by when its line was seen in the
+events file (polled every 10 ms). Then the TRW rows: SCAN_RULE="trw", the first contacts and
+the time to decide (from the event times, live; from the capture's clock, in replay).
 
 Prints a markdown table; asserts nothing. Every packet stays inside the lab (198.18.0.0/24,
 fd00:5e::/64); the lab, its processes and temporary files are removed at the end.
@@ -385,8 +386,8 @@ def matrix_rows(runs: Iterable[Run]) -> list[list[str]]:
 
 MATRIX_HEADER = (
     "scan", "family", "live: detected (ports)", "live: kind", "live: scanner", "live: group",
-    "first event (packet time)", "event written", "replay: detected", "replay: kind",
-    "replay: scanner", "replay: group",
+    "time to alert (event time)", "time to alert (line in file)", "replay: detected",
+    "replay: kind", "replay: scanner", "replay: group",
 )  # fmt: skip
 
 
