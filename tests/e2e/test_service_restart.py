@@ -108,8 +108,10 @@ def restart_under_client(lab: netns.Lab, daemon: Daemon) -> list[str]:
             lines.append(client.stdout.readline().strip())  # (banned: time-outs, 1 s each)
         server = start_server(lab)
         after = len(lines)
-        end = time.monotonic() + 5.0
-        while time.monotonic() < end and len(lines) < after + 5:
+        # Until three tries in a row got through (tries made while it was down may still
+        # wait in the pipe on a loaded machine), or 10 s (a banned client: time-outs).
+        end = time.monotonic() + 10.0
+        while time.monotonic() < end and lines[-3:] != ["ok"] * 3:
             lines.append(client.stdout.readline().strip())
     finally:
         assert client.stdin is not None
@@ -149,5 +151,5 @@ def test_restarting_service_and_retrying_client(window: str, tmp_path: Path) -> 
             assert counters["recently_in_use"] == 0
         else:
             assert client_events == [], json.dumps(client_events)
-            assert after_restart.count("ok") >= 3, after_restart
+            assert after_restart[-3:] == ["ok"] * 3, after_restart
             assert counters["recently_in_use"] >= 3  # the SYNs that met the closed port

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import dpkt
@@ -168,3 +170,27 @@ def test_a_restart_on_the_tables_of_the_first_run_still_catches_ack_scans(
         code, err = daemon.stop()
     assert code == 0, err
     assert "cannot turn connection tracking on" not in err
+
+
+def test_a_single_ack_probe_is_reported_at_once(lab: netns.Lab, tmp_path: Path) -> None:
+    """The kernel holds NFLOG packets until 100 wait or a one-second timer fires, unless the
+    reader asks for less: one ACK probe was reported a second after it was sent (measured by
+    ``bench/detection_matrix.py``). The event's time is when the daemon read the packet, so
+    it must come before nmap, which ends as soon as the RST answers its probe, has been gone
+    for half a second."""
+    daemon = Daemon.start(lab, tmp_path, settings={"BLOCK_TCP": "0"})
+    try:
+        argv = ["timeout", "60", "nmap", "-n", "-Pn", "-sA", "--max-retries", "0",
+                "-p", "44", Lab.TARGET4]  # fmt: skip
+        lab.run(lab.scanner, argv, timeout=70)
+        ended = time.time()
+        events = daemon.wait_for_events(
+            lambda es: any(e["src"] == Lab.SCANNER4 for e in es), "the ACK probe's event"
+        )
+    finally:
+        code, err = daemon.stop()
+    assert code == 0, err
+    [event] = [e for e in events if e["src"] == Lab.SCANNER4]
+    assert (event["kind"], event["port"]) == ("ACK", 44)
+    late = datetime.fromisoformat(event["time"]).timestamp() - ended
+    assert late < 0.5, f"the event came {late:.3f} s after nmap ended"

@@ -7,7 +7,9 @@ too (ACK, Window and Maimon scans), and conntrack can tell them: a rule in the d
 ``NflogReader`` reads them. Each message carries the packet from its network header on.
 
 Wire format (``linux/netfilter/nfnetlink_log.h``): configuration messages
-``NFULNL_MSG_CONFIG`` (``NFULA_CFG_CMD`` bind, ``NFULA_CFG_MODE`` copy range), then
+``NFULNL_MSG_CONFIG`` (``NFULA_CFG_CMD`` bind, ``NFULA_CFG_MODE`` copy range,
+``NFULA_CFG_QTHRESH`` 1: the kernel otherwise holds packets until 100 wait or its one-second
+flush timer fires, so a short scan's events came a second late), then
 ``NFULNL_MSG_PACKET`` messages with attributes, ``NFULA_PAYLOAD`` the packet. An NFLOG group
 belongs to one socket per network namespace: a group already taken (by ulogd, say) is an
 error that says so. When the socket's buffer overflows the kernel drops messages and the next
@@ -34,6 +36,7 @@ NFULNL_MSG_CONFIG: Final = 1
 NFULA_CFG_CMD: Final = 1
 NFULA_CFG_MODE: Final = 2
 NFULA_CFG_NLBUFSIZ: Final = 3
+NFULA_CFG_QTHRESH: Final = 5
 NFULNL_CFG_CMD_BIND: Final = 1
 NFULNL_CFG_CMD_UNBIND: Final = 2
 NFULNL_COPY_PACKET: Final = 2
@@ -43,6 +46,9 @@ NLMSG_ERROR: Final = 2
 NLM_F_REQUEST: Final = 0x1
 NLM_F_ACK: Final = 0x4
 COPY_RANGE: Final = 128  # enough for IPv6 + TCP headers with options
+# Packets the kernel queues before it sends them (its default is 100, with a 1 s flush timer):
+# one, so each probe reaches the daemon at once. The nft rule's rate limit bounds the cost.
+QUEUE_THRESHOLD: Final = 1
 RECEIVE_BUFFER: Final = 1 << 20
 PACKET_TYPE: Final = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
 _HDR: Final = struct.Struct("=IHHII")  # nlmsghdr
@@ -69,13 +75,17 @@ def config_message(group: int, seq: int, *attrs: bytes) -> bytes:
 
 
 def bind_messages(group: int, copy_range: int, first_seq: int) -> list[bytes]:
-    """Bind ``group`` and ask for ``copy_range`` bytes of each packet (pure)."""
+    """Bind ``group``, ask for ``copy_range`` bytes of each packet, and for each packet to be
+    sent as soon as it is logged (``QUEUE_THRESHOLD``) (pure)."""
     return [
         config_message(group, first_seq, _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))),
         config_message(
             group,
             first_seq + 1,
             _attr(NFULA_CFG_MODE, struct.pack(">IBx", copy_range, NFULNL_COPY_PACKET)),
+        ),
+        config_message(
+            group, first_seq + 2, _attr(NFULA_CFG_QTHRESH, struct.pack(">I", QUEUE_THRESHOLD))
         ),
     ]
 

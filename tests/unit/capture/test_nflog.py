@@ -27,7 +27,7 @@ def packet_message(payload: bytes, prefix: bytes | None = None, seq: int = 0) ->
 
 
 def test_bind_messages_carry_the_group_and_the_copy_mode() -> None:
-    bind, mode = nflog.bind_messages(5051, 128, 7)
+    bind, mode, _threshold = nflog.bind_messages(5051, 128, 7)
     length, kind, flags, seq, _pid = struct.unpack_from("=IHHII", bind)
     assert (length, kind, seq) == (len(bind), (4 << 8) | 1, 7)
     assert flags == nflog.NLM_F_REQUEST | nflog.NLM_F_ACK
@@ -36,6 +36,14 @@ def test_bind_messages_carry_the_group_and_the_copy_mode() -> None:
     assert mode[20:30] == struct.pack("=HH", 10, nflog.NFULA_CFG_MODE) + struct.pack(
         ">IBx", 128, nflog.NFULNL_COPY_PACKET
     )
+
+
+def test_bind_messages_ask_for_each_packet_at_once() -> None:
+    # The kernel's defaults (100 packets, a 1 s flush timer) held a short scan's ACK probes
+    # back for a second; a queue threshold of one sends each as it is logged.
+    *_, threshold = nflog.bind_messages(5051, 128, 7)
+    assert struct.unpack_from("=IHHII", threshold)[3] == 9
+    assert threshold[20:28] == struct.pack("=HH", 8, nflog.NFULA_CFG_QTHRESH) + struct.pack(">I", 1)
 
 
 def test_payloads_and_prefixes_of_a_datagram() -> None:
