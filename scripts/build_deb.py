@@ -7,6 +7,8 @@ What it holds, for Debian's own python3 (no virtual environment, no pip):
   configure, cleaned by py3clean before removal), the command /usr/sbin/portsentinel;
 - the unit /lib/systemd/system/portsentinel.service (ExecStart=/usr/sbin/portsentinel run);
 - the man pages portsentinel(8) and portsentinel.conf(5), compressed;
+- the fleet's set-up script for the LAPI host, /usr/share/doc/portsentinel/examples/
+  portsentinel-fleet-enroll (copy it there: that host needs no PortSentinel);
 - conffiles: the default configuration /etc/portsentinel/portsentinel.conf (0640; the
   postinst gives it to the group portsentinel) and /etc/logrotate.d/portsentinel;
 - Depends: python3 (>= 3.11), python3-prometheus-client, nftables, adduser.
@@ -43,6 +45,7 @@ NAME = "portsentinel"
 MAINTAINER = "PortSentinel developers <portsentinel@example.org>"
 DEPENDS = "python3 (>= 3.11), python3-prometheus-client, nftables, adduser"
 # Debian's layout (fixed here, not settings: the tests redirect ``portsentinel.paths``).
+ENROLL = "portsentinel-fleet-enroll"  # the fleet's set-up on the LAPI host (README)
 PROGRAM = "/usr/sbin/portsentinel"  # paths.PACKAGED_PROGRAM on the installed system
 UNIT = "/lib/systemd/system/portsentinel.service"  # paths.PACKAGED_UNIT
 CONFIG = "/etc/portsentinel/portsentinel.conf"
@@ -267,6 +270,8 @@ def stage(root: Path, stamp: float) -> None:
         put(root, f"/usr/share/man/man{page[-1]}/{page}.gz", gzipped(text, stamp))
     put(root, CONFIG, render_defaults(), 0o640)
     put(root, LOGROTATE, service_files.LOGROTATE)
+    enroll = (REPO / "packaging" / ENROLL).read_bytes()  # run on the LAPI host, not here
+    put(root, f"/usr/share/doc/{NAME}/examples/{ENROLL}", enroll, 0o755)
     put(root, f"/usr/share/lintian/overrides/{NAME}", LINTIAN_OVERRIDES)
     year = time.gmtime(stamp).tm_year
     put(root, f"/usr/share/doc/{NAME}/copyright", COPYRIGHT.format(year=year))
