@@ -167,6 +167,7 @@ class Pusher:
         bodies: list[dict[str, Any]] = []
         sent: list[OutboxItem] = []
         moot: list[OutboxItem] = []
+        landed: list[OutboxItem] = []  # an earlier, ambiguous try reached LAPI after all
         for item in items:
             body = self._body(item, now)
             if body is None:
@@ -174,12 +175,13 @@ class Pusher:
                 continue
             if item.body.get(CHECK) and self._landed(item):
                 self.stats.duplicates_avoided += 1
-                moot.append(item)
+                landed.append(item)
                 continue
             bodies.append(body)
             sent.append(item)
-        if moot:
-            self.store.outbox_done(i.id for i in moot)
+        if moot or landed:
+            self.store.outbox_done(i.id for i in [*moot, *landed])
+        self._pushed([i for i in landed if i.kind == "ban"], now)
         if not bodies:
             return 0
         try:
@@ -188,15 +190,20 @@ class Pusher:
             self._failed(sent, now, exc)
             return 0
         self.store.outbox_done(i.id for i in sent)
-        bans = [i for i in sent if i.kind == "ban" and i.ban_id is not None]
-        pushed = [(i.ban_id or 0, i.address, None, "pushed") for i in bans]
-        self.store.fleet_note_bans(pushed, now)
-        self.stats.pushed += len(bans)
+        bans = [i for i in sent if i.kind == "ban"]
+        self._pushed(bans, now)
         self.stats.reports += len(sent) - len(bans)
         self.stats.last_push = now
         self.stats.batches.append(len(sent))
         del self.stats.batches[:-100]
         return len(sent)
+
+    def _pushed(self, bans: Sequence[OutboxItem], now: float) -> None:
+        """These bans are in LAPI now: noted, so that a lift here withdraws them."""
+        noted = [(i.ban_id, i.address, None, "pushed") for i in bans if i.ban_id is not None]
+        if noted:
+            self.store.fleet_note_bans(noted, now)
+        self.stats.pushed += len(noted)
 
     def _body(self, item: OutboxItem, now: float) -> dict[str, Any] | None:
         if item.kind == "report":
