@@ -108,20 +108,20 @@ class _LockedOnce(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/v1/watchers/login":
             self._answer(200, {"token": "t", "expire": "2099-01-01T00:00:00Z"})
             return
         self.posts.append(body)
         for alert in body:
-            self.decisions += alert.get("decisions", [])
+            self.decisions.extend(alert.get("decisions", []))
         if len(self.posts) == 1:
             self._answer(500, {"message": "database is locked"})
         else:
             self._answer(201, [str(len(self.posts))])
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         ip = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("ip", [""])[0]
         self._answer(200, [d for d in self.decisions if d.get("value") == ip] or None)
 
