@@ -92,6 +92,21 @@ def nft_set(lab: netns.Lab, name: str) -> dict[str, int | None] | None:
     return found
 
 
+def netdev_elements(lab: netns.Lab, name: str) -> list[dict[str, Any]]:
+    """The elements of the ingress table's set ``name`` as nft's JSON shows them ([] without
+    the set)."""
+    done = lab.run(lab.target, ["nft", "-j", "list", "set", "netdev", "portsentinel", name],
+                   check=False, timeout=10)  # fmt: skip
+    if done.returncode != 0:
+        return []
+    return [
+        elem["elem"]
+        for item in json.loads(done.stdout)["nftables"]
+        for elem in item.get("set", {}).get("elem", [])
+        if isinstance(elem, dict) and "elem" in elem
+    ]
+
+
 def _element_text(value: Any) -> str:
     if isinstance(value, dict) and "prefix" in value:
         return f"{value['prefix']['addr']}/{value['prefix']['len']}"

@@ -24,6 +24,7 @@ import pytest
 from banlab import (
     add_scanner_address,
     cli,
+    netdev_elements,
     nft_elements,
     unavailable,
     wait_until,
@@ -49,17 +50,8 @@ def lab() -> Iterator[netns.Lab]:
 
 def ingress_counts(lab: netns.Lab, family: int = 4) -> dict[str, int]:
     """The ingress copy's elements with the packets each counted ({} without the set)."""
-    name = "ban6" if family == 6 else "ban4"
-    done = lab.run(lab.target, ["nft", "-j", "list", "set", "netdev", "portsentinel", name],
-                   check=False, timeout=10)  # fmt: skip
-    if done.returncode != 0:
-        return {}
-    found = {}
-    for item in json.loads(done.stdout)["nftables"]:
-        for elem in item.get("set", {}).get("elem", []):
-            if isinstance(elem, dict) and "elem" in elem:
-                found[str(elem["elem"]["val"])] = int(elem["elem"]["counter"]["packets"])
-    return found
+    elems = netdev_elements(lab, "ban6" if family == 6 else "ban4")
+    return {str(e["val"]): int(e["counter"]["packets"]) for e in elems}
 
 
 def scan(lab: netns.Lab, ns: str, source: str, dst: str, ports: str, *extra: str) -> None:

@@ -23,7 +23,15 @@ from typing import Any
 
 import netns
 import pytest
-from banlab import cli, connect_from, nft_elements, start_service, unavailable, wait_until
+from banlab import (
+    cli,
+    connect_from,
+    netdev_elements,
+    nft_elements,
+    start_service,
+    unavailable,
+    wait_until,
+)
 from daemon import Daemon
 
 from portsentinel.model import QUIET_MARK
@@ -51,18 +59,8 @@ def lab() -> Iterator[netns.Lab]:
 
 def quiet_counts(lab: netns.Lab, family: int) -> dict[tuple[str, str], int]:
     """The quiet set's elements, (address, protocol) -> packets counted ({} without it)."""
-    name = "quiet6" if family == 6 else "quiet4"
-    done = lab.run(lab.target, ["nft", "-j", "list", "set", "netdev", "portsentinel", name],
-                   check=False, timeout=10)  # fmt: skip
-    if done.returncode != 0:
-        return {}
-    found = {}
-    for item in json.loads(done.stdout)["nftables"]:
-        for elem in item.get("set", {}).get("elem", []):
-            if isinstance(elem, dict) and "elem" in elem:
-                address, proto = elem["elem"]["val"]["concat"]
-                found[(address, proto)] = int(elem["elem"]["counter"]["packets"])
-    return found
+    elems = netdev_elements(lab, "quiet6" if family == 6 else "quiet4")
+    return {tuple(e["val"]["concat"]): int(e["counter"]["packets"]) for e in elems}
 
 
 def scan(lab: netns.Lab, source: str, ports: str, *extra: str) -> None:
