@@ -124,6 +124,21 @@ dpkg -i /out/@DEB@ >/out/conflict.txt 2>&1
 echo "$?" >/out/conflict.rc
 apt-get install -y /out/@DEB@ >/out/handover.txt 2>&1
 dpkg-query -W -f='${db:Status-Status}\n' portsentry >/out/handover.portsentry 2>&1
+# what PortSentry's KILL_ROUTE left: its configuration and history stay after the hand-over
+mkdir -p /etc/portsentry /var/lib/portsentry
+printf '%s\n' 'TCP_PORTS="1"' 'BLOCK_TCP="1"' \
+    'HISTORY_FILE="/var/lib/portsentry/portsentry.history"' \
+    'BLOCKED_FILE="/var/lib/portsentry/portsentry.blocked"' \
+    'KILL_ROUTE="/sbin/route add -host $TARGET$ reject"' >/etc/portsentry/portsentry.conf
+echo '1403884279 - 06/27/2014 17:51:10 Host: 198.18.20.5/198.18.20.5 Port: 1 TCP Blocked' \
+    >/var/lib/portsentry/portsentry.history
+route add -host 198.18.20.5 reject
+route add -host 198.18.20.9 reject
+portsentinel migrate --output /tmp/migrated.conf >/out/legacy.list 2>&1
+ip -4 route show >/out/legacy.before
+portsentinel migrate --clean-legacy >/out/legacy.clean 2>&1
+echo "$?" >/out/legacy.rc
+ip -4 route show >/out/legacy.after
 systemctl poweroff
 """
 
@@ -203,3 +218,14 @@ def test_install_ban_stop_remove_purge_in_a_container(deb: Path, tmp_path: Path)
     assert "The following packages will be REMOVED:\n  portsentry\n" in handover, handover
     assert "Setting up portsentinel" in handover
     assert (out / "handover.portsentry").read_text().strip() in ("not-installed", "config-files")
+    # PortSentry's leftovers, from the package's own migrate: listed, removed only when asked,
+    # and only those of the addresses PortSentry recorded
+    listed = (out / "legacy.list").read_text()
+    assert "  - route unreachable 198.18.20.5\n" in listed, listed
+    assert "198.18.20.9" not in listed
+    assert "unreachable 198.18.20.5 " in (out / "legacy.before").read_text()
+    assert (out / "legacy.rc").read_text().strip() == "0", (out / "legacy.clean").read_text()
+    assert (out / "legacy.clean").read_text() == "removed route unreachable 198.18.20.5\n"
+    after = (out / "legacy.after").read_text()
+    assert "198.18.20.5" not in after
+    assert "unreachable 198.18.20.9 " in after

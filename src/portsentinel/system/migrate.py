@@ -69,13 +69,16 @@ def running_portsentry(proc: Path = Path("/proc")) -> list[str]:
 def retire_steps(tcp: Mode | None, udp: Mode | None, output: str) -> list[str]:
     """How to stop and disable a Debian PortSentry, then start PortSentinel."""
     names = [f"portsentry -{m.value}" for m in (tcp, udp) if m is not None]
-    processes = " and ".join(names) if names else "portsentry"
+    if not names:
+        gone = "no portsentry process is left"
+    else:
+        gone = f"{' and '.join(names)} {'are' if len(names) > 1 else 'is'} gone"
     return [
         "Stop PortSentry: systemctl stop portsentry   (without systemd: "
         "/etc/init.d/portsentry stop)",
         "Keep it from starting at boot: systemctl disable portsentry   (or: update-rc.d "
         "portsentry disable)",
-        f"Check that {processes} are gone: pgrep -a portsentry   (prints nothing)",
+        f"Check that {gone}: pgrep -a portsentry   (prints nothing)",
         f"Check the new configuration: portsentinel config check --config {output}",
         "Install and start the service: portsentinel install; systemctl daemon-reload; "
         "systemctl enable --now portsentinel",

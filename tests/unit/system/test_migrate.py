@@ -354,3 +354,17 @@ def test_running_portsentry_reads_proc_without_touching_it(tmp_path: Path) -> No
         "812 /usr/sbin/portsentry -atcp",
         "813 /usr/sbin/portsentry -audp",
     ]
+
+
+@pytest.mark.parametrize(
+    ("tcp", "udp", "line"),
+    [
+        (None, None, "Check that no portsentry process is left: pgrep -a portsentry"),
+        (Mode.ATCP, None, "Check that portsentry -atcp is gone: pgrep -a portsentry"),
+        (Mode.TCP, Mode.UDP, "Check that portsentry -tcp and portsentry -udp are gone:"),
+    ],
+)
+def test_the_check_step_names_the_processes_in_good_grammar(
+    tcp: Mode | None, udp: Mode | None, line: str
+) -> None:
+    assert migrate.retire_steps(tcp, udp, "/x.conf")[2].startswith(line)
