@@ -8,7 +8,8 @@ What it holds, for Debian's own python3 (no virtual environment, no pip):
 - the unit /lib/systemd/system/portsentinel.service (ExecStart=/usr/sbin/portsentinel run);
 - the man pages portsentinel(8) and portsentinel.conf(5), compressed;
 - the fleet's set-up script for the LAPI host, /usr/share/doc/portsentinel/examples/
-  portsentinel-fleet-enroll (copy it there: that host needs no PortSentinel);
+  portsentinel-fleet-enroll (copy it there: that host needs no PortSentinel), and fail2ban's
+  filters for both log formats and a jail, examples/fail2ban/ (README: fail2ban);
 - conffiles: the default configuration /etc/portsentinel/portsentinel.conf (0640; the
   postinst gives it to the group portsentinel) and /etc/logrotate.d/portsentinel;
 - Depends: python3 (>= 3.11), python3-prometheus-client, nftables, adduser.
@@ -272,6 +273,10 @@ def stage(root: Path, stamp: float) -> None:
     put(root, LOGROTATE, service_files.LOGROTATE)
     enroll = (REPO / "packaging" / ENROLL).read_bytes()  # run on the LAPI host, not here
     put(root, f"/usr/share/doc/{NAME}/examples/{ENROLL}", enroll, 0o755)
+    fail2ban = REPO / "packaging" / "fail2ban"  # filters for each LOG_FORMAT and a jail
+    for source in sorted(fail2ban.rglob("*.conf")):
+        relative = source.relative_to(fail2ban)
+        put(root, f"/usr/share/doc/{NAME}/examples/fail2ban/{relative}", source.read_bytes())
     put(root, f"/usr/share/lintian/overrides/{NAME}", LINTIAN_OVERRIDES)
     year = time.gmtime(stamp).tm_year
     put(root, f"/usr/share/doc/{NAME}/copyright", COPYRIGHT.format(year=year))

@@ -46,6 +46,13 @@ def test_the_tree_holds_the_program_the_unit_the_pages_and_the_config(tmp_path: 
     assert config.stat().st_mode & 0o777 == 0o640
     assert (root / "etc/logrotate.d/portsentinel").read_text() == service_files.LOGROTATE
     assert (root / "usr/share/doc/portsentinel/copyright").exists()
+    examples = root / "usr/share/doc/portsentinel/examples/fail2ban"
+    shipped = sorted(str(f.relative_to(examples)) for f in examples.rglob("*.conf"))
+    assert shipped == [
+        "filter.d/portsentinel-1.2.conf",
+        "filter.d/portsentinel-2.0.conf",
+        "jail.d/portsentinel.conf",
+    ]
 
 
 def test_debian_control_conffiles_and_checksums(tmp_path: Path) -> None:
