@@ -112,15 +112,19 @@ def test_stealth_with_2_0s_flags_detects_tcp_udp_ipv4_ipv6(
         nmap(lab, "-6", "-sF", "-p", "2", lab.TARGET6)
         nmap(lab, "-sU", "-p", "51", lab.TARGET4)
         nmap(lab, "-sS", "-e", lab.SCANNER_IF, "-S", unmasked, "-p", "4", lab.TARGET4)
+        nmap(lab, "-sN", "-p", "5", lab.TARGET4)  # 2.0's system test: NULL and XMAS too
+        nmap(lab, "-sX", "-p", "6", lab.TARGET4)
         wanted = {
             (unmasked, "tcp", 4, "SYN"),
             (lab.SCANNER4, "tcp", 1, "SYN"),
             (lab.SCANNER4, "tcp", 20, "SYN"),
+            (lab.SCANNER4, "tcp", 5, "NULL"),
+            (lab.SCANNER4, "tcp", 6, "XMAS"),
             (lab.SCANNER6, "tcp", 2, "FIN"),
             (lab.SCANNER4, "udp", 51, "UDP"),
         }
         events = daemon.wait_for_events(lambda ev: wanted <= seen(ev), "the five probes")
-        daemon.wait_for_line("port: [51]", stream="stdout")
+        daemon.wait_for_line("port: [6]", stream="stdout")
     finally:
         code, stderr = daemon.stop()
     assert code == 0, stderr
@@ -145,6 +149,10 @@ def test_stealth_with_2_0s_flags_detects_tcp_udp_ipv4_ipv6(
         f"Scan from: [{unmasked}] ({unmasked}) protocol: [TCP] port: [4] type: [TCP SYN/Normal "
         "scan] IP opts: [not set] ignored: [true] triggered: [unset] noblock: [unset] "
         "blocked: [unset]",
+        f"Scan from: [{scanner4}] ({scanner4}) protocol: [TCP] port: [5] type: [TCP NULL scan] "
+        "IP opts: [not set] ignored: [false] triggered: [true] noblock: [true] blocked: [false]",
+        f"Scan from: [{scanner4}] ({scanner4}) protocol: [TCP] port: [6] type: [TCP XMAS scan] "
+        "IP opts: [not set] ignored: [false] triggered: [true] noblock: [true] blocked: [false]",
     ]
     for line in expected:
         assert line in out.splitlines(), out
