@@ -221,6 +221,49 @@ def test_daemon_flag_goes_to_the_background(lab: netns.Lab, tmp_path: Path) -> N
         wait_until(lambda: running_pid(str(tmp_path)) is None or None, "the daemon's end")
 
 
+def _veth(lab: netns.Lab, far: str) -> None:
+    """(Re)make the target's interface ``vlate-t`` to namespace ``far`` (198.18.7.0/24)."""
+    lab.run(lab.target, ["ip", "link", "add", "vlate-t", "type", "veth",
+                         "peer", "name", "vlate-s", "netns", far])  # fmt: skip
+    for ns, dev, address in ((lab.target, "vlate-t", "198.18.7.1"), (far, "vlate-s", "198.18.7.2")):
+        lab.run(ns, ["ip", "addr", "add", f"{address}/24", "dev", dev])
+        lab.run(ns, ["ip", "link", "set", dev, "up"])
+    lab.set_neighbour(lab.target, "vlate-t", "198.18.7.2", lab.link_address(far, "vlate-s"))
+    lab.set_neighbour(far, "vlate-s", "198.18.7.1", lab.link_address(lab.target, "vlate-t"))
+    lab.check_closed()
+
+
+def test_a_named_interface_is_followed_as_it_comes_and_goes(lab: netns.Lab, tmp_path: Path) -> None:
+    """``-i vlate-t`` before that interface exists: the daemon starts, counts nothing from the
+    lab's veth, picks the interface up when it appears, and again after it was deleted and
+    made anew (a new ifindex)."""
+    daemon = Daemon.start(
+        lab, tmp_path, flags=("--stealth", "-i", "vlate-t"), settings=SETTINGS, lines="stdout"
+    )
+    try:
+        nmap(lab, "-sS", "-p", "7", lab.TARGET4)  # on veth-t: not a watched interface
+        far = lab.add_namespace(
+            "late", near=lab.target, near_if="vlate-t", far_if="vlate-s",
+            near_addresses=["198.18.7.1/24"], far_addresses=["198.18.7.2/24"],
+        )  # fmt: skip
+        late = ["timeout", "30", "nmap", "-n", "-Pn", "-T4", "--max-retries", "1", "-sS"]
+        lab.run(far, [*late, "-p", "8", "198.18.7.1"], timeout=40)
+        daemon.wait_for_events(
+            lambda ev: ("198.18.7.2", "tcp", 8, "SYN") in seen(ev), "the new interface's probe"
+        )
+        lab.run(lab.target, ["ip", "link", "del", "vlate-t"])  # its peer goes with it
+        _veth(lab, far)
+        lab.run(far, [*late, "-p", "9", "198.18.7.1"], timeout=40)
+        events = daemon.wait_for_events(
+            lambda ev: ("198.18.7.2", "tcp", 9, "SYN") in seen(ev), "the remade interface's probe"
+        )
+    finally:
+        code, stderr = daemon.stop()
+    assert code == 0, stderr
+    # the probe on veth-t came first: had it been counted, its event would be there
+    assert not [e for e in events if e["src"] == lab.SCANNER4], events
+
+
 BANNER_CLIENT = """
 import socket, sys
 s = socket.create_connection((sys.argv[1], 1), timeout=5)

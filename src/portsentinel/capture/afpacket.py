@@ -25,7 +25,8 @@ The socket:
 One packet, one delivery: a frame received on a bridge port or a bond slave is handed to the
 tap again on the bridge or bond device, so only interfaces without a master are counted by
 default (``counted_ifindexes``); loopback is left out unless asked for. A packet from an
-ifindex never seen before triggers a re-read of the interfaces (at most once a second).
+ifindex never seen before triggers a re-read of the interfaces (at most once a second
+per ifindex).
 Known limit: a VRF slave has a master but its packets are not re-delivered on the VRF device;
 list such interfaces by name in ``RingConfig.interfaces``.
 """
@@ -228,7 +229,7 @@ class PacketRing:
         self._block = 0
         self._counted: set[int] = set()
         self._known: set[int] = set()
-        self._last_auto_refresh = -math.inf
+        self._tried: dict[int, float] = {}  # new ifindex -> when its refresh ran
         self._totals = [0, 0, 0]  # packets, drops, freeze count from PACKET_STATISTICS
         self._stats_lock = threading.Lock()
         self._handled = self._not_host = self._not_counted = 0
@@ -402,10 +403,11 @@ class PacketRing:
             return True  # counted by a refresh earlier in this batch
         if ifindex in self._known:
             return False
-        now = time.monotonic()
-        if now - self._last_auto_refresh < _AUTO_REFRESH_INTERVAL:
+        now = time.monotonic()  # at most once a second per new ifindex (one remade at once too)
+        if now - self._tried.get(ifindex, -math.inf) < _AUTO_REFRESH_INTERVAL:
             return False
-        self._last_auto_refresh = now
+        recent = {i: t for i, t in self._tried.items() if now - t < _AUTO_REFRESH_INTERVAL}
+        self._tried = recent | {ifindex: now}
         try:
             self.refresh_interfaces()
         except (CaptureError, OSError):
