@@ -15,7 +15,7 @@ from portsentinel.files import MIB, read_regular
 from portsentinel.model import Mode, Proto
 
 DEFAULT_MODES = (Mode.ATCP, Mode.AUDP)
-DEFAULT_SOURCE = "default"
+DEFAULT_SOURCE = "the built-in default"
 CLI_SOURCE = "--mode"
 _EXPECTED = "at most one TCP mode (tcp, stcp, atcp) and one UDP mode (udp, sudp, audp)"
 _MODE_KEYS = {"TCP_MODE": Proto.TCP, "UDP_MODE": Proto.UDP}

@@ -86,7 +86,7 @@ def test_check_warnings_keep_exit_zero(tmp_path: Path) -> None:
         f"warning: {conf}:3: IGNORE_FILE: {tmp_path}/x does not exist; nothing will be ignored",
     ]
     assert f"# Ignore list: none ({tmp_path}/x does not exist)\n" in out
-    assert "# Modes without --mode: atcp,audp (from default)\n" in out
+    assert "# Modes without --mode: atcp,audp (from the built-in default)\n" in out
 
 
 def test_check_errors_exit_two_and_print_no_settings(tmp_path: Path) -> None:

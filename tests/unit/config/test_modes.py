@@ -103,9 +103,10 @@ def test_resolution_order(tmp_path: Path) -> None:
     assert resolve_modes("sudp", str(defaults)) == (None, Mode.SUDP, "--mode")
     assert resolve_modes(None, str(defaults)) == (Mode.TCP, None, str(defaults))
     defaults.write_text('TCP_MODE=""\nUDP_MODE=""\n')
-    assert resolve_modes(None, str(defaults)) == (Mode.ATCP, Mode.AUDP, "default")
-    assert resolve_modes(None, str(tmp_path / "none")) == (Mode.ATCP, Mode.AUDP, "default")
-    assert resolve_modes(None, "") == (Mode.ATCP, Mode.AUDP, "default")
+    built_in = (Mode.ATCP, Mode.AUDP, "the built-in default")
+    assert resolve_modes(None, str(defaults)) == built_in
+    assert resolve_modes(None, str(tmp_path / "none")) == built_in
+    assert resolve_modes(None, "") == built_in
 
 
 def test_resolve_modes_passes_errors_on(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ def test_the_config_file_is_the_option_else_the_installed_one_else_none(
 def test_embedded_defaults_when_nothing_is_installed() -> None:
     setup = load_setup(None, None)
     assert setup.config.path is None
-    assert (setup.tcp_mode, setup.udp_mode, setup.modes_from) == (Mode.ATCP, Mode.AUDP, "default")
+    modes = (setup.tcp_mode, setup.udp_mode, setup.modes_from)
+    assert modes == (Mode.ATCP, Mode.AUDP, "the built-in default")
     assert not setup.ignore
     assert setup.warnings == ()
     assert setup.settings.defaults_file == paths.DEFAULTS_FILE
