@@ -60,21 +60,28 @@ EARLIER: Final = 60.0  # seconds before a source joined its group that traffic i
 Slot = tuple[int, int, bytes]  # (protocol, port, destination)
 
 
-@dataclass(slots=True)
 class Member:
-    """One source of a group, with what the wire showed of it."""
+    """One source of a group, with what the wire showed of it. (A plain class: one is made
+    per source that joins, and a forged flood from one source port joins them all.)"""
 
-    src: bytes
-    ttls: list[int] = field(default_factory=list)  # its probes' TTLs since it joined
-    sports: list[int] = field(default_factory=list)  # ... and their source ports
-    earlier_ttl: int | None = None  # the TTL of its traffic before it joined, if any
-    cut: bool = False  # the detector asked for its ban to be cut (once)
+    __slots__ = ("cut", "earlier_ttl", "sports", "src", "ttls")
+
+    def __init__(self, src: bytes, earlier_ttl: int | None = None) -> None:
+        self.src = src
+        self.ttls: list[int] = []  # its probes' TTLs since it joined
+        self.sports: list[int] = []  # ... and their source ports
+        self.earlier_ttl = earlier_ttl  # the TTL of its traffic before it joined, if any
+        self.cut = False  # the detector asked for its ban to be cut (once)
+
+    def __repr__(self) -> str:
+        return f"Member({self.src!r}, ttls={self.ttls}, sports={self.sports})"
 
     def note(self, ttl: int, sport: int) -> None:
-        if ttl not in self.ttls and len(self.ttls) < TTLS_KEPT:
-            self.ttls.append(ttl)
-        if sport not in self.sports and len(self.sports) < TTLS_KEPT:
-            self.sports.append(sport)
+        ttls, sports = self.ttls, self.sports
+        if ttl not in ttls and len(ttls) < TTLS_KEPT:
+            ttls.append(ttl)
+        if sport not in sports and len(sports) < TTLS_KEPT:
+            sports.append(sport)
 
     @property
     def ttl_agrees(self) -> bool | None:
@@ -105,11 +112,20 @@ class Group:
     seen_sports: list[int] = field(default_factory=list)
 
     def note(self, member: Member, ttl: int, sport: int) -> None:
-        member.note(ttl, sport)
-        if ttl not in self.seen_ttls and len(self.seen_ttls) < 2:
-            self.seen_ttls.append(ttl)
-        if sport not in self.seen_sports and len(self.seen_sports) < 2:
-            self.seen_sports.append(sport)
+        """A probe of ``member``'s: its TTL and source port, for the member and the group.
+        (``Member.note`` written out again: called for every probe of a member.)"""
+        values = member.ttls
+        if ttl not in values and len(values) < TTLS_KEPT:
+            values.append(ttl)
+        values = member.sports
+        if sport not in values and len(values) < TTLS_KEPT:
+            values.append(sport)
+        values = self.seen_ttls
+        if ttl not in values and len(values) < 2:
+            values.append(ttl)
+        values = self.seen_sports
+        if sport not in values and len(values) < 2:
+            values.append(sport)
 
     def absorb(self, other: Group) -> None:
         """The marks ``other`` saw, ``other`` being merged into this group."""
@@ -183,12 +199,6 @@ class DecoyGroups:
             ttls.clear()
         ttls[src] = (ttl, now)
 
-    def _earlier_ttl(self, src: bytes, joined: float) -> int | None:
-        heard = self._ttls.get(src)
-        if heard is None or heard[1] > joined - EARLIER:
-            return None
-        return heard[0]
-
     def see(  # noqa: PLR0917 - plain values: called for every probe
         self, src: bytes, proto: int, port: int, dst: bytes, ttl: int, now: float, sport: int = 0
     ) -> Group | None:
@@ -198,43 +208,58 @@ class DecoyGroups:
         if count == 1 and len(probes) >= MAX_SOURCES:
             probes.clear()
         probes[src] = count
-        group = self._of.get(src)
+        of = self._of
+        group = mine = of.get(src)  # ``mine``: the source's own, kept as links are made
         key = (proto, port, dst)
         slots = self._slots
         slot = slots.get(key)
-        if slot is None:
+        if slot is None:  # the port's first probe in a while: nobody to link with
             if len(slots) >= MAX_SLOTS:
                 slots.clear()
-            slot = slots[key] = []
-        elif slot[0][0] < now - WINDOW:
-            slot[:] = [entry for entry in slot if entry[0] >= now - WINDOW]
-        present = False
-        copies = now - COPY_WINDOW
-        # Copies of one probe are sent back to back: the port's last sources hold them.
-        for when, other, other_ttl, other_sport in slot:
-            if other == src:
-                present = True
-            elif (sport and other_sport == sport and when >= copies) or (
-                count > 1 and self._co_occurred(src, other, key, count)
-            ):
-                group = self._joined(src, other, other_ttl, other_sport, now)
-        if not present:
-            slot.append((now, src, ttl, sport))
-            if len(slot) > SLOT_SOURCES:
-                del slot[0]
+            slots[key] = [(now, src, ttl, sport)]
+        else:
+            if slot[0][0] < now - WINDOW:
+                slot[:] = [entry for entry in slot if entry[0] >= now - WINDOW]
+            present = False
+            copies = now - COPY_WINDOW
+            # Copies of one probe are sent back to back: the port's last sources hold them.
+            for when, other, other_ttl, other_sport in slot:
+                if other == src:
+                    present = True
+                elif (sport and other_sport == sport and when >= copies) or (
+                    count > 1 and self._co_occurred(src, other, key, count)
+                ):
+                    # ``_link``'s commonest cases written out: already one group, or the
+                    # source joins the other's (each new source of a one-port flood).
+                    theirs = of.get(other)
+                    if theirs is None or (mine is not None and theirs is not mine):
+                        group = self._link(src, other, now)
+                        mine = of.get(src)
+                    else:
+                        group = theirs
+                        if mine is None and len(theirs.members) < MAX_MEMBERS:
+                            mine = self._join(theirs, src, now)
+                    joined = group.members.get(other)
+                    if joined is not None:
+                        group.note(joined, other_ttl, other_sport)
+            if not present:
+                slot.append((now, src, ttl, sport))
+                if len(slot) > SLOT_SOURCES:
+                    del slot[0]
         if group is not None:
             member = group.members.get(src)
             if member is not None:
                 group.note(member, ttl, sport)
         return group
 
-    def _joined(
-        self, src: bytes, other: bytes, other_ttl: int, other_sport: int, now: float
-    ) -> Group:
-        group = self._link(src, other, now)
-        joined = group.members.get(other)
-        if joined is not None:
-            group.note(joined, other_ttl, other_sport)
+    def _join(self, group: Group, src: bytes, now: float) -> Group:
+        """``src`` (in no group) joins ``group`` (not full); its earlier traffic's TTL is
+        the one heard EARLIER seconds or more before now."""
+        heard = self._ttls.get(src)
+        earlier = heard[0] if heard is not None and heard[1] <= now - EARLIER else None
+        group.members[src] = Member(src, earlier)
+        self._of[src] = group
+        group.fresh.append(src)
         return group
 
     def _co_occurred(self, a: bytes, b: bytes, key: Slot, count: int) -> bool:
@@ -285,9 +310,7 @@ class DecoyGroups:
             del self._groups[other.number]  # merged
         for src in (b, a):  # the one seen first, first
             if src not in group.members and len(group.members) < MAX_MEMBERS:
-                group.members[src] = Member(src, earlier_ttl=self._earlier_ttl(src, now))
-                of[src] = group
-                group.fresh.append(src)
+                self._join(group, src, now)
         return group
 
     def _drop(self, group: Group) -> None:

@@ -28,7 +28,7 @@ from typing import Final
 from portsentinel.detect import trw
 from portsentinel.detect.budget import BanBudget
 from portsentinel.detect.classify import TCP_KIND
-from portsentinel.detect.decide import Policy
+from portsentinel.detect.decide import COVERING, Policy
 from portsentinel.detect.decoys import MAX_SOURCES as _HEARD_MAX
 from portsentinel.detect.decoys import DecoyGroups
 from portsentinel.detect.fragments import Fragments
@@ -92,10 +92,12 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
         "_muted",
         "_muted_kinds",
         "_mutes",
+        "_named_rules",
         "_recent",
         "_recheck_tcp",
         "_recheck_udp",
         "_reply_check",
+        "_responded",
         "_stateful_rules",
         "_stats",
         "_stealth",
@@ -152,6 +154,7 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
             budget=BanBudget(budget_config(config)),
             min_ports=config.block_min_ports,
         )
+        self._responded = self.policy.responses.marks  # read in place on the hot path
         self.config = config
         self._configure(config)
 
@@ -178,6 +181,7 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
         if not self._custom_rules:
             self.rules = (trw.scoring_rule(c),)
         self._trw = next((r for r in self.rules if isinstance(r, trw.SequentialTest)), None)
+        self._named_rules = tuple((rule, rule.name) for rule in self.rules)
         for recent in self._recent.values():
             recent.window = c.recently_in_use
         # A muted source's probes go only to rules that keep state of their own.
@@ -258,7 +262,7 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
             stats.replies += 1
             return []
         group = self._decoys.see(src, proto, port, dst, ttl, now, sport)
-        if group is not None and group.changed:
+        if group is not None and group.fresh:  # members joined: see ``Group.changed``
             self._grouped(group, now)
         muted = self._muted[proto]
         if muted:
@@ -277,7 +281,11 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
                 del muted[src]
         # Last, as it may cost a kernel query: a port opened since the in-use view was read.
         # Not for a source that already got its response: the outcome would not change.
-        if recheck is not None and not self.policy.responses.covers(src, proto) and recheck(port):
+        if (
+            recheck is not None
+            and not self._responded.get(src, 0) & COVERING[proto]  # ``Responses.covers``
+            and recheck(port)
+        ):
             stats.in_use += 1
             return []
         return self._probe(pkt, kind, now)
@@ -309,10 +317,10 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
             return self._ignored(pkt, kind, now, refused, None, None)
         state = self._tracker.hit(src, proto, port, kind, dst, now)
         fired: str | None = None
-        for rule in self.rules:
+        for rule, name in self._named_rules:
             # Every rule sees every probe, even after another fired, to keep its state whole.
             if rule.observe(state, proto, port, kind, dst, now) and fired is None:
-                fired = rule.name
+                fired = name
         if fired is None:
             return self._ignored(pkt, kind, now, Reason.BELOW_TRIGGER, state, None)
         action, reason = policy.decide(src, _PROTOS[proto], state, now)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from itertools import islice
 from typing import Final
 
-from portsentinel.detect.decide import Policy
+from portsentinel.detect.decide import BLOCKED_MARK, Policy
 from portsentinel.detect.decoys import DecoyGroups, Group
 from portsentinel.detect.track import KIND_BIT, Tracker
 from portsentinel.model import Action, Decision, DecoyCut, ScanKind
@@ -41,10 +41,10 @@ class Grouping:
         fresh = group.fresh
         group.fresh = []
         names: tuple[str, ...] | None = None
-        blocked = self.policy.responses.blocked
+        marks = self.policy.responses.marks  # ``Responses.blocked``, inline
         for src in fresh:
             member = group.members[src]
-            if member.cut or not blocked(src) or self._proven(src):
+            if member.cut or not marks.get(src, 0) & BLOCKED_MARK or self._proven(src):
                 continue
             member.cut = True
             if names is None:
