@@ -61,34 +61,46 @@ Slot = tuple[int, int, bytes]  # (protocol, port, destination)
 
 
 class Member:
-    """One source of a group, with what the wire showed of it. (A plain class: one is made
-    per source that joins, and a forged flood from one source port joins them all.)"""
+    """One source of a group, with what the wire showed of it. (A plain class, its values in
+    tuples: one is made per source that joins, and a forged flood from one source port joins
+    every source, up to the caps.)"""
 
     __slots__ = ("cut", "earlier_ttl", "sports", "src", "ttls")
 
     def __init__(self, src: bytes, earlier_ttl: int | None = None) -> None:
         self.src = src
-        self.ttls: list[int] = []  # its probes' TTLs since it joined
-        self.sports: list[int] = []  # ... and their source ports
+        self.ttls: tuple[int, ...] = ()  # its probes' TTLs since it joined
+        self.sports: tuple[int, ...] = ()  # ... and their source ports
         self.earlier_ttl = earlier_ttl  # the TTL of its traffic before it joined, if any
         self.cut = False  # the detector asked for its ban to be cut (once)
 
     def __repr__(self) -> str:
         return f"Member({self.src!r}, ttls={self.ttls}, sports={self.sports})"
 
-    def note(self, ttl: int, sport: int) -> None:
-        ttls, sports = self.ttls, self.sports
-        if ttl not in ttls and len(ttls) < TTLS_KEPT:
-            ttls.append(ttl)
-        if sport not in sports and len(sports) < TTLS_KEPT:
-            sports.append(sport)
-
     @property
     def ttl_agrees(self) -> bool | None:
         """Do its probes' TTLs match its earlier traffic's? None: no earlier traffic seen."""
         if self.earlier_ttl is None or not self.ttls:
             return None
-        return self.ttls == [self.earlier_ttl]
+        return self.ttls == (self.earlier_ttl,)
+
+
+_SINGLES: dict[int, tuple[int]] = {}
+"""One-value tuples, shared by the members that saw one value each (a forged flood's all carry
+one TTL and one source port): about 180 bytes a member less than two lists of their own."""
+_SINGLES_MAX: Final = 4096
+
+
+def _added(values: tuple[int, ...], value: int) -> tuple[int, ...]:
+    """``values`` with ``value`` after them (a shared tuple for a first value)."""
+    if values:
+        return (*values, value)
+    single = _SINGLES.get(value)
+    if single is None:
+        single = (value,)
+        if len(_SINGLES) < _SINGLES_MAX:
+            _SINGLES[value] = single
+    return single
 
 
 @dataclass(slots=True)
@@ -114,12 +126,12 @@ class Group:
     def note(self, member: Member, ttl: int, sport: int) -> None:
         """A probe of ``member``'s: its TTL and source port, for the member and the group.
         (``Member.note`` written out again: called for every probe of a member.)"""
-        values = member.ttls
-        if ttl not in values and len(values) < TTLS_KEPT:
-            values.append(ttl)
-        values = member.sports
-        if sport not in values and len(values) < TTLS_KEPT:
-            values.append(sport)
+        kept = member.ttls
+        if ttl not in kept and len(kept) < TTLS_KEPT:
+            member.ttls = _added(kept, ttl)
+        kept = member.sports
+        if sport not in kept and len(kept) < TTLS_KEPT:
+            member.sports = _added(kept, sport)
         values = self.seen_ttls
         if ttl not in values and len(values) < 2:
             values.append(ttl)
@@ -167,8 +179,9 @@ class DecoyGroups:
     )  # fmt: skip
 
     def __init__(self) -> None:
-        # Per slot: (time, source, TTL, source port) of its last sources.
-        self._slots: dict[Slot, list[tuple[float, bytes, int, int]]] = {}
+        # Per slot, its last sources: (time, source, TTL, source port, the member the probe
+        # was noted in, if its source had one).
+        self._slots: dict[Slot, list[tuple[float, bytes, int, int, Member | None]]] = {}
         self._probes: dict[bytes, int] = {}  # probes seen per source
         self._ttls: dict[bytes, tuple[int, float]] = {}  # per source: its last (TTL, time) heard
         self._pairs: dict[tuple[bytes, bytes], tuple[int, Slot]] = {}  # (co-occurrences, last)
@@ -213,17 +226,13 @@ class DecoyGroups:
         key = (proto, port, dst)
         slots = self._slots
         slot = slots.get(key)
-        if slot is None:  # the port's first probe in a while: nobody to link with
-            if len(slots) >= MAX_SLOTS:
-                slots.clear()
-            slots[key] = [(now, src, ttl, sport)]
-        else:
+        present = False
+        if slot is not None:
             if slot[0][0] < now - WINDOW:
                 slot[:] = [entry for entry in slot if entry[0] >= now - WINDOW]
-            present = False
             copies = now - COPY_WINDOW
             # Copies of one probe are sent back to back: the port's last sources hold them.
-            for when, other, other_ttl, other_sport in slot:
+            for when, other, other_ttl, other_sport, noted in slot:
                 if other == src:
                     present = True
                 elif (sport and other_sport == sport and when >= copies) or (
@@ -240,16 +249,23 @@ class DecoyGroups:
                         if mine is None and len(theirs.members) < MAX_MEMBERS:
                             mine = self._join(theirs, src, now)
                     joined = group.members.get(other)
-                    if joined is not None:
+                    # The member its probe was noted in when it came: noted in this group
+                    # then, or in one merged into it since (``absorb``): nothing to add.
+                    if joined is not None and joined is not noted:
                         group.note(joined, other_ttl, other_sport)
-            if not present:
-                slot.append((now, src, ttl, sport))
-                if len(slot) > SLOT_SOURCES:
-                    del slot[0]
+        member = None
         if group is not None:
             member = group.members.get(src)
             if member is not None:
                 group.note(member, ttl, sport)
+        if slot is None:  # the port's first probe in a while: nobody to link with
+            if len(slots) >= MAX_SLOTS:
+                slots.clear()
+            slots[key] = [(now, src, ttl, sport, member)]
+        elif not present:
+            slot.append((now, src, ttl, sport, member))
+            if len(slot) > SLOT_SOURCES:
+                del slot[0]
         return group
 
     def _join(self, group: Group, src: bytes, now: float) -> Group:

@@ -38,8 +38,7 @@ class Grouping:
         """Members joined ``group``: the bans of those without proof are cut, once. (Only
         the members that just joined are looked at: one that was banned later got a decoy's
         ban then.)"""
-        fresh = group.fresh
-        group.fresh = []
+        fresh = group.fresh  # emptied at the end (nothing joins meanwhile): no new list
         names: tuple[str, ...] | None = None
         marks = self.policy.responses.marks  # ``Responses.blocked``, inline
         for src in fresh:
@@ -51,6 +50,7 @@ class Grouping:
                 names = self._names(group)
             evidence = {**group.evidence(src), "members": list(names)}
             self._cuts.append(DecoyCut(now, self._text(src), names, evidence))
+        fresh.clear()
 
     def _proven(self, src: bytes) -> bool:
         state = self._tracker.get(src)
