@@ -218,7 +218,7 @@ class Policy:
         """The first admission check that refuses ``src``, or None to count the probe."""
         if self._standard:  # ``ignore_list`` then ``own_address``, inline
             ignore = self.ignore
-            if ignore and src in ignore:
+            if ignore is not None and src in ignore:  # (an empty set holds nothing)
                 return Reason.IGNORE_LIST
             local = self.local
             return Reason.OWN_ADDRESS if local is not None and src in local else None

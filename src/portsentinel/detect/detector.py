@@ -32,10 +32,10 @@ from portsentinel.detect.decide import COVERING, Policy
 from portsentinel.detect.decoys import MAX_SOURCES as _HEARD_MAX
 from portsentinel.detect.decoys import DecoyGroups
 from portsentinel.detect.fragments import Fragments
-from portsentinel.detect.grouping import Grouping
 from portsentinel.detect.mute import Mutes
 from portsentinel.detect.ports import bound_table, stealth_table
 from portsentinel.detect.recent import RecentPorts
+from portsentinel.detect.records import Records
 from portsentinel.detect.rules import ScoringRule
 from portsentinel.detect.screen import ProbeScreen
 from portsentinel.detect.settings import DetectorConfig, DetectorStats, budget_config
@@ -51,18 +51,20 @@ from portsentinel.model import (
     Proto,
     Reason,
     ScanKind,
-    addr_text,
 )
 from portsentinel.networks import AddressSet
 
 _TCP: Final = int(Proto.TCP)
 _UDP: Final = int(Proto.UDP)
 _SYN: Final = ScanKind.SYN
+_UDP_KIND: Final = ScanKind.UDP
+# Enum members read as module constants: ``Action.IGNORED`` costs a lookup on the enum class
+# each time (measured ~10x a global's), and the hot path reads them for every probe.
+_IGNORED: Final = Action.IGNORED
+_ALREADY_BLOCKED: Final = Reason.ALREADY_BLOCKED
+_BELOW_TRIGGER: Final = Reason.BELOW_TRIGGER
 _UNPRIVILEGED: Final = 1024  # data ports a client opens lie at or above it
 _PROTOS: Final[dict[int, Proto]] = {_TCP: Proto.TCP, _UDP: Proto.UDP}
-# Address texts are cached because formatting one costs about as much as the rest of a
-# decision; cleared when full, so a flood of spoofed sources only churns it.
-_TEXT_CACHE_SIZE: Final = 4096
 
 
 RecordGate = Callable[[bytes, Reason, float], bool]
@@ -71,7 +73,7 @@ record back (it is still counted). The daemon's repeat limiter, so a blocked sca
 forged flood's further probes cost a few counter bumps, not an object each."""
 
 
-class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
+class Detector(Records, Unsolicited, Fragments, DetectorViews):
     """Feed it packets (stealth modes; ``feed_unsolicited``: see ``unsolicited``) or connects
     (bound modes); it returns decisions. Views handed in (in-use ports, local addresses) are
     kept by reference, so the caller may mutate or swap them while running. Rules are fixed
@@ -225,7 +227,7 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
                 return []
             in_use, recheck, recent = self._in_use_tcp, self._recheck_tcp, self._recent[_TCP]
         elif proto == _UDP:
-            kind = ScanKind.UDP
+            kind = _UDP_KIND
             if not self._watch_udp[port]:
                 stats.unwatched += 1
                 return []
@@ -322,12 +324,21 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
             if rule.observe(state, proto, port, kind, dst, now) and fired is None:
                 fired = name
         if fired is None:
-            return self._ignored(pkt, kind, now, Reason.BELOW_TRIGGER, state, None)
+            return self._ignored(pkt, kind, now, _BELOW_TRIGGER, state, None)
         action, reason = policy.decide(src, _PROTOS[proto], state, now)
-        if action is Action.IGNORED:
-            return self._ignored(pkt, kind, now, reason, state, fired)
-        stats.decisions_by_action[action] += 1
-        return [self._decision(pkt, kind, now, reason, state, fired, action)]
+        if action is not _IGNORED:
+            stats.decisions_by_action[action] += 1
+            return [self._decision(pkt, kind, now, reason, state, fired, action)]
+        # ``_ignored`` written out: a forged flood's every probe, refused by the ban budget.
+        stats.decisions_by_action[_IGNORED] += 1
+        stats.ignored_by_reason[reason] += 1
+        gate = self._gate
+        if gate is not None and not gate(src, reason, now):
+            stats.held += 1
+            if reason is _ALREADY_BLOCKED:
+                self._mutes.mute(proto, src, now)
+            return []
+        return [self._decision(pkt, kind, now, reason, state, fired, _IGNORED)]
 
     def _ignored(  # noqa: PLR0917 - plain positional values: called for every probe
         self,
@@ -340,17 +351,17 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
     ) -> list[Decision]:
         """A probe not acted on: counted, then a record unless the gate holds it back."""
         stats = self._stats
-        stats.decisions_by_action[Action.IGNORED] += 1
+        stats.decisions_by_action[_IGNORED] += 1
         stats.ignored_by_reason[reason] += 1
         gate = self._gate
         if gate is not None:
             proto, src, _dst, _sport, _port, _flags, _ttl, _options, _frag = pkt
             if not gate(src, reason, now):
                 stats.held += 1
-                if reason is Reason.ALREADY_BLOCKED:
+                if reason is _ALREADY_BLOCKED:
                     self._mutes.mute(proto, src, now)
                 return []
-        return [self._decision(pkt, kind, now, reason, state, rule, Action.IGNORED)]
+        return [self._decision(pkt, kind, now, reason, state, rule, _IGNORED)]
 
     def _held(self, pkt: Packet, kind: ScanKind, now: float) -> list[Decision]:
         """A muted source's probe: what ``_probe`` would count and track, without asking the
@@ -362,50 +373,6 @@ class Detector(Unsolicited, Fragments, Grouping, DetectorViews):
             rule.observe(state, proto, port, kind, dst, now)
         self._mutes.count_held(src)
         return []
-
-    def _decision(  # noqa: PLR0917 - plain positional values: called for every probe
-        self,
-        pkt: Packet,
-        kind: ScanKind,
-        now: float,
-        reason: Reason,
-        state: SourceState | None,
-        rule: str | None,
-        action: Action,
-    ) -> Decision:
-        proto, src, dst, _sport, port, flags, _ttl, options, _frag = pkt
-        score = self._trw.score(state) if self._trw is not None and state is not None else None
-        decision = Decision(
-            time=now,
-            src=self._text(src),
-            dst=self._text(dst),
-            proto=_PROTOS[proto],
-            port=port,
-            kind=kind,
-            action=action,
-            reason=reason,
-            flags=flags,
-            ip_options=options,
-            mode=self._modes[proto],
-            rule=rule,
-            hits=state.hits if state is not None else 0,
-            ports_seen=state.ports_seen if state is not None else 0,
-            first=reason is Reason.TRIGGERED,
-            provisional=action is not Action.IGNORED and self.policy.provisional,
-            score=score[0] if score is not None else None,
-            contacts=score[1] if score is not None else 0,
-        )
-        self._tell_group(decision, src)
-        return decision
-
-    def _text(self, packed: bytes) -> str:
-        texts = self._texts
-        text = texts.get(packed)
-        if text is None:
-            if len(texts) >= _TEXT_CACHE_SIZE:
-                texts.clear()
-            text = texts[packed] = addr_text(packed)
-        return text
 
     # --- time and control -------------------------------------------------------------------
 
