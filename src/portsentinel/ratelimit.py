@@ -95,10 +95,19 @@ class RepeatLimiter:
     def allow(self, key: object, now: float) -> bool:
         """True to write this record now; False holds it back (counted)."""
         entry = self._keys.get(key)
-        if not self._global.refill(now):
+        bucket = self._global  # ``refill``, written out: a flood's every record asks
+        elapsed = now - bucket.last
+        if elapsed > 0.0:
+            tokens = bucket.tokens + elapsed * bucket.rate
+            bucket.tokens = tokens if tokens < bucket.burst else bucket.burst
+            bucket.last = now
+        if bucket.tokens < 1.0:
             # Past the overall rate (a flood: often a new key per record): held without
             # making an entry for a key not seen before, so a flood does not churn the keys.
-            self._hold(entry, 1)
+            if entry is not None:
+                entry.held += 1
+            self.suppressed += 1
+            self.total_suppressed += 1
             return False
         if entry is None:
             entry = self._new_entry(key, self.burst, now)
@@ -109,6 +118,26 @@ class RepeatLimiter:
             return False
         self._global.tokens -= 1.0
         return True
+
+    def allow_pair(self, first: object, second: object, now: float) -> bool:
+        """``allow`` for the key ``(first, second)``: the detector's record gate, called as
+        ``gate(source, reason, now)``. Past the overall rate (a forged flood's records) it
+        holds the record without a further call."""
+        key = (first, second)
+        bucket = self._global
+        elapsed = now - bucket.last
+        if elapsed > 0.0:
+            tokens = bucket.tokens + elapsed * bucket.rate
+            bucket.tokens = tokens if tokens < bucket.burst else bucket.burst
+            bucket.last = now
+        if bucket.tokens >= 1.0:
+            return self.allow(key, now)
+        entry = self._keys.get(key)
+        if entry is not None:
+            entry.held += 1
+        self.suppressed += 1
+        self.total_suppressed += 1
+        return False
 
     def add_held(self, key: object, count: int) -> None:
         """Records held back elsewhere (the detector's muted sources) for the summary."""

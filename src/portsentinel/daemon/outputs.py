@@ -81,7 +81,7 @@ class Outputs:
         # --events the operator asked for every decision, so all are built.
         self.gated = events is None
         if self.gated:
-            detector.set_record_gate(self.gate)
+            detector.set_record_gate(self.repeats.allow_pair)  # ``gate``, one call less
         # QUIET_REPEATS: muted sources' probes counted in the kernel (``respond/quiet.py``)
         self.quiet: Quiet | None = None
         self._quiet_allowed = False  # only the service's own responder writes to the kernel

@@ -112,18 +112,42 @@ class BanBudget:
 
     def admit(self, src: bytes, state: SourceState, now: float) -> bool:
         """Take a ban slot for ``src`` if its tier allows; False refuses (counted)."""
-        if src in self._active:
+        active = self._active
+        if src in active:
             return True
-        tier = self.tier(state)
-        strong = tier != WEAK
-        full = len(self._active) >= self.config.max_active or (
-            not strong and self._weak_active >= self.weak_cap
-        )
-        if full or not self._token(tier, now):
+        ports = 1 if state.more is None else len(state.more)  # ``ports_seen``, inline
+        if state.kinds & _CONNECT_BIT or ports >= self.config.strong_ports:
+            return self._admit_strong(src, state, now)
+        # The weak tier (a forged flood's every source): its bucket's ``take`` written out.
+        if len(active) >= self.config.max_active or self._weak_active >= self.weak_cap:
             self.refused += 1
             self._pressed_until = now + PRESSURE_HOLD
             return False
-        self._occupy(src, strong)
+        bucket = self._weak
+        tokens = bucket.tokens
+        elapsed = now - bucket.last
+        if elapsed > 0.0:
+            tokens += elapsed * bucket.rate
+            tokens = tokens if tokens < bucket.burst else bucket.burst
+            bucket.last = now
+        if tokens < 1.0:
+            bucket.tokens = tokens
+            self.refused += 1
+            self._pressed_until = now + PRESSURE_HOLD
+            return False
+        bucket.tokens = tokens = tokens - 1.0
+        if tokens < bucket.burst * PRESSURE_LEVEL:
+            self._pressed_until = now + PRESSURE_HOLD
+        self._occupy(src, False)
+        return True
+
+    def _admit_strong(self, src: bytes, state: SourceState, now: float) -> bool:
+        """``admit`` for a source of a port tier or the proof tier (never ``WEAK``)."""
+        if len(self._active) >= self.config.max_active or not self._token(self.tier(state), now):
+            self.refused += 1
+            self._pressed_until = now + PRESSURE_HOLD
+            return False
+        self._occupy(src, True)
         return True
 
     def provisional(self, state: SourceState, now: float) -> bool:

@@ -27,7 +27,14 @@ BLOCK_ACTIONS: Final[dict[int, Action]] = {0: Action.ALERT, 1: Action.BLOCK, 2: 
 _ACTING: Final = frozenset({Action.BLOCK, Action.COMMAND})
 _CONNECT_BIT: Final = KIND_BIT[ScanKind.CONNECT]
 _PROTO_MARK: Final[dict[int, int]] = {Proto.TCP: 1, Proto.UDP: 2}
-_BLOCKED_MARK: Final = 4
+BLOCKED_MARK: Final = 4
+"""The mark of a source banned (a BLOCK covers both protocols)."""
+COVERING: Final[dict[int, int]] = {p: mark | BLOCKED_MARK for p, mark in _PROTO_MARK.items()}
+"""Per protocol, the marks of which any covers it (``Responses.covers`` written out)."""
+_ALREADY_BLOCKED: Final = (Action.IGNORED, Reason.ALREADY_BLOCKED)
+_NEVER_BLOCK: Final = (Action.IGNORED, Reason.NEVER_BLOCK)
+_BAN_BUDGET: Final = (Action.IGNORED, Reason.BAN_BUDGET)
+_WEAK_EVIDENCE: Final = (Action.IGNORED, Reason.WEAK_EVIDENCE)
 
 AdmissionCheck = Callable[[bytes], Reason | None]
 """A check on the source address alone, before the probe is counted."""
@@ -49,41 +56,43 @@ class Responses:
     from the source); an alert or a command covers only its own protocol.
     """
 
-    __slots__ = ("_marks", "max_entries")
+    __slots__ = ("marks", "max_entries")
 
     def __init__(self, max_entries: int) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         self.max_entries = max_entries
-        self._marks: OrderedDict[bytes, int] = OrderedDict()
+        # Source -> marks (``BLOCKED_MARK``, a bit per protocol); read it in place on a hot
+        # path (``blocked`` and ``covers`` written out), change it only through the methods.
+        self.marks: OrderedDict[bytes, int] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._marks)
+        return len(self.marks)
 
     def __contains__(self, src: object) -> bool:
-        return src in self._marks
+        return src in self.marks
 
     def covers(self, src: bytes, proto: int) -> bool:
         """True when ``src`` got a response for ``proto`` or a block for either protocol."""
-        return bool(self._marks.get(src, 0) & (_PROTO_MARK[proto] | _BLOCKED_MARK))
+        return bool(self.marks.get(src, 0) & COVERING[proto])
 
     def blocked(self, src: bytes) -> bool:
         """True when ``src`` got a block (a ban), for either protocol."""
-        return bool(self._marks.get(src, 0) & _BLOCKED_MARK)
+        return bool(self.marks.get(src, 0) & BLOCKED_MARK)
 
     def remember(self, src: bytes, proto: int, action: Action) -> None:
         """Note a response; refusals (IGNORED) are not responses."""
         if action is Action.IGNORED:
             raise ValueError("an ignored decision is not a response")
-        mark = _PROTO_MARK[proto] | (_BLOCKED_MARK if action is Action.BLOCK else 0)
-        marks = self._marks
+        mark = _PROTO_MARK[proto] | (BLOCKED_MARK if action is Action.BLOCK else 0)
+        marks = self.marks
         old = marks.pop(src, 0)
         marks[src] = old | mark
         if len(marks) > self.max_entries:
             marks.popitem(last=False)
 
     def forget(self, src: bytes) -> None:
-        self._marks.pop(src, None)
+        self.marks.pop(src, None)
 
 
 class Policy:
@@ -93,9 +102,10 @@ class Policy:
 
     __slots__ = (
         "_actions",
-        "admission",
+        "_admission",
+        "_checks",
+        "_standard",
         "budget",
-        "checks",
         "confirm",
         "ignore",
         "local",
@@ -140,8 +150,26 @@ class Policy:
         self.confirm: Callable[[bytes], bool] | None = None
         """Asked last before acting: True refuses as the never-block set (the host protects
         ``src``, though the set did not hold it yet)."""
-        self.admission: list[AdmissionCheck] = [self.ignore_list, self.own_address]
-        self.checks: list[PolicyCheck] = [self.already_responded, self.protected]
+        self._admission: list[AdmissionCheck] = [self.ignore_list, self.own_address]
+        self._checks: list[PolicyCheck] = [self.already_responded, self.protected]
+        # While both lists hold only these standard checks, ``admit`` and ``decide`` run them
+        # written out (no call per check: each probe of a forged flood passes them all).
+        self._standard = True
+
+    @property
+    def admission(self) -> list[AdmissionCheck]:
+        """The admission checks in order (ignore list, own addresses), for a caller to extend;
+        reading the list for that hands the checks to it (the standard ones are then called
+        one by one, as the list says)."""
+        self._standard = False
+        return self._admission
+
+    @property
+    def checks(self) -> list[PolicyCheck]:
+        """The checks between a fired rule and the response (already responded, never-block),
+        for a caller to extend: see ``admission``."""
+        self._standard = False
+        return self._checks
 
     def reconfigure(
         self,
@@ -188,7 +216,13 @@ class Policy:
 
     def admit(self, src: bytes) -> Reason | None:
         """The first admission check that refuses ``src``, or None to count the probe."""
-        for check in self.admission:
+        if self._standard:  # ``ignore_list`` then ``own_address``, inline
+            ignore = self.ignore
+            if ignore is not None and src in ignore:  # (an empty set holds nothing)
+                return Reason.IGNORE_LIST
+            local = self.local
+            return Reason.OWN_ADDRESS if local is not None and src in local else None
+        for check in self._admission:
             reason = check(src)
             if reason is not None:
                 return reason
@@ -198,39 +232,40 @@ class Policy:
         self, src: bytes, proto: Proto, state: SourceState, now: float
     ) -> tuple[Action, Reason]:
         """A fired rule's outcome: refused by a check, or the protocol's action (remembered)."""
-        for check in self.checks:
-            reason = check(src, proto, state, now)
-            if reason is not None:
-                return Action.IGNORED, reason
+        if self._standard:  # ``already_responded`` then ``protected``, inline
+            if self.responses.marks.get(src, 0) & COVERING[proto]:
+                return _ALREADY_BLOCKED
+            never = self.never_block
+            if never is not None and src in never:
+                return _NEVER_BLOCK
+        else:
+            for check in self._checks:
+                reason = check(src, proto, state, now)
+                if reason is not None:
+                    return Action.IGNORED, reason
         action = self._actions[proto]
         self.provisional = False
         if action in _ACTING:
-            refused = self._afford(src, state, now)
-            if refused is not None:
-                return Action.IGNORED, refused
+            # The evidence floor, then the budget. Refusals are not remembered: the next
+            # probe, with more evidence, is judged again.
+            min_ports = self.min_ports
+            if (
+                min_ports > 1
+                and state.ports_seen < min_ports
+                and not state.kinds & _CONNECT_BIT  # a completed handshake acts at once
+            ):
+                return _WEAK_EVIDENCE
+            budget = self.budget
+            if budget is not None and not budget.admit(src, state, now):
+                return _BAN_BUDGET  # a forged flood's every probe, once the budget is spent
             confirm = self.confirm
             if confirm is not None and confirm(src):
-                if self.budget is not None:
-                    self.budget.release(src)  # the slot it took goes back
-                return Action.IGNORED, Reason.NEVER_BLOCK
-            budget = self.budget
+                if budget is not None:
+                    budget.release(src)  # the slot it took goes back
+                return _NEVER_BLOCK
             self.provisional = budget is not None and budget.provisional(state, now)
         self.responses.remember(src, proto, action)
         return action, Reason.TRIGGERED
-
-    def _afford(self, src: bytes, state: SourceState, now: float) -> Reason | None:
-        """Evidence floor, then the budget. Refusals are not remembered: the next probe, with
-        more evidence, is judged again."""
-        if (
-            self.min_ports > 1
-            and state.ports_seen < self.min_ports
-            and not state.kinds & _CONNECT_BIT  # a completed handshake acts at once
-        ):
-            return Reason.WEAK_EVIDENCE
-        budget = self.budget
-        if budget is not None and not budget.admit(src, state, now):
-            return Reason.BAN_BUDGET
-        return None
 
     def restore(self, src: bytes, proto: Proto, action: Action, *, strong: bool = True) -> None:
         """A response that already exists (a ban restored at start-up)."""

@@ -60,28 +60,47 @@ EARLIER: Final = 60.0  # seconds before a source joined its group that traffic i
 Slot = tuple[int, int, bytes]  # (protocol, port, destination)
 
 
-@dataclass(slots=True)
 class Member:
-    """One source of a group, with what the wire showed of it."""
+    """One source of a group, with what the wire showed of it. (A plain class, its values in
+    tuples: one is made per source that joins, and a forged flood from one source port joins
+    every source, up to the caps.)"""
 
-    src: bytes
-    ttls: list[int] = field(default_factory=list)  # its probes' TTLs since it joined
-    sports: list[int] = field(default_factory=list)  # ... and their source ports
-    earlier_ttl: int | None = None  # the TTL of its traffic before it joined, if any
-    cut: bool = False  # the detector asked for its ban to be cut (once)
+    __slots__ = ("cut", "earlier_ttl", "sports", "src", "ttls")
 
-    def note(self, ttl: int, sport: int) -> None:
-        if ttl not in self.ttls and len(self.ttls) < TTLS_KEPT:
-            self.ttls.append(ttl)
-        if sport not in self.sports and len(self.sports) < TTLS_KEPT:
-            self.sports.append(sport)
+    def __init__(self, src: bytes, earlier_ttl: int | None = None) -> None:
+        self.src = src
+        self.ttls: tuple[int, ...] = ()  # its probes' TTLs since it joined
+        self.sports: tuple[int, ...] = ()  # ... and their source ports
+        self.earlier_ttl = earlier_ttl  # the TTL of its traffic before it joined, if any
+        self.cut = False  # the detector asked for its ban to be cut (once)
+
+    def __repr__(self) -> str:
+        return f"Member({self.src!r}, ttls={self.ttls}, sports={self.sports})"
 
     @property
     def ttl_agrees(self) -> bool | None:
         """Do its probes' TTLs match its earlier traffic's? None: no earlier traffic seen."""
         if self.earlier_ttl is None or not self.ttls:
             return None
-        return self.ttls == [self.earlier_ttl]
+        return self.ttls == (self.earlier_ttl,)
+
+
+_SINGLES: dict[int, tuple[int]] = {}
+"""One-value tuples, shared by the members that saw one value each (a forged flood's all carry
+one TTL and one source port): about 180 bytes a member less than two lists of their own."""
+_SINGLES_MAX: Final = 4096
+
+
+def _added(values: tuple[int, ...], value: int) -> tuple[int, ...]:
+    """``values`` with ``value`` after them (a shared tuple for a first value)."""
+    if values:
+        return (*values, value)
+    single = _SINGLES.get(value)
+    if single is None:
+        single = (value,)
+        if len(_SINGLES) < _SINGLES_MAX:
+            _SINGLES[value] = single
+    return single
 
 
 @dataclass(slots=True)
@@ -105,11 +124,20 @@ class Group:
     seen_sports: list[int] = field(default_factory=list)
 
     def note(self, member: Member, ttl: int, sport: int) -> None:
-        member.note(ttl, sport)
-        if ttl not in self.seen_ttls and len(self.seen_ttls) < 2:
-            self.seen_ttls.append(ttl)
-        if sport not in self.seen_sports and len(self.seen_sports) < 2:
-            self.seen_sports.append(sport)
+        """A probe of ``member``'s: its TTL and source port, for the member and the group.
+        (``Member.note`` written out again: called for every probe of a member.)"""
+        kept = member.ttls
+        if ttl not in kept and len(kept) < TTLS_KEPT:
+            member.ttls = _added(kept, ttl)
+        kept = member.sports
+        if sport not in kept and len(kept) < TTLS_KEPT:
+            member.sports = _added(kept, sport)
+        values = self.seen_ttls
+        if ttl not in values and len(values) < 2:
+            values.append(ttl)
+        values = self.seen_sports
+        if sport not in values and len(values) < 2:
+            values.append(sport)
 
     def absorb(self, other: Group) -> None:
         """The marks ``other`` saw, ``other`` being merged into this group."""
@@ -151,8 +179,9 @@ class DecoyGroups:
     )  # fmt: skip
 
     def __init__(self) -> None:
-        # Per slot: (time, source, TTL, source port) of its last sources.
-        self._slots: dict[Slot, list[tuple[float, bytes, int, int]]] = {}
+        # Per slot, its last sources: (time, source, TTL, source port, the member the probe
+        # was noted in, if its source had one).
+        self._slots: dict[Slot, list[tuple[float, bytes, int, int, Member | None]]] = {}
         self._probes: dict[bytes, int] = {}  # probes seen per source
         self._ttls: dict[bytes, tuple[int, float]] = {}  # per source: its last (TTL, time) heard
         self._pairs: dict[tuple[bytes, bytes], tuple[int, Slot]] = {}  # (co-occurrences, last)
@@ -183,12 +212,6 @@ class DecoyGroups:
             ttls.clear()
         ttls[src] = (ttl, now)
 
-    def _earlier_ttl(self, src: bytes, joined: float) -> int | None:
-        heard = self._ttls.get(src)
-        if heard is None or heard[1] > joined - EARLIER:
-            return None
-        return heard[0]
-
     def see(  # noqa: PLR0917 - plain values: called for every probe
         self, src: bytes, proto: int, port: int, dst: bytes, ttl: int, now: float, sport: int = 0
     ) -> Group | None:
@@ -198,43 +221,61 @@ class DecoyGroups:
         if count == 1 and len(probes) >= MAX_SOURCES:
             probes.clear()
         probes[src] = count
-        group = self._of.get(src)
+        of = self._of
+        group = mine = of.get(src)  # ``mine``: the source's own, kept as links are made
         key = (proto, port, dst)
         slots = self._slots
         slot = slots.get(key)
-        if slot is None:
-            if len(slots) >= MAX_SLOTS:
-                slots.clear()
-            slot = slots[key] = []
-        elif slot[0][0] < now - WINDOW:
-            slot[:] = [entry for entry in slot if entry[0] >= now - WINDOW]
         present = False
-        copies = now - COPY_WINDOW
-        # Copies of one probe are sent back to back: the port's last sources hold them.
-        for when, other, other_ttl, other_sport in slot:
-            if other == src:
-                present = True
-            elif (sport and other_sport == sport and when >= copies) or (
-                count > 1 and self._co_occurred(src, other, key, count)
-            ):
-                group = self._joined(src, other, other_ttl, other_sport, now)
-        if not present:
-            slot.append((now, src, ttl, sport))
-            if len(slot) > SLOT_SOURCES:
-                del slot[0]
+        if slot is not None:
+            if slot[0][0] < now - WINDOW:
+                slot[:] = [entry for entry in slot if entry[0] >= now - WINDOW]
+            copies = now - COPY_WINDOW
+            # Copies of one probe are sent back to back: the port's last sources hold them.
+            for when, other, other_ttl, other_sport, noted in slot:
+                if other == src:
+                    present = True
+                elif (sport and other_sport == sport and when >= copies) or (
+                    count > 1 and self._co_occurred(src, other, key, count)
+                ):
+                    # ``_link``'s commonest cases written out: already one group, or the
+                    # source joins the other's (each new source of a one-port flood).
+                    theirs = of.get(other)
+                    if theirs is None or (mine is not None and theirs is not mine):
+                        group = self._link(src, other, now)
+                        mine = of.get(src)
+                    else:
+                        group = theirs
+                        if mine is None and len(theirs.members) < MAX_MEMBERS:
+                            mine = self._join(theirs, src, now)
+                    joined = group.members.get(other)
+                    # The member its probe was noted in when it came: noted in this group
+                    # then, or in one merged into it since (``absorb``): nothing to add.
+                    if joined is not None and joined is not noted:
+                        group.note(joined, other_ttl, other_sport)
+        member = None
         if group is not None:
             member = group.members.get(src)
             if member is not None:
                 group.note(member, ttl, sport)
+        if slot is None:  # the port's first probe in a while: nobody to link with
+            if len(slots) >= MAX_SLOTS:
+                slots.clear()
+            slots[key] = [(now, src, ttl, sport, member)]
+        elif not present:
+            slot.append((now, src, ttl, sport, member))
+            if len(slot) > SLOT_SOURCES:
+                del slot[0]
         return group
 
-    def _joined(
-        self, src: bytes, other: bytes, other_ttl: int, other_sport: int, now: float
-    ) -> Group:
-        group = self._link(src, other, now)
-        joined = group.members.get(other)
-        if joined is not None:
-            group.note(joined, other_ttl, other_sport)
+    def _join(self, group: Group, src: bytes, now: float) -> Group:
+        """``src`` (in no group) joins ``group`` (not full); its earlier traffic's TTL is
+        the one heard EARLIER seconds or more before now."""
+        heard = self._ttls.get(src)
+        earlier = heard[0] if heard is not None and heard[1] <= now - EARLIER else None
+        group.members[src] = Member(src, earlier)
+        self._of[src] = group
+        group.fresh.append(src)
         return group
 
     def _co_occurred(self, a: bytes, b: bytes, key: Slot, count: int) -> bool:
@@ -285,9 +326,7 @@ class DecoyGroups:
             del self._groups[other.number]  # merged
         for src in (b, a):  # the one seen first, first
             if src not in group.members and len(group.members) < MAX_MEMBERS:
-                group.members[src] = Member(src, earlier_ttl=self._earlier_ttl(src, now))
-                of[src] = group
-                group.fresh.append(src)
+                self._join(group, src, now)
         return group
 
     def _drop(self, group: Group) -> None:

@@ -63,6 +63,6 @@ class Fragments:
             stats.not_local += 1
             return []
         group = self._decoys.see(src, proto, port, dst, ttl, now, sport)
-        if group is not None and group.changed:
+        if group is not None and group.fresh:  # members joined: see ``Group.changed``
             self._grouped(group, now)
         return self._probe(pkt, ScanKind.FRAGMENT, now)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from itertools import islice
 from typing import Final
 
-from portsentinel.detect.decide import Policy
+from portsentinel.detect.decide import BLOCKED_MARK, Policy
 from portsentinel.detect.decoys import DecoyGroups, Group
 from portsentinel.detect.track import KIND_BIT, Tracker
 from portsentinel.model import Action, Decision, DecoyCut, ScanKind
@@ -38,19 +38,19 @@ class Grouping:
         """Members joined ``group``: the bans of those without proof are cut, once. (Only
         the members that just joined are looked at: one that was banned later got a decoy's
         ban then.)"""
-        fresh = group.fresh
-        group.fresh = []
+        fresh = group.fresh  # emptied at the end (nothing joins meanwhile): no new list
         names: tuple[str, ...] | None = None
-        blocked = self.policy.responses.blocked
+        marks = self.policy.responses.marks  # ``Responses.blocked``, inline
         for src in fresh:
             member = group.members[src]
-            if member.cut or not blocked(src) or self._proven(src):
+            if member.cut or not marks.get(src, 0) & BLOCKED_MARK or self._proven(src):
                 continue
             member.cut = True
             if names is None:
                 names = self._names(group)
             evidence = {**group.evidence(src), "members": list(names)}
             self._cuts.append(DecoyCut(now, self._text(src), names, evidence))
+        fresh.clear()
 
     def _proven(self, src: bytes) -> bool:
         state = self._tracker.get(src)

@@ -197,8 +197,24 @@ class Tracker:
         self, src: bytes, proto: int, port: int, kind: ScanKind, dst: bytes, now: float
     ) -> SourceState:
         """Record one probe from ``src`` and return its updated state."""
-        state = self._young.get(src)
+        young = self._young
+        state = young.get(src)
         key = proto << 16 | port  # evidence_key, inline: called for every probe
+        if state is None and src not in self._old:  # a new source (a forged flood's each one)
+            if len(young) >= self._young_cap:
+                young = self._rotate(now)
+            dsts = self._dsts  # ``_shared``, inline
+            shared = dsts.get(dst)
+            if shared is None:
+                if len(dsts) >= DST_CANON_CAP:
+                    dsts.clear()
+                shared = dsts[dst] = dst
+            state = young[src] = SourceState(now, shared, self._keep_times, key)
+            state.hits = 1
+            state.kinds = KIND_BIT[kind]
+            if state.times is not None:
+                state.times.append(now)
+            return state
         if state is None or now - state.last_seen > self._stale_after:
             state = self._enter(src, key, dst, now)
         state.last_seen = now

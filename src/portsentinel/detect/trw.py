@@ -39,6 +39,7 @@ MAX_CONTACTS: Final = 256
 it would count again: only a source that contacted this many ports can get there)."""
 
 _KEY: Final = "trw"
+_MAX_LLR: Final = 709.78  # the largest log L a score shows: exp() of more overflows a float
 
 
 class Walk:
@@ -124,7 +125,9 @@ class SequentialTest:
         walk = walk_of(state)
         if walk is None:
             return None
-        return math.exp(walk.llr), walk.contacts
+        # log L grows by log 4 with each failure, also once flagged: past ~709 (about 512
+        # first contacts) exp() overflows; L is shown capped there instead (~1.79e308).
+        return math.exp(min(walk.llr, _MAX_LLR)), walk.contacts
 
     @property
     def threshold(self) -> float:

@@ -72,7 +72,7 @@ class Unsolicited:
             stats.not_local += 1
             return []
         group = self._decoys.see(src, _TCP, port, dst, ttl, now, sport)
-        if group is not None and group.changed:
+        if group is not None and group.fresh:  # members joined: see ``Group.changed``
             self._grouped(group, now)
         muted = self._muted[_TCP]
         mute = muted.get(src) if muted else None

@@ -410,17 +410,8 @@ class InUseView(Container[int]):
         stats.misses += 1
         if port.__class__ is not int or not 0 < port <= 0xFFFF:
             return False
-        return self._recheck(port)
-
-    def _rebuild(self) -> None:
-        ports = self._ports
-        ports.clear()
-        ports |= self._kernel
-        ports |= self._extra
-        ports |= self._found
-
-    def _recheck(self, port: int) -> bool:
-        stats = self.stats
+        # The answers that ask nothing, written out (a scan's every probe comes here): a
+        # "free" answer still fresh, or the budget spent.
         now = self._clock()
         expiry = self._negative.get(port)
         if expiry is not None and now < expiry:
@@ -429,6 +420,18 @@ class InUseView(Container[int]):
         if now < self._broke_until:  # the budget is spent: no need to refill it yet
             stats.recheck_skipped += 1
             return False
+        return self._recheck(port, now)
+
+    def _rebuild(self) -> None:
+        ports = self._ports
+        ports.clear()
+        ports |= self._kernel
+        ports |= self._extra
+        ports |= self._found
+
+    def _recheck(self, port: int, now: float) -> bool:
+        """``recheck`` past its cache and the spent budget: a query, if the budget allows."""
+        stats = self.stats
         if not self._budget_left(now):
             stats.recheck_skipped += 1
             return False

@@ -220,3 +220,18 @@ def test_reconfigure_switches_rule() -> None:
     [x] = d.feed(tcp(23), 0.0)
     assert x.action is Action.IGNORED
     assert x.score == pytest.approx(4.0)
+
+
+def test_a_long_scan_keeps_a_finite_score() -> None:
+    """A scan of more ports than a score can show (L = 4**n overflows a float past ~512
+    failures) still makes records, with L capped: it crashed the detector before."""
+    det = detector(DetectorConfig(scan_rule="trw", block_tcp=0))
+    ports = [p for p in range(1, 1024) if p not in {22, 80, 113, 139}]  # watched, not in use
+    records = [d for n, port in enumerate(ports) for d in det.feed(tcp(port), n * 0.001)]
+    assert len(records) == len(ports)
+    last = records[-1]
+    assert last.reason is Reason.ALREADY_BLOCKED
+    assert last.score is not None
+    assert math.isfinite(last.score)
+    assert last.score == pytest.approx(math.exp(709.78))
+    assert last.contacts == len(ports)
