@@ -35,7 +35,8 @@ Bounded under floods of forged sources: ``MAX_SLOTS`` ports watched for co-occur
 remembering its last ``SLOT_SOURCES`` sources (copies of one probe come back to back, so a
 chain of links joins them all); ``MAX_SOURCES`` per-source counts and ``MAX_PAIRS`` pair
 counts; each table forgotten whole when full (a flood of random sources only churns them);
-``MAX_GROUPS`` groups (the oldest dropped first) of ``MAX_MEMBERS`` members at most.
+``MAX_GROUPS`` groups of ``MAX_MEMBERS`` members at most, and ``MAX_GROUPED`` members in all
+(the oldest group dropped first: a forged flood from one source port joins every source).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ MAX_SOURCES: Final = 65536
 MAX_PAIRS: Final = 65536
 MAX_MEMBERS: Final = 64
 MAX_GROUPS: Final = 4096
+MAX_GROUPED: Final = 16384  # members of all groups together (a flood fills groups of 64)
 TTLS_KEPT: Final = 4  # distinct TTLs remembered per member
 EARLIER: Final = 60.0  # seconds before a source joined its group that traffic is "earlier"
 
@@ -273,6 +275,8 @@ class DecoyGroups:
         the one heard EARLIER seconds or more before now."""
         heard = self._ttls.get(src)
         earlier = heard[0] if heard is not None and heard[1] <= now - EARLIER else None
+        if len(self._of) >= MAX_GROUPED:
+            self._drop_oldest(keep=group)
         group.members[src] = Member(src, earlier)
         self._of[src] = group
         group.fresh.append(src)
@@ -332,6 +336,14 @@ class DecoyGroups:
     def _drop(self, group: Group) -> None:
         for src in group.members:
             self._of.pop(src, None)
+
+    def _drop_oldest(self, keep: Group) -> None:
+        """Forget the oldest group but ``keep`` (the one a source is joining)."""
+        for number, group in self._groups.items():
+            if group is not keep:
+                del self._groups[number]
+                self._drop(group)
+                return
 
 
 def _either(a: Group | None, b: Group | None) -> Group:

@@ -148,7 +148,13 @@ def test_a_flood_from_one_source_port_forms_bounded_groups() -> None:
     assert 0 < len(groups) <= decoys.MAX_GROUPS
     assert all(len(g.members) <= decoys.MAX_MEMBERS for g in groups._groups.values())
     assert len(groups._slots) <= decoys.MAX_SLOTS
-    assert len(groups._of) <= decoys.MAX_GROUPS * decoys.MAX_MEMBERS
+    # every source was grouped while it came; in all, about the last MAX_GROUPED stay (the
+    # oldest group goes whole)
+    assert decoys.MAX_GROUPED - decoys.MAX_MEMBERS <= len(groups._of) <= decoys.MAX_GROUPED
+    assert sum(len(g.members) for g in groups._groups.values()) == len(groups._of)
+    assert all(groups._of[src] is g for g in groups._groups.values() for src in g.members)
+    newest = (0xC6120000 + decoys.MAX_SOURCES + 4999).to_bytes(4, "big")
+    assert groups.group_of(newest) is not None
 
 
 def test_groups_and_members_are_capped() -> None:
