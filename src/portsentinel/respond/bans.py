@@ -217,6 +217,7 @@ class BanManager(Restart):
             {r.address for r in reqs if not r.manual and r.address not in live},
             terms.repeat_since(now),
         )
+        lengths: dict[int, tuple[float | None, int]] = {}
         for index, req in enumerate(reqs):
             banned = live.get(req.address)
             if banned is not None and req.in_kernel:
@@ -239,8 +240,12 @@ class BanManager(Restart):
                 seconds, offence = req.duration, 1
             elif req.provisional:
                 seconds, offence = terms.short(), 1
-            else:
-                seconds, offence = terms.length(earlier.get(req.address, 0))
+            else:  # the same few counts for a whole burst: worked out once each
+                count = earlier.get(req.address, 0)
+                known = lengths.get(count)
+                if known is None:
+                    known = lengths[count] = terms.length(count)
+                seconds, offence = known
             if req.decoy:
                 seconds = terms.as_decoy(seconds)
             prefix = self._widen(req.address, now)

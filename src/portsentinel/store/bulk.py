@@ -32,6 +32,12 @@ CHUNK: Final = 500  # addresses per ``IN (...)``: far below SQLite's variable li
 SQL_BAN_FOR: Final = (
     f"SELECT {BAN_COLS} FROM bans INDEXED BY bans_live WHERE {LIVE_SQL} AND address IN ({{marks}})"
 )
+# Each live ban's index entry once (the index holds both columns), not its row; the planner
+# would rather walk ``bans_live_expires`` and read every live row (three times the cost).
+SQL_LIVE_LENGTHS: Final = (
+    "SELECT DISTINCT prefix, instr(address, ':') > 0 FROM bans INDEXED BY bans_live "
+    f"WHERE {LIVE_SQL}"
+)
 _STATES: Final = {False: BanState.PENDING.value, True: BanState.ACTIVE.value}
 
 
@@ -81,23 +87,25 @@ class BulkBans:
         """host address text (as given) -> the most specific live ban covering it; hosts
         without one are left out. ValueError for a text that is not a host address."""
         with self._read():
-            lengths = sorted(
-                p
-                for (p,) in self._conn.execute(f"SELECT DISTINCT prefix FROM bans WHERE {LIVE_SQL}")
-            )
-            if not lengths:  # no live ban at all (a burst on a quiet store): nothing covers
+            # The prefix lengths live bans use, per family (IPv4 ones only cover IPv4 hosts).
+            lengths: dict[bool, list[int]] = {False: [], True: []}
+            for prefix, v6 in self._conn.execute(SQL_LIVE_LENGTHS):
+                lengths[bool(v6)].append(prefix)
+            if not lengths[False] and not lengths[True]:  # a burst on a quiet store
                 for text in hosts:
                     host_text_key(text)  # still refused when it is not a host address
                 return {}
             wanted = {text: host_text_key(text)[0] for text in hosts}
             covering: dict[str, list[tuple[str, int]]] = {}
-            for text, host in wanted.items():
-                width = 128 if ":" in host else 32
-                pairs = [(host, width)] if width in lengths else []
-                shorter = [p for p in lengths if p < width]
-                # prefix bans live: the networks that would cover this host
-                pairs += [(covering_network(host, p), p) for p in shorter]
-                covering[text] = pairs
+            for v6, width in ((False, 32), (True, 128)):
+                exact = width in lengths[v6]
+                shorter = [p for p in lengths[v6] if p < width]  # prefix bans: what covers
+                for text, host in wanted.items():
+                    if (":" in host) is v6:
+                        pairs = [(host, width)] if exact else []
+                        if shorter:
+                            pairs += [(covering_network(host, p), p) for p in shorter]
+                        covering[text] = pairs
             texts = sorted({t for pairs in covering.values() for t, _ in pairs})
             found: dict[tuple[str, int], BanRecord] = {}
             for part in _chunks(texts):
