@@ -287,7 +287,11 @@ def kernel_timeout(ban: BanSpec, cap: int) -> int | None:
     A ban longer than the tool allows is applied for ``cap`` seconds: it still ends in the
     kernel if the daemon is gone, and a running daemon's check and repair re-add it.
     """
-    if ban.timeout is None:
+    return kernel_seconds(ban.timeout, cap)
+
+
+def kernel_seconds(timeout: float | None, cap: int) -> int | None:
+    """``kernel_timeout`` of a ban of ``timeout`` seconds (None: permanent)."""
+    if timeout is None:
         return None
-    whole = math.ceil(ban.timeout)
-    return max(1, min(whole, cap))
+    return max(1, min(math.ceil(timeout), cap))

@@ -169,7 +169,7 @@ class BanManager(Restart):
                 if end is None:
                     end = said[p.seconds] = blocked_line("nftables", p.spec, {}, self.settings)
                     end = said[p.seconds] = end[end.index(" has been blocked") :]
-                self.log(f"attackalert: Host {p.spec.key}{end}")
+                self.log(f"attackalert: Host {p.spec.address}{end}")  # a host ban: its key
         for p in todo:
             if p.prefix is not None:
                 self._lift_members(p.ban, now)
@@ -218,6 +218,7 @@ class BanManager(Restart):
             terms.repeat_since(now),
         )
         lengths: dict[int, tuple[float | None, int]] = {}
+        plans: dict[int, list[str]] = {}  # per level: one list for the batch's bans
         for index, req in enumerate(reqs):
             banned = live.get(req.address)
             if banned is not None and req.in_kernel:
@@ -232,7 +233,9 @@ class BanManager(Restart):
                 continue
             if req.address in taken or banned is not None:
                 continue
-            names = self.plan(req.level)
+            names = plans.get(req.level)
+            if names is None:
+                names = plans[req.level] = self.plan(req.level)
             if not names:
                 self.log(f"attackalert: Ignoring {req.proto.label} response: no action configured")
                 continue
@@ -295,8 +298,10 @@ class BanManager(Restart):
         """The IPv6 prefix length to ban instead of ``address`` (``BanTerms.widen``), or None
         for the address; never when the never-block set cannot be asked."""
         protected = self.protected
+        if protected is None:
+            return None
         net = self.terms.prefix_of(address)
-        if net is None or protected is None:
+        if net is None:
             return None
         return self.terms.widen(len(self._members(net, now)), protected=lambda: protected(net))
 

@@ -26,11 +26,11 @@ sources cost one message per turn, not one each.
 
 from __future__ import annotations
 
-import math
 import socket
 from collections.abc import Callable
 
 from portsentinel.block import BanSpec, ingress, plan_actions
+from portsentinel.block.base import kernel_seconds
 from portsentinel.block.nfnetlink import ElementWriter
 from portsentinel.block.nft_state import MAX_TIMEOUT, SET4, SET6, TABLE
 from portsentinel.block.table import ConntrackChain
@@ -95,9 +95,9 @@ class FirstBan:
                 length = short if provisional else seconds
                 if as_decoy:
                     length = decoy if length is None else min(length, decoy)
-                timeout = None
-                if length is not None:
-                    timeout = max(1, min(math.ceil(length), MAX_TIMEOUT)) if length > 0 else -1
+                # -1: a length BanSpec refuses (not positive), which the worker says
+                bad = length is not None and not length > 0
+                timeout = -1 if bad else kernel_seconds(length, MAX_TIMEOUT)
                 self._timeouts[provisional, as_decoy] = (length, timeout)
         self._ipv6 = settings.ipv6_prefix_after == 0
 
