@@ -137,6 +137,12 @@ class BanManager(Restart):
 
         ``resume``: the same requests are being tried again after the store refused a step;
         a pending ban of theirs is that earlier try, finished now instead of skipped."""
+        with self.store.burst(len(reqs)):
+            return self._ban_many(reqs, now, resume=resume)
+
+    def _ban_many(
+        self, reqs: Sequence[BanRequest], now: float, *, resume: bool
+    ) -> list[BanRecord | None]:
         out: list[BanRecord | None] = [None] * len(reqs)
         store = self.store
         with store.batch():  # the questions and the records of the loop's elements: one

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from itertools import chain
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 from portsentinel.networks import canonical_ipv4, canonical_ipv6
+from portsentinel.store.connect import CACHE_KIB
 from portsentinel.store.records import (
     BAN_COLS,
     BanRecord,
@@ -40,6 +41,8 @@ SQL_LIVE_LENGTHS: Final = (
     "SELECT DISTINCT prefix, instr(address, ':') > 0 FROM bans INDEXED BY bans_live "
     f"WHERE {LIVE_SQL}"
 )
+BURST_MIN: Final = 512  # bans written at once that raise the page cache (``burst``)
+BURST_CACHE_KIB: Final = 16_384
 _STATES: Final = {False: BanState.PENDING.value, True: BanState.ACTIVE.value}
 
 
@@ -113,6 +116,26 @@ class BulkBans:
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
+
+    def _guard(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    @contextmanager
+    def burst(self, size: int) -> Iterator[None]:
+        """``size`` bans written inside: from BURST_MIN of them on, the page cache is
+        BURST_CACHE_KIB meanwhile (then the connection's own again, as ``roll_up`` does). Each
+        ban inserts into ``bans_address_created`` at a random place: once a store holds a
+        history of bans, the connection's own cache keeps reading those pages back."""
+        if size < BURST_MIN:
+            yield
+            return
+        with self._guard():
+            self._conn.execute(f"PRAGMA cache_size = -{BURST_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            with self._guard():
+                self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
     def _read(self) -> AbstractContextManager[None]:
         raise NotImplementedError
