@@ -10,7 +10,7 @@ an earlier offence). Each variant runs on a fresh copy of that store; CPU time o
 inserting thread and wall time, the best of R runs (default 3). The indexes each query
 needs are in tests/unit/store/test_sqlite.py's PLANS. Prints figures; asserts nothing; needs
 no root.
-Usage: python3 bench/ban_indexes.py [--count N] [--history H] [--runs R]
+Usage: python3 bench/ban_indexes.py [--count N] [--history H] [--runs R] [--own-cache]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ SECONDARY = ("bans_live", "bans_live_expires", "bans_address_created", "bans_cre
 EVIDENCE = {"hits": 1, "ports": ["tcp/80"], "kinds": ["syn"], "first_seen": 1.0e9,
             "last_seen": 1.0e9, "plan": ["nftables"], "port": 80, "proto": "tcp",
             "mode": "atcp"}  # fmt: skip
+OWN_CACHE = False  # --own-cache: the connection's own page cache throughout
 HELD = '{"backend":"nftables","set":"ban4","table":"inet portsentinel","timeout":3600}'
 
 
@@ -56,8 +57,9 @@ def _base(directory: Path, history: int, hosts: list[int]) -> None:
 
 
 def _burst(store: Store, size: int) -> contextlib.AbstractContextManager[None]:
-    """``Store.burst`` (its larger page cache), or nothing in a tree from before it."""
-    burst = getattr(store, "burst", None)
+    """``Store.burst`` (its larger page cache), or nothing in a tree from before it or with
+    ``--own-cache``."""
+    burst = None if OWN_CACHE else getattr(store, "burst", None)
     return contextlib.nullcontext() if burst is None else burst(size)
 
 
@@ -79,7 +81,10 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--history", type=int, default=300_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--own-cache", action="store_true", help="no Store.burst: 512 KiB")
     args = parser.parse_args()
+    global OWN_CACHE  # noqa: PLW0603 - a switch of the whole run
+    OWN_CACHE = args.own_cache
     rng = random.Random(14)
     hosts = rng.sample(range(1 << 24), args.count + args.history)  # distinct hosts, random order
     now = time.time()
