@@ -3,9 +3,11 @@
 A distributed scan or a fleet's decisions bring thousands of bans together. Asked one by one,
 "is it banned already?" reads every live prefix length each time (O(n) per ban, O(n^2) in
 all) and each step is its own statement; here each question is one query per few hundred
-addresses and each step one ``executemany``. The order of steps and so the ``kill -9`` safety
-are ``Store``'s (``sqlite.py``): pending before any backend, actions, then active. Call these
-inside ``Store.batch`` so that a batch's steps share one transaction.
+addresses and each step a few statements (rows inserted ROWS_PER_INSERT to a statement,
+``insert_many``). The order of steps and so the ``kill -9`` safety are ``Store``'s
+(``sqlite.py``): pending before any backend, actions, then active. Call these inside
+``Store.batch`` so that a batch's steps share one transaction (and a large batch inside
+``Store.burst``, for its page cache).
 """
 
 from __future__ import annotations
