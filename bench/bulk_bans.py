@@ -7,7 +7,10 @@ files. Per configuration (the embedded defaults and Debian's portsentry.conf wit
 BLOCK_TCP/UDP=1, every path in the run directory) and per path, N ban requests for distinct
 addresses in 198.19.0.0/16 and fd00:b::/48 (one per /64):
 
-- ``responder``: the daemon's own path. The detection loop's calls, as it makes them for N new
+- ``responder``: the daemon's own path, in an interpreter set as the daemon sets its own
+  (``settle_gc``: start-up objects frozen, young collections every 20,000 allocations; a
+  0.5 ms switch interval; ``--plain-interpreter`` keeps CPython's defaults, as the benchmark
+  ran before). The detection loop's calls, as it makes them for N new
   sources (``Responder.ban`` per decision, ``end_turn`` every 256, the loop's turn): the
   nftables elements go to the kernel from the loop (``first_ban``), the worker thread records
   them, writes the other backends, the files and the log lines, which the loop drains and
@@ -19,9 +22,11 @@ addresses in 198.19.0.0/16 and fd00:b::/48 (one per /64):
   libnftables), store again.
 
 Each run gets a fresh state directory and empty tables (the inet one and its netdev copy);
-the counts are checked afterwards against ``nft`` and the SQLite file. Prints figures and the
-commands; asserts nothing. Needs root, iproute2 and nft.
-Usage: python3 bench/bulk_bans.py [--count N] [--runs R]
+the counts are checked afterwards against ``nft`` and the SQLite file. With ``--history H``
+the store first holds H ended bans (a daemon's past: addresses among the new ones' in key
+order, some banned several times, all older than the repeat window), written before the
+clock starts. Prints figures and the commands; asserts nothing. Needs root, iproute2 and nft.
+Usage: python3 bench/bulk_bans.py [--count N] [--runs R] [--history H]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sqlite3
 import statistics
 import subprocess
@@ -42,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scan_subjects import PortSentinel  # the scan benchmark's two configurations
 
 from portsentinel.config import load_config
+from portsentinel.daemon.service import SWITCH_INTERVAL, settle_gc
 from portsentinel.model import Mode, Proto
 from portsentinel.respond.backends import Backends, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
@@ -81,12 +88,43 @@ def _elements() -> int:
     return count
 
 
-def inside(config: str, state: Path, count: int, path: str) -> dict[str, float]:
+def _history(state: Path, count: int) -> None:
+    """``count`` ended bans in a new store, 40 to 70 days old (plain SQL: any schema since 1)."""
+    Store.open(str(state)).close()
+    rng = random.Random(count)
+    old = time.time() - 40 * 86400
+    rows = []
+    for _ in range(count):
+        if rng.random() < 0.25:  # among the new IPv6 ones (theirs end in ::1)
+            address, prefix = f"fd00:b:0:{rng.randrange(1 << 16):x}::2", 128
+        else:  # among the new IPv4 ones, which stop at 198.19.78.x
+            address, prefix = f"198.19.{rng.randrange(79, 256)}.{rng.randrange(256)}", 32
+        created = old - rng.random() * 30 * 86400
+        rows.append((address, prefix, created, created + 3600, "syn scan: trigger", "atcp",
+                     created + 3600, "expiry"))  # fmt: skip
+    with sqlite3.connect(state / "portsentinel.db") as conn:
+        conn.executemany(
+            "INSERT INTO bans (address, prefix, created, expires, state, reason, rule, "
+            "lifted_at, lifted_by) VALUES (?, ?, ?, ?, 'expired', ?, ?, ?, ?)",
+            rows,
+        )
+    with sqlite3.connect(state / "portsentinel.db") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def inside(  # noqa: PLR0917 - the run's parameters
+    config: str, state: Path, count: int, path: str, history: int = 0, plain: bool = False
+) -> dict[str, float]:
     """One run, in the namespace: the figures as a dict."""
     settings = load_config(config).settings
+    if history:
+        _history(state, history)
     reqs = _requests(count)
     out: dict[str, float] = {}
     if path == "responder":
+        if not plain:  # as ``portsentinel run`` sets its interpreter once started
+            settle_gc()
+            sys.setswitchinterval(SWITCH_INTERVAL)
         responder = Responder(settings, str(state))
         responder.start()
         with open(state / "daemon.log", "w") as log:
@@ -130,19 +168,26 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--configs", default="default,debian")
     parser.add_argument("--paths", default="responder,ban_many")
+    parser.add_argument("--history", type=int, default=0, help="ended bans in the store first")
+    parser.add_argument(
+        "--plain-interpreter", action="store_true", help="responder: CPython's GC settings"
+    )
     parser.add_argument("--inside", nargs=3, metavar=("CONFIG", "STATE", "PATH"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
     if args.inside:
         config, state, path = args.inside
-        print(json.dumps(inside(config, Path(state), args.count, path)))
+        got = inside(config, Path(state), args.count, path, args.history, args.plain_interpreter)
+        print(json.dumps(got))
         return 0
     if os.geteuid() != 0:
         print("needs root (a network namespace and nft)", file=sys.stderr)
         return 2
     namespace = f"psbulk-{os.getpid()}"
     print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
-    print(f"{args.count} bans per run, a quarter IPv6; namespace {namespace}")
+    print(f"{args.count} bans per run, a quarter IPv6, {args.history} ended bans in the store "
+          f"first, {'CPython defaults' if args.plain_interpreter else 'the daemon settings'} "
+          f"for the responder; namespace {namespace}")  # fmt: skip
     figures: dict[tuple[str, str], list[dict[str, float]]] = {}
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
@@ -158,8 +203,9 @@ def main() -> int:
                                             "table", family, "portsentinel"],
                                            check=False, capture_output=True)  # fmt: skip
                         command = ["ip", "netns", "exec", namespace, sys.executable, __file__,
-                                   "--count", str(args.count), "--inside", str(config),
-                                   str(state), path]  # fmt: skip
+                                   "--count", str(args.count), "--history", str(args.history),
+                                   *(["--plain-interpreter"] if args.plain_interpreter else []),
+                                   "--inside", str(config), str(state), path]  # fmt: skip
                         if run == 0 and not figures.get((which, path)):
                             print("  $ " + " ".join([*command[:6], "..."]))
                         done = subprocess.run(command, check=False, capture_output=True, text=True)

@@ -77,15 +77,40 @@ class BanSpec:
     ) -> BanSpec:
         """A ban from any valid address text; ``prefix`` None means the whole address."""
         if prefix in (None, 32) and canonical_ipv4(address):
-            return cls(address, 32, port, proto, mode, timeout)
+            return cls._host(address, 32, port, proto, mode, timeout)
         if prefix in (None, 128) and canonical_ipv6(address):
-            return cls(address, 128, port, proto, mode, timeout)
+            return cls._host(address, 128, port, proto, mode, timeout)
         parsed: Address = ipaddress.ip_address(address.strip())
         if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
             parsed = parsed.ipv4_mapped
         width = parsed.max_prefixlen if prefix is None else prefix
         net = ipaddress.ip_network(f"{parsed}/{width}", strict=False)
         return cls(str(net.network_address), width, port, proto, mode, timeout)
+
+    @classmethod
+    def _host(  # noqa: PLR0917 - the fields, in their order
+        cls,
+        address: str,
+        prefix: int,
+        port: int,
+        proto: Proto,
+        mode: Mode | None,
+        timeout: float | None,
+    ) -> BanSpec:
+        """A host ban whose address text ``create`` found normalised: ``__post_init__``'s
+        checks less the address's, which would tell it a second time (a burst's thousands
+        of bans each pay for every check)."""
+        if not 0 <= port <= 65535 or (timeout is not None and not timeout > 0):
+            return cls(address, prefix, port, proto, mode, timeout)  # says what is wrong
+        spec = object.__new__(cls)
+        put = object.__setattr__  # what the frozen class's own __init__ does, field by field
+        put(spec, "address", address)
+        put(spec, "prefix", prefix)
+        put(spec, "port", port)
+        put(spec, "proto", proto)
+        put(spec, "mode", mode)
+        put(spec, "timeout", timeout)
+        return spec
 
     @property
     def network(self) -> Network:
@@ -262,7 +287,11 @@ def kernel_timeout(ban: BanSpec, cap: int) -> int | None:
     A ban longer than the tool allows is applied for ``cap`` seconds: it still ends in the
     kernel if the daemon is gone, and a running daemon's check and repair re-add it.
     """
-    if ban.timeout is None:
+    return kernel_seconds(ban.timeout, cap)
+
+
+def kernel_seconds(timeout: float | None, cap: int) -> int | None:
+    """``kernel_timeout`` of a ban of ``timeout`` seconds (None: permanent)."""
+    if timeout is None:
         return None
-    whole = math.ceil(ban.timeout)
-    return max(1, min(whole, cap))
+    return max(1, min(math.ceil(timeout), cap))

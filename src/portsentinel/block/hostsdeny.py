@@ -211,6 +211,8 @@ def _refuse_unsafe(path: str, info: os.stat_result) -> None:
 
 def hosts_target(ban: BanSpec) -> str:
     """The address as hosts_access(5) writes it."""
+    if ban.is_host:  # its address is normalised text already: no parse (a burst has thousands)
+        return f"[{ban.address}]" if ban.version == 6 else ban.address
     net = ban.network
     if isinstance(net, ipaddress.IPv6Network):
         address = f"[{net.network_address}]"

@@ -103,12 +103,18 @@ def element_message(  # noqa: PLR0917 - the message's parts, in its order
 ) -> bytes:
     """One NFT_MSG_NEWSETELEM message adding ``elements`` to ``table``'s ``set_name`` (or,
     with ``kind`` NFT_MSG_DELSETELEM, deleting them: their timeouts are not sent) (pure)."""
-    items = []
+    # An element is its attributes' headers, its key, and its timeout attribute: the parts
+    # around the key are the same for every key length and timeout, so they are made once
+    # per message, not per element (thousands of them in a burst).
+    timed = kind == NFT_MSG_NEWSETELEM
+    around: dict[tuple[int, int | None], tuple[bytes, bytes]] = {}
+    items: list[bytes] = []
     for key, timeout_ms in elements:
-        inner = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, key))
-        if timeout_ms is not None and kind == NFT_MSG_NEWSETELEM:
-            inner += _attr(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
-        items.append(_attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner))
+        shape = (len(key), timeout_ms if timed else None)
+        parts = around.get(shape)
+        if parts is None:
+            parts = around[shape] = _around(*shape)
+        items += (parts[0], key, parts[1])
     body = (
         _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
         + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
@@ -118,6 +124,24 @@ def element_message(  # noqa: PLR0917 - the message's parts, in its order
     if kind == NFT_MSG_NEWSETELEM:
         flags |= NLM_F_CREATE
     return _message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, body, family=family)
+
+
+def _around(length: int, timeout_ms: int | None) -> tuple[bytes, bytes]:
+    """What goes before and after a key of ``length`` bytes in its ``NFTA_LIST_ELEM``: the
+    nested headers (and padding), then its timeout attribute (none when None)."""
+    timeout = (
+        b"" if timeout_ms is None else _attr(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms))
+    )
+    pad = b"\0" * (-length % 4)
+    value = _ATTR.size + length
+    key = _ATTR.size + value + len(pad)
+    whole = _ATTR.size + key + len(timeout)
+    head = (
+        _ATTR.pack(whole, NFTA_LIST_ELEM | NLA_F_NESTED)
+        + _ATTR.pack(key, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
+        + _ATTR.pack(value, NFTA_DATA_VALUE)
+    )
+    return head, pad + timeout
 
 
 def get_element_message(table: str, set_name: str, key: bytes, seq: int) -> bytes:

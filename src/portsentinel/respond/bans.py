@@ -137,6 +137,12 @@ class BanManager(Restart):
 
         ``resume``: the same requests are being tried again after the store refused a step;
         a pending ban of theirs is that earlier try, finished now instead of skipped."""
+        with self.store.burst(len(reqs)):
+            return self._ban_many(reqs, now, resume=resume)
+
+    def _ban_many(
+        self, reqs: Sequence[BanRequest], now: float, *, resume: bool
+    ) -> list[BanRecord | None]:
         out: list[BanRecord | None] = [None] * len(reqs)
         store = self.store
         with store.batch():  # the questions and the records of the loop's elements: one
@@ -169,7 +175,7 @@ class BanManager(Restart):
                 if end is None:
                     end = said[p.seconds] = blocked_line("nftables", p.spec, {}, self.settings)
                     end = said[p.seconds] = end[end.index(" has been blocked") :]
-                self.log(f"attackalert: Host {p.spec.key}{end}")
+                self.log(f"attackalert: Host {p.spec.address}{end}")  # a host ban: its key
         for p in todo:
             if p.prefix is not None:
                 self._lift_members(p.ban, now)
@@ -217,6 +223,8 @@ class BanManager(Restart):
             {r.address for r in reqs if not r.manual and r.address not in live},
             terms.repeat_since(now),
         )
+        lengths: dict[int, tuple[float | None, int]] = {}
+        plans: dict[int, list[str]] = {}  # per level: one list for the batch's bans
         for index, req in enumerate(reqs):
             banned = live.get(req.address)
             if banned is not None and req.in_kernel:
@@ -231,7 +239,9 @@ class BanManager(Restart):
                 continue
             if req.address in taken or banned is not None:
                 continue
-            names = self.plan(req.level)
+            names = plans.get(req.level)
+            if names is None:
+                names = plans[req.level] = self.plan(req.level)
             if not names:
                 self.log(f"attackalert: Ignoring {req.proto.label} response: no action configured")
                 continue
@@ -239,8 +249,12 @@ class BanManager(Restart):
                 seconds, offence = req.duration, 1
             elif req.provisional:
                 seconds, offence = terms.short(), 1
-            else:
-                seconds, offence = terms.length(earlier.get(req.address, 0))
+            else:  # the same few counts for a whole burst: worked out once each
+                count = earlier.get(req.address, 0)
+                known = lengths.get(count)
+                if known is None:
+                    known = lengths[count] = terms.length(count)
+                seconds, offence = known
             if req.decoy:
                 seconds = terms.as_decoy(seconds)
             prefix = self._widen(req.address, now)
@@ -290,8 +304,10 @@ class BanManager(Restart):
         """The IPv6 prefix length to ban instead of ``address`` (``BanTerms.widen``), or None
         for the address; never when the never-block set cannot be asked."""
         protected = self.protected
+        if protected is None:
+            return None
         net = self.terms.prefix_of(address)
-        if net is None or protected is None:
+        if net is None:
             return None
         return self.terms.widen(len(self._members(net, now)), protected=lambda: protected(net))
 

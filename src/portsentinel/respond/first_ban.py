@@ -30,17 +30,20 @@ import socket
 from collections.abc import Callable
 
 from portsentinel.block import BanSpec, ingress, plan_actions
-from portsentinel.block.base import kernel_timeout
+from portsentinel.block.base import kernel_seconds
 from portsentinel.block.nfnetlink import ElementWriter
 from portsentinel.block.nft_state import MAX_TIMEOUT, SET4, SET6, TABLE
 from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
 from portsentinel.model import UNSOLICITED_GROUP
+from portsentinel.networks import canonical_ipv4, canonical_ipv6
 from portsentinel.respond.backends import terms_of
 from portsentinel.respond.bans import BanRequest
 
 HOLD_MAX = 256  # held bans sent at once, before the turn ends
+
+Send = Callable[[list[BanRequest]], None]  # hands requests on to the worker, a list at a time
 
 
 def eligible(settings: Settings) -> bool:
@@ -76,7 +79,7 @@ class FirstBan:
         self._writer = writer if writer is not None else ElementWriter(TABLE, mirror=ingress.TABLE)
         self._log = log
         self.reconfigure(settings)
-        self._held: list[tuple[BanRequest, BanSpec, int | None]] = []
+        self._held: list[tuple[BanRequest, bool, bytes, int | None]] = []
         self._sent_this_turn = False
         self.applied = 0
         self.refused = 0
@@ -84,52 +87,69 @@ class FirstBan:
     def reconfigure(self, settings: Settings) -> None:
         self.enabled = eligible(settings)
         terms = terms_of(settings)
-        self._seconds = terms.length(0)[0]
-        self._short = terms.short()
-        self._decoy = terms.decoy
+        seconds, short, decoy = terms.length(0)[0], terms.short(), terms.decoy
+        # (provisional, decoy) -> (seconds, kernel timeout): worked out once, not per ban
+        self._timeouts: dict[tuple[bool, bool], tuple[float | None, int | None]] = {}
+        for provisional in (False, True):
+            for as_decoy in (False, True):
+                length = short if provisional else seconds
+                if as_decoy:
+                    length = decoy if length is None else min(length, decoy)
+                # -1: a length BanSpec refuses (not positive), which the worker says
+                bad = length is not None and not length > 0
+                timeout = -1 if bad else kernel_seconds(length, MAX_TIMEOUT)
+                self._timeouts[provisional, as_decoy] = (length, timeout)
         self._ipv6 = settings.ipv6_prefix_after == 0
 
-    def take(self, request: BanRequest, send: Callable[[BanRequest], None]) -> None:
+    def take(self, request: BanRequest, send: Send) -> None:
         """Apply ``request``'s element now (the turn's first) or at the turn's end, then hand
         the request on through ``send``; requests this path does not serve go on at once."""
-        spec = self._spec(request)
-        if spec is None:
-            send(request)
+        element = self._element(request)
+        if element is None:
+            send([request])
             return
-        timeout = kernel_timeout(spec, MAX_TIMEOUT)
-        self._held.append((request, spec, timeout))
+        self._held.append((request, *element))
         if not self._sent_this_turn or len(self._held) >= HOLD_MAX:
             self._sent_this_turn = True
             self._send(send)
 
-    def end_turn(self, send: Callable[[BanRequest], None]) -> None:
+    def end_turn(self, send: Send) -> None:
         """The loop turn is over: send what was held; the next turn's first goes at once."""
         if self._held:
             self._send(send)
         self._sent_this_turn = False
 
-    def _spec(self, request: BanRequest) -> BanSpec | None:
+    def _element(self, request: BanRequest) -> tuple[bool, bytes, int | None] | None:
+        """(IPv6, packed address, kernel timeout) of the request's element; None when this
+        path does not serve it. The ``BanSpec`` the worker makes is not needed here: a host
+        address in its normalised text is told and packed without one (``BanSpec.create``
+        for any other text)."""
         if not self.enabled or request.level != 1 or request.manual or request.in_kernel:
             return None
-        try:
-            seconds = self._short if request.provisional else self._seconds
-            if request.decoy:
-                seconds = self._decoy if seconds is None else min(seconds, self._decoy)
-            spec = BanSpec.create(request.address, port=request.port, proto=request.proto,
-                                  mode=request.mode, timeout=seconds)  # fmt: skip
-        except ValueError:
+        _seconds, timeout = self._timeouts[request.provisional, request.decoy]
+        if timeout == -1 or not 0 <= request.port <= 65535:
+            return None  # what BanSpec refuses: the worker says why
+        address = request.address
+        if canonical_ipv4(address):
+            return False, socket.inet_aton(address), timeout
+        if not canonical_ipv6(address):
+            try:
+                spec = BanSpec.create(address, port=request.port, proto=request.proto)
+            except ValueError:
+                return None
+            address = spec.address
+            if spec.version == 4:
+                return False, socket.inet_aton(address), timeout
+        if not self._ipv6:
             return None
-        if spec.version == 6 and not self._ipv6:
-            return None
-        return spec
+        return True, socket.inet_pton(socket.AF_INET6, address), timeout
 
-    def _send(self, send: Callable[[BanRequest], None]) -> None:
+    def _send(self, send: Send) -> None:
         held, self._held = self._held, []
         by_set: dict[str, list[tuple[bytes, int | None]]] = {SET4: [], SET6: []}
-        for _request, spec, timeout in held:
-            v6 = spec.version == 6  # the spec's address is normalised: the C parser takes it
-            key = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, spec.address)
-            by_set[SET6 if v6 else SET4].append((key, None if timeout is None else timeout * 1000))
+        v4, v6 = by_set[SET4].append, by_set[SET6].append
+        for _request, is_v6, key, timeout in held:
+            (v6 if is_v6 else v4)((key, None if timeout is None else timeout * 1000))
         done = True
         try:
             for name, elements in by_set.items():
@@ -144,18 +164,12 @@ class FirstBan:
                 )
         if done:
             self.applied += len(held)
-        for request, _spec, timeout in held:
-            send(_sent(request, timeout) if done else request)
+            send([request.sent(timeout) for request, _v6, _key, timeout in held])
+        else:
+            send([request for request, *_rest in held])
 
     def close(self) -> None:
         self._writer.close()
-
-
-def _sent(r: BanRequest, timeout: int | None) -> BanRequest:
-    """``r`` with its element in the kernel: ``dataclasses.replace`` without its cost (about
-    ten times a plain construction, in the loop, once per ban of a burst)."""
-    return BanRequest(r.address, r.port, r.proto, r.mode, r.level, r.reason, r.rule, r.evidence,
-                      r.duration, r.manual, True, timeout, r.provisional, r.decoy)  # fmt: skip
 
 
 def install_conntrack(settings: Settings, log: Callable[[str], None]) -> ConntrackChain | None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 from portsentinel.alert.notify import ban_info
 from portsentinel.block.hold import HoldPlan, HoldTable
@@ -55,8 +56,7 @@ class Alert:
     request: BanRequest  # a BLOCK_x=0 trigger: only the history line
 
 
-@dataclass(frozen=True)
-class WorkerMessage:  # what the worker tells the detection loop
+class WorkerMessage(NamedTuple):  # what the worker tells the detection loop (a burst: one a ban)
     kind: str  # "log" | "release" | "restore" | "allow" | "fatal"
     text: str = ""
     networks: tuple[str, ...] = ()
@@ -367,17 +367,20 @@ class Responder:
                 self.ingress_drops = manager.ingress_drops(self.quiet_counts.put, read=True)
                 return
             now = time.time()
-            if isinstance(job, BanRequest):
-                batch = [job]
+            if isinstance(job, (BanRequest, list)):  # a list: a loop turn's first bans
+                batch = [job] if isinstance(job, BanRequest) else list(job)
                 while len(batch) < BAN_BATCH:
                     try:
                         more = self._jobs.get_nowait()
                     except queue.Empty:
                         break
-                    if not isinstance(more, BanRequest):
+                    if isinstance(more, list):
+                        batch += more
+                    elif isinstance(more, BanRequest):
+                        batch.append(more)
+                    else:
                         after = more
                         break
-                    batch.append(more)
                 # Retried until the store takes it (a retry resumes what a refusal left).
                 self._retry.until_stored(partial(self._ban, manager, batch), "bans")
             elif isinstance(job, Alert):

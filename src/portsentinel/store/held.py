@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager
 from types import MappingProxyType
 from typing import Any, Final
 
+from portsentinel.store.bulk import insert_many
 from portsentinel.store.records import (
     ACTION_COLS,
     BAN_COLS,
@@ -185,11 +186,20 @@ class HeldActions:
     def hold_actions(self, rows: Sequence[tuple[str, str, int]]) -> None:
         """Applied actions of bans recorded in this batch, held in their rows: (backend, the
         detail's shared text, ban id). A ban whose row holds one already keeps it."""
-        if rows:
-            with self._write() as conn:
-                conn.executemany(
-                    "UPDATE bans SET held = ?, held_detail = ? WHERE id = ? AND held IS NULL", rows
-                )
+        if not rows:
+            return
+        # A batch's rows share a few texts: one UPDATE per text and CHUNK ids, not one per ban.
+        ids: dict[tuple[str, str], list[int]] = {}
+        for backend, text, ban_id in rows:
+            ids.setdefault((backend, text), []).append(ban_id)
+        with self._write() as conn:
+            for (backend, text), same in ids.items():
+                for part in _chunks(same):
+                    conn.execute(
+                        "UPDATE bans SET held = ?, held_detail = ? WHERE held IS NULL AND id IN "
+                        f"({', '.join('?' * len(part))})",
+                        (backend, text, *part),
+                    )
 
     def record_actions(
         self, rows: Sequence[ActionRow], *, at: float, first: bool = False,
@@ -201,9 +211,10 @@ class HeldActions:
             return
         if first:  # plain inserts: positional parameters, cheaper than a dict per row
             with self._write() as conn:
-                conn.executemany(
+                insert_many(
+                    conn,
                     "INSERT INTO ban_actions (ban_id, backend, detail, state, last_error, "
-                    "updated) VALUES (?, ?, ?, ?, ?, ?)",
+                    "updated) VALUES ",
                     [
                         (ban_id, backend, "{}" if detail is None else to_json(detail),
                          str(state.value), error, at)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from portsentinel.model import Decision, flag_names
 from portsentinel.networks import canonical_ipv4
@@ -110,9 +110,12 @@ class EventRow:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class BanRecord:
-    """A ban as stored. ``expires`` None is permanent; ``lifted_at`` is when it ended."""
+class BanRecord(NamedTuple):
+    """A ban as stored. ``expires`` None is permanent; ``lifted_at`` is when it ended.
+
+    A tuple, not a frozen dataclass: a burst's thousands of bans each make one (two with
+    ``activated``), and a frozen class sets each of its 13 fields through
+    ``object.__setattr__``, ten times the cost of building a tuple."""
 
     id: int
     address: str  # the network address, normalised
@@ -129,8 +132,8 @@ class BanRecord:
     offline: bool  # a replay's record, never applied to a firewall
 
     def activated(self) -> BanRecord:
-        """This ban marked active (a plain copy: ``dataclasses.replace`` costs ten times as
-        much, which a batch of thousands of bans notices)."""
+        """This ban marked active (a plain copy: ``_replace`` costs several times as much,
+        which a batch of thousands of bans notices)."""
         return BanRecord(
             self.id, self.address, self.prefix, self.created, self.expires, BanState.ACTIVE,
             self.reason, self.rule, self.evidence, self.offence, self.lifted_at, self.lifted_by,

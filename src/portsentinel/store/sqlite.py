@@ -114,7 +114,7 @@ SQL_EVENTS_BETWEEN: Final = (
 SQL_EVENTS_FROM: Final = (
     f"SELECT {EVENT_COLS}, id FROM events WHERE src_key BETWEEN :lo AND :hi AND time >= :since"
 )
-SQL_LIVE_PREFIXES: Final = f"SELECT DISTINCT prefix FROM bans WHERE {LIVE_SQL}"
+SQL_LIVE_PREFIXES: Final = f"SELECT DISTINCT prefix FROM bans INDEXED BY bans_live WHERE {LIVE_SQL}"
 
 
 class Store(BanChanges, BulkBans, RowReader, HeldActions, FleetRows):

@@ -79,6 +79,20 @@ def test_timeout_must_be_positive(timeout: float) -> None:
         BanSpec("198.18.0.2", 32, 1, Proto.TCP, timeout=timeout)
 
 
+@pytest.mark.parametrize("address", ["198.18.0.2", "fd00:5e::2"])
+def test_create_of_a_normalised_host_checks_port_and_timeout_still(address: str) -> None:
+    # The address is told normalised once; what else the class refuses, it still refuses.
+    made = BanSpec.create(address, port=79, proto=Proto.UDP, mode=Mode.AUDP, timeout=60.0)
+    width = 128 if ":" in address else 32
+    assert made == BanSpec(address, width, 79, Proto.UDP, Mode.AUDP, 60.0)
+    with pytest.raises(ValueError, match="port"):
+        BanSpec.create(address, port=65536)
+    with pytest.raises(ValueError, match="timeout"):
+        BanSpec.create(address, timeout=0.0)
+    with pytest.raises(AttributeError):  # still frozen
+        made.port = 80  # type: ignore[misc]
+
+
 def test_detail_round_trip_through_json() -> None:
     ban = BanSpec.create("fd00:5e::", prefix=64, port=143, proto=Proto.UDP, mode=Mode.AUDP)
     detail = json.loads(json.dumps(ban_fields(ban, "x")))

@@ -142,3 +142,30 @@ def test_a_delete_message_names_the_key_without_timeout_or_create() -> None:
     only = dict(attrs(payload))
     assert nl.NFTA_SET_ELEM_TIMEOUT not in only
     assert attrs(only[nl.NFTA_SET_ELEM_KEY]) == [(nl.NFTA_DATA_VALUE, elements[0][0])]
+
+
+def nested(kind: int, payload: bytes) -> bytes:
+    """One attribute as nf_tables.h lays it out: length, type, payload, padding to 4 bytes."""
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+@pytest.mark.parametrize("kind", [nl.NFT_MSG_NEWSETELEM, nl.NFT_MSG_DELSETELEM])
+def test_each_element_of_a_mixed_message_carries_its_own_key_and_timeout(kind: int) -> None:
+    # The parts around a key are made once per key length and timeout: a message mixing
+    # lengths and timeouts must still lay out every element as the kernel reads it.
+    elements = [(socket.inet_aton("198.18.0.9"), 3_600_000),
+                (socket.inet_pton(socket.AF_INET6, "fd00:5e::3"), None),
+                (socket.inet_aton("198.18.0.10"), 1000), (b"\x01\x02\x03", 3_600_000),
+                (socket.inet_aton("198.18.0.11"), 3_600_000)]  # fmt: skip
+    ((_kind, _flags, _seq, _gen, body),) = messages(
+        nl.element_message("portsentinel", "ban4", elements, seq=3, kind=kind)
+    )
+    listed = attrs(body)[2][1]
+    expected = b""
+    for key, timeout in elements:
+        inner = nested(nl.NFTA_SET_ELEM_KEY | nl.NLA_F_NESTED, nested(nl.NFTA_DATA_VALUE, key))
+        if timeout is not None and kind == nl.NFT_MSG_NEWSETELEM:
+            inner += nested(nl.NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout))
+        expected += nested(nl.NFTA_LIST_ELEM | nl.NLA_F_NESTED, inner)
+    assert listed == expected

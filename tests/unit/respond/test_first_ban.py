@@ -57,22 +57,22 @@ def test_the_turns_first_ban_goes_at_once_the_others_at_the_turns_end() -> None:
     writer = Writer()
     fast, _lines = first_ban(settings(ban_duration=3600.0), writer)
     sent: list[BanRequest] = []
-    fast.take(request("198.18.0.2"), sent.append)
+    fast.take(request("198.18.0.2"), sent.extend)
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 2]), 3_600_000)])]
     assert sent[0].in_kernel
     assert sent[0].kernel_timeout == 3600
-    fast.take(request("198.18.0.3"), sent.append)
-    fast.take(request("fd00:5e::3"), sent.append)
+    fast.take(request("198.18.0.3"), sent.extend)
+    fast.take(request("fd00:5e::3"), sent.extend)
     assert len(writer.adds) == 1
     assert len(sent) == 1
-    fast.end_turn(sent.append)
+    fast.end_turn(sent.extend)
     assert writer.adds[1:] == [
         ("ban4", [(bytes([198, 18, 0, 3]), 3_600_000)]),
         ("ban6", [(bytes.fromhex("fd00005e" + "00" * 11 + "03"), 3_600_000)]),
     ]
     assert [r.address for r in sent] == ["198.18.0.2", "198.18.0.3", "fd00:5e::3"]
     assert all(r.in_kernel for r in sent)
-    fast.take(request("198.18.0.4"), sent.append)  # a new turn: at once again
+    fast.take(request("198.18.0.4"), sent.extend)  # a new turn: at once again
     assert len(writer.adds) == 4
     assert fast.applied == 4
 
@@ -82,9 +82,9 @@ def test_a_flood_of_first_bans_in_one_turn_goes_in_batches() -> None:
     fast, _lines = first_ban(settings(), writer)
     sent: list[BanRequest] = []
     for n in range(HOLD_MAX + 1):
-        fast.take(request(f"198.19.{n // 256}.{n % 256}"), sent.append)
+        fast.take(request(f"198.19.{n // 256}.{n % 256}"), sent.extend)
     assert [len(elements) for _, elements in writer.adds] == [1, HOLD_MAX]
-    fast.end_turn(sent.append)
+    fast.end_turn(sent.extend)
     assert len(sent) == HOLD_MAX + 1
 
 
@@ -92,7 +92,7 @@ def test_a_permanent_ban_has_no_timeout_and_a_mapped_address_is_ipv4() -> None:
     writer = Writer()
     fast, _lines = first_ban(settings(ban_duration=None), writer)
     sent: list[BanRequest] = []
-    fast.take(request("::ffff:198.18.0.9"), sent.append)
+    fast.take(request("::ffff:198.18.0.9"), sent.extend)
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 9]), None)])]
     assert sent[0].in_kernel
     assert sent[0].kernel_timeout is None
@@ -102,14 +102,14 @@ def test_what_only_the_worker_may_decide_goes_to_it_untouched() -> None:
     writer = Writer()
     fast, _lines = first_ban(settings(ipv6_prefix_after=3), writer)
     sent: list[BanRequest] = []
-    fast.take(request("fd00:5e::3"), sent.append)  # may widen to a prefix
-    fast.take(request("198.18.0.2", level=2), sent.append)  # BLOCK_x=2: the command only
-    fast.take(request("198.18.0.5", manual=True, duration=60.0), sent.append)
-    fast.end_turn(sent.append)
+    fast.take(request("fd00:5e::3"), sent.extend)  # may widen to a prefix
+    fast.take(request("198.18.0.2", level=2), sent.extend)  # BLOCK_x=2: the command only
+    fast.take(request("198.18.0.5", manual=True, duration=60.0), sent.extend)
+    fast.end_turn(sent.extend)
     assert writer.adds == []
     assert not any(r.in_kernel for r in sent)
     assert len(sent) == 3
-    fast.take(request("198.18.0.2"), sent.append)  # IPv4 still goes ahead
+    fast.take(request("198.18.0.2"), sent.extend)  # IPv4 still goes ahead
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 2]), 3600_000)])]
 
 
@@ -118,8 +118,8 @@ def test_a_refused_element_leaves_the_ban_to_the_worker_and_says_so_once() -> No
     fast, lines = first_ban(settings(), writer)
     sent: list[BanRequest] = []
     for n in range(3):
-        fast.take(request(f"198.18.0.{n + 2}"), sent.append)
-        fast.end_turn(sent.append)
+        fast.take(request(f"198.18.0.{n + 2}"), sent.extend)
+        fast.end_turn(sent.extend)
     assert [r.in_kernel for r in sent] == [False, False, False]
     assert fast.refused == 3
     assert fast.applied == 0
@@ -132,12 +132,12 @@ def test_a_reload_turns_the_path_off_and_on() -> None:
     fast, _lines = first_ban(settings(), writer)
     fast.reconfigure(settings(block_backend=BackendName.LEGACY, kill_route="/bin/true"))
     sent: list[BanRequest] = []
-    fast.take(request(), sent.append)
+    fast.take(request(), sent.extend)
     assert writer.adds == []
     assert not sent[0].in_kernel
     fast.reconfigure(settings(ban_duration=60.0))
-    fast.end_turn(sent.append)
-    fast.take(request("198.18.0.3"), sent.append)
+    fast.end_turn(sent.extend)
+    fast.take(request("198.18.0.3"), sent.extend)
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 3]), 60_000)])]
     fast.close()
     assert writer.closed
@@ -149,6 +149,6 @@ def test_a_decoys_first_ban_has_the_decoy_timeout() -> None:
     writer = Writer()
     fast, _lines = first_ban(settings(ban_duration=None, decoy_ban_duration=300.0), writer)
     sent: list[BanRequest] = []
-    fast.take(request("198.18.0.3", decoy=True), sent.append)
+    fast.take(request("198.18.0.3", decoy=True), sent.extend)
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 3]), 300_000)])]
     assert sent[0].kernel_timeout == 300

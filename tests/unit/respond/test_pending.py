@@ -85,3 +85,13 @@ def test_an_applied_element_is_held_in_its_bans_row_and_reads_back_whole(tmp_pat
         # Without ``hold`` (bans not recorded in this batch), or another backend: rows only.
         assert action_rows("nftables", outcomes, hold=False)[1] == []
         assert action_rows("iptables", outcomes, hold=True)[1] == []
+
+
+def test_a_sent_copy_is_the_request_with_its_element_in_the_kernel() -> None:
+    original = request(provisional=True)
+    sent = original.sent(300)
+    assert sent == dataclasses.replace(original, in_kernel=True, kernel_timeout=300)
+    assert (original.in_kernel, original.kernel_timeout) == (False, None)  # left as it was
+    assert sent.evidence is original.evidence
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sent.port = 80  # type: ignore[misc]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from portsentinel.store.bulk import BURST_CACHE_KIB, BURST_MIN, ROWS_PER_INSERT
+from portsentinel.store.connect import CACHE_KIB
 from portsentinel.store.records import ActionState, BanState
 from portsentinel.store.sqlite import DuplicateBanError, NewBan, Store
 
@@ -114,3 +116,51 @@ def test_begin_bans_writes_a_ban_whose_actions_are_done_active_with_fresh_ids(
         assert store.ban(record.id) == record
     assert store.activate_many([records[0].id]) == {records[0].id}  # live: activating is a no-op
     assert store.ban_for("198.18.0.3") == records[0]
+
+
+def test_many_bans_go_in_whole_statements_and_the_rest_one_by_one(store: Store) -> None:
+    count = 2 * ROWS_PER_INSERT + 5  # two full statements and five rows on their own
+    bans = [new(f"fd00:5e::{n:x}" if n % 3 else f"198.18.{n // 256}.{n % 256}", created=n)
+            for n in range(count)]  # fmt: skip
+    with store.batch():
+        records = store.begin_bans(bans)
+    assert [r.id for r in records] == list(range(1, count + 1))
+    for ban, record in zip(bans, records, strict=True):
+        assert (record.address, record.created) == (ban.address, ban.created)
+        assert store.ban(record.id) == record
+    # One already banned in the middle of a whole statement: nothing of the batch is written.
+    again = [new(f"198.19.0.{n}") for n in range(ROWS_PER_INSERT)]
+    again[ROWS_PER_INSERT // 2] = new(bans[0].address)
+    with pytest.raises(DuplicateBanError):
+        store.begin_bans(again)
+    assert store.live_bans_for([b.address for b in again[:3]]) == {}
+
+
+def test_live_lengths_of_one_family_are_not_asked_for_the_other(store: Store) -> None:
+    store.begin_ban("fd00::", 32, created=0.0, expires=None, reason="r", rule=None,
+                    evidence={}, offence=1)  # fmt: skip
+    store.begin_ban("198.18.0.2", None, created=0.0, expires=None, reason="r", rule=None,
+                    evidence={}, offence=1)  # fmt: skip
+    hosts = ["fd00:0:5e::9", "fd01::9", "198.18.0.2", "198.18.0.3", "0.0.253.0"]
+    found = store.live_bans_for(hosts)
+    for host in hosts:
+        assert (found.get(host), host) == (store.ban_for(host), host)
+    assert (found["fd00:0:5e::9"].address, found["fd00:0:5e::9"].prefix) == ("fd00::", 32)
+    assert set(found) == {"fd00:0:5e::9", "198.18.0.2"}
+
+
+def test_a_burst_raises_the_page_cache_while_it_is_written(store: Store) -> None:
+    def cache() -> int:
+        return int(store._conn.execute("PRAGMA cache_size").fetchone()[0])
+
+    own = cache()
+    assert own == -CACHE_KIB
+    with store.burst(BURST_MIN - 1):
+        assert cache() == own  # a few bans: the connection's own
+    with store.burst(BURST_MIN), store.batch():
+        assert cache() == -BURST_CACHE_KIB
+        store.begin_bans([new("198.18.0.2")])
+    assert cache() == own
+    with pytest.raises(DuplicateBanError), store.burst(BURST_MIN):
+        store.begin_bans([new("198.18.0.2")])
+    assert cache() == own  # given back after a failure too

@@ -147,3 +147,16 @@ def test_a_version_6_store_with_bans_is_upgraded_in_place(tmp_path: Path) -> Non
         [new] = store.begin_bans([held()])  # and new bans hold their action
         assert store.actions(new.id)[0].detail == FULL
         assert store.applied_by("nftables") == {1, new.id}
+
+
+def test_held_actions_of_a_large_batch_go_by_text_and_keep_one_already_held(store: Any) -> None:
+    other = SHARED.replace("ban4", "ban6")
+    fresh = held()._replace(held=None, held_detail=None)  # nothing held yet
+    made = store.begin_bans([fresh._replace(address=f"198.18.{n // 256}.{n % 256}")
+                             for n in range(600)])  # fmt: skip
+    store.hold_actions([("nftables", SHARED if n % 2 else other, r.id)
+                        for n, r in enumerate(made)])  # fmt: skip
+    store.hold_actions([("nftables", other, made[1].id)])  # held already: kept as it was
+    rows = dict(store._conn.execute("SELECT id, held_detail FROM bans"))
+    assert all(rows[r.id] == (SHARED if n % 2 else other) for n, r in enumerate(made))
+    assert store.actions(made[1].id)[0].detail["set"] == "ban4"

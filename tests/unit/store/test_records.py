@@ -68,7 +68,7 @@ def test_rows_map_back_to_records_column_for_column() -> None:
     ban = ban_from_row(
         (7, "2001:db8::", 64, T0, None, "active", "scan", "atcp", evidence, 2, None, None, 1)
     )
-    assert len(BAN_COLS.split(", ")) == len(BanRecord.__slots__)
+    assert len(BAN_COLS.split(", ")) == len(BanRecord._fields)
     assert (ban.id, ban.state, ban.offline, ban.evidence) == (
         7, BanState.ACTIVE, True, {"hits": 3, "ports": [2, 1]},
     )  # fmt: skip

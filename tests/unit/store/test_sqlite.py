@@ -15,7 +15,7 @@ import pytest
 
 from portsentinel.errors import StoreError
 from portsentinel.model import Action, Decision, Mode, Proto, Reason, ScanKind
-from portsentinel.store import rollup, sqlite
+from portsentinel.store import bulk, rollup, sqlite
 from portsentinel.store.sqlite import (
     ActionState,
     BanRecord,
@@ -275,7 +275,8 @@ PLANS: dict[str, tuple[str, list[tuple[str, str]]]] = {
          ("bans", "bans_live_expires")],
     ),
     "ban_for": (sqlite.SQL_BAN_FOR.format(marks="?, ?"), [("bans", "bans_live")]),
-    "ban_for, lengths": (sqlite.SQL_LIVE_PREFIXES, [("bans", "bans_live_expires")]),
+    "ban_for, lengths": (sqlite.SQL_LIVE_PREFIXES, [("bans", "bans_live")]),
+    "live_bans_for, lengths": (bulk.SQL_LIVE_LENGTHS, [("bans", "bans_live")]),
     "actions": (sqlite.SQL_ACTIONS, [("ban_actions", "sqlite_autoindex_ban_actions_1")]),
     "uncertain": (
         sqlite.SQL_UNCERTAIN, [("ban_actions", "ban_actions_uncertain"), ("bans", "PRIMARY KEY")],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-from dataclasses import replace
 
 from portsentinel.alert.notify.message import (
     MAX_TEXT,
@@ -55,7 +54,7 @@ def test_summary_text() -> None:
 def test_ban_info_drops_a_name_that_is_not_a_plain_host_name() -> None:
     assert "name" not in ban_info(record(), name="evil.example;touch /tmp/x")
     assert "name" not in ban_info(record(), name="a\nb")
-    assert ban_info(replace(record(), expires=None))["until"] is None
+    assert ban_info(record()._replace(expires=None))["until"] is None
 
 
 def test_host_names_stay_plain() -> None:
@@ -94,7 +93,7 @@ def test_an_event_mail_holds_only_validated_values() -> None:
 
 def test_a_permanent_ban_reads_permanent() -> None:
     payload = event_payload(decision(action=Action.BLOCK), WALL, "gw")
-    payload["ban"] = ban_info(replace(record(), expires=None))
+    payload["ban"] = ban_info(record()._replace(expires=None))
     assert "until permanent\n" in mail_message(payload, ("root",), "gw")
 
 
