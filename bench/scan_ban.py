@@ -85,6 +85,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ban_latency
 import netns
 import portsentry12
+import scan_trace
 from scan_capture import capture, tally
 from scan_subjects import BanWatch, PortSentinel, PortSentry12, Subject
 
@@ -151,6 +152,7 @@ class Result:
     answered: int = 0
     replies: int = 0
     last_answer: float | None = None
+    stages: dict[str, float] | None = None  # --trace: where the first ban's time went
     notes: list[str] = field(default_factory=list)
 
     def to_ban(self, start: float | None) -> float | None:
@@ -183,6 +185,7 @@ class Result:
             f"{self.probes_before}, ports answered before ban {self.answered_before} "
             f"(of {self.answered} answered, {self.replies} replies)"
             + (f"  [{'; '.join(self.notes)}]" if self.notes else "")
+            + (f"\n    {scan_trace.line(self.stages)}" if self.stages else "")
         )
 
 
@@ -208,6 +211,7 @@ class Setup:
     other_cpu: str  # nmap's and tcpdump's
     settle: float
     after_ban: float
+    trace: bool = False
 
 
 def nmap_argv(scan: Scan, ports: str, cpu: str, target: str) -> list[str]:
@@ -221,7 +225,8 @@ def start_subject(lab: netns.Lab, row: Row, run: Path, setup: Setup, cmd: Comman
         assert setup.root is not None
         every = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         return PortSentry12(lab, run, setup.root, setup.cpu or every, cmd.note)
-    return PortSentinel(lab, run, row.config, events=row.events, cpu=setup.cpu, note=cmd.note)
+    return PortSentinel(lab, run, row.config, events=row.events, cpu=setup.cpu, note=cmd.note,
+                        trace=setup.trace)  # fmt: skip
 
 
 def scan_once(row: Row, scan: Scan, number: int, setup: Setup, cmd: Commands) -> Result:
@@ -256,6 +261,9 @@ def scan_once(row: Row, scan: Scan, number: int, setup: Setup, cmd: Commands) ->
     result.answered = counted.answered
     result.replies = counted.replies
     result.last_answer = counted.last_answer
+    trace = scan_trace.load(run / "trace.json") if setup.trace else None
+    if trace is not None:
+        result.stages = scan_trace.breakdown(trace, counted.first_probe)
     if result.banned is None:
         result.notes.append("no ban")
     return result
@@ -326,6 +334,15 @@ def report(results: Sequence[Result], rows: Sequence[Row], scans: Sequence[Scan]
                 f"{statistics.median(probes) if probes else '-'} | "
                 f"{statistics.median(before):g} ({statistics.median(total):g}) |"
             )
+    traced = [r for r in results if r.stages]
+    if traced:
+        print("\n--trace, medians in ms (bench/scan_trace.py says what each stage is)")
+        for scan in scans:
+            for row in rows:
+                found = [r.stages for r in traced if r.row == row and r.scan == scan and r.stages]
+                if found:
+                    stages = scan_trace.line(scan_trace.medians(found))
+                    print(f"  {row.name:<22} {scan.name:<7} {stages}")
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -346,6 +363,8 @@ def parse_args() -> argparse.Namespace:
                         help="seconds the capture goes on after the ban")  # fmt: skip
     parser.add_argument("--src", help="run PortSentinel from this src/ tree (before/after)")
     parser.add_argument("--keep", action="store_true", help="keep the logs and captures")
+    parser.add_argument("--trace", action="store_true",
+                        help="time the first ban's stages inside PortSentinel")  # fmt: skip
     return parser.parse_args()
 
 
@@ -412,7 +431,7 @@ def main() -> int:
         print(f"portsentry 1.2: apt-get download portsentry && dpkg -x ... {root}")
     base = Path(tempfile.mkdtemp(prefix="pst-scan-ban-"))
     setup = Setup(root, base, args.ports, args.cpu, other_cpu(args.cpu), args.settle,
-                  args.after_ban)  # fmt: skip
+                  args.after_ban, args.trace)  # fmt: skip
     cmd = Commands()
     results: list[Result] = []
     number = 0

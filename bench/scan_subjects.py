@@ -47,6 +47,7 @@ PS_BAN = {
     "BLOCK_UDP": "1",
     "KILL_ROUTE": "/usr/sbin/iptables -I INPUT -s $TARGET$ -j DROP",
 }
+TRACEHOOK = Path(__file__).resolve().parent / "tracehook"
 START_DEADLINE = 20.0
 READY_PROBE = "198.19.255.254"  # a throw-away ban that shows the monitor is listening
 TOKEN = re.compile(r"[0-9A-Fa-f:.]+(?:/\d+)?")
@@ -194,7 +195,15 @@ class PortSentry12(Subject):
 
 class PortSentinel(Subject):
     def __init__(
-        self, lab: netns.Lab, run: Path, config: str, *, events: bool, cpu: str, note: Note
+        self,
+        lab: netns.Lab,
+        run: Path,
+        config: str,
+        *,
+        events: bool,
+        cpu: str,
+        note: Note,
+        trace: bool = False,
     ) -> None:
         path = self._config(run, config)
         argv = [*PORTSENTINEL, "run", "--mode", "atcp,audp", "--config", str(path),
@@ -205,6 +214,11 @@ class PortSentinel(Subject):
         name = f"portsentinel {config}{' --events' if events else ''}"
         note(name, f"{line}   # {path.name}: {self.describe(config)}")
         env = {k: v for k, v in os.environ.items() if k not in COVERAGE_VARIABLES}
+        if trace:  # bench/tracehook's sitecustomize times the first ban (bench/scan_trace.py)
+            env["PST_TRACE"] = str(run / "trace.json")
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(TRACEHOOK), env.get("PYTHONPATH", "")) if p
+            )
         proc = lab.start(lab.target, [*pin, *argv], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
         assert proc.stderr is not None

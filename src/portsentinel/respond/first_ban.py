@@ -26,8 +26,10 @@ sources cost one message per turn, not one each.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from portsentinel.block import BanSpec, ingress, plan_actions
 from portsentinel.block.base import kernel_timeout
@@ -36,11 +38,12 @@ from portsentinel.block.nft_state import MAX_TIMEOUT, SET4, SET6, TABLE
 from portsentinel.block.table import ConntrackChain
 from portsentinel.config.schema import Settings
 from portsentinel.errors import BackendError
-from portsentinel.model import UNSOLICITED_GROUP
+from portsentinel.model import UNSOLICITED_GROUP, Proto
 from portsentinel.respond.backends import terms_of
 from portsentinel.respond.bans import BanRequest
 
 HOLD_MAX = 256  # held bans sent at once, before the turn ends
+_FIRST = BanRequest("", 0, Proto.TCP, None, 1, "")  # a first offence, to build its messages
 
 
 def eligible(settings: Settings) -> bool:
@@ -88,10 +91,28 @@ class FirstBan:
         self._short = terms.short()
         self._decoy = terms.decoy
         self._ipv6 = settings.ipv6_prefix_after == 0
+        if self.enabled:  # a first offence's messages built, the socket open: before a scan
+            timeout = self._timeout(_FIRST)
+            millis = None if timeout is None else timeout * 1000
+            self._writer.prepare(SET4, 4, millis)
+            self._writer.prepare(SET6, 16, millis)
+            with contextlib.suppress(BackendError):  # said by the first ban, if it stays so
+                self._writer.open()
 
-    def take(self, request: BanRequest, send: Callable[[BanRequest], None]) -> None:
+    def take(
+        self,
+        request: BanRequest,
+        send: Callable[[BanRequest], None],
+        evidence: Callable[[], Mapping[str, object]] | None = None,
+    ) -> None:
         """Apply ``request``'s element now (the turn's first) or at the turn's end, then hand
-        the request on through ``send``; requests this path does not serve go on at once."""
+        the request on through ``send``; requests this path does not serve go on at once.
+        ``evidence`` (when given) is asked after the turn's first element is in the kernel,
+        and goes with the request: gathering it does not delay the ban."""
+        if not self._sent_this_turn and self._at_once(request, send, evidence):
+            return
+        if evidence is not None:
+            request = _sent(request, request.kernel_timeout, evidence(), request.in_kernel)
         spec = self._spec(request)
         if spec is None:
             send(request)
@@ -102,11 +123,50 @@ class FirstBan:
             self._sent_this_turn = True
             self._send(send)
 
+    def _at_once(
+        self,
+        request: BanRequest,
+        send: Callable[[BanRequest], None],
+        evidence: Callable[[], Mapping[str, object]] | None,
+    ) -> bool:
+        """The turn's first ban of a plain host address, the short way: no ban object, the
+        element's message built in advance (``ElementWriter.add_one``); False when this
+        request needs the general way (``_spec``)."""
+        if not self.enabled or request.level != 1 or request.manual or request.in_kernel:
+            return False
+        key = host_key(request.address)
+        if key is None or (len(key) == 16 and not self._ipv6):
+            return False
+        self._sent_this_turn = True
+        timeout = self._timeout(request)
+        try:
+            self._writer.add_one(SET6 if len(key) == 16 else SET4, key,
+                                 None if timeout is None else timeout * 1000)  # fmt: skip
+        except BackendError as exc:
+            self._refused(1, exc)
+            done = False
+        else:
+            self.applied += 1
+            done = True
+        found = request.evidence if evidence is None else evidence()
+        send(_sent(request, timeout if done else None, found, done))
+        return True
+
     def end_turn(self, send: Callable[[BanRequest], None]) -> None:
         """The loop turn is over: send what was held; the next turn's first goes at once."""
         if self._held:
             self._send(send)
         self._sent_this_turn = False
+
+    def _timeout(self, request: BanRequest) -> int | None:
+        """The element's timeout in whole seconds (None: permanent), as ``kernel_timeout``
+        gives it for ``_spec``'s ban."""
+        seconds = self._short if request.provisional else self._seconds
+        if request.decoy:
+            seconds = self._decoy if seconds is None else min(seconds, self._decoy)
+        if seconds is None:
+            return None
+        return max(1, min(math.ceil(seconds), MAX_TIMEOUT))
 
     def _spec(self, request: BanRequest) -> BanSpec | None:
         if not self.enabled or request.level != 1 or request.manual or request.in_kernel:
@@ -136,26 +196,53 @@ class FirstBan:
                 self._writer.add(name, elements)
         except BackendError as exc:
             done = False
-            self.refused += len(held)
-            if self.refused == len(held) or self.refused % 1000 < len(held):
-                self._log(
-                    f"adminalert: ERROR: first bans not sent to the kernel ({exc}); the "
-                    "response worker applies them"
-                )
+            self._refused(len(held), exc)
         if done:
             self.applied += len(held)
         for request, _spec, timeout in held:
             send(_sent(request, timeout) if done else request)
 
+    def _refused(self, count: int, exc: BackendError) -> None:
+        self.refused += count
+        if self.refused == count or self.refused % 1000 < count:
+            self._log(
+                f"adminalert: ERROR: first bans not sent to the kernel ({exc}); the "
+                "response worker applies them"
+            )
+
     def close(self) -> None:
         self._writer.close()
 
 
-def _sent(r: BanRequest, timeout: int | None) -> BanRequest:
-    """``r`` with its element in the kernel: ``dataclasses.replace`` without its cost (about
-    ten times a plain construction, in the loop, once per ban of a burst)."""
-    return BanRequest(r.address, r.port, r.proto, r.mode, r.level, r.reason, r.rule, r.evidence,
-                      r.duration, r.manual, True, timeout, r.provisional, r.decoy)  # fmt: skip
+def _sent(
+    r: BanRequest,
+    timeout: int | None,
+    evidence: Mapping[str, object] | None = None,
+    in_kernel: bool = True,
+) -> BanRequest:
+    """``r`` with its element in the kernel (and ``evidence`` when given): ``dataclasses.
+    replace`` without its cost (about ten times a plain construction, in the loop, once per
+    ban of a burst)."""
+    found = r.evidence if evidence is None else evidence
+    return BanRequest(r.address, r.port, r.proto, r.mode, r.level, r.reason, r.rule, found,
+                      r.duration, r.manual, in_kernel, timeout, r.provisional, r.decoy)  # fmt: skip
+
+
+def host_key(address: str) -> bytes | None:
+    """The packed address of a plain IPv4 or IPv6 host address text, as the set's key; None
+    for anything else (an IPv4-mapped IPv6 address, a network, a name: ``BanSpec`` decides)."""
+    try:
+        return socket.inet_pton(socket.AF_INET, address)
+    except OSError:
+        pass
+    try:
+        key = socket.inet_pton(socket.AF_INET6, address)
+    except OSError:
+        return None
+    return None if key.startswith(_MAPPED) else key
+
+
+_MAPPED = bytes(10) + b"\xff\xff"
 
 
 def install_conntrack(settings: Settings, log: Callable[[str], None]) -> ConntrackChain | None:

@@ -14,6 +14,7 @@ are lifted, not restored. A dry run records would-be bans in an offline store.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import socket
 import threading
@@ -155,13 +156,17 @@ class Responder:
     def bans_active(self) -> int:
         return len(self._active)
 
-    def ban(self, request: BanRequest) -> None:
+    def ban(
+        self, request: BanRequest, evidence: Callable[[], Mapping[str, object]] | None = None
+    ) -> None:
         """A triggered source: its nftables element goes to the kernel from here when the
-        settings allow (``first_ban``), the rest to the worker."""
+        settings allow (``first_ban``), the rest to the worker. ``evidence``: the request's
+        evidence, gathered once the element is in the kernel (else at once)."""
         if self._first is not None:
-            self._first.take(request, self._jobs.put)
+            self._first.take(request, self._jobs.put, evidence)
         else:
-            self._jobs.put(request)
+            found = request.evidence if evidence is None else evidence()
+            self._jobs.put(dataclasses.replace(request, evidence=found))
 
     def end_turn(self) -> None:
         """Once a detection-loop turn: first bans held during the turn go to the kernel, and

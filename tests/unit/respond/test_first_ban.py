@@ -22,12 +22,23 @@ class Writer:
         self.adds: list[tuple[str, list[Element]]] = []
         self.refuse = refuse
         self.closed = False
+        self.prepared: list[tuple[str, int, int | None]] = []
 
     def add(self, set_name: str, elements: Sequence[Element]) -> None:
         if self.refuse:
             raise BackendError("nfnetlink: cannot add: No such file or directory")
         if elements:
             self.adds.append((set_name, list(elements)))
+
+    def add_one(self, set_name: str, key: bytes, timeout_ms: int | None) -> None:
+        self.add(set_name, [(key, timeout_ms)])
+
+    def prepare(self, set_name: str, key_size: int, timeout_ms: int | None) -> None:
+        self.prepared.append((set_name, key_size, timeout_ms))
+
+    def open(self) -> None:
+        if self.refuse:
+            raise BackendError("nfnetlink: cannot open a socket: Permission denied")
 
     def close(self) -> None:
         self.closed = True
