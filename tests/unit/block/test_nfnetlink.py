@@ -142,3 +142,37 @@ def test_a_delete_message_names_the_key_without_timeout_or_create() -> None:
     only = dict(attrs(payload))
     assert nl.NFTA_SET_ELEM_TIMEOUT not in only
     assert attrs(only[nl.NFTA_SET_ELEM_KEY]) == [(nl.NFTA_DATA_VALUE, elements[0][0])]
+
+
+@given(key=st.binary(min_size=4, max_size=4) | st.binary(min_size=16, max_size=16),
+       seq=st.integers(min_value=0, max_value=0x7FFFFFF0))  # fmt: skip
+def test_a_template_filled_is_the_batch_built_afresh(key: bytes, seq: int) -> None:
+    """The first ban's datagram, built once and filled with a key and numbers, is byte for
+    byte what ``batch`` builds for them: both tables' messages, begin and end."""
+
+    def make(k: bytes, first: int) -> bytes:
+        return nl.batch([nl.element_message("portsentinel", "ban4", [(k, 3_600_000)], first + 1),
+                         nl.element_message("portsentinel", "ban4", [(k, 3_600_000)], first + 2,
+                                            nl.NFPROTO_NETDEV)], first)  # fmt: skip
+
+    template = nl.Template(make, len(key))
+    assert len(template.heads) == 4  # begin, inet, netdev, end
+    assert len(template.keys) == 2
+    assert template.fill(key, seq) == make(key, seq)
+    other = bytes(b ^ 0x5A for b in key)
+    assert template.fill(other, seq + 7) == make(other, seq + 7)  # filled again: no trace left
+
+
+def test_a_template_takes_only_keys_of_its_size() -> None:
+    template = nl.Template(lambda k, s: nl.get_element_message("t", "ssh4", k, s), 4)
+    assert template.fill(bytes([198, 18, 0, 2]), 9) == nl.get_element_message(
+        "t", "ssh4", bytes([198, 18, 0, 2]), 9
+    )
+    with pytest.raises(ValueError, match="16 bytes"):
+        template.fill(bytes(16), 9)
+
+
+def test_a_message_with_the_key_in_a_field_that_varies_is_refused() -> None:
+    """A maker whose output changes beyond the key's copies cannot be a template."""
+    with pytest.raises(ValueError, match="whole copies"):
+        nl.Template(lambda k, s: k + bytes([k[0] & 1]), 4)
