@@ -58,7 +58,7 @@ print(json.dumps(outcome))
 # its netdev copy (``ingress.py``) in one transaction; without the netdev table (a backend
 # without ingress), the inet set alone (the transaction is sent again without the copy).
 ONE = r"""
-import ipaddress, sys
+import ipaddress, json, sys
 from portsentinel.block.nfnetlink import ElementWriter
 from portsentinel.block.nftables import NftablesBackend
 from portsentinel.block.runner import Runner
@@ -71,6 +71,9 @@ writer.open()
 writer.add_one("ban4", ipaddress.ip_address(banned4).packed, 600_000)
 writer.add_one("ban6", ipaddress.ip_address(banned6).packed, None)  # built on first use
 writer.add_one("ban4", ipaddress.ip_address("198.18.0.78").packed, 600_000)  # filled again
+alone = ipaddress.ip_address("198.18.0.79").packed
+writer.add_one("ban4", alone, 600_000, mirror=False)  # the inet set alone, then its copy
+print(json.dumps({"copied": writer.copy("ban4", [(alone, 600_000)])}))
 writer.close()
 """
 
@@ -179,8 +182,10 @@ def test_the_first_bans_prebuilt_element_reaches_both_tables_and_drops(lab: netn
     assert six is not None
     assert four[BANNED4] == 600
     assert four["198.18.0.78"] == 600
+    assert four["198.18.0.79"] == 600
     assert six == {BANNED6: None}
-    assert {BANNED4, "198.18.0.78"} <= netdev_keys(lab, "ban4")
+    assert json.loads(done.stdout) == {"copied": True}
+    assert netdev_keys(lab, "ban4") == {BANNED4, "198.18.0.78", "198.18.0.79"}
     assert netdev_keys(lab, "ban6") == {BANNED6}
     expect(lab, dropped=[BANNED4, BANNED6], passing=[OTHER4, OTHER6])
 
@@ -193,5 +198,7 @@ def test_without_the_netdev_copy_the_prebuilt_element_goes_to_the_inet_set(
     four = nft_elements(lab, 4)
     assert four is not None
     assert four[BANNED4] == 600
+    assert four["198.18.0.79"] == 600
+    assert json.loads(done.stdout) == {"copied": False}  # no netdev table: nothing to copy to
     assert netdev_keys(lab, "ban4") == set()
     expect(lab, dropped=[BANNED4], passing=[OTHER4])

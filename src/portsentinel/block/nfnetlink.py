@@ -80,6 +80,7 @@ _ATTR: Final = struct.Struct("=HH")
 _SEQ: Final = struct.Struct("=I")
 
 Element = tuple[bytes, int | None]  # packed address, timeout in ms (None: no timeout)
+_MAIN, _BOTH, _COPY = 0, 1, 2  # which tables a transaction writes: the table, both, the mirror
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -231,7 +232,7 @@ class ElementWriter:
         self.family = family
         self._sock: socket.socket | None = None
         self._seq = 0
-        self._templates: dict[tuple[str, int, int | None, bool], Template] = {}
+        self._templates: dict[tuple[str, int, int | None, int], Template] = {}
 
     def _socket(self) -> socket.socket:
         sock = self._sock
@@ -256,14 +257,14 @@ class ElementWriter:
         for start in range(0, len(elements), step):
             part = elements[start : start + step]
             if self.mirror is None:
-                self._add(set_name, part, mirrored=False)
+                self._add(set_name, part, which=_MAIN)
                 continue
             try:
-                self._add(set_name, part, mirrored=True)
+                self._add(set_name, part, which=_BOTH)
             except _RefusedError as exc:
                 if exc.code != errno.ENOENT:
                     raise
-                self._add(set_name, part, mirrored=False)
+                self._add(set_name, part, which=_MAIN)
 
     def delete(self, set_name: str, keys: Sequence[bytes]) -> int:
         """Delete the elements of ``keys`` from the table's set (not the mirror), one
@@ -272,7 +273,7 @@ class ElementWriter:
         deleted = 0
         for key in keys:
             try:
-                self._add(set_name, [(key, None)], mirrored=False, kind=NFT_MSG_DELSETELEM)
+                self._add(set_name, [(key, None)], which=_MAIN, kind=NFT_MSG_DELSETELEM)
             except _RefusedError as exc:
                 if exc.code != errno.ENOENT:
                     raise
@@ -280,33 +281,54 @@ class ElementWriter:
                 deleted += 1
         return deleted
 
-    def add_one(self, set_name: str, key: bytes, timeout_ms: int | None) -> None:
+    def add_one(
+        self, set_name: str, key: bytes, timeout_ms: int | None, *, mirror: bool = True
+    ) -> None:
         """``add`` of one element (a first ban), from a datagram built once per set, key
         size and timeout (``prepare``) and sent again with its key and sequence numbers
         written in: the ban's path builds no message (~0.1 ms of Python, cold, on a scan's
-        first probe)."""
-        if self.mirror is not None:
+        first probe). ``mirror`` False: the table's set alone (``copy`` writes the mirror's
+        later)."""
+        if self.mirror is not None and mirror:
             try:
-                self._add_one(set_name, key, timeout_ms, mirrored=True)
+                self._add_one(set_name, key, timeout_ms, which=_BOTH)
             except _RefusedError as exc:
                 if exc.code != errno.ENOENT:
                     raise
             else:
                 return
-        self._add_one(set_name, key, timeout_ms, mirrored=False)
+        self._add_one(set_name, key, timeout_ms, which=_MAIN)
 
-    def prepare(self, set_name: str, key_size: int, timeout_ms: int | None) -> None:
-        """Build ``add_one``'s datagrams for these now (with and without the mirror)."""
-        for mirrored in (True, False) if self.mirror is not None else (False,):
-            self._template(set_name, key_size, timeout_ms, mirrored=mirrored)
+    def copy(self, set_name: str, elements: Sequence[Element]) -> bool:
+        """Add ``elements`` to the mirror's set alone, in one transaction per BATCH; False
+        when there is no mirror (none named, or ENOENT: not made, no netdev family).
+        BackendError for any other refusal."""
+        if self.mirror is None:
+            return False
+        for start in range(0, len(elements), BATCH):
+            try:
+                self._add(set_name, elements[start : start + BATCH], which=_COPY)
+            except _RefusedError as exc:
+                if exc.code != errno.ENOENT:
+                    raise
+                return False
+        return bool(elements)
+
+    def prepare(
+        self, set_name: str, key_size: int, timeout_ms: int | None, *, mirror: bool = True
+    ) -> None:
+        """Build ``add_one``'s datagrams for these now (with and without the mirror; with
+        ``mirror`` False, for the table alone)."""
+        for which in (_BOTH, _MAIN) if self.mirror is not None and mirror else (_MAIN,):
+            self._template(set_name, key_size, timeout_ms, which=which)
 
     def _template(
-        self, set_name: str, key_size: int, timeout_ms: int | None, *, mirrored: bool
+        self, set_name: str, key_size: int, timeout_ms: int | None, *, which: int
     ) -> Template:
-        index = (set_name, key_size, timeout_ms, mirrored)
+        index = (set_name, key_size, timeout_ms, which)
         template = self._templates.get(index)
         if template is None:
-            targets = self._targets(mirrored)
+            targets = self._targets(which)
 
             def make(key: bytes, seq: int) -> bytes:
                 return batch([element_message(table, set_name, [(key, timeout_ms)], seq + i,
@@ -316,19 +338,18 @@ class ElementWriter:
             template = self._templates[index] = Template(make, key_size)
         return template
 
-    def _add_one(
-        self, set_name: str, key: bytes, timeout_ms: int | None, *, mirrored: bool
-    ) -> None:
-        template = self._template(set_name, len(key), timeout_ms, mirrored=mirrored)
+    def _add_one(self, set_name: str, key: bytes, timeout_ms: int | None, *, which: int) -> None:
+        template = self._template(set_name, len(key), timeout_ms, which=which)
         first = (self._seq + 1) & 0x7FFFFFFF
         count = len(template.heads) - 2  # the element messages, between begin and end
         self._seq = first + count + 1
         data = template.fill(key, first)
-        self._transact(data, range(first + 1, first + 1 + count), set_name, NFT_MSG_NEWSETELEM)
+        where = f"{self.table} {set_name}"
+        self._transact(data, range(first + 1, first + 1 + count), where, NFT_MSG_NEWSETELEM)
 
-    def _targets(self, mirrored: bool) -> list[tuple[str, int]]:
-        targets = [(self.table, self.family)]
-        if mirrored and self.mirror is not None:
+    def _targets(self, which: int) -> list[tuple[str, int]]:
+        targets = [] if which == _COPY else [(self.table, self.family)]
+        if which != _MAIN and self.mirror is not None:
             targets.append((self.mirror, NFPROTO_NETDEV))
         return targets
 
@@ -337,22 +358,23 @@ class ElementWriter:
         set_name: str,
         elements: Sequence[Element],
         *,
-        mirrored: bool,
+        which: int,
         kind: int = NFT_MSG_NEWSETELEM,
     ) -> None:
         messages, seqs = [], []
         first = self._seq = (self._seq + 1) & 0x7FFFFFFF
         seq = first
-        for table, family in self._targets(mirrored):
+        for table, family in self._targets(which):
             for start in range(0, len(elements), CHUNK):
                 seq += 1
                 seqs.append(seq)
                 part = elements[start : start + CHUNK]
                 messages.append(element_message(table, set_name, part, seq, family, kind))
         self._seq = seq + 1
-        self._transact(batch(messages, first), seqs, set_name, kind)
+        table = self.mirror if which == _COPY and self.mirror is not None else self.table
+        self._transact(batch(messages, first), seqs, f"{table} {set_name}", kind)
 
-    def _transact(self, data: bytes, seqs: Iterable[int], set_name: str, kind: int) -> None:
+    def _transact(self, data: bytes, seqs: Iterable[int], where: str, kind: int) -> None:
         """Send one batch and wait for the acknowledgement of each of ``seqs``."""
         sock = self._socket()
         try:
@@ -372,7 +394,7 @@ class ElementWriter:
         if failure:
             verb = "add to" if kind == NFT_MSG_NEWSETELEM else "delete from"
             raise _RefusedError(
-                f"nfnetlink: cannot {verb} {self.table} {set_name}: {os.strerror(failure)}"
+                f"nfnetlink: cannot {verb} {where}: {os.strerror(failure)}"
                 + (" (no such table, set or element)" if failure == errno.ENOENT else ""),
                 failure,
             )

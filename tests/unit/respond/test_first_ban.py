@@ -23,6 +23,8 @@ class Writer:
         self.refuse = refuse
         self.closed = False
         self.prepared: list[tuple[str, int, int | None]] = []
+        self.copies: list[tuple[str, list[Element]]] = []
+        self.refuse_copies = False
 
     def add(self, set_name: str, elements: Sequence[Element]) -> None:
         if self.refuse:
@@ -30,10 +32,21 @@ class Writer:
         if elements:
             self.adds.append((set_name, list(elements)))
 
-    def add_one(self, set_name: str, key: bytes, timeout_ms: int | None) -> None:
+    def add_one(
+        self, set_name: str, key: bytes, timeout_ms: int | None, *, mirror: bool = True
+    ) -> None:
+        assert not mirror  # the turn's first: the inet set alone, its copy at the turn's end
         self.add(set_name, [(key, timeout_ms)])
 
-    def prepare(self, set_name: str, key_size: int, timeout_ms: int | None) -> None:
+    def copy(self, set_name: str, elements: Sequence[Element]) -> bool:
+        if self.refuse_copies:
+            raise BackendError("nfnetlink: cannot add to portsentinel ban4: Device busy")
+        self.copies.append((set_name, list(elements)))
+        return True
+
+    def prepare(
+        self, set_name: str, key_size: int, timeout_ms: int | None, *, mirror: bool = True
+    ) -> None:
         self.prepared.append((set_name, key_size, timeout_ms))
 
     def open(self) -> None:
@@ -208,3 +221,25 @@ def test_host_keys_are_plain_addresses_only() -> None:
     assert host_key("::ffff:198.18.0.9") is None  # BanSpec maps it to IPv4
     assert host_key("198.18.0.0/24") is None
     assert host_key("example.org") is None
+
+
+def test_the_ingress_copy_of_a_first_ban_follows_at_the_turns_end() -> None:
+    """The turn's first ban is the inet element alone (one table's transaction is the
+    shorter); its netdev copy goes when the turn ends, with those of the held bans' turn."""
+    writer = Writer()
+    fast, lines = first_ban(settings(ban_duration=600.0), writer)
+    sent: list[BanRequest] = []
+    fast.take(request("198.18.0.2"), sent.append)
+    assert writer.copies == []
+    fast.end_turn(sent.append)
+    assert writer.copies == [("ban4", [(bytes([198, 18, 0, 2]), 600_000)])]
+    fast.end_turn(sent.append)  # nothing more to copy
+    assert len(writer.copies) == 1
+    writer.refuse_copies = True
+    fast.take(request("fd00:5e::3"), sent.append)
+    fast.end_turn(sent.append)
+    assert sent[-1].in_kernel  # the ban stands: its inet element is in
+    assert lines == [
+        "adminalert: WARNING: ingress copies of first bans not written (nfnetlink: cannot add "
+        "to portsentinel ban4: Device busy)"
+    ]
