@@ -49,6 +49,10 @@ on receipt with ``time.time()``) give
 
 ``--src DIR`` runs another tree's PortSentinel (before/after): the script re-runs itself with
 PYTHONPATH starting at DIR, which the daemons (``python -m portsentinel``) inherit.
+``--before DIR`` runs each PortSentinel row twice in turn, the second time (``(before)``) with
+DIR first in the daemon's PYTHONPATH: both trees and 1.2 alternate within each run and kind.
+``--trace`` times the stages of the first ban inside each PortSentinel daemon
+(``bench/tracehook``, ``bench/scan_trace.py``) and prints them per scan and as medians.
 
 Needs root, iproute2, nft, nmap, tcpdump, taskset, unshare, iptables (iptables-nft) and apt-get
 (for 1.2). Every daemon and firewall command runs in a lab's target namespace; every file in a
@@ -57,7 +61,8 @@ its tally are ``bench/scan_capture.py``, the daemons and their ban watch
 ``bench/scan_subjects.py``. Prints a line per scan (with the load average when it began), a
 table per scan kind and the commands; asserts nothing.
 Usage: python3 bench/scan_ban.py [--runs N] [--kinds sS,sU] [--only portsentry12,default,debian]
-[--events both|on|off] [--no-ipv6] [--ports 1-1024] [--cpu 1] [--src DIR] [--keep]
+[--events both|on|off] [--no-ipv6] [--ports 1-1024] [--cpu 1] [--src DIR] [--before DIR]
+[--trace] [--keep]
 """
 
 from __future__ import annotations
@@ -113,10 +118,12 @@ ICMP_UNLIMITED = (
 class Row:
     config: str  # portsentry12, default, debian
     events: bool = False
+    before: str = ""  # --before: another tree's src/ for this row's daemon
 
     @property
     def name(self) -> str:
-        return self.config + (" --events" if self.events else "")
+        events = " --events" if self.events else ""
+        return self.config + events + (" (before)" if self.before else "")
 
     @property
     def detect_source(self) -> str:
@@ -226,7 +233,7 @@ def start_subject(lab: netns.Lab, row: Row, run: Path, setup: Setup, cmd: Comman
         every = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         return PortSentry12(lab, run, setup.root, setup.cpu or every, cmd.note)
     return PortSentinel(lab, run, row.config, events=row.events, cpu=setup.cpu, note=cmd.note,
-                        trace=setup.trace)  # fmt: skip
+                        trace=setup.trace, src=row.before)  # fmt: skip
 
 
 def scan_once(row: Row, scan: Scan, number: int, setup: Setup, cmd: Commands) -> Result:
@@ -362,6 +369,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--after-ban", type=float, default=1.0,
                         help="seconds the capture goes on after the ban")  # fmt: skip
     parser.add_argument("--src", help="run PortSentinel from this src/ tree (before/after)")
+    parser.add_argument("--before", help="also run each PortSentinel row from this src/ tree, "
+                        "alternating with this tree's")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the logs and captures")
     parser.add_argument("--trace", action="store_true",
                         help="time the first ban's stages inside PortSentinel")  # fmt: skip
@@ -389,6 +398,10 @@ def plan(args: argparse.Namespace) -> tuple[list[Row], list[Scan]]:
     events = {"both": (False, True), "on": (True,), "off": (False,)}[args.events]
     rows = [Row("portsentry12")] if "portsentry12" in only else []
     rows += [Row(c, e) for c in ("default", "debian", "hold") if c in only for e in events]
+    if args.before:  # each PortSentinel row again, run from that tree, right after it
+        tree = str(Path(args.before).resolve())
+        rows = [r for row in rows for r in (row, Row(row.config, row.events, tree))
+                if r.config != "portsentry12" or not r.before]  # fmt: skip
     kinds = [k.strip().lstrip("-") for k in args.kinds.split(",")]
     if set(kinds) - set(KINDS):
         raise SystemExit(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}")

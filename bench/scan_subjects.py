@@ -204,6 +204,7 @@ class PortSentinel(Subject):
         cpu: str,
         note: Note,
         trace: bool = False,
+        src: str = "",
     ) -> None:
         path = self._config(run, config)
         argv = [*PORTSENTINEL, "run", "--mode", "atcp,audp", "--config", str(path),
@@ -211,9 +212,13 @@ class PortSentinel(Subject):
                 *(["--events", str(run / "events.jsonl")] if events else [])]  # fmt: skip
         pin = ["taskset", "-c", cpu] if cpu else []
         line = f"ip netns exec {lab.target} {shlex.join([*pin, *argv])}"
-        name = f"portsentinel {config}{' --events' if events else ''}"
+        if src:
+            line = f"PYTHONPATH={src} {line}"
+        name = f"portsentinel {config}{' --events' if events else ''}{' (before)' if src else ''}"
         note(name, f"{line}   # {path.name}: {self.describe(config)}")
         env = {k: v for k, v in os.environ.items() if k not in COVERAGE_VARIABLES}
+        if src:  # another tree's daemon (scan_ban.py --before)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
         if trace:  # bench/tracehook's sitecustomize times the first ban (bench/scan_trace.py)
             env["PST_TRACE"] = str(run / "trace.json")
             env["PYTHONPATH"] = os.pathsep.join(
