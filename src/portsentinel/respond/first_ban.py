@@ -26,10 +26,10 @@ sources cost one message per turn, not one each.
 The turn's first ban is the short path of a scan's first probe (``bench/scan_ban.py --trace``
 times it): its message was built at start (``ElementWriter.prepare``; only the key and the
 sequence numbers are written in), it goes to the inet set alone (a transaction over one table
-is the shorter: 115-145 us against 135-175 us with the netdev copy, cold, on 6.18), and the
-request's evidence is gathered after it. Its netdev copy (``block/ingress.py``) follows when
-the turn ends, with the copies of the others sent at once; the held bans write both tables
-in one transaction as before.
+is the shorter: 142 us against 191 us with the netdev copy, medians after 0.2 s idle on 6.18,
+``bench/first_ban_parts.py``), and the request's evidence is gathered after it. Its netdev
+copy (``block/ingress.py``) follows when the turn ends, with the copies of the others sent at
+once; the held bans write both tables in one transaction as before.
 """
 
 from __future__ import annotations
