@@ -49,6 +49,10 @@ on receipt with ``time.time()``) give
 
 ``--src DIR`` runs another tree's PortSentinel (before/after): the script re-runs itself with
 PYTHONPATH starting at DIR, which the daemons (``python -m portsentinel``) inherit.
+``--before DIR`` runs each PortSentinel row twice in turn, the second time (``(before)``) with
+DIR first in the daemon's PYTHONPATH: both trees and 1.2 alternate within each run and kind.
+``--trace`` times the stages of the first ban inside each PortSentinel daemon
+(``bench/tracehook``, ``bench/scan_trace.py``) and prints them per scan and as medians.
 
 Needs root, iproute2, nft, nmap, tcpdump, taskset, unshare, iptables (iptables-nft) and apt-get
 (for 1.2). Every daemon and firewall command runs in a lab's target namespace; every file in a
@@ -57,7 +61,8 @@ its tally are ``bench/scan_capture.py``, the daemons and their ban watch
 ``bench/scan_subjects.py``. Prints a line per scan (with the load average when it began), a
 table per scan kind and the commands; asserts nothing.
 Usage: python3 bench/scan_ban.py [--runs N] [--kinds sS,sU] [--only portsentry12,default,debian]
-[--events both|on|off] [--no-ipv6] [--ports 1-1024] [--cpu 1] [--src DIR] [--keep]
+[--events both|on|off] [--no-ipv6] [--ports 1-1024] [--cpu 1] [--src DIR] [--before DIR]
+[--trace] [--keep]
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ban_latency
 import netns
 import portsentry12
+import scan_trace
 from scan_capture import capture, tally
 from scan_subjects import BanWatch, PortSentinel, PortSentry12, Subject
 
@@ -112,10 +118,12 @@ ICMP_UNLIMITED = (
 class Row:
     config: str  # portsentry12, default, debian
     events: bool = False
+    before: str = ""  # --before: another tree's src/ for this row's daemon
 
     @property
     def name(self) -> str:
-        return self.config + (" --events" if self.events else "")
+        events = " --events" if self.events else ""
+        return self.config + events + (" (before)" if self.before else "")
 
     @property
     def detect_source(self) -> str:
@@ -151,6 +159,7 @@ class Result:
     answered: int = 0
     replies: int = 0
     last_answer: float | None = None
+    stages: dict[str, float] | None = None  # --trace: where the first ban's time went
     notes: list[str] = field(default_factory=list)
 
     def to_ban(self, start: float | None) -> float | None:
@@ -183,6 +192,7 @@ class Result:
             f"{self.probes_before}, ports answered before ban {self.answered_before} "
             f"(of {self.answered} answered, {self.replies} replies)"
             + (f"  [{'; '.join(self.notes)}]" if self.notes else "")
+            + (f"\n    {scan_trace.line(self.stages)}" if self.stages else "")
         )
 
 
@@ -208,6 +218,7 @@ class Setup:
     other_cpu: str  # nmap's and tcpdump's
     settle: float
     after_ban: float
+    trace: bool = False
 
 
 def nmap_argv(scan: Scan, ports: str, cpu: str, target: str) -> list[str]:
@@ -221,7 +232,8 @@ def start_subject(lab: netns.Lab, row: Row, run: Path, setup: Setup, cmd: Comman
         assert setup.root is not None
         every = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         return PortSentry12(lab, run, setup.root, setup.cpu or every, cmd.note)
-    return PortSentinel(lab, run, row.config, events=row.events, cpu=setup.cpu, note=cmd.note)
+    return PortSentinel(lab, run, row.config, events=row.events, cpu=setup.cpu, note=cmd.note,
+                        trace=setup.trace, src=row.before)  # fmt: skip
 
 
 def scan_once(row: Row, scan: Scan, number: int, setup: Setup, cmd: Commands) -> Result:
@@ -256,6 +268,9 @@ def scan_once(row: Row, scan: Scan, number: int, setup: Setup, cmd: Commands) ->
     result.answered = counted.answered
     result.replies = counted.replies
     result.last_answer = counted.last_answer
+    trace = scan_trace.load(run / "trace.json") if setup.trace else None
+    if trace is not None:
+        result.stages = scan_trace.breakdown(trace, counted.first_probe)
     if result.banned is None:
         result.notes.append("no ban")
     return result
@@ -326,6 +341,15 @@ def report(results: Sequence[Result], rows: Sequence[Row], scans: Sequence[Scan]
                 f"{statistics.median(probes) if probes else '-'} | "
                 f"{statistics.median(before):g} ({statistics.median(total):g}) |"
             )
+    traced = [r for r in results if r.stages]
+    if traced:
+        print("\n--trace, medians in ms (bench/scan_trace.py says what each stage is)")
+        for scan in scans:
+            for row in rows:
+                found = [r.stages for r in traced if r.row == row and r.scan == scan and r.stages]
+                if found:
+                    stages = scan_trace.line(scan_trace.medians(found))
+                    print(f"  {row.name:<22} {scan.name:<7} {stages}")
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -345,7 +369,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--after-ban", type=float, default=1.0,
                         help="seconds the capture goes on after the ban")  # fmt: skip
     parser.add_argument("--src", help="run PortSentinel from this src/ tree (before/after)")
+    parser.add_argument("--before", help="also run each PortSentinel row from this src/ tree, "
+                        "alternating with this tree's")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the logs and captures")
+    parser.add_argument("--trace", action="store_true",
+                        help="time the first ban's stages inside PortSentinel")  # fmt: skip
     return parser.parse_args()
 
 
@@ -370,6 +398,10 @@ def plan(args: argparse.Namespace) -> tuple[list[Row], list[Scan]]:
     events = {"both": (False, True), "on": (True,), "off": (False,)}[args.events]
     rows = [Row("portsentry12")] if "portsentry12" in only else []
     rows += [Row(c, e) for c in ("default", "debian", "hold") if c in only for e in events]
+    if args.before:  # each PortSentinel row again, run from that tree, right after it
+        tree = str(Path(args.before).resolve())
+        rows = [r for row in rows for r in (row, Row(row.config, row.events, tree))
+                if r.config != "portsentry12" or not r.before]  # fmt: skip
     kinds = [k.strip().lstrip("-") for k in args.kinds.split(",")]
     if set(kinds) - set(KINDS):
         raise SystemExit(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}")
@@ -412,7 +444,7 @@ def main() -> int:
         print(f"portsentry 1.2: apt-get download portsentry && dpkg -x ... {root}")
     base = Path(tempfile.mkdtemp(prefix="pst-scan-ban-"))
     setup = Setup(root, base, args.ports, args.cpu, other_cpu(args.cpu), args.settle,
-                  args.after_ban)  # fmt: skip
+                  args.after_ban, args.trace)  # fmt: skip
     cmd = Commands()
     results: list[Result] = []
     number = 0

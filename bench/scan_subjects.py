@@ -47,6 +47,7 @@ PS_BAN = {
     "BLOCK_UDP": "1",
     "KILL_ROUTE": "/usr/sbin/iptables -I INPUT -s $TARGET$ -j DROP",
 }
+TRACEHOOK = Path(__file__).resolve().parent / "tracehook"
 START_DEADLINE = 20.0
 READY_PROBE = "198.19.255.254"  # a throw-away ban that shows the monitor is listening
 TOKEN = re.compile(r"[0-9A-Fa-f:.]+(?:/\d+)?")
@@ -194,7 +195,16 @@ class PortSentry12(Subject):
 
 class PortSentinel(Subject):
     def __init__(
-        self, lab: netns.Lab, run: Path, config: str, *, events: bool, cpu: str, note: Note
+        self,
+        lab: netns.Lab,
+        run: Path,
+        config: str,
+        *,
+        events: bool,
+        cpu: str,
+        note: Note,
+        trace: bool = False,
+        src: str = "",
     ) -> None:
         path = self._config(run, config)
         argv = [*PORTSENTINEL, "run", "--mode", "atcp,audp", "--config", str(path),
@@ -202,9 +212,18 @@ class PortSentinel(Subject):
                 *(["--events", str(run / "events.jsonl")] if events else [])]  # fmt: skip
         pin = ["taskset", "-c", cpu] if cpu else []
         line = f"ip netns exec {lab.target} {shlex.join([*pin, *argv])}"
-        name = f"portsentinel {config}{' --events' if events else ''}"
+        if src:
+            line = f"PYTHONPATH={src} {line}"
+        name = f"portsentinel {config}{' --events' if events else ''}{' (before)' if src else ''}"
         note(name, f"{line}   # {path.name}: {self.describe(config)}")
         env = {k: v for k, v in os.environ.items() if k not in COVERAGE_VARIABLES}
+        if src:  # another tree's daemon (scan_ban.py --before)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+        if trace:  # bench/tracehook's sitecustomize times the first ban (bench/scan_trace.py)
+            env["PST_TRACE"] = str(run / "trace.json")
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(TRACEHOOK), env.get("PYTHONPATH", "")) if p
+            )
         proc = lab.start(lab.target, [*pin, *argv], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
         assert proc.stderr is not None

@@ -61,7 +61,11 @@ def _receive(config: dict[str, Any]) -> None:
         _emit(event="ready", counted=sorted(ring.counted_ifindexes), interfaces=interfaces)
         deadline = time.monotonic() + _RUN_LIMIT
         while time.monotonic() < deadline:
-            ring.read_batch(_print_packet, 0.05)
+            if config.get("ready_only"):  # as the daemon: its selector waits, the ring reads
+                select.select([ring.fileno()], [], [], 0.05)
+                ring.read_batch(_print_packet, -1.0)
+            else:
+                ring.read_batch(_print_packet, 0.05)
             if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.readline():
                 break
         _emit(event="stats", **asdict(ring.stats()))
@@ -321,6 +325,22 @@ def test_a_lone_probe_arrives_at_once(lab: netns.Lab, receiver: Receiver) -> Non
     assert stats["drops"] == 0
     assert stats["handled"] == 1
     assert stats["packets"] == 1
+
+
+def test_a_ring_read_without_a_wait_hands_on_what_is_ready(lab: netns.Lab) -> None:
+    """A negative time-out reads the ready frames and makes no system call of its own (the
+    daemon's selector has waited): every probe still arrives, each at once."""
+    rx = Receiver(lab, {"udp_below": 1024, "version": 2, "ready_only": True})
+    try:
+        for port in (1501, 1502, 1503):
+            [sent] = send(lab, lab.scanner, [probe(port)])
+            packet = rx.until_port(port)
+            assert -0.05 <= packet["now"] - sent["t"] < 1.0
+        stats = rx.finish()
+        assert stats["handled"] == 3
+        assert stats["drops"] == 0
+    finally:
+        Lab.stop(rx.proc)
 
 
 def test_a_bridged_packet_is_seen_once_on_the_bridge(lab: netns.Lab) -> None:

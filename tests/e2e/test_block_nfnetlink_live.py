@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import netns
 import pytest
-from banlab import nft_elements
+from banlab import netdev_elements, nft_elements
 from test_block_backends import BANNED4, BANNED6, OTHER4, OTHER6, banning_lab, expect
 
 _REASON = netns.unavailable()
@@ -53,6 +53,34 @@ writer.add("ban4", [(key("198.18.0.77"), 1_000)])  # the socket still works afte
 writer.close()
 print(json.dumps(outcome))
 """
+
+# The first ban's own way: one element from a datagram built in advance, into the inet set and
+# its netdev copy (``ingress.py``) in one transaction; without the netdev table (a backend
+# without ingress), the inet set alone (the transaction is sent again without the copy).
+ONE = r"""
+import ipaddress, json, sys
+from portsentinel.block.nfnetlink import ElementWriter
+from portsentinel.block.nftables import NftablesBackend
+from portsentinel.block.runner import Runner
+
+banned4, banned6, netdev = sys.argv[1:4]
+NftablesBackend(Runner(), ingress=netdev == "1").start()
+writer = ElementWriter("portsentinel", mirror="portsentinel")
+writer.prepare("ban4", 4, 600_000)
+writer.open()
+writer.add_one("ban4", ipaddress.ip_address(banned4).packed, 600_000)
+writer.add_one("ban6", ipaddress.ip_address(banned6).packed, None)  # built on first use
+writer.add_one("ban4", ipaddress.ip_address("198.18.0.78").packed, 600_000)  # filled again
+alone = ipaddress.ip_address("198.18.0.79").packed
+writer.add_one("ban4", alone, 600_000, mirror=False)  # the inet set alone, then its copy
+print(json.dumps({"copied": writer.copy("ban4", [(alone, 600_000)])}))
+writer.close()
+"""
+
+
+def netdev_keys(lab: netns.Lab, name: str) -> set[str]:
+    """The addresses in ``netdev portsentinel``'s set ``name``."""
+    return {str(element["val"]) for element in netdev_elements(lab, name)}
 
 
 @pytest.fixture
@@ -144,3 +172,33 @@ def test_quiet_elements_reach_the_netdev_sets_and_leave_them(lab: netns.Lab) -> 
     assert outcome["added"] == {"quiet4": [[four, 6], [four, 17]], "quiet6": [[six, 17]]}
     assert outcome["deleted"] == 1  # the second delete found nothing, and is no error
     assert outcome["left"] == [[four, 17]]
+
+
+def test_the_first_bans_prebuilt_element_reaches_both_tables_and_drops(lab: netns.Lab) -> None:
+    done = lab.run(lab.target, [sys.executable, "-c", ONE, BANNED4, BANNED6, "1"], timeout=60)
+    assert done.returncode == 0, done.stderr
+    four, six = nft_elements(lab, 4), nft_elements(lab, 6)
+    assert four is not None
+    assert six is not None
+    assert four[BANNED4] == 600
+    assert four["198.18.0.78"] == 600
+    assert four["198.18.0.79"] == 600
+    assert six == {BANNED6: None}
+    assert json.loads(done.stdout) == {"copied": True}
+    assert netdev_keys(lab, "ban4") == {BANNED4, "198.18.0.78", "198.18.0.79"}
+    assert netdev_keys(lab, "ban6") == {BANNED6}
+    expect(lab, dropped=[BANNED4, BANNED6], passing=[OTHER4, OTHER6])
+
+
+def test_without_the_netdev_copy_the_prebuilt_element_goes_to_the_inet_set(
+    lab: netns.Lab,
+) -> None:
+    done = lab.run(lab.target, [sys.executable, "-c", ONE, BANNED4, BANNED6, "0"], timeout=60)
+    assert done.returncode == 0, done.stderr
+    four = nft_elements(lab, 4)
+    assert four is not None
+    assert four[BANNED4] == 600
+    assert four["198.18.0.79"] == 600
+    assert json.loads(done.stdout) == {"copied": False}  # no netdev table: nothing to copy to
+    assert netdev_keys(lab, "ban4") == set()
+    expect(lab, dropped=[BANNED4], passing=[OTHER4])

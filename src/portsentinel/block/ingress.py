@@ -22,8 +22,11 @@ The fleet sets are the copies of ``inet portsentinel``'s fleet sets: the fleet l
 only makes them and their rules, never their elements.
 
 Every write to ``inet portsentinel``'s ban sets goes to these copies in the same transaction,
-with the same timeout, so both end together. The ``counter`` on each element counts what the
-banned source sent after its ban: ``why``, ``status`` and the metrics read it.
+with the same timeout, so both end together; the detection loop's first ban of a turn is the
+exception: its inet element goes alone and its copy follows when the turn ends
+(``respond/first_ban.py``), a fraction of a millisecond later. The ``counter`` on each
+element counts what the banned source sent after its ban: ``why``, ``status`` and the metrics
+read it.
 
 A netdev chain hooks one device. Kernels before 6.10 or so delete it with its device and refuse
 one for a device that does not exist; newer ones keep it. So the chains follow the interfaces

@@ -295,14 +295,15 @@ class PacketRing:
         call, and on a V2 ring at most ``limit`` packets when it is positive (a V3 ring reads
         its ready blocks), so the caller regains control under a flood. If
         the handler raises, its block still goes back to the kernel (the rest of that block
-        is lost) and the error propagates.
+        is lost) and the error propagates. A negative ``timeout`` reads only what is ready,
+        without a system call (not even the poll that clears a pending socket error).
         """
         view = self._view
         if view is None:
             raise CaptureError("the capture ring is closed")
         if self._frames:
             return self._read_frames(view, handler, timeout, limit)
-        if not self._ready(view, self._block) and not self._wait(view, timeout):
+        if not self._ready(view, self._block) and (timeout < 0 or not self._wait(view, timeout)):
             return 0
         status_at = _BLOCK_STATUS.unpack_from
         block_size, block_count = self._config.block_size, self._config.block_count
@@ -331,7 +332,8 @@ class PacketRing:
     def _read_frames(self, view: memoryview, handler: Handler, timeout: float, limit: int) -> int:
         """``read_batch`` on a V2 ring: every ready frame, one lap or ``limit`` at most."""
         frames, position = self._frames, self._position
-        if not frame_ready(view, frames[position[0]]) and not self._wait(view, timeout):
+        ready = frame_ready(view, frames[position[0]])
+        if not ready and (timeout < 0 or not self._wait(view, timeout)):
             return 0
         handled = 0
         try:
@@ -403,11 +405,10 @@ class PacketRing:
             return True  # counted by a refresh earlier in this batch
         if ifindex in self._known:
             return False
-        now = time.monotonic()  # at most once a second per new ifindex (one remade at once too)
-        if now - self._tried.get(ifindex, -math.inf) < _AUTO_REFRESH_INTERVAL:
+        now, tried = time.monotonic(), self._tried  # once a second per new ifindex, at most
+        if now - tried.get(ifindex, -math.inf) < _AUTO_REFRESH_INTERVAL:
             return False
-        recent = {i: t for i, t in self._tried.items() if now - t < _AUTO_REFRESH_INTERVAL}
-        self._tried = recent | {ifindex: now}
+        self._tried = {i: t for i, t in tried.items() if now - t < 1.0} | {ifindex: now}
         try:
             self.refresh_interfaces()
         except (CaptureError, OSError):

@@ -75,12 +75,18 @@ class ProtocolRings:
         return self._read(handler, limit)
 
     def _read(self, handler: Handler, limit: int) -> int:
+        """What either ring holds; the rings are asked with a system call (their poll, which
+        also clears a pending socket error) only when neither had anything: a scan's first
+        probe is not kept waiting by a question to the other, empty ring."""
         rings, first = self._rings, self._next
         self._next = (first + 1) % len(rings)
-        handled = 0
-        for i in range(len(rings)):
-            handled += rings[(first + i) % len(rings)].read_batch(handler, 0.0, limit)
-        return handled
+        for timeout in (-1.0, 0.0):
+            handled = 0
+            for i in range(len(rings)):
+                handled += rings[(first + i) % len(rings)].read_batch(handler, timeout, limit)
+            if handled:
+                return handled
+        return 0
 
     def set_filter(self, program: Sequence[Instruction]) -> None:
         for ring in self._rings:

@@ -10,6 +10,8 @@ limiter (``gate``) before it builds a decision at all.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 from typing import TYPE_CHECKING
 
@@ -256,7 +258,6 @@ class Outputs:
             level=1 if decision.action is Action.BLOCK else 2,
             reason=f"{decision.kind.value} scan: {decision.reason.value}",
             rule=decision.rule,
-            evidence=self._evidence(decision),
             provisional=decision.provisional,
             decoy=decision.decoy,
         )
@@ -268,9 +269,9 @@ class Outputs:
                 "while it goes on"
             )
         if decision.action is Action.ALERT:
-            responder.alert(request)
-        else:
-            responder.ban(request)
+            responder.alert(dataclasses.replace(request, evidence=self._evidence(decision)))
+        else:  # the evidence once the ban is in the kernel: gathering it takes a while, cold
+            responder.ban(request, functools.partial(self._evidence, decision))
 
     def _evidence(self, decision: Decision) -> dict[str, object]:
         packed = ipaddress.ip_address(decision.src).packed

@@ -68,6 +68,8 @@ class Protection:
         self.never_block.refresh()
         if notes and self._peers is None:
             self._peers = SetReader(TABLE)  # the chain was there before this refresh began
+            self._peers.prepare(SSH4, 4)
+            self._peers.prepare(SSH6, 16)
         if self._peers is not None:
             self._peers.touch(SSH4, SSH6)
         self._changed()

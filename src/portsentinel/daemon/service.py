@@ -23,6 +23,7 @@ from portsentinel.config.setup import Invocation, Setup, load_setup
 from portsentinel.daemon.control import ControlError, ControlServer
 from portsentinel.daemon.metrics import MetricsServer
 from portsentinel.daemon.pipeline import Pipeline
+from portsentinel.daemon.sched import shorten_slice
 from portsentinel.daemon.sdnotify import ServiceManager
 from portsentinel.daemon.sources import StartupError
 from portsentinel.errors import ConfigError, ConfigErrors, PortSentinelError
@@ -142,6 +143,7 @@ class Daemon:
             control = self._control(pipeline)
             settle_gc()
             sys.setswitchinterval(SWITCH_INTERVAL)
+            shorten_slice()  # the loop's thread only; a kernel that cannot changes nothing
             self.log.line(words.ACTIVE)
             self.log.flush()
             manager.ready("watching")

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import NamedTuple
 
@@ -34,7 +34,7 @@ from portsentinel.host.resolver import Resolver
 from portsentinel.respond.backends import Backends, Network, files_for
 from portsentinel.respond.bans import BanManager, BanRequest
 from portsentinel.respond.decoys import CutRequest, cut_ban
-from portsentinel.respond.first_ban import FirstBan, eligible, install_conntrack
+from portsentinel.respond.first_ban import Evidence, FirstBan, eligible, install_conntrack
 from portsentinel.respond.hold import HoldKeeper, Releases
 from portsentinel.respond.names import Names
 from portsentinel.respond.protected import Entries, lift_protected
@@ -155,13 +155,14 @@ class Responder:
     def bans_active(self) -> int:
         return len(self._active)
 
-    def ban(self, request: BanRequest) -> None:
+    def ban(self, request: BanRequest, evidence: Evidence | None = None) -> None:
         """A triggered source: its nftables element goes to the kernel from here when the
-        settings allow (``first_ban``), the rest to the worker."""
+        settings allow (``first_ban``), the rest to the worker. ``evidence``: the request's
+        evidence, gathered once the element is in the kernel (else at once)."""
         if self._first is not None:
-            self._first.take(request, self._jobs.put)
+            self._first.take(request, self._jobs.put, evidence)
         else:
-            self._jobs.put(request)
+            self._jobs.put(request if evidence is None else replace(request, evidence=evidence()))
 
     def end_turn(self) -> None:
         """Once a detection-loop turn: first bans held during the turn go to the kernel, and

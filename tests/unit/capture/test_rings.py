@@ -27,14 +27,16 @@ class StandInRing:
         self.counted: list[int] = []
         self.closed = False
         self.reads: list[int] = []
+        self.timeouts: list[float] = []  # -1: only what is ready, no system call
         StandInRing.made.append(self)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def read_batch(self, handler: Any, timeout: float, limit: int = 0) -> int:
-        assert timeout == 0.0  # the wrapper waits, never the ring
+        assert timeout in (-1.0, 0.0)  # the wrapper waits, never the ring
         self.reads.append(limit)
+        self.timeouts.append(timeout)
         try:
             data = self.sock.recv(4096)
         except BlockingIOError:
@@ -100,6 +102,21 @@ def test_either_ring_wakes_the_one_descriptor_and_both_are_read(rings: ProtocolR
     assert sorted(got[1:]) == [(4, ETH_P_IP), (4, ETH_P_IP), (6, ETH_P_IPV6)]
     assert v4.reads[-1] == 16
     assert v6.reads[-1] == 16
+
+
+def test_an_empty_ring_is_polled_only_when_neither_brought_anything(
+    rings: ProtocolRings,
+) -> None:
+    """A real ring's poll (which clears a socket error) is a system call: a frame in one ring
+    is read without one to the other; with nothing in either, both are polled once."""
+    v4, v6 = StandInRing.made
+    v4.peer.send(b"\x04")
+    assert rings.read_batch(lambda view, start, length, tag: None, 0.0, 16) == 1
+    assert v4.timeouts == [-1.0]
+    assert v6.timeouts == [-1.0]
+    assert rings.read_batch(lambda view, start, length, tag: None, 0.0, 16) == 0
+    assert v4.timeouts[1:] == [-1.0, 0.0]
+    assert v6.timeouts[1:] == [-1.0, 0.0]
 
 
 def test_the_first_ring_read_alternates(rings: ProtocolRings) -> None:

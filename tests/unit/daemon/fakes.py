@@ -14,11 +14,12 @@ namespace, nothing of the host's read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import ipaddress
 import queue
 import socket
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -308,7 +309,12 @@ class FakeResponder:
     def fileno(self) -> int:
         return self._reader.fileno()
 
-    def ban(self, request: BanRequest) -> None:
+    def ban(
+        self, request: BanRequest, evidence: Callable[[], Mapping[str, object]] | None = None
+    ) -> None:
+        """As the real one: the evidence goes with the request (gathered after the element)."""
+        if evidence is not None:
+            request = dataclasses.replace(request, evidence=evidence())
         self.bans.append(request)
 
     def cut(self, request: CutRequest) -> None:

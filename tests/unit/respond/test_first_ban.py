@@ -14,7 +14,7 @@ from portsentinel.config.types import Backend as BackendName
 from portsentinel.errors import BackendError
 from portsentinel.model import Mode, Proto
 from portsentinel.respond.bans import BanRequest
-from portsentinel.respond.first_ban import HOLD_MAX, FirstBan, eligible
+from portsentinel.respond.first_ban import HOLD_MAX, FirstBan, eligible, host_key
 
 
 class Writer:
@@ -22,12 +22,36 @@ class Writer:
         self.adds: list[tuple[str, list[Element]]] = []
         self.refuse = refuse
         self.closed = False
+        self.prepared: list[tuple[str, int, int | None]] = []
+        self.copies: list[tuple[str, list[Element]]] = []
+        self.refuse_copies = False
 
     def add(self, set_name: str, elements: Sequence[Element]) -> None:
         if self.refuse:
             raise BackendError("nfnetlink: cannot add: No such file or directory")
         if elements:
             self.adds.append((set_name, list(elements)))
+
+    def add_one(
+        self, set_name: str, key: bytes, timeout_ms: int | None, *, mirror: bool = True
+    ) -> None:
+        assert not mirror  # the turn's first: the inet set alone, its copy at the turn's end
+        self.add(set_name, [(key, timeout_ms)])
+
+    def copy(self, set_name: str, elements: Sequence[Element]) -> bool:
+        if self.refuse_copies:
+            raise BackendError("nfnetlink: cannot add to portsentinel ban4: Device busy")
+        self.copies.append((set_name, list(elements)))
+        return True
+
+    def prepare(
+        self, set_name: str, key_size: int, timeout_ms: int | None, *, mirror: bool = True
+    ) -> None:
+        self.prepared.append((set_name, key_size, timeout_ms))
+
+    def open(self) -> None:
+        if self.refuse:
+            raise BackendError("nfnetlink: cannot open a socket: Permission denied")
 
     def close(self) -> None:
         self.closed = True
@@ -152,3 +176,70 @@ def test_a_decoys_first_ban_has_the_decoy_timeout() -> None:
     fast.take(request("198.18.0.3", decoy=True), sent.extend)
     assert writer.adds == [("ban4", [(bytes([198, 18, 0, 3]), 300_000)])]
     assert sent[0].kernel_timeout == 300
+
+
+def test_the_evidence_is_gathered_after_the_turns_first_element_and_goes_with_it() -> None:
+    writer = Writer()
+    fast, _lines = first_ban(settings(), writer)
+    sent: list[BanRequest] = []
+    asked: list[int] = []
+
+    def evidence() -> dict[str, object]:
+        asked.append(len(writer.adds))  # how many elements were written when it was asked
+        return {"hits": 3}
+
+    fast.take(request("198.18.0.2"), sent.extend, evidence)
+    fast.take(request("198.18.0.3"), sent.extend, evidence)  # held: gathered at once
+    assert asked == [1, 1]
+    fast.end_turn(sent.extend)
+    assert [r.evidence for r in sent] == [{"hits": 3}, {"hits": 3}]
+    assert all(r.in_kernel for r in sent)
+
+
+def test_the_turns_first_element_was_built_before_it_was_needed() -> None:
+    writer = Writer()
+    first_ban(settings(ban_duration=600.0), writer)
+    assert writer.prepared == [("ban4", 4, 600_000), ("ban6", 16, 600_000)]
+    first_ban(settings(block_backend=BackendName.IPTABLES), unused := Writer())
+    assert unused.prepared == []
+
+
+def test_a_refused_first_element_goes_to_the_worker_with_its_evidence() -> None:
+    writer = Writer(refuse=True)
+    fast, lines = first_ban(settings(), writer)
+    sent: list[BanRequest] = []
+    fast.take(request("198.18.0.2"), sent.extend, lambda: {"hits": 1})
+    assert not sent[0].in_kernel
+    assert sent[0].evidence == {"hits": 1}
+    assert fast.refused == 1
+    assert len(lines) == 1
+
+
+def test_host_keys_are_plain_addresses_only() -> None:
+    assert host_key("198.18.0.2") == bytes([198, 18, 0, 2])
+    assert host_key("fd00:5e::3") == bytes.fromhex("fd00005e" + "00" * 11 + "03")
+    assert host_key("::ffff:198.18.0.9") is None  # BanSpec maps it to IPv4
+    assert host_key("198.18.0.0/24") is None
+    assert host_key("example.org") is None
+
+
+def test_the_ingress_copy_of_a_first_ban_follows_at_the_turns_end() -> None:
+    """The turn's first ban is the inet element alone (one table's transaction is the
+    shorter); its netdev copy goes when the turn ends, with those of the held bans' turn."""
+    writer = Writer()
+    fast, lines = first_ban(settings(ban_duration=600.0), writer)
+    sent: list[BanRequest] = []
+    fast.take(request("198.18.0.2"), sent.extend)
+    assert writer.copies == []
+    fast.end_turn(sent.extend)
+    assert writer.copies == [("ban4", [(bytes([198, 18, 0, 2]), 600_000)])]
+    fast.end_turn(sent.extend)  # nothing more to copy
+    assert len(writer.copies) == 1
+    writer.refuse_copies = True
+    fast.take(request("fd00:5e::3"), sent.extend)
+    fast.end_turn(sent.extend)
+    assert sent[-1].in_kernel  # the ban stands: its inet element is in
+    assert lines == [
+        "adminalert: WARNING: ingress copies of first bans not written (nfnetlink: cannot add "
+        "to portsentinel ban4: Device busy)"
+    ]
