@@ -143,7 +143,9 @@ class Daemon:
             control = self._control(pipeline)
             settle_gc()
             sys.setswitchinterval(SWITCH_INTERVAL)
-            shorten_slice()  # the loop's thread only; a kernel that cannot changes nothing
+            why = shorten_slice()  # the loop's thread only
+            if why is not None:
+                self.log.line(f"adminalert: the loop keeps the default scheduler slice ({why})")
             self.log.line(words.ACTIVE)
             self.log.flush()
             manager.ready("watching")
