@@ -118,25 +118,14 @@ class BanBudget:
         ports = 1 if state.more is None else len(state.more)  # ``ports_seen``, inline
         if state.kinds & _CONNECT_BIT or ports >= self.config.strong_ports:
             return self._admit_strong(src, state, now)
-        # The weak tier (a forged flood's every source): its bucket's ``take`` written out.
-        if len(active) >= self.config.max_active or self._weak_active >= self.weak_cap:
-            self.refused += 1
-            self._pressed_until = now + PRESSURE_HOLD
-            return False
+        # The weak tier (a forged flood's every source): its own bucket.
         bucket = self._weak
-        tokens = bucket.tokens
-        elapsed = now - bucket.last
-        if elapsed > 0.0:
-            tokens += elapsed * bucket.rate
-            tokens = tokens if tokens < bucket.burst else bucket.burst
-            bucket.last = now
-        if tokens < 1.0:
-            bucket.tokens = tokens
+        full = len(active) >= self.config.max_active or self._weak_active >= self.weak_cap
+        if full or not bucket.take(now):
             self.refused += 1
             self._pressed_until = now + PRESSURE_HOLD
             return False
-        bucket.tokens = tokens = tokens - 1.0
-        if tokens < bucket.burst * PRESSURE_LEVEL:
+        if bucket.tokens < bucket.burst * PRESSURE_LEVEL:
             self._pressed_until = now + PRESSURE_HOLD
         self._occupy(src, False)
         return True
